@@ -1,0 +1,52 @@
+"""``rung``: the entry point, global options and error handling.
+
+User errors (a bad config, an unknown benchmark, a custom searcher that fails to load)
+print one clear message per problem, without a traceback, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from rung.cli import search_tools
+from rung.logs import configure_logging
+from searcher.errors import SearcherError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rung", description="Distributed hyperparameter search for deep learning."
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="logs on stderr: for people (console) or JSON lines",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    search_tools.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        result: int = args.handler(args)
+    except SearcherError as exc:
+        structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the CLI's own voice)
+        return EXIT_USAGE
+    return result

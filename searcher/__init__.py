@@ -1,0 +1,1 @@
+"""Rung\x27s searcher: pure search core, and (later) the async service."""

@@ -1,0 +1,216 @@
+"""The whole experiment config, as Determined's experiment YAML spells it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import Field, JsonValue, StrictInt, model_validator
+
+from searcher.config._model import ConfigModel, rule_error
+from searcher.config.hyperparameters import (
+    CategoricalHP,
+    ConstHP,
+    Hyperparameter,
+    Hyperparameters,
+    NestedHP,
+    NumericHP,
+)
+from searcher.config.searchers import (
+    AdaptiveASHASearcher,
+    AsyncHalvingSearcher,
+    GridSearcher,
+    SearcherConfig,
+)
+from searcher.rungs import rung_lengths
+
+__all__ = [
+    "CheckpointStorage",
+    "ExperimentConfig",
+    "Reproducibility",
+    "Resources",
+    "iter_leaves",
+]
+
+_NonNegative = Annotated[StrictInt, Field(ge=0)]
+_SEED_LIMIT = 2**32
+_STORAGE_TYPES = ("shared_fs", "directory")
+
+
+class CheckpointStorage(ConfigModel):
+    """Where checkpoints live, and how many the garbage collector keeps."""
+
+    yaml_path: ClassVar[str] = "checkpoint_storage"
+    determined_only: ClassVar[dict[str, str]] = {
+        "propagation": "bind mounts are not used",
+        "checkpoint_path": "checkpoints go under host_path/storage_path",
+        "tensorboard_path": "TensorBoard files are not managed by Rung",
+    }
+
+    type: Literal["shared_fs", "directory"]
+    host_path: str | None = None
+    storage_path: str | None = None
+    container_path: str | None = None
+    save_experiment_best: _NonNegative = 0
+    save_trial_best: _NonNegative = 1
+    save_trial_latest: _NonNegative = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported_type(cls, data: Any) -> Any:
+        """Name an unsupported storage type before complaining about its keys."""
+        if isinstance(data, dict) and data.get("type") not in (None, *_STORAGE_TYPES):
+            raise rule_error(
+                f"storage type {data['type']!r} is not supported yet; use shared_fs "
+                "(a directory that every worker sees) or directory",
+                "type",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _required_paths(self) -> Self:
+        if self.type == "shared_fs":
+            if not self.host_path:
+                raise rule_error(
+                    "required by type shared_fs: the directory every worker mounts; "
+                    "add host_path: /path/to/shared/checkpoints",
+                    "host_path",
+                )
+        elif not self.container_path:
+            raise rule_error(
+                "required by type directory; add container_path: /path/to/checkpoints",
+                "container_path",
+            )
+        return self
+
+
+class Resources(ConfigModel):
+    yaml_path: ClassVar[str] = "resources"
+    determined_only: ClassVar[dict[str, str]] = dict.fromkeys(
+        (
+            "max_slots",
+            "priority",
+            "weight",
+            "resource_pool",
+            "shm_size",
+            "agent_label",
+            "devices",
+            "is_single_node",
+            "native_parallel",
+        ),
+        "Rung schedules trials on worker slots only",
+    )
+
+    slots_per_trial: _NonNegative = 1
+
+
+class Reproducibility(ConfigModel):
+    yaml_path: ClassVar[str] = "reproducibility"
+
+    experiment_seed: Annotated[StrictInt, Field(ge=0, lt=_SEED_LIMIT)] | None = None
+
+
+def iter_leaves(
+    hps: Hyperparameters, prefix: str = ""
+) -> Iterator[tuple[str, ConstHP | NumericHP | CategoricalHP]]:
+    """Every leaf hyperparameter with its dotted name, in sorted name order."""
+    for name in sorted(hps):
+        hp: Hyperparameter = hps[name]
+        dotted = f"{prefix}{name}"
+        if isinstance(hp, NestedHP):
+            yield from iter_leaves(hp.root, f"{dotted}.")
+        else:
+            yield dotted, hp
+
+
+_NOT_IMPLEMENTED = "Rung does not implement it yet"
+
+
+class ExperimentConfig(ConfigModel):
+    """A Determined-style experiment config."""
+
+    determined_only: ClassVar[dict[str, str]] = {
+        "environment": "workers run the entrypoint in their own Python environment",
+        "bind_mounts": "workers see their own file systems",
+        "profiling": _NOT_IMPLEMENTED,
+        "optimizations": _NOT_IMPLEMENTED,
+        "min_validation_period": "validation happens when an operation completes",
+        "min_checkpoint_period": "the training script decides when to checkpoint",
+        "records_per_epoch": "lengths are in the unit of searcher.max_length",
+        "scheduling_unit": "lengths are in the unit of searcher.max_length",
+        "perform_initial_validation": _NOT_IMPLEMENTED,
+        "checkpoint_policy": "the training script decides when to checkpoint",
+        "preemption_timeout": "workers wait for the trial's checkpoint on preemption",
+        "log_policies": _NOT_IMPLEMENTED,
+        "project": _NOT_IMPLEMENTED,
+        "workspace": _NOT_IMPLEMENTED,
+        "tensorboard_storage": _NOT_IMPLEMENTED,
+        "debug": _NOT_IMPLEMENTED,
+        "integrations": _NOT_IMPLEMENTED,
+        "pbs": _NOT_IMPLEMENTED,
+        "slurm": _NOT_IMPLEMENTED,
+    }
+
+    name: str | None = None
+    description: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+    entrypoint: str | list[str] | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=dict)
+    searcher: SearcherConfig
+    max_restarts: _NonNegative = 5
+    checkpoint_storage: CheckpointStorage | None = None
+    resources: Resources = Field(default_factory=Resources)
+    reproducibility: Reproducibility = Field(default_factory=Reproducibility)
+
+    @property
+    def experiment_seed(self) -> int | None:
+        return self.reproducibility.experiment_seed
+
+    def with_seed(self, seed: int) -> ExperimentConfig:
+        """This config with ``reproducibility.experiment_seed`` set, so a run can be repeated."""
+        return self.model_copy(
+            update={"reproducibility": Reproducibility(experiment_seed=seed % _SEED_LIMIT)}
+        )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        searcher = self.searcher
+        if isinstance(searcher, GridSearcher):
+            for name, hp in iter_leaves(self.hyperparameters):
+                if isinstance(hp, NumericHP) and hp.count is None:
+                    raise rule_error(
+                        f"required by the grid searcher for type {hp.type}: the number of "
+                        f"grid points; add count: N to hyperparameters.{name}",
+                        f"hyperparameters.{name}.count",
+                    )
+        if isinstance(searcher, AsyncHalvingSearcher):
+            _check_rungs(
+                searcher.num_rungs,
+                searcher.divisor,
+                searcher.max_length.units,
+                "searcher.num_rungs",
+            )
+        if isinstance(searcher, AdaptiveASHASearcher):
+            for index, rungs in enumerate(searcher.bracket_rungs):
+                _check_rungs(
+                    rungs,
+                    searcher.divisor,
+                    searcher.max_length.units,
+                    f"searcher.bracket_rungs[{index}]",
+                )
+        return self
+
+
+def _check_rungs(num_rungs: int, divisor: float, max_length: int, path: str) -> None:
+    """Rung lengths must grow strictly; equal rungs would validate one length twice."""
+    lengths = rung_lengths(num_rungs, divisor, max_length)
+    for low, high in itertools.pairwise(lengths):
+        if low >= high:
+            raise rule_error(
+                f"{num_rungs} rungs with divisor {divisor:g} and max_length {max_length} give "
+                f"rung lengths {lengths}, which repeat; use fewer rungs, a larger divisor or "
+                "a larger max_length",
+                path,
+            )

@@ -1,0 +1,173 @@
+"""The ``searcher`` section: one model per search method, chosen by ``name``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    model_validator,
+)
+
+from searcher.config._model import ConfigModel, record_warning, rule_error
+from searcher.config.length import Length
+
+__all__ = [
+    "SEARCHER_NAMES",
+    "AdaptiveASHASearcher",
+    "AdaptiveMode",
+    "AsyncHalvingSearcher",
+    "CustomSearcher",
+    "GridSearcher",
+    "RandomSearcher",
+    "SearcherConfig",
+    "SingleSearcher",
+]
+
+SEARCHER_NAMES = ("single", "random", "grid", "async_halving", "adaptive_asha", "custom")
+_ALIASES = {"asha": "async_halving"}
+
+_PositiveInt = Annotated[StrictInt, Field(ge=1)]
+_Concurrency = Annotated[StrictInt, Field(ge=0)]
+_Divisor = Annotated[float, Field(gt=1, allow_inf_nan=False)]
+
+
+class AdaptiveMode(StrEnum):
+    AGGRESSIVE = "aggressive"
+    STANDARD = "standard"
+    CONSERVATIVE = "conservative"
+
+
+class _Searcher(ConfigModel):
+    yaml_path: ClassVar[str] = "searcher"
+    determined_only: ClassVar[dict[str, str]] = {
+        "time_metric": "Rung drives training by absolute lengths (op.length), as Determined 0.37",
+        "max_time": "set max_length instead",
+    }
+
+    metric: str
+    smaller_is_better: StrictBool = True
+    source_trial_id: _PositiveInt | None = None
+    source_checkpoint_uuid: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_time_as_length(cls, data: Any, info: ValidationInfo) -> Any:
+        """Determined 0.38 configs give ``max_time`` where 0.37 ones give ``max_length``."""
+        if isinstance(data, dict) and "max_length" not in data and "max_time" in data:
+            data = dict(data)
+            data["max_length"] = data.pop("max_time")
+            record_warning(
+                info,
+                "searcher.max_time: read as searcher.max_length; Rung trains to the "
+                "absolute lengths of its operations, as Determined 0.37 did",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.source_trial_id is not None and self.source_checkpoint_uuid is not None:
+            raise rule_error(
+                "set at most one of source_trial_id and source_checkpoint_uuid, got both; "
+                "keep the one every trial should warm-start from",
+                "source_checkpoint_uuid",
+            )
+        return self
+
+
+class SingleSearcher(_Searcher):
+    """One trial; non-constant hyperparameters are sampled once."""
+
+    name: Literal["single"]
+    max_length: Length
+
+
+class RandomSearcher(_Searcher):
+    name: Literal["random"]
+    max_length: Length
+    max_trials: _PositiveInt
+    max_concurrent_trials: _Concurrency = 16
+
+
+class GridSearcher(_Searcher):
+    name: Literal["grid"]
+    max_length: Length
+    max_concurrent_trials: _Concurrency = 16
+
+
+class AsyncHalvingSearcher(_Searcher):
+    """ASHA; promotion-based unless ``stop_once`` (Determined 0.37's default)."""
+
+    name: Literal["async_halving"]
+    max_length: Length
+    max_trials: _PositiveInt
+    num_rungs: _PositiveInt
+    divisor: _Divisor = 4.0
+    max_concurrent_trials: _Concurrency = 16
+    stop_once: StrictBool = False
+
+
+class AdaptiveASHASearcher(_Searcher):
+    name: Literal["adaptive_asha"]
+    max_length: Length
+    max_trials: _PositiveInt
+    bracket_rungs: list[_PositiveInt] = Field(default_factory=list)
+    mode: AdaptiveMode = AdaptiveMode.STANDARD
+    divisor: _Divisor = 4.0
+    max_rungs: _PositiveInt = 5
+    max_concurrent_trials: _Concurrency = 16
+    stop_once: StrictBool = False
+
+
+class CustomSearcher(_Searcher):
+    """A user's search method, loaded from the experiment's context directory.
+
+    Keys other than the ones below are handed to the class as ``options``.
+    """
+
+    name: Literal["custom"]
+    class_: str = Field(alias="class", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    metric: str = ""
+    max_length: Length | None = None
+    max_trials: _PositiveInt | None = None
+    max_concurrent_trials: _Concurrency = 16
+    unit: Literal["batches", "records", "epochs"] | None = None
+    options: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.known_keys()) | set(cls.determined_only)
+        extra = {k: v for k, v in data.items() if k not in known}
+        if not extra:
+            return data
+        kept = {k: v for k, v in data.items() if k in known}
+        kept["options"] = {**kept.get("options", {}), **extra}
+        return kept
+
+
+def _canonical_name(data: Any) -> Any:
+    if isinstance(data, dict) and data.get("name") in _ALIASES:
+        return {**data, "name": _ALIASES[data["name"]]}
+    return data
+
+
+SearcherConfig = Annotated[
+    SingleSearcher
+    | RandomSearcher
+    | GridSearcher
+    | AsyncHalvingSearcher
+    | AdaptiveASHASearcher
+    | CustomSearcher,
+    Discriminator("name"),
+    BeforeValidator(_canonical_name),
+]

@@ -1,0 +1,359 @@
+"""The experiment layer: the one place where search events become operations.
+
+It keeps what Determined's ``Searcher`` wrapper keeps (trials requested, created and
+closed, exits, failures, cancels, progress, the current operation of every trial) and
+adds what a distributed system needs:
+
+* **Idempotence.** A duplicate or stale event changes nothing and says why
+  (``Decision.ignored``): a validation for an operation that is complete or not the
+  trial's current one, a second close or exit, a second start.
+* **One ending per trial.** A trial ends once, by ``TrialClosed`` or by
+  ``TrialExitedEarly``; the method hears about exactly one of them.
+* **A hard concurrency cap.** At most ``max_concurrent_trials`` trials hold an operation
+  (0 means no cap). A ``ValidateAfter`` beyond the cap waits in a FIFO admission queue
+  and is emitted when a trial lets go of its operation.
+* **Shutdown** once every requested trial has ended; the experiment fails only when every
+  trial failed (ERRORED), and is canceled only when every trial was canceled.
+
+It is pure and synchronous: no I/O, no clock, no global randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, Field, JsonValue
+
+from searcher.config import ExperimentConfig, Hyperparameters, SingleSearcher
+from searcher.errors import SearcherError, SearchMethodError
+from searcher.events import (
+    ExitedReason,
+    SearchEvent,
+    Start,
+    TrialClosed,
+    TrialExitedEarly,
+    TrialProgress,
+    ValidationCompleted,
+)
+from searcher.methods import SearchMethod, build_method
+from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from searcher.space import draw_trial
+
+__all__ = ["Decision", "Experiment", "ExperimentSnapshot", "ExperimentState", "TrialRecord"]
+
+SNAPSHOT_VERSION: Final = 1
+
+
+class TrialRecord(BaseModel):
+    """What the experiment knows about one trial."""
+
+    request_id: str
+    trial_id: int
+    index: int
+    create: Create
+    op: ValidateAfter | None = None
+    op_done: bool = True
+    queued: bool = False
+    trained: int = 0
+    metric: float | None = None
+    progress: float = 0.0
+    closing: bool = False
+    terminal: bool = False
+    exited: ExitedReason | None = None
+
+    @property
+    def hparams(self) -> dict[str, JsonValue]:
+        return self.create.hparams
+
+    @property
+    def holds_op(self) -> bool:
+        """The trial has an operation it is (or should be) working on."""
+        return self.op is not None and not self.op_done and not self.queued
+
+    @property
+    def paused(self) -> bool:
+        """Between operations, neither closed nor ended: its slot is free."""
+        return not self.terminal and not self.closing and self.op_done and not self.queued
+
+
+class ExperimentState(BaseModel):
+    started: bool = False
+    next_index: int = 0
+    trials: dict[str, TrialRecord] = Field(default_factory=dict)
+    queue: list[str] = Field(default_factory=list)
+    holding: int = 0
+    ended: int = 0
+    failed: int = 0
+    canceled: int = 0
+    shutdown: Shutdown | None = None
+
+
+class ExperimentSnapshot(BaseModel):
+    """Everything needed to continue an experiment exactly where it was."""
+
+    version: Literal[1] = SNAPSHOT_VERSION
+    state: ExperimentState
+    method: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The operations an event caused, or why it was ignored."""
+
+    ops: tuple[Operation, ...] = ()
+    ignored: str | None = None
+
+
+class Experiment:
+    """An experiment's search state: events in, operations out."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        method: SearchMethod[Any] | None = None,
+        *,
+        context_dir: Path | None = None,
+    ) -> None:
+        if config.experiment_seed is None:
+            raise SearcherError(
+                "reproducibility.experiment_seed is not set; the experiment needs it to draw "
+                "trials reproducibly; call config.with_seed(seed) first"
+            )
+        self.config = config
+        self.seed: int = config.experiment_seed
+        self.method = method if method is not None else build_method(config, context_dir)
+        searcher = config.searcher
+        self.cap = 1 if isinstance(searcher, SingleSearcher) else searcher.max_concurrent_trials
+        self.state = ExperimentState()
+
+    # ---------------------------------------------------------------- SearchContext
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return self.config.hyperparameters
+
+    @property
+    def trials(self) -> Mapping[str, TrialRecord]:
+        return self.state.trials
+
+    def create(
+        self, hparams: Mapping[str, JsonValue] | None = None, checkpoint: str | None = None
+    ) -> Create:
+        index = self.state.next_index
+        self.state.next_index += 1
+        draw = draw_trial(self.seed, index, self.config.hyperparameters, hparams)
+        return Create(
+            request_id=draw.request_id, hparams=draw.hparams, seed=draw.seed, checkpoint=checkpoint
+        )
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def is_shut_down(self) -> bool:
+        return self.state.shutdown is not None
+
+    def progress(self) -> float:
+        if self.is_shut_down:
+            return 1.0
+        value = self.method.progress(self)
+        return 0.0 if math.isnan(value) else min(max(value, 0.0), 1.0)
+
+    def outstanding_ops(self) -> list[ValidateAfter]:
+        """Operations emitted and not complete: what a restarted service re-publishes."""
+        return [t.op for t in self.state.trials.values() if t.holds_op and t.op is not None]
+
+    # ---------------------------------------------------------------- snapshots
+    def snapshot(self) -> ExperimentSnapshot:
+        return ExperimentSnapshot(
+            state=self.state.model_copy(deep=True), method=self.method.snapshot()
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        config: ExperimentConfig,
+        snapshot: ExperimentSnapshot,
+        method: SearchMethod[Any] | None = None,
+        *,
+        context_dir: Path | None = None,
+    ) -> Experiment:
+        experiment = cls(config, method, context_dir=context_dir)
+        experiment.state = snapshot.state.model_copy(deep=True)
+        experiment.method.restore(snapshot.method)
+        return experiment
+
+    # ---------------------------------------------------------------- events
+    def apply(self, event: SearchEvent) -> Decision:
+        if self.is_shut_down:
+            return Decision(ignored="the experiment has shut down; no more decisions")
+        if isinstance(event, Start):
+            return self._start()
+        trial = self.state.trials.get(event.request_id)
+        if trial is None:
+            return Decision(ignored=f"unknown trial {event.request_id}")
+        match event:
+            case ValidationCompleted():
+                return self._validated(trial, event)
+            case TrialClosed():
+                return self._ended(trial, None)
+            case TrialExitedEarly():
+                return self._ended(trial, event.reason)
+            case TrialProgress():
+                trial.progress = event.units
+                return self._run(self.method.trial_progress(self, trial.request_id, event.units))
+
+    def _start(self) -> Decision:
+        if self.state.started:
+            return Decision(ignored="the experiment has started already")
+        self.state.started = True
+        return self._run(self.method.initial_operations(self))
+
+    def _validated(self, trial: TrialRecord, event: ValidationCompleted) -> Decision:
+        op = trial.op
+        if trial.terminal:
+            return Decision(ignored=f"trial {trial.trial_id} has ended")
+        if op is None or op.length != event.length:
+            expected = f"length {op.length}" if op else "no operation"
+            return Decision(
+                ignored=f"trial {trial.trial_id} expected {expected}, "
+                f"got a validation at length {event.length}"
+            )
+        if trial.op_done:
+            return Decision(
+                ignored=f"trial {trial.trial_id} already completed length {event.length}"
+            )
+        if trial.queued:
+            return Decision(
+                ignored=f"trial {trial.trial_id}'s operation to length "
+                f"{event.length} was never dispatched"
+            )
+        trial.op_done = True
+        trial.trained = event.length
+        trial.metric = event.metric
+        self.state.holding -= 1
+        ops = self.method.validation_completed(self, trial.request_id, event.metric, event.length)
+        return self._run(ops)
+
+    def _ended(self, trial: TrialRecord, reason: ExitedReason | None) -> Decision:
+        if trial.terminal:
+            return Decision(ignored=f"trial {trial.trial_id} has ended already")
+        trial.terminal = True
+        trial.exited = reason
+        self.state.ended += 1
+        self.state.failed += reason is ExitedReason.ERRORED
+        self.state.canceled += reason is ExitedReason.USER_CANCELED
+        if trial.holds_op:
+            self.state.holding -= 1
+        if trial.queued:
+            trial.queued = False
+            self.state.queue.remove(trial.request_id)
+        if reason is None:
+            ops = self.method.trial_closed(self, trial.request_id)
+        else:
+            ops = self.method.trial_exited_early(self, trial.request_id, reason)
+        return self._run(ops)
+
+    # ---------------------------------------------------------------- operations
+    def _run(self, ops: list[Operation]) -> Decision:
+        out: list[Operation] = []
+        work = deque(ops)
+        while work:
+            op = work.popleft()
+            if self.is_shut_down:
+                break
+            match op:
+                case Create():
+                    self._register(op)
+                    out.append(op)
+                    work.extendleft(reversed(self.method.trial_created(self, op.request_id)))
+                case ValidateAfter():
+                    if self._assign(op):
+                        out.append(op)
+                case Close():
+                    self._close(op)
+                    out.append(op)
+                case Shutdown():
+                    self.state.shutdown = op
+                    out.append(op)
+        out += self._admit()
+        out += self._maybe_shutdown()
+        return Decision(ops=tuple(out))
+
+    def _register(self, op: Create) -> None:
+        if op.request_id in self.state.trials:
+            raise SearchMethodError(
+                f"Create for request {op.request_id}, which exists already; "
+                "create each trial once, through ctx.create()"
+            )
+        self.state.trials[op.request_id] = TrialRecord(
+            request_id=op.request_id,
+            trial_id=len(self.state.trials) + 1,
+            index=self.state.next_index - 1,
+            create=op,
+        )
+
+    def _trial_for(self, op: ValidateAfter | Close) -> TrialRecord:
+        trial = self.state.trials.get(op.request_id)
+        if trial is None:
+            raise SearchMethodError(
+                f"{op.type} for unknown request {op.request_id}; emit the trial's Create first"
+            )
+        return trial
+
+    def _assign(self, op: ValidateAfter) -> bool:
+        """Give the trial its next operation; True if it is dispatched now."""
+        trial = self._trial_for(op)
+        if trial.terminal or trial.closing:
+            raise SearchMethodError(
+                f"ValidateAfter for trial {trial.trial_id}, which is "
+                "closed; a closed trial gets no more operations"
+            )
+        if not trial.op_done or trial.queued:
+            raise SearchMethodError(
+                f"ValidateAfter(length={op.length}) for trial "
+                f"{trial.trial_id} while its operation to length "
+                f"{trial.op.length if trial.op else '?'} is unfinished"
+            )
+        if op.length <= trial.trained:
+            raise SearchMethodError(
+                f"ValidateAfter(length={op.length}) for trial "
+                f"{trial.trial_id}, which has trained to {trial.trained} "
+                "already; lengths are absolute and must grow"
+            )
+        trial.op = op
+        trial.op_done = False
+        if self.cap and (self.state.holding >= self.cap or self.state.queue):
+            trial.queued = True
+            self.state.queue.append(trial.request_id)
+            return False
+        self.state.holding += 1
+        return True
+
+    def _close(self, op: Close) -> None:
+        trial = self._trial_for(op)
+        trial.closing = True
+
+    def _admit(self) -> list[Operation]:
+        out: list[Operation] = []
+        while self.state.queue and (not self.cap or self.state.holding < self.cap):
+            trial = self.state.trials[self.state.queue.pop(0)]
+            trial.queued = False
+            self.state.holding += 1
+            if trial.op is not None:
+                out.append(trial.op)
+        return out
+
+    def _maybe_shutdown(self) -> list[Operation]:
+        state = self.state
+        count = len(state.trials)
+        if self.is_shut_down or state.ended < count:
+            return []
+        op = Shutdown(
+            cancel=count > 0 and state.canceled == count,
+            failure=count > 0 and state.failed == count,
+        )
+        self.state.shutdown = op
+        return [op]

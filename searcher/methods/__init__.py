@@ -1,0 +1,68 @@
+"""Search methods: pure, deterministic state machines driven by search events.
+
+``build_method`` turns a validated experiment config into the method it names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from searcher.config import (
+    AdaptiveASHASearcher,
+    AsyncHalvingSearcher,
+    CustomSearcher,
+    ExperimentConfig,
+    GridSearcher,
+    RandomSearcher,
+    SingleSearcher,
+)
+from searcher.methods.adaptive_asha import AdaptiveASHA, plan_brackets
+from searcher.methods.asha import ASHAParams, PromotionASHA, StoppingASHA, build_asha
+from searcher.methods.base import (
+    WORST,
+    SearchContext,
+    SearchMethod,
+    TrialView,
+    budget_progress,
+    rank_value,
+)
+from searcher.methods.custom import load_custom_method
+from searcher.methods.grid import GridSearch
+from searcher.methods.random import RandomSearch, SingleSearch
+
+__all__ = [
+    "WORST",
+    "ASHAParams",
+    "AdaptiveASHA",
+    "GridSearch",
+    "PromotionASHA",
+    "RandomSearch",
+    "SearchContext",
+    "SearchMethod",
+    "SingleSearch",
+    "StoppingASHA",
+    "TrialView",
+    "budget_progress",
+    "build_method",
+    "plan_brackets",
+    "rank_value",
+]
+
+
+def build_method(config: ExperimentConfig, context_dir: Path | None = None) -> SearchMethod[Any]:
+    """The search method ``config.searcher`` names, in its initial state."""
+    searcher = config.searcher
+    match searcher:
+        case SingleSearcher():
+            return SingleSearch(searcher)
+        case RandomSearcher():
+            return RandomSearch(searcher)
+        case GridSearcher():
+            return GridSearch(searcher, config.hyperparameters)
+        case AsyncHalvingSearcher():
+            return build_asha(ASHAParams.from_config(searcher), stop_once=searcher.stop_once)
+        case AdaptiveASHASearcher():
+            return AdaptiveASHA(searcher)
+        case CustomSearcher():
+            return load_custom_method(searcher, context_dir)

@@ -1,0 +1,55 @@
+"""Operations: what a search method asks of the experiment.
+
+Determined 0.37's vocabulary, as frozen values with a ``type`` discriminator:
+
+* ``Create(request_id, hparams, seed, checkpoint)``: start a trial, optionally warm-started;
+* ``ValidateAfter(request_id, length)``: train the trial to the *absolute* ``length``, then
+  validate and report the searcher metric;
+* ``Close(request_id)``: the trial gets no more operations after the current one;
+* ``Shutdown(cancel, failure)``: the search is over.
+
+An operation is identified by its content: ``ValidateAfter`` by ``(request_id, length)``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, TypeAdapter
+
+__all__ = ["Close", "Create", "Operation", "Shutdown", "ValidateAfter", "operations_adapter"]
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Create(_Op):
+    type: Literal["create"] = "create"
+    request_id: str
+    hparams: dict[str, JsonValue]
+    seed: int = Field(ge=0)
+    # A checkpoint uuid to warm-start from (searcher.source_checkpoint_uuid), or None.
+    checkpoint: str | None = None
+
+
+class ValidateAfter(_Op):
+    type: Literal["validate_after"] = "validate_after"
+    request_id: str
+    length: int = Field(ge=1)
+
+
+class Close(_Op):
+    type: Literal["close"] = "close"
+    request_id: str
+
+
+class Shutdown(_Op):
+    type: Literal["shutdown"] = "shutdown"
+    cancel: bool = False
+    failure: bool = False
+
+
+Operation = Annotated[Create | ValidateAfter | Close | Shutdown, Discriminator("type")]
+
+operations_adapter: TypeAdapter[list[Operation]] = TypeAdapter(list[Operation])

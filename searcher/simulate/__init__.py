@@ -1,0 +1,15 @@
+"""Simulated workers in virtual time, for choosing and benchmarking search methods."""
+
+from searcher.simulate.benchmarks import BENCHMARKS, Benchmark, Curves, MFHartmann6, benchmark_named
+from searcher.simulate.engine import SimulatedTrial, SimulationResult, simulate
+
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "Curves",
+    "MFHartmann6",
+    "SimulatedTrial",
+    "SimulationResult",
+    "benchmark_named",
+    "simulate",
+]

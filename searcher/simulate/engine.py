@@ -1,0 +1,197 @@
+"""The simulator: the real experiment and search method, with simulated workers.
+
+Time is virtual. A worker that takes a trial's operation trains from the trial's
+checkpoint (the length it last validated) to the operation's length, and that costs the
+difference in length units. A worker is free again as soon as its operation completes;
+operations wait for a free worker first-in, first-out, and simultaneous completions are
+handled in the order they started. A paused trial resumes from its checkpoint on
+whichever worker is free when it is promoted. Workers are identical and restarts cost
+nothing, so which worker continues a trial does not change the result.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from searcher.config import ExperimentConfig
+from searcher.errors import SimulationError
+from searcher.events import SearchEvent, Start, TrialClosed, ValidationCompleted
+from searcher.experiment import Experiment
+from searcher.methods import SearchMethod
+from searcher.ops import Close, Shutdown, ValidateAfter
+from searcher.simulate.benchmarks import Benchmark
+
+__all__ = ["SimulatedTrial", "SimulationResult", "simulate"]
+
+
+class SimulatedTrial(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    trial_id: int
+    hparams: dict[str, JsonValue]
+    length: int
+    metric: float | None
+
+
+class SimulationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    state: Literal["COMPLETED", "ERROR", "CANCELED"]
+    best_metric: float | None
+    best_hparams: dict[str, JsonValue] | None
+    best_trial_id: int | None
+    regret: float | None
+    trials: int
+    total_length: int
+    sim_time: float
+    utilization: float
+    workers: int
+    decisions: int
+    trial_details: list[SimulatedTrial]
+
+
+@dataclass(order=True)
+class _Run:
+    finish: float
+    seq: int
+    request_id: str
+    length: int
+
+
+class _Simulation:
+    def __init__(self, experiment: Experiment, benchmark: Benchmark, workers: int) -> None:
+        self.experiment = experiment
+        self.benchmark = benchmark
+        self.workers = workers
+        self.free = workers
+        self.now = 0.0
+        self.seq = 0
+        self.busy = 0.0
+        self.total_length = 0
+        self.decisions = 0
+        self.ready: deque[str] = deque()
+        self.running: list[_Run] = []
+        self.events: deque[SearchEvent] = deque([Start()])
+
+    def _feed(self, event: SearchEvent) -> None:
+        decision = self.experiment.apply(event)
+        self.decisions += 1
+        for op in decision.ops:
+            if isinstance(op, ValidateAfter):
+                self.ready.append(op.request_id)
+            elif isinstance(op, Close):
+                self._close_if_idle(op.request_id)
+            elif isinstance(op, Shutdown):
+                return
+        if isinstance(event, ValidationCompleted):
+            self._close_if_idle(event.request_id)
+
+    def _close_if_idle(self, request_id: str) -> None:
+        record = self.experiment.trials[request_id]
+        if record.closing and record.op_done and not record.terminal:
+            self.events.append(TrialClosed(request_id=request_id))
+
+    def _dispatch(self) -> None:
+        trials = self.experiment.trials
+        while self.ready and self.free:
+            record = trials[self.ready.popleft()]
+            if record.op is None or record.terminal:
+                continue
+            self.free -= 1
+            cost = record.op.length - record.trained
+            self.busy += cost
+            self.total_length += cost
+            self.seq += 1
+            heapq.heappush(
+                self.running, _Run(self.now + cost, self.seq, record.request_id, record.op.length)
+            )
+
+    def run(self) -> None:
+        while True:
+            while self.events:
+                self._feed(self.events.popleft())
+            if self.experiment.is_shut_down:
+                return
+            self._dispatch()
+            if not self.running:
+                if self.events:
+                    continue
+                raise SimulationError(
+                    "the search stalled: no trial is training and the experiment has not "
+                    "shut down; this is a bug in the search method"
+                )
+            run = heapq.heappop(self.running)
+            self.now = run.finish
+            self.free += 1
+            hparams = self.experiment.trials[run.request_id].hparams
+            metric = self.benchmark.evaluate(hparams, run.length)
+            self.events.append(
+                ValidationCompleted(request_id=run.request_id, length=run.length, metric=metric)
+            )
+
+
+def simulate(
+    config: ExperimentConfig,
+    benchmark: Benchmark,
+    workers: int = 4,
+    method: SearchMethod[Any] | None = None,
+) -> SimulationResult:
+    """Run the search to the end against ``benchmark`` on ``workers`` simulated workers."""
+    if workers < 1:
+        raise SimulationError(f"--workers must be at least 1, got {workers}")
+    limit = benchmark.max_length
+    max_length = getattr(config.searcher, "max_length", None)
+    if limit is not None and max_length is not None and max_length.units > limit:
+        raise SimulationError(
+            f"benchmark {benchmark.name} is defined up to length {limit}, but "
+            f"searcher.max_length is {max_length.units}; set max_length to at most {limit}"
+        )
+    if config.experiment_seed is None:
+        config = config.with_seed(0)
+    sim = _Simulation(Experiment(config, method), benchmark, workers)
+    sim.run()
+    return _summarise(sim, config)
+
+
+def _summarise(sim: _Simulation, config: ExperimentConfig) -> SimulationResult:
+    experiment = sim.experiment
+    smaller = config.searcher.smaller_is_better
+    details = [
+        SimulatedTrial(trial_id=t.trial_id, hparams=t.hparams, length=t.trained, metric=t.metric)
+        for t in experiment.trials.values()
+    ]
+    scored = [t for t in details if t.metric is not None and t.metric == t.metric]
+    full = max((t.length for t in scored), default=0)
+    finalists = [t for t in scored if t.length == full]
+    best = None
+    if finalists:
+        best = (min if smaller else max)(finalists, key=lambda t: t.metric or 0.0)
+    shutdown = experiment.state.shutdown
+    state: Literal["COMPLETED", "ERROR", "CANCELED"] = "COMPLETED"
+    if shutdown is not None and shutdown.failure:
+        state = "ERROR"
+    elif shutdown is not None and shutdown.cancel:
+        state = "CANCELED"
+    optimum = sim.benchmark.optimum
+    regret = None
+    if best is not None and best.metric is not None and optimum is not None:
+        regret = best.metric - optimum
+    return SimulationResult(
+        state=state,
+        best_metric=best.metric if best else None,
+        best_hparams=best.hparams if best else None,
+        best_trial_id=best.trial_id if best else None,
+        regret=regret,
+        trials=len(details),
+        total_length=sim.total_length,
+        sim_time=sim.now,
+        utilization=sim.busy / (sim.workers * sim.now) if sim.now > 0 else 0.0,
+        workers=sim.workers,
+        decisions=sim.decisions,
+        trial_details=details,
+    )
