@@ -73,7 +73,7 @@ class TrialRecord(BaseModel):
     @property
     def holds_op(self) -> bool:
         """The trial has an operation it is (or should be) working on."""
-        return self.op is not None and not self.op_done and not self.queued
+        return not self.terminal and self.op is not None and not self.op_done and not self.queued
 
     @property
     def paused(self) -> bool:
@@ -240,12 +240,13 @@ class Experiment:
     def _ended(self, trial: TrialRecord, reason: ExitedReason | None) -> Decision:
         if trial.terminal:
             return Decision(ignored=f"trial {trial.trial_id} has ended already")
+        was_holding = trial.holds_op
         trial.terminal = True
         trial.exited = reason
         self.state.ended += 1
         self.state.failed += reason is ExitedReason.ERRORED
         self.state.canceled += reason is ExitedReason.USER_CANCELED
-        if trial.holds_op:
+        if was_holding:
             self.state.holding -= 1
         if trial.queued:
             trial.queued = False

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 __all__ = ["ConfigModel", "record_warning", "rule_error", "suggest"]
 
@@ -51,11 +58,20 @@ class ConfigModel(BaseModel):
     def known_keys(cls) -> list[str]:
         return [field.alias or name for name, field in cls.model_fields.items()]
 
-    @model_validator(mode="before")
     @classmethod
-    def _check_keys(cls, data: Any, info: ValidationInfo) -> Any:
+    def prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Rewrite the raw mapping before its keys are checked (aliases, old spellings)."""
+        return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        """Report unknown keys together with every other problem in the section."""
         if not isinstance(data, dict):
-            return data
+            return handler(data)
+        data = cls.prepare(data, info)
         known = cls.known_keys()
         kept: dict[str, Any] = {}
         unknown: list[str] = []
@@ -71,9 +87,17 @@ class ConfigModel(BaseModel):
                 )
             else:
                 unknown.append(str(key))
+        errors: list[InitErrorDetails] = []
         if unknown:
-            raise cls._unknown_keys_error(unknown, known)
-        return kept
+            error = cls._unknown_keys_error(unknown, known)
+            errors.append(InitErrorDetails(type=error, loc=(), input=data))
+        try:
+            result = handler(kept)
+        except ValidationError as exc:
+            errors += [_init_details(e) for e in exc.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return result
 
     @classmethod
     def _unknown_keys_error(cls, unknown: list[str], known: list[str]) -> PydanticCustomError:
@@ -85,3 +109,12 @@ class ConfigModel(BaseModel):
         noun = "key" if len(unknown) == 1 else "keys"
         path = unknown[0] if len(unknown) == 1 else ""
         return rule_error(f"unknown {noun} {', '.join(parts)}; valid keys here: {valid}", path)
+
+
+def _init_details(error: ErrorDetails) -> InitErrorDetails:
+    """Carry an error of an inner validation into a combined ValidationError."""
+    ctx = dict(error.get("ctx") or {})
+    kind: str | PydanticCustomError = error["type"]
+    if kind == "rung_rule":
+        kind = PydanticCustomError("rung_rule", "{message}", ctx)
+    return InitErrorDetails(type=kind, loc=error["loc"], input=error["input"], ctx=ctx)

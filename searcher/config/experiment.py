@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, JsonValue, StrictInt, model_validator
+from pydantic import Field, JsonValue, StrictInt, ValidationInfo, model_validator
 
 from searcher.config._model import ConfigModel, rule_error
 from searcher.config.hyperparameters import (
@@ -56,11 +56,10 @@ class CheckpointStorage(ConfigModel):
     save_trial_best: _NonNegative = 1
     save_trial_latest: _NonNegative = 1
 
-    @model_validator(mode="before")
     @classmethod
-    def _supported_type(cls, data: Any) -> Any:
+    def prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Name an unsupported storage type before complaining about its keys."""
-        if isinstance(data, dict) and data.get("type") not in (None, *_STORAGE_TYPES):
+        if data.get("type") not in (None, *_STORAGE_TYPES):
             raise rule_error(
                 f"storage type {data['type']!r} is not supported yet; use shared_fs "
                 "(a directory that every worker sees) or directory",

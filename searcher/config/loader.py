@@ -98,6 +98,8 @@ def _clean_path(loc: tuple[int | str, ...], raw: Any) -> tuple[str, Any]:
             parts[-1 if parts else 0 :] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
         elif isinstance(item, str) and (item in _TAGS or item.startswith("function-")):
             continue
+        elif node is not None and not isinstance(node, Mapping | list):
+            continue  # a field inside a scalar (Length's "units"): the scalar is the problem
         else:
             parts.append(str(item))
             node = None

@@ -57,11 +57,10 @@ class _Searcher(ConfigModel):
     source_trial_id: _PositiveInt | None = None
     source_checkpoint_uuid: str | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _max_time_as_length(cls, data: Any, info: ValidationInfo) -> Any:
+    def prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Determined 0.38 configs give ``max_time`` where 0.37 ones give ``max_length``."""
-        if isinstance(data, dict) and "max_length" not in data and "max_time" in data:
+        if "max_length" not in data and "max_time" in data:
             data = dict(data)
             data["max_length"] = data.pop("max_time")
             record_warning(
@@ -141,11 +140,9 @@ class CustomSearcher(_Searcher):
     unit: Literal["batches", "records", "epochs"] | None = None
     options: dict[str, JsonValue] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
     @classmethod
-    def _collect_options(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
+    def prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        data = super().prepare(data, info)
         known = set(cls.known_keys()) | set(cls.determined_only)
         extra = {k: v for k, v in data.items() if k not in known}
         if not extra:

@@ -29,7 +29,7 @@ from searcher.methods.base import (
 )
 from searcher.methods.custom import load_custom_method
 from searcher.methods.grid import GridSearch
-from searcher.methods.random import RandomSearch, SingleSearch
+from searcher.methods.random_search import RandomSearch, SingleSearch
 
 __all__ = [
     "WORST",

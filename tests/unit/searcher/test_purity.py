@@ -1,0 +1,75 @@
+"""The search core stays pure: no asyncio, no broker, no clock, no global randomness."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PURE = [
+    ROOT / "searcher" / "config",
+    ROOT / "searcher" / "methods",
+    ROOT / "searcher" / "simulate",
+    *(
+        ROOT / "searcher" / name
+        for name in (
+            "experiment.py",
+            "events.py",
+            "ops.py",
+            "space.py",
+            "rungs.py",
+            "plan.py",
+            "errors.py",
+        )
+    ),
+]
+BANNED_MODULES = {"asyncio", "aio_pika", "aiormq", "time", "datetime", "threading", "secrets"}
+
+
+def pure_files() -> list[Path]:
+    files: list[Path] = []
+    for entry in PURE:
+        files += sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
+    return files
+
+
+@pytest.mark.parametrize("path", pure_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_modules_import_no_io_clock_or_global_random(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+            if node.module == "random":
+                # Only the seedable generator class, never the module-level functions.
+                assert [a.name for a in node.names] == ["Random"], ast.dump(node)
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] not in BANNED_MODULES, f"{path}: imports {name}"
+            if isinstance(node, ast.Import):
+                assert name != "random", f"{path}: use 'from random import Random' instead"
+
+
+def test_importing_the_search_core_loads_no_broker_code() -> None:
+    code = (
+        "import sys\n"
+        "import searcher.config, searcher.methods, searcher.experiment, searcher.simulate\n"
+        "import searcher.plan, searcher.space\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aio_pika', 'aiormq'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_the_search_core_names_asyncio_nowhere() -> None:
+    for path in pure_files():
+        assert "asyncio" not in path.read_text(), path
