@@ -1,4 +1,4 @@
-"""``single`` and ``random``: independent trials, each trained to ``max_length`` once.
+"""``single`` and ``random``: independent trials with sampled hyperparameters.
 
 Concurrency stays at the cap until ``max_trials`` trials were created. For ``random``, a
 trial that exits with INVALID_HP is refunded, so it does not count against the budget;
@@ -13,10 +13,11 @@ from pydantic import BaseModel
 
 from searcher.config import RandomSearcher, SingleSearcher
 from searcher.events import ExitedReason
-from searcher.methods.base import SearchContext, SearchMethod, budget_progress
-from searcher.ops import Close, Operation, ValidateAfter
+from searcher.methods.base import SearchContext
+from searcher.methods.one_shot import OneShotSearch
+from searcher.ops import Create, Operation
 
-__all__ = ["RandomSearch", "RandomState"]
+__all__ = ["RandomSearch", "RandomState", "SingleSearch"]
 
 
 class RandomState(BaseModel):
@@ -24,7 +25,7 @@ class RandomState(BaseModel):
     refunded: int = 0
 
 
-class RandomSearch(SearchMethod[RandomState]):
+class RandomSearch(OneShotSearch[RandomState]):
     name: ClassVar[str] = "random"
     State = RandomState
 
@@ -38,48 +39,21 @@ class RandomSearch(SearchMethod[RandomState]):
             self.max_trials, self.max_concurrent = config.max_trials, config.max_concurrent_trials
         self.state = RandomState()
 
-    def _budget_left(self) -> int:
-        return self.max_trials - (self.state.created - self.state.refunded)
+    def total_trials(self) -> int:
+        return self.max_trials
 
-    def _new_trial(self, ctx: SearchContext) -> list[Operation]:
-        create = ctx.create(checkpoint=self.checkpoint)
+    def next_trial(self, ctx: SearchContext) -> Create | None:
+        if self.state.created - self.state.refunded >= self.max_trials:
+            return None
         self.state.created += 1
-        rid = create.request_id
-        return [
-            create,
-            ValidateAfter(request_id=rid, length=self.max_length),
-            Close(request_id=rid),
-        ]
-
-    def _backfill(self, ctx: SearchContext) -> list[Operation]:
-        return self._new_trial(ctx) if self._budget_left() > 0 else []
-
-    def initial_operations(self, ctx: SearchContext) -> list[Operation]:
-        count = self.max_trials
-        if self.max_concurrent > 0:
-            count = min(count, self.max_concurrent)
-        ops: list[Operation] = []
-        for _ in range(count):
-            ops += self._new_trial(ctx)
-        return ops
-
-    def validation_completed(
-        self, ctx: SearchContext, request_id: str, metric: float | None, length: int
-    ) -> list[Operation]:
-        return []
-
-    def trial_closed(self, ctx: SearchContext, request_id: str) -> list[Operation]:
-        return self._backfill(ctx)
+        return ctx.create(checkpoint=self.checkpoint)
 
     def trial_exited_early(
         self, ctx: SearchContext, request_id: str, reason: ExitedReason
     ) -> list[Operation]:
         if reason is ExitedReason.INVALID_HP and not self.single:
             self.state.refunded += 1
-        return self._backfill(ctx)
-
-    def progress(self, ctx: SearchContext) -> float:
-        return budget_progress(ctx, self.max_length, self.max_trials)
+        return super().trial_exited_early(ctx, request_id, reason)
 
 
 class SingleSearch(RandomSearch):

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures. Run ``python -m bench [--quick] [--only NAME]``."""

@@ -1,0 +1,70 @@
+"""The shape ``single``, ``random`` and ``grid`` share: every trial trains once, fully.
+
+Each trial gets ``Create``, ``ValidateAfter(max_length)`` and ``Close`` at once, as in
+Determined 0.37. The search starts as many trials as the cap allows and starts the next
+one whenever a trial ends, until :meth:`OneShotSearch.next_trial` has no more.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from searcher.events import ExitedReason
+from searcher.methods.base import SearchContext, SearchMethod, budget_progress
+from searcher.ops import Close, Create, Operation, ValidateAfter
+
+__all__ = ["OneShotSearch"]
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class OneShotSearch(SearchMethod[S]):
+    max_length: int
+    max_concurrent: int
+
+    @abstractmethod
+    def next_trial(self, ctx: SearchContext) -> Create | None:
+        """The next trial to start, or None when the search has started them all."""
+
+    @abstractmethod
+    def total_trials(self) -> int:
+        """How many trials the search trains in all (for progress)."""
+
+    def _start_next(self, ctx: SearchContext) -> list[Operation]:
+        create = self.next_trial(ctx)
+        if create is None:
+            return []
+        rid = create.request_id
+        return [
+            create,
+            ValidateAfter(request_id=rid, length=self.max_length),
+            Close(request_id=rid),
+        ]
+
+    def initial_operations(self, ctx: SearchContext) -> list[Operation]:
+        count = self.total_trials()
+        if self.max_concurrent > 0:
+            count = min(count, self.max_concurrent)
+        ops: list[Operation] = []
+        for _ in range(count):
+            ops += self._start_next(ctx)
+        return ops
+
+    def validation_completed(
+        self, ctx: SearchContext, request_id: str, metric: float | None, length: int
+    ) -> list[Operation]:
+        return []
+
+    def trial_closed(self, ctx: SearchContext, request_id: str) -> list[Operation]:
+        return self._start_next(ctx)
+
+    def trial_exited_early(
+        self, ctx: SearchContext, request_id: str, reason: ExitedReason
+    ) -> list[Operation]:
+        return self._start_next(ctx)
+
+    def progress(self, ctx: SearchContext) -> float:
+        return budget_progress(ctx, self.max_length, self.total_trials())
