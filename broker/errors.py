@@ -1,0 +1,38 @@
+"""Exceptions raised by the broker package.
+
+BrokerError
+├── DecodeError (also ValueError)      a message body is not a valid Rung message
+├── UnroutableError                    a mandatory publish matched no queue
+├── PublishTimeoutError                     no publisher confirm in time (broker blocked?)
+└── BrokerUnavailableError                  cannot reach the broker (yet); retried by connect()
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailableError",
+    "DecodeError",
+    "PublishTimeoutError",
+    "UnroutableError",
+]
+
+
+class BrokerError(Exception):
+    """Root of every error the broker package raises on purpose."""
+
+
+class DecodeError(BrokerError, ValueError):
+    """A message body is malformed: the reason says what rule it broke."""
+
+
+class UnroutableError(BrokerError):
+    """A mandatory message matched no queue (for example, its worker is gone)."""
+
+
+class PublishTimeoutError(BrokerError, TimeoutError):
+    """The broker did not confirm a publish in time."""
+
+
+class BrokerUnavailableError(BrokerError, ConnectionError):
+    """The broker cannot be reached."""

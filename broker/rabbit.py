@@ -1,0 +1,263 @@
+"""RabbitMQ through aio-pika, with the traps of 3.10 designed around.
+
+* Separate robust connections for publishing and consuming: a resource alarm blocks
+  publishers, and must not stop a process from consuming (``shared/reference/rabbitmq.md``
+  §1.7 item 5).
+* Publisher confirms, persistent messages, ``mandatory`` publishes and
+  ``on_return_raises``: an unroutable message raises instead of vanishing. Every publish has
+  a timeout, so a blocked broker cannot hang a process forever.
+* Prefetch is set explicitly per subscription; aio-pika re-applies it on reconnect.
+* Strong references to channels, queues and consumers (aio-pika #594).
+* The first connection retries while the broker is unreachable, saying what it waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+
+from broker.errors import BrokerError, BrokerUnavailableError, PublishTimeoutError, UnroutableError
+from broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from broker.topology import Topology
+
+__all__ = ["RabbitBroker", "redact"]
+
+log = structlog.get_logger("rung.broker")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:******@{host}"
+
+
+class _RabbitDelivery(Delivery):
+    def __init__(self, broker: RabbitBroker, message: AbstractIncomingMessage, queue: str) -> None:
+        super().__init__(
+            body=message.body,
+            message_id=message.message_id,
+            headers=dict(message.headers or {}),
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+            redelivered=bool(message.redelivered),
+            queue=queue,
+        )
+        self._broker = broker
+        self._message = message
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    async def dead_letter(self, reason: str) -> None:
+        headers = {
+            **self.headers,
+            DEAD_REASON_HEADER: reason[:1000],
+            "x-rung-dead-queue": self.queue,
+        }
+        await self._broker.publish(
+            self._broker.topology.dead_exchange,
+            "",
+            self.body,
+            message_id=self.message_id or "unknown",
+            headers=headers,
+        )
+        await self._message.ack()
+
+
+class _RabbitSubscription(Subscription):
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.tag = tag
+
+    async def cancel(self) -> None:
+        try:
+            await self.queue.cancel(self.tag)
+        finally:
+            await self.channel.close()
+
+
+class RabbitBroker(Broker):
+    def __init__(
+        self,
+        url: str,
+        topology: Topology | None = None,
+        *,
+        name: str = "rung",
+        retry_interval: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.topology = topology or Topology()
+        self.name = name
+        self.retry_interval = retry_interval
+        self._publish_conn: AbstractRobustConnection | None = None
+        self._consume_conn: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._private: dict[str, tuple[AbstractChannel, AbstractQueue]] = {}
+        self._subscriptions: list[_RabbitSubscription] = []
+        self._lock = asyncio.Lock()
+
+    async def _connect(self, role: str) -> AbstractRobustConnection:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await aio_pika.connect_robust(
+                    self.url,
+                    client_properties={"connection_name": f"{self.name}-{role}"},
+                    reconnect_interval=self.retry_interval,
+                )
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning(
+                    "waiting for the broker",
+                    url=redact(self.url),
+                    attempt=attempt,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=self.retry_interval,
+                )
+                await asyncio.sleep(self.retry_interval)
+
+    async def start(self) -> None:
+        self._publish_conn = await self._connect("publish")
+        self._consume_conn = await self._connect("consume")
+        channel = await self._publish_conn.channel(publisher_confirms=True, on_return_raises=True)
+        self._channel = channel
+        for spec in self.topology.exchanges:
+            kind = (
+                aio_pika.ExchangeType.FANOUT
+                if spec.kind == "fanout"
+                else aio_pika.ExchangeType.DIRECT
+            )
+            self._exchanges[spec.name] = await channel.declare_exchange(
+                spec.name, kind, durable=True
+            )
+        for queue_spec in self.topology.queues:
+            await channel.declare_queue(
+                queue_spec.name, durable=True, arguments=queue_spec.arguments()
+            )
+        for binding in self.topology.bindings:
+            queue = await channel.get_queue(binding.queue, ensure=False)
+            await queue.bind(binding.exchange, binding.routing_key)
+        log.info("connected to the broker", url=redact(self.url), prefix=self.topology.prefix)
+
+    async def close(self) -> None:
+        for sub in self._subscriptions:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await sub.channel.close()
+        for conn in (self._publish_conn, self._consume_conn):
+            if conn is not None:
+                await conn.close()
+
+    def _exchange(self, name: str) -> AbstractExchange:
+        if self._channel is None:
+            raise BrokerError("the broker is not started; call start() first")
+        if name == "":
+            return self._channel.default_exchange
+        try:
+            return self._exchanges[name]
+        except KeyError:
+            raise BrokerError(f"no exchange {name!r} in the topology") from None
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            headers=headers or {},
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self._exchange(exchange).publish(
+                message, routing_key, mandatory=True, timeout=timeout
+            )
+        except PublishError as exc:
+            raise UnroutableError(f"no queue takes {exchange or 'default'}/{routing_key}") from exc
+        except DeliveryError as exc:
+            raise BrokerError(f"the broker refused {message_id}: {exc}") from exc
+        except TimeoutError as exc:
+            raise PublishTimeoutError(
+                f"no confirm for {message_id} within {timeout} s; is the "
+                "broker blocked (disk or memory alarm)?"
+            ) from exc
+
+    async def _consume_channel(self, prefetch: int) -> AbstractChannel:
+        if self._consume_conn is None:
+            raise BrokerUnavailableError("the broker is not started; call start() first")
+        channel = await self._consume_conn.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        channel = await self._consume_channel(max(prefetch, 1))
+        q = await channel.get_queue(queue, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            delivery = _RabbitDelivery(self, message, queue)
+            try:
+                await handler(delivery)
+            except Exception:
+                log.exception("handler failed; message goes back to the queue", queue=queue)
+                await message.nack(requeue=True)
+
+        tag = await q.consume(on_message, no_ack=False)
+        sub = _RabbitSubscription(channel, q, tag)
+        self._subscriptions.append(sub)
+        return sub
+
+    async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:
+        if self._consume_conn is None:
+            raise BrokerUnavailableError("the broker is not started; call start() first")
+        channel = await self._consume_conn.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        if bind_to is not None:
+            await queue.bind(bind_to[0], bind_to[1])
+        self._private[queue.name] = (channel, queue)
+        return queue.name
+
+    async def delete_private_queue(self, name: str) -> None:
+        entry = self._private.pop(name, None)
+        if entry is not None:
+            channel, queue = entry
+            await queue.delete(if_unused=False, if_empty=False)
+            await channel.close()
+
+    async def delete_topology(self) -> None:
+        if self._channel is None:
+            return
+        for spec in self.topology.queues:
+            await self._channel.queue_delete(spec.name)
+        for exchange in self.topology.exchanges:
+            await self._channel.exchange_delete(exchange.name)

@@ -1,0 +1,87 @@
+"""Commands from the searcher to workers.
+
+``RunTrial`` goes to the shared work queue: any worker with free slots may take it. The
+rest go to the control queue of the worker that runs the trial. Every command names the
+trial's ``attempt``; a worker ignores commands for an attempt it does not run, so a stale
+command can never touch a newer run of the trial.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, JsonValue
+
+from broker.schemas.base import Message
+
+__all__ = [
+    "CloseTrial",
+    "ContinueTrial",
+    "PauseTrial",
+    "PreemptTrial",
+    "RunTrial",
+    "WorkerCommand",
+]
+
+
+class RunTrial(Message):
+    """Start (or resume from ``latest_checkpoint``) a trial and train it to ``length``."""
+
+    type: Literal["run_trial"] = "run_trial"
+    experiment_id: str
+    trial_id: int = Field(ge=1)
+    request_id: str
+    attempt: int = Field(ge=1)
+    length: int = Field(ge=1)
+    hparams: dict[str, JsonValue]
+    trial_seed: int = Field(ge=0)
+    latest_checkpoint: str | None = None
+    context_hash: str
+    entrypoint: list[str] = Field(min_length=1)
+    slots: int = Field(ge=0)
+    unit: str | None = None
+    checkpoint_root: str
+    user_data: dict[str, JsonValue] = Field(default_factory=dict)
+    max_restarts: int = Field(ge=0)
+
+
+class ContinueTrial(Message):
+    """The trial keeps running: its next operation trains to ``length``."""
+
+    type: Literal["continue_trial"] = "continue_trial"
+    experiment_id: str
+    trial_id: int
+    attempt: int
+    length: int = Field(ge=1)
+
+
+class PauseTrial(Message):
+    """No operation for now: the script exits after its last op and frees its slots."""
+
+    type: Literal["pause_trial"] = "pause_trial"
+    experiment_id: str
+    trial_id: int
+    attempt: int
+
+
+class CloseTrial(Message):
+    """The search is done with the trial: no more operations, ever."""
+
+    type: Literal["close_trial"] = "close_trial"
+    experiment_id: str
+    trial_id: int
+    attempt: int
+
+
+class PreemptTrial(Message):
+    """Ask the script to checkpoint and stop (``should_preempt()`` turns true)."""
+
+    type: Literal["preempt_trial"] = "preempt_trial"
+    experiment_id: str
+    trial_id: int
+    attempt: int
+
+
+WorkerCommand = Annotated[
+    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial, Discriminator("type")
+]

@@ -1,0 +1,135 @@
+"""Events from workers (and their training processes) to the searcher.
+
+Each names the trial's ``attempt``: the searcher drops events from an attempt that is not
+the trial's current one, which fences off a worker that was presumed dead.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, JsonValue, field_validator
+
+from broker.schemas.base import Message
+
+__all__ = [
+    "CheckpointSaved",
+    "ExitReason",
+    "LogLine",
+    "LogLines",
+    "MetricsReported",
+    "OpCompleted",
+    "ProgressReported",
+    "TrialEvent",
+    "TrialExited",
+    "TrialStarted",
+    "WorkerHeartbeat",
+]
+
+
+class ExitReason(StrEnum):
+    """How a training process ended, with Determined's meanings."""
+
+    # Exited cleanly after the searcher closed the trial: the trial is done.
+    COMPLETED = "COMPLETED"
+    # Exited cleanly after the searcher paused it: not a completion, it may resume later.
+    OUT_OF_OPS = "OUT_OF_OPS"
+    # Exited after a preemption request: it resumes from its checkpoint elsewhere.
+    PREEMPTED = "PREEMPTED"
+    # A non-zero exit or a crash; counts against max_restarts.
+    ERRORED = "ERRORED"
+    # The script raised InvalidHP: the search method replaces the trial.
+    INVALID_HP = "INVALID_HP"
+    # Exited 0 without finishing its operation: a user-requested stop, never restarted.
+    USER_REQUESTED_STOP = "USER_REQUESTED_STOP"
+
+
+class _TrialMessage(Message):
+    experiment_id: str
+    trial_id: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+
+
+class TrialStarted(_TrialMessage):
+    type: Literal["trial_started"] = "trial_started"
+    worker_id: str
+    slots: int = Field(ge=0)
+    gpus: list[str] = Field(default_factory=list)
+
+
+class ProgressReported(_TrialMessage):
+    type: Literal["progress_reported"] = "progress_reported"
+    units: float = Field(ge=0, allow_inf_nan=False)
+
+
+class MetricsReported(_TrialMessage):
+    type: Literal["metrics_reported"] = "metrics_reported"
+    group: Literal["training", "validation"]
+    steps_completed: int = Field(ge=0)
+    metrics: dict[str, JsonValue]
+
+
+class OpCompleted(_TrialMessage):
+    """The script trained to ``length`` and reported the searcher metric."""
+
+    type: Literal["op_completed"] = "op_completed"
+    length: int = Field(ge=1)
+    metric: float | None
+
+    @field_validator("metric")
+    @classmethod
+    def _finite_or_none(cls, value: float | None) -> float | None:
+        # JSON has no NaN: a non-finite metric travels as null and ranks worst.
+        return value if value is None or math.isfinite(value) else None
+
+
+class CheckpointSaved(_TrialMessage):
+    type: Literal["checkpoint_saved"] = "checkpoint_saved"
+    uuid: str
+    steps_completed: int = Field(ge=0)
+    metadata: dict[str, JsonValue]
+    size_bytes: int = Field(ge=0)
+
+
+class TrialExited(_TrialMessage):
+    type: Literal["trial_exited"] = "trial_exited"
+    worker_id: str
+    reason: ExitReason
+    exit_code: int | None = None
+    message: str = ""
+    stderr_tail: list[str] = Field(default_factory=list)
+
+
+class LogLine(Message):
+    stream: Literal["stdout", "stderr", "rung"]
+    text: str
+
+
+class LogLines(_TrialMessage):
+    type: Literal["log_lines"] = "log_lines"
+    lines: list[LogLine]
+
+
+class WorkerHeartbeat(Message):
+    type: Literal["worker_heartbeat"] = "worker_heartbeat"
+    experiment_id: str = ""
+    worker_id: str
+    slots: int = Field(ge=0)
+    free_slots: int = Field(ge=0)
+    gpus: list[str] = Field(default_factory=list)
+    running: list[str] = Field(default_factory=list)
+
+
+TrialEvent = Annotated[
+    TrialStarted
+    | ProgressReported
+    | MetricsReported
+    | OpCompleted
+    | CheckpointSaved
+    | TrialExited
+    | LogLines
+    | WorkerHeartbeat,
+    Discriminator("type"),
+]

@@ -1,0 +1,50 @@
+"""Helpers shared by the integration, end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+AMQP_URL = os.environ.get("RUNG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RUN_ID = os.environ.get("RUNG_TEST_RUN_ID", f"local{os.getpid()}")
+
+
+def unique_prefix() -> str:
+    """Queue and exchange names no other test (or test run) uses."""
+    return f"rungtest-{RUN_ID}-{uuid.uuid4().hex[:8]}"
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Wait until ``predicate()`` holds, polling; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def wait_sync(
+    predicate: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str = "condition",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
