@@ -47,8 +47,45 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}:******@{host}"
 
 
+class _RabbitSubscription(Subscription):
+    """A consumer on its own channel. Cancelling stops new deliveries at once; the channel
+    closes when the deliveries already received are settled (acks need their channel)."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.tag: str | None = None
+        self.unsettled = 0
+        self.cancelled = False
+
+    async def settled(self) -> None:
+        self.unsettled -= 1
+        if self.cancelled and self.unsettled <= 0:
+            await self._close()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+            await self.channel.close()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.tag is not None:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await self.queue.cancel(self.tag)
+        if self.unsettled <= 0:
+            await self._close()
+
+
 class _RabbitDelivery(Delivery):
-    def __init__(self, broker: RabbitBroker, message: AbstractIncomingMessage, queue: str) -> None:
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        message: AbstractIncomingMessage,
+        queue: str,
+        subscription: _RabbitSubscription,
+    ) -> None:
         super().__init__(
             body=message.body,
             message_id=message.message_id,
@@ -60,12 +97,15 @@ class _RabbitDelivery(Delivery):
         )
         self._broker = broker
         self._message = message
+        self._subscription = subscription
 
     async def ack(self) -> None:
         await self._message.ack()
+        await self._subscription.settled()
 
     async def requeue(self) -> None:
         await self._message.nack(requeue=True)
+        await self._subscription.settled()
 
     async def dead_letter(self, reason: str) -> None:
         headers = {
@@ -80,20 +120,7 @@ class _RabbitDelivery(Delivery):
             message_id=self.message_id or "unknown",
             headers=headers,
         )
-        await self._message.ack()
-
-
-class _RabbitSubscription(Subscription):
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.tag = tag
-
-    async def cancel(self) -> None:
-        try:
-            await self.queue.cancel(self.tag)
-        finally:
-            await self.channel.close()
+        await self.ack()
 
 
 class RabbitBroker(Broker):
@@ -223,17 +250,19 @@ class RabbitBroker(Broker):
     async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         channel = await self._consume_channel(max(prefetch, 1))
         q = await channel.get_queue(queue, ensure=False)
+        sub = _RabbitSubscription(channel, q)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            delivery = _RabbitDelivery(self, message, queue)
+            sub.unsettled += 1
+            delivery = _RabbitDelivery(self, message, queue, sub)
             try:
                 await handler(delivery)
             except Exception:
                 log.exception("handler failed; message goes back to the queue", queue=queue)
-                await message.nack(requeue=True)
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await delivery.requeue()
 
-        tag = await q.consume(on_message, no_ack=False)
-        sub = _RabbitSubscription(channel, q, tag)
+        sub.tag = await q.consume(on_message, no_ack=False)
         self._subscriptions.append(sub)
         return sub
 
@@ -257,6 +286,8 @@ class RabbitBroker(Broker):
     async def delete_topology(self) -> None:
         if self._channel is None:
             return
+        for sub in self._subscriptions:
+            await sub.cancel()
         for spec in self.topology.queues:
             await self._channel.queue_delete(spec.name)
         for exchange in self.topology.exchanges:

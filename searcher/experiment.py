@@ -161,6 +161,20 @@ class Experiment:
         value = self.method.progress(self)
         return 0.0 if math.isnan(value) else min(max(value, 0.0), 1.0)
 
+    def best_trial(self) -> TrialRecord | None:
+        """The best metric among the trials trained furthest (the incumbent)."""
+        scored = [
+            t
+            for t in self.state.trials.values()
+            if t.metric is not None and math.isfinite(t.metric)
+        ]
+        if not scored:
+            return None
+        furthest = max(t.trained for t in scored)
+        finalists = [t for t in scored if t.trained == furthest]
+        sign = 1.0 if self.config.searcher.smaller_is_better else -1.0
+        return min(finalists, key=lambda t: (sign * (t.metric or 0.0), t.trial_id))
+
     def outstanding_ops(self) -> list[ValidateAfter]:
         """Operations emitted and not complete: what a restarted service re-publishes."""
         return [t.op for t in self.state.trials.values() if t.holds_op and t.op is not None]

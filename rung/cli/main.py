@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from rung.cli import search_tools
+from rung.cli import experiments, run, search_tools, services
 from rung.logs import configure_logging
 from searcher.errors import SearcherError
 
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     search_tools.register(commands)
+    run.register(commands)
+    experiments.register(commands)
+    services.register(commands)
     return parser
 
 

@@ -155,22 +155,16 @@ def simulate(
         config = config.with_seed(0)
     sim = _Simulation(Experiment(config, method), benchmark, workers)
     sim.run()
-    return _summarise(sim, config)
+    return _summarise(sim)
 
 
-def _summarise(sim: _Simulation, config: ExperimentConfig) -> SimulationResult:
+def _summarise(sim: _Simulation) -> SimulationResult:
     experiment = sim.experiment
-    smaller = config.searcher.smaller_is_better
     details = [
         SimulatedTrial(trial_id=t.trial_id, hparams=t.hparams, length=t.trained, metric=t.metric)
         for t in experiment.trials.values()
     ]
-    scored = [t for t in details if t.metric is not None and t.metric == t.metric]
-    full = max((t.length for t in scored), default=0)
-    finalists = [t for t in scored if t.length == full]
-    best = None
-    if finalists:
-        best = (min if smaller else max)(finalists, key=lambda t: t.metric or 0.0)
+    best = experiment.best_trial()
     shutdown = experiment.state.shutdown
     state: Literal["COMPLETED", "ERROR", "CANCELED"] = "COMPLETED"
     if shutdown is not None and shutdown.failure:

@@ -1,0 +1,95 @@
+"""``rung searcher`` and ``rung worker``: the long-running processes of a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from rung.cli.common import add_broker_options, broker_from, default_state_dir, stop_on_signals
+from searcher.service.service import SearcherService
+from worker.agent import Worker
+from worker.gpus import parse_gpus
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    searcher = commands.add_parser("searcher", help="run the searcher service")
+    add_broker_options(searcher, required=True)
+    searcher.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="event logs, contexts and default checkpoints "
+        "(default: $RUNG_STATE_DIR or ~/.rung/searcher)",
+    )
+    searcher.set_defaults(handler=run_searcher)
+
+    worker = commands.add_parser("worker", help="run a worker: one trial per slot")
+    add_broker_options(worker, required=True)
+    worker.add_argument(
+        "--slots", type=int, default=1, help="CPU slots to offer when there are no GPUs (default 1)"
+    )
+    worker.add_argument(
+        "--gpus",
+        default="auto",
+        help="auto (nvidia-smi or CUDA_VISIBLE_DEVICES), none, or a list: 0,1",
+    )
+    worker.add_argument("--id", dest="worker_id", default=None, help="worker id")
+    worker.add_argument(
+        "--work-dir", type=Path, default=None, help="where contexts are cached and trials run"
+    )
+    worker.set_defaults(handler=run_worker)
+
+
+def _require_broker(args: argparse.Namespace) -> None:
+    if not args.broker:
+        raise SystemExit(
+            "error: --broker URL (or RUNG_BROKER_URL) is required: searchers "
+            "and workers on separate processes meet on RabbitMQ"
+        )
+
+
+def run_searcher(args: argparse.Namespace) -> int:
+    _require_broker(args)
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        broker = broker_from(args, "rung-searcher")
+        await broker.start()
+        try:
+            await SearcherService(broker, args.state_dir or default_state_dir()).run(stop)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    _require_broker(args)
+    try:
+        gpus = parse_gpus(args.gpus)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        broker = broker_from(args, "rung-worker")
+        await broker.start()
+        try:
+            worker = Worker(
+                broker,
+                worker_id=args.worker_id,
+                slots=args.slots,
+                gpus=gpus,
+                work_dir=args.work_dir,
+            )
+            await worker.run(stop)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,35 @@
+"""``det.core``: the Core API (``init``, contexts, operations)."""
+
+from worker.core import (
+    CheckpointContext,
+    ClusterInfo,
+    Context,
+    DistributedContext,
+    EarlyExitReason,
+    InvalidHP,
+    PreemptContext,
+    PreemptMode,
+    SearcherContext,
+    SearcherMode,
+    SearcherOperation,
+    TrainContext,
+    TrialInfo,
+    init,
+)
+
+__all__ = [
+    "CheckpointContext",
+    "ClusterInfo",
+    "Context",
+    "DistributedContext",
+    "EarlyExitReason",
+    "InvalidHP",
+    "PreemptContext",
+    "PreemptMode",
+    "SearcherContext",
+    "SearcherMode",
+    "SearcherOperation",
+    "TrainContext",
+    "TrialInfo",
+    "init",
+]

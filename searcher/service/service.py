@@ -1,0 +1,309 @@
+"""The searcher service: consumes worker events and client requests, decides, publishes.
+
+For every message: decode it (a malformed one goes to the dead-letter queue with its
+reason, and the service keeps going), apply it to the experiment's pure state, append the
+input and everything it caused to the experiment's event log (written and fsync'd),
+publish the resulting commands with confirms, and only then acknowledge the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from broker.archive import ArchiveError, context_hash, extract, validate
+from broker.errors import DecodeError, UnroutableError
+from broker.port import Broker, Delivery
+from broker.schemas import (
+    CreateExperiment,
+    DescribeExperiment,
+    Envelope,
+    ExitReason,
+    GetContext,
+    ListExperiments,
+    RpcError,
+    RpcReply,
+    TrialExited,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from broker.schemas.envelope import Body
+from searcher.config import ExperimentConfig, parse_config
+from searcher.errors import ConfigError, SearcherError
+from searcher.experiment import Experiment
+from searcher.methods import build_method
+from searcher.service.eventlog import EventLog
+from searcher.service.summary import summarise
+from searcher.trials import Command, ExperimentRun, Step
+
+__all__ = ["SearcherService"]
+
+log = structlog.get_logger("rung.searcher")
+
+
+class _Refused(Exception):  # noqa: N818
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class SearcherService:
+    def __init__(self, broker: Broker, state_dir: Path) -> None:
+        self.broker = broker
+        self.state_dir = state_dir
+        self.runs: dict[str, ExperimentRun] = {}
+        self.logs: dict[str, EventLog] = {}
+        self.warnings: dict[str, list[str]] = {}
+        self.workers: dict[str, WorkerHeartbeat] = {}
+        self._lock = asyncio.Lock()
+        self._seen: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        topology = self.broker.topology
+        (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
+        await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4)
+        await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64)
+        log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
+        await stop.wait()
+        for event_log in self.logs.values():
+            event_log.close()
+
+    # ------------------------------------------------------------------ publishing
+    async def _publish(self, run: ExperimentRun, step: Step, seq: int) -> None:
+        topology = self.broker.topology
+        for index, command in enumerate(step.commands):
+            envelope = Envelope(
+                message_id=f"{run.experiment_id}/{seq}/{index}",
+                experiment_id=run.experiment_id,
+                seq=seq,
+                body=command.body,
+            )
+            key = (
+                topology.WORK_KEY
+                if command.worker_id is None
+                else topology.worker_key(command.worker_id)
+            )
+            try:
+                await self.broker.publish(
+                    topology.commands_exchange,
+                    key,
+                    encode(envelope),
+                    message_id=envelope.message_id,
+                )
+            except UnroutableError:
+                await self._worker_gone(run, command)
+
+    async def _worker_gone(self, run: ExperimentRun, command: Command) -> None:
+        """The trial's worker is gone: its attempt ended; it resumes from its checkpoint."""
+        body = command.body
+        log.warning(
+            "the worker running a trial is gone; the trial will resume elsewhere",
+            experiment_id=run.experiment_id,
+            trial_id=getattr(body, "trial_id", None),
+            worker_id=command.worker_id,
+        )
+        lost = TrialExited(
+            experiment_id=run.experiment_id,
+            trial_id=body.trial_id,
+            attempt=body.attempt,
+            worker_id=command.worker_id or "",
+            reason=ExitReason.PREEMPTED,
+            message=f"worker {command.worker_id} is gone",
+        )
+        await self._apply(run, lost, message_id=f"lost/{body.trial_id}/{body.attempt}")
+
+    def _record(
+        self, run: ExperimentRun, step: Step, *, kind: str, message_id: str, body: Body | None
+    ) -> int:
+        return self.logs[run.experiment_id].append(
+            kind,
+            message_id=message_id,
+            input=body.model_dump(mode="json") if body is not None else None,
+            applied=[e.model_dump(mode="json") for e in step.applied],
+            ops=[op.model_dump(mode="json") for op in step.ops],
+            commands=[
+                {"worker_id": c.worker_id, **c.body.model_dump(mode="json")} for c in step.commands
+            ],
+            ignored=step.ignored,
+        )
+
+    async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> None:
+        step = run.on_event(body)
+        seq = self._record(run, step, kind="event", message_id=message_id, body=body)
+        if step.ignored:
+            log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
+        await self._publish(run, step, seq)
+        if run.state != "ACTIVE" and any(op.type == "shutdown" for op in step.ops):
+            log.info("experiment finished", experiment_id=run.experiment_id, state=run.state)
+
+    # ------------------------------------------------------------------ events
+    async def _on_event(self, delivery: Delivery) -> None:
+        try:
+            envelope = decode(delivery.body)
+        except DecodeError as exc:
+            log.warning(
+                "malformed event sent to the dead-letter queue",
+                error=str(exc),
+                message_id=delivery.message_id,
+            )
+            await delivery.dead_letter(str(exc))
+            return
+        body = envelope.body
+        async with self._lock:
+            if isinstance(body, WorkerHeartbeat):
+                self.workers[body.worker_id] = body
+            elif envelope.message_id in self._seen:
+                log.debug("duplicate event dropped", message_id=envelope.message_id)
+            else:
+                run = self.runs.get(getattr(body, "experiment_id", ""))
+                if run is None:
+                    log.warning(
+                        "event for an unknown experiment; dropped",
+                        type=body.type,
+                        experiment_id=getattr(body, "experiment_id", None),
+                    )
+                else:
+                    await self._apply(run, body, envelope.message_id)
+                self._seen.add(envelope.message_id)
+        await delivery.ack()
+
+    # ------------------------------------------------------------------ requests
+    async def _on_rpc(self, delivery: Delivery) -> None:
+        try:
+            body = decode(delivery.body).body
+        except DecodeError as exc:
+            log.warning("malformed request sent to the dead-letter queue", error=str(exc))
+            await delivery.dead_letter(str(exc))
+            return
+        try:
+            async with self._lock:
+                result = await self._handle(body)
+            reply = RpcReply(ok=True, result=result)
+        except _Refused as exc:
+            reply = RpcReply(
+                ok=False, error=RpcError(kind="refused", message=str(exc), problems=exc.problems)
+            )
+        except KeyError as exc:
+            reply = RpcReply(
+                ok=False, error=RpcError(kind="not_found", message=f"no experiment {exc}")
+            )
+        if delivery.reply_to:
+            envelope = Envelope(message_id=f"reply/{delivery.correlation_id}", body=reply)
+            try:
+                await self.broker.publish(
+                    "",
+                    delivery.reply_to,
+                    encode(envelope),
+                    message_id=envelope.message_id,
+                    correlation_id=delivery.correlation_id,
+                )
+            except UnroutableError:
+                log.info("the client left before its reply", type=body.type)
+        await delivery.ack()
+
+    async def _handle(self, body: Body) -> dict[str, Any]:
+        match body:
+            case CreateExperiment():
+                return await self._create(body)
+            case DescribeExperiment():
+                run = self.runs[body.experiment_id]
+                summary = summarise(
+                    run,
+                    str(self.logs[run.experiment_id].path),
+                    warnings=self.warnings.get(run.experiment_id),
+                )
+                return summary.model_dump(mode="json")
+            case ListExperiments():
+                return {
+                    "experiments": [
+                        summarise(run, str(self.logs[eid].path), with_trials=False).model_dump(
+                            mode="json"
+                        )
+                        for eid, run in self.runs.items()
+                    ]
+                }
+            case GetContext():
+                path = self.state_dir / "contexts" / f"{body.context_hash}.tar.gz"
+                if not path.is_file():
+                    raise KeyError(body.context_hash)
+                return {"context_b64": base64.b64encode(path.read_bytes()).decode()}
+        raise _Refused(f"{body.type} is not a request")
+
+    def _checkpoint_root(self, config: ExperimentConfig) -> str:
+        storage = config.checkpoint_storage
+        if storage is None:
+            return str((self.state_dir / "checkpoints").resolve())
+        if storage.type == "shared_fs" and storage.host_path:
+            return str(Path(storage.host_path) / (storage.storage_path or ""))
+        return str(storage.container_path)
+
+    async def _create(self, body: CreateExperiment) -> dict[str, Any]:
+        try:
+            loaded = parse_config(body.config, source=body.config_source or None)
+        except ConfigError as exc:
+            raise _Refused(str(exc), [str(p) for p in exc.problems]) from None
+        config = loaded.config
+        if not config.entrypoint:
+            raise _Refused(
+                "entrypoint: required to run trials; add entrypoint: python3 train.py",
+                ["entrypoint: required to run trials; add entrypoint: python3 train.py"],
+            )
+        try:
+            data = base64.b64decode(body.context_b64, validate=True)
+            validate(data)
+        except (ArchiveError, ValueError) as exc:
+            raise _Refused(f"context: {exc}", [f"context: {exc}"]) from None
+        digest = context_hash(data)
+        contexts = self.state_dir / "contexts"
+        (contexts / f"{digest}.tar.gz").write_bytes(data)
+        context_dir = contexts / digest
+        if not context_dir.is_dir():
+            await asyncio.to_thread(extract, data, context_dir)
+        if config.experiment_seed is None:
+            config = config.with_seed(secrets.randbelow(2**32))
+        experiment_id = f"exp-{uuid.uuid4().hex[:8]}"
+        try:
+            method = build_method(config, context_dir=context_dir)
+            experiment = Experiment(config, method)
+        except SearcherError as exc:
+            raise _Refused(str(exc), [str(exc)]) from None
+        run = ExperimentRun(
+            experiment_id,
+            experiment,
+            context_hash=digest,
+            checkpoint_root=self._checkpoint_root(config),
+        )
+        event_log = EventLog(self.state_dir / "experiments" / experiment_id / "events.jsonl")
+        self.runs[experiment_id] = run
+        self.logs[experiment_id] = event_log
+        self.warnings[experiment_id] = list(loaded.warnings)
+        event_log.append(
+            "created",
+            experiment_id=experiment_id,
+            context_hash=digest,
+            checkpoint_root=run.checkpoint_root,
+            config=config.model_dump(mode="json", by_alias=True),
+        )
+        step = run.start()
+        seq = self._record(run, step, kind="start", message_id=f"{experiment_id}/start", body=None)
+        await self._publish(run, step, seq)
+        log.info(
+            "experiment created",
+            experiment_id=experiment_id,
+            name=config.name,
+            searcher=config.searcher.name,
+            seed=config.experiment_seed,
+        )
+        return {
+            "experiment_id": experiment_id,
+            "warnings": list(loaded.warnings),
+            "event_log": str(event_log.path),
+        }

@@ -1,0 +1,45 @@
+"""Summaries of experiments and trials for clients."""
+
+from __future__ import annotations
+
+from broker.schemas import ExperimentSummary, TrialSummary
+from searcher.trials import ExperimentRun, TrialRuntime
+
+__all__ = ["summarise"]
+
+
+def _trial(run: ExperimentRun, trial: TrialRuntime) -> TrialSummary:
+    record = run.experiment.trials[trial.request_id]
+    return TrialSummary(
+        trial_id=trial.trial_id,
+        request_id=trial.request_id,
+        hparams=record.hparams,
+        state=trial.state,
+        length=record.trained,
+        metric=record.metric,
+        restarts=trial.restarts,
+        attempt=trial.attempt,
+        latest_checkpoint=trial.latest_checkpoint,
+        worker_id=trial.worker_id,
+    )
+
+
+def summarise(
+    run: ExperimentRun,
+    event_log: str,
+    *,
+    with_trials: bool = True,
+    warnings: list[str] | None = None,
+) -> ExperimentSummary:
+    best = run.experiment.best_trial()
+    trials = [_trial(run, t) for t in run.trials.values()] if with_trials else []
+    return ExperimentSummary(
+        experiment_id=run.experiment_id,
+        name=run.experiment.config.name,
+        state=run.state,
+        progress=run.experiment.progress(),
+        trials=trials,
+        best_trial=_trial(run, run.trials[best.request_id]) if best is not None else None,
+        event_log=event_log,
+        warnings=list(warnings or []),
+    )

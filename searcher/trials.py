@@ -1,0 +1,331 @@
+"""Trial lifecycle: where trials run, and what workers must be told. Pure and synchronous.
+
+The experiment layer decides *what* each trial trains; this layer decides *how*, from
+worker events and the experiment's operations:
+
+* a trial with an operation and no live process is queued as work (``RunTrial``, a new
+  attempt, resuming from its latest checkpoint);
+* a running trial that completed its operation gets its next one (``ContinueTrial``), or
+  is paused (``PauseTrial``: its process exits and frees its slots) or closed
+  (``CloseTrial``);
+* a paused trial that is promoted later is queued as work again;
+* exits are handled as Determined does: a non-zero exit restarts the trial from its latest
+  checkpoint up to ``max_restarts`` times, counted per trial, then the trial errored; a
+  preempted trial resumes without using a restart; InvalidHP and user-requested stops end
+  the trial and tell the search method.
+
+Every event carries the trial's attempt number; events from any other attempt are stale
+and ignored, which fences off a worker that was presumed dead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from broker.schemas import (
+    CheckpointSaved,
+    CloseTrial,
+    ContinueTrial,
+    ExitReason,
+    LogLines,
+    MetricsReported,
+    OpCompleted,
+    PauseTrial,
+    ProgressReported,
+    RunTrial,
+    TrialExited,
+    TrialStarted,
+    WorkerCommand,
+)
+from broker.schemas.envelope import Body
+from searcher.events import (
+    ExitedReason,
+    SearchEvent,
+    Start,
+    TrialClosed,
+    TrialExitedEarly,
+    TrialProgress,
+    ValidationCompleted,
+)
+from searcher.experiment import Experiment
+from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+
+__all__ = ["Command", "ExperimentRun", "Step", "TrialRuntime", "TrialState"]
+
+TrialState = Literal[
+    "PENDING", "QUEUED", "RUNNING", "PAUSED", "COMPLETED", "ERRORED", "CANCELED", "INVALID_HP"
+]
+TERMINAL = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
+_LOG_TAIL = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command to publish: to the work queue (``worker_id`` None) or to one worker."""
+
+    body: WorkerCommand
+    worker_id: str | None = None
+
+
+@dataclass
+class Step:
+    """What one input caused: the search events applied, the operations, the commands."""
+
+    applied: list[SearchEvent] = field(default_factory=list)
+    ops: list[Operation] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    ignored: str | None = None
+
+
+class TrialRuntime(BaseModel):
+    trial_id: int
+    request_id: str
+    state: TrialState = "PENDING"
+    attempt: int = 0
+    worker_id: str | None = None
+    target: int | None = None  # the length of the operation it should be training to
+    waiting: bool = False  # running, op done, waiting for what comes next
+    stopping: Literal["pause", "close"] | None = None
+    closing: bool = False
+    restarts: int = 0
+    latest_checkpoint: str | None = None
+    latest_steps: int = -1
+    trained: int = 0
+    metric: float | None = None
+    validation_metrics: dict[str, Any] = Field(default_factory=dict)
+    exit_message: str = ""
+    logs: deque[str] = Field(default_factory=lambda: deque(maxlen=_LOG_TAIL))
+
+
+class ExperimentRun:
+    def __init__(
+        self, experiment_id: str, experiment: Experiment, *, context_hash: str, checkpoint_root: str
+    ) -> None:
+        self.experiment_id = experiment_id
+        self.experiment = experiment
+        self.context_hash = context_hash
+        self.checkpoint_root = checkpoint_root
+        self.trials: dict[str, TrialRuntime] = {}
+        self.by_id: dict[int, TrialRuntime] = {}
+        self.state: Literal["ACTIVE", "COMPLETED", "ERROR", "CANCELED"] = "ACTIVE"
+
+    # ------------------------------------------------------------------ entry points
+    def start(self) -> Step:
+        step = Step()
+        self._search(Start(), step)
+        return step
+
+    def on_event(self, body: Body) -> Step:
+        step = Step()
+        trial = self.by_id.get(getattr(body, "trial_id", -1))
+        if trial is None:
+            step.ignored = f"unknown trial {getattr(body, 'trial_id', '?')}"
+            return step
+        if getattr(body, "attempt", None) != trial.attempt:
+            step.ignored = (
+                f"trial {trial.trial_id}: event from attempt "
+                f"{getattr(body, 'attempt', '?')}, the current one is "
+                f"{trial.attempt}"
+            )
+            return step
+        match body:
+            case TrialStarted():
+                if trial.state == "QUEUED":
+                    trial.state = "RUNNING"
+                    trial.worker_id = body.worker_id
+            case OpCompleted():
+                self._op_completed(trial, body, step)
+            case ProgressReported():
+                self._search(TrialProgress(request_id=trial.request_id, units=body.units), step)
+            case CheckpointSaved():
+                if body.steps_completed >= trial.latest_steps:
+                    trial.latest_checkpoint = body.uuid
+                    trial.latest_steps = body.steps_completed
+            case MetricsReported():
+                if body.group == "validation":
+                    trial.validation_metrics = dict(body.metrics)
+            case LogLines():
+                trial.logs.extend(f"[{line.stream}] {line.text}" for line in body.lines)
+            case TrialExited():
+                self._exited(trial, body, step)
+            case _:
+                step.ignored = f"{body.type} is not a trial event"
+        return step
+
+    # ------------------------------------------------------------------ the search
+    def _search(self, event: SearchEvent, step: Step) -> None:
+        pending: deque[SearchEvent] = deque([event])
+        while pending:
+            current = pending.popleft()
+            decision = self.experiment.apply(current)
+            step.applied.append(current)
+            if decision.ignored and current is event:
+                step.ignored = decision.ignored
+            step.ops += decision.ops
+            for op in decision.ops:
+                follow = self._operation(op, step)
+                if follow is not None:
+                    pending.append(follow)
+
+    def _operation(self, op: Operation, step: Step) -> SearchEvent | None:
+        match op:
+            case Create():
+                record = self.experiment.trials[op.request_id]
+                runtime = TrialRuntime(
+                    trial_id=record.trial_id,
+                    request_id=op.request_id,
+                    latest_checkpoint=op.checkpoint,
+                )
+                self.trials[op.request_id] = runtime
+                self.by_id[record.trial_id] = runtime
+            case ValidateAfter():
+                trial = self.trials[op.request_id]
+                trial.target = op.length
+                if trial.state == "RUNNING" and trial.waiting and trial.stopping is None:
+                    trial.waiting = False
+                    step.commands.append(
+                        Command(
+                            ContinueTrial(
+                                experiment_id=self.experiment_id,
+                                trial_id=trial.trial_id,
+                                attempt=trial.attempt,
+                                length=op.length,
+                            ),
+                            trial.worker_id,
+                        )
+                    )
+                elif trial.state in ("PENDING", "PAUSED"):
+                    self._queue(trial, step)
+                # Running and on its way out (paused or preempted): queued when it exits.
+            case Close():
+                trial = self.trials[op.request_id]
+                trial.closing = True
+                if trial.state == "RUNNING" and trial.waiting:
+                    self._stop(trial, "close", step)
+                elif trial.state in ("PENDING", "PAUSED"):
+                    trial.state = "COMPLETED"
+                    return TrialClosed(request_id=trial.request_id)
+            case Shutdown():
+                self.state = "ERROR" if op.failure else "CANCELED" if op.cancel else "COMPLETED"
+        return None
+
+    def _queue(self, trial: TrialRuntime, step: Step) -> None:
+        if trial.target is None:
+            return
+        trial.attempt += 1
+        trial.state = "QUEUED"
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+        config = self.experiment.config
+        record = self.experiment.trials[trial.request_id]
+        entrypoint = config.entrypoint or []
+        max_length = getattr(config.searcher, "max_length", None)
+        step.commands.append(
+            Command(
+                RunTrial(
+                    experiment_id=self.experiment_id,
+                    trial_id=trial.trial_id,
+                    request_id=trial.request_id,
+                    attempt=trial.attempt,
+                    length=trial.target,
+                    hparams=record.hparams,
+                    trial_seed=record.create.seed,
+                    latest_checkpoint=trial.latest_checkpoint,
+                    context_hash=self.context_hash,
+                    entrypoint=[entrypoint] if isinstance(entrypoint, str) else list(entrypoint),
+                    slots=config.resources.slots_per_trial,
+                    unit=max_length.unit if max_length is not None else None,
+                    checkpoint_root=self.checkpoint_root,
+                    user_data=dict(config.data),
+                    max_restarts=config.max_restarts,
+                )
+            )
+        )
+
+    def _stop(self, trial: TrialRuntime, how: Literal["pause", "close"], step: Step) -> None:
+        trial.waiting = False
+        trial.stopping = how
+        cls = CloseTrial if how == "close" else PauseTrial
+        step.commands.append(
+            Command(
+                cls(
+                    experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
+                ),
+                trial.worker_id,
+            )
+        )
+
+    # ------------------------------------------------------------------ worker events
+    def _op_completed(self, trial: TrialRuntime, body: OpCompleted, step: Step) -> None:
+        if trial.state != "RUNNING" or body.length != trial.target or trial.waiting:
+            step.ignored = (
+                f"trial {trial.trial_id}: completion of length {body.length} "
+                f"does not match its operation ({trial.target})"
+            )
+            return
+        trial.waiting = True
+        trial.trained = body.length
+        trial.metric = body.metric
+        self._search(
+            ValidationCompleted(
+                request_id=trial.request_id, length=body.length, metric=body.metric
+            ),
+            step,
+        )
+        if trial.waiting:
+            # No next operation for it now: close it, or pause it to free its slots.
+            self._stop(trial, "close" if trial.closing else "pause", step)
+
+    def _holds_op(self, trial: TrialRuntime) -> bool:
+        return self.experiment.trials[trial.request_id].holds_op
+
+    def _exited(self, trial: TrialRuntime, body: TrialExited, step: Step) -> None:
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+        trial.exit_message = body.message
+        reason = body.reason
+        if reason is ExitReason.ERRORED:
+            trial.restarts += 1
+            trial.logs.extend(f"[stderr] {line}" for line in body.stderr_tail[-5:])
+            limit = self.experiment.config.max_restarts
+            if trial.restarts > limit:
+                trial.state = "ERRORED"
+                trial.logs.append(
+                    f"[rung] trial failed {trial.restarts} times, more than "
+                    f"max_restarts={limit}: {body.message}"
+                )
+                self._search(
+                    TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.ERRORED), step
+                )
+                return
+            trial.logs.append(
+                f"[rung] trial failed (restart {trial.restarts}/{limit}): {body.message}"
+            )
+        elif reason is ExitReason.INVALID_HP:
+            trial.state = "INVALID_HP"
+            self._search(
+                TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.INVALID_HP), step
+            )
+            return
+        elif reason is ExitReason.USER_REQUESTED_STOP:
+            trial.state = "CANCELED"
+            trial.logs.append(f"[rung] warning: {body.message}")
+            self._search(
+                TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.USER_CANCELED),
+                step,
+            )
+            return
+        # COMPLETED, OUT_OF_OPS, PREEMPTED, or an error with restarts left.
+        if self._holds_op(trial):
+            self._queue(trial, step)  # resume from the latest checkpoint
+        elif trial.closing:
+            trial.state = "COMPLETED"
+            self._search(TrialClosed(request_id=trial.request_id), step)
+        else:
+            trial.state = "PAUSED"

@@ -1,0 +1,271 @@
+"""The worker agent: one per machine, one slot per GPU (or ``--slots`` CPU slots).
+
+It takes ``RunTrial`` commands from the shared work queue only while it has free slots:
+it consumes with prefetch 1, and stops consuming when its slots are full. A command is
+acknowledged as soon as the trial has started and ``trial_started`` is confirmed, so a
+trial that trains for days never trips RabbitMQ's ``consumer_timeout``; from then on the
+trial's own events report its life. Commands for a running trial come on this worker's
+private control queue, which disappears with the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import structlog
+
+from broker.errors import BrokerError, DecodeError
+from broker.port import Broker, Delivery, Subscription
+from broker.rpc import RpcClient
+from broker.schemas import (
+    CloseTrial,
+    ContinueTrial,
+    DescribeExperiment,
+    Envelope,
+    PauseTrial,
+    PreemptTrial,
+    RunTrial,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from broker.schemas.envelope import Body
+from worker.contexts import ContextCache
+from worker.trial_run import TrialRun
+
+__all__ = ["Worker", "default_worker_id"]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        worker_id: str | None = None,
+        slots: int = 1,
+        gpus: list[str] | None = None,
+        work_dir: Path | None = None,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self.broker = broker
+        self.worker_id = worker_id or default_worker_id()
+        self.gpus = list(gpus or [])
+        # One slot per GPU when there are GPUs; otherwise --slots CPU slots.
+        self.total_slots = len(self.gpus) if self.gpus else max(slots, 1)
+        self.free = list(range(self.total_slots))
+        self.work_dir = work_dir or Path.home() / ".rung" / "worker" / self.worker_id
+        self.heartbeat_s = heartbeat_s
+        self.rpc = RpcClient(broker)
+        self.contexts = ContextCache(self.rpc, self.work_dir / "contexts")
+        self.runs: dict[tuple[str, int, int], TrialRun] = {}
+        self.log = structlog.get_logger("rung.worker").bind(worker_id=self.worker_id)
+        self._work: Subscription | None = None
+        self._control_queue: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = itertools.count(1)
+        self._stopping = False
+        self._waiting_for_slots = 0
+
+    # ------------------------------------------------------------------ publishing
+    async def emit(self, body: Body) -> None:
+        experiment_id = getattr(body, "experiment_id", "")
+        envelope = Envelope(
+            message_id=f"{self.worker_id}/{next(self._seq)}", experiment_id=experiment_id, body=body
+        )
+        topology = self.broker.topology
+        await self.broker.publish(
+            topology.events_exchange,
+            topology.EVENTS_KEY,
+            encode(envelope),
+            message_id=envelope.message_id,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        topology = self.broker.topology
+        self._control_queue = await self.broker.declare_private_queue(
+            (topology.commands_exchange, topology.worker_key(self.worker_id))
+        )
+        await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
+        await self._update_intake()
+        self.log.info("worker ready", slots=self.total_slots, gpus=self.gpus)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await stop.wait()
+        finally:
+            heartbeat.cancel()
+            await self.shutdown()
+
+    async def shutdown(self, grace_s: float = 60.0) -> None:
+        """Stop intake, ask running trials to checkpoint and stop, then let their work go."""
+        self._stopping = True
+        if self._work is not None:
+            await self._work.cancel()
+            self._work = None
+        for run in self.runs.values():
+            run.request_preemption()
+        if self._tasks:
+            self.log.info("waiting for trials to checkpoint and stop", trials=len(self.runs))
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for run in self.runs.values():
+                run.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        if self._control_queue is not None:
+            with contextlib.suppress(BrokerError):
+                await self.broker.delete_private_queue(self._control_queue)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            with contextlib.suppress(BrokerError):
+                await self.emit(
+                    WorkerHeartbeat(
+                        worker_id=self.worker_id,
+                        slots=self.total_slots,
+                        free_slots=len(self.free),
+                        gpus=self.gpus,
+                        running=[f"{e}/{t}/{a}" for e, t, a in self.runs],
+                    )
+                )
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _update_intake(self) -> None:
+        """Consume work exactly while a slot is free (and enough for a waiting command)."""
+        want = (
+            not self._stopping and len(self.free) > 0 and len(self.free) >= self._waiting_for_slots
+        )
+        if want and self._work is None:
+            self._work = await self.broker.subscribe(
+                self.broker.topology.work_queue, self._on_work, prefetch=1
+            )
+        elif not want and self._work is not None:
+            work, self._work = self._work, None
+            await work.cancel()
+
+    # ------------------------------------------------------------------ work
+    async def _on_work(self, delivery: Delivery) -> None:
+        try:
+            body = decode(delivery.body).body
+        except DecodeError as exc:
+            self.log.warning("malformed work message", error=str(exc))
+            await delivery.dead_letter(f"worker {self.worker_id}: {exc}")
+            return
+        if not isinstance(body, RunTrial):
+            await delivery.dead_letter(f"expected run_trial on the work queue, got {body.type}")
+            return
+        need = max(body.slots, 1)
+        if need > self.total_slots:
+            self.log.error(
+                "trial needs more slots than this worker has",
+                needs=need,
+                slots=self.total_slots,
+                trial_id=body.trial_id,
+            )
+        if need > len(self.free) or self._stopping:
+            self._waiting_for_slots = need
+            await self._pause_intake_then(delivery.requeue)
+            return
+        self._waiting_for_slots = 0
+        slots, self.free = self.free[:need], self.free[need:]
+        if not self.free:
+            await self._pause_intake_then(None)
+        try:
+            run = await self._start(body, slots)
+        except Exception:
+            self.free.extend(slots)
+            await delivery.requeue()
+            await self._update_intake()
+            raise
+        await delivery.ack()
+        if run is not None:
+            task = asyncio.create_task(self._watch(run, slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self.free.extend(slots)
+            await self._update_intake()
+
+    async def _pause_intake_then(self, action: object) -> None:
+        if self._work is not None:
+            work, self._work = self._work, None
+            await work.cancel()
+        if callable(action):
+            await action()
+
+    async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
+        run_dir = (
+            self.work_dir
+            / "runs"
+            / cmd.experiment_id
+            / (f"trial-{cmd.trial_id}-attempt-{cmd.attempt}")
+        )
+        await self.contexts.run_dir(cmd.context_hash, run_dir)
+        gpus = [self.gpus[i] for i in slots] if self.gpus else []
+        run = TrialRun(
+            cmd,
+            worker_id=self.worker_id,
+            run_dir=run_dir,
+            gpus=gpus,
+            slot_ids=slots,
+            emit=self.emit,
+            best_validation=lambda: self._best_validation(cmd.experiment_id),
+        )
+        self.runs[run.key] = run
+        if not await run.start():
+            self.runs.pop(run.key, None)
+            return None
+        return run
+
+    async def _watch(self, run: TrialRun, slots: list[int]) -> None:
+        try:
+            await run.wait()
+        finally:
+            self.runs.pop(run.key, None)
+            self.free.extend(slots)
+            self.free.sort()
+            await self._update_intake()
+
+    async def _best_validation(self, experiment_id: str) -> float | None:
+        reply = await self.rpc.call(DescribeExperiment(experiment_id=experiment_id))
+        best = (reply.result or {}).get("best_trial") if reply.ok else None
+        return None if best is None else best.get("metric")
+
+    # ------------------------------------------------------------------ control
+    async def _on_control(self, delivery: Delivery) -> None:
+        try:
+            body = decode(delivery.body).body
+        except DecodeError as exc:
+            await delivery.dead_letter(f"worker {self.worker_id}: {exc}")
+            return
+        await delivery.ack()
+        if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial):
+            self.log.warning("unexpected control message", type=body.type)
+            return
+        run = self.runs.get((body.experiment_id, body.trial_id, body.attempt))
+        if run is None:
+            self.log.info(
+                "command for a trial attempt not running here; ignored",
+                type=body.type,
+                trial_id=body.trial_id,
+                attempt=body.attempt,
+            )
+            return
+        match body:
+            case ContinueTrial():
+                run.continue_to(body.length)
+            case PauseTrial():
+                run.stop_ops("pause")
+            case CloseTrial():
+                run.stop_ops("close")
+            case PreemptTrial():
+                run.request_preemption()

@@ -1,0 +1,55 @@
+"""Experiment contexts on a worker: fetched from the searcher once, cached by hash."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+from pathlib import Path
+
+from broker.archive import context_hash, extract
+from broker.rpc import RpcClient
+from broker.schemas import GetContext
+
+__all__ = ["ContextCache", "ContextUnavailableError"]
+
+
+class ContextUnavailableError(RuntimeError):
+    """The searcher could not hand out the context."""
+
+
+class ContextCache:
+    def __init__(self, rpc: RpcClient, root: Path) -> None:
+        self.rpc = rpc
+        self.root = root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, digest: str) -> Path:
+        target = self.root / digest
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if (target / ".complete").is_file():
+                return target
+            reply = await self.rpc.call(GetContext(context_hash=digest), timeout=60)
+            if not reply.ok or reply.result is None:
+                message = reply.error.message if reply.error else "no context in the reply"
+                raise ContextUnavailableError(f"context {digest[:12]}: {message}")
+            data = base64.b64decode(reply.result["context_b64"])
+            if context_hash(data) != digest:
+                raise ContextUnavailableError(f"context {digest[:12]}: content hash mismatch")
+            tmp = self.root / f".tmp-{digest}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            await asyncio.to_thread(extract, data, tmp)
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            return target
+
+    async def run_dir(self, digest: str, destination: Path) -> Path:
+        """A private copy of the context for one trial attempt to run in."""
+        source = await self.get(digest)
+        shutil.rmtree(destination, ignore_errors=True)
+        await asyncio.to_thread(
+            shutil.copytree, source, destination, ignore=shutil.ignore_patterns(".complete")
+        )
+        return destination

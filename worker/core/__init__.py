@@ -1,0 +1,169 @@
+"""The Core API, Determined 0.37-compatible: ``import rung as det``.
+
+Inside a trial run by a Rung worker every call goes to the worker over a local channel;
+outside one, ``init()`` returns local stand-ins so the script runs standalone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from worker.core._channel import Channel
+from worker.core._checkpoint import CheckpointContext
+from worker.core._contexts import (
+    EarlyExitReason,
+    LocalTransport,
+    PreemptContext,
+    PreemptMode,
+    SearcherContext,
+    SearcherMode,
+    SearcherOperation,
+    TrainContext,
+    Transport,
+)
+from worker.core._info import ClusterInfo, TrialInfo, get_cluster_info
+
+__all__ = [
+    "CHANNEL_ENV",
+    "LOG_FORMAT",
+    "CheckpointContext",
+    "ClusterInfo",
+    "Context",
+    "DistributedContext",
+    "EarlyExitReason",
+    "InvalidHP",
+    "PreemptContext",
+    "PreemptMode",
+    "SearcherContext",
+    "SearcherMode",
+    "SearcherOperation",
+    "TrainContext",
+    "TrialInfo",
+    "get_cluster_info",
+    "init",
+]
+
+CHANNEL_ENV = "RUNG_CHANNEL"
+LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"
+
+
+class InvalidHP(Exception):  # noqa: N818 (Determined's name)
+    """Raise inside ``with det.core.init()`` when the hyperparameters cannot work."""
+
+
+class DistributedContext:
+    """A single-process stand-in: rank 0 of 1 (multi-process trials come later)."""
+
+    def __init__(
+        self,
+        *,
+        rank: int = 0,
+        size: int = 1,
+        local_rank: int = 0,
+        local_size: int = 1,
+        cross_rank: int = 0,
+        cross_size: int = 1,
+        **_: Any,
+    ) -> None:
+        self.rank, self.size = rank, size
+        self.local_rank, self.local_size = local_rank, local_size
+        self.cross_rank, self.cross_size = cross_rank, cross_size
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_local_rank(self) -> int:
+        return self.local_rank
+
+    def get_size(self) -> int:
+        return self.size
+
+    def get_num_agents(self) -> int:
+        return self.cross_size
+
+    def broadcast(self, stuff: Any) -> Any:
+        return stuff
+
+    def allgather(self, stuff: Any) -> list[Any]:
+        return [stuff]
+
+    def gather(self, stuff: Any) -> list[Any]:
+        return [stuff]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Context:
+    def __init__(
+        self,
+        transport: Transport,
+        info: ClusterInfo | None,
+        checkpoint_root: Path,
+        channel: Channel | None,
+    ) -> None:
+        self.info = info
+        self.distributed = DistributedContext()
+        self._transport = transport
+        self._channel = channel
+        self.train = TrainContext(transport)
+        self.searcher = SearcherContext(transport, info.trial.unit if info else None)
+        self.preempt = PreemptContext(transport)
+
+        def report(storage_id: str, steps: int, metadata: dict[str, Any], size: int) -> None:
+            transport.request(
+                "checkpoint",
+                uuid=storage_id,
+                steps_completed=steps,
+                metadata=metadata,
+                size_bytes=size,
+            )
+
+        self.checkpoint = CheckpointContext(checkpoint_root, report)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(value, InvalidHP):
+            logging.getLogger("rung.core").warning("trial raised InvalidHP: %s", value)
+            self.train.report_early_exit(EarlyExitReason.INVALID_HP)
+            self.close()
+            sys.exit(0)
+        self.close()
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+def init(
+    *,
+    distributed: DistributedContext | None = None,
+    checkpoint_storage: str | dict[str, Any] | None = None,
+    preempt_mode: PreemptMode = PreemptMode.WorkersAskChief,
+    tensorboard_mode: Any = None,
+) -> Context:
+    """The Core API context: use as ``with det.core.init() as core_context:``."""
+    info = get_cluster_info()
+    path = os.environ.get(CHANNEL_ENV)
+    if info is None or not path:
+        root = Path(
+            checkpoint_storage
+            if isinstance(checkpoint_storage, str)
+            else os.environ.get("RUNG_CHECKPOINT_DIR", Path.home() / ".rung" / "local-checkpoints")
+        )
+        return Context(LocalTransport(), None, root, None)
+    channel = Channel(path)
+    return Context(channel, info, Path(info.checkpoint_root), channel)

@@ -1,0 +1,43 @@
+"""The training process's end of the local channel to its worker.
+
+JSON lines over a Unix socket named by ``RUNG_CHANNEL``: one request, one reply. The
+training process never sees broker credentials and never imports aio-pika.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from typing import Any
+
+__all__ = ["Channel", "ChannelError"]
+
+
+class ChannelError(RuntimeError):
+    """The worker closed the channel or answered with an error."""
+
+
+class Channel:
+    def __init__(self, path: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(path)
+        self._file = self._sock.makefile("rwb")
+        self._lock = threading.Lock()
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        payload = json.dumps({"op": op, **fields}, allow_nan=False).encode() + b"\n"
+        with self._lock:
+            self._file.write(payload)
+            self._file.flush()
+            line = self._file.readline()
+        if not line:
+            raise ChannelError("the worker closed the channel; the trial is being stopped")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise ChannelError(str(reply["error"]))
+        return reply
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
