@@ -24,11 +24,17 @@ __all__ = [
 
 
 class ExitedReason(StrEnum):
-    """Why a trial ended before the searcher closed it. Only ERRORED counts as a failure."""
+    """Why a trial ended before the searcher closed it.
+
+    Only ERRORED counts as a failure, and only USER_CANCELED as a cancel.
+    USER_REQUESTED_STOP is a script that exited cleanly without finishing its operation:
+    as in Determined, the trial simply ended, and the experiment can still complete.
+    """
 
     ERRORED = "ERRORED"
     USER_CANCELED = "USER_CANCELED"
     INVALID_HP = "INVALID_HP"
+    USER_REQUESTED_STOP = "USER_REQUESTED_STOP"
 
 
 class _Event(BaseModel):

@@ -314,10 +314,12 @@ class ExperimentRun:
             )
             return
         elif reason is ExitReason.USER_REQUESTED_STOP:
-            trial.state = "CANCELED"
+            trial.state = "COMPLETED"
             trial.logs.append(f"[rung] warning: {body.message}")
             self._search(
-                TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.USER_CANCELED),
+                TrialExitedEarly(
+                    request_id=trial.request_id, reason=ExitedReason.USER_REQUESTED_STOP
+                ),
                 step,
             )
             return

@@ -1,0 +1,137 @@
+"""A real cluster in real processes: one searcher and workers on the local RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import RabbitBroker, Topology
+from tests.support import AMQP_URL, unique_prefix, wait_sync
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "core_api"
+
+
+@dataclass
+class Cluster:
+    namespace: str
+    state_dir: Path
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    files: list[Any] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RUNG_BROKER_URL": AMQP_URL, "RUNG_NAMESPACE": self.namespace}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.files.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rung", "--log-format", "json", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=ROOT,
+        )
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, name: str, slots: int = 1) -> subprocess.Popen[bytes]:
+        process = self.start(
+            name,
+            "worker",
+            "--slots",
+            str(slots),
+            "--gpus",
+            "none",
+            "--id",
+            name,
+            "--work-dir",
+            str(self.state_dir / name),
+        )
+        self.wait_log(name, "worker ready")
+        return process
+
+    def log_text(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def wait_log(self, name: str, text: str, timeout: float = 30) -> None:
+        wait_sync(lambda: text in self.log_text(name), timeout, f"{text!r} in {name}'s log")
+
+    def rung(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rung", *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=ROOT,
+            timeout=timeout,
+            check=False,
+        )
+
+    def create(
+        self, config: Path, context: Path = EXAMPLES, *, follow: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        args = ["experiment", "create", str(config), str(context)]
+        return self.rung(*args, *(["--follow", "--json"] if follow else []))
+
+    def describe(self, experiment_id: str) -> dict[str, Any]:
+        result = self.rung("e", "describe", experiment_id, "--json")
+        assert result.returncode == 0, result.stderr
+        described: dict[str, Any] = json.loads(result.stdout)
+        return described
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout)
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    namespace = unique_prefix()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    instance = Cluster(namespace, tmp_path / "state", logs)
+    instance.start("searcher", "searcher", "--state-dir", str(instance.state_dir))
+    instance.wait_log("searcher", "searcher ready")
+    try:
+        yield instance
+    finally:
+        for name in list(instance.processes):
+            process = instance.processes[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in instance.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        for handle in instance.files:
+            handle.close()
+        asyncio.run(_delete(namespace))
+
+
+async def _delete(namespace: str) -> None:
+    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="cleanup")
+    await broker.start()
+    try:
+        await broker.delete_topology()
+    finally:
+        await broker.close()

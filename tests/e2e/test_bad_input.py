@@ -1,0 +1,99 @@
+"""Bad input against the real cluster: poison messages and an unreachable broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import DEAD_REASON_HEADER, Delivery, RabbitBroker, Topology
+from tests.support import AMQP_URL, wait_for, wait_sync
+
+from .conftest import EXAMPLES, ROOT, Cluster
+
+pytestmark = pytest.mark.rabbitmq
+
+
+async def _poison_and_read_dead(namespace: str) -> list[Delivery]:
+    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="poisoner")
+    await broker.start()
+    topology = broker.topology
+    try:
+        bodies = [
+            b"{not json",
+            json.dumps({"schema_version": 99, "message_id": "x", "body": {}}).encode(),
+            json.dumps(
+                {"schema_version": 1, "message_id": "y", "body": {"type": "launch_missiles"}}
+            ).encode(),
+        ]
+        for index, body in enumerate(bodies):
+            await broker.publish(
+                topology.events_exchange, topology.EVENTS_KEY, body, message_id=f"poison-{index}"
+            )
+        dead: list[Delivery] = []
+
+        async def keep(delivery: Delivery) -> None:
+            dead.append(delivery)
+            await delivery.ack()
+
+        await broker.subscribe(topology.dead_queue, keep, prefetch=10)
+        await wait_for(lambda: len(dead) == 3, 30, "three dead letters")
+        return dead
+    finally:
+        await broker.close()
+
+
+def test_malformed_messages_go_to_the_dead_letter_queue_and_the_service_goes_on(
+    cluster: Cluster,
+) -> None:
+    dead = asyncio.run(_poison_and_read_dead(cluster.namespace))
+    reasons = sorted(str(d.headers[DEAD_REASON_HEADER]) for d in dead)
+    assert reasons[0].startswith("invalid message at body")
+    assert "unknown" in reasons[0] or "does not match" in reasons[0]
+    assert reasons[1].startswith("not valid JSON")
+    assert reasons[2] == "unsupported schema_version 99; this Rung speaks version 1"
+    assert "malformed event sent to the dead-letter queue" in cluster.log_text("searcher")
+    # The searcher is still up and runs an experiment.
+    cluster.start_worker("w1")
+    result = cluster.create(EXAMPLES / "3_hpsearch.yaml")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["state"] == "COMPLETED"
+
+
+def test_an_unreachable_broker_is_reported_and_retried(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rung",
+                "worker",
+                "--gpus",
+                "none",
+                "--broker",
+                "amqp://guest:secret@127.0.0.1:1/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            wait_sync(
+                lambda: log.read_text().count("waiting for the broker") >= 2,
+                30,
+                "two connection attempts",
+            )
+            assert process.poll() is None  # still retrying, not crashed
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+    text = log.read_text()
+    assert "amqp://guest:******@127.0.0.1:1/" in text  # the password never reaches a log
+    assert "secret" not in text
+    assert "ConnectionError" in text or "refused" in text.lower()

@@ -1,0 +1,64 @@
+"""``rung run``: the same flow in one command, on the in-process broker and on RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import AMQP_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "core_api"
+
+
+def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RUNG_BROKER_URL"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rung",
+            "run",
+            str(EXAMPLES / "3_hpsearch.yaml"),
+            str(EXAMPLES),
+            "--workers",
+            "2",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+
+
+def check(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["state"] == "COMPLETED"
+    assert len(summary["trials"]) == 10
+    assert set(summary) == {"experiment_id", "state", "trials", "best_trial", "event_log"}
+    for trial in summary["trials"]:
+        assert set(trial) == {"trial_id", "hparams", "state", "length", "metric", "restarts"}
+    full = [t for t in summary["trials"] if t["length"] == 100]
+    assert summary["best_trial"]["metric"] == min(t["metric"] for t in full)
+    assert Path(summary["event_log"]).is_file()
+
+
+def test_rung_run_on_the_in_process_broker(tmp_path: Path) -> None:
+    check(run(tmp_path))
+
+
+@pytest.mark.rabbitmq
+def test_rung_run_on_rabbitmq(tmp_path: Path) -> None:
+    check(run(tmp_path, "--broker", AMQP_URL))

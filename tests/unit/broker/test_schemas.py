@@ -1,0 +1,73 @@
+"""Message schemas: round trips, and loud failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker.errors import DecodeError
+from broker.schemas import Envelope, OpCompleted, RunTrial, decode, encode
+from broker.schemas.envelope import MAX_MESSAGE_BYTES
+
+
+def test_round_trip() -> None:
+    body = RunTrial(
+        experiment_id="e",
+        trial_id=1,
+        request_id="r",
+        attempt=1,
+        length=5,
+        hparams={"a": {"b": 1}},
+        trial_seed=3,
+        context_hash="h",
+        entrypoint=["python3", "x.py"],
+        slots=1,
+        checkpoint_root="/c",
+        max_restarts=5,
+    )
+    envelope = Envelope(message_id="m", experiment_id="e", seq=4, body=body)
+    assert decode(encode(envelope)) == envelope
+
+
+def test_a_non_finite_metric_travels_as_null() -> None:
+    body = OpCompleted(experiment_id="e", trial_id=1, attempt=1, length=1, metric=float("inf"))
+    assert body.metric is None
+
+
+def _envelope(**body: object) -> bytes:
+    return json.dumps({"schema_version": 1, "message_id": "m", "body": body}).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1]", "expected a JSON object, got list"),
+        (json.dumps({"message_id": "m"}).encode(), "unsupported schema_version None"),
+        (_envelope(type="nope"), "invalid message at body"),
+        (
+            _envelope(
+                type="op_completed", experiment_id="e", trial_id=0, attempt=1, length=1, metric=1.0
+            ),
+            "invalid message at body.op_completed.trial_id",
+        ),
+        (
+            _envelope(
+                type="op_completed",
+                experiment_id="e",
+                trial_id=1,
+                attempt=1,
+                length=1,
+                metric=1.0,
+                extra=1,
+            ),
+            "invalid message at body.op_completed.extra",
+        ),
+        (b" " * (MAX_MESSAGE_BYTES + 1), "message too large"),
+    ],
+)
+def test_decoding_fails_loudly_with_the_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(data)
+    assert str(caught.value).startswith(reason)

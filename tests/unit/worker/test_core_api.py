@@ -1,0 +1,85 @@
+"""The Core API off-cluster and its checks (on a worker it is tested end to end)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rung as det
+from worker.core._checkpoint import CheckpointContext
+from worker.core._validate import check_metrics
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_off_cluster_init_gives_local_stand_ins(tmp_path: Path) -> None:
+    assert det.get_cluster_info() is None
+    with det.core.init(checkpoint_storage=str(tmp_path)) as core_context:
+        ops: list[int] = []
+        for op in core_context.searcher.operations():
+            ops.append(op.length)
+            op.report_completed(1.0)
+        assert ops == [1]
+        assert core_context.preempt.should_preempt() is False
+        with core_context.checkpoint.store_path({"steps_completed": 1}) as (path, storage_id):
+            (path / "w").write_text("weights")
+        assert core_context.checkpoint.get_metadata(storage_id) == {"steps_completed": 1}
+
+
+def test_each_op_must_be_completed_once() -> None:
+    with det.core.init() as core_context:
+        operations = core_context.searcher.operations()
+        op = next(operations)
+        with pytest.raises(RuntimeError, match=r"must call op\.report_completed"):
+            next(operations)
+        op.report_completed(0.5)
+        with pytest.raises(RuntimeError, match=r"only call op\.report_completed\(\) once"):
+            op.report_completed(0.5)
+
+
+def test_checkpoints_are_atomic_and_need_steps_completed(tmp_path: Path) -> None:
+    reported: list[tuple[str, int]] = []
+    context = CheckpointContext(tmp_path, lambda s, n, m, b: reported.append((s, n)))
+    with pytest.raises(ValueError, match="must contain 'steps_completed'"):
+        context.store_path({}).__enter__()
+
+    def crash_while_writing() -> None:
+        with context.store_path({"steps_completed": 3}) as (path, _):
+            (path / "partial").write_text("x")
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        crash_while_writing()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left, nothing reported
+    with context.store_path({"steps_completed": 5}) as (path, storage_id):
+        (path / "ok").write_text("x")
+    assert reported == [(storage_id, 5)]
+    with context.restore_path(storage_id) as restored:
+        assert (restored / "ok").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ({"loss": float("nan")}, "metric 'loss' is nan; report finite numbers only"),
+        ({"a": {"b": float("inf")}}, "metric 'a.b' is inf"),
+        ({"x": object()}, "metric 'x' has type object"),
+        ({"big": "x" * 300_000}, "over the 262144 limit"),
+    ],
+)
+def test_metrics_are_checked(metrics: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_metrics(metrics)
+
+
+def test_invalid_hp_exits_cleanly_off_cluster(tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import rung as det\nwith det.core.init():\n    raise det.InvalidHP('no')\n")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0
+    assert "InvalidHP" in result.stderr
