@@ -11,7 +11,7 @@ stamp="$VENV/.rung-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
     "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 \
         | grep -v "^WARNING: Location" || true
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[${RUNG_EXTRAS:-dev}]" 2>&1 \
+    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[${RUNG_EXTRAS:-dev,examples}]" 2>&1 \
         | grep -v "^WARNING: Location" || true
     "$PY" -c "import rung, searcher" && touch "$stamp"
 fi

@@ -1,0 +1,78 @@
+"""What a training process is given: its info, its channel, its GPUs, and no credentials."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.schemas import RunTrial
+from worker.trial_run import TrialRun
+
+
+def make(tmp_path: Path, entrypoint: list[str], gpus: list[str]) -> TrialRun:
+    cmd = RunTrial(
+        experiment_id="e",
+        trial_id=3,
+        request_id="r",
+        attempt=2,
+        length=9,
+        hparams={"lr": 0.1},
+        trial_seed=7,
+        latest_checkpoint="ck",
+        context_hash="h",
+        entrypoint=entrypoint,
+        slots=len(gpus),
+        checkpoint_root="/ckpt",
+        max_restarts=1,
+    )
+
+    async def emit(_body: object) -> None:
+        return None
+
+    async def best() -> float | None:
+        return None
+
+    return TrialRun(
+        cmd,
+        worker_id="w",
+        run_dir=tmp_path,
+        gpus=gpus,
+        slot_ids=[0],
+        emit=emit,
+        best_validation=best,
+    )
+
+
+def test_environment_pins_gpus_and_drops_broker_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_BROKER_URL", "amqp://user:secret@host/")
+    env = make(tmp_path, ["python3 train.py"], ["1", "3"])._environment()
+    assert "RUNG_BROKER_URL" not in env
+    assert "secret" not in json.dumps(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    info = json.loads(env["RUNG_TRIAL_INFO"])
+    assert (info["trial_id"], info["attempt"], info["latest_checkpoint"]) == (3, 2, "ck")
+    assert info["hparams"] == {"lr": 0.1}
+    assert make(tmp_path, ["x"], [])._environment()["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_python_runs_in_the_workers_environment(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("")
+    assert make(tmp_path, ["python3 train.py --fast"], [])._command() == [
+        sys.executable,
+        "train.py",
+        "--fast",
+    ]
+
+
+def test_a_missing_script_is_named_with_what_the_context_has(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("")
+    message = make(tmp_path, ["python3", "train.py"], [])._command()
+    assert message == (
+        "entrypoint file 'train.py' not found in the experiment context "
+        "(it has: model.py); fix entrypoint in the config"
+    )
