@@ -314,7 +314,8 @@ class Experiment:
         trial = self.state.trials.get(op.request_id)
         if trial is None:
             raise SearchMethodError(
-                f"{op.type} for unknown request {op.request_id}; emit the trial's Create first"
+                f"{type(op).__name__} for unknown request {op.request_id}; "
+                "emit the trial's Create first"
             )
         return trial
 

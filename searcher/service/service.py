@@ -136,7 +136,21 @@ class SearcherService:
         )
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> None:
-        step = run.on_event(body)
+        try:
+            step = run.on_event(body)
+        except SearcherError as exc:
+            # A search method broke its rules (a custom one, say): the experiment fails,
+            # with the reason in its log; the service and other experiments go on.
+            run.state = "ERROR"
+            self.logs[run.experiment_id].append(
+                "failed", message_id=message_id, input=body.model_dump(mode="json"), error=str(exc)
+            )
+            log.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
+                "experiment failed: its search method broke a rule",
+                experiment_id=run.experiment_id,
+                error=str(exc),
+            )
+            return
         seq = self._record(run, step, kind="event", message_id=message_id, body=body)
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)

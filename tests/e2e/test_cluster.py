@@ -108,6 +108,12 @@ def test_promoted_trials_resume_from_checkpoints_on_another_worker(
     assert min(m["steps_completed"] for m in metrics) > 50  # it did not start over
     trial = next(t for t in summary["trials"] if t["trial_id"] == 1)
     assert (trial["length"], trial["metric"]) == (100, 100.0)
+    # get_experiment_best_validation() answers from the searcher: none before any result,
+    # then the best result so far (50, trial 1's first).
+    lines = [line["text"] for e in _inputs(log, "log_lines") for line in e["lines"]]
+    said = [line.rsplit(": ", 1)[1] for line in lines if "best validation so far" in line]
+    assert said[0] == "None"
+    assert "50.0" in said
 
 
 def test_two_experiments_run_at_once(cluster: Cluster) -> None:

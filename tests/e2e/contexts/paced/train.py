@@ -50,6 +50,8 @@ def main(
                 if core_context.preempt.should_preempt():
                     return
         core_context.train.report_validation_metrics(batch, {"x": x})
+        best = core_context.train.get_experiment_best_validation()
+        logging.info("best validation so far: %s", best)
         op.report_completed(x)
     if last_checkpoint_batch != batch:
         with core_context.checkpoint.store_path({"steps_completed": batch}) as (path, _):

@@ -1,0 +1,182 @@
+"""The searcher service with a scripted fake worker, on both brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker import Broker, Delivery
+from broker.schemas import (
+    CloseTrial,
+    Envelope,
+    ExitReason,
+    OpCompleted,
+    RunTrial,
+    TrialExited,
+    TrialStarted,
+    decode,
+    encode,
+)
+from broker.schemas.envelope import Body
+from searcher.client import SearcherClient
+from searcher.service.service import SearcherService
+from tests.support import wait_for
+
+
+class FakeWorker:
+    def __init__(self, broker: Broker, worker_id: str = "fake") -> None:
+        self.broker = broker
+        self.worker_id = worker_id
+        self.work: list[RunTrial] = []
+        self.control: list[Body] = []
+        self.seq = 0
+
+    async def start(self) -> None:
+        t = self.broker.topology
+        queue = await self.broker.declare_private_queue(
+            (t.commands_exchange, t.worker_key(self.worker_id))
+        )
+
+        async def on_work(delivery: Delivery) -> None:
+            body = decode(delivery.body).body
+            assert isinstance(body, RunTrial)
+            self.work.append(body)
+            await delivery.ack()
+
+        async def on_control(delivery: Delivery) -> None:
+            self.control.append(decode(delivery.body).body)
+            await delivery.ack()
+
+        await self.broker.subscribe(t.work_queue, on_work, prefetch=10)
+        await self.broker.subscribe(queue, on_control, prefetch=10)
+
+    async def send(self, body: Body) -> None:
+        self.seq += 1
+        t = self.broker.topology
+        envelope = Envelope(message_id=f"{self.worker_id}/{self.seq}", body=body)
+        await self.broker.publish(
+            t.events_exchange, t.EVENTS_KEY, encode(envelope), message_id=envelope.message_id
+        )
+
+
+@pytest.fixture
+async def service(broker: Broker, tmp_path: Path) -> AsyncIterator[SearcherService]:
+    instance = SearcherService(broker, tmp_path / "state")
+    stop = asyncio.Event()
+    task = asyncio.create_task(instance.run(stop))
+    contexts = tmp_path / "state" / "contexts"
+    await wait_for(contexts.is_dir, 10, "the service")
+    yield instance
+    stop.set()
+    await task
+
+
+def context(tmp_path: Path, files: dict[str, str]) -> Path:
+    directory = tmp_path / "context"
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+async def test_one_trial_from_create_to_completed(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(
+        {
+            "entrypoint": "python3 train.py",
+            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
+        },
+        context(tmp_path, {"train.py": "pass\n"}),
+    )
+    experiment_id = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    run = worker.work[0]
+    ids = {"experiment_id": experiment_id, "trial_id": run.trial_id, "attempt": run.attempt}
+    await worker.send(TrialStarted(**ids, worker_id="fake", slots=1))
+    await worker.send(OpCompleted(**ids, length=3, metric=0.25))
+    await wait_for(lambda: len(worker.control) == 1, 10, "the close command")
+    assert isinstance(worker.control[0], CloseTrial)
+    await worker.send(TrialExited(**ids, worker_id="fake", reason=ExitReason.COMPLETED))
+    summary = await client.wait(experiment_id, poll_s=0.05, timeout=20)
+    assert summary.state == "COMPLETED"
+    assert summary.best_trial is not None
+    assert summary.best_trial.metric == 0.25
+    # The log holds each decision before its command went out: the command's id names the
+    # record that decided it.
+    records = [json.loads(line) for line in Path(created["event_log"]).read_text().splitlines()]
+    start = next(r for r in records if r["kind"] == "start")
+    assert start["commands"][0]["type"] == "run_trial"
+    kinds = [r["input"]["type"] for r in records if r["kind"] == "event"]
+    assert kinds == ["trial_started", "op_completed", "trial_exited"]
+
+
+BROKEN = textwrap.dedent("""
+    from pydantic import BaseModel
+    from searcher.methods import SearchMethod
+    from searcher.ops import ValidateAfter
+
+    class State(BaseModel):
+        pass
+
+    class Broken(SearchMethod[State]):
+        name = "broken"
+        State = State
+
+        def __init__(self, config):
+            self.state = State()
+
+        def initial_operations(self, ctx):
+            create = ctx.create()
+            return [create, ValidateAfter(request_id=create.request_id, length=1)]
+
+        def validation_completed(self, ctx, request_id, metric, length):
+            return [ValidateAfter(request_id="ghost", length=2)]
+
+        def trial_exited_early(self, ctx, request_id, reason):
+            return []
+
+        def progress(self, ctx):
+            return 0.0
+""")
+
+
+async def test_a_broken_search_method_fails_only_its_experiment(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(
+        {
+            "entrypoint": "python3 train.py",
+            "searcher": {"name": "custom", "class": "broken:Broken"},
+        },
+        context(tmp_path, {"train.py": "pass\n", "broken.py": BROKEN}),
+    )
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    run = worker.work[0]
+    ids = {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": run.attempt}
+    await worker.send(TrialStarted(**ids, worker_id="fake", slots=1))
+    await worker.send(OpCompleted(**ids, length=1, metric=0.0))
+    summary = await client.wait(created["experiment_id"], poll_s=0.05, timeout=20)
+    assert summary.state == "ERROR"
+    records = Path(created["event_log"]).read_text()
+    assert "ValidateAfter for unknown request ghost" in records
+    # The service is still up: a new experiment is accepted.
+    again = await client.create_experiment(
+        {
+            "entrypoint": "python3 train.py",
+            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
+        },
+        tmp_path / "context",
+    )
+    assert again["experiment_id"] != created["experiment_id"]
