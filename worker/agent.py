@@ -16,6 +16,7 @@ import itertools
 import os
 import socket
 import uuid
+from collections import deque
 from pathlib import Path
 
 import structlog
@@ -75,6 +76,8 @@ class Worker:
         self._seq = itertools.count(1)
         self._stopping = False
         self._waiting_for_slots = 0
+        # Commands already applied, by message id: a re-sent command is a no-op.
+        self._seen: deque[str] = deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ publishing
     async def emit(self, body: Body) -> None:
@@ -243,11 +246,16 @@ class Worker:
     # ------------------------------------------------------------------ control
     async def _on_control(self, delivery: Delivery) -> None:
         try:
-            body = decode(delivery.body).body
+            envelope = decode(delivery.body)
         except DecodeError as exc:
             await delivery.dead_letter(f"worker {self.worker_id}: {exc}")
             return
         await delivery.ack()
+        if envelope.message_id in self._seen:
+            self.log.info("duplicate command dropped", message_id=envelope.message_id)
+            return
+        self._seen.append(envelope.message_id)
+        body = envelope.body
         if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial):
             self.log.warning("unexpected control message", type=body.type)
             return
