@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from broker.schemas import (
     CheckpointSaved,
@@ -51,7 +51,7 @@ from searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from searcher.experiment import Experiment
+from searcher.experiment import Experiment, ExperimentSnapshot
 from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
 
 __all__ = ["Command", "ExperimentRun", "Step", "TrialRuntime", "TrialState"]
@@ -100,6 +100,11 @@ class TrialRuntime(BaseModel):
     exit_message: str = ""
     logs: deque[str] = Field(default_factory=lambda: deque(maxlen=_LOG_TAIL))
 
+    @field_validator("logs")
+    @classmethod
+    def _bounded(cls, value: deque[str]) -> deque[str]:
+        return deque(value, maxlen=_LOG_TAIL)
+
 
 class ExperimentRun:
     def __init__(
@@ -112,6 +117,28 @@ class ExperimentRun:
         self.trials: dict[str, TrialRuntime] = {}
         self.by_id: dict[int, TrialRuntime] = {}
         self.state: Literal["ACTIVE", "COMPLETED", "ERROR", "CANCELED"] = "ACTIVE"
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "experiment": self.experiment.snapshot().model_dump(mode="json"),
+            "trials": [t.model_dump(mode="json") for t in self.trials.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.state = data["state"]
+        self.experiment = Experiment.restore(
+            self.experiment.config,
+            ExperimentSnapshot.model_validate(data["experiment"]),
+            self.experiment.method,
+        )
+        self.trials = {}
+        self.by_id = {}
+        for raw in data["trials"]:
+            trial = TrialRuntime.model_validate(raw)
+            self.trials[trial.request_id] = trial
+            self.by_id[trial.trial_id] = trial
 
     # ------------------------------------------------------------------ entry points
     def start(self) -> Step:

@@ -74,6 +74,8 @@ class Worker:
         self._control_queue: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
+        # Message ids must never repeat across restarts of a worker with the same id.
+        self._session = uuid.uuid4().hex[:12]
         self._stopping = False
         self._waiting_for_slots = 0
         # Commands already applied, by message id: a re-sent command is a no-op.
@@ -83,7 +85,9 @@ class Worker:
     async def emit(self, body: Body) -> None:
         experiment_id = getattr(body, "experiment_id", "")
         envelope = Envelope(
-            message_id=f"{self.worker_id}/{next(self._seq)}", experiment_id=experiment_id, body=body
+            message_id=f"{self.worker_id}/{self._session}/{next(self._seq)}",
+            experiment_id=experiment_id,
+            body=body,
         )
         topology = self.broker.topology
         await self.broker.publish(

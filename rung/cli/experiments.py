@@ -56,14 +56,14 @@ def create_experiment(args: argparse.Namespace) -> int:
             created = await client.create_experiment(args.config, args.context)
             experiment_id = created["experiment_id"]
             if not args.follow:
-                print(experiment_id)  # noqa: T201
+                print(experiment_id)
                 return 0
-            print(f"created {experiment_id}", file=sys.stderr)  # noqa: T201
+            print(f"created {experiment_id}", file=sys.stderr)
             summary = await follow(client, experiment_id, live=not args.json)
         finally:
             await broker.close()
         if args.json:
-            print(summary_json(summary))  # noqa: T201
+            print(summary_json(summary))
         else:
             print_summary(summary)
         return 0 if summary.state == "COMPLETED" else 1
@@ -82,7 +82,7 @@ def describe_experiment(args: argparse.Namespace) -> int:
 
     summary = asyncio.run(main())
     if args.json:
-        print(summary_json(summary))  # noqa: T201
+        print(summary_json(summary))
     else:
         print_summary(summary)
     return 0

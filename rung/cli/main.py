@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from rung.cli import experiments, run, search_tools, services
+from rung.cli import experiments, replay, run, search_tools, services
 from rung.logs import configure_logging
 from searcher.errors import SearcherError
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(commands)
     experiments.register(commands)
     services.register(commands)
+    replay.register(commands)
     return parser
 
 
@@ -50,6 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args)
     except SearcherError as exc:
         structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the CLI's own voice)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return result

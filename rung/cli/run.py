@@ -92,7 +92,7 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
             await brokers[0].delete_topology()
         await brokers[0].close()
     if args.json:
-        print(summary_json(summary))  # noqa: T201
+        print(summary_json(summary))
     else:
         print_summary(summary)
     return 0 if summary.state == "COMPLETED" else 1

@@ -69,7 +69,7 @@ def preview_search(args: argparse.Namespace) -> int:
     config = _load(args.config)
     plan = plan_search(config)
     if args.json:
-        print(json.dumps(plan.model_dump(mode="json")))  # noqa: T201
+        print(json.dumps(plan.model_dump(mode="json")))
         return 0
     _print_plan(plan)
     return 0
@@ -138,7 +138,7 @@ def simulate(args: argparse.Namespace) -> int:
     if args.json:
         payload = result.model_dump(mode="json", exclude={"trial_details"})
         payload |= {"seed": seed, "benchmark": benchmark.name}
-        print(json.dumps(payload))  # noqa: T201
+        print(json.dumps(payload))
         return 0
     _print_result(result, seed, benchmark.name)
     return 0

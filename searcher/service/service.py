@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,17 @@ from broker.schemas import (
 from broker.schemas.envelope import Body
 from searcher.config import ExperimentConfig, parse_config
 from searcher.errors import ConfigError, SearcherError
+from searcher.eventlog.file import FileEventLog
+from searcher.eventlog.records import (
+    CommandRecord,
+    CreatedRecord,
+    FailedRecord,
+    InputRecord,
+    SnapshotRecord,
+)
+from searcher.eventlog.replay import replay
 from searcher.experiment import Experiment
 from searcher.methods import build_method
-from searcher.service.eventlog import EventLog
 from searcher.service.summary import summarise
 from searcher.trials import Command, ExperimentRun, Step
 
@@ -55,26 +64,60 @@ class _Refused(Exception):  # noqa: N818
 
 
 class SearcherService:
-    def __init__(self, broker: Broker, state_dir: Path) -> None:
+    def __init__(self, broker: Broker, state_dir: Path, *, snapshot_every: int = 200) -> None:
         self.broker = broker
         self.state_dir = state_dir
+        self.snapshot_every = snapshot_every
         self.runs: dict[str, ExperimentRun] = {}
-        self.logs: dict[str, EventLog] = {}
+        self.logs: dict[str, FileEventLog] = {}
         self.warnings: dict[str, list[str]] = {}
         self.workers: dict[str, WorkerHeartbeat] = {}
         self._lock = asyncio.Lock()
-        self._seen: set[str] = set()
+        # Per experiment, the ids of the messages already applied (rebuilt from the log).
+        self._seen: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
+        await self._recover()
         await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4)
         await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64)
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
         await stop.wait()
         for event_log in self.logs.values():
             event_log.close()
+
+    # ------------------------------------------------------------------ recovery
+    async def _recover(self) -> None:
+        """Rebuild every experiment from its log; re-send what the last input decided.
+
+        Each input's commands are published before the next input is handled, so only
+        the last record's commands can be undelivered. They go out again with the same
+        message ids; workers drop the ones they already have.
+        """
+        for path in sorted((self.state_dir / "experiments").glob("*/events.jsonl")):
+            event_log = FileEventLog(path)
+            if not event_log.existing:
+                event_log.close()
+                continue
+            replayed = replay(event_log.existing, context_root=self.state_dir / "contexts")
+            run = replayed.run
+            self.runs[run.experiment_id] = run
+            self.logs[run.experiment_id] = event_log
+            self._seen[run.experiment_id] = replayed.seen
+            last = replayed.last_input
+            if last is not None and last.commands:
+                step = Step(commands=[Command(c.body, c.worker_id) for c in last.commands])
+                await self._publish(run, step, last.seq)
+            log.info(
+                "experiment recovered from its log",
+                experiment_id=run.experiment_id,
+                state=run.state,
+                records=event_log.seq,
+                trials=len(run.trials),
+                resent=len(last.commands) if last else 0,
+            )
 
     # ------------------------------------------------------------------ publishing
     async def _publish(self, run: ExperimentRun, step: Step, seq: int) -> None:
@@ -120,20 +163,25 @@ class SearcherService:
         )
         await self._apply(run, lost, message_id=f"lost/{body.trial_id}/{body.attempt}")
 
-    def _record(
-        self, run: ExperimentRun, step: Step, *, kind: str, message_id: str, body: Body | None
-    ) -> int:
-        return self.logs[run.experiment_id].append(
-            kind,
+    def _record(self, run: ExperimentRun, step: Step, *, message_id: str, body: Body | None) -> int:
+        """Write the input and all it caused; return its sequence number once on disk."""
+        event_log = self.logs[run.experiment_id]
+        record = InputRecord(
+            seq=event_log.seq + 1,
+            at=time.time(),
             message_id=message_id,
-            input=body.model_dump(mode="json") if body is not None else None,
-            applied=[e.model_dump(mode="json") for e in step.applied],
-            ops=[op.model_dump(mode="json") for op in step.ops],
-            commands=[
-                {"worker_id": c.worker_id, **c.body.model_dump(mode="json")} for c in step.commands
-            ],
+            input=body,
+            applied=step.applied,
+            ops=step.ops,
+            commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
             ignored=step.ignored,
         )
+        seq = event_log.append(record).seq
+        if seq % self.snapshot_every == 0:
+            seen = self._seen.setdefault(run.experiment_id, set()) | {message_id}
+            state = {**run.snapshot(), "seen": sorted(seen)}
+            event_log.append(SnapshotRecord(seq=seq + 1, at=time.time(), state=state))
+        return seq
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> None:
         try:
@@ -142,8 +190,15 @@ class SearcherService:
             # A search method broke its rules (a custom one, say): the experiment fails,
             # with the reason in its log; the service and other experiments go on.
             run.state = "ERROR"
-            self.logs[run.experiment_id].append(
-                "failed", message_id=message_id, input=body.model_dump(mode="json"), error=str(exc)
+            event_log = self.logs[run.experiment_id]
+            event_log.append(
+                FailedRecord(
+                    seq=event_log.seq + 1,
+                    at=time.time(),
+                    message_id=message_id,
+                    input=body,
+                    error=str(exc),
+                )
             )
             log.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
                 "experiment failed: its search method broke a rule",
@@ -151,7 +206,7 @@ class SearcherService:
                 error=str(exc),
             )
             return
-        seq = self._record(run, step, kind="event", message_id=message_id, body=body)
+        seq = self._record(run, step, message_id=message_id, body=body)
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
         await self._publish(run, step, seq)
@@ -172,21 +227,21 @@ class SearcherService:
             return
         body = envelope.body
         async with self._lock:
+            run = self.runs.get(getattr(body, "experiment_id", ""))
+            seen = self._seen.setdefault(run.experiment_id, set()) if run else set()
             if isinstance(body, WorkerHeartbeat):
                 self.workers[body.worker_id] = body
-            elif envelope.message_id in self._seen:
+            elif run is None:
+                log.warning(
+                    "event for an unknown experiment; dropped",
+                    type=body.type,
+                    experiment_id=getattr(body, "experiment_id", None),
+                )
+            elif envelope.message_id in seen:
                 log.debug("duplicate event dropped", message_id=envelope.message_id)
             else:
-                run = self.runs.get(getattr(body, "experiment_id", ""))
-                if run is None:
-                    log.warning(
-                        "event for an unknown experiment; dropped",
-                        type=body.type,
-                        experiment_id=getattr(body, "experiment_id", None),
-                    )
-                else:
-                    await self._apply(run, body, envelope.message_id)
-                self._seen.add(envelope.message_id)
+                await self._apply(run, body, envelope.message_id)
+                seen.add(envelope.message_id)
         await delivery.ack()
 
     # ------------------------------------------------------------------ requests
@@ -295,19 +350,22 @@ class SearcherService:
             context_hash=digest,
             checkpoint_root=self._checkpoint_root(config),
         )
-        event_log = EventLog(self.state_dir / "experiments" / experiment_id / "events.jsonl")
+        event_log = FileEventLog(self.state_dir / "experiments" / experiment_id / "events.jsonl")
         self.runs[experiment_id] = run
         self.logs[experiment_id] = event_log
         self.warnings[experiment_id] = list(loaded.warnings)
         event_log.append(
-            "created",
-            experiment_id=experiment_id,
-            context_hash=digest,
-            checkpoint_root=run.checkpoint_root,
-            config=config.model_dump(mode="json", by_alias=True),
+            CreatedRecord(
+                seq=1,
+                at=time.time(),
+                experiment_id=experiment_id,
+                context_hash=digest,
+                checkpoint_root=run.checkpoint_root,
+                config=config.model_dump(mode="json", by_alias=True),
+            )
         )
         step = run.start()
-        seq = self._record(run, step, kind="start", message_id=f"{experiment_id}/start", body=None)
+        seq = self._record(run, step, message_id=f"{experiment_id}/start", body=None)
         await self._publish(run, step, seq)
         log.info(
             "experiment created",

@@ -32,7 +32,7 @@ def test_3_hpsearch_completes_with_the_bracket_plan(cluster: Cluster) -> None:
     assert summary["state"] == "COMPLETED"
     assert len(summary["trials"]) == 10
     log = read_log(summary["event_log"])
-    commands = [c for r in log for c in r.get("commands", [])]
+    commands = [c for r in log for c in (cmd["body"] for cmd in r.get("commands", []))]
     first_runs = {
         c["trial_id"]: c["length"]
         for c in commands
@@ -94,7 +94,7 @@ def test_promoted_trials_resume_from_checkpoints_on_another_worker(
     runs = [
         c
         for r in log
-        for c in r.get("commands", [])
+        for c in (cmd["body"] for cmd in r.get("commands", []))
         if c["type"] == "run_trial" and c["trial_id"] == 1
     ]
     starts = [e for e in _inputs(log, "trial_started") if e["trial_id"] == 1]

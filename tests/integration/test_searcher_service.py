@@ -113,9 +113,9 @@ async def test_one_trial_from_create_to_completed(
     # The log holds each decision before its command went out: the command's id names the
     # record that decided it.
     records = [json.loads(line) for line in Path(created["event_log"]).read_text().splitlines()]
-    start = next(r for r in records if r["kind"] == "start")
-    assert start["commands"][0]["type"] == "run_trial"
-    kinds = [r["input"]["type"] for r in records if r["kind"] == "event"]
+    start = next(r for r in records if r["kind"] == "input" and r["input"] is None)
+    assert start["commands"][0]["body"]["type"] == "run_trial"
+    kinds = [r["input"]["type"] for r in records if r["kind"] == "input" and r["input"]]
     assert kinds == ["trial_started", "op_completed", "trial_exited"]
 
 

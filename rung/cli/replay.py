@@ -1,0 +1,106 @@
+"""``rung replay LOG``: an experiment's timeline, its state at any point, and a check that
+today's Rung still makes the decisions that were recorded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from searcher.eventlog import InputRecord, read_log, replay
+from searcher.eventlog.explain import NOISE, describe_input, explain_step, state_at
+from searcher.trials import ExperimentRun, Step
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="replay an experiment's event log",
+        description="Print the timeline of an experiment: every "
+        "event and every decision with its reason.",
+    )
+    parser.add_argument("log", type=Path, help="an experiment's events.jsonl")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-decide every event; exit 1 at the first difference",
+    )
+    parser.add_argument(
+        "--at", type=int, metavar="SEQ", help="print the complete state after record SEQ"
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="also show checkpoints, metrics, progress and log lines"
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--contexts",
+        type=Path,
+        default=None,
+        help="where experiment contexts are (for custom searchers; default: "
+        "the searcher state directory the log is in)",
+    )
+    parser.set_defaults(handler=run_replay)
+
+
+def _contexts(args: argparse.Namespace) -> Path | None:
+    if args.contexts is not None:
+        return Path(args.contexts)
+    guess = args.log.resolve().parent.parent.parent / "contexts"
+    return guess if guess.is_dir() else None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    records = read_log(args.log)
+    contexts = _contexts(args)
+    if args.verify:
+        result = replay(records, context_root=contexts, verify=True)
+        divergence = result.divergence
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "ok": divergence is None,
+                        "records": result.records,
+                        "divergence": None
+                        if divergence is None
+                        else {"seq": divergence.seq, "diff": divergence.diff()},
+                    }
+                )
+            )
+        elif divergence is None:
+            print(f"ok: all {result.records} records re-decided identically")
+        else:
+            print(f"divergence at record {divergence.seq}:", file=sys.stderr)
+            print(divergence.diff())
+        return 0 if divergence is None else 1
+    if args.at is not None:
+        state = state_at(replay(records, context_root=contexts, until=args.at).run)
+        print(json.dumps(state, indent=None if args.json else 2))
+        return 0
+    entries: list[dict[str, Any]] = []
+
+    def explain(record: InputRecord, step: Step, run: ExperimentRun) -> None:
+        quiet = not step.commands and not step.ops
+        if not args.all and isinstance(record.input, NOISE) and quiet:
+            return
+        entries.append(
+            {
+                "seq": record.seq,
+                "event": describe_input(record, run),
+                "decisions": explain_step(record, step, run),
+            }
+        )
+
+    replay(records, context_root=contexts, on_step=explain)
+    if args.json:
+        print(json.dumps(entries))
+        return 0
+    for entry in entries:
+        print(f"{entry['seq']:>6}  {entry['event']}")
+        for line in entry["decisions"]:
+            print(f"        {line}")
+    return 0

@@ -1,0 +1,29 @@
+"""The experiment event log: records, the file backend, and replay."""
+
+from searcher.eventlog.file import EventLogCorruptError, FileEventLog, read_log
+from searcher.eventlog.records import (
+    LOG_VERSION,
+    CommandRecord,
+    CreatedRecord,
+    FailedRecord,
+    InputRecord,
+    Record,
+    SnapshotRecord,
+)
+from searcher.eventlog.replay import Divergence, Replayed, replay
+
+__all__ = [
+    "LOG_VERSION",
+    "CommandRecord",
+    "CreatedRecord",
+    "Divergence",
+    "EventLogCorruptError",
+    "FailedRecord",
+    "FileEventLog",
+    "InputRecord",
+    "Record",
+    "Replayed",
+    "SnapshotRecord",
+    "read_log",
+    "replay",
+]

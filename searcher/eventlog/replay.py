@@ -1,0 +1,133 @@
+"""Replay: rebuild an experiment from its log, check it, and explain it.
+
+Replaying is a fold of the pure core over the recorded inputs, in the recorded order, so
+it gives exactly the state the live searcher had. ``verify`` re-decides every input and
+compares the operations and commands with the ones recorded; the first difference is
+reported as a diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from searcher.config import parse_config
+from searcher.errors import SearcherError
+from searcher.eventlog.records import (
+    CreatedRecord,
+    FailedRecord,
+    InputRecord,
+    Record,
+    SnapshotRecord,
+)
+from searcher.experiment import Experiment
+from searcher.methods import build_method
+from searcher.trials import ExperimentRun, Step
+
+__all__ = ["Divergence", "Replayed", "replay"]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    seq: int
+    recorded: str
+    recomputed: str
+
+    def diff(self) -> str:
+        lines = difflib.unified_diff(
+            self.recorded.splitlines(),
+            self.recomputed.splitlines(),
+            fromfile=f"record {self.seq} (recorded)",
+            tofile=f"record {self.seq} (now)",
+            lineterm="",
+        )
+        return "\n".join(lines)
+
+
+@dataclass
+class Replayed:
+    run: ExperimentRun
+    created: CreatedRecord
+    records: int = 0
+    divergence: Divergence | None = None
+    seen: set[str] = field(default_factory=set)
+    last_input: InputRecord | None = None
+
+
+def _decisions(ops: list[Any], commands: list[Any]) -> str:
+    return json.dumps({"ops": ops, "commands": commands}, indent=1, sort_keys=True)
+
+
+def _recorded(record: InputRecord) -> str:
+    return _decisions(
+        [op.model_dump(mode="json") for op in record.ops],
+        [c.model_dump(mode="json") for c in record.commands],
+    )
+
+
+def _recomputed(step: Step) -> str:
+    return _decisions(
+        [op.model_dump(mode="json") for op in step.ops],
+        [{"worker_id": c.worker_id, "body": c.body.model_dump(mode="json")} for c in step.commands],
+    )
+
+
+def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRun:
+    config = parse_config(created.config).config
+    context_dir = context_root / created.context_hash if context_root else None
+    method = build_method(config, context_dir=context_dir)
+    return ExperimentRun(
+        created.experiment_id,
+        Experiment(config, method),
+        context_hash=created.context_hash,
+        checkpoint_root=created.checkpoint_root,
+    )
+
+
+OnStep = Callable[[InputRecord, Step, ExperimentRun], None]
+
+
+def replay(
+    records: list[Record],
+    *,
+    context_root: Path | None = None,
+    verify: bool = False,
+    until: int | None = None,
+    on_step: OnStep | None = None,
+) -> Replayed:
+    """Fold the log (from its last snapshot unless verifying) up to record ``until``."""
+    if not records or not isinstance(records[0], CreatedRecord):
+        raise SearcherError("not an experiment log: its first record must be 'created'")
+    created = records[0]
+    result = Replayed(build_run(created, context_root), created)
+    start = 1
+    if not verify and on_step is None:
+        for index in range(len(records) - 1, 0, -1):
+            snap = records[index]
+            if isinstance(snap, SnapshotRecord) and (until is None or snap.seq <= until):
+                result.run.restore(snap.state)
+                result.seen = set(snap.state.get("seen", []))
+                start = index + 1
+                break
+    for record in records[start:]:
+        if until is not None and record.seq > until:
+            break
+        result.records = record.seq
+        if isinstance(record, FailedRecord):
+            result.run.state = "ERROR"
+            result.seen.add(record.message_id)
+        elif isinstance(record, InputRecord):
+            result.seen.add(record.message_id)
+            result.last_input = record
+            step = result.run.start() if record.input is None else result.run.on_event(record.input)
+            if on_step is not None:
+                on_step(record, step, result.run)
+            if verify and result.divergence is None:
+                recorded, now = _recorded(record), _recomputed(step)
+                if recorded != now:
+                    result.divergence = Divergence(record.seq, recorded, now)
+    return result
