@@ -35,6 +35,7 @@ from broker.schemas import (
     MetricsReported,
     OpCompleted,
     PauseTrial,
+    PreemptTrial,
     ProgressReported,
     RunTrial,
     TrialExited,
@@ -159,6 +160,8 @@ class ExperimentRun:
                 f"{trial.attempt}"
             )
             return step
+        if self._fenced(trial, body, step):
+            return step
         match body:
             case TrialStarted():
                 if trial.state == "QUEUED":
@@ -182,6 +185,33 @@ class ExperimentRun:
             case _:
                 step.ignored = f"{body.type} is not a trial event"
         return step
+
+    def _fenced(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
+        """True (and the reason in ``step``) when the event must not touch the trial."""
+        worker = getattr(body, "worker_id", None)
+        if trial.state == "RUNNING" and worker != trial.worker_id:
+            # A second process of the same attempt (a re-sent run_trial after a searcher
+            # crash): it does not own the trial. Ask it to stop; ignore what it reports.
+            step.ignored = (
+                f"trial {trial.trial_id} attempt {trial.attempt} runs on "
+                f"{trial.worker_id}, not on {worker}"
+            )
+            if isinstance(body, TrialStarted):
+                step.commands.append(
+                    Command(
+                        PreemptTrial(
+                            experiment_id=self.experiment_id,
+                            trial_id=trial.trial_id,
+                            attempt=trial.attempt,
+                        ),
+                        worker,
+                    )
+                )
+            return True
+        if isinstance(body, TrialExited | OpCompleted) and trial.state != "RUNNING":
+            step.ignored = f"trial {trial.trial_id} is {trial.state}, not running"
+            return True
+        return False
 
     # ------------------------------------------------------------------ the search
     def _search(self, event: SearchEvent, step: Step) -> None:

@@ -152,10 +152,7 @@ class TrialRun:
         command = self._command()
         await self._emit(
             TrialStarted(
-                experiment_id=self.cmd.experiment_id,
-                trial_id=self.cmd.trial_id,
-                attempt=self.cmd.attempt,
-                worker_id=self.worker_id,
+                **self._ids(),
                 slots=len(self.slot_ids),
                 gpus=self.gpus,
             )
@@ -204,6 +201,7 @@ class TrialRun:
             "experiment_id": self.cmd.experiment_id,
             "trial_id": self.cmd.trial_id,
             "attempt": self.cmd.attempt,
+            "worker_id": self.worker_id,
         }
 
     async def _handle(self, request: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911
@@ -325,7 +323,6 @@ class TrialRun:
         await self._emit(
             TrialExited(
                 **self._ids(),
-                worker_id=self.worker_id,
                 reason=reason,
                 exit_code=code,
                 message=message,

@@ -50,11 +50,12 @@ class _TrialMessage(Message):
     experiment_id: str
     trial_id: int = Field(ge=1)
     attempt: int = Field(ge=1)
+    # The worker running this attempt: events from any other worker are ignored.
+    worker_id: str
 
 
 class TrialStarted(_TrialMessage):
     type: Literal["trial_started"] = "trial_started"
-    worker_id: str
     slots: int = Field(ge=0)
     gpus: list[str] = Field(default_factory=list)
 
@@ -95,7 +96,6 @@ class CheckpointSaved(_TrialMessage):
 
 class TrialExited(_TrialMessage):
     type: Literal["trial_exited"] = "trial_exited"
-    worker_id: str
     reason: ExitReason
     exit_code: int | None = None
     message: str = ""

@@ -100,12 +100,17 @@ async def test_one_trial_from_create_to_completed(
     experiment_id = created["experiment_id"]
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
     run = worker.work[0]
-    ids = {"experiment_id": experiment_id, "trial_id": run.trial_id, "attempt": run.attempt}
-    await worker.send(TrialStarted(**ids, worker_id="fake", slots=1))
+    ids = {
+        "experiment_id": experiment_id,
+        "trial_id": run.trial_id,
+        "attempt": run.attempt,
+        "worker_id": "fake",
+    }
+    await worker.send(TrialStarted(**ids, slots=1))
     await worker.send(OpCompleted(**ids, length=3, metric=0.25))
     await wait_for(lambda: len(worker.control) == 1, 10, "the close command")
     assert isinstance(worker.control[0], CloseTrial)
-    await worker.send(TrialExited(**ids, worker_id="fake", reason=ExitReason.COMPLETED))
+    await worker.send(TrialExited(**ids, reason=ExitReason.COMPLETED))
     summary = await client.wait(experiment_id, poll_s=0.05, timeout=20)
     assert summary.state == "COMPLETED"
     assert summary.best_trial is not None
@@ -164,8 +169,13 @@ async def test_a_broken_search_method_fails_only_its_experiment(
     )
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
     run = worker.work[0]
-    ids = {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": run.attempt}
-    await worker.send(TrialStarted(**ids, worker_id="fake", slots=1))
+    ids = {
+        "experiment_id": created["experiment_id"],
+        "trial_id": 1,
+        "attempt": run.attempt,
+        "worker_id": "fake",
+    }
+    await worker.send(TrialStarted(**ids, slots=1))
     await worker.send(OpCompleted(**ids, length=1, metric=0.0))
     summary = await client.wait(created["experiment_id"], poll_s=0.05, timeout=20)
     assert summary.state == "ERROR"

@@ -31,7 +31,9 @@ def test_round_trip() -> None:
 
 
 def test_a_non_finite_metric_travels_as_null() -> None:
-    body = OpCompleted(experiment_id="e", trial_id=1, attempt=1, length=1, metric=float("inf"))
+    body = OpCompleted(
+        experiment_id="e", trial_id=1, attempt=1, worker_id="w", length=1, metric=float("inf")
+    )
     assert body.metric is None
 
 
@@ -48,13 +50,20 @@ def _envelope(**body: object) -> bytes:
         (_envelope(type="nope"), "invalid message at body"),
         (
             _envelope(
-                type="op_completed", experiment_id="e", trial_id=0, attempt=1, length=1, metric=1.0
+                type="op_completed",
+                experiment_id="e",
+                trial_id=0,
+                attempt=1,
+                worker_id="w",
+                length=1,
+                metric=1.0,
             ),
             "invalid message at body.op_completed.trial_id",
         ),
         (
             _envelope(
                 type="op_completed",
+                worker_id="w",
                 experiment_id="e",
                 trial_id=1,
                 attempt=1,

@@ -41,11 +41,21 @@ def started(run: ExperimentRun, trial_id: int, attempt: int = 1, worker: str = "
 
 
 def completed(
-    run: ExperimentRun, trial_id: int, length: int, metric: float, attempt: int = 1
+    run: ExperimentRun,
+    trial_id: int,
+    length: int,
+    metric: float,
+    attempt: int = 1,
+    worker: str = "w1",
 ) -> Step:
     return run.on_event(
         OpCompleted(
-            experiment_id=EXP, trial_id=trial_id, attempt=attempt, length=length, metric=metric
+            experiment_id=EXP,
+            trial_id=trial_id,
+            attempt=attempt,
+            worker_id=worker,
+            length=length,
+            metric=metric,
         )
     )
 
@@ -82,6 +92,7 @@ def test_pause_then_resume_from_the_latest_checkpoint() -> None:
             experiment_id=EXP,
             trial_id=1,
             attempt=1,
+            worker_id="w1",
             uuid="ck-2",
             steps_completed=2,
             metadata={},
@@ -96,7 +107,7 @@ def test_pause_then_resume_from_the_latest_checkpoint() -> None:
     exited(run, 1, ExitReason.OUT_OF_OPS)
     assert run.by_id[1].state == "PAUSED"
     started(run, 2, worker="w2")
-    step = completed(run, 2, 2, 0.5)
+    step = completed(run, 2, 2, 0.5, worker="w2")
     # Trial 1 is promoted: a new attempt, on any worker, from its checkpoint.
     (resume,) = runs(step)
     assert (resume.trial_id, resume.attempt, resume.length) == (1, 2, 4)

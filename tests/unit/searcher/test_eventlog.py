@@ -1,0 +1,194 @@
+"""The event log: golden logs that replay forever, torn and corrupt records, snapshots,
+and replay equal to the live fold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
+from broker.schemas.envelope import Body
+from searcher.errors import SearcherError
+from searcher.eventlog import (
+    CommandRecord,
+    CreatedRecord,
+    EventLogCorruptError,
+    FileEventLog,
+    InputRecord,
+    Record,
+    SnapshotRecord,
+    read_log,
+    replay,
+)
+from searcher.experiment import Experiment
+from searcher.trials import ExperimentRun, Step
+
+from .helpers import make_config
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
+GOLDEN_LOGS = sorted(GOLDEN.glob("*.v1.jsonl"))
+
+
+def test_there_is_a_golden_log_per_method() -> None:
+    names = {p.name.split(".")[0] for p in GOLDEN_LOGS}
+    assert names == {"single", "random", "grid", "asha", "adaptive_asha"}
+
+
+@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+def test_golden_logs_replay_and_verify_forever(path: Path) -> None:
+    records = read_log(path)
+    result = replay(records, verify=True)
+    if result.divergence is not None:
+        pytest.fail(result.divergence.diff())
+    assert result.run.state == "COMPLETED"
+    assert all(t.state == "COMPLETED" for t in result.run.trials.values())
+    assert result.records == records[-1].seq
+
+
+def _copy(path: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "events.jsonl"
+    target.write_bytes(path.read_bytes())
+    return target
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_cut_off(tmp_path: Path) -> None:
+    log = _copy(GOLDEN / "random.v1.jsonl", tmp_path)
+    whole = read_log(log)
+    with log.open("ab") as handle:
+        handle.write(b'{"v": 1, "seq": 43, "kind": "inp')
+    with structlog.testing.capture_logs() as logs:
+        opened = FileEventLog(log)
+    opened.close()
+    assert len(opened.existing) == len(whole)
+    assert any("torn last record" in entry["event"] for entry in logs)
+    assert log.read_bytes().endswith(b"}\n")  # the torn bytes are gone
+    assert read_log(log) == whole
+
+
+def test_a_corrupt_record_in_the_middle_is_named(tmp_path: Path) -> None:
+    log = _copy(GOLDEN / "random.v1.jsonl", tmp_path)
+    lines = log.read_bytes().split(b"\n")
+    lines[9] = lines[9][:20] + b"#" + lines[9][21:]
+    log.write_bytes(b"\n".join(lines))
+    with pytest.raises(EventLogCorruptError, match="record 10 \\(line 10\\) is corrupt"):
+        read_log(log)
+
+
+def test_records_must_be_numbered_without_gaps(tmp_path: Path) -> None:
+    log = _copy(GOLDEN / "single.v1.jsonl", tmp_path)
+    lines = log.read_bytes().split(b"\n")
+    del lines[3]
+    log.write_bytes(b"\n".join(lines))
+    with pytest.raises(EventLogCorruptError, match="line 4 holds record 5"):
+        read_log(log)
+
+
+def test_a_log_must_start_with_its_config() -> None:
+    records = read_log(GOLDEN / "single.v1.jsonl")
+    with pytest.raises(SearcherError, match="first record must be 'created'"):
+        replay(records[1:])
+
+
+def _with_snapshot(records: list[Record], after: int) -> list[Record]:
+    head = records[:after]
+    state = replay(head, verify=True).run.snapshot()
+    snapshot = SnapshotRecord(seq=after + 1, state=state)
+    tail = [r.model_copy(update={"seq": r.seq + 1}) for r in records[after:]]
+    return [*head, snapshot, *tail]
+
+
+@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) -> None:
+    records = read_log(path)
+    whole = replay(records, verify=True).run.snapshot()
+    for after in (2, len(records) // 2, len(records) - 1):
+        assert replay(_with_snapshot(records, after)).run.snapshot() == whole
+
+
+# ---------------------------------------------------------------- replay matches the live fold
+def _fake_cluster_step(run: ExperimentRun, rng: Random) -> Body | None:
+    """What a well-behaved worker would report next, with random faults."""
+    candidates: list[Body] = []
+    ids = {"experiment_id": run.experiment_id}
+    for trial in run.trials.values():
+        key = {**ids, "trial_id": trial.trial_id, "attempt": trial.attempt, "worker_id": "w"}
+        if trial.state == "QUEUED":
+            candidates.append(TrialStarted(**key, slots=1))
+        elif trial.state == "RUNNING" and trial.stopping is not None:
+            reason = ExitReason.COMPLETED if trial.stopping == "close" else ExitReason.OUT_OF_OPS
+            candidates.append(TrialExited(**key, reason=reason))
+        elif trial.state == "RUNNING" and not trial.waiting and trial.target:
+            roll = rng.random()
+            if roll < 0.05:
+                candidates.append(TrialExited(**key, reason=ExitReason.ERRORED, exit_code=1))
+            elif roll < 0.08:
+                candidates.append(TrialExited(**key, reason=ExitReason.PREEMPTED))
+            else:
+                candidates.append(OpCompleted(**key, length=trial.target, metric=rng.uniform(0, 1)))
+    return rng.choice(candidates) if candidates else None
+
+
+def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Record]]:
+    config = make_config(searcher, seed=seed, entrypoint="python3 t.py", max_restarts=1)
+    run = ExperimentRun("exp", Experiment(config), context_hash="h", checkpoint_root="/c")
+    records: list[Record] = [
+        CreatedRecord(
+            seq=1,
+            experiment_id="exp",
+            config=config.model_dump(mode="json", by_alias=True),
+            context_hash="h",
+            checkpoint_root="/c",
+        )
+    ]
+
+    def record(message_id: str, body: Body | None, step: Step) -> None:
+        records.append(
+            InputRecord(
+                seq=len(records) + 1,
+                message_id=message_id,
+                input=body,
+                applied=step.applied,
+                ops=step.ops,
+                ignored=step.ignored,
+                commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
+            )
+        )
+
+    record("start", None, run.start())
+    rng = Random(order)
+    for index in range(2000):
+        if run.state != "ACTIVE":
+            break
+        body = _fake_cluster_step(run, rng)
+        if body is None:
+            break
+        record(f"m{index}", body, run.on_event(body))
+    return run, records
+
+
+SEARCHERS = [
+    "{name: random, max_length: 8, max_trials: 5, max_concurrent_trials: 2}",
+    "{name: asha, max_length: 16, max_trials: 9, num_rungs: 3, divisor: 2, "
+    "max_concurrent_trials: 3}",
+    "{name: adaptive_asha, max_length: 27, max_trials: 12, divisor: 3, max_concurrent_trials: 4}",
+]
+
+
+@given(st.sampled_from(SEARCHERS), st.integers(0, 2**32 - 1), st.integers(0, 2**32))
+def test_replay_equals_the_live_fold_and_twice_equals_once(
+    searcher: str, seed: int, order: int
+) -> None:
+    live, records = _live(searcher, seed, order)
+    once = replay(records, verify=True)
+    assert once.divergence is None
+    assert once.run.snapshot() == live.snapshot()
+    twice = replay(records, verify=True)
+    assert twice.run.snapshot() == once.run.snapshot()
+    state: dict[str, Any] = once.run.snapshot()
+    assert state["state"] == live.state
