@@ -6,10 +6,11 @@ import argparse
 import json
 from collections.abc import Callable
 
-from bench import simulator
+from bench import replay, simulator
 
 WORKLOADS: dict[str, Callable[..., list[dict[str, object]]]] = {
     "simulator": simulator.run,
+    "replay": replay.run,
 }
 
 

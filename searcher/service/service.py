@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
+import os
 import secrets
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +39,7 @@ from broker.schemas import (
     encode,
 )
 from broker.schemas.envelope import Body
+from broker.topology import Topology
 from searcher.config import ExperimentConfig, parse_config
 from searcher.errors import ConfigError, SearcherError
 from searcher.eventlog.file import FileEventLog
@@ -52,7 +56,7 @@ from searcher.methods import build_method
 from searcher.service.summary import summarise
 from searcher.trials import Command, ExperimentRun, Step
 
-__all__ = ["SearcherService"]
+__all__ = ["SearcherService", "StateDirectoryBusyError"]
 
 log = structlog.get_logger("rung.searcher")
 
@@ -61,6 +65,41 @@ class _Refused(Exception):  # noqa: N818
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class StateDirectoryBusyError(SearcherError):
+    """Another live searcher owns this state directory."""
+
+
+class _StateLock:
+    """An exclusive lock on the state directory, held for the searcher's lifetime.
+
+    It dies with its process (``kill -9`` included), so a restarted searcher can take over
+    at once, while a second live searcher cannot act on the same experiments.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "searcher.lock"
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise StateDirectoryBusyError(
+                f"state directory {state_dir} is in use by a live searcher ({holder}); "
+                "run one searcher per state directory, or give this one --state-dir"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
 
 
 class SearcherService:
@@ -79,6 +118,13 @@ class SearcherService:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
+        lock = _StateLock(self.state_dir)
+        try:
+            await self._serve(topology, stop)
+        finally:
+            lock.release()
+
+    async def _serve(self, topology: Topology, stop: asyncio.Event) -> None:
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
         await self._recover()
         await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4)

@@ -91,3 +91,14 @@ def test_searcher_killed_repeatedly_still_finishes_the_search(
     full = [t for t in trials if t["length"] == 100]
     assert summary["best_trial"]["metric"] == min(t["metric"] for t in full)
     assert "experiment recovered from its log" in cluster.log_text("searcher-3")
+
+
+def test_a_second_searcher_cannot_take_a_live_ones_experiments(cluster: Cluster) -> None:
+    second = cluster.rung("searcher", "--state-dir", str(cluster.state_dir), timeout=60)
+    assert second.returncode == 2
+    assert "is in use by a live searcher" in second.stderr
+    assert "Traceback" not in second.stderr
+    # Once the owner is gone (even by kill -9), a new searcher takes over at once.
+    cluster.stop("searcher", signal.SIGKILL)
+    cluster.start("searcher-2", "searcher", "--state-dir", str(cluster.state_dir))
+    cluster.wait_log("searcher-2", "searcher ready")
