@@ -12,12 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
 from broker.schemas.envelope import Body
 from searcher.config import parse_config
 from searcher.eventlog import CommandRecord, CreatedRecord, FileEventLog, InputRecord, read_log
 from searcher.eventlog import replay as replay_log
 from searcher.experiment import Experiment
+from searcher.testing import scripted_event
 from searcher.trials import ExperimentRun, Step
 
 
@@ -62,21 +62,7 @@ def _make_log(path: Path, trials: int) -> int:
 
     write("start", None, run.start())
     count = 0
-    while run.state == "ACTIVE":
-        trial = next(t for t in run.trials.values() if t.state in ("QUEUED", "RUNNING"))
-        key = {
-            "experiment_id": "bench",
-            "trial_id": trial.trial_id,
-            "attempt": trial.attempt,
-            "worker_id": "w",
-        }
-        body: Body
-        if trial.state == "QUEUED":
-            body = TrialStarted(**key, slots=1)
-        elif trial.stopping is not None:
-            body = TrialExited(**key, reason=ExitReason.COMPLETED)
-        else:
-            body = OpCompleted(**key, length=10, metric=0.5)
+    while run.state == "ACTIVE" and (body := scripted_event(run)) is not None:
         count += 1
         write(f"m{count}", body, run.on_event(body))
     log.close()

@@ -12,7 +12,6 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
 from broker.schemas.envelope import Body
 from searcher.errors import SearcherError
 from searcher.eventlog import (
@@ -27,6 +26,7 @@ from searcher.eventlog import (
     replay,
 )
 from searcher.experiment import Experiment
+from searcher.testing import scripted_event
 from searcher.trials import ExperimentRun, Step
 
 from .helpers import make_config
@@ -112,28 +112,6 @@ def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) 
 
 
 # ---------------------------------------------------------------- replay matches the live fold
-def _fake_cluster_step(run: ExperimentRun, rng: Random) -> Body | None:
-    """What a well-behaved worker would report next, with random faults."""
-    candidates: list[Body] = []
-    ids = {"experiment_id": run.experiment_id}
-    for trial in run.trials.values():
-        key = {**ids, "trial_id": trial.trial_id, "attempt": trial.attempt, "worker_id": "w"}
-        if trial.state == "QUEUED":
-            candidates.append(TrialStarted(**key, slots=1))
-        elif trial.state == "RUNNING" and trial.stopping is not None:
-            reason = ExitReason.COMPLETED if trial.stopping == "close" else ExitReason.OUT_OF_OPS
-            candidates.append(TrialExited(**key, reason=reason))
-        elif trial.state == "RUNNING" and not trial.waiting and trial.target:
-            roll = rng.random()
-            if roll < 0.05:
-                candidates.append(TrialExited(**key, reason=ExitReason.ERRORED, exit_code=1))
-            elif roll < 0.08:
-                candidates.append(TrialExited(**key, reason=ExitReason.PREEMPTED))
-            else:
-                candidates.append(OpCompleted(**key, length=trial.target, metric=rng.uniform(0, 1)))
-    return rng.choice(candidates) if candidates else None
-
-
 def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Record]]:
     config = make_config(searcher, seed=seed, entrypoint="python3 t.py", max_restarts=1)
     run = ExperimentRun("exp", Experiment(config), context_hash="h", checkpoint_root="/c")
@@ -165,7 +143,7 @@ def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Rec
     for index in range(2000):
         if run.state != "ACTIVE":
             break
-        body = _fake_cluster_step(run, rng)
+        body = scripted_event(run, rng, p_error=0.05, p_preempt=0.03)
         if body is None:
             break
         record(f"m{index}", body, run.on_event(body))
