@@ -155,8 +155,11 @@ class MemoryBroker(Broker):
         reply_to: str | None = None,
         correlation_id: str | None = None,
         timeout: float = 30.0,
+        mandatory: bool = True,
     ) -> None:
         targets = self._route(exchange, routing_key)
+        if not targets and not mandatory:
+            return
         if not targets:
             raise UnroutableError(f"no queue takes {exchange or 'default'}/{routing_key}")
         for name in targets:

@@ -7,7 +7,8 @@ conformance suite (``tests/integration/test_broker_conformance.py``) runs agains
 Semantics every implementation keeps:
 
 * ``publish`` returns only once the broker has the message (publisher confirm), is
-  mandatory (a message no queue takes raises :class:`UnroutableError`) and persistent;
+  mandatory unless asked otherwise (a message no queue takes raises
+  :class:`UnroutableError`) and persistent;
 * a delivery stays owned by the consumer until ``ack``, ``requeue`` or ``dead_letter``;
 * at most ``prefetch`` deliveries are in a subscription's handlers at once;
 * ``dead_letter(reason)`` moves the message to the dead queue with the reason in the
@@ -81,7 +82,10 @@ class Broker(ABC):
         reply_to: str | None = None,
         correlation_id: str | None = None,
         timeout: float = 30.0,
-    ) -> None: ...
+        mandatory: bool = True,
+    ) -> None:
+        """Publish and wait for the confirm. ``mandatory=False`` drops a message no queue
+        takes instead of raising (for live feeds nobody may be listening to)."""
 
     @abstractmethod
     async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...

@@ -216,6 +216,7 @@ class RabbitBroker(Broker):
         reply_to: str | None = None,
         correlation_id: str | None = None,
         timeout: float = 30.0,
+        mandatory: bool = True,
     ) -> None:
         message = aio_pika.Message(
             body,
@@ -228,7 +229,7 @@ class RabbitBroker(Broker):
         )
         try:
             await self._exchange(exchange).publish(
-                message, routing_key, mandatory=True, timeout=timeout
+                message, routing_key, mandatory=mandatory, timeout=timeout
             )
         except PublishError as exc:
             raise UnroutableError(f"no queue takes {exchange or 'default'}/{routing_key}") from exc

@@ -5,6 +5,7 @@
     events exchange (direct) ───"events"─────────► events queue (quorum) the searcher consumes
     rpc exchange (direct) ──────"rpc"────────────► rpc queue (quorum)    clients ask the searcher
     dead exchange (fanout) ──────────────────────► dead queue (quorum)   poison messages + reason
+    feed exchange (direct) ─────"<experiment id>"► observers' private queues: log records live
 
 Work, events and rpc queues dead-letter to the dead exchange. Every name starts with a
 prefix (``rung`` by default), so test runs and separate installations never meet.
@@ -67,6 +68,7 @@ class Topology:
                 ExchangeSpec(self.events_exchange, "direct"),
                 ExchangeSpec(self.rpc_exchange, "direct"),
                 ExchangeSpec(dead, "fanout"),
+                ExchangeSpec(self.feed_exchange, "direct"),
             ),
         )
         object.__setattr__(
@@ -105,6 +107,10 @@ class Topology:
     @property
     def dead_exchange(self) -> str:
         return f"{self.prefix}.dead"
+
+    @property
+    def feed_exchange(self) -> str:
+        return f"{self.prefix}.feed"
 
     @property
     def work_queue(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,15 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from broker.port import Delivery
 from broker.schemas import ExperimentSummary
 from rung.cli.common import add_broker_options, broker_from
 from rung.cli.render import print_summary, progress_table, summary_json
 from searcher.client import SearcherClient
+from searcher.eventlog import InputRecord, Record, read_log, replay
+from searcher.eventlog.explain import entry, print_entry
+from searcher.eventlog.records import record_adapter
+from searcher.trials import ExperimentRun, Step
 
 __all__ = ["follow", "register"]
 
@@ -35,6 +41,21 @@ def register(commands: Any) -> None:
     describe.add_argument("--json", action="store_true")
     add_broker_options(describe, required=True)
     describe.set_defaults(handler=describe_experiment)
+
+    logs = sub.add_parser("logs", help="an experiment's timeline; --follow for live records")
+    logs.add_argument("experiment_id")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing records as the searcher writes them, until the end",
+    )
+    logs.add_argument(
+        "--all", action="store_true", help="also show checkpoints, metrics, progress and log lines"
+    )
+    logs.add_argument("--json", action="store_true", help="one JSON timeline entry a line")
+    add_broker_options(logs, required=True)
+    logs.set_defaults(handler=experiment_logs)
 
 
 async def follow(client: SearcherClient, experiment_id: str, *, live: bool) -> ExperimentSummary:
@@ -85,4 +106,67 @@ def describe_experiment(args: argparse.Namespace) -> int:
         print(summary_json(summary))
     else:
         print_summary(summary)
+    return 0
+
+
+def _show(item: dict[str, Any] | None, *, as_json: bool) -> None:
+    if item is not None:
+        print(json.dumps(item) if as_json else print_entry(item), flush=True)
+
+
+def experiment_logs(args: argparse.Namespace) -> int:
+    """History from the log file, then (with --follow) records from the live feed.
+
+    The feed queue is bound before the history is read, so no record falls in between;
+    records already printed are skipped by sequence number.
+    """
+
+    async def main() -> int:
+        broker = broker_from(args, "rung-logs")
+        await broker.start()
+        live: asyncio.Queue[Record] = asyncio.Queue()
+        try:
+            if args.follow:
+                queue = await broker.declare_private_queue(
+                    (broker.topology.feed_exchange, args.experiment_id)
+                )
+
+                async def on_record(delivery: Delivery) -> None:
+                    await delivery.ack()
+                    live.put_nowait(record_adapter.validate_json(delivery.body))
+
+                await broker.subscribe(queue, on_record, prefetch=256)
+            summary = await SearcherClient(broker).describe(args.experiment_id)
+            return await _print_log(args, Path(summary.event_log), live)
+        finally:
+            await broker.close()
+
+    return asyncio.run(main())
+
+
+def _history(path: Path) -> list[Record]:
+    return read_log(path) if path.is_file() else []
+
+
+async def _print_log(args: argparse.Namespace, path: Path, live: asyncio.Queue[Record]) -> int:
+    shown = 0
+    finished = False
+
+    def show(record: InputRecord, step: Step, run: ExperimentRun) -> None:
+        nonlocal finished
+        _show(entry(record, step, run, show_all=args.all), as_json=args.json)
+        finished = finished or any(op.type == "shutdown" for op in step.ops)
+
+    records = await asyncio.to_thread(_history, path)
+    if not records:
+        print(f"note: {path} is not readable here; showing live records only", file=sys.stderr)
+    result = replay(records, on_step=show) if records else None
+    shown = records[-1].seq if records else 0
+    while args.follow and not finished:
+        record = await live.get()
+        if record.seq <= shown or result is None or not isinstance(record, InputRecord):
+            continue
+        shown = record.seq
+        step = result.run.start() if record.input is None else result.run.on_event(record.input)
+        show(record, step, result.run)
     return 0

@@ -7,6 +7,7 @@ print one clear message per problem, without a traceback, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         result: int = args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (``rung replay LOG | head``): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SearcherError as exc:
         structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

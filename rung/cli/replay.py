@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from searcher.eventlog import InputRecord, read_log, replay
-from searcher.eventlog.explain import NOISE, describe_input, explain_step, state_at
+from searcher.eventlog.explain import entry, print_entry, state_at
 from searcher.trials import ExperimentRun, Step
 
 __all__ = ["register"]
@@ -84,23 +84,14 @@ def run_replay(args: argparse.Namespace) -> int:
     entries: list[dict[str, Any]] = []
 
     def explain(record: InputRecord, step: Step, run: ExperimentRun) -> None:
-        quiet = not step.commands and not step.ops
-        if not args.all and isinstance(record.input, NOISE) and quiet:
-            return
-        entries.append(
-            {
-                "seq": record.seq,
-                "event": describe_input(record, run),
-                "decisions": explain_step(record, step, run),
-            }
-        )
+        item = entry(record, step, run, show_all=args.all)
+        if item is not None:
+            entries.append(item)
 
     replay(records, context_root=contexts, on_step=explain)
     if args.json:
         print(json.dumps(entries))
         return 0
-    for entry in entries:
-        print(f"{entry['seq']:>6}  {entry['event']}")
-        for line in entry["decisions"]:
-            print(f"        {line}")
+    for item in entries:
+        print(print_entry(item))
     return 0

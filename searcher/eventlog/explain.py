@@ -28,7 +28,7 @@ from searcher.methods import AdaptiveASHA, PromotionASHA, SearchMethod, Stopping
 from searcher.ops import Close, Create, Shutdown, ValidateAfter
 from searcher.trials import ExperimentRun, Step
 
-__all__ = ["NOISE", "describe_input", "explain_step", "state_at"]
+__all__ = ["NOISE", "describe_input", "entry", "explain_step", "print_entry", "state_at"]
 
 # Inputs the default timeline leaves out (``--all`` shows them).
 NOISE = (LogLines, MetricsReported, ProgressReported, CheckpointSaved)
@@ -160,6 +160,25 @@ def explain_step(record: InputRecord, step: Step, run: ExperimentRun) -> list[st
     if step.ignored:
         lines.append(f"ignored: {step.ignored}")
     return lines
+
+
+def entry(
+    record: InputRecord, step: Step, run: ExperimentRun, *, show_all: bool = False
+) -> dict[str, Any] | None:
+    """A timeline entry for one input, or None for noise the default timeline hides."""
+    if not show_all and isinstance(record.input, NOISE) and not step.commands and not step.ops:
+        return None
+    return {
+        "seq": record.seq,
+        "event": describe_input(record, run),
+        "decisions": explain_step(record, step, run),
+    }
+
+
+def print_entry(item: dict[str, Any]) -> str:
+    lines = [f"{item['seq']:>6}  {item['event']}"]
+    lines += [f"        {line}" for line in item["decisions"]]
+    return "\n".join(lines)
 
 
 def state_at(run: ExperimentRun) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from broker.archive import ArchiveError, context_hash, extract, validate
-from broker.errors import DecodeError, UnroutableError
+from broker.errors import BrokerError, DecodeError, UnroutableError
 from broker.port import Broker, Delivery
 from broker.schemas import (
     CreateExperiment,
@@ -48,6 +48,7 @@ from searcher.eventlog.records import (
     CreatedRecord,
     FailedRecord,
     InputRecord,
+    Record,
     SnapshotRecord,
 )
 from searcher.eventlog.replay import replay
@@ -112,6 +113,7 @@ class SearcherService:
         self.warnings: dict[str, list[str]] = {}
         self.workers: dict[str, WorkerHeartbeat] = {}
         self._lock = asyncio.Lock()
+        self._feed: list[tuple[str, Record]] = []
         # Per experiment, the ids of the messages already applied (rebuilt from the log).
         self._seen: dict[str, set[str]] = {}
 
@@ -209,6 +211,33 @@ class SearcherService:
         )
         await self._apply(run, lost, message_id=f"lost/{body.trial_id}/{body.attempt}")
 
+    def _append(self, experiment_id: str, record: Record) -> Record:
+        """Append durably, then queue the record for the live feed."""
+        self.logs[experiment_id].append(record)
+        self._feed.append((experiment_id, record))
+        return record
+
+    async def _flush_feed(self) -> None:
+        """Publish appended records to observers; nobody listening is fine."""
+        topology = self.broker.topology
+        pending, self._feed = self._feed, []
+        for experiment_id, record in pending:
+            try:
+                await self.broker.publish(
+                    topology.feed_exchange,
+                    experiment_id,
+                    record.model_dump_json().encode(),
+                    message_id=f"{experiment_id}/record/{record.seq}",
+                    mandatory=False,
+                )
+            except BrokerError as exc:
+                log.warning(
+                    "live feed publish failed; the log has the record",
+                    experiment_id=experiment_id,
+                    seq=record.seq,
+                    error=str(exc),
+                )
+
     def _record(self, run: ExperimentRun, step: Step, *, message_id: str, body: Body | None) -> int:
         """Write the input and all it caused; return its sequence number once on disk."""
         event_log = self.logs[run.experiment_id]
@@ -222,11 +251,13 @@ class SearcherService:
             commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
             ignored=step.ignored,
         )
-        seq = event_log.append(record).seq
+        seq = self._append(run.experiment_id, record).seq
         if seq % self.snapshot_every == 0:
             seen = self._seen.setdefault(run.experiment_id, set()) | {message_id}
             state = {**run.snapshot(), "seen": sorted(seen)}
-            event_log.append(SnapshotRecord(seq=seq + 1, at=time.time(), state=state))
+            self._append(
+                run.experiment_id, SnapshotRecord(seq=seq + 1, at=time.time(), state=state)
+            )
         return seq
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> None:
@@ -237,14 +268,15 @@ class SearcherService:
             # with the reason in its log; the service and other experiments go on.
             run.state = "ERROR"
             event_log = self.logs[run.experiment_id]
-            event_log.append(
+            self._append(
+                run.experiment_id,
                 FailedRecord(
                     seq=event_log.seq + 1,
                     at=time.time(),
                     message_id=message_id,
                     input=body,
                     error=str(exc),
-                )
+                ),
             )
             log.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
                 "experiment failed: its search method broke a rule",
@@ -288,6 +320,7 @@ class SearcherService:
             else:
                 await self._apply(run, body, envelope.message_id)
                 seen.add(envelope.message_id)
+            await self._flush_feed()
         await delivery.ack()
 
     # ------------------------------------------------------------------ requests
@@ -300,7 +333,10 @@ class SearcherService:
             return
         try:
             async with self._lock:
-                result = await self._handle(body)
+                try:
+                    result = await self._handle(body)
+                finally:
+                    await self._flush_feed()
             reply = RpcReply(ok=True, result=result)
         except _Refused as exc:
             reply = RpcReply(
@@ -400,7 +436,8 @@ class SearcherService:
         self.runs[experiment_id] = run
         self.logs[experiment_id] = event_log
         self.warnings[experiment_id] = list(loaded.warnings)
-        event_log.append(
+        self._append(
+            experiment_id,
             CreatedRecord(
                 seq=1,
                 at=time.time(),
@@ -408,7 +445,7 @@ class SearcherService:
                 context_hash=digest,
                 checkpoint_root=run.checkpoint_root,
                 config=config.model_dump(mode="json", by_alias=True),
-            )
+            ),
         )
         step = run.start()
         seq = self._record(run, step, message_id=f"{experiment_id}/start", body=None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from tests.support import wait_sync
 
-from .conftest import EXAMPLES, Cluster, read_log
+from .conftest import EXAMPLES, ROOT, Cluster, read_log
 
 PACED = Path(__file__).parent / "contexts" / "paced"
 
@@ -180,3 +182,39 @@ def test_sigterm_lets_a_worker_drain(cluster: Cluster) -> None:
     cluster.start_worker("w1")
     assert cluster.stop("w1", signal.SIGTERM) == 0
     assert "worker ready" in cluster.log_text("w1")
+
+
+def test_logs_follow_prints_the_timeline_live_until_the_end(cluster: Cluster) -> None:
+    created = cluster.create(EXAMPLES / "3_hpsearch.yaml", follow=False)
+    assert created.returncode == 0, created.stderr
+    experiment_id = created.stdout.strip()
+    out = cluster.logs / "follow.out"
+    with out.open("w") as handle:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "rung", "e", "logs", experiment_id, "--follow", "--json"],
+            stdout=handle,
+            stderr=subprocess.DEVNULL,
+            env=cluster.env(),
+            cwd=ROOT,
+        )
+        try:
+            # Once the follower has printed the history, the trials start running.
+            wait_sync(
+                lambda: "started: searcher adaptive_asha" in out.read_text(), 60, "the history"
+            )
+            cluster.start_worker("w1", slots=2)
+            assert follower.wait(120) == 0  # it stops by itself when the experiment ends
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait(10)
+    entries = [json.loads(line) for line in out.read_text().splitlines()]
+    seqs = [e["seq"] for e in entries]
+    assert seqs == sorted(set(seqs))  # in order, none twice
+    decisions = [d for e in entries for d in e["decisions"]]
+    assert "experiment completed" in decisions
+    assert any(d.startswith("trial ") and "promoted to rung 1" in d for d in decisions)
+    assert (
+        sum(e["event"].startswith("trial ") and "reached length" in e["event"] for e in entries)
+        >= 10
+    )
