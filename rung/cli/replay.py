@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from searcher.eventlog import InputRecord, read_log, replay
+from searcher.config import load_config_file
+from searcher.eventlog import InputRecord, Record, read_log, replay
 from searcher.eventlog.explain import entry, print_entry, state_at
+from searcher.eventlog.whatif import what_if
 from searcher.trials import ExperimentRun, Step
 
 __all__ = ["register"]
@@ -35,6 +37,15 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--all", action="store_true", help="also show checkpoints, metrics, progress and log lines"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="OTHER.yaml",
+        help="what-if: re-decide with these searcher settings against the results the log recorded",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, help="simulated workers for --config (default 4)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--contexts",
@@ -56,6 +67,8 @@ def _contexts(args: argparse.Namespace) -> Path | None:
 def run_replay(args: argparse.Namespace) -> int:
     records = read_log(args.log)
     contexts = _contexts(args)
+    if args.config is not None:
+        return _what_if(args, records)
     if args.verify:
         result = replay(records, context_root=contexts, verify=True)
         divergence = result.divergence
@@ -94,4 +107,26 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0
     for item in entries:
         print(print_entry(item))
+    return 0
+
+
+def _what_if(args: argparse.Namespace, records: list[Record]) -> int:
+    config = load_config_file(args.config).config
+    outcome = what_if(records, config, workers=args.workers)
+    if args.json:
+        print(outcome.model_dump_json(exclude={"result": {"trial_details"}}))
+        return 0 if outcome.complete else 1
+    print(
+        f"recorded: {outcome.recorded_trials} trials, {outcome.recorded_length} length "
+        f"trained, best {outcome.recorded_best}"
+    )
+    if outcome.result is None:
+        print(f"what-if stopped: {outcome.gap}")
+        return 1
+    result = outcome.result
+    print(
+        f"what-if ({config.searcher.name}): {result.trials} trials, {result.total_length} "
+        f"length trained, best {result.best_metric} (trial {result.best_trial_id}, "
+        f"{json.dumps(result.best_hparams)})"
+    )
     return 0

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.schemas.envelope import Body
+from searcher.config import load_config_file
 from searcher.errors import SearcherError
 from searcher.eventlog import (
     CommandRecord,
@@ -25,6 +26,7 @@ from searcher.eventlog import (
     read_log,
     replay,
 )
+from searcher.eventlog.whatif import what_if
 from searcher.experiment import Experiment
 from searcher.testing import scripted_event
 from searcher.trials import ExperimentRun, Step
@@ -170,3 +172,27 @@ def test_replay_equals_the_live_fold_and_twice_equals_once(
     assert twice.run.snapshot() == once.run.snapshot()
     state: dict[str, Any] = once.run.snapshot()
     assert state["state"] == live.state
+
+
+# ---------------------------------------------------------------- what-if
+@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+def test_what_if_with_the_recorded_settings_reproduces_the_outcome(path: Path) -> None:
+    method = path.name.split(".")[0]
+    config = load_config_file(GOLDEN / f"golden-{method}.yaml").config
+    outcome = what_if(read_log(path), config, workers=2)
+    assert outcome.complete, outcome.gap
+    assert outcome.result is not None
+    assert outcome.result.best_metric == outcome.recorded_best
+    assert outcome.result.total_length == outcome.recorded_length
+    assert outcome.result.trials == outcome.recorded_trials
+
+
+def test_what_if_stops_where_the_log_has_no_result() -> None:
+    config = load_config_file(GOLDEN / "golden-asha.yaml").config
+    searcher = config.searcher.model_copy(update={"stop_once": True})
+    outcome = what_if(
+        read_log(GOLDEN / "asha.v1.jsonl"), config.model_copy(update={"searcher": searcher})
+    )
+    assert not outcome.complete
+    assert outcome.gap is not None
+    assert "but the log has it only at" in outcome.gap
