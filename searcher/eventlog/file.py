@@ -6,7 +6,6 @@ and cut off the file; a record that is corrupt anywhere else is an error that na
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -26,7 +25,7 @@ class EventLogCorruptError(SearcherError):
 
 
 def _parse(line: bytes) -> Record:
-    return record_adapter.validate_python(json.loads(line))
+    return record_adapter.validate_json(line)
 
 
 def read_log(path: Path, *, repair: bool = False) -> list[Record]:
