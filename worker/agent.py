@@ -116,9 +116,7 @@ class Worker:
     async def shutdown(self, grace_s: float = 60.0) -> None:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""
         self._stopping = True
-        if self._work is not None:
-            await self._work.cancel()
-            self._work = None
+        await self._pause_intake()
         for run in self.runs.values():
             run.request_preemption()
         if self._tasks:
@@ -155,9 +153,8 @@ class Worker:
             self._work = await self.broker.subscribe(
                 self.broker.topology.work_queue, self._on_work, prefetch=1
             )
-        elif not want and self._work is not None:
-            work, self._work = self._work, None
-            await work.cancel()
+        elif not want:
+            await self._pause_intake()
 
     # ------------------------------------------------------------------ work
     async def _on_work(self, delivery: Delivery) -> None:
@@ -180,12 +177,15 @@ class Worker:
             )
         if need > len(self.free) or self._stopping:
             self._waiting_for_slots = need
-            await self._pause_intake_then(delivery.requeue)
+            # Stop consuming first, so the requeued command goes to another worker.
+            await self._pause_intake()
+            await delivery.requeue()
             return
         self._waiting_for_slots = 0
         slots, self.free = self.free[:need], self.free[need:]
         if not self.free:
-            await self._pause_intake_then(None)
+            # Cancel before acknowledging: with prefetch 1, nothing else arrives meanwhile.
+            await self._pause_intake()
         try:
             run = await self._start(body, slots)
         except Exception:
@@ -202,12 +202,10 @@ class Worker:
             self.free.extend(slots)
             await self._update_intake()
 
-    async def _pause_intake_then(self, action: object) -> None:
+    async def _pause_intake(self) -> None:
         if self._work is not None:
             work, self._work = self._work, None
             await work.cancel()
-        if callable(action):
-            await action()
 
     async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
         run_dir = (
