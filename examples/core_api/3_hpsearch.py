@@ -20,7 +20,11 @@ def load_state(trial_id: int, path: pathlib.Path) -> tuple[int, int]:
 
 
 def main(
-    core_context: det.core.Context, latest_checkpoint: str | None, trial_id: int, increment_by: int
+    core_context: det.core.Context,
+    latest_checkpoint: str | None,
+    trial_id: int,
+    increment_by: int,
+    batch_sleep: float,
 ) -> None:
     x, batch = 0, 0
     if latest_checkpoint is not None:
@@ -31,7 +35,7 @@ def main(
         while batch < op.length:
             x += increment_by
             batch += 1
-            time.sleep(0.002)
+            time.sleep(batch_sleep)
             if batch % 10 == 0:
                 core_context.train.report_training_metrics(batch, {"x": x})
                 op.report_progress(batch)
@@ -44,6 +48,8 @@ def main(
                 if core_context.preempt.should_preempt():
                     return
         core_context.train.report_validation_metrics(batch, {"x": x})
+        best = core_context.train.get_experiment_best_validation()
+        logging.info("best validation so far: %s", best)
         op.report_completed(x)
     if last_checkpoint_batch != batch:
         with core_context.checkpoint.store_path({"steps_completed": batch}) as (path, _):
@@ -60,4 +66,6 @@ if __name__ == "__main__":
             info.latest_checkpoint if info else None,
             info.trial.trial_id if info else 1,
             increment_by=hparams["increment_by"],
+            # How long a batch takes; 2 ms unless the config sets it (demos, tests).
+            batch_sleep=hparams.get("batch_sleep", 0.002),
         )

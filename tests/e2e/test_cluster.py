@@ -16,8 +16,6 @@ from tests.support import wait_sync
 
 from .conftest import EXAMPLES, ROOT, Cluster, read_log
 
-PACED = Path(__file__).parent / "contexts" / "paced"
-
 pytestmark = pytest.mark.rabbitmq
 
 
@@ -70,13 +68,13 @@ def test_promoted_trials_resume_from_checkpoints_on_another_worker(
     # is promoted. Each batch takes 30 ms, so there is time to stop w1 in between.
     config = tmp_path / "resume.yaml"
     config.write_text(
-        "name: resume\nentrypoint: python3 train.py\n"
+        "name: resume\nentrypoint: python3 3_hpsearch.py\n"
         "hyperparameters: {increment_by: 1, batch_sleep: 0.03}\n"
         "searcher: {name: asha, metric: x, max_length: 100, max_trials: 2, num_rungs: 2, "
         "divisor: 2, max_concurrent_trials: 1}\nmax_restarts: 0\n"
     )
     cluster.start_worker("w1")
-    created = cluster.create(config, PACED, follow=False)
+    created = cluster.create(config, follow=False)
     assert created.returncode == 0, created.stderr
     experiment_id = created.stdout.strip()
 

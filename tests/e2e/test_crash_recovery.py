@@ -19,8 +19,6 @@ from .conftest import Cluster
 
 pytestmark = pytest.mark.rabbitmq
 
-PACED = Path(__file__).parent / "contexts" / "paced"
-
 
 def _describe(cluster: Cluster, experiment_id: str) -> dict[str, Any] | None:
     result = cluster.rung("e", "describe", experiment_id, "--json", timeout=60)
@@ -35,7 +33,7 @@ def test_searcher_killed_repeatedly_still_finishes_the_search(
 ) -> None:
     config = tmp_path / "crash.yaml"
     config.write_text(
-        "name: crash\nentrypoint: python3 train.py\n"
+        "name: crash\nentrypoint: python3 3_hpsearch.py\n"
         "hyperparameters:\n  increment_by: {type: int, minval: 1, maxval: 8}\n"
         "  batch_sleep: 0.01\n"
         "searcher: {name: adaptive_asha, metric: x, max_length: 100, max_trials: 10, "
@@ -44,7 +42,7 @@ def test_searcher_killed_repeatedly_still_finishes_the_search(
     )
     cluster.start_worker("w1", slots=2)
     cluster.start_worker("w2", slots=2)
-    created = cluster.create(config, PACED, follow=False)
+    created = cluster.create(config, follow=False)
     assert created.returncode == 0, created.stderr
     experiment_id = created.stdout.strip()
     log_path = cluster.state_dir / "experiments" / experiment_id / "events.jsonl"
