@@ -14,7 +14,7 @@ from pathlib import Path
 
 from broker.schemas.envelope import Body
 from searcher.config import parse_config
-from searcher.eventlog import CommandRecord, CreatedRecord, FileEventLog, InputRecord, read_log
+from searcher.eventlog import CreatedRecord, FileEventLog, InputRecord, read_log
 from searcher.eventlog import replay as replay_log
 from searcher.experiment import Experiment
 from searcher.testing import scripted_event
@@ -48,17 +48,7 @@ def _make_log(path: Path, trials: int) -> int:
     )
 
     def write(message_id: str, body: Body | None, step: Step) -> None:
-        log.append(
-            InputRecord(
-                seq=log.seq + 1,
-                message_id=message_id,
-                input=body,
-                applied=step.applied,
-                ops=step.ops,
-                ignored=step.ignored,
-                commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
-            )
-        )
+        log.append(InputRecord.of(log.seq + 1, message_id, body, step))
 
     write("start", None, run.start())
     count = 0

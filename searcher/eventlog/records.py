@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, TypeAdapter
 
@@ -19,6 +19,9 @@ from broker.schemas.commands import WorkerCommand
 from broker.schemas.envelope import Body
 from searcher.events import SearchEvent
 from searcher.ops import Operation
+
+if TYPE_CHECKING:
+    from searcher.trials import Step
 
 __all__ = [
     "LOG_VERSION",
@@ -66,6 +69,22 @@ class InputRecord(_Record):
     ops: list[Operation] = Field(default_factory=list)
     commands: list[CommandRecord] = Field(default_factory=list)
     ignored: str | None = None
+
+    @classmethod
+    def of(
+        cls, seq: int, message_id: str, body: Body | None, step: Step, at: float = 0.0
+    ) -> InputRecord:
+        """The record of one handled input and everything it caused."""
+        return cls(
+            seq=seq,
+            at=at,
+            message_id=message_id,
+            input=body,
+            applied=step.applied,
+            ops=step.ops,
+            ignored=step.ignored,
+            commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
+        )
 
 
 class FailedRecord(_Record):

@@ -44,7 +44,6 @@ from searcher.config import ExperimentConfig, parse_config
 from searcher.errors import ConfigError, SearcherError
 from searcher.eventlog.file import FileEventLog
 from searcher.eventlog.records import (
-    CommandRecord,
     CreatedRecord,
     FailedRecord,
     InputRecord,
@@ -241,16 +240,7 @@ class SearcherService:
     def _record(self, run: ExperimentRun, step: Step, *, message_id: str, body: Body | None) -> int:
         """Write the input and all it caused; return its sequence number once on disk."""
         event_log = self.logs[run.experiment_id]
-        record = InputRecord(
-            seq=event_log.seq + 1,
-            at=time.time(),
-            message_id=message_id,
-            input=body,
-            applied=step.applied,
-            ops=step.ops,
-            commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
-            ignored=step.ignored,
-        )
+        record = InputRecord.of(event_log.seq + 1, message_id, body, step, at=time.time())
         seq = self._append(run.experiment_id, record).seq
         if seq % self.snapshot_every == 0:
             seen = self._seen.setdefault(run.experiment_id, set()) | {message_id}

@@ -16,7 +16,6 @@ from broker.schemas.envelope import Body
 from searcher.config import load_config_file
 from searcher.errors import SearcherError
 from searcher.eventlog import (
-    CommandRecord,
     CreatedRecord,
     EventLogCorruptError,
     FileEventLog,
@@ -128,17 +127,7 @@ def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Rec
     ]
 
     def record(message_id: str, body: Body | None, step: Step) -> None:
-        records.append(
-            InputRecord(
-                seq=len(records) + 1,
-                message_id=message_id,
-                input=body,
-                applied=step.applied,
-                ops=step.ops,
-                ignored=step.ignored,
-                commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
-            )
-        )
+        records.append(InputRecord.of(len(records) + 1, message_id, body, step))
 
     record("start", None, run.start())
     rng = Random(order)
