@@ -1,12 +1,13 @@
 """The experiment event log: records, the file backend, and replay."""
 
-from searcher.eventlog.file import EventLogCorruptError, FileEventLog, read_log
+from searcher.eventlog.file import EventLogCorruptError, FileEventLog, StaleOwnerError, read_log
 from searcher.eventlog.records import (
     LOG_VERSION,
     CommandRecord,
     CreatedRecord,
     FailedRecord,
     InputRecord,
+    OwnerRecord,
     Record,
     SnapshotRecord,
 )
@@ -21,9 +22,11 @@ __all__ = [
     "FailedRecord",
     "FileEventLog",
     "InputRecord",
+    "OwnerRecord",
     "Record",
     "Replayed",
     "SnapshotRecord",
+    "StaleOwnerError",
     "read_log",
     "replay",
 ]

@@ -13,15 +13,19 @@ import structlog
 from pydantic import ValidationError
 
 from searcher.errors import SearcherError
-from searcher.eventlog.records import Record, record_adapter
+from searcher.eventlog.records import OwnerRecord, Record, record_adapter
 
-__all__ = ["EventLogCorruptError", "FileEventLog", "read_log"]
+__all__ = ["EventLogCorruptError", "FileEventLog", "StaleOwnerError", "read_log"]
 
 log = structlog.get_logger("rung.eventlog")
 
 
 class EventLogCorruptError(SearcherError):
     """A record in the middle of a log cannot be read."""
+
+
+class StaleOwnerError(SearcherError):
+    """Another searcher has written to this log since we last did: we no longer own it."""
 
 
 def _parse(line: bytes) -> Record:
@@ -78,15 +82,33 @@ class FileEventLog:
         # What was on disk when the log was opened (for a restart to rebuild from).
         self.existing: list[Record] = existing
         self.seq = existing[-1].seq if existing else 0
+        self.epoch = max((r.epoch for r in existing if isinstance(r, OwnerRecord)), default=0)
         self._file = path.open("ab")
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    def take_over(self, owner: str) -> OwnerRecord:
+        """Claim the log with the next epoch; the previous owner's next append fails."""
+        record = OwnerRecord(seq=self.seq + 1, epoch=self.epoch + 1, owner=owner)
+        self.append(record)
+        return record
 
     def append(self, record: Record) -> Record:
         if record.seq != self.seq + 1:
             raise SearcherError(f"record {record.seq} appended after {self.seq}")
-        self._file.write(record.model_dump_json().encode() + b"\n")
+        size = os.fstat(self._file.fileno()).st_size
+        if size != self._size:
+            raise StaleOwnerError(
+                f"{self.path} was written by another searcher (it has {size} bytes, this one "
+                f"wrote {self._size}); this searcher no longer owns the experiment"
+            )
+        data = record.model_dump_json().encode() + b"\n"
+        self._file.write(data)
         self._file.flush()
         os.fsync(self._file.fileno())
         self.seq = record.seq
+        self._size += len(data)
+        if isinstance(record, OwnerRecord):
+            self.epoch = record.epoch
         return record
 
     def close(self) -> None:

@@ -6,7 +6,9 @@
   operations decided (``ops``) and the commands sent (``commands``), or why it was
   ignored;
 * ``failed``: an input the search method could not handle; the experiment failed;
-* ``snapshot``: the whole state after record ``seq - 1``, so a restart reads only the tail.
+* ``snapshot``: the whole state after record ``seq - 1``, so a restart reads only the tail;
+* ``owner``: a searcher took the log over, with a new ``epoch``; a searcher that finds a
+  record it did not write stops acting on the experiment.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "CreatedRecord",
     "FailedRecord",
     "InputRecord",
+    "OwnerRecord",
     "Record",
     "SnapshotRecord",
     "record_adapter",
@@ -94,13 +97,22 @@ class FailedRecord(_Record):
     error: str
 
 
+class OwnerRecord(_Record):
+    """A searcher took the log over: ``epoch`` grows by one at every takeover."""
+
+    kind: Literal["owner"] = "owner"
+    epoch: int = Field(ge=1)
+    owner: str
+
+
 class SnapshotRecord(_Record):
     kind: Literal["snapshot"] = "snapshot"
     state: dict[str, Any]
 
 
 Record = Annotated[
-    CreatedRecord | InputRecord | FailedRecord | SnapshotRecord, Discriminator("kind")
+    CreatedRecord | InputRecord | FailedRecord | SnapshotRecord | OwnerRecord,
+    Discriminator("kind"),
 ]
 
 record_adapter: TypeAdapter[Record] = TypeAdapter(Record)

@@ -42,7 +42,7 @@ from broker.schemas.envelope import Body
 from broker.topology import Topology
 from searcher.config import ExperimentConfig, parse_config
 from searcher.errors import ConfigError, SearcherError
-from searcher.eventlog.file import FileEventLog
+from searcher.eventlog.file import FileEventLog, StaleOwnerError
 from searcher.eventlog.records import (
     CreatedRecord,
     FailedRecord,
@@ -112,6 +112,9 @@ class SearcherService:
         self.warnings: dict[str, list[str]] = {}
         self.workers: dict[str, WorkerHeartbeat] = {}
         self._lock = asyncio.Lock()
+        self._owner = f"{socket.gethostname()}/{os.getpid()}"
+        # Experiments another searcher took over: their events are left to it.
+        self._given_up: set[str] = set()
         self._feed: list[tuple[str, Record]] = []
         # Per experiment, the ids of the messages already applied (rebuilt from the log).
         self._seen: dict[str, set[str]] = {}
@@ -149,6 +152,7 @@ class SearcherService:
                 event_log.close()
                 continue
             replayed = replay(event_log.existing, context_root=self.state_dir / "contexts")
+            event_log.take_over(self._owner)
             run = replayed.run
             self.runs[run.experiment_id] = run
             self.logs[run.experiment_id] = event_log
@@ -295,7 +299,13 @@ class SearcherService:
             return
         body = envelope.body
         async with self._lock:
-            run = self.runs.get(getattr(body, "experiment_id", ""))
+            experiment_id = getattr(body, "experiment_id", "")
+            if experiment_id in self._given_up:
+                # Leave it to the searcher that owns the experiment now.
+                await asyncio.sleep(0.5)
+                await delivery.requeue()
+                return
+            run = self.runs.get(experiment_id)
             seen = self._seen.setdefault(run.experiment_id, set()) if run else set()
             if isinstance(body, WorkerHeartbeat):
                 self.workers[body.worker_id] = body
@@ -308,10 +318,26 @@ class SearcherService:
             elif envelope.message_id in seen:
                 log.debug("duplicate event dropped", message_id=envelope.message_id)
             else:
-                await self._apply(run, body, envelope.message_id)
+                try:
+                    await self._apply(run, body, envelope.message_id)
+                except StaleOwnerError as exc:
+                    self._give_up(run, exc)
+                    await delivery.requeue()
+                    return
                 seen.add(envelope.message_id)
             await self._flush_feed()
         await delivery.ack()
+
+    def _give_up(self, run: ExperimentRun, exc: StaleOwnerError) -> None:
+        """Another searcher owns the experiment now: stop acting on it, at once."""
+        log.error(
+            "another searcher took over the experiment; this one stops acting on it",
+            experiment_id=run.experiment_id,
+            reason=str(exc),
+        )
+        self.runs.pop(run.experiment_id, None)
+        self.logs.pop(run.experiment_id).close()
+        self._given_up.add(run.experiment_id)
 
     # ------------------------------------------------------------------ requests
     async def _on_rpc(self, delivery: Delivery) -> None:
@@ -437,6 +463,7 @@ class SearcherService:
                 config=config.model_dump(mode="json", by_alias=True),
             ),
         )
+        event_log.take_over(self._owner)
         step = run.start()
         seq = self._record(run, step, message_id=f"{experiment_id}/start", body=None)
         await self._publish(run, step, seq)

@@ -24,6 +24,7 @@ from broker.schemas import (
 )
 from broker.schemas.envelope import Body
 from searcher.client import SearcherClient
+from searcher.eventlog import FileEventLog
 from searcher.service.service import SearcherService
 from tests.support import wait_for
 
@@ -190,3 +191,40 @@ async def test_a_broken_search_method_fails_only_its_experiment(
         tmp_path / "context",
     )
     assert again["experiment_id"] != created["experiment_id"]
+
+
+async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(
+        {
+            "entrypoint": "python3 train.py",
+            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
+        },
+        context(tmp_path, {"train.py": "pass\n"}),
+    )
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    # Another searcher (on another machine, sharing the directory) takes the log over.
+    other = FileEventLog(Path(created["event_log"]))
+    other.take_over("elsewhere/1")
+    size = Path(created["event_log"]).stat().st_size
+    run = worker.work[0]
+    await worker.send(
+        TrialStarted(
+            experiment_id=created["experiment_id"],
+            trial_id=1,
+            attempt=run.attempt,
+            worker_id="fake",
+            slots=1,
+        )
+    )
+    await wait_for(
+        lambda: created["experiment_id"] not in service.runs,
+        10,
+        "the searcher to give the experiment up",
+    )
+    assert Path(created["event_log"]).stat().st_size == size  # it wrote nothing more
+    other.close()

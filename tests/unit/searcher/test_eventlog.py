@@ -20,11 +20,13 @@ from searcher.eventlog import (
     EventLogCorruptError,
     FileEventLog,
     InputRecord,
+    OwnerRecord,
     Record,
     SnapshotRecord,
     read_log,
     replay,
 )
+from searcher.eventlog.file import StaleOwnerError
 from searcher.eventlog.whatif import what_if
 from searcher.experiment import Experiment
 from searcher.testing import scripted_event
@@ -185,3 +187,21 @@ def test_what_if_stops_where_the_log_has_no_result() -> None:
     assert not outcome.complete
     assert outcome.gap is not None
     assert "but the log has it only at" in outcome.gap
+
+
+# ---------------------------------------------------------------- ownership
+def test_a_takeover_fences_off_the_previous_owner(tmp_path: Path) -> None:
+    log = _copy(GOLDEN / "single.v1.jsonl", tmp_path)
+    first = FileEventLog(log)
+    assert first.take_over("machine-a/1").epoch == 1
+    second = FileEventLog(log)  # another machine, on the shared directory
+    assert second.epoch == 1
+    assert second.take_over("machine-b/7").epoch == 2
+    with pytest.raises(StaleOwnerError, match="was written by another searcher"):
+        first.append(SnapshotRecord(seq=first.seq + 1, state={}))
+    first.close()
+    second.close()
+    records = read_log(log)
+    owners = [r for r in records if isinstance(r, OwnerRecord)]
+    assert [(o.epoch, o.owner) for o in owners] == [(1, "machine-a/1"), (2, "machine-b/7")]
+    assert replay(records, verify=True).divergence is None  # owner records change nothing
