@@ -53,6 +53,7 @@ from searcher.eventlog.records import (
 from searcher.eventlog.replay import replay
 from searcher.experiment import Experiment
 from searcher.methods import build_method
+from searcher.service.failpoints import crash_point
 from searcher.service.summary import summarise
 from searcher.trials import Command, ExperimentRun, Step
 
@@ -279,6 +280,7 @@ class SearcherService:
             )
             return
         seq = self._record(run, step, message_id=message_id, body=body)
+        crash_point("appended")
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
         await self._publish(run, step, seq)
@@ -298,13 +300,16 @@ class SearcherService:
             await delivery.dead_letter(str(exc))
             return
         body = envelope.body
+        experiment_id = getattr(body, "experiment_id", "")
+        if experiment_id in self._given_up:
+            # Leave it to the searcher that owns the experiment now (pausing so that a
+            # message nobody else takes does not spin).
+            await asyncio.sleep(0.5)
+            await delivery.requeue()
+            return
+        if not isinstance(body, WorkerHeartbeat):
+            crash_point("consumed")
         async with self._lock:
-            experiment_id = getattr(body, "experiment_id", "")
-            if experiment_id in self._given_up:
-                # Leave it to the searcher that owns the experiment now.
-                await asyncio.sleep(0.5)
-                await delivery.requeue()
-                return
             run = self.runs.get(experiment_id)
             seen = self._seen.setdefault(run.experiment_id, set()) if run else set()
             if isinstance(body, WorkerHeartbeat):
@@ -325,6 +330,7 @@ class SearcherService:
                     await delivery.requeue()
                     return
                 seen.add(envelope.message_id)
+                crash_point("published")
             await self._flush_feed()
         await delivery.ack()
 

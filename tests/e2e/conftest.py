@@ -33,14 +33,16 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return {**os.environ, "RUNG_BROKER_URL": AMQP_URL, "RUNG_NAMESPACE": self.namespace}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         self.files.append(log)
         process = subprocess.Popen(
             [sys.executable, "-m", "rung", "--log-format", "json", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             cwd=ROOT,
         )
         self.processes[name] = process

@@ -100,3 +100,52 @@ def test_a_second_searcher_cannot_take_a_live_ones_experiments(cluster: Cluster)
     cluster.stop("searcher", signal.SIGKILL)
     cluster.start("searcher-2", "searcher", "--state-dir", str(cluster.state_dir))
     cluster.wait_log("searcher-2", "searcher ready")
+
+
+@pytest.mark.parametrize("point", ["consumed", "appended", "published"])
+@pytest.mark.parametrize("nth", [3, 11])
+def test_searcher_crashing_at_each_step_of_handling_an_event(
+    cluster: Cluster, tmp_path: Path, point: str, nth: int
+) -> None:
+    """Crash after consuming, after appending, or after publishing (before acking)."""
+    cluster.stop("searcher")
+    cluster.start(
+        "doomed",
+        "searcher",
+        "--state-dir",
+        str(cluster.state_dir),
+        env={"RUNG_CRASH_AT": f"{point}:{nth}"},
+    )
+    cluster.wait_log("doomed", "searcher ready")
+    config = tmp_path / "crash.yaml"
+    config.write_text(
+        "name: crash-at\nentrypoint: python3 3_hpsearch.py\n"
+        "hyperparameters:\n  increment_by: {type: int, minval: 1, maxval: 8}\n"
+        "searcher: {name: adaptive_asha, metric: x, max_length: 100, max_trials: 10, "
+        "max_concurrent_trials: 4}\nreproducibility: {experiment_seed: 5}\n"
+        "max_restarts: 0\n"
+    )
+    cluster.start_worker("w1", slots=2)
+    created = cluster.create(config, follow=False)
+    assert created.returncode == 0, created.stderr
+    experiment_id = created.stdout.strip()
+    assert cluster.processes["doomed"].wait(60) == 137  # it crashed where it was told
+    cluster.start("searcher", "searcher", "--state-dir", str(cluster.state_dir))
+    wait_sync(
+        lambda: (_describe(cluster, experiment_id) or {}).get("state") == "COMPLETED",
+        120,
+        "the experiment to complete after the crash",
+    )
+    summary = _describe(cluster, experiment_id)
+    assert summary is not None
+    assert sorted(t["trial_id"] for t in summary["trials"]) == list(range(1, 11))
+    records = read_log(cluster.state_dir / "experiments" / experiment_id / "events.jsonl")
+    assert replay(records, verify=True).divergence is None
+    applied = [
+        (e.request_id, e.length)
+        for r in records
+        if r.kind == "input"
+        for e in r.applied
+        if e.type == "validation_completed"
+    ]
+    assert len(applied) == len(set(applied))
