@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fcntl
 import os
 import secrets
 import socket
@@ -54,6 +53,7 @@ from searcher.eventlog.replay import replay
 from searcher.experiment import Experiment
 from searcher.methods import build_method
 from searcher.service.failpoints import crash_point
+from searcher.service.statelock import StateDirectoryBusyError, StateLock
 from searcher.service.summary import summarise
 from searcher.trials import Command, ExperimentRun, Step
 
@@ -66,41 +66,6 @@ class _Refused(Exception):  # noqa: N818
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
-
-
-class StateDirectoryBusyError(SearcherError):
-    """Another live searcher owns this state directory."""
-
-
-class _StateLock:
-    """An exclusive lock on the state directory, held for the searcher's lifetime.
-
-    It dies with its process (``kill -9`` included), so a restarted searcher can take over
-    at once, while a second live searcher cannot act on the same experiments.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "searcher.lock"
-        self._file = self.path.open("a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            raise StateDirectoryBusyError(
-                f"state directory {state_dir} is in use by a live searcher ({holder}); "
-                "run one searcher per state directory, or give this one --state-dir"
-            ) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self._file.flush()
-
-    def release(self) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
 
 
 class SearcherService:
@@ -123,7 +88,7 @@ class SearcherService:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
-        lock = _StateLock(self.state_dir)
+        lock = StateLock(self.state_dir)
         try:
             await self._serve(topology, stop)
         finally:
@@ -132,12 +97,19 @@ class SearcherService:
     async def _serve(self, topology: Topology, stop: asyncio.Event) -> None:
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
         await self._recover()
-        await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4)
-        await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64)
+        intake = [
+            await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4),
+            await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64),
+        ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
         await stop.wait()
-        for event_log in self.logs.values():
-            event_log.close()
+        # Stop intake, let the message being handled finish, then close the logs.
+        for subscription in intake:
+            await subscription.cancel()
+        async with self._lock:
+            for event_log in self.logs.values():
+                event_log.close()
+        log.info("searcher stopped")
 
     # ------------------------------------------------------------------ recovery
     async def _recover(self) -> None:
