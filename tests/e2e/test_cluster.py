@@ -65,11 +65,11 @@ def test_promoted_trials_resume_from_checkpoints_on_another_worker(
     # Sequential promotion-based ASHA: trial 1 (increment 1, the best) pauses at 25; it is
     # promoted only once trial 2 reports, and by then its first worker has left.
     # Rungs at 50 and 100 (divisor 2): with two results, the better (the first, on a tie)
-    # is promoted. Each batch takes 30 ms, so there is time to stop w1 in between.
+    # is promoted. Each batch takes 60 ms, so there is time to stop w1 in between.
     config = tmp_path / "resume.yaml"
     config.write_text(
         "name: resume\nentrypoint: python3 3_hpsearch.py\n"
-        "hyperparameters: {increment_by: 1, batch_sleep: 0.03}\n"
+        "hyperparameters: {increment_by: 1, batch_sleep: 0.06}\n"
         "searcher: {name: asha, metric: x, max_length: 100, max_trials: 2, num_rungs: 2, "
         "divisor: 2, max_concurrent_trials: 1}\nmax_restarts: 0\n"
     )
