@@ -219,9 +219,11 @@ class ExperimentRun:
         while pending:
             current = pending.popleft()
             decision = self.experiment.apply(current)
-            step.applied.append(current)
-            if decision.ignored and current is event:
-                step.ignored = decision.ignored
+            if decision.ignored:
+                if current is event:
+                    step.ignored = decision.ignored
+            else:
+                step.applied.append(current)
             step.ops += decision.ops
             for op in decision.ops:
                 follow = self._operation(op, step)
@@ -319,6 +321,10 @@ class ExperimentRun:
 
     # ------------------------------------------------------------------ worker events
     def _op_completed(self, trial: TrialRuntime, body: OpCompleted, step: Step) -> None:
+        if body.length <= trial.trained:
+            # A second report of an operation already completed (a duplicate process).
+            step.ignored = f"trial {trial.trial_id} completed length {body.length} already"
+            return
         if trial.state != "RUNNING" or body.length != trial.target or trial.waiting:
             step.ignored = (
                 f"trial {trial.trial_id}: completion of length {body.length} "

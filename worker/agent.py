@@ -167,6 +167,13 @@ class Worker:
         if not isinstance(body, RunTrial):
             await delivery.dead_letter(f"expected run_trial on the work queue, got {body.type}")
             return
+        if (body.experiment_id, body.trial_id, body.attempt) in self.runs:
+            # The same attempt again (re-sent by a restarted searcher): it runs here already.
+            self.log.info(
+                "duplicate run_trial dropped", trial_id=body.trial_id, attempt=body.attempt
+            )
+            await delivery.ack()
+            return
         need = max(body.slots, 1)
         if need > self.total_slots:
             self.log.error(

@@ -179,3 +179,15 @@ def test_invalid_hp_is_replaced_by_random_search() -> None:
     step = exited(run, 1, ExitReason.INVALID_HP)
     assert run.by_id[1].state == "INVALID_HP"
     assert [c.trial_id for c in runs(step)] == [2]
+
+
+def test_a_second_report_of_a_completed_operation_changes_nothing() -> None:
+    run = make_run(ASHA)
+    run.start()
+    started(run, 1)
+    first = completed(run, 1, 2, 0.1)
+    assert first.applied
+    second = completed(run, 1, 2, 0.1)  # e.g. a duplicate process of the same attempt
+    assert second.ignored == "trial 1 completed length 2 already"
+    assert second.applied == []
+    assert second.commands == []
