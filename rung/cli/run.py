@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,19 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
     tasks = [asyncio.create_task(service.run(stop))]
     tasks += [asyncio.create_task(agent.run(stop)) for agent in agents]
     client = SearcherClient(brokers[1])
+    summary = None
     try:
         created = await client.create_experiment(args.config, args.context)
-        summary = await follow(client, created["experiment_id"], live=not args.json)
+        following = asyncio.create_task(
+            follow(client, created["experiment_id"], live=not args.json)
+        )
+        interrupted = asyncio.create_task(stop.wait())
+        await asyncio.wait({following, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if following.done():
+            summary = following.result()
+        else:
+            following.cancel()
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -91,6 +102,10 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
         with contextlib.suppress(Exception):
             await brokers[0].delete_topology()
         await brokers[0].close()
+    if summary is None:
+        # Ctrl-C or SIGTERM: the trials were asked to checkpoint and stop.
+        print(f"interrupted; the event log is at {created['event_log']}", file=sys.stderr)
+        return 130
     if args.json:
         print(summary_json(summary))
     else:
