@@ -77,6 +77,12 @@ async def service(broker: Broker, tmp_path: Path) -> AsyncIterator[SearcherServi
     await task
 
 
+SINGLE = {
+    "entrypoint": "python3 train.py",
+    "searcher": {"name": "single", "metric": "loss", "max_length": 3},
+}
+
+
 def context(tmp_path: Path, files: dict[str, str]) -> Path:
     directory = tmp_path / "context"
     directory.mkdir()
@@ -92,10 +98,7 @@ async def test_one_trial_from_create_to_completed(
     await worker.start()
     client = SearcherClient(broker)
     created = await client.create_experiment(
-        {
-            "entrypoint": "python3 train.py",
-            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
-        },
+        SINGLE,
         context(tmp_path, {"train.py": "pass\n"}),
     )
     experiment_id = created["experiment_id"]
@@ -184,10 +187,7 @@ async def test_a_broken_search_method_fails_only_its_experiment(
     assert "ValidateAfter for unknown request ghost" in records
     # The service is still up: a new experiment is accepted.
     again = await client.create_experiment(
-        {
-            "entrypoint": "python3 train.py",
-            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
-        },
+        SINGLE,
         tmp_path / "context",
     )
     assert again["experiment_id"] != created["experiment_id"]
@@ -200,10 +200,7 @@ async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
     await worker.start()
     client = SearcherClient(broker)
     created = await client.create_experiment(
-        {
-            "entrypoint": "python3 train.py",
-            "searcher": {"name": "single", "metric": "loss", "max_length": 3},
-        },
+        SINGLE,
         context(tmp_path, {"train.py": "pass\n"}),
     )
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
