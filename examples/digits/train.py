@@ -80,7 +80,9 @@ def main(core_context: det.core.Context, hparams: dict, latest: str | None) -> N
     epoch = 0
     if latest is not None:
         with core_context.checkpoint.restore_path(latest) as path:
-            state = torch.load(pathlib.Path(path) / "state.pt", map_location=device)
+            # Load on the CPU: the generator's state must stay a CPU ByteTensor, and
+            # load_state_dict copies the tensors onto the model's device by itself.
+            state = torch.load(pathlib.Path(path) / "state.pt", map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -98,7 +100,7 @@ def main(core_context: det.core.Context, hparams: dict, latest: str | None) -> N
                 optimizer.step()
             epoch += 1
             op.report_progress(epoch)
-            core_context.train.report_training_metrics(epoch, {"loss": float(loss)})
+            core_context.train.report_training_metrics(epoch, {"loss": float(loss.detach())})
         error = validation_error(model, x_val, y_val)
         core_context.train.report_validation_metrics(epoch, {"validation_error": error})
         with core_context.checkpoint.store_path({"steps_completed": epoch}) as (path, _):
