@@ -7,7 +7,7 @@ import base64
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -15,6 +15,7 @@ from broker.archive import pack
 from broker.port import Broker
 from broker.rpc import RpcClient
 from broker.schemas import (
+    ControlExperiment,
     CreateExperiment,
     DescribeExperiment,
     ExperimentSummary,
@@ -75,6 +76,17 @@ class SearcherClient:
     async def describe(self, experiment_id: str) -> ExperimentSummary:
         reply = await self.rpc.call(DescribeExperiment(experiment_id=experiment_id))
         return ExperimentSummary.model_validate(_result(reply))
+
+    async def control(
+        self, experiment_id: str, action: Literal["pause", "activate", "cancel", "kill"]
+    ) -> dict[str, Any]:
+        """Pause, activate, cancel (trials checkpoint first) or kill an experiment.
+
+        Returns its state after the action, and ``ignored``: why the action changed
+        nothing (pausing a paused experiment, say), or None.
+        """
+        request = ControlExperiment(experiment_id=experiment_id, action=action)
+        return _result(await self.rpc.call(request))
 
     async def list_experiments(self) -> list[ExperimentSummary]:
         result = _result(await self.rpc.call(ListExperiments()))

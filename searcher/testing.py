@@ -6,11 +6,12 @@ own custom search methods can drive an experiment without RabbitMQ or processes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from random import Random
 
 from broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
 from broker.schemas.envelope import Body
-from searcher.trials import ExperimentRun
+from searcher.trials import ExperimentRun, TrialRuntime
 
 __all__ = ["scripted_event"]
 
@@ -22,14 +23,16 @@ def scripted_event(
     metric: float = 0.5,
     p_error: float = 0.0,
     p_preempt: float = 0.0,
+    trials: Iterable[TrialRuntime] | None = None,
 ) -> Body | None:
     """The next event a worker would send, or None when nothing is running or queued.
 
     Without ``rng`` it is the first trial's next event and every operation succeeds; with
     one, a random trial reports, with a random metric and the given chances of faults.
+    ``trials`` narrows the choice to those trials (a long run's unfinished ones, say).
     """
     candidates: list[Body] = []
-    for trial in run.trials.values():
+    for trial in run.trials.values() if trials is None else trials:
         key = {
             "experiment_id": run.experiment_id,
             "trial_id": trial.trial_id,

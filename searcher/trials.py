@@ -9,6 +9,10 @@ worker events and the experiment's operations:
   is paused (``PauseTrial``: its process exits and frees its slots) or closed
   (``CloseTrial``);
 * a paused trial that is promoted later is queued as work again;
+* a user's control of the whole experiment: ``pause`` preempts the running trials (they
+  checkpoint) and holds every trial that would run until ``activate``; ``cancel``
+  preempts them and ends the experiment once they have stopped; ``kill`` stops their
+  processes at once, without a checkpoint, and ends it now;
 * exits are handled as Determined does: a non-zero exit restarts the trial from its latest
   checkpoint up to ``max_restarts`` times, counted per trial, then the trial errored; a
   preempted trial resumes without using a restart; InvalidHP and user-requested stops end
@@ -30,7 +34,9 @@ from broker.schemas import (
     CheckpointSaved,
     CloseTrial,
     ContinueTrial,
+    ControlExperiment,
     ExitReason,
+    KillTrial,
     LogLines,
     MetricsReported,
     OpCompleted,
@@ -41,6 +47,7 @@ from broker.schemas import (
     TrialExited,
     TrialStarted,
     WorkerCommand,
+    WorkerLost,
 )
 from broker.schemas.envelope import Body
 from searcher.events import (
@@ -55,12 +62,14 @@ from searcher.events import (
 from searcher.experiment import Experiment, ExperimentSnapshot
 from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
 
-__all__ = ["Command", "ExperimentRun", "Step", "TrialRuntime", "TrialState"]
+__all__ = ["Command", "ExperimentRun", "RunState", "Step", "TrialRuntime", "TrialState"]
 
 TrialState = Literal[
     "PENDING", "QUEUED", "RUNNING", "PAUSED", "COMPLETED", "ERRORED", "CANCELED", "INVALID_HP"
 ]
 TERMINAL = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
+RunState = Literal["ACTIVE", "PAUSED", "STOPPING_CANCELED", "COMPLETED", "ERROR", "CANCELED"]
+ControlAction = Literal["pause", "activate", "cancel", "kill"]
 _LOG_TAIL = 200
 
 
@@ -117,7 +126,7 @@ class ExperimentRun:
         self.checkpoint_root = checkpoint_root
         self.trials: dict[str, TrialRuntime] = {}
         self.by_id: dict[int, TrialRuntime] = {}
-        self.state: Literal["ACTIVE", "COMPLETED", "ERROR", "CANCELED"] = "ACTIVE"
+        self.state: RunState = "ACTIVE"
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
@@ -133,6 +142,7 @@ class ExperimentRun:
             self.experiment.config,
             ExperimentSnapshot.model_validate(data["experiment"]),
             self.experiment.method,
+            owned=True,  # validated just now, from plain data: nobody else holds it
         )
         self.trials = {}
         self.by_id = {}
@@ -147,26 +157,99 @@ class ExperimentRun:
         self._search(Start(), step)
         return step
 
+    def on_control(self, action: ControlAction) -> Step:
+        """A user's pause, activate, cancel or kill of the whole experiment."""
+        step = Step()
+        refusal = self._refusal(action)
+        if refusal is not None:
+            step.ignored = f"{action}: {refusal}"
+            return step
+        live = [t for t in self.trials.values() if t.state not in TERMINAL]
+        running = [t for t in live if t.state == "RUNNING"]
+        if action == "activate":
+            self.state = "ACTIVE"
+            for trial in live:
+                if trial.state == "PAUSED" and self._holds_op(trial):
+                    self._queue(trial, step)
+            return step
+        for trial in running:
+            if action == "kill":
+                self._tell(trial, KillTrial, step)
+            elif trial.stopping is None:
+                self._tell(trial, PreemptTrial, step)  # it checkpoints and exits
+        if action == "pause":
+            self.state = "PAUSED"
+            for trial in live:
+                if trial.state == "QUEUED":
+                    self._hold(trial)  # if a worker starts it anyway, it is preempted
+        else:
+            self.state = "STOPPING_CANCELED"
+            self._maybe_canceled(step, now=action == "kill")
+        return step
+
+    def _refusal(self, action: ControlAction) -> str | None:
+        """Why ``action`` does nothing in the current state, or None."""
+        if self.state in ("COMPLETED", "ERROR", "CANCELED"):
+            return f"the experiment has ended ({self.state})"
+        if self.state == "STOPPING_CANCELED" and action != "kill":
+            return "the experiment is being canceled"
+        if action == "pause" and self.state == "PAUSED":
+            return "the experiment is paused already"
+        if action == "activate" and self.state != "PAUSED":
+            return f"the experiment is {self.state}, not paused"
+        return None
+
+    def _tell(self, trial: TrialRuntime, cls: type[PreemptTrial | KillTrial], step: Step) -> None:
+        body = cls(experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt)
+        step.commands.append(Command(body, trial.worker_id))
+
+    def _hold(self, trial: TrialRuntime) -> None:
+        """Keep the trial's operation, but run nothing until the experiment is activated."""
+        trial.state = "PAUSED"
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+
+    def _maybe_canceled(self, step: Step, *, now: bool = False) -> None:
+        """Once no trial runs (or at once, for a kill), every unfinished trial is canceled."""
+        if self.state != "STOPPING_CANCELED":
+            return
+        live = [t for t in self.trials.values() if t.state not in TERMINAL]
+        if not now and any(t.state == "RUNNING" for t in live):
+            return
+        for trial in live:
+            trial.state = "CANCELED"
+            trial.worker_id = None
+        self.state = "CANCELED"
+        step.ops.append(Shutdown(cancel=True))
+
     def on_event(self, body: Body) -> Step:
+        if isinstance(body, ControlExperiment):
+            return self.on_control(body.action)
+        if isinstance(body, WorkerLost):
+            step = self._worker_lost(body)
+            self._maybe_canceled(step)
+            return step
+        step = self._on_trial_event(body)
+        self._maybe_canceled(step)
+        return step
+
+    def _on_trial_event(self, body: Body) -> Step:
         step = Step()
         trial = self.by_id.get(getattr(body, "trial_id", -1))
         if trial is None:
             step.ignored = f"unknown trial {getattr(body, 'trial_id', '?')}"
             return step
-        if getattr(body, "attempt", None) != trial.attempt:
-            step.ignored = (
-                f"trial {trial.trial_id}: event from attempt "
-                f"{getattr(body, 'attempt', '?')}, the current one is "
-                f"{trial.attempt}"
-            )
+        if self._stale(trial, body, step):
+            return step
+        if self.state == "CANCELED" and not isinstance(body, TrialStarted):
+            step.ignored = f"trial {trial.trial_id}: the experiment was canceled"
             return step
         if self._fenced(trial, body, step):
             return step
         match body:
             case TrialStarted():
-                if trial.state == "QUEUED":
-                    trial.state = "RUNNING"
-                    trial.worker_id = body.worker_id
+                self._started(trial, body, step)
             case OpCompleted():
                 self._op_completed(trial, body, step)
             case ProgressReported():
@@ -185,6 +268,64 @@ class ExperimentRun:
             case _:
                 step.ignored = f"{body.type} is not a trial event"
         return step
+
+    def _worker_lost(self, body: WorkerLost) -> Step:
+        """Its trials' attempts ended: they resume from their checkpoints elsewhere, without
+        using a restart, as after a preemption. Should the worker come back, its processes
+        are killed, and the attempt numbers fence off anything they report."""
+        step = Step()
+        lost = [
+            t
+            for t in self.trials.values()
+            if t.state == "RUNNING" and t.worker_id == body.worker_id
+        ]
+        if not lost:
+            step.ignored = f"worker {body.worker_id} runs no trial of this experiment"
+            return step
+        message = f"worker {body.worker_id} lost: nothing from it for {body.silent_s:.0f} s"
+        for trial in lost:
+            self._tell(trial, KillTrial, step)
+            trial.logs.append(f"[rung] {message}; resuming from the latest checkpoint")
+            ended = TrialExited(
+                experiment_id=self.experiment_id,
+                trial_id=trial.trial_id,
+                attempt=trial.attempt,
+                worker_id=body.worker_id,
+                reason=ExitReason.PREEMPTED,
+                message=message,
+            )
+            self._exited(trial, ended, step)
+        return step
+
+    def _stale(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
+        """True (and the reason in ``step``) when the event is from another attempt."""
+        attempt = getattr(body, "attempt", None)
+        if attempt == trial.attempt:
+            return False
+        step.ignored = (
+            f"trial {trial.trial_id}: event from attempt {attempt}, the current one is "
+            f"{trial.attempt}"
+        )
+        if isinstance(body, TrialStarted):
+            # A stale attempt's work, started late: nobody listens to it; stop it.
+            stale = KillTrial(
+                experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=body.attempt
+            )
+            step.commands.append(Command(stale, body.worker_id))
+        return True
+
+    def _started(self, trial: TrialRuntime, body: TrialStarted, step: Step) -> None:
+        if trial.state == "QUEUED":
+            trial.state = "RUNNING"
+            trial.worker_id = body.worker_id
+            return
+        # Its work was taken after the trial was held or ended: stop the process.
+        cls = KillTrial if trial.state in TERMINAL else PreemptTrial
+        step.ignored = f"trial {trial.trial_id} is {trial.state}: its new process is stopped"
+        body_ = cls(
+            experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
+        )
+        step.commands.append(Command(body_, body.worker_id))
 
     def _fenced(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
         """True (and the reason in ``step``) when the event must not touch the trial."""
@@ -265,7 +406,8 @@ class ExperimentRun:
                 trial.closing = True
                 if trial.state == "RUNNING" and trial.waiting:
                     self._stop(trial, "close", step)
-                elif trial.state in ("PENDING", "PAUSED"):
+                elif trial.state in ("PENDING", "PAUSED") and not self._holds_op(trial):
+                    # (A trial held by a paused experiment closes after its operation.)
                     trial.state = "COMPLETED"
                     return TrialClosed(request_id=trial.request_id)
             case Shutdown():
@@ -274,6 +416,12 @@ class ExperimentRun:
 
     def _queue(self, trial: TrialRuntime, step: Step) -> None:
         if trial.target is None:
+            return
+        if self.state == "PAUSED":
+            self._hold(trial)
+            return
+        if self.state in ("STOPPING_CANCELED", "CANCELED"):
+            trial.state = "CANCELED"
             return
         trial.attempt += 1
         trial.state = "QUEUED"

@@ -29,6 +29,7 @@ from broker.schemas import (
     ContinueTrial,
     DescribeExperiment,
     Envelope,
+    KillTrial,
     PauseTrial,
     PreemptTrial,
     RunTrial,
@@ -123,7 +124,7 @@ class Worker:
             self.log.info("waiting for trials to checkpoint and stop", trials=len(self.runs))
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
             for run in self.runs.values():
-                run.kill()
+                run.kill(f"it did not stop within {grace_s:g} s of the worker's shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=10)
         if self._control_queue is not None:
@@ -265,7 +266,7 @@ class Worker:
             return
         self._seen.append(envelope.message_id)
         body = envelope.body
-        if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial):
+        if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial):
             self.log.warning("unexpected control message", type=body.type)
             return
         run = self.runs.get((body.experiment_id, body.trial_id, body.attempt))
@@ -286,3 +287,6 @@ class Worker:
                 run.stop_ops("close")
             case PreemptTrial():
                 run.request_preemption()
+            case KillTrial():
+                self.log.info("killing a trial's process", trial_id=body.trial_id)
+                run.kill("the searcher asked (the experiment was killed, or the attempt is stale)")

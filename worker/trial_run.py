@@ -81,6 +81,7 @@ class TrialRun:
         self.completed_length: int | None = None
         self.ended_by: str | None = None  # "pause" or "close" once the script got no more ops
         self.preempt_requested = False
+        self.killed_because: str | None = None
         self.early_exit: str | None = None
         self._stderr_tail: deque[str] = deque(maxlen=_TAIL)
         self._lines: list[LogLine] = []
@@ -285,6 +286,8 @@ class TrialRun:
             return ExitReason.INVALID_HP, "the script raised InvalidHP"
         if code != 0:
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if self.killed_because is not None:
+                how = f"was killed: {self.killed_because}"
             return ExitReason.ERRORED, f"the training process {how}"
         if self.preempt_requested and self.ended_by is None:
             return ExitReason.PREEMPTED, "the training process stopped after preemption"
@@ -330,7 +333,8 @@ class TrialRun:
             )
         )
 
-    def kill(self) -> None:
+    def kill(self, because: str) -> None:
         if self.process is not None and self.process.returncode is None:
+            self.killed_because = because
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)

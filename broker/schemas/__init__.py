@@ -7,6 +7,7 @@ pydantic models with ``extra="forbid"`` and a ``type`` discriminator; nothing is
 from broker.schemas.commands import (
     CloseTrial,
     ContinueTrial,
+    KillTrial,
     PauseTrial,
     PreemptTrial,
     RunTrial,
@@ -25,8 +26,10 @@ from broker.schemas.events import (
     TrialExited,
     TrialStarted,
     WorkerHeartbeat,
+    WorkerLost,
 )
 from broker.schemas.rpc import (
+    ControlExperiment,
     CreateExperiment,
     DescribeExperiment,
     ExperimentSummary,
@@ -44,12 +47,14 @@ __all__ = [
     "CheckpointSaved",
     "CloseTrial",
     "ContinueTrial",
+    "ControlExperiment",
     "CreateExperiment",
     "DescribeExperiment",
     "Envelope",
     "ExitReason",
     "ExperimentSummary",
     "GetContext",
+    "KillTrial",
     "ListExperiments",
     "LogLine",
     "LogLines",
@@ -68,6 +73,7 @@ __all__ = [
     "TrialSummary",
     "WorkerCommand",
     "WorkerHeartbeat",
+    "WorkerLost",
     "decode",
     "encode",
 ]

@@ -17,6 +17,7 @@ from broker.schemas.base import Message
 __all__ = [
     "CloseTrial",
     "ContinueTrial",
+    "KillTrial",
     "PauseTrial",
     "PreemptTrial",
     "RunTrial",
@@ -82,6 +83,16 @@ class PreemptTrial(Message):
     attempt: int
 
 
+class KillTrial(Message):
+    """Stop the process now, without a checkpoint (the experiment was killed)."""
+
+    type: Literal["kill_trial"] = "kill_trial"
+    experiment_id: str
+    trial_id: int
+    attempt: int
+
+
 WorkerCommand = Annotated[
-    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial, Discriminator("type")
+    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial,
+    Discriminator("type"),
 ]

@@ -16,6 +16,7 @@ from broker.schemas.base import Message
 from broker.schemas.commands import (
     CloseTrial,
     ContinueTrial,
+    KillTrial,
     PauseTrial,
     PreemptTrial,
     RunTrial,
@@ -29,8 +30,10 @@ from broker.schemas.events import (
     TrialExited,
     TrialStarted,
     WorkerHeartbeat,
+    WorkerLost,
 )
 from broker.schemas.rpc import (
+    ControlExperiment,
     CreateExperiment,
     DescribeExperiment,
     GetContext,
@@ -50,6 +53,7 @@ Body = Annotated[
     | PauseTrial
     | CloseTrial
     | PreemptTrial
+    | KillTrial
     | TrialStarted
     | ProgressReported
     | MetricsReported
@@ -58,10 +62,12 @@ Body = Annotated[
     | TrialExited
     | LogLines
     | WorkerHeartbeat
+    | WorkerLost
     | CreateExperiment
     | DescribeExperiment
     | ListExperiments
     | GetContext
+    | ControlExperiment
     | RpcReply,
     Discriminator("type"),
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "TrialExited",
     "TrialStarted",
     "WorkerHeartbeat",
+    "WorkerLost",
 ]
 
 
@@ -120,6 +121,16 @@ class WorkerHeartbeat(Message):
     free_slots: int = Field(ge=0)
     gpus: list[str] = Field(default_factory=list)
     running: list[str] = Field(default_factory=list)
+
+
+class WorkerLost(Message):
+    """The searcher's own timer input, never sent by a worker: ``worker_id`` has sent
+    nothing (no heartbeat, no event) for ``silent_s`` seconds, so its trials are lost."""
+
+    type: Literal["worker_lost"] = "worker_lost"
+    experiment_id: str
+    worker_id: str
+    silent_s: float = Field(ge=0)
 
 
 TrialEvent = Annotated[

@@ -9,6 +9,7 @@ from pydantic import Discriminator, Field, JsonValue
 from broker.schemas.base import Message
 
 __all__ = [
+    "ControlExperiment",
     "CreateExperiment",
     "DescribeExperiment",
     "ExperimentSummary",
@@ -38,13 +39,22 @@ class ListExperiments(Message):
     type: Literal["list_experiments"] = "list_experiments"
 
 
+class ControlExperiment(Message):
+    """A user's pause, activate, cancel (graceful: trials checkpoint) or kill (at once)."""
+
+    type: Literal["control_experiment"] = "control_experiment"
+    experiment_id: str
+    action: Literal["pause", "activate", "cancel", "kill"]
+
+
 class GetContext(Message):
     type: Literal["get_context"] = "get_context"
     context_hash: str
 
 
 RpcRequest = Annotated[
-    CreateExperiment | DescribeExperiment | ListExperiments | GetContext, Discriminator("type")
+    CreateExperiment | DescribeExperiment | ListExperiments | GetContext | ControlExperiment,
+    Discriminator("type"),
 ]
 
 

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.live import Live
@@ -57,6 +58,48 @@ def register(commands: Any) -> None:
     add_broker_options(logs, required=True)
     logs.set_defaults(handler=experiment_logs)
 
+    wait = sub.add_parser(
+        "wait", help="wait until an experiment ends, with live progress; exit 0 if it completed"
+    )
+    wait.add_argument("experiment_id")
+    wait.add_argument("--json", action="store_true", help="no progress; the summary as JSON")
+    add_broker_options(wait, required=True)
+    wait.set_defaults(handler=wait_experiment)
+
+    for action, text in CONTROL_HELP.items():
+        control = sub.add_parser(action, help=text)
+        control.add_argument("experiment_id")
+        control.add_argument("--json", action="store_true")
+        add_broker_options(control, required=True)
+        control.set_defaults(handler=control_experiment, action=action)
+
+
+CONTROL_HELP: Final = {
+    "pause": "preempt the running trials (they checkpoint) and start none until activated",
+    "activate": "resume a paused experiment: its trials continue from their checkpoints",
+    "cancel": "stop the experiment: running trials checkpoint and exit, then it is CANCELED",
+    "kill": "stop the experiment now: trial processes are killed without a checkpoint",
+}
+
+
+def control_experiment(args: argparse.Namespace) -> int:
+    async def main() -> dict[str, Any]:
+        broker = broker_from(args, "rung-client")
+        await broker.start()
+        try:
+            return await SearcherClient(broker).control(args.experiment_id, args.action)
+        finally:
+            await broker.close()
+
+    result = asyncio.run(main())
+    if args.json:
+        print(json.dumps(result))
+    elif result["ignored"]:
+        print(f"{args.experiment_id}: nothing to do: {result['ignored']}")
+    else:
+        print(f"{args.experiment_id}: {args.action}: now {result['state']}")
+    return 0
+
 
 async def follow(client: SearcherClient, experiment_id: str, *, live: bool) -> ExperimentSummary:
     if not live:
@@ -83,13 +126,30 @@ def create_experiment(args: argparse.Namespace) -> int:
             summary = await follow(client, experiment_id, live=not args.json)
         finally:
             await broker.close()
-        if args.json:
-            print(summary_json(summary))
-        else:
-            print_summary(summary)
-        return 0 if summary.state == "COMPLETED" else 1
+        return _report(summary, as_json=args.json)
 
     return asyncio.run(main())
+
+
+def wait_experiment(args: argparse.Namespace) -> int:
+    async def main() -> ExperimentSummary:
+        broker = broker_from(args, "rung-client")
+        await broker.start()
+        try:
+            return await follow(SearcherClient(broker), args.experiment_id, live=not args.json)
+        finally:
+            await broker.close()
+
+    return _report(asyncio.run(main()), as_json=args.json)
+
+
+def _report(summary: ExperimentSummary, *, as_json: bool) -> int:
+    """Print how the experiment ended; exit 0 only if it completed."""
+    if as_json:
+        print(summary_json(summary))
+    else:
+        print_summary(summary)
+    return 0 if summary.state == "COMPLETED" else 1
 
 
 def describe_experiment(args: argparse.Namespace) -> int:
@@ -144,7 +204,7 @@ def experiment_logs(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _history(path: Path) -> list[Record]:
+def _history(path: Path) -> Sequence[Record]:
     return read_log(path) if path.is_file() else []
 
 

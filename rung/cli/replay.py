@@ -6,11 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from searcher.config import load_config_file
-from searcher.eventlog import InputRecord, Record, read_log, replay
+from searcher.eventlog import (
+    SNAPSHOT_FILE,
+    InputRecord,
+    Record,
+    read_log,
+    read_snapshot,
+    replay,
+)
 from searcher.eventlog.explain import entry, print_entry, state_at
 from searcher.eventlog.whatif import what_if
 from searcher.trials import ExperimentRun, Step
@@ -91,7 +99,9 @@ def run_replay(args: argparse.Namespace) -> int:
             print(divergence.diff())
         return 0 if divergence is None else 1
     if args.at is not None:
-        state = state_at(replay(records, context_root=contexts, until=args.at).run)
+        snapshot = read_snapshot(args.log.with_name(SNAPSHOT_FILE))
+        replayed = replay(records, snapshot=snapshot, context_root=contexts, until=args.at)
+        state = state_at(replayed.run)
         print(json.dumps(state, indent=None if args.json else 2))
         return 0
     entries: list[dict[str, Any]] = []
@@ -110,7 +120,7 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _what_if(args: argparse.Namespace, records: list[Record]) -> int:
+def _what_if(args: argparse.Namespace, records: Sequence[Record]) -> int:
     config = load_config_file(args.config).config
     outcome = what_if(records, config, workers=args.workers)
     if args.json:

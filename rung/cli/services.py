@@ -25,6 +25,14 @@ def register(commands: Any) -> None:
         help="event logs, contexts and default checkpoints "
         "(default: $RUNG_STATE_DIR or ~/.rung/searcher)",
     )
+    searcher.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a worker silent this long (no heartbeat, no event) is lost, and its trials "
+        "resume elsewhere from their checkpoints (default 30; workers beat every 5 s)",
+    )
     searcher.set_defaults(handler=run_searcher)
 
     worker = commands.add_parser("worker", help="run a worker: one trial per slot")
@@ -40,6 +48,13 @@ def register(commands: Any) -> None:
     worker.add_argument("--id", dest="worker_id", default=None, help="worker id")
     worker.add_argument(
         "--work-dir", type=Path, default=None, help="where contexts are cached and trials run"
+    )
+    worker.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to tell the searcher this worker is alive (default 5)",
     )
     worker.set_defaults(handler=run_worker)
 
@@ -60,7 +75,12 @@ def run_searcher(args: argparse.Namespace) -> int:
         broker = broker_from(args, "rung-searcher")
         await broker.start()
         try:
-            await SearcherService(broker, args.state_dir or default_state_dir()).run(stop)
+            service = SearcherService(
+                broker,
+                args.state_dir or default_state_dir(),
+                worker_timeout_s=args.worker_timeout,
+            )
+            await service.run(stop)
         finally:
             await broker.close()
 
@@ -86,6 +106,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 slots=args.slots,
                 gpus=gpus,
                 work_dir=args.work_dir,
+                heartbeat_s=args.heartbeat,
             )
             await worker.run(stop)
         finally:

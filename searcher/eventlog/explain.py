@@ -11,7 +11,9 @@ from broker.schemas import (
     CheckpointSaved,
     CloseTrial,
     ContinueTrial,
+    ControlExperiment,
     ExitReason,
+    KillTrial,
     LogLines,
     MetricsReported,
     OpCompleted,
@@ -83,6 +85,8 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
             return f"trial {body.trial_id} progress {body.units:g}"
         case LogLines():
             return f"trial {body.trial_id}: {len(body.lines)} log lines"
+        case ControlExperiment():
+            return f"a user asked to {body.action} the experiment (now {run.state})"
     return body.type
 
 
@@ -144,6 +148,10 @@ def _explain_commands(step: Step, run: ExperimentRun) -> list[str]:
                 lines.append(f"-> {worker}: trial {body.trial_id} closed")
             case PreemptTrial():
                 lines.append(f"-> {worker}: trial {body.trial_id} preempted")
+            case KillTrial():
+                lines.append(
+                    f"-> {worker}: trial {body.trial_id} attempt {body.attempt} process killed"
+                )
     return lines
 
 

@@ -2,74 +2,33 @@
 
 On open, a torn last line (a crash in the middle of a write) is dropped with a warning
 and cut off the file; a record that is corrupt anywhere else is an error that names it.
+Beside the log, ``snapshot.json`` holds the state after some record, so that a restart
+folds only the records after it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import structlog
-from pydantic import ValidationError
+from typing import Any
 
 from searcher.errors import SearcherError
-from searcher.eventlog.records import OwnerRecord, Record, record_adapter
+from searcher.eventlog.reader import LogRecords, read_log
+from searcher.eventlog.records import OwnerRecord, Record
+from searcher.eventlog.snapshots import (
+    SNAPSHOT_FILE,
+    StoredSnapshot,
+    line_digest,
+    matches,
+    read_snapshot,
+    write_snapshot,
+)
 
-__all__ = ["EventLogCorruptError", "FileEventLog", "StaleOwnerError", "read_log"]
-
-log = structlog.get_logger("rung.eventlog")
-
-
-class EventLogCorruptError(SearcherError):
-    """A record in the middle of a log cannot be read."""
+__all__ = ["FileEventLog", "StaleOwnerError"]
 
 
 class StaleOwnerError(SearcherError):
     """Another searcher has written to this log since we last did: we no longer own it."""
-
-
-def _parse(line: bytes) -> Record:
-    return record_adapter.validate_json(line)
-
-
-def read_log(path: Path, *, repair: bool = False) -> list[Record]:
-    """Every record of the log; a torn last line is dropped (and cut off with ``repair``)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    records: list[Record] = []
-    good_bytes = 0
-    for number, line in enumerate(complete, start=1):
-        try:
-            record = _parse(line)
-        except (ValueError, ValidationError) as exc:
-            last = number == len(complete) and not tail
-            if not last:
-                raise EventLogCorruptError(
-                    f"{path}: record {number} (line {number}) is corrupt: "
-                    f"{str(exc).splitlines()[0]}; the records after it cannot be trusted"
-                ) from None
-            tail = line  # a torn final line that happens to end in a newline
-            break
-        if record.seq != number:
-            raise EventLogCorruptError(
-                f"{path}: line {number} holds record {record.seq}; records must be numbered "
-                "1, 2, 3... without gaps"
-            )
-        records.append(record)
-        good_bytes += len(line) + 1
-    if tail:
-        log.warning(
-            "dropping a torn last record (a crash during a write)",
-            path=str(path),
-            record=len(records) + 1,
-            bytes=len(tail),
-        )
-        if repair:
-            with path.open("r+b") as handle:
-                handle.truncate(good_bytes)
-                os.fsync(handle.fileno())
-    return records
 
 
 class FileEventLog:
@@ -78,13 +37,26 @@ class FileEventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        existing = read_log(path, repair=True) if path.exists() else []
+        if not path.exists():
+            path.touch()
+        existing = read_log(path, repair=True)
         # What was on disk when the log was opened (for a restart to rebuild from).
-        self.existing: list[Record] = existing
-        self.seq = existing[-1].seq if existing else 0
-        self.epoch = max((r.epoch for r in existing if isinstance(r, OwnerRecord)), default=0)
+        self.existing: LogRecords = existing
+        self.seq = len(existing)
+        owners = (existing[i] for i in range(self.seq) if existing.kind(i) == "owner")
+        self.epoch = max((r.epoch for r in owners if isinstance(r, OwnerRecord)), default=0)
+        self._snapshot_path = path.with_name(SNAPSHOT_FILE)
+        snapshot = read_snapshot(self._snapshot_path)
+        # The latest snapshot, when it belongs to this log.
+        self.snapshot = snapshot if snapshot and matches(snapshot, existing) else None
+        self._last_line = existing.raw(self.seq - 1) if self.seq else b""
         self._file = path.open("ab")
         self._size = os.fstat(self._file.fileno()).st_size
+        # Snapshot cadence: enough records, and at least as many bytes as a snapshot.
+        covered = self.snapshot.seq if self.snapshot else 0
+        self._since_snapshot = self.seq - covered
+        self._bytes_since_snapshot = self._size - existing.offset(covered)
+        self._snapshot_bytes = self._snapshot_path.stat().st_size if self.snapshot else 0
 
     def take_over(self, owner: str) -> OwnerRecord:
         """Claim the log with the next epoch; the previous owner's next append fails."""
@@ -101,15 +73,39 @@ class FileEventLog:
                 f"{self.path} was written by another searcher (it has {size} bytes, this one "
                 f"wrote {self._size}); this searcher no longer owns the experiment"
             )
-        data = record.model_dump_json().encode() + b"\n"
-        self._file.write(data)
+        line = record.model_dump_json().encode()
+        self._file.write(line + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.seq = record.seq
-        self._size += len(data)
+        self._size += len(line) + 1
+        self._last_line = line
+        self._since_snapshot += 1
+        self._bytes_since_snapshot += len(line) + 1
         if isinstance(record, OwnerRecord):
             self.epoch = record.epoch
         return record
+
+    def snapshot_due(self, every: int) -> bool:
+        """At least ``every`` records, and as many bytes as the last snapshot, since it.
+
+        The second rule keeps the cost of snapshots proportional to the log's growth when
+        the state is large: a restart then reads at most about twice the state's size.
+        """
+        return self._since_snapshot >= every and self._bytes_since_snapshot >= self._snapshot_bytes
+
+    def write_snapshot(self, experiment_id: str, state: dict[str, Any]) -> StoredSnapshot:
+        """Save the state after the last record appended, replacing the previous snapshot."""
+        snapshot = StoredSnapshot(
+            experiment_id=experiment_id,
+            seq=self.seq,
+            record_sha256=line_digest(self._last_line),
+            state=state,
+        )
+        self._snapshot_bytes = write_snapshot(self._snapshot_path, snapshot)
+        self._since_snapshot = self._bytes_since_snapshot = 0
+        self.snapshot = snapshot
+        return snapshot
 
     def close(self) -> None:
         self._file.close()

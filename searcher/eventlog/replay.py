@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from searcher.config import parse_config
 from searcher.errors import SearcherError
+from searcher.eventlog.reader import LogRecords
 from searcher.eventlog.records import (
     CreatedRecord,
     FailedRecord,
@@ -24,6 +25,7 @@ from searcher.eventlog.records import (
     Record,
     SnapshotRecord,
 )
+from searcher.eventlog.snapshots import StoredSnapshot, matches
 from searcher.experiment import Experiment
 from searcher.methods import build_method
 from searcher.trials import ExperimentRun, Step
@@ -91,31 +93,59 @@ def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRu
 OnStep = Callable[[InputRecord, Step, ExperimentRun], None]
 
 
+def _kind(records: Sequence[Record], index: int) -> str:
+    return records.kind(index) if isinstance(records, LogRecords) else records[index].kind
+
+
+def _restore(
+    result: Replayed, records: Sequence[Record], snapshot: StoredSnapshot | None, limit: int
+) -> int:
+    """Restore the newest snapshot within ``limit`` records; return how many it covers."""
+    covered, state = 0, None
+    if snapshot is not None and snapshot.seq <= limit and matches(snapshot, records):
+        covered, state = snapshot.seq, snapshot.state
+    for index in range(limit - 1, covered, -1):  # a snapshot record, in older logs
+        if _kind(records, index) == "snapshot":
+            record = records[index]
+            if isinstance(record, SnapshotRecord):
+                covered, state = index + 1, record.state
+            break
+    if state is not None:
+        result.run.restore(state)
+        result.seen = set(state.get("seen", []))
+        result.records = covered
+    return covered
+
+
+def _last_input(records: Sequence[Record], limit: int) -> InputRecord | None:
+    for index in range(limit - 1, 0, -1):
+        if _kind(records, index) == "input":
+            record = records[index]
+            return record if isinstance(record, InputRecord) else None
+    return None
+
+
 def replay(
-    records: list[Record],
+    records: Sequence[Record],
     *,
+    snapshot: StoredSnapshot | None = None,
     context_root: Path | None = None,
     verify: bool = False,
     until: int | None = None,
     on_step: OnStep | None = None,
 ) -> Replayed:
-    """Fold the log (from its last snapshot unless verifying) up to record ``until``."""
-    if not records or not isinstance(records[0], CreatedRecord):
+    """Fold the log up to record ``until``: from ``snapshot`` or a snapshot record in the
+    log, unless verifying or explaining, which fold every record from the start."""
+    created = records[0] if records else None
+    if not isinstance(created, CreatedRecord):
         raise SearcherError("not an experiment log: its first record must be 'created'")
-    created = records[0]
     result = Replayed(build_run(created, context_root), created)
+    limit = len(records) if until is None else max(1, min(until, len(records)))
     start = 1
     if not verify and on_step is None:
-        for index in range(len(records) - 1, 0, -1):
-            snap = records[index]
-            if isinstance(snap, SnapshotRecord) and (until is None or snap.seq <= until):
-                result.run.restore(snap.state)
-                result.seen = set(snap.state.get("seen", []))
-                start = index + 1
-                break
-    for record in records[start:]:
-        if until is not None and record.seq > until:
-            break
+        start = max(start, _restore(result, records, snapshot, limit))
+    for index in range(start, limit):
+        record = records[index]
         result.records = record.seq
         if isinstance(record, FailedRecord):
             result.run.state = "ERROR"
@@ -130,4 +160,6 @@ def replay(
                 recorded, now = _recorded(record), _recomputed(step)
                 if recorded != now:
                     result.divergence = Divergence(record.seq, recorded, now)
+    if result.last_input is None:  # the snapshot covered it: its commands may be re-sent
+        result.last_input = _last_input(records, limit)
     return result

@@ -10,7 +10,7 @@ have (a trial trained further than it was, or more trials), the what-if stops an
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class WhatIf(BaseModel):
     result: SimulationResult | None
 
 
-def _recorded(records: list[Record]) -> tuple[_RecordedResults, ExperimentRun]:
+def _recorded(records: Sequence[Record]) -> tuple[_RecordedResults, ExperimentRun]:
     results: dict[str, dict[int, float | None]] = {}
 
     def collect(record: InputRecord, step: Step, run: ExperimentRun) -> None:
@@ -83,7 +83,7 @@ def _recorded(records: list[Record]) -> tuple[_RecordedResults, ExperimentRun]:
     return _RecordedResults(results), run
 
 
-def what_if(records: list[Record], config: ExperimentConfig, workers: int = 4) -> WhatIf:
+def what_if(records: Sequence[Record], config: ExperimentConfig, workers: int = 4) -> WhatIf:
     recorded, run = _recorded(records)
     if config.experiment_seed is None:
         config = config.with_seed(run.experiment.seed)

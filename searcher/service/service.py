@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import socket
@@ -24,6 +25,7 @@ from broker.archive import ArchiveError, context_hash, extract, validate
 from broker.errors import BrokerError, DecodeError, UnroutableError
 from broker.port import Broker, Delivery
 from broker.schemas import (
+    ControlExperiment,
     CreateExperiment,
     DescribeExperiment,
     Envelope,
@@ -34,6 +36,7 @@ from broker.schemas import (
     RpcReply,
     TrialExited,
     WorkerHeartbeat,
+    WorkerLost,
     decode,
     encode,
 )
@@ -47,7 +50,6 @@ from searcher.eventlog.records import (
     FailedRecord,
     InputRecord,
     Record,
-    SnapshotRecord,
 )
 from searcher.eventlog.replay import replay
 from searcher.experiment import Experiment
@@ -69,10 +71,20 @@ class _Refused(Exception):  # noqa: N818
 
 
 class SearcherService:
-    def __init__(self, broker: Broker, state_dir: Path, *, snapshot_every: int = 200) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        state_dir: Path,
+        *,
+        snapshot_every: int = 200,
+        worker_timeout_s: float = 30.0,
+    ) -> None:
         self.broker = broker
         self.state_dir = state_dir
         self.snapshot_every = snapshot_every
+        self.worker_timeout_s = worker_timeout_s
+        # When each worker was last heard from (monotonic clock): any event counts.
+        self._last_heard: dict[str, float] = {}
         self.runs: dict[str, ExperimentRun] = {}
         self.logs: dict[str, FileEventLog] = {}
         self.warnings: dict[str, list[str]] = {}
@@ -102,10 +114,14 @@ class SearcherService:
             await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64),
         ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
+        watchdog = asyncio.create_task(self._watch_workers(), name="worker-watchdog")
         await stop.wait()
-        # Stop intake, let the message being handled finish, then close the logs.
+        # Stop intake and timers, let the message being handled finish, close the logs.
         for subscription in intake:
             await subscription.cancel()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         async with self._lock:
             for event_log in self.logs.values():
                 event_log.close()
@@ -124,7 +140,11 @@ class SearcherService:
             if not event_log.existing:
                 event_log.close()
                 continue
-            replayed = replay(event_log.existing, context_root=self.state_dir / "contexts")
+            replayed = replay(
+                event_log.existing,
+                snapshot=event_log.snapshot,
+                context_root=self.state_dir / "contexts",
+            )
             event_log.take_over(self._owner)
             run = replayed.run
             self.runs[run.experiment_id] = run
@@ -219,15 +239,13 @@ class SearcherService:
         event_log = self.logs[run.experiment_id]
         record = InputRecord.of(event_log.seq + 1, message_id, body, step, at=time.time())
         seq = self._append(run.experiment_id, record).seq
-        if seq % self.snapshot_every == 0:
+        if event_log.snapshot_due(self.snapshot_every):
             seen = self._seen.setdefault(run.experiment_id, set()) | {message_id}
-            state = {**run.snapshot(), "seen": sorted(seen)}
-            self._append(
-                run.experiment_id, SnapshotRecord(seq=seq + 1, at=time.time(), state=state)
-            )
+            event_log.write_snapshot(run.experiment_id, {**run.snapshot(), "seen": sorted(seen)})
         return seq
 
-    async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> None:
+    async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> Step | None:
+        """Apply one input: decide, write it down, publish what it caused."""
         try:
             step = run.on_event(body)
         except SearcherError as exc:
@@ -250,7 +268,7 @@ class SearcherService:
                 experiment_id=run.experiment_id,
                 error=str(exc),
             )
-            return
+            return None
         seq = self._record(run, step, message_id=message_id, body=body)
         crash_point("appended")
         if step.ignored:
@@ -258,6 +276,7 @@ class SearcherService:
         await self._publish(run, step, seq)
         if run.state != "ACTIVE" and any(op.type == "shutdown" for op in step.ops):
             log.info("experiment finished", experiment_id=run.experiment_id, state=run.state)
+        return step
 
     # ------------------------------------------------------------------ events
     async def _on_event(self, delivery: Delivery) -> None:
@@ -272,6 +291,13 @@ class SearcherService:
             await delivery.dead_letter(str(exc))
             return
         body = envelope.body
+        if isinstance(body, WorkerLost):
+            reason = "worker_lost is the searcher's own timer input; a worker cannot send it"
+            log.warning("refused event sent to the dead-letter queue", reason=reason)
+            await delivery.dead_letter(reason)
+            return
+        if worker_id := getattr(body, "worker_id", None):
+            self._last_heard[worker_id] = time.monotonic()
         experiment_id = getattr(body, "experiment_id", "")
         if experiment_id in self._given_up:
             # Leave it to the searcher that owns the experiment now (pausing so that a
@@ -306,6 +332,47 @@ class SearcherService:
             await self._flush_feed()
         await delivery.ack()
 
+    # ------------------------------------------------------------------ timers
+    async def _watch_workers(self) -> None:
+        """Declare lost the workers that went silent while running trials.
+
+        The clock is read here, in the shell; the decision reaches the pure core as a
+        ``worker_lost`` input, logged like any other, so replay needs no clock.
+        """
+        while True:
+            await asyncio.sleep(max(self.worker_timeout_s / 4, 0.05))
+            async with self._lock:
+                for run in list(self.runs.values()):
+                    try:
+                        await self._check_workers(run, time.monotonic())
+                    except StaleOwnerError as exc:
+                        self._give_up(run, exc)
+                await self._flush_feed()
+
+    async def _check_workers(self, run: ExperimentRun, now: float) -> None:
+        running: dict[str, list[str]] = {}
+        for trial in run.trials.values():
+            if trial.state == "RUNNING" and trial.worker_id:
+                running.setdefault(trial.worker_id, []).append(f"{trial.trial_id}.{trial.attempt}")
+        for worker_id, attempts in sorted(running.items()):
+            # A worker not heard from since this searcher started gets a full window.
+            silent = now - self._last_heard.setdefault(worker_id, now)
+            if silent < self.worker_timeout_s:
+                continue
+            log.warning(
+                "worker lost: nothing from it in time; its trials resume elsewhere",
+                experiment_id=run.experiment_id,
+                worker_id=worker_id,
+                silent_s=round(silent, 1),
+                timeout_s=self.worker_timeout_s,
+            )
+            message_id = f"{run.experiment_id}/timer/worker-lost/{worker_id}/{','.join(attempts)}"
+            body = WorkerLost(
+                experiment_id=run.experiment_id, worker_id=worker_id, silent_s=round(silent, 1)
+            )
+            await self._apply(run, body, message_id)
+            self._seen.setdefault(run.experiment_id, set()).add(message_id)
+
     def _give_up(self, run: ExperimentRun, exc: StaleOwnerError) -> None:
         """Another searcher owns the experiment now: stop acting on it, at once."""
         log.error(
@@ -328,7 +395,7 @@ class SearcherService:
         try:
             async with self._lock:
                 try:
-                    result = await self._handle(body)
+                    result = await self._handle(body, delivery.correlation_id or "")
                 finally:
                     await self._flush_feed()
             reply = RpcReply(ok=True, result=result)
@@ -354,8 +421,10 @@ class SearcherService:
                 log.info("the client left before its reply", type=body.type)
         await delivery.ack()
 
-    async def _handle(self, body: Body) -> dict[str, Any]:
+    async def _handle(self, body: Body, request_id: str) -> dict[str, Any]:
         match body:
+            case ControlExperiment():
+                return await self._control(body, request_id)
             case CreateExperiment():
                 return await self._create(body)
             case DescribeExperiment():
@@ -381,6 +450,25 @@ class SearcherService:
                     raise KeyError(body.context_hash)
                 return {"context_b64": base64.b64encode(path.read_bytes()).decode()}
         raise _Refused(f"{body.type} is not a request")
+
+    async def _control(self, body: ControlExperiment, request_id: str) -> dict[str, Any]:
+        """A user's pause, activate, cancel or kill: an input like any other, logged first."""
+        run = self.runs[body.experiment_id]
+        message_id = f"{run.experiment_id}/control/{request_id or uuid.uuid4().hex}"
+        seen = self._seen.setdefault(run.experiment_id, set())
+        ignored = None
+        if message_id not in seen:
+            step = await self._apply(run, body, message_id)
+            seen.add(message_id)
+            ignored = step.ignored if step is not None else "the experiment failed"
+            log.info(
+                "experiment control",
+                action=body.action,
+                experiment_id=run.experiment_id,
+                state=run.state,
+                ignored=ignored,
+            )
+        return {"experiment_id": run.experiment_id, "state": run.state, "ignored": ignored}
 
     def _checkpoint_root(self, config: ExperimentConfig) -> str:
         storage = config.checkpoint_storage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -48,7 +49,7 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, slots: int = 1) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, slots: int = 1, *extra: str) -> subprocess.Popen[bytes]:
         process = self.start(
             name,
             "worker",
@@ -60,6 +61,7 @@ class Cluster:
             name,
             "--work-dir",
             str(self.state_dir / name),
+            *extra,
         )
         self.wait_log(name, "worker ready")
         return process
@@ -104,13 +106,14 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, *searcher_args: str) -> Iterator[Cluster]:
+    """A searcher process on a namespace of its own; workers are started by the test."""
     namespace = unique_prefix()
     logs = tmp_path / "logs"
     logs.mkdir()
     instance = Cluster(namespace, tmp_path / "state", logs)
-    instance.start("searcher", "searcher", "--state-dir", str(instance.state_dir))
+    instance.start("searcher", "searcher", "--state-dir", str(instance.state_dir), *searcher_args)
     instance.wait_log("searcher", "searcher ready")
     try:
         yield instance
@@ -128,6 +131,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for handle in instance.files:
             handle.close()
         asyncio.run(_delete(namespace))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path) as instance:
+        yield instance
 
 
 async def _delete(namespace: str) -> None:

@@ -10,22 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from broker import Broker, Delivery
+from broker import DEAD_REASON_HEADER, Broker, Delivery
 from broker.schemas import (
     CloseTrial,
+    ControlExperiment,
     Envelope,
     ExitReason,
+    KillTrial,
     OpCompleted,
+    PreemptTrial,
     RunTrial,
     TrialExited,
     TrialStarted,
+    WorkerLost,
     decode,
     encode,
 )
 from broker.schemas.envelope import Body
 from searcher.client import SearcherClient
-from searcher.eventlog import FileEventLog
+from searcher.eventlog import FileEventLog, InputRecord, read_log, replay
 from searcher.service.service import SearcherService
+from tests.integration.test_broker_conformance import collect
 from tests.support import wait_for
 
 
@@ -225,3 +230,96 @@ async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
     )
     assert Path(created["event_log"]).stat().st_size == size  # it wrote nothing more
     other.close()
+
+
+async def test_pause_activate_and_cancel_are_logged_and_reach_the_worker(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    experiment_id = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    first = worker.work[0]
+    ids = {"experiment_id": experiment_id, "trial_id": first.trial_id, "worker_id": "fake"}
+    await worker.send(TrialStarted(**ids, attempt=1, slots=1))
+    await wait_for(
+        lambda: len(service.runs[experiment_id].by_id[1].worker_id or "") > 0, 10, "start"
+    )
+
+    paused = await client.control(experiment_id, "pause")
+    assert paused == {"experiment_id": experiment_id, "state": "PAUSED", "ignored": None}
+    await wait_for(lambda: len(worker.control) == 1, 10, "the preempt command")
+    assert isinstance(worker.control[0], PreemptTrial)
+    again = await client.control(experiment_id, "pause")
+    assert again["ignored"] == "pause: the experiment is paused already"
+    await worker.send(TrialExited(**ids, attempt=1, reason=ExitReason.PREEMPTED))
+    await wait_for(
+        lambda: service.runs[experiment_id].by_id[1].state == "PAUSED", 10, "the trial held"
+    )
+    assert len(worker.work) == 1  # nothing runs while paused
+
+    activated = await client.control(experiment_id, "activate")
+    assert activated["state"] == "ACTIVE"
+    await wait_for(lambda: len(worker.work) == 2, 10, "the trial resumed")
+    assert worker.work[1].attempt == 2
+    await worker.send(TrialStarted(**ids, attempt=2, slots=1))
+
+    canceled = await client.control(experiment_id, "cancel")
+    assert canceled["state"] == "STOPPING_CANCELED"
+    await wait_for(lambda: len(worker.control) == 2, 10, "the second preempt command")
+    await worker.send(TrialExited(**ids, attempt=2, reason=ExitReason.PREEMPTED))
+    summary = await client.wait(experiment_id, poll_s=0.05, timeout=20)
+    assert summary.state == "CANCELED"
+    assert [t.state for t in summary.trials] == ["CANCELED"]
+    # Every control went into the log as an input, in order, and the log verifies.
+    records = read_log(Path(created["event_log"]))
+    actions = [
+        r.input.action
+        for r in records
+        if isinstance(r, InputRecord) and isinstance(r.input, ControlExperiment)
+    ]
+    assert actions == ["pause", "pause", "activate", "cancel"]
+    assert replay(records, verify=True).divergence is None
+
+
+@pytest.fixture
+async def quick_timeout_service(broker: Broker, tmp_path: Path) -> AsyncIterator[SearcherService]:
+    instance = SearcherService(broker, tmp_path / "state", worker_timeout_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(instance.run(stop))
+    await wait_for((tmp_path / "state" / "contexts").is_dir, 10, "the service")
+    yield instance
+    stop.set()
+    await task
+
+
+async def test_a_silent_worker_is_declared_lost_and_its_trial_resumes(
+    broker: Broker, quick_timeout_service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    experiment_id = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    ids = {"experiment_id": experiment_id, "trial_id": 1, "worker_id": "fake"}
+    await worker.send(TrialStarted(**ids, attempt=1, slots=1))
+    # The worker sends nothing more: after 0.5 s of silence it is lost, and the trial is
+    # queued again as attempt 2 (which the same fake worker takes from the work queue).
+    await wait_for(lambda: len(worker.work) == 2, 10, "the trial queued again")
+    assert worker.work[1].attempt == 2
+    await wait_for(lambda: len(worker.control) == 1, 10, "the kill for the lost attempt")
+    assert isinstance(worker.control[0], KillTrial)
+    records = read_log(Path(created["event_log"]))
+    timers = [r for r in records if isinstance(r, InputRecord) and isinstance(r.input, WorkerLost)]
+    assert len(timers) == 1
+    assert timers[0].message_id == f"{experiment_id}/timer/worker-lost/fake/1.1"
+    assert replay(records, verify=True).divergence is None
+    # A worker_lost on the wire is refused: only the searcher's clock decides.
+    dead = await collect(broker, broker.topology.dead_queue)
+    await worker.send(WorkerLost(experiment_id=experiment_id, worker_id="fake", silent_s=1))
+    await wait_for(lambda: len(dead) == 1, 10, "the refused worker_lost")
+    assert b"worker_lost" in dead[0].body
+    assert "timer input" in str(dead[0].headers[DEAD_REASON_HEADER])
