@@ -33,6 +33,13 @@ def register(commands: Any) -> None:
         help="a worker silent this long (no heartbeat, no event) is lost, and its trials "
         "resume elsewhere from their checkpoints (default 30; workers beat every 5 s)",
     )
+    searcher.add_argument(
+        "--shared-state-dir",
+        action="store_true",
+        help="the state directory is on shared storage (NFS and the like) where file locks "
+        "cannot be trusted: a searcher started on it takes over every experiment there, and "
+        "the one it took them from stops acting on them (owner epochs in the logs)",
+    )
     searcher.set_defaults(handler=run_searcher)
 
     worker = commands.add_parser("worker", help="run a worker: one trial per slot")
@@ -79,6 +86,7 @@ def run_searcher(args: argparse.Namespace) -> int:
                 broker,
                 args.state_dir or default_state_dir(),
                 worker_timeout_s=args.worker_timeout,
+                shared_state_dir=args.shared_state_dir,
             )
             await service.run(stop)
         finally:

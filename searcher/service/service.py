@@ -78,11 +78,14 @@ class SearcherService:
         *,
         snapshot_every: int = 200,
         worker_timeout_s: float = 30.0,
+        shared_state_dir: bool = False,
     ) -> None:
         self.broker = broker
         self.state_dir = state_dir
         self.snapshot_every = snapshot_every
         self.worker_timeout_s = worker_timeout_s
+        # On shared storage flock cannot be trusted: the owner epochs in the logs fence.
+        self.shared_state_dir = shared_state_dir
         # When each worker was last heard from (monotonic clock): any event counts.
         self._last_heard: dict[str, float] = {}
         self.runs: dict[str, ExperimentRun] = {}
@@ -96,15 +99,18 @@ class SearcherService:
         self._feed: list[tuple[str, Record]] = []
         # Per experiment, the ids of the messages already applied (rebuilt from the log).
         self._seen: dict[str, set[str]] = {}
+        self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         topology = self.broker.topology
-        lock = StateLock(self.state_dir)
+        lock = None if self.shared_state_dir else StateLock(self.state_dir)
         try:
             await self._serve(topology, stop)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     async def _serve(self, topology: Topology, stop: asyncio.Event) -> None:
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
@@ -383,6 +389,11 @@ class SearcherService:
         self.runs.pop(run.experiment_id, None)
         self.logs.pop(run.experiment_id).close()
         self._given_up.add(run.experiment_id)
+        if self.shared_state_dir:
+            # A searcher started on a shared directory takes over every experiment in it:
+            # this one has lost them all, and leaves the queues to the new owner.
+            log.error("another searcher owns this shared state directory now; stopping")
+            self._stop.set()
 
     # ------------------------------------------------------------------ requests
     async def _on_rpc(self, delivery: Delivery) -> None:
@@ -391,6 +402,10 @@ class SearcherService:
         except DecodeError as exc:
             log.warning("malformed request sent to the dead-letter queue", error=str(exc))
             await delivery.dead_letter(str(exc))
+            return
+        if getattr(body, "experiment_id", None) in self._given_up:
+            await asyncio.sleep(0.5)  # another searcher owns it now: let it answer
+            await delivery.requeue()
             return
         try:
             async with self._lock:
