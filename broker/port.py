@@ -55,7 +55,8 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class Subscription(ABC):
     @abstractmethod
     async def cancel(self) -> None:
-        """Stop receiving; deliveries not settled yet go back to the queue."""
+        """Stop receiving new deliveries. Those already delivered stay the handler's to
+        settle; they go back to the queue only if the connection is lost first."""
 
 
 class Broker(ABC):

@@ -3,12 +3,16 @@
     commands exchange (direct) ──"work"──────────► work queue (quorum)   any worker takes RunTrial
                                 └─"worker.<id>"───► <id>'s control queue  (exclusive: dies with it)
     events exchange (direct) ───"events"─────────► events queue (quorum) the searcher consumes
+                             └──"heartbeat"──────► heartbeats queue (classic, 60 s TTL): liveness
     rpc exchange (direct) ──────"rpc"────────────► rpc queue (quorum)    clients ask the searcher
     dead exchange (fanout) ──────────────────────► dead queue (quorum)   poison messages + reason
     feed exchange (direct) ─────"<experiment id>"► observers' private queues: log records live
 
-Work, events and rpc queues dead-letter to the dead exchange. Every name starts with a
-prefix (``rung`` by default), so test runs and separate installations never meet.
+Work, events and rpc queues dead-letter to the dead exchange. Heartbeats have a queue of
+their own so that a backlog of events never delays them (a delayed heartbeat would make
+a live worker look lost); they expire after a minute, since an old one says nothing.
+Every name starts with a prefix (``rung`` by default), so test runs and separate
+installations never meet.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ class QueueSpec:
     name: str
     quorum: bool = True
     dead_letter_exchange: str | None = None
+    message_ttl_ms: int | None = None
 
-    def arguments(self) -> dict[str, str]:
-        args: dict[str, str] = {}
+    def arguments(self) -> dict[str, str | int]:
+        args: dict[str, str | int] = {}
         if self.quorum:
             args["x-queue-type"] = "quorum"
         if self.dead_letter_exchange:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
+        if self.message_ttl_ms is not None:
+            args["x-message-ttl"] = self.message_ttl_ms
         return args
 
 
@@ -56,6 +63,7 @@ class Topology:
 
     WORK_KEY = "work"
     EVENTS_KEY = "events"
+    HEARTBEAT_KEY = "heartbeat"
     RPC_KEY = "rpc"
 
     def __post_init__(self) -> None:
@@ -77,6 +85,7 @@ class Topology:
             (
                 QueueSpec(self.work_queue, dead_letter_exchange=dead),
                 QueueSpec(self.events_queue, dead_letter_exchange=dead),
+                QueueSpec(self.heartbeats_queue, quorum=False, message_ttl_ms=60_000),
                 QueueSpec(self.rpc_queue, dead_letter_exchange=dead),
                 QueueSpec(self.dead_queue),
             ),
@@ -87,6 +96,7 @@ class Topology:
             (
                 Binding(self.work_queue, self.commands_exchange, self.WORK_KEY),
                 Binding(self.events_queue, self.events_exchange, self.EVENTS_KEY),
+                Binding(self.heartbeats_queue, self.events_exchange, self.HEARTBEAT_KEY),
                 Binding(self.rpc_queue, self.rpc_exchange, self.RPC_KEY),
                 Binding(self.dead_queue, dead, ""),
             ),
@@ -119,6 +129,10 @@ class Topology:
     @property
     def events_queue(self) -> str:
         return f"{self.prefix}.events"
+
+    @property
+    def heartbeats_queue(self) -> str:
+        return f"{self.prefix}.heartbeats"
 
     @property
     def rpc_queue(self) -> str:

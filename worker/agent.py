@@ -58,6 +58,7 @@ class Worker:
         gpus: list[str] | None = None,
         work_dir: Path | None = None,
         heartbeat_s: float = 5.0,
+        hang_timeout_s: float | None = None,
     ) -> None:
         self.broker = broker
         self.worker_id = worker_id or default_worker_id()
@@ -67,6 +68,7 @@ class Worker:
         self.free = list(range(self.total_slots))
         self.work_dir = work_dir or Path.home() / ".rung" / "worker" / self.worker_id
         self.heartbeat_s = heartbeat_s
+        self.hang_timeout_s = hang_timeout_s
         self.rpc = RpcClient(broker)
         self.contexts = ContextCache(self.rpc, self.work_dir / "contexts")
         self.runs: dict[tuple[str, int, int], TrialRun] = {}
@@ -84,6 +86,7 @@ class Worker:
 
     # ------------------------------------------------------------------ publishing
     async def emit(self, body: Body) -> None:
+        """Publish an event to the searcher (heartbeats on their own queue)."""
         experiment_id = getattr(body, "experiment_id", "")
         envelope = Envelope(
             message_id=f"{self.worker_id}/{self._session}/{next(self._seq)}",
@@ -91,11 +94,9 @@ class Worker:
             body=body,
         )
         topology = self.broker.topology
+        key = topology.HEARTBEAT_KEY if isinstance(body, WorkerHeartbeat) else topology.EVENTS_KEY
         await self.broker.publish(
-            topology.events_exchange,
-            topology.EVENTS_KEY,
-            encode(envelope),
-            message_id=envelope.message_id,
+            topology.events_exchange, key, encode(envelope), message_id=envelope.message_id
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -232,6 +233,7 @@ class Worker:
             slot_ids=slots,
             emit=self.emit,
             best_validation=lambda: self._best_validation(cmd.experiment_id),
+            hang_timeout_s=self.hang_timeout_s,
         )
         self.runs[run.key] = run
         if not await run.start():

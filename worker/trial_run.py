@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -57,8 +58,13 @@ class TrialRun:
         slot_ids: list[int],
         emit: Emit,
         best_validation: Callable[[], Awaitable[float | None]],
+        hang_timeout_s: float | None = None,
     ) -> None:
         self.cmd = cmd
+        # A script that makes no Core API call for this long is hung and killed.
+        self.hang_timeout_s = hang_timeout_s
+        self._last_call = time.monotonic()
+        self._awaiting_op = False  # blocked in operations() for the searcher: not hung
         self.worker_id = worker_id
         self.run_dir = run_dir
         self.gpus = gpus
@@ -150,6 +156,7 @@ class TrialRun:
 
     async def start(self) -> bool:
         """Start the process; False (with the trial already reported as exited) if it can't."""
+        self._last_call = time.monotonic()
         command = self._command()
         await self._emit(
             TrialStarted(
@@ -206,9 +213,15 @@ class TrialRun:
         }
 
     async def _handle(self, request: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911
+        self._last_call = time.monotonic()
         match request["op"]:
             case "next_op":
-                length = await self._next.get()
+                self._awaiting_op = True
+                try:
+                    length = await self._next.get()
+                finally:
+                    self._awaiting_op = False
+                    self._last_call = time.monotonic()
                 self.current_length = length
                 return {"length": length}
             case "completed":
@@ -305,17 +318,31 @@ class TrialRun:
         if self.process is None or self.process.stdout is None or self.process.stderr is None:
             raise RuntimeError("wait() before a successful start()")
         flusher = asyncio.create_task(self._flush_periodically())
+        watchdog = asyncio.create_task(self._watch_for_hangs())
         await asyncio.gather(
             self._pump(self.process.stdout, "stdout"), self._pump(self.process.stderr, "stderr")
         )
         code = await self.process.wait()
         flusher.cancel()
+        watchdog.cancel()
         reason, message = self._classify(code)
         if reason is ExitReason.USER_REQUESTED_STOP:
             await self._add_line("rung", f"warning: {message}")
         await self._flush()
         await self._exited(reason, code, message)
         return reason
+
+    async def _watch_for_hangs(self) -> None:
+        timeout = self.hang_timeout_s
+        if not timeout:
+            return
+        while True:
+            await asyncio.sleep(min(timeout / 4, 1.0))
+            if self._awaiting_op or time.monotonic() - self._last_call < timeout:
+                continue
+            self.log.warning("killing a hung training process", hang_timeout_s=timeout)
+            self.kill(f"no call to the Core API for {timeout:g} s (rung worker --hang-timeout)")
+            return
 
     async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
         if self._server is not None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from rung.cli import experiments, replay, run, search_tools, services
+from rung.cli import dlq, experiments, replay, run, search_tools, services
 from rung.logs import configure_logging
 from searcher.errors import SearcherError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.register(commands)
     services.register(commands)
     replay.register(commands)
+    dlq.register(commands)
     return parser
 
 

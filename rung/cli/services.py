@@ -63,6 +63,15 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="how often to tell the searcher this worker is alive (default 5)",
     )
+    worker.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="kill a training process that makes no Core API call (progress, metrics, "
+        "checkpoint, should_preempt) for this long; it counts as an error, so max_restarts "
+        "applies. Leave room for imports and data loading (default 0: off)",
+    )
     worker.set_defaults(handler=run_worker)
 
 
@@ -115,6 +124,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 gpus=gpus,
                 work_dir=args.work_dir,
                 heartbeat_s=args.heartbeat,
+                hang_timeout_s=args.hang_timeout or None,
             )
             await worker.run(stop)
         finally:

@@ -118,6 +118,7 @@ class SearcherService:
         intake = [
             await self.broker.subscribe(topology.rpc_queue, self._on_rpc, prefetch=4),
             await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64),
+            await self.broker.subscribe(topology.heartbeats_queue, self._on_heartbeat, prefetch=64),
         ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
         watchdog = asyncio.create_task(self._watch_workers(), name="worker-watchdog")
@@ -336,6 +337,21 @@ class SearcherService:
                 seen.add(envelope.message_id)
                 crash_point("published")
             await self._flush_feed()
+        await delivery.ack()
+
+    async def _on_heartbeat(self, delivery: Delivery) -> None:
+        """Liveness only: who is alive, with what slots. Nothing to log or apply."""
+        try:
+            body = decode(delivery.body).body
+        except DecodeError as exc:
+            log.warning("malformed heartbeat dropped", error=str(exc))
+            await delivery.ack()
+            return
+        if isinstance(body, WorkerHeartbeat):
+            self.workers[body.worker_id] = body
+            self._last_heard[body.worker_id] = time.monotonic()
+        else:
+            log.warning("not a heartbeat, on the heartbeats queue; dropped", type=body.type)
         await delivery.ack()
 
     # ------------------------------------------------------------------ timers

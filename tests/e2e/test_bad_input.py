@@ -97,3 +97,49 @@ def test_an_unreachable_broker_is_reported_and_retried(tmp_path: Path) -> None:
     assert "amqp://guest:******@127.0.0.1:1/" in text  # the password never reaches a log
     assert "secret" not in text
     assert "ConnectionError" in text or "refused" in text.lower()
+
+
+async def _poison(namespace: str, bodies: dict[str, bytes]) -> None:
+    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="poisoner")
+    await broker.start()
+    try:
+        topology = broker.topology
+        for message_id, body in bodies.items():
+            await broker.publish(
+                topology.events_exchange, topology.EVENTS_KEY, body, message_id=message_id
+            )
+    finally:
+        await broker.close()
+
+
+def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> None:
+    asyncio.run(_poison(cluster.namespace, {"p-json": b"{not json", "p-big": b"[" * 10}))
+
+    def dead() -> list[dict[str, object]]:
+        result = cluster.rung("dlq", "list", "--json")
+        assert result.returncode == 0, result.stderr
+        letters: list[dict[str, object]] = json.loads(result.stdout)
+        return letters
+
+    wait_sync(lambda: len(dead()) == 2, 30, "two dead letters")
+    letters = {str(x["message_id"]): x for x in dead()}
+    assert set(letters) == {"p-json", "p-big"}
+    assert str(letters["p-json"]["reason"]).startswith("not valid JSON")
+    assert str(letters["p-json"]["queue"]).endswith(".events")
+    table = cluster.rung("dlq", "list")
+    assert "p-json" in table.stdout
+    assert "does not decode" in table.stdout
+
+    sent = cluster.rung("dlq", "requeue", "p-json")
+    assert sent.returncode == 0, sent.stderr
+    assert "p-json: sent back to" in sent.stdout
+    # Still broken: the searcher dead-letters it again, and says so in its log.
+    wait_sync(
+        lambda: cluster.log_text("searcher").count("malformed event sent to the dead") >= 3,
+        30,
+        "the third dead-lettering",
+    )
+    wait_sync(lambda: len(dead()) == 2, 30, "both dead letters again")
+    missing = cluster.rung("dlq", "requeue", "nope")
+    assert missing.returncode == 2
+    assert "no dead letter with id 'nope'" in missing.stderr

@@ -22,6 +22,7 @@ from broker.schemas import (
     RunTrial,
     TrialExited,
     TrialStarted,
+    WorkerHeartbeat,
     WorkerLost,
     decode,
     encode,
@@ -323,3 +324,39 @@ async def test_a_silent_worker_is_declared_lost_and_its_trial_resumes(
     await wait_for(lambda: len(dead) == 1, 10, "the refused worker_lost")
     assert b"worker_lost" in dead[0].body
     assert "timer input" in str(dead[0].headers[DEAD_REASON_HEADER])
+
+
+async def test_heartbeats_on_their_own_queue_keep_a_quiet_worker_alive(
+    broker: Broker, quick_timeout_service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    experiment_id = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    await worker.send(
+        TrialStarted(experiment_id=experiment_id, trial_id=1, attempt=1, worker_id="fake", slots=1)
+    )
+    topology = broker.topology
+    beat = WorkerHeartbeat(worker_id="fake", slots=1, free_slots=0, running=["x"])
+
+    async def heartbeat() -> None:
+        envelope = Envelope(message_id=f"fake/beat/{asyncio.get_running_loop().time()}", body=beat)
+        await broker.publish(
+            topology.events_exchange,
+            topology.HEARTBEAT_KEY,
+            encode(envelope),
+            message_id=envelope.message_id,
+        )
+
+    # Beating every 0.1 s for 6 timeouts (0.5 s each): the trial stays where it is.
+    await heartbeat()
+    await wait_for(lambda: "fake" in quick_timeout_service.workers, 10, "the first heartbeat")
+    for _ in range(30):
+        await heartbeat()
+        await asyncio.sleep(0.1)  # the beat's own period, not a wait for a condition
+    assert len(worker.work) == 1
+    assert quick_timeout_service.runs[experiment_id].by_id[1].state == "RUNNING"
+    # Silence: the worker is lost, and the trial is queued again.
+    await wait_for(lambda: len(worker.work) == 2, 10, "the trial queued again")
