@@ -227,19 +227,48 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        try:
-            await self._exchange(exchange).publish(
-                message, routing_key, mandatory=mandatory, timeout=timeout
-            )
-        except PublishError as exc:
-            raise UnroutableError(f"no queue takes {exchange or 'default'}/{routing_key}") from exc
-        except DeliveryError as exc:
-            raise BrokerError(f"the broker refused {message_id}: {exc}") from exc
-        except TimeoutError as exc:
-            raise PublishTimeoutError(
-                f"no confirm for {message_id} within {timeout} s; is the "
-                "broker blocked (disk or memory alarm)?"
-            ) from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        retries = 0
+        while True:
+            try:
+                await self._exchange(exchange).publish(
+                    message,
+                    routing_key,
+                    mandatory=mandatory,
+                    timeout=max(deadline - loop.time(), 0.1),
+                )
+            except PublishError as exc:
+                raise UnroutableError(
+                    f"no queue takes {exchange or 'default'}/{routing_key}"
+                ) from exc
+            except DeliveryError as exc:
+                raise BrokerError(f"the broker refused {message_id}: {exc}") from exc
+            except TimeoutError as exc:
+                raise PublishTimeoutError(
+                    f"no confirm for {message_id} within {timeout} s; is the "
+                    "broker blocked (disk or memory alarm)?"
+                ) from exc
+            except CONNECTION_EXCEPTIONS as exc:
+                # No confirm came: send it again once the connection is back. The id is the
+                # same, so a copy the broker did take is dropped by its consumer.
+                if loop.time() >= deadline:
+                    raise BrokerUnavailableError(
+                        f"could not publish {message_id} within {timeout} s: the connection "
+                        f"to the broker is down ({type(exc).__name__}: {exc})"
+                    ) from exc
+                if retries == 0:
+                    log.warning(
+                        "connection lost while publishing; waiting for it to come back",
+                        message_id=message_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                retries += 1
+                await asyncio.sleep(min(self.retry_interval / 2, deadline - loop.time()))
+            else:
+                if retries:
+                    log.info("published after the connection came back", message_id=message_id)
+                return
 
     async def _consume_channel(self, prefetch: int) -> AbstractChannel:
         if self._consume_conn is None:
@@ -250,7 +279,9 @@ class RabbitBroker(Broker):
 
     async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         channel = await self._consume_channel(max(prefetch, 1))
-        q = await channel.get_queue(queue, ensure=False)
+        # A passive declare, not get_queue(ensure=False): a robust channel restores only
+        # the queues declared on it, and with them their consumers, after a reconnect.
+        q = await channel.declare_queue(queue, passive=True)
         sub = _RabbitSubscription(channel, q)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
