@@ -100,6 +100,8 @@ class SearcherService:
         # Per experiment, the ids of the messages already applied (rebuilt from the log).
         self._seen: dict[str, set[str]] = {}
         self._stop = asyncio.Event()
+        # Logged decisions whose commands could not be published yet, oldest first.
+        self._unsent: list[tuple[ExperimentRun, Step, int]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -246,10 +248,39 @@ class SearcherService:
         event_log = self.logs[run.experiment_id]
         record = InputRecord.of(event_log.seq + 1, message_id, body, step, at=time.time())
         seq = self._append(run.experiment_id, record).seq
+        # Durable now: a redelivery of this message is a duplicate from here on.
+        seen = self._seen.setdefault(run.experiment_id, set())
+        seen.add(message_id)
         if event_log.snapshot_due(self.snapshot_every):
-            seen = self._seen.setdefault(run.experiment_id, set()) | {message_id}
             event_log.write_snapshot(run.experiment_id, {**run.snapshot(), "seen": sorted(seen)})
         return seq
+
+    async def _send(self, run: ExperimentRun, step: Step, seq: int) -> None:
+        """Publish a logged decision's commands, after any that still wait, in order.
+
+        If the broker stays unreachable past the publish timeout, they wait here and go
+        out at the next input or timer tick: the decision is in the log already, and the
+        message that caused it is acknowledged, so it must not be lost or applied again.
+        """
+        if step.commands:
+            self._unsent.append((run, step, seq))
+        await self._flush_unsent()
+
+    async def _flush_unsent(self) -> None:
+        while self._unsent:
+            waiting, waiting_step, waiting_seq = self._unsent[0]
+            try:
+                await self._publish(waiting, waiting_step, waiting_seq)
+            except BrokerError as exc:
+                log.warning(
+                    "commands not published yet; they go out once the broker is back",
+                    experiment_id=waiting.experiment_id,
+                    seq=waiting_seq,
+                    waiting=len(self._unsent),
+                    error=str(exc),
+                )
+                return
+            self._unsent.pop(0)
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> Step | None:
         """Apply one input: decide, write it down, publish what it caused."""
@@ -270,6 +301,7 @@ class SearcherService:
                     error=str(exc),
                 ),
             )
+            self._seen.setdefault(run.experiment_id, set()).add(message_id)
             log.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
                 "experiment failed: its search method broke a rule",
                 experiment_id=run.experiment_id,
@@ -280,7 +312,7 @@ class SearcherService:
         crash_point("appended")
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
-        await self._publish(run, step, seq)
+        await self._send(run, step, seq)
         if run.state != "ACTIVE" and any(op.type == "shutdown" for op in step.ops):
             log.info("experiment finished", experiment_id=run.experiment_id, state=run.state)
         return step
@@ -334,7 +366,6 @@ class SearcherService:
                     self._give_up(run, exc)
                     await delivery.requeue()
                     return
-                seen.add(envelope.message_id)
                 crash_point("published")
             await self._flush_feed()
         await delivery.ack()
@@ -364,6 +395,7 @@ class SearcherService:
         while True:
             await asyncio.sleep(max(self.worker_timeout_s / 4, 0.05))
             async with self._lock:
+                await self._flush_unsent()
                 for run in list(self.runs.values()):
                     try:
                         await self._check_workers(run, time.monotonic())
@@ -393,7 +425,6 @@ class SearcherService:
                 experiment_id=run.experiment_id, worker_id=worker_id, silent_s=round(silent, 1)
             )
             await self._apply(run, body, message_id)
-            self._seen.setdefault(run.experiment_id, set()).add(message_id)
 
     def _give_up(self, run: ExperimentRun, exc: StaleOwnerError) -> None:
         """Another searcher owns the experiment now: stop acting on it, at once."""
@@ -490,7 +521,6 @@ class SearcherService:
         ignored = None
         if message_id not in seen:
             step = await self._apply(run, body, message_id)
-            seen.add(message_id)
             ignored = step.ignored if step is not None else "the experiment failed"
             log.info(
                 "experiment control",
@@ -563,7 +593,7 @@ class SearcherService:
         event_log.take_over(self._owner)
         step = run.start()
         seq = self._record(run, step, message_id=f"{experiment_id}/start", body=None)
-        await self._publish(run, step, seq)
+        await self._send(run, step, seq)
         log.info(
             "experiment created",
             experiment_id=experiment_id,

@@ -28,6 +28,18 @@ def _trial(cluster: Cluster, experiment_id: str) -> dict[str, Any]:
     return trials[0]
 
 
+def _running(cluster: Cluster, tmp_path: Path, config_text: str) -> str:
+    """Create the experiment on a one-slot worker; return its id once its trial runs."""
+    config = tmp_path / "slow.yaml"
+    config.write_text(config_text)
+    cluster.start_worker("w1")
+    created = cluster.create(config, follow=False)
+    assert created.returncode == 0, created.stderr
+    experiment_id = created.stdout.strip()
+    wait_sync(lambda: _trial(cluster, experiment_id)["state"] == "RUNNING", 60, "a running trial")
+    return experiment_id
+
+
 def _control(cluster: Cluster, action: str, experiment_id: str) -> dict[str, Any]:
     result = cluster.rung("experiment", action, experiment_id, "--json")
     assert result.returncode == 0, result.stderr
@@ -36,13 +48,7 @@ def _control(cluster: Cluster, action: str, experiment_id: str) -> dict[str, Any
 
 
 def test_pause_then_activate_resumes_from_the_checkpoint(cluster: Cluster, tmp_path: Path) -> None:
-    config = tmp_path / "slow.yaml"
-    config.write_text(SLOW)
-    cluster.start_worker("w1")
-    created = cluster.create(config, follow=False)
-    assert created.returncode == 0, created.stderr
-    experiment_id = created.stdout.strip()
-    wait_sync(lambda: _trial(cluster, experiment_id)["state"] == "RUNNING", 60, "a running trial")
+    experiment_id = _running(cluster, tmp_path, SLOW)
 
     assert _control(cluster, "pause", experiment_id)["state"] == "PAUSED"
     wait_sync(lambda: _trial(cluster, experiment_id)["state"] == "PAUSED", 60, "the trial held")
@@ -66,13 +72,7 @@ def test_pause_then_activate_resumes_from_the_checkpoint(cluster: Cluster, tmp_p
 
 
 def test_kill_ends_the_experiment_and_its_process_at_once(cluster: Cluster, tmp_path: Path) -> None:
-    config = tmp_path / "slow.yaml"
-    config.write_text(SLOW.replace("batch_sleep: 0.05", "batch_sleep: 5"))
-    cluster.start_worker("w1")
-    created = cluster.create(config, follow=False)
-    assert created.returncode == 0, created.stderr
-    experiment_id = created.stdout.strip()
-    wait_sync(lambda: _trial(cluster, experiment_id)["state"] == "RUNNING", 60, "a running trial")
+    experiment_id = _running(cluster, tmp_path, SLOW.replace("batch_sleep: 0.05", "batch_sleep: 5"))
 
     assert _control(cluster, "kill", experiment_id)["state"] == "CANCELED"
     assert _trial(cluster, experiment_id)["state"] == "CANCELED"

@@ -7,10 +7,12 @@ import json
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import DEAD_REASON_HEADER, Broker, Delivery
+from broker.errors import BrokerUnavailableError
 from broker.schemas import (
     CloseTrial,
     ControlExperiment,
@@ -233,18 +235,33 @@ async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
     other.close()
 
 
-async def test_pause_activate_and_cancel_are_logged_and_reach_the_worker(
-    broker: Broker, service: SearcherService, tmp_path: Path
-) -> None:
+async def single_trial_started(
+    broker: Broker, tmp_path: Path
+) -> tuple[FakeWorker, SearcherClient, dict[str, Any]]:
+    """A one-trial experiment whose trial the fake worker has started (attempt 1)."""
     worker = FakeWorker(broker)
     await worker.start()
     client = SearcherClient(broker)
     created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
-    experiment_id = created["experiment_id"]
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
-    first = worker.work[0]
-    ids = {"experiment_id": experiment_id, "trial_id": first.trial_id, "worker_id": "fake"}
-    await worker.send(TrialStarted(**ids, attempt=1, slots=1))
+    await worker.send(
+        TrialStarted(
+            experiment_id=created["experiment_id"],
+            trial_id=1,
+            attempt=1,
+            worker_id="fake",
+            slots=1,
+        )
+    )
+    return worker, client, created
+
+
+async def test_pause_activate_and_cancel_are_logged_and_reach_the_worker(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker, client, created = await single_trial_started(broker, tmp_path)
+    experiment_id = created["experiment_id"]
+    ids = {"experiment_id": experiment_id, "trial_id": 1, "worker_id": "fake"}
     await wait_for(
         lambda: len(service.runs[experiment_id].by_id[1].worker_id or "") > 0, 10, "start"
     )
@@ -299,14 +316,8 @@ async def quick_timeout_service(broker: Broker, tmp_path: Path) -> AsyncIterator
 async def test_a_silent_worker_is_declared_lost_and_its_trial_resumes(
     broker: Broker, quick_timeout_service: SearcherService, tmp_path: Path
 ) -> None:
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    worker, _, created = await single_trial_started(broker, tmp_path)
     experiment_id = created["experiment_id"]
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
-    ids = {"experiment_id": experiment_id, "trial_id": 1, "worker_id": "fake"}
-    await worker.send(TrialStarted(**ids, attempt=1, slots=1))
     # The worker sends nothing more: after 0.5 s of silence it is lost, and the trial is
     # queued again as attempt 2 (which the same fake worker takes from the work queue).
     await wait_for(lambda: len(worker.work) == 2, 10, "the trial queued again")
@@ -329,15 +340,8 @@ async def test_a_silent_worker_is_declared_lost_and_its_trial_resumes(
 async def test_heartbeats_on_their_own_queue_keep_a_quiet_worker_alive(
     broker: Broker, quick_timeout_service: SearcherService, tmp_path: Path
 ) -> None:
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    worker, _, created = await single_trial_started(broker, tmp_path)
     experiment_id = created["experiment_id"]
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
-    await worker.send(
-        TrialStarted(experiment_id=experiment_id, trial_id=1, attempt=1, worker_id="fake", slots=1)
-    )
     topology = broker.topology
     beat = WorkerHeartbeat(worker_id="fake", slots=1, free_slots=0, running=["x"])
 
@@ -360,3 +364,29 @@ async def test_heartbeats_on_their_own_queue_keep_a_quiet_worker_alive(
     assert quick_timeout_service.runs[experiment_id].by_id[1].state == "RUNNING"
     # Silence: the worker is lost, and the trial is queued again.
     await wait_for(lambda: len(worker.work) == 2, 10, "the trial queued again")
+
+
+async def test_commands_that_could_not_be_published_go_out_once_the_broker_is_back(
+    broker: Broker, quick_timeout_service: SearcherService, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    real_publish = broker.publish
+    down = True
+
+    async def flaky_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if down and exchange == broker.topology.commands_exchange:
+            raise BrokerUnavailableError("the connection to the broker is down (test)")
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = flaky_publish  # type: ignore[method-assign]
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    # The decision is logged; its run_trial waits in the service, not lost.
+    records = read_log(Path(created["event_log"]))
+    assert any(isinstance(r, InputRecord) and r.commands for r in records)
+    assert quick_timeout_service._unsent
+    assert worker.work == []
+    down = False
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial, sent by the timer")
+    assert worker.work[0].attempt == 1

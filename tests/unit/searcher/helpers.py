@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from searcher.config import ExperimentConfig, parse_config
+from searcher.eventlog import CreatedRecord
 from searcher.events import (
     ExitedReason,
     SearchEvent,
@@ -20,6 +21,7 @@ from searcher.events import (
 )
 from searcher.experiment import Decision, Experiment
 from searcher.ops import Close, Create, Operation, ValidateAfter
+from searcher.trials import ExperimentRun
 
 
 def make_config(
@@ -135,3 +137,14 @@ class Driver:
                 return
             self.send(self.rng.choice(options))
         raise AssertionError(f"the search did not finish in {max_steps} steps")
+
+
+def created_record(run: ExperimentRun) -> CreatedRecord:
+    """The first record of ``run``'s event log."""
+    return CreatedRecord(
+        seq=1,
+        experiment_id=run.experiment_id,
+        config=run.experiment.config.model_dump(mode="json", by_alias=True),
+        context_hash=run.context_hash,
+        checkpoint_root=run.checkpoint_root,
+    )

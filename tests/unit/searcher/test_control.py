@@ -11,11 +11,12 @@ from broker.schemas import (
     PreemptTrial,
 )
 from broker.schemas.envelope import Body
-from searcher.eventlog import CreatedRecord, InputRecord, Record, replay
+from searcher.eventlog import InputRecord, Record, replay
 from searcher.ops import Shutdown
 from searcher.testing import scripted_event
 from searcher.trials import ExperimentRun, Step
 
+from .helpers import created_record
 from .test_trials import EXP, completed, exited, make_run, runs, started
 
 RANDOM = "{name: random, max_length: 4, max_trials: 4, max_concurrent_trials: 2}"
@@ -109,16 +110,7 @@ def test_actions_that_do_nothing_say_why() -> None:
 
 def test_a_log_with_control_records_replays_and_verifies() -> None:
     fresh = make_run(RANDOM)
-    config = fresh.experiment.config
-    records: list[Record] = [
-        CreatedRecord(
-            seq=1,
-            experiment_id=EXP,
-            config=config.model_dump(mode="json", by_alias=True),
-            context_hash="abc",
-            checkpoint_root="/ckpt",
-        )
-    ]
+    records: list[Record] = [created_record(fresh)]
 
     def record(message_id: str, body: Body | None, step: Step) -> None:
         records.append(InputRecord.of(len(records) + 1, message_id, body, step))

@@ -17,7 +17,6 @@ from broker.schemas.envelope import Body
 from searcher.config import load_config_file
 from searcher.errors import SearcherError
 from searcher.eventlog import (
-    CreatedRecord,
     EventLogCorruptError,
     FileEventLog,
     InputRecord,
@@ -33,7 +32,7 @@ from searcher.experiment import Experiment
 from searcher.testing import scripted_event
 from searcher.trials import ExperimentRun, Step
 
-from .helpers import make_config
+from .helpers import created_record, make_config
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 GOLDEN_LOGS = sorted(GOLDEN.glob("*.v1.jsonl"))
@@ -119,15 +118,7 @@ def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) 
 def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Record]]:
     config = make_config(searcher, seed=seed, entrypoint="python3 t.py", max_restarts=1)
     run = ExperimentRun("exp", Experiment(config), context_hash="h", checkpoint_root="/c")
-    records: list[Record] = [
-        CreatedRecord(
-            seq=1,
-            experiment_id="exp",
-            config=config.model_dump(mode="json", by_alias=True),
-            context_hash="h",
-            checkpoint_root="/c",
-        )
-    ]
+    records: list[Record] = [created_record(run)]
 
     def record(message_id: str, body: Body | None, step: Step) -> None:
         records.append(InputRecord.of(len(records) + 1, message_id, body, step))

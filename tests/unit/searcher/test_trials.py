@@ -60,6 +60,19 @@ def completed(
     )
 
 
+def checkpoint_saved(trial_id: int, uuid: str, steps: int, attempt: int = 1) -> CheckpointSaved:
+    return CheckpointSaved(
+        experiment_id=EXP,
+        trial_id=trial_id,
+        attempt=attempt,
+        worker_id="w1",
+        uuid=uuid,
+        steps_completed=steps,
+        metadata={},
+        size_bytes=1,
+    )
+
+
 def exited(
     run: ExperimentRun, trial_id: int, reason: ExitReason, attempt: int = 1, worker: str = "w1"
 ) -> Step:
@@ -87,18 +100,7 @@ def test_pause_then_resume_from_the_latest_checkpoint() -> None:
     run = make_run(ASHA)
     run.start()
     started(run, 1)
-    run.on_event(
-        CheckpointSaved(
-            experiment_id=EXP,
-            trial_id=1,
-            attempt=1,
-            worker_id="w1",
-            uuid="ck-2",
-            steps_completed=2,
-            metadata={},
-            size_bytes=1,
-        )
-    )
+    run.on_event(checkpoint_saved(1, "ck-2", 2))
     step = completed(run, 1, 2, 0.1)
     # Not promoted yet (one result, quota 0): trial 1 is paused; trial 2 starts.
     pause = [c for c in step.commands if isinstance(c.body, PauseTrial)]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from broker.schemas import CheckpointSaved, ExitReason, KillTrial, WorkerLost
+from broker.schemas import ExitReason, KillTrial, WorkerLost
 
 from .test_control import told, two_running
-from .test_trials import EXP, exited, runs, started
+from .test_trials import EXP, checkpoint_saved, exited, runs, started
 
 
 def lost(worker: str = "w1") -> WorkerLost:
@@ -14,18 +14,7 @@ def lost(worker: str = "w1") -> WorkerLost:
 
 def test_a_lost_worker_s_trial_resumes_from_its_checkpoint_without_a_restart() -> None:
     run = two_running()
-    run.on_event(
-        CheckpointSaved(
-            experiment_id=EXP,
-            trial_id=1,
-            attempt=1,
-            worker_id="w1",
-            uuid="ck-1",
-            steps_completed=2,
-            metadata={},
-            size_bytes=1,
-        )
-    )
+    run.on_event(checkpoint_saved(1, "ck-1", 2))
     step = run.on_event(lost())
     (again,) = runs(step)
     assert (again.trial_id, again.attempt, again.latest_checkpoint) == (1, 2, "ck-1")
