@@ -1,7 +1,7 @@
-"""The broker drops every connection mid-experiment (`rabbitmqctl close_all_connections`):
-the searcher and the workers reconnect by themselves, and the experiment finishes with
-every trial, nothing lost and nothing applied twice. (A broker restart, `stop_app` then
-`start_app`, does not pass yet: the searcher stops consuming after it.)"""
+"""The broker drops every connection mid-experiment (`rabbitmqctl close_all_connections`),
+or stops and starts again (`stop_app`, `start_app`): the searcher and the workers
+reconnect by themselves, and the experiment finishes with every trial, nothing lost and
+nothing applied twice."""
 
 from __future__ import annotations
 
@@ -68,3 +68,16 @@ def test_every_connection_dropped_mid_run_and_the_experiment_finishes(
 ) -> None:
     _run_through(cluster, tmp_path, lambda: _rabbitmqctl("close_all_connections", "fault test"))
     assert "CONNECTION_FORCED - fault test" in cluster.log_text("searcher")
+
+
+def test_the_broker_restarts_mid_run_and_the_experiment_finishes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    def restart() -> None:
+        _rabbitmqctl("stop_app")
+        try:
+            _rabbitmqctl("start_app")
+        finally:
+            _rabbitmqctl("await_startup")
+
+    _run_through(cluster, tmp_path, restart)
