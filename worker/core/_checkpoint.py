@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointContext"]
+__all__ = ["CheckpointContext", "CheckpointStorageError"]
 
 METADATA_FILE = "metadata.json"
 
@@ -26,6 +26,21 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class CheckpointStorageError(OSError):
+    """A checkpoint could not be written: the path and the OS error say why."""
+
+
+def _fsync_tree(path: Path) -> None:
+    """Every file and directory of the checkpoint on disk, before it is renamed into place."""
+    for item in sorted(path.rglob("*"), reverse=True):
+        if item.is_file():
+            with item.open("rb") as handle:
+                os.fsync(handle.fileno())
+        elif item.is_dir():
+            _fsync_dir(item)
+    _fsync_dir(path)
 
 
 class CheckpointContext:
@@ -43,6 +58,7 @@ class CheckpointContext:
 
     def _commit(self, tmp: Path, storage_id: str, metadata: dict[str, Any]) -> None:
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
+        _fsync_tree(tmp)
         final = self.root / storage_id
         os.rename(tmp, final)
         _fsync_dir(self.root)
@@ -66,15 +82,31 @@ class CheckpointContext:
         """Yield ``(path, storage_id)``; write the checkpoint into ``path``."""
         checked = self._checked(metadata)
         storage_id = str(uuid.uuid4())
-        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{storage_id}"
-        tmp.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as exc:
+            raise self._storage_error(storage_id, exc) from exc
         try:
             yield tmp, storage_id
+            self._commit(tmp, storage_id, checked)
+        except OSError as exc:
+            # Nothing half-written stays, and nothing is reported as saved.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._storage_error(storage_id, exc) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._commit(tmp, storage_id, checked)
+
+    def _storage_error(self, storage_id: str, exc: OSError) -> CheckpointStorageError:
+        where = exc.filename or self.root
+        return CheckpointStorageError(
+            exc.errno,
+            f"checkpoint {storage_id} was not saved: {where}: {exc.strerror or exc}; "
+            f"check that the checkpoint storage ({self.root}) exists, is writable by the "
+            "worker and has free space",
+        )
 
     @contextlib.contextmanager
     def restore_path(self, storage_id: str, **_: Any) -> Iterator[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import rung as det
-from worker.core._checkpoint import CheckpointContext
+from worker.core._checkpoint import CheckpointContext, CheckpointStorageError
 from worker.core._validate import check_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,3 +84,37 @@ def test_invalid_hp_exits_cleanly_off_cluster(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "InvalidHP" in result.stderr
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_nothing_is_reported(
+    tmp_path: Path,
+) -> None:
+    reported: list[str] = []
+    context = CheckpointContext(tmp_path, lambda s, n, m, b: reported.append(s))
+    target = tmp_path / "model.pt"
+
+    def save_on_a_full_disk() -> None:
+        with context.store_path({"steps_completed": 3}) as (path, _):
+            (path / "half").write_text("half a model")
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    with pytest.raises(CheckpointStorageError, match="No space left on device") as caught:
+        save_on_a_full_disk()
+    assert str(target) in str(caught.value)
+    assert "has free space" in str(caught.value)
+    assert reported == []
+    assert list(tmp_path.iterdir()) == []  # the half-written checkpoint is gone
+
+
+def test_a_checkpoint_root_that_cannot_exist_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    context = CheckpointContext(blocker / "checkpoints", lambda s, n, m, b: None)
+
+    def save() -> None:
+        with context.store_path({"steps_completed": 1}):
+            pass
+
+    with pytest.raises(CheckpointStorageError, match="not-a-directory") as caught:
+        save()
+    assert "was not saved" in str(caught.value)
