@@ -199,9 +199,22 @@ class ExperimentRun:
             return f"the experiment is {self.state}, not paused"
         return None
 
-    def _tell(self, trial: TrialRuntime, cls: type[PreemptTrial | KillTrial], step: Step) -> None:
-        body = cls(experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt)
-        step.commands.append(Command(body, trial.worker_id))
+    def _tell(
+        self,
+        trial: TrialRuntime,
+        cls: type[PreemptTrial | KillTrial],
+        step: Step,
+        *,
+        worker: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Stop a process of ``trial``: by default its current attempt, on its worker."""
+        body = cls(
+            experiment_id=self.experiment_id,
+            trial_id=trial.trial_id,
+            attempt=trial.attempt if attempt is None else attempt,
+        )
+        step.commands.append(Command(body, worker or trial.worker_id))
 
     def _hold(self, trial: TrialRuntime) -> None:
         """Keep the trial's operation, but run nothing until the experiment is activated."""
@@ -308,10 +321,7 @@ class ExperimentRun:
         )
         if isinstance(body, TrialStarted):
             # A stale attempt's work, started late: nobody listens to it; stop it.
-            stale = KillTrial(
-                experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=body.attempt
-            )
-            step.commands.append(Command(stale, body.worker_id))
+            self._tell(trial, KillTrial, step, worker=body.worker_id, attempt=body.attempt)
         return True
 
     def _started(self, trial: TrialRuntime, body: TrialStarted, step: Step) -> None:
@@ -322,10 +332,7 @@ class ExperimentRun:
         # Its work was taken after the trial was held or ended: stop the process.
         cls = KillTrial if trial.state in TERMINAL else PreemptTrial
         step.ignored = f"trial {trial.trial_id} is {trial.state}: its new process is stopped"
-        body_ = cls(
-            experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
-        )
-        step.commands.append(Command(body_, body.worker_id))
+        self._tell(trial, cls, step, worker=body.worker_id)
 
     def _fenced(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
         """True (and the reason in ``step``) when the event must not touch the trial."""
@@ -338,16 +345,7 @@ class ExperimentRun:
                 f"{trial.worker_id}, not on {worker}"
             )
             if isinstance(body, TrialStarted):
-                step.commands.append(
-                    Command(
-                        PreemptTrial(
-                            experiment_id=self.experiment_id,
-                            trial_id=trial.trial_id,
-                            attempt=trial.attempt,
-                        ),
-                        worker,
-                    )
-                )
+                self._tell(trial, PreemptTrial, step, worker=body.worker_id)
             return True
         if isinstance(body, TrialExited | OpCompleted) and trial.state != "RUNNING":
             step.ignored = f"trial {trial.trial_id} is {trial.state}, not running"

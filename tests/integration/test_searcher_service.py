@@ -99,18 +99,23 @@ def context(tmp_path: Path, files: dict[str, str]) -> Path:
     return directory
 
 
-async def test_one_trial_from_create_to_completed(
-    broker: Broker, service: SearcherService, tmp_path: Path
-) -> None:
+async def single_trial_queued(
+    broker: Broker, tmp_path: Path
+) -> tuple[FakeWorker, SearcherClient, dict[str, Any]]:
+    """A one-trial experiment whose run_trial the fake worker has received."""
     worker = FakeWorker(broker)
     await worker.start()
     client = SearcherClient(broker)
-    created = await client.create_experiment(
-        SINGLE,
-        context(tmp_path, {"train.py": "pass\n"}),
-    )
-    experiment_id = created["experiment_id"]
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    return worker, client, created
+
+
+async def test_one_trial_from_create_to_completed(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker, client, created = await single_trial_queued(broker, tmp_path)
+    experiment_id = created["experiment_id"]
     run = worker.work[0]
     ids = {
         "experiment_id": experiment_id,
@@ -204,14 +209,7 @@ async def test_a_broken_search_method_fails_only_its_experiment(
 async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
     broker: Broker, service: SearcherService, tmp_path: Path
 ) -> None:
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(
-        SINGLE,
-        context(tmp_path, {"train.py": "pass\n"}),
-    )
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    worker, _, created = await single_trial_queued(broker, tmp_path)
     # Another searcher (on another machine, sharing the directory) takes the log over.
     other = FileEventLog(Path(created["event_log"]))
     other.take_over("elsewhere/1")
@@ -239,11 +237,7 @@ async def single_trial_started(
     broker: Broker, tmp_path: Path
 ) -> tuple[FakeWorker, SearcherClient, dict[str, Any]]:
     """A one-trial experiment whose trial the fake worker has started (attempt 1)."""
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    worker, client, created = await single_trial_queued(broker, tmp_path)
     await worker.send(
         TrialStarted(
             experiment_id=created["experiment_id"],
