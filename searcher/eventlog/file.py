@@ -3,16 +3,19 @@
 On open, a torn last line (a crash in the middle of a write) is dropped with a warning
 and cut off the file; a record that is corrupt anywhere else is an error that names it.
 Beside the log, ``snapshot.json`` holds the state after some record, so that a restart
-folds only the records after it.
+folds only the records after it, and ``unsent.json``, present only while the broker is
+unreachable, names the first record whose commands may not have been published yet.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from searcher.errors import SearcherError
+from searcher.eventlog.durable import fsync_directory, replace_durably
 from searcher.eventlog.reader import LogRecords, read_log
 from searcher.eventlog.records import OwnerRecord, Record
 from searcher.eventlog.snapshots import (
@@ -24,7 +27,9 @@ from searcher.eventlog.snapshots import (
     write_snapshot,
 )
 
-__all__ = ["FileEventLog", "StaleOwnerError"]
+__all__ = ["UNSENT_FILE", "FileEventLog", "StaleOwnerError"]
+
+UNSENT_FILE: Final = "unsent.json"
 
 
 class StaleOwnerError(SearcherError):
@@ -57,6 +62,38 @@ class FileEventLog:
         self._since_snapshot = self.seq - covered
         self._bytes_since_snapshot = self._size - existing.offset(covered)
         self._snapshot_bytes = self._snapshot_path.stat().st_size if self.snapshot else 0
+        self._unsent_path = path.with_name(UNSENT_FILE)
+        # The first record whose commands may not have reached the broker, if any.
+        self.unsent_from: int | None = self._read_unsent()
+
+    def _read_unsent(self) -> int | None:
+        try:
+            value = json.loads(self._unsent_path.read_bytes())["from_seq"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            # Unreadable (a crash while it was written): every record may be unsent.
+            return 1
+        return int(value) if isinstance(value, int) and value >= 1 else 1
+
+    def mark_unsent(self, seq: int) -> None:
+        """Remember, durably, that record ``seq``'s commands wait for the broker.
+
+        Only the first mark counts until ``clear_unsent``: a restart re-sends the commands
+        of that record and of every record after it, in order.
+        """
+        if self.unsent_from is not None and self.unsent_from <= seq:
+            return
+        replace_durably(self._unsent_path, json.dumps({"from_seq": seq}).encode())
+        self.unsent_from = seq
+
+    def clear_unsent(self) -> None:
+        """Every command logged so far has been published."""
+        if self.unsent_from is None:
+            return
+        self._unsent_path.unlink(missing_ok=True)
+        fsync_directory(self._unsent_path.parent)
+        self.unsent_from = None
 
     def take_over(self, owner: str) -> OwnerRecord:
         """Claim the log with the next epoch; the previous owner's next append fails."""

@@ -13,7 +13,6 @@ it every N records would make the log grow with the square of its length.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -21,6 +20,7 @@ from typing import Any, Final, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from searcher.eventlog.durable import replace_durably
 from searcher.eventlog.reader import LogRecords
 from searcher.eventlog.records import Record
 
@@ -76,15 +76,5 @@ def read_snapshot(path: Path) -> StoredSnapshot | None:
 def write_snapshot(path: Path, snapshot: StoredSnapshot) -> int:
     """Replace the snapshot atomically; return its size in bytes."""
     data = snapshot.model_dump_json().encode()
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_durably(path, data)
     return len(data)

@@ -102,6 +102,7 @@ class SearcherService:
         self._stop = asyncio.Event()
         # Logged decisions whose commands could not be published yet, oldest first.
         self._unsent: list[tuple[ExperimentRun, Step, int]] = []
+        self._flushing = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -138,11 +139,13 @@ class SearcherService:
 
     # ------------------------------------------------------------------ recovery
     async def _recover(self) -> None:
-        """Rebuild every experiment from its log; re-send what the last input decided.
+        """Rebuild every experiment from its log; re-send what may not have gone out.
 
-        Each input's commands are published before the next input is handled, so only
-        the last record's commands can be undelivered. They go out again with the same
-        message ids; workers drop the ones they already have.
+        Each input's commands are published before the next input is handled, so
+        normally only the last record's commands can be undelivered. While the broker was
+        unreachable, ``unsent.json`` marks the first record whose commands waited: all
+        from there on go out again, in order. Either way they keep their message ids, and
+        workers and the searcher drop the ones they already have.
         """
         for path in sorted((self.state_dir / "experiments").glob("*/events.jsonl")):
             event_log = FileEventLog(path)
@@ -159,18 +162,27 @@ class SearcherService:
             self.runs[run.experiment_id] = run
             self.logs[run.experiment_id] = event_log
             self._seen[run.experiment_id] = replayed.seen
-            last = replayed.last_input
-            if last is not None and last.commands:
-                step = Step(commands=[Command(c.body, c.worker_id) for c in last.commands])
-                await self._publish(run, step, last.seq)
+            resend = self._undelivered(event_log, replayed.last_input)
+            for record in resend:
+                step = Step(commands=[Command(c.body, c.worker_id) for c in record.commands])
+                await self._send(run, step, record.seq)
             log.info(
                 "experiment recovered from its log",
                 experiment_id=run.experiment_id,
                 state=run.state,
                 records=event_log.seq,
                 trials=len(run.trials),
-                resent=len(last.commands) if last else 0,
+                resent=sum(len(r.commands) for r in resend),
             )
+
+    @staticmethod
+    def _undelivered(event_log: FileEventLog, last: InputRecord | None) -> list[InputRecord]:
+        """The logged decisions whose commands may not have reached the broker."""
+        first = event_log.unsent_from
+        if first is None:
+            return [last] if last is not None and last.commands else []
+        records = event_log.existing[first - 1 :]
+        return [r for r in records if isinstance(r, InputRecord) and r.commands]
 
     # ------------------------------------------------------------------ publishing
     async def _publish(self, run: ExperimentRun, step: Step, seq: int) -> None:
@@ -200,6 +212,9 @@ class SearcherService:
     async def _worker_gone(self, run: ExperimentRun, command: Command) -> None:
         """The trial's worker is gone: its attempt ended; it resumes from its checkpoint."""
         body = command.body
+        message_id = f"lost/{body.trial_id}/{body.attempt}"
+        if message_id in self._seen.get(run.experiment_id, set()):
+            return  # already applied: this is a re-send of the same command
         log.warning(
             "the worker running a trial is gone; the trial will resume elsewhere",
             experiment_id=run.experiment_id,
@@ -214,7 +229,7 @@ class SearcherService:
             reason=ExitReason.PREEMPTED,
             message=f"worker {command.worker_id} is gone",
         )
-        await self._apply(run, lost, message_id=f"lost/{body.trial_id}/{body.attempt}")
+        await self._apply(run, lost, message_id=message_id)
 
     def _append(self, experiment_id: str, record: Record) -> Record:
         """Append durably, then queue the record for the live feed."""
@@ -267,11 +282,23 @@ class SearcherService:
         await self._flush_unsent()
 
     async def _flush_unsent(self) -> None:
+        if self._flushing:
+            # Re-entered from a publish (a command to a gone worker is applied as an
+            # input): the flush already running sends what that queues, after its own.
+            return
+        self._flushing = True
+        try:
+            await self._flush_in_order()
+        finally:
+            self._flushing = False
+
+    async def _flush_in_order(self) -> None:
         while self._unsent:
             waiting, waiting_step, waiting_seq = self._unsent[0]
             try:
                 await self._publish(waiting, waiting_step, waiting_seq)
             except BrokerError as exc:
+                self._mark_unsent()
                 log.warning(
                     "commands not published yet; they go out once the broker is back",
                     experiment_id=waiting.experiment_id,
@@ -281,6 +308,15 @@ class SearcherService:
                 )
                 return
             self._unsent.pop(0)
+        for event_log in self.logs.values():
+            event_log.clear_unsent()
+
+    def _mark_unsent(self) -> None:
+        """Write down, before the input is acknowledged, which decisions still wait: a
+        restart re-sends them even if this process dies before the broker is back."""
+        for run, _, seq in self._unsent:
+            if (event_log := self.logs.get(run.experiment_id)) is not None:
+                event_log.mark_unsent(seq)
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> Step | None:
         """Apply one input: decide, write it down, publish what it caused."""

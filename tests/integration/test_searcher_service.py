@@ -21,6 +21,7 @@ from broker.schemas import (
     KillTrial,
     OpCompleted,
     PreemptTrial,
+    ProgressReported,
     RunTrial,
     TrialExited,
     TrialStarted,
@@ -384,3 +385,71 @@ async def test_commands_that_could_not_be_published_go_out_once_the_broker_is_ba
     down = False
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial, sent by the timer")
     assert worker.work[0].attempt == 1
+
+
+async def test_commands_still_waiting_when_the_searcher_dies_go_out_after_its_restart(
+    broker: Broker, tmp_path: Path
+) -> None:
+    worker = FakeWorker(broker)
+    await worker.start()
+    real_publish = broker.publish
+
+    async def commands_down(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if exchange == broker.topology.commands_exchange:
+            raise BrokerUnavailableError("the connection to the broker is down (test)")
+        await real_publish(exchange, routing_key, body, **kw)
+
+    first = SearcherService(broker, tmp_path / "state", worker_timeout_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    await wait_for((tmp_path / "state" / "contexts").is_dir, 10, "the service")
+    broker.publish = commands_down  # type: ignore[method-assign]
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    experiment_id = created["experiment_id"]
+    path = Path(created["event_log"])
+    # A later input without commands: the run_trial is no longer the last decision.
+    progress = {"experiment_id": experiment_id, "trial_id": 1, "attempt": 1, "worker_id": "fake"}
+    await worker.send(ProgressReported(**progress, units=0))
+    await wait_for(lambda: len(read_log(path)) == 4, 10, "the progress input logged")
+    assert (path.parent / "unsent.json").exists()
+    # The searcher dies with the run_trial still waiting in its memory.
+    stop.set()
+    await task
+    broker.publish = real_publish  # type: ignore[method-assign]
+    assert worker.work == []
+
+    second = SearcherService(broker, tmp_path / "state", worker_timeout_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial, re-sent on restart")
+        assert worker.work[0].attempt == 1
+        await wait_for(lambda: not (path.parent / "unsent.json").exists(), 10, "the mark cleared")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_command_to_a_gone_worker_ends_its_attempt_once(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker, client, created = await single_trial_queued(broker, tmp_path)
+    experiment_id = created["experiment_id"]
+    # The trial starts on a worker that has no control queue any more (it died).
+    await worker.send(
+        TrialStarted(experiment_id=experiment_id, trial_id=1, attempt=1, worker_id="gone", slots=1)
+    )
+    await wait_for(lambda: service.runs[experiment_id].by_id[1].worker_id == "gone", 10, "start")
+    # Pausing sends a preempt to it: unroutable, so the attempt ends there and then.
+    await client.control(experiment_id, "pause")
+    await wait_for(
+        lambda: service.runs[experiment_id].by_id[1].state == "PAUSED", 10, "the trial held"
+    )
+    await client.control(experiment_id, "activate")
+    await wait_for(lambda: len(worker.work) == 2, 10, "the trial resumed")
+    assert worker.work[1].attempt == 2
+    records = read_log(Path(created["event_log"]))
+    ids = [r.message_id for r in records if isinstance(r, InputRecord)]
+    assert ids.count("lost/1/1") == 1
+    assert replay(records, verify=True).divergence is None
