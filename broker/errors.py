@@ -4,13 +4,15 @@ BrokerError
 ├── DecodeError (also ValueError)      a message body is not a valid Rung message
 ├── UnroutableError                    a mandatory publish matched no queue
 ├── PublishTimeoutError                     no publisher confirm in time (broker blocked?)
-└── BrokerUnavailableError                  cannot reach the broker (yet); retried by connect()
+├── BrokerUnavailableError                  cannot reach the broker (yet); retried by connect()
+└── BrokerSettingsError (also ValueError)   a broker URL or TLS option is wrong; not retried
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "BrokerSettingsError",
     "BrokerUnavailableError",
     "DecodeError",
     "PublishTimeoutError",
@@ -36,3 +38,7 @@ class PublishTimeoutError(BrokerError, TimeoutError):
 
 class BrokerUnavailableError(BrokerError, ConnectionError):
     """The broker cannot be reached."""
+
+
+class BrokerSettingsError(BrokerError, ValueError):
+    """A broker URL or TLS setting is wrong: the message names it and the fix."""

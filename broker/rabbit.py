@@ -9,13 +9,19 @@
 * Prefetch is set explicitly per subscription; aio-pika re-applies it on reconnect.
 * Strong references to channels, queues and consumers (aio-pika #594).
 * The first connection retries while the broker is unreachable, saying what it waits for.
+  A TLS certificate the broker presents that fails the checks is not retried: it is a
+  setting to fix, and the error says which.
+* AMQP heartbeats every 15 s unless the URL says otherwise (aio-pika's default is 60 s,
+  which takes aiormq about 3 minutes to notice a dead link).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import structlog
@@ -28,13 +34,29 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
-from broker.errors import BrokerError, BrokerUnavailableError, PublishTimeoutError, UnroutableError
+from broker.errors import (
+    BrokerError,
+    BrokerSettingsError,
+    BrokerUnavailableError,
+    PublishTimeoutError,
+    UnroutableError,
+)
 from broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from broker.tls import TlsSettings, ssl_context_for
 from broker.topology import Topology
 
-__all__ = ["RabbitBroker", "redact"]
+__all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact"]
 
 log = structlog.get_logger("rung.broker")
+
+DEFAULT_HEARTBEAT_S = 15
+
+
+def _with_heartbeat(url: str) -> str:
+    """The URL with ``heartbeat=`` added when it has none."""
+    if "heartbeat=" in urlsplit(url).query:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}heartbeat={DEFAULT_HEARTBEAT_S}"
 
 
 def redact(url: str) -> str:
@@ -45,6 +67,16 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:******@{host}"
+
+
+def _verification_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed, wherever in the chain aiormq wrapped it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class _RabbitSubscription(Subscription):
@@ -131,8 +163,11 @@ class RabbitBroker(Broker):
         *,
         name: str = "rung",
         retry_interval: float = 2.0,
+        tls: TlsSettings | None = None,
     ) -> None:
-        self.url = url
+        self.url = _with_heartbeat(url)
+        # Checked here, so that a bad setting fails at once and is never retried.
+        self._ssl = ssl_context_for(url, tls)
         self.topology = topology or Topology()
         self.name = name
         self.retry_interval = retry_interval
@@ -151,10 +186,17 @@ class RabbitBroker(Broker):
             try:
                 return await aio_pika.connect_robust(
                     self.url,
+                    ssl_context=self._ssl,
                     client_properties={"connection_name": f"{self.name}-{role}"},
                     reconnect_interval=self.retry_interval,
                 )
             except CONNECTION_EXCEPTIONS as exc:
+                if (failed := _verification_failure(exc)) is not None:
+                    raise BrokerSettingsError(
+                        f"the broker at {redact(self.url)} failed the TLS checks: "
+                        f"{failed.verify_message}; give the CA that signed its certificate "
+                        "with --tls-ca, and connect by the host name the certificate names"
+                    ) from exc
                 log.warning(
                     "waiting for the broker",
                     url=redact(self.url),

@@ -48,3 +48,15 @@ def wait_sync(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+async def delete_namespace(namespace: str) -> None:
+    """Delete a test's queues and exchanges from the local RabbitMQ."""
+    from broker import RabbitBroker, Topology
+
+    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="cleanup")
+    await broker.start()
+    try:
+        await broker.delete_topology()
+    finally:
+        await broker.close()

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import structlog
 
-from broker.errors import BrokerError, DecodeError
+from broker.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    DecodeError,
+    PublishTimeoutError,
+)
 from broker.port import Broker, Delivery, Subscription
 from broker.rpc import RpcClient
 from broker.schemas import (
@@ -94,10 +99,37 @@ class Worker:
             body=body,
         )
         topology = self.broker.topology
-        key = topology.HEARTBEAT_KEY if isinstance(body, WorkerHeartbeat) else topology.EVENTS_KEY
-        await self.broker.publish(
-            topology.events_exchange, key, encode(envelope), message_id=envelope.message_id
-        )
+        if isinstance(body, WorkerHeartbeat):  # the next beat replaces a lost one
+            await self.broker.publish(
+                topology.events_exchange,
+                topology.HEARTBEAT_KEY,
+                encode(envelope),
+                message_id=envelope.message_id,
+            )
+            return
+        # An event is never dropped: while the broker is away the caller (a trial's Core
+        # API call) waits, and the same message id goes out again until it is confirmed.
+        attempt = 0
+        while True:
+            try:
+                await self.broker.publish(
+                    topology.events_exchange,
+                    topology.EVENTS_KEY,
+                    encode(envelope),
+                    message_id=envelope.message_id,
+                )
+            except (BrokerUnavailableError, PublishTimeoutError) as exc:
+                attempt += 1
+                self.log.warning(
+                    "event not confirmed by the broker yet; sending it again",
+                    message_id=envelope.message_id,
+                    type=body.type,
+                    attempt=attempt,
+                    error=str(exc),
+                )
+                await asyncio.sleep(1.0)
+            else:
+                return
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:

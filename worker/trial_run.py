@@ -43,7 +43,14 @@ from broker.schemas.envelope import Body
 __all__ = ["TrialRun"]
 
 Emit = Callable[[Body], Awaitable[None]]
-_SCRUBBED = ("RUNG_BROKER_URL", "RUNG_TEST_AMQP_URL", "AMQP_URL")
+_SCRUBBED = (
+    "RUNG_BROKER_URL",
+    "RUNG_TEST_AMQP_URL",
+    "AMQP_URL",
+    "RUNG_TLS_CA",
+    "RUNG_TLS_CERT",
+    "RUNG_TLS_KEY",
+)
 _TAIL = 30
 
 

@@ -9,9 +9,20 @@ import os
 import signal
 from pathlib import Path
 
-from broker import Broker, Topology, connect_broker
+from broker import Broker, TlsSettings, Topology, connect_broker
 
-__all__ = ["add_broker_options", "broker_from", "default_state_dir", "stop_on_signals"]
+__all__ = [
+    "add_broker_options",
+    "broker_from",
+    "default_state_dir",
+    "stop_on_signals",
+    "tls_from",
+]
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -22,6 +33,32 @@ def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = Fals
         help="amqp://user:password@host:5672/vhost (default: $RUNG_BROKER_URL"
         + (")" if required else "; none means the in-process broker)"),
     )
+    tls = parser.add_argument_group("TLS, for an amqps:// broker URL (checks are always on)")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=_env_path("RUNG_TLS_CA"),
+        help="CA bundle (PEM) the broker's certificate must chain to "
+        "(default: $RUNG_TLS_CA, else the system's trust store)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=_env_path("RUNG_TLS_CERT"),
+        help="client certificate (PEM), for brokers that require one (default: $RUNG_TLS_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        default=_env_path("RUNG_TLS_KEY"),
+        help="the client certificate's private key (PEM) (default: $RUNG_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--tls-insecure-skip-verify",
+        action="store_true",
+        help="connect without checking the broker's certificate: encrypted but not "
+        "authenticated; for a throwaway test broker only",
+    )
     parser.add_argument(
         "--namespace",
         default=os.environ.get("RUNG_NAMESPACE", "rung"),
@@ -29,8 +66,18 @@ def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = Fals
     )
 
 
+def tls_from(args: argparse.Namespace) -> TlsSettings:
+    return TlsSettings(
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        insecure_skip_verify=args.tls_insecure_skip_verify,
+    )
+
+
 def broker_from(args: argparse.Namespace, name: str, *, namespace: str | None = None) -> Broker:
-    return connect_broker(args.broker, Topology(namespace or args.namespace), name=name)
+    topology = Topology(namespace or args.namespace)
+    return connect_broker(args.broker, topology, name=name, tls=tls_from(args))
 
 
 def stop_on_signals() -> asyncio.Event:

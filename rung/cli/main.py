@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from broker import BrokerSettingsError
 from rung.cli import dlq, experiments, replay, run, search_tools, services
 from rung.logs import configure_logging
 from searcher.errors import SearcherError
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``rung replay LOG | head``): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except SearcherError as exc:
+    except (SearcherError, BrokerSettingsError) as exc:
         structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

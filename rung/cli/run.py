@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from broker import Broker, MemoryBroker, Topology, connect_broker
-from rung.cli.common import add_broker_options, stop_on_signals
+from broker import Broker, Topology, connect_broker
+from rung.cli.common import add_broker_options, stop_on_signals, tls_from
 from rung.cli.experiments import follow
 from rung.cli.render import print_summary, summary_json
 from searcher.client import SearcherClient
@@ -56,10 +56,13 @@ def run_experiment(args: argparse.Namespace) -> int:
 def _brokers(args: argparse.Namespace, count: int) -> list[Broker]:
     namespace = f"{args.namespace}-run-{uuid.uuid4().hex[:8]}"
     topology = Topology(namespace)
+    tls = tls_from(args)
     if not args.broker:
-        shared = MemoryBroker(topology)
+        shared = connect_broker(None, topology, tls=tls)
         return [shared] * count
-    return [connect_broker(args.broker, topology, name=f"rung-run-{i}") for i in range(count)]
+    return [
+        connect_broker(args.broker, topology, name=f"rung-run-{i}", tls=tls) for i in range(count)
+    ]
 
 
 async def _run(args: argparse.Namespace, gpus: list[str]) -> int:

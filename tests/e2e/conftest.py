@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from broker import RabbitBroker, Topology
-from tests.support import AMQP_URL, unique_prefix, wait_sync
+from tests.support import AMQP_URL, delete_namespace, unique_prefix, wait_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "core_api"
@@ -130,19 +129,10 @@ def running_cluster(tmp_path: Path, *searcher_args: str) -> Iterator[Cluster]:
                 process.wait(10)
         for handle in instance.files:
             handle.close()
-        asyncio.run(_delete(namespace))
+        asyncio.run(delete_namespace(namespace))
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with running_cluster(tmp_path) as instance:
         yield instance
-
-
-async def _delete(namespace: str) -> None:
-    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="cleanup")
-    await broker.start()
-    try:
-        await broker.delete_topology()
-    finally:
-        await broker.close()
