@@ -72,7 +72,7 @@ class _MemoryDelivery(Delivery):
         self._broker.queues[self.queue].messages.appendleft(self._message)
         self._broker.dispatch_queue(self.queue)
 
-    async def dead_letter(self, reason: str) -> None:
+    async def _move_to_dead_queue(self, reason: str) -> None:
         queue = self._broker.queues[self.queue]
         target = queue.dead_letter_exchange or self._broker.topology.dead_exchange
         headers = {

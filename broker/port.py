@@ -22,11 +22,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from broker.topology import Topology
 
 __all__ = ["DEAD_REASON_HEADER", "Broker", "Delivery", "Handler", "Subscription"]
 
 DEAD_REASON_HEADER = "x-rung-dead-reason"
+
+log = structlog.get_logger("rung.broker")
 
 
 @dataclass
@@ -45,8 +49,18 @@ class Delivery(ABC):
     @abstractmethod
     async def requeue(self) -> None: ...
 
+    async def dead_letter(self, reason: str) -> None:
+        """Move the message to the dead queue with ``reason``, and say so in the log."""
+        log.warning(
+            "message sent to the dead-letter queue",
+            message_id=self.message_id,
+            queue=self.queue,
+            reason=reason,
+        )
+        await self._move_to_dead_queue(reason)
+
     @abstractmethod
-    async def dead_letter(self, reason: str) -> None: ...
+    async def _move_to_dead_queue(self, reason: str) -> None: ...
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

@@ -139,7 +139,7 @@ class _RabbitDelivery(Delivery):
         await self._message.nack(requeue=True)
         await self._subscription.settled()
 
-    async def dead_letter(self, reason: str) -> None:
+    async def _move_to_dead_queue(self, reason: str) -> None:
         headers = {
             **self.headers,
             DEAD_REASON_HEADER: reason[:1000],

@@ -29,6 +29,9 @@ class Cluster:
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     files: list[Any] = field(default_factory=list)
+    # Where the long-running services (searcher, workers) connect: a fault proxy, say.
+    # Short commands (``rung experiment ...``) always connect to the broker directly.
+    service_url: str = AMQP_URL
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "RUNG_BROKER_URL": AMQP_URL, "RUNG_NAMESPACE": self.namespace}
@@ -42,13 +45,15 @@ class Cluster:
             [sys.executable, "-m", "rung", "--log-format", "json", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**self.env(), **(env or {})},
+            env={**self.env(), "RUNG_BROKER_URL": self.service_url, **(env or {})},
             cwd=ROOT,
         )
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, slots: int = 1, *extra: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, slots: int = 1, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         process = self.start(
             name,
             "worker",
@@ -61,6 +66,7 @@ class Cluster:
             "--work-dir",
             str(self.state_dir / name),
             *extra,
+            env=env,
         )
         self.wait_log(name, "worker ready")
         return process
@@ -106,12 +112,14 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def running_cluster(tmp_path: Path, *searcher_args: str) -> Iterator[Cluster]:
+def running_cluster(
+    tmp_path: Path, *searcher_args: str, service_url: str = AMQP_URL
+) -> Iterator[Cluster]:
     """A searcher process on a namespace of its own; workers are started by the test."""
     namespace = unique_prefix()
     logs = tmp_path / "logs"
     logs.mkdir()
-    instance = Cluster(namespace, tmp_path / "state", logs)
+    instance = Cluster(namespace, tmp_path / "state", logs, service_url=service_url)
     instance.start("searcher", "searcher", "--state-dir", str(instance.state_dir), *searcher_args)
     instance.wait_log("searcher", "searcher ready")
     try:

@@ -1,4 +1,9 @@
-"""Checks on what a training script reports: finite numbers or JSON, bounded in size."""
+"""Checks on what a training script reports: numbers or JSON, bounded in size.
+
+A diverged model reports NaN or infinity, and Determined takes such metrics. JSON has no
+such numbers, so they travel as the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"``. The searcher metric is separate: a non-finite one ranks worst.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,21 @@ __all__ = ["MAX_METRICS_BYTES", "check_metric", "check_metrics"]
 MAX_METRICS_BYTES = 256 * 1024
 
 
-def _check_value(key: str, value: Any) -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError(f"metric {key!r} is {value}; report finite numbers only")
-        return
+def _json_safe(key: str, value: Any) -> Any:
+    """``value`` with every non-finite number spelled as a string; an error names a key
+    whose value cannot be a metric."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
     if isinstance(value, list):
-        for item in value:
-            _check_value(key, item)
-        return
+        return [_json_safe(key, item) for item in value]
     if isinstance(value, dict):
-        for inner_key, item in value.items():
-            _check_value(f"{key}.{inner_key}", item)
-        return
+        return {inner: _json_safe(f"{key}.{inner}", item) for inner, item in value.items()}
     raise ValueError(
         f"metric {key!r} has type {type(value).__name__}; report numbers, "
         "strings, booleans, lists or mappings of those"
@@ -35,17 +40,18 @@ def _check_value(key: str, value: Any) -> None:
 def check_metrics(metrics: Any) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    safe: dict[str, Any] = {}
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metric names must be strings, got {key!r}")
-        _check_value(key, value)
-    size = len(json.dumps(metrics))
+        safe[key] = _json_safe(key, value)
+    size = len(json.dumps(safe))
     if size > MAX_METRICS_BYTES:
         raise ValueError(
             f"metrics are {size} bytes as JSON, over the {MAX_METRICS_BYTES} "
             "limit; report fewer or smaller values"
         )
-    return metrics
+    return safe
 
 
 def check_metric(value: Any) -> float:

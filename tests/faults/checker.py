@@ -1,0 +1,182 @@
+"""The one checker every fault scenario ends with (``shared/reference/rabbitmq.md`` §3.2).
+
+After the experiment has ended, it reads the experiment's event log, its summary, the
+dead-letter queue and the processes' logs, and asserts:
+
+* **I1** every trial is accounted for: as many trials as the search planned, each in a
+  final state, and the same trials in the log as in the summary;
+* **I2** no op's effect is duplicated: every message is applied once; per trial, the
+  lengths of the applied results strictly increase; no checkpoint is reported twice;
+* **I3** per trial, the committed length never decreases: each attempt resumes from a
+  checkpoint at or after the last one saved before it;
+* **I4** the best trial is the one of the fault-free run, with the same metric;
+* **I5** the log replays and verifies, and replaying it twice gives the same state;
+* **I6** every dead-lettered message has a reason, and a process logged it;
+* **I7** the experiment ended within the scenario's stated bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker import RabbitBroker, Topology
+from broker.deadletters import DeadLetter, peek
+from broker.schemas import CheckpointSaved, OpCompleted, RunTrial
+from searcher.eventlog import CreatedRecord, InputRecord, Record, read_log, replay
+from tests.e2e.conftest import Cluster
+from tests.support import AMQP_URL
+
+__all__ = ["Baseline", "Report", "check_invariants", "dead_letters"]
+
+FINAL_TRIAL_STATES = frozenset({"COMPLETED", "ERRORED", "CANCELED"})
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the fault-free run ended with."""
+
+    best_trial_id: int
+    best_metric: float
+    trials: int
+    seconds: float
+
+
+@dataclass
+class Report:
+    """What the checker saw, for the scenario's own assertions and for soak figures."""
+
+    summary: dict[str, Any]
+    records: list[Record]
+    seconds: float
+    attempts: int
+    restarts: int
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+async def _peek(namespace: str) -> list[DeadLetter]:
+    broker = RabbitBroker(AMQP_URL, Topology(namespace), name="checker")
+    await broker.start()
+    try:
+        return await peek(broker)
+    finally:
+        await broker.close()
+
+
+def dead_letters(namespace: str) -> list[DeadLetter]:
+    return asyncio.run(_peek(namespace))
+
+
+def _inputs(records: list[Record], kind: type[Any]) -> list[tuple[InputRecord, Any]]:
+    return [
+        (r, r.input)
+        for r in records
+        if isinstance(r, InputRecord) and isinstance(r.input, kind) and r.ignored is None
+    ]
+
+
+def check_invariants(
+    cluster: Cluster,
+    experiment_id: str,
+    *,
+    bound_s: float,
+    baseline: Baseline | None = None,
+    planned_trials: int | None = None,
+) -> Report:
+    done = cluster.rung("experiment", "describe", experiment_id, "--json")
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout)
+    records = list(read_log(Path(summary["event_log"])))
+    expected = planned_trials if planned_trials is not None else baseline and baseline.trials
+    attempts = _accounted_for(summary, records, expected or None)  # I1
+    _no_duplicated_effect(records)  # I2
+    _resumed_from_the_latest_checkpoint(records)  # I3
+    if baseline is not None:  # I4
+        best = summary["best_trial"]
+        assert best is not None, "no best trial"
+        assert (best["trial_id"], best["metric"]) == (
+            baseline.best_trial_id,
+            baseline.best_metric,
+        ), f"best trial {best['trial_id']} ({best['metric']}), fault-free: {baseline}"
+    # I5: the log replays, verifies, and replaying twice equals replaying once.
+    first = replay(records, verify=True)
+    assert first.divergence is None, first.divergence
+    assert replay(records).run.snapshot() == first.run.snapshot()
+    # I6: every dead letter has a reason, and the process that moved it logged it.
+    dead = dead_letters(cluster.namespace)
+    logs = "".join(cluster.log_text(name) for name in cluster.processes)
+    for letter in dead:
+        assert letter.reason, f"dead letter {letter.message_id} has no reason"
+        assert letter.message_id in logs, f"dead letter {letter.message_id} was never logged"
+    # I7: ended within the stated bound.
+    created = next(r for r in records if isinstance(r, CreatedRecord))
+    seconds = max(r.at for r in records if isinstance(r, InputRecord)) - created.at
+    assert seconds <= bound_s, f"the experiment took {seconds:.0f} s, over its {bound_s:.0f} s"
+    return Report(
+        summary=summary,
+        records=records,
+        seconds=seconds,
+        attempts=attempts,
+        restarts=sum(t["restarts"] for t in summary["trials"]),
+        dead_letters=dead,
+    )
+
+
+def _accounted_for(summary: dict[str, Any], records: list[Record], expected: int | None) -> int:
+    """I1; returns how many attempts were started in all."""
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert summary["state"] in ("COMPLETED", "CANCELED", "ERROR"), summary["state"]
+    unfinished = {i: t["state"] for i, t in trials.items() if t["state"] not in FINAL_TRIAL_STATES}
+    assert not unfinished, f"trials not in a final state: {unfinished}"
+    if expected is not None:
+        assert len(trials) == expected, f"{len(trials)} trials, {expected} planned"
+    bodies = [c.body for r in records if isinstance(r, InputRecord) for c in r.commands]
+    attempts = {(b.trial_id, b.attempt) for b in bodies if isinstance(b, RunTrial)}
+    commanded = {trial_id for trial_id, _ in attempts}
+    assert commanded == set(trials), f"run_trial sent for {commanded}, summary has {set(trials)}"
+    return len(attempts)
+
+
+def _no_duplicated_effect(records: list[Record]) -> None:
+    """I2."""
+    ids = [r.message_id for r in records if isinstance(r, InputRecord)]
+    twice = {i for i in ids if ids.count(i) > 1}
+    assert not twice, f"messages applied twice: {sorted(twice)}"
+    lengths: dict[int, list[int]] = {}
+    for _, body in _inputs(records, OpCompleted):
+        lengths.setdefault(body.trial_id, []).append(body.length)
+    for trial_id, seen in lengths.items():
+        assert seen == sorted(set(seen)), f"trial {trial_id} results applied at lengths {seen}"
+    uuids = [body.uuid for _, body in _inputs(records, CheckpointSaved)]
+    assert len(uuids) == len(set(uuids)), "a checkpoint was reported twice"
+
+
+def _resumed_from_the_latest_checkpoint(records: list[Record]) -> None:
+    """I3: every attempt starts from the latest checkpoint saved before it was sent."""
+    saved: dict[int, dict[str, int]] = {}
+    latest: dict[int, int] = {}
+    for record in records:
+        if not isinstance(record, InputRecord):
+            continue
+        body = record.input
+        if isinstance(body, CheckpointSaved) and record.ignored is None:
+            saved.setdefault(body.trial_id, {})[body.uuid] = body.steps_completed
+            latest[body.trial_id] = max(latest.get(body.trial_id, 0), body.steps_completed)
+        for command in record.commands:
+            run = command.body
+            if not isinstance(run, RunTrial):
+                continue
+            where = f"trial {run.trial_id} attempt {run.attempt}"
+            if run.latest_checkpoint is None:
+                assert run.trial_id not in latest, (
+                    f"{where} starts from zero, but step {latest[run.trial_id]} was saved"
+                )
+                continue
+            steps = saved.get(run.trial_id, {}).get(run.latest_checkpoint)
+            assert steps is not None, f"{where} resumes from an unknown checkpoint"
+            assert steps == latest[run.trial_id], (
+                f"{where} resumes from step {steps}, but step {latest[run.trial_id]} was saved"
+            )
