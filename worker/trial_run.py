@@ -180,6 +180,10 @@ class TrialRun:
             return False
         self._server = await asyncio.start_unix_server(self._serve, path=str(self._socket_path))
         self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker.launch",  # the process dies with this worker, even by SIGKILL
+            str(os.getpid()),
             *command,
             cwd=self.run_dir,
             env=self._environment(),

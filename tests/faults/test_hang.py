@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cluster, read_log
+from tests.faults.checker import check_invariants
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -37,3 +38,4 @@ def test_a_hung_script_is_killed_and_restarted_then_errors(
     for exited in exits:
         assert "no call to the Core API for 2 s (rung worker --hang-timeout)" in exited["message"]
     assert "killing a hung training process" in cluster.log_text("w1")
+    check_invariants(cluster, summary["experiment_id"], bound_s=120, planned_trials=1)

@@ -15,6 +15,7 @@ import pytest
 from searcher.eventlog import InputRecord, OwnerRecord, replay
 from searcher.eventlog import read_log as read_records
 from tests.e2e.conftest import EXAMPLES, Cluster, read_log, running_cluster
+from tests.faults.checker import check_invariants
 from tests.support import wait_sync
 
 pytestmark = pytest.mark.rabbitmq
@@ -74,3 +75,4 @@ def test_a_second_searcher_takes_over_and_the_first_stops_acting(
     # The first searcher left the shared directory to the second, and exited.
     assert cluster.processes["searcher"].wait(30) == 0
     assert "another searcher owns this shared state directory now" in cluster.log_text("searcher")
+    check_invariants(cluster, experiment_id, bound_s=120, planned_trials=4)

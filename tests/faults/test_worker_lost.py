@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import EXAMPLES, Cluster, read_log, running_cluster
+from tests.faults.checker import check_invariants
 from tests.support import wait_sync
 
 pytestmark = pytest.mark.rabbitmq
@@ -88,3 +89,4 @@ def test_a_frozen_worker_s_trial_resumes_on_another_worker(
     ]
     assert runs[1]["latest_checkpoint"] is not None  # it resumed, not restarted from zero
     assert "worker lost" in cluster.log_text("searcher")
+    check_invariants(cluster, experiment_id, bound_s=120, planned_trials=1)
