@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -15,3 +16,19 @@ settings.register_profile(
     "stress", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("RUNG_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="FAULTS",
+        help="run tests/faults/test_soak.py with this many random faults (100+ for a real soak)",
+    )
+    parser.addoption(
+        "--soak-seed",
+        type=int,
+        default=None,
+        help="seed of the soak's fault schedule (default: random, printed)",
+    )

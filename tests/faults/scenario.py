@@ -8,23 +8,28 @@ in the middle of trials.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
+from broker import RabbitBroker, Topology
+from broker.schemas import Envelope, WorkerHeartbeat, encode
 from searcher.eventlog import InputRecord, read_log
 from tests.e2e.conftest import Cluster
 from tests.faults.checker import Baseline, Report, check_invariants
-from tests.support import wait_sync
+from tests.support import AMQP_URL, wait_sync
 
 __all__ = [
     "STUB",
+    "altered",
     "command_fault",
     "config_text",
     "event_count",
     "finish",
+    "poison",
     "start_experiment",
     "trial_pids",
 ]
@@ -34,7 +39,13 @@ STUB = Path(__file__).parent / "contexts" / "stub"
 TRIALS = 6
 
 
-def config_text(*, trials: int = TRIALS, step_sleep: float = 0.05, concurrent: int = 3) -> str:
+def config_text(
+    *,
+    trials: int = TRIALS,
+    step_sleep: float = 0.05,
+    concurrent: int = 3,
+    max_restarts: int = 2,
+) -> str:
     return (
         "name: faults\nentrypoint: python3 train.py\n"
         "hyperparameters:\n"
@@ -44,7 +55,7 @@ def config_text(*, trials: int = TRIALS, step_sleep: float = 0.05, concurrent: i
         "searcher: {name: asha, metric: loss, smaller_is_better: true, max_length: 40, "
         f"max_trials: {trials}, num_rungs: 2, divisor: 2, "
         f"max_concurrent_trials: {concurrent}}}\n"
-        "max_restarts: 2\n"
+        f"max_restarts: {max_restarts}\n"
         "reproducibility: {experiment_seed: 20261130}\n"
     )
 
@@ -137,3 +148,32 @@ def baseline_of(report: Report) -> Baseline:
         trials=len(report.summary["trials"]),
         seconds=report.seconds,
     )
+
+
+def poison(cluster: Cluster, messages: list[tuple[str, bytes, str]]) -> None:
+    """Publish raw bodies: (routing key, body, message id) each."""
+
+    async def send() -> None:
+        broker = RabbitBroker(AMQP_URL, Topology(cluster.namespace), name="poison")
+        await broker.start()
+        try:
+            t = broker.topology
+            for key, body, message_id in messages:
+                exchange = t.commands_exchange if key == t.WORK_KEY else t.events_exchange
+                await broker.publish(exchange, key, body, message_id=message_id)
+        finally:
+            await broker.close()
+
+    asyncio.run(send())
+
+
+def altered(message_id: str, **changes: object) -> bytes:
+    """A valid event's envelope with some of its fields changed."""
+    beat = WorkerHeartbeat(worker_id="poisoner", slots=1, free_slots=1)
+    data = json.loads(encode(Envelope(message_id=message_id, body=beat)))
+    for key, value in changes.items():
+        if key == "type":
+            data["body"]["type"] = value
+        else:
+            data[key] = value
+    return json.dumps(data).encode()

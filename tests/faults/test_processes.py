@@ -4,28 +4,26 @@ in the queues. Every scenario ends with the shared checker, against the fault-fr
 
 from __future__ import annotations
 
-import asyncio
-import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from broker import RabbitBroker, Topology
-from broker.schemas import Envelope, WorkerHeartbeat, encode
 from tests.e2e.conftest import Cluster, running_cluster
 from tests.faults.checker import Baseline
 from tests.faults.scenario import (
     TRIALS,
+    altered,
     command_fault,
     fault_env,
     finish,
+    poison,
     start_experiment,
     trial_pids,
     wait_events,
 )
-from tests.support import AMQP_URL, wait_sync
+from tests.support import wait_sync
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -82,35 +80,6 @@ def test_the_searcher_killed_with_sigkill_twice(
     assert "experiment recovered from its log" in cluster.log_text("searcher-2")
 
 
-def _poison(cluster: Cluster, messages: list[tuple[str, bytes, str]]) -> None:
-    """Publish raw bodies: (routing key, body, message id) each."""
-
-    async def send() -> None:
-        broker = RabbitBroker(AMQP_URL, Topology(cluster.namespace), name="poison")
-        await broker.start()
-        try:
-            t = broker.topology
-            for key, body, message_id in messages:
-                exchange = t.commands_exchange if key == t.WORK_KEY else t.events_exchange
-                await broker.publish(exchange, key, body, message_id=message_id)
-        finally:
-            await broker.close()
-
-    asyncio.run(send())
-
-
-def _altered(message_id: str, **changes: object) -> bytes:
-    """A valid event's envelope with some of its fields changed."""
-    beat = WorkerHeartbeat(worker_id="poisoner", slots=1, free_slots=1)
-    data = json.loads(encode(Envelope(message_id=message_id, body=beat)))
-    for key, value in changes.items():
-        if key == "type":
-            data["body"]["type"] = value
-        else:
-            data[key] = value
-    return json.dumps(data).encode()
-
-
 def test_scripts_that_misbehave_and_poison_messages(
     cluster: Cluster, tmp_path: Path, baseline: Baseline
 ) -> None:
@@ -126,12 +95,12 @@ def test_scripts_that_misbehave_and_poison_messages(
     cluster.start_worker("w2", 1, "--hang-timeout", "2", env=env)
     experiment_id = start_experiment(cluster, tmp_path)
     wait_events(cluster, experiment_id, "op_completed", 1)
-    _poison(
+    poison(
         cluster,
         [
             ("events", b"{not json", "poison/json"),
-            ("events", _altered("poison/type", type="no_such_event"), "poison/type"),
-            ("events", _altered("poison/version", schema_version=99), "poison/version"),
+            ("events", altered("poison/type", type="no_such_event"), "poison/type"),
+            ("events", altered("poison/version", schema_version=99), "poison/version"),
             ("work", b"\x80\x04\x95pickle", "poison/pickle"),
         ],
     )
