@@ -428,9 +428,12 @@ class SearcherService:
         The clock is read here, in the shell; the decision reaches the pure core as a
         ``worker_lost`` input, logged like any other, so replay needs no clock.
         """
+        tick = max(self.worker_timeout_s / 4, 0.05)
         while True:
-            await asyncio.sleep(max(self.worker_timeout_s / 4, 0.05))
+            due = time.monotonic() + tick
+            await asyncio.sleep(tick)
             async with self._lock:
+                self._forgive_own_stall(time.monotonic() - due)
                 await self._flush_unsent()
                 for run in list(self.runs.values()):
                     try:
@@ -438,6 +441,22 @@ class SearcherService:
                     except StaleOwnerError as exc:
                         self._give_up(run, exc)
                 await self._flush_feed()
+
+    def _forgive_own_stall(self, late_s: float) -> None:
+        """After a stall of the searcher itself (frozen, suspended, starved), give every
+        worker a new window: their heartbeats waited in the queue, unheard, and silence
+        that the searcher caused must not count against them."""
+        if late_s < self.worker_timeout_s / 2:
+            return
+        log.warning(
+            "the searcher itself was stalled; every worker gets a new window before it "
+            "can be declared lost",
+            stalled_s=round(late_s, 1),
+            timeout_s=self.worker_timeout_s,
+        )
+        now = time.monotonic()
+        for worker_id in self._last_heard:
+            self._last_heard[worker_id] = now
 
     async def _check_workers(self, run: ExperimentRun, now: float) -> None:
         running: dict[str, list[str]] = {}

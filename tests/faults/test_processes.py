@@ -5,6 +5,7 @@ in the queues. Every scenario ends with the shared checker, against the fault-fr
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.faults.scenario import (
     TRIALS,
     altered,
     command_fault,
+    event_count,
     fault_env,
     finish,
     poison,
@@ -23,7 +25,7 @@ from tests.faults.scenario import (
     trial_pids,
     wait_events,
 )
-from tests.support import wait_sync
+from tests.support import AMQP_URL, wait_sync
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -118,3 +120,28 @@ def test_scripts_that_misbehave_and_poison_messages(
     assert "99" in dead["poison/version"]
     for order in (baseline.best_trial_id, *others[:3]):
         assert (faults / f"trial-{order}.fired").exists()
+
+
+def test_the_searcher_frozen_longer_than_the_worker_timeout_and_the_heartbeat(
+    tmp_path: Path, baseline: Baseline
+) -> None:
+    # AMQP heartbeats every 2 s: the broker drops the frozen searcher's connections while
+    # it is stopped, so its message in hand is redelivered and its ack fails on waking.
+    with running_cluster(
+        tmp_path, "--worker-timeout", "3", service_url=AMQP_URL + "?heartbeat=2"
+    ) as cluster:
+        cluster.start_worker("w1", 3, "--heartbeat", "0.5", env=fault_env(tmp_path / "faults"))
+        experiment_id = start_experiment(cluster, tmp_path)
+        wait_events(cluster, experiment_id, "checkpoint_saved", 2)
+        searcher = cluster.processes["searcher"]
+        searcher.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(8)  # the fault's length: past the worker timeout and two heartbeats
+        finally:
+            searcher.send_signal(signal.SIGCONT)
+        report = finish(cluster, experiment_id, baseline, bound_s=120)
+        assert report.summary["state"] == "COMPLETED"
+        # The workers were alive all along: the searcher must not blame them for its own
+        # stall (their heartbeats were waiting in the queue).
+        assert event_count(cluster, experiment_id, "worker_lost") == 0
+        assert "the searcher itself was stalled" in cluster.log_text("searcher")

@@ -236,6 +236,7 @@ def _state(cluster: Cluster, experiment_id: str) -> str | None:
     return str(json.loads(described.stdout)["state"])
 
 
+@pytest.mark.timeout(3 * 3600)
 def test_soak(request: pytest.FixtureRequest, tmp_path: Path, proxy: FaultProxy) -> None:
     wanted: int = request.config.getoption("--soak")
     if not wanted:
