@@ -1,4 +1,7 @@
-"""A small async client of the searcher service (the full ``rung.Client`` builds on it)."""
+"""The searcher's request-and-reply client: one method per request, typed errors.
+
+``rung.Client`` builds its handles on it, and so does the ``rung`` CLI.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +15,50 @@ from typing import Any, Literal
 import yaml
 
 from broker.archive import pack
+from broker.errors import BrokerUnavailableError, PublishTimeoutError
 from broker.port import Broker
-from broker.rpc import RpcClient
+from broker.rpc import RpcClient, RpcTimeoutError
 from broker.schemas import (
     ControlExperiment,
+    ControlTrial,
     CreateExperiment,
     DescribeExperiment,
     ExperimentSummary,
     ListExperiments,
+    ListWorkers,
+    ReadRecords,
     RpcReply,
+    WorkerInfo,
 )
+from broker.schemas.envelope import Body
 from searcher.config import load_config_file
-from searcher.errors import ConfigError, ConfigProblem, SearcherError
+from searcher.errors import (
+    ClientError,
+    ConfigError,
+    ConfigProblem,
+    ConnectionLostError,
+    NotFoundError,
+    RefusedError,
+    RequestTimeoutError,
+)
+from searcher.eventlog import Record
+from searcher.eventlog.records import record_adapter
 
-__all__ = ["TERMINAL_STATES", "ExperimentNotFoundError", "SearcherClient"]
+__all__ = [
+    "TERMINAL_STATES",
+    "ClientError",
+    "ConnectionLostError",
+    "ExperimentNotFoundError",
+    "NotFoundError",
+    "RefusedError",
+    "RequestTimeoutError",
+    "SearcherClient",
+]
 
 TERMINAL_STATES = ("COMPLETED", "ERROR", "CANCELED")
 
-
-class ExperimentNotFoundError(SearcherError, KeyError):
-    """No experiment with that id on this searcher."""
+# The name it had before the client grew its own error types.
+ExperimentNotFoundError = NotFoundError
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -40,23 +67,38 @@ def _read_config(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _problem(text: str, path: str) -> ConfigProblem:
+    prefix = f"{path}: "
+    return ConfigProblem(path, text.removeprefix(prefix) if path else text)
+
+
 def _result(reply: RpcReply) -> dict[str, Any]:
     if reply.ok and reply.result is not None:
         return reply.result
     error = reply.error
     if error is not None and error.kind == "refused":
-        raise ConfigError(
-            [ConfigProblem("", p) for p in error.problems] or [ConfigProblem("", error.message)]
-        )
+        paths = error.paths or [""] * len(error.problems)
+        problems = [_problem(text, path) for text, path in zip(error.problems, paths, strict=False)]
+        raise RefusedError(problems or [ConfigProblem("", error.message)])
     if error is not None and error.kind == "not_found":
-        raise ExperimentNotFoundError(error.message)
-    raise SearcherError(error.message if error else "empty reply from the searcher")
+        raise NotFoundError(error.message)
+    raise ClientError(error.message if error else "empty reply from the searcher")
 
 
 class SearcherClient:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, *, timeout: float = 30.0) -> None:
         self.broker = broker
+        self.timeout = timeout
         self.rpc = RpcClient(broker)
+
+    async def _call(self, request: Body, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            reply = await self.rpc.call(request, timeout=timeout or self.timeout)
+        except RpcTimeoutError as exc:
+            raise RequestTimeoutError(str(exc)) from exc
+        except (BrokerUnavailableError, PublishTimeoutError) as exc:
+            raise ConnectionLostError(f"the broker cannot be reached: {exc}") from exc
+        return _result(reply)
 
     async def create_experiment(
         self, config: str | Path | dict[str, Any], context_dir: str | Path
@@ -66,16 +108,20 @@ class SearcherClient:
             raw, source = config, ""
         else:
             # Fail fast, with the same errors the searcher would give, before any upload.
-            raw, source = await asyncio.to_thread(_read_config, Path(config)), str(config)
+            try:
+                raw = await asyncio.to_thread(_read_config, Path(config))
+            except ConfigError as exc:
+                raise RefusedError(list(exc.problems), exc.source) from None
+            source = str(config)
         data = await asyncio.to_thread(pack, context_dir)
         request = CreateExperiment(
             config=raw, context_b64=base64.b64encode(data).decode(), config_source=source
         )
-        return _result(await self.rpc.call(request, timeout=120))
+        return await self._call(request, timeout=max(self.timeout, 120))
 
     async def describe(self, experiment_id: str) -> ExperimentSummary:
-        reply = await self.rpc.call(DescribeExperiment(experiment_id=experiment_id))
-        return ExperimentSummary.model_validate(_result(reply))
+        result = await self._call(DescribeExperiment(experiment_id=experiment_id))
+        return ExperimentSummary.model_validate(result)
 
     async def control(
         self, experiment_id: str, action: Literal["pause", "activate", "cancel", "kill"]
@@ -85,12 +131,29 @@ class SearcherClient:
         Returns its state after the action, and ``ignored``: why the action changed
         nothing (pausing a paused experiment, say), or None.
         """
-        request = ControlExperiment(experiment_id=experiment_id, action=action)
-        return _result(await self.rpc.call(request))
+        return await self._call(ControlExperiment(experiment_id=experiment_id, action=action))
+
+    async def control_trial(self, experiment_id: str, trial_id: int) -> dict[str, Any]:
+        """Kill one trial; returns its state after the kill, and ``ignored`` as above."""
+        return await self._call(ControlTrial(experiment_id=experiment_id, trial_id=trial_id))
 
     async def list_experiments(self) -> list[ExperimentSummary]:
-        result = _result(await self.rpc.call(ListExperiments()))
+        result = await self._call(ListExperiments())
         return [ExperimentSummary.model_validate(e) for e in result["experiments"]]
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        result = await self._call(ListWorkers())
+        return [WorkerInfo.model_validate(w) for w in result["workers"]]
+
+    async def read_records(
+        self, experiment_id: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> tuple[list[Record], str, int]:
+        """Up to ``limit`` records after ``after_seq``, the experiment's state, and the
+        number of its last record."""
+        request = ReadRecords(experiment_id=experiment_id, after_seq=after_seq, limit=limit)
+        result = await self._call(request)
+        records = [record_adapter.validate_json(line) for line in result["records"]]
+        return records, str(result["state"]), int(result["last_seq"])
 
     async def wait(
         self,
@@ -108,7 +171,7 @@ class SearcherClient:
             if summary.state in TERMINAL_STATES:
                 return summary
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(
+                raise RequestTimeoutError(
                     f"experiment {experiment_id} is still {summary.state} after {timeout} s"
                 )
             await asyncio.sleep(poll_s)

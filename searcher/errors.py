@@ -6,7 +6,12 @@ Every error the package raises on purpose derives from :class:`SearcherError`::
     ├── ConfigError (also ValueError)        the config breaks rules; lists every problem
     ├── SearchMethodError                    a search method broke the method interface
     │   └── CustomSearcherError              a custom search method could not be loaded
-    └── SimulationError (also ValueError)    the simulator cannot run the given inputs
+    ├── SimulationError (also ValueError)    the simulator cannot run the given inputs
+    └── ClientError                          a client's request to the searcher failed
+        ├── NotFoundError (also KeyError)            no such experiment or trial
+        ├── RequestTimeoutError (also TimeoutError)  no answer in time
+        ├── RefusedError (also ConfigError)          refused; lists every problem, by field
+        └── ConnectionLostError (also ConnectionError)  the broker cannot be reached
 
 Messages state the rule that was broken, the bad value and the fix.
 """
@@ -16,9 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ClientError",
     "ConfigError",
     "ConfigProblem",
+    "ConnectionLostError",
     "CustomSearcherError",
+    "NotFoundError",
+    "RefusedError",
+    "RequestTimeoutError",
     "SearchMethodError",
     "SearcherError",
     "SimulationError",
@@ -62,3 +72,27 @@ class CustomSearcherError(SearchMethodError):
 
 class SimulationError(SearcherError, ValueError):
     """The simulator cannot run with the given config, benchmark or curves."""
+
+
+class ClientError(SearcherError):
+    """Root of every error a client of the searcher raises on purpose."""
+
+
+class NotFoundError(ClientError, KeyError):
+    """No experiment or trial with that id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class RequestTimeoutError(ClientError, TimeoutError):
+    """The searcher did not answer in time (or an experiment did not end in time)."""
+
+
+class RefusedError(ConfigError, ClientError):
+    """The searcher refused the request. ``problems`` lists every broken rule, each with
+    the field it is about (``path``) and what to do (``message``)."""
+
+
+class ConnectionLostError(ClientError, ConnectionError):
+    """The broker cannot be reached, or the connection to it is gone."""

@@ -35,6 +35,7 @@ from broker.schemas import (
     CloseTrial,
     ContinueTrial,
     ControlExperiment,
+    ControlTrial,
     ExitReason,
     KillTrial,
     LogLines,
@@ -236,9 +237,39 @@ class ExperimentRun:
         self.state = "CANCELED"
         step.ops.append(Shutdown(cancel=True))
 
+    def on_trial_kill(self, trial_id: int) -> Step:
+        """A user's kill of one trial: its process is killed, the trial is CANCELED, and
+        the search method is told it exited early (as ``det trial kill`` does)."""
+        step = Step()
+        trial = self.by_id.get(trial_id)
+        if trial is None:
+            step.ignored = f"kill: the experiment has no trial {trial_id}"
+            return step
+        if trial.state in TERMINAL:
+            step.ignored = f"kill: trial {trial_id} has ended ({trial.state})"
+            return step
+        if self.state in ("COMPLETED", "ERROR", "CANCELED"):
+            step.ignored = f"kill: the experiment has ended ({self.state})"
+            return step
+        if trial.state == "RUNNING":
+            self._tell(trial, KillTrial, step)
+        trial.state = "CANCELED"
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+        trial.logs.append("[rung] killed by the user")
+        self._search(
+            TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.USER_CANCELED), step
+        )
+        return step
+
     def on_event(self, body: Body) -> Step:
         if isinstance(body, ControlExperiment):
             return self.on_control(body.action)
+        if isinstance(body, ControlTrial):
+            step = self.on_trial_kill(body.trial_id)
+            self._maybe_canceled(step)
+            return step
         if isinstance(body, WorkerLost):
             step = self._worker_lost(body)
             self._maybe_canceled(step)

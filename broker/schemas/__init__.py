@@ -30,15 +30,19 @@ from broker.schemas.events import (
 )
 from broker.schemas.rpc import (
     ControlExperiment,
+    ControlTrial,
     CreateExperiment,
     DescribeExperiment,
     ExperimentSummary,
     GetContext,
     ListExperiments,
+    ListWorkers,
+    ReadRecords,
     RpcError,
     RpcReply,
     RpcRequest,
     TrialSummary,
+    WorkerInfo,
 )
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "CloseTrial",
     "ContinueTrial",
     "ControlExperiment",
+    "ControlTrial",
     "CreateExperiment",
     "DescribeExperiment",
     "Envelope",
@@ -56,6 +61,7 @@ __all__ = [
     "GetContext",
     "KillTrial",
     "ListExperiments",
+    "ListWorkers",
     "LogLine",
     "LogLines",
     "MetricsReported",
@@ -63,6 +69,7 @@ __all__ = [
     "PauseTrial",
     "PreemptTrial",
     "ProgressReported",
+    "ReadRecords",
     "RpcError",
     "RpcReply",
     "RpcRequest",
@@ -73,6 +80,7 @@ __all__ = [
     "TrialSummary",
     "WorkerCommand",
     "WorkerHeartbeat",
+    "WorkerInfo",
     "WorkerLost",
     "decode",
     "encode",

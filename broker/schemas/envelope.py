@@ -34,10 +34,13 @@ from broker.schemas.events import (
 )
 from broker.schemas.rpc import (
     ControlExperiment,
+    ControlTrial,
     CreateExperiment,
     DescribeExperiment,
     GetContext,
     ListExperiments,
+    ListWorkers,
+    ReadRecords,
     RpcReply,
 )
 
@@ -68,6 +71,9 @@ Body = Annotated[
     | ListExperiments
     | GetContext
     | ControlExperiment
+    | ControlTrial
+    | ReadRecords
+    | ListWorkers
     | RpcReply,
     Discriminator("type"),
 ]

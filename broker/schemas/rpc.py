@@ -10,15 +10,19 @@ from broker.schemas.base import Message
 
 __all__ = [
     "ControlExperiment",
+    "ControlTrial",
     "CreateExperiment",
     "DescribeExperiment",
     "ExperimentSummary",
     "GetContext",
     "ListExperiments",
+    "ListWorkers",
+    "ReadRecords",
     "RpcError",
     "RpcReply",
     "RpcRequest",
     "TrialSummary",
+    "WorkerInfo",
 ]
 
 
@@ -47,13 +51,42 @@ class ControlExperiment(Message):
     action: Literal["pause", "activate", "cancel", "kill"]
 
 
+class ControlTrial(Message):
+    """A user's kill of one trial: its process is killed, and the search goes on."""
+
+    type: Literal["control_trial"] = "control_trial"
+    experiment_id: str
+    trial_id: int
+    action: Literal["kill"] = "kill"
+
+
+class ReadRecords(Message):
+    """Records of an experiment's event log after ``after_seq``, at most ``limit``."""
+
+    type: Literal["read_records"] = "read_records"
+    experiment_id: str
+    after_seq: int = Field(default=0, ge=0)
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class ListWorkers(Message):
+    type: Literal["list_workers"] = "list_workers"
+
+
 class GetContext(Message):
     type: Literal["get_context"] = "get_context"
     context_hash: str
 
 
 RpcRequest = Annotated[
-    CreateExperiment | DescribeExperiment | ListExperiments | GetContext | ControlExperiment,
+    CreateExperiment
+    | DescribeExperiment
+    | ListExperiments
+    | GetContext
+    | ControlExperiment
+    | ControlTrial
+    | ReadRecords
+    | ListWorkers,
     Discriminator("type"),
 ]
 
@@ -81,12 +114,28 @@ class ExperimentSummary(Message):
     event_log: str
     warnings: list[str] = Field(default_factory=list)
     message: str = ""
+    labels: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class WorkerInfo(Message):
+    """A worker as the searcher last heard from it."""
+
+    worker_id: str
+    slots: int
+    free_slots: int
+    gpus: list[str]
+    running: list[str]  # experiment/trial/attempt of each trial it runs
+    last_seen_s: float  # seconds since anything was heard from it
+    lost: bool  # silent for longer than the searcher's --worker-timeout
 
 
 class RpcError(Message):
     kind: Literal["refused", "not_found", "internal"]
     message: str
     problems: list[str] = Field(default_factory=list)
+    # For a refused config: the field each problem is about ("" for the whole config).
+    paths: list[str] = Field(default_factory=list)
 
 
 class RpcReply(Message):

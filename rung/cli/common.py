@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from broker import Broker, TlsSettings, Topology, connect_broker
+from rung.client import Client, ClientError
 
 __all__ = [
     "add_broker_options",
     "broker_from",
     "default_state_dir",
+    "run_client",
     "stop_on_signals",
     "tls_from",
 ]
@@ -92,3 +95,19 @@ def stop_on_signals() -> asyncio.Event:
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("RUNG_STATE_DIR", Path.home() / ".rung" / "searcher"))
+
+
+def run_client(args: argparse.Namespace, main: Callable[[Client], Awaitable[int]]) -> int:
+    """Connect a ``rung.Client`` as the broker options say, run ``main`` with it, close."""
+    if not args.broker:
+        raise ClientError(
+            "no broker URL: pass --broker amqp://USER:PASSWORD@HOST:5672/ or set "
+            "RUNG_BROKER_URL (the searcher's broker)"
+        )
+
+    async def go() -> int:
+        client = Client(args.broker, namespace=args.namespace, tls=tls_from(args))
+        async with client:
+            return await main(client)
+
+    return asyncio.run(go())

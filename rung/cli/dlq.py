@@ -27,6 +27,7 @@ def register(commands: Any) -> None:
     listing.set_defaults(handler=list_dead)
     again = sub.add_parser("requeue", help="send one dead letter back to the queue it died in")
     again.add_argument("message_id")
+    again.add_argument("--json", action="store_true")
     add_broker_options(again, required=True)
     again.set_defaults(handler=requeue_dead)
 
@@ -76,5 +77,8 @@ def requeue_dead(args: argparse.Namespace) -> int:
     except DeadLetterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{letter.message_id}: sent back to {letter.queue}")
+    if args.json:
+        print(json.dumps(dataclasses.asdict(letter)))
+    else:
+        print(f"{letter.message_id}: sent back to {letter.queue}")
     return 0

@@ -1,78 +1,36 @@
-"""``rung experiment`` (alias ``rung e``): create and inspect experiments on a searcher."""
+"""``rung experiment`` (alias ``rung e``): create, inspect and control experiments.
+
+Every command is built on ``rung.Client``, and takes ``--json`` for scripts.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
 from rich.live import Live
 
-from broker.port import Delivery
 from broker.schemas import ExperimentSummary
-from rung.cli.common import add_broker_options, broker_from
-from rung.cli.render import print_summary, progress_table, summary_json
-from searcher.client import SearcherClient
-from searcher.eventlog import InputRecord, Record, read_log, replay
+from rung.cli.common import add_broker_options, run_client
+from rung.cli.render import (
+    checkpoints_table,
+    experiments_table,
+    print_summary,
+    progress_view,
+    summary_json,
+    trial_json,
+    trials_table,
+)
+from rung.client import Client, Experiment
+from searcher.eventlog import InputRecord, replay
 from searcher.eventlog.explain import entry, print_entry
-from searcher.eventlog.records import record_adapter
 from searcher.trials import ExperimentRun, Step
 
 __all__ = ["follow", "register"]
-
-
-def register(commands: Any) -> None:
-    experiment = commands.add_parser("experiment", aliases=["e"], help="manage experiments")
-    sub = experiment.add_subparsers(dest="experiment_command", required=True, metavar="COMMAND")
-    create = sub.add_parser("create", help="create an experiment on a running searcher")
-    create.add_argument("config", type=Path)
-    create.add_argument("context", type=Path, help="directory with the training script")
-    create.add_argument("--follow", "-f", action="store_true", help="wait until it ends")
-    create.add_argument("--json", action="store_true")
-    add_broker_options(create, required=True)
-    create.set_defaults(handler=create_experiment)
-
-    describe = sub.add_parser("describe", help="show an experiment and its trials")
-    describe.add_argument("experiment_id")
-    describe.add_argument("--json", action="store_true")
-    add_broker_options(describe, required=True)
-    describe.set_defaults(handler=describe_experiment)
-
-    logs = sub.add_parser("logs", help="an experiment's timeline; --follow for live records")
-    logs.add_argument("experiment_id")
-    logs.add_argument(
-        "--follow",
-        "-f",
-        action="store_true",
-        help="keep printing records as the searcher writes them, until the end",
-    )
-    logs.add_argument(
-        "--all", action="store_true", help="also show checkpoints, metrics, progress and log lines"
-    )
-    logs.add_argument("--json", action="store_true", help="one JSON timeline entry a line")
-    add_broker_options(logs, required=True)
-    logs.set_defaults(handler=experiment_logs)
-
-    wait = sub.add_parser(
-        "wait", help="wait until an experiment ends, with live progress; exit 0 if it completed"
-    )
-    wait.add_argument("experiment_id")
-    wait.add_argument("--json", action="store_true", help="no progress; the summary as JSON")
-    add_broker_options(wait, required=True)
-    wait.set_defaults(handler=wait_experiment)
-
-    for action, text in CONTROL_HELP.items():
-        control = sub.add_parser(action, help=text)
-        control.add_argument("experiment_id")
-        control.add_argument("--json", action="store_true")
-        add_broker_options(control, required=True)
-        control.set_defaults(handler=control_experiment, action=action)
-
 
 CONTROL_HELP: Final = {
     "pause": "preempt the running trials (they checkpoint) and start none until activated",
@@ -82,65 +40,173 @@ CONTROL_HELP: Final = {
 }
 
 
-def control_experiment(args: argparse.Namespace) -> int:
-    async def main() -> dict[str, Any]:
-        broker = broker_from(args, "rung-client")
-        await broker.start()
-        try:
-            return await SearcherClient(broker).control(args.experiment_id, args.action)
-        finally:
-            await broker.close()
+def register(commands: Any) -> None:
+    experiment = commands.add_parser("experiment", aliases=["e"], help="manage experiments")
+    sub = experiment.add_subparsers(dest="experiment_command", required=True, metavar="COMMAND")
 
-    result = asyncio.run(main())
-    if args.json:
-        print(json.dumps(result))
-    elif result["ignored"]:
-        print(f"{args.experiment_id}: nothing to do: {result['ignored']}")
-    else:
-        print(f"{args.experiment_id}: {args.action}: now {result['state']}")
-    return 0
+    def command(name: str, help_text: str, handler: Any, *, with_id: bool = True) -> Any:
+        parser = sub.add_parser(name, help=help_text)
+        if with_id:
+            parser.add_argument("experiment_id")
+        parser.add_argument("--json", action="store_true", help="JSON instead of text")
+        add_broker_options(parser, required=True)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    create = command(
+        "create", "create an experiment on a running searcher", create_experiment, with_id=False
+    )
+    create.add_argument("config", type=Path)
+    create.add_argument("context", type=Path, help="directory with the training script")
+    create.add_argument("--follow", "-f", action="store_true", help="wait until it ends")
+
+    listing = command("list", "experiments on the searcher", list_experiments, with_id=False)
+    listing.add_argument("--state", action="append", help="only these states (repeatable)")
+    listing.add_argument("--label", help="only experiments with this label")
+
+    command("describe", "an experiment and its trials", describe_experiment)
+    command("list-trials", "an experiment's trials", list_trials)
+    command("list-checkpoints", "the checkpoints its trials saved", list_checkpoints)
+
+    logs = command("logs", "an experiment's timeline; --follow for live records", experiment_logs)
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing records as the searcher writes them, until the end",
+    )
+    logs.add_argument(
+        "--all", action="store_true", help="also show checkpoints, metrics, progress and log lines"
+    )
+    command(
+        "wait",
+        "wait until an experiment ends, with live progress; exit 0 if it completed",
+        wait_experiment,
+    )
+    for action, text in CONTROL_HELP.items():
+        command(action, text, control_experiment).set_defaults(action=action)
 
 
-async def follow(client: SearcherClient, experiment_id: str, *, live: bool) -> ExperimentSummary:
-    if not live:
-        return await client.wait(experiment_id)
-    console = Console(stderr=True)
-    with Live(console=console, refresh_per_second=4, transient=True) as display:
-        return await client.wait(
-            experiment_id, on_update=lambda s: display.update(progress_table(s))
-        )
-
-
+# ---------------------------------------------------------------------- commands
 def create_experiment(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        broker = broker_from(args, "rung-client")
-        await broker.start()
-        try:
-            client = SearcherClient(broker)
-            created = await client.create_experiment(args.config, args.context)
-            experiment_id = created["experiment_id"]
-            if not args.follow:
-                print(experiment_id)
-                return 0
-            print(f"created {experiment_id}", file=sys.stderr)
-            summary = await follow(client, experiment_id, live=not args.json)
-        finally:
-            await broker.close()
-        return _report(summary, as_json=args.json)
+    async def main(client: Client) -> int:
+        experiment = await client.create_experiment(args.config, args.context)
+        if not args.follow:
+            print(json.dumps({"experiment_id": experiment.id}) if args.json else experiment.id)
+            return 0
+        print(f"created {experiment.id}", file=sys.stderr)
+        return _report(await follow(experiment, live=not args.json), as_json=args.json)
 
-    return asyncio.run(main())
+    return run_client(args, main)
+
+
+def list_experiments(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        found = await client.list_experiments(state=args.state, label=args.label)
+        if args.json:
+            print(json.dumps([_listing_json(s) for s in found]))
+        else:
+            Console().print(experiments_table(found))
+        return 0
+
+    return run_client(args, main)
+
+
+def describe_experiment(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        summary = await client.experiment(args.experiment_id).describe()
+        if args.json:
+            print(summary_json(summary))
+        else:
+            print_summary(summary)
+        return 0
+
+    return run_client(args, main)
+
+
+def list_trials(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        summary = await client.experiment(args.experiment_id).describe()
+        if args.json:
+            print(json.dumps([trial_json(t, full=True) for t in summary.trials]))
+        else:
+            Console().print(trials_table(summary))
+        return 0
+
+    return run_client(args, main)
+
+
+def list_checkpoints(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        checkpoints = await client.experiment(args.experiment_id).checkpoints()
+        if args.json:
+            print(json.dumps([c.model_dump(mode="json") for c in checkpoints]))
+        else:
+            Console().print(checkpoints_table(checkpoints))
+        return 0
+
+    return run_client(args, main)
 
 
 def wait_experiment(args: argparse.Namespace) -> int:
-    async def main() -> ExperimentSummary:
-        broker = broker_from(args, "rung-client")
-        await broker.start()
-        try:
-            return await follow(SearcherClient(broker), args.experiment_id, live=not args.json)
-        finally:
-            await broker.close()
+    async def main(client: Client) -> int:
+        experiment = client.experiment(args.experiment_id)
+        return _report(await follow(experiment, live=not args.json), as_json=args.json)
 
-    return _report(asyncio.run(main()), as_json=args.json)
+    return run_client(args, main)
+
+
+def control_experiment(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        result = await client.rpc.control(args.experiment_id, args.action)
+        if args.json:
+            print(json.dumps(result))
+        elif result["ignored"]:
+            print(f"{args.experiment_id}: nothing to do: {result['ignored']}")
+        else:
+            print(f"{args.experiment_id}: {args.action}: now {result['state']}")
+        return 0
+
+    return run_client(args, main)
+
+
+def experiment_logs(args: argparse.Namespace) -> int:
+    """The history, explained record by record; with --follow, then live records."""
+
+    async def main(client: Client) -> int:
+        experiment = client.experiment(args.experiment_id)
+        records = await experiment.history()
+        ended: list[bool] = []  # set once the experiment's shutdown is shown
+
+        def show(record: InputRecord, step: Step, run: ExperimentRun) -> None:
+            _show(entry(record, step, run, show_all=args.all), as_json=args.json)
+            if any(op.type == "shutdown" for op in step.ops):
+                ended.append(True)
+
+        result = replay(records, on_step=show) if records else None
+        if not args.follow or ended or result is None:
+            return 0
+        async for record in experiment.watch(after_seq=records[-1].seq):
+            if isinstance(record, InputRecord):
+                run = result.run
+                step = run.start() if record.input is None else run.on_event(record.input)
+                show(record, step, run)
+            if ended:
+                break
+        return 0
+
+    return run_client(args, main)
+
+
+# ---------------------------------------------------------------------- helpers
+async def follow(experiment: Experiment, *, live: bool) -> ExperimentSummary:
+    """Wait for the end; on a terminal, with a live progress bar and table."""
+    rpc = experiment.client.rpc
+    if not live:
+        return await rpc.wait(experiment.id)
+    console = Console(stderr=True)
+    with Live(console=console, refresh_per_second=4, transient=True) as display:
+        return await rpc.wait(experiment.id, on_update=lambda s: display.update(progress_view(s)))
 
 
 def _report(summary: ExperimentSummary, *, as_json: bool) -> int:
@@ -152,81 +218,17 @@ def _report(summary: ExperimentSummary, *, as_json: bool) -> int:
     return 0 if summary.state == "COMPLETED" else 1
 
 
-def describe_experiment(args: argparse.Namespace) -> int:
-    async def main() -> ExperimentSummary:
-        broker = broker_from(args, "rung-client")
-        await broker.start()
-        try:
-            return await SearcherClient(broker).describe(args.experiment_id)
-        finally:
-            await broker.close()
-
-    summary = asyncio.run(main())
-    if args.json:
-        print(summary_json(summary))
-    else:
-        print_summary(summary)
-    return 0
+def _listing_json(summary: ExperimentSummary) -> dict[str, Any]:
+    return {
+        "experiment_id": summary.experiment_id,
+        "name": summary.name,
+        "state": summary.state,
+        "progress": summary.progress,
+        "labels": summary.labels,
+        "event_log": summary.event_log,
+    }
 
 
 def _show(item: dict[str, Any] | None, *, as_json: bool) -> None:
     if item is not None:
         print(json.dumps(item) if as_json else print_entry(item), flush=True)
-
-
-def experiment_logs(args: argparse.Namespace) -> int:
-    """History from the log file, then (with --follow) records from the live feed.
-
-    The feed queue is bound before the history is read, so no record falls in between;
-    records already printed are skipped by sequence number.
-    """
-
-    async def main() -> int:
-        broker = broker_from(args, "rung-logs")
-        await broker.start()
-        live: asyncio.Queue[Record] = asyncio.Queue()
-        try:
-            if args.follow:
-                queue = await broker.declare_private_queue(
-                    (broker.topology.feed_exchange, args.experiment_id)
-                )
-
-                async def on_record(delivery: Delivery) -> None:
-                    await delivery.ack()
-                    live.put_nowait(record_adapter.validate_json(delivery.body))
-
-                await broker.subscribe(queue, on_record, prefetch=256)
-            summary = await SearcherClient(broker).describe(args.experiment_id)
-            return await _print_log(args, Path(summary.event_log), live)
-        finally:
-            await broker.close()
-
-    return asyncio.run(main())
-
-
-def _history(path: Path) -> Sequence[Record]:
-    return read_log(path) if path.is_file() else []
-
-
-async def _print_log(args: argparse.Namespace, path: Path, live: asyncio.Queue[Record]) -> int:
-    shown = 0
-    finished = False
-
-    def show(record: InputRecord, step: Step, run: ExperimentRun) -> None:
-        nonlocal finished
-        _show(entry(record, step, run, show_all=args.all), as_json=args.json)
-        finished = finished or any(op.type == "shutdown" for op in step.ops)
-
-    records = await asyncio.to_thread(_history, path)
-    if not records:
-        print(f"note: {path} is not readable here; showing live records only", file=sys.stderr)
-    result = replay(records, on_step=show) if records else None
-    shown = records[-1].seq if records else 0
-    while args.follow and not finished:
-        record = await live.get()
-        if record.seq <= shown or result is None or not isinstance(record, InputRecord):
-            continue
-        shown = record.seq
-        step = result.run.start() if record.input is None else result.run.on_event(record.input)
-        show(record, step, result.run)
-    return 0

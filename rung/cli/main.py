@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import structlog
 
 from broker import BrokerSettingsError
-from rung.cli import dlq, experiments, replay, run, search_tools, services
+from rung.cli import dlq, experiments, replay, run, search_tools, services, trials
 from rung.logs import configure_logging
-from searcher.errors import SearcherError
+from searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
 
 __all__ = ["main"]
 
+# Documented in docs/cli.md: 0 ok, 1 the experiment failed, 2 bad input, 3 not reachable.
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_tools.register(commands)
     run.register(commands)
     experiments.register(commands)
+    trials.register(commands)
     services.register(commands)
     replay.register(commands)
     dlq.register(commands)
@@ -56,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``rung replay LOG | head``): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (ConnectionLostError, RequestTimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (SearcherError, BrokerSettingsError) as exc:
         structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
-from rung.cli.common import add_broker_options, broker_from, default_state_dir, stop_on_signals
+from rich.console import Console
+
+from rung.cli.common import (
+    add_broker_options,
+    broker_from,
+    default_state_dir,
+    run_client,
+    stop_on_signals,
+)
+from rung.cli.render import workers_table
+from rung.client import Client
 from searcher.service.service import SearcherService
 from worker.agent import Worker
 from worker.gpus import parse_gpus
@@ -42,7 +53,17 @@ def register(commands: Any) -> None:
     )
     searcher.set_defaults(handler=run_searcher)
 
-    worker = commands.add_parser("worker", help="run a worker: one trial per slot")
+    worker = commands.add_parser(
+        "worker", help="run a worker: one trial per slot; `rung worker list`: live workers"
+    )
+    worker.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "list"),
+        default="run",
+        help="run (the default) a worker here, or list the workers the searcher hears from",
+    )
+    worker.add_argument("--json", action="store_true", help="for list: JSON instead of a table")
     add_broker_options(worker, required=True)
     worker.add_argument(
         "--slots", type=int, default=1, help="CPU slots to offer when there are no GPUs (default 1)"
@@ -105,7 +126,21 @@ def run_searcher(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_workers(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        workers = await client.list_workers()
+        if args.json:
+            print(json.dumps([w.model_dump(mode="json") for w in workers]))
+        else:
+            Console().print(workers_table(workers))
+        return 0
+
+    return run_client(args, main)
+
+
 def run_worker(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return list_workers(args)
     _require_broker(args)
     try:
         gpus = parse_gpus(args.gpus)

@@ -55,6 +55,8 @@ class FileEventLog:
         # The latest snapshot, when it belongs to this log.
         self.snapshot = snapshot if snapshot and matches(snapshot, existing) else None
         self._last_line = existing.raw(self.seq - 1) if self.seq else b""
+        # Where each record appended since opening starts, for reading records back.
+        self._starts: list[int] = []
         self._file = path.open("ab")
         self._size = os.fstat(self._file.fileno()).st_size
         # Snapshot cadence: enough records, and at least as many bytes as a snapshot.
@@ -111,6 +113,7 @@ class FileEventLog:
                 f"wrote {self._size}); this searcher no longer owns the experiment"
             )
         line = record.model_dump_json().encode()
+        self._starts.append(self._size)
         self._file.write(line + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -122,6 +125,24 @@ class FileEventLog:
         if isinstance(record, OwnerRecord):
             self.epoch = record.epoch
         return record
+
+    def _start(self, index: int) -> int:
+        """Where record ``index`` (0-based) starts; the end of the log past the last."""
+        opened = len(self.existing)
+        if index <= opened:
+            return self.existing.offset(index)
+        appended = index - opened
+        return self._starts[appended] if appended < len(self._starts) else self._size
+
+    def read_after(self, after_seq: int, limit: int) -> list[bytes]:
+        """The lines of up to ``limit`` records after record ``after_seq``, as written."""
+        first, last = after_seq, min(self.seq, after_seq + limit)
+        if first >= last:
+            return []
+        begin, end = self._start(first), self._start(last)
+        with self.path.open("rb") as handle:
+            handle.seek(begin)
+            return handle.read(end - begin).splitlines()
 
     def snapshot_due(self, every: int) -> bool:
         """At least ``every`` records, and as many bytes as the last snapshot, since it.

@@ -26,16 +26,20 @@ from broker.errors import BrokerError, DecodeError, UnroutableError
 from broker.port import Broker, Delivery
 from broker.schemas import (
     ControlExperiment,
+    ControlTrial,
     CreateExperiment,
     DescribeExperiment,
     Envelope,
     ExitReason,
     GetContext,
     ListExperiments,
+    ListWorkers,
+    ReadRecords,
     RpcError,
     RpcReply,
     TrialExited,
     WorkerHeartbeat,
+    WorkerInfo,
     WorkerLost,
     decode,
     encode,
@@ -43,7 +47,7 @@ from broker.schemas import (
 from broker.schemas.envelope import Body
 from broker.topology import Topology
 from searcher.config import ExperimentConfig, parse_config
-from searcher.errors import ConfigError, SearcherError
+from searcher.errors import ConfigError, ConfigProblem, SearcherError
 from searcher.eventlog.file import FileEventLog, StaleOwnerError
 from searcher.eventlog.records import (
     CreatedRecord,
@@ -65,9 +69,13 @@ log = structlog.get_logger("rung.searcher")
 
 
 class _Refused(Exception):  # noqa: N818
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+    def __init__(self, message: str, problems: list[ConfigProblem] | None = None) -> None:
         super().__init__(message)
-        self.problems = problems or []
+        self.problems = problems or [ConfigProblem("", message)]
+
+
+class _NotFound(Exception):  # noqa: N818
+    """What a request names does not exist; the message says what."""
 
 
 class SearcherService:
@@ -518,8 +526,16 @@ class SearcherService:
             reply = RpcReply(ok=True, result=result)
         except _Refused as exc:
             reply = RpcReply(
-                ok=False, error=RpcError(kind="refused", message=str(exc), problems=exc.problems)
+                ok=False,
+                error=RpcError(
+                    kind="refused",
+                    message=str(exc),
+                    problems=[str(p) for p in exc.problems],
+                    paths=[p.path for p in exc.problems],
+                ),
             )
+        except _NotFound as exc:
+            reply = RpcReply(ok=False, error=RpcError(kind="not_found", message=str(exc)))
         except KeyError as exc:
             reply = RpcReply(
                 ok=False, error=RpcError(kind="not_found", message=f"no experiment {exc}")
@@ -561,10 +577,22 @@ class SearcherService:
                         for eid, run in self.runs.items()
                     ]
                 }
+            case ControlTrial():
+                return await self._control_trial(body, request_id)
+            case ReadRecords():
+                event_log = self.logs[body.experiment_id]
+                lines = event_log.read_after(body.after_seq, body.limit)
+                return {
+                    "records": [line.decode() for line in lines],
+                    "state": self.runs[body.experiment_id].state,
+                    "last_seq": event_log.seq,
+                }
+            case ListWorkers():
+                return {"workers": [w.model_dump(mode="json") for w in self._worker_infos()]}
             case GetContext():
                 path = self.state_dir / "contexts" / f"{body.context_hash}.tar.gz"
                 if not path.is_file():
-                    raise KeyError(body.context_hash)
+                    raise _NotFound(f"no context {body.context_hash}")
                 return {"context_b64": base64.b64encode(path.read_bytes()).decode()}
         raise _Refused(f"{body.type} is not a request")
 
@@ -586,6 +614,49 @@ class SearcherService:
             )
         return {"experiment_id": run.experiment_id, "state": run.state, "ignored": ignored}
 
+    async def _control_trial(self, body: ControlTrial, request_id: str) -> dict[str, Any]:
+        """A user's kill of one trial: an input like any other, logged first."""
+        run = self.runs[body.experiment_id]
+        if body.trial_id not in run.by_id:
+            raise _NotFound(f"experiment {body.experiment_id} has no trial {body.trial_id}")
+        message_id = f"{run.experiment_id}/control-trial/{request_id or uuid.uuid4().hex}"
+        ignored = None
+        if message_id not in self._seen.setdefault(run.experiment_id, set()):
+            step = await self._apply(run, body, message_id)
+            ignored = step.ignored if step is not None else "the experiment failed"
+            log.info(
+                "trial control",
+                action=body.action,
+                experiment_id=run.experiment_id,
+                trial_id=body.trial_id,
+                ignored=ignored,
+            )
+        trial = run.by_id[body.trial_id]
+        return {
+            "experiment_id": run.experiment_id,
+            "trial_id": trial.trial_id,
+            "state": trial.state,
+            "ignored": ignored,
+        }
+
+    def _worker_infos(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        infos = []
+        for worker_id, beat in sorted(self.workers.items()):
+            silent = now - self._last_heard.get(worker_id, now)
+            infos.append(
+                WorkerInfo(
+                    worker_id=worker_id,
+                    slots=beat.slots,
+                    free_slots=beat.free_slots,
+                    gpus=list(beat.gpus),
+                    running=list(beat.running),
+                    last_seen_s=round(silent, 1),
+                    lost=silent >= self.worker_timeout_s,
+                )
+            )
+        return infos
+
     def _checkpoint_root(self, config: ExperimentConfig) -> str:
         storage = config.checkpoint_storage
         if storage is None:
@@ -598,18 +669,18 @@ class SearcherService:
         try:
             loaded = parse_config(body.config, source=body.config_source or None)
         except ConfigError as exc:
-            raise _Refused(str(exc), [str(p) for p in exc.problems]) from None
+            raise _Refused(str(exc), list(exc.problems)) from None
         config = loaded.config
         if not config.entrypoint:
-            raise _Refused(
-                "entrypoint: required to run trials; add entrypoint: python3 train.py",
-                ["entrypoint: required to run trials; add entrypoint: python3 train.py"],
+            missing = ConfigProblem(
+                "entrypoint", "required to run trials; add entrypoint: python3 train.py"
             )
+            raise _Refused(str(missing), [missing])
         try:
             data = base64.b64decode(body.context_b64, validate=True)
             validate(data)
         except (ArchiveError, ValueError) as exc:
-            raise _Refused(f"context: {exc}", [f"context: {exc}"]) from None
+            raise _Refused(f"context: {exc}", [ConfigProblem("context", str(exc))]) from None
         digest = context_hash(data)
         contexts = self.state_dir / "contexts"
         (contexts / f"{digest}.tar.gz").write_bytes(data)
@@ -623,7 +694,7 @@ class SearcherService:
             method = build_method(config, context_dir=context_dir)
             experiment = Experiment(config, method)
         except SearcherError as exc:
-            raise _Refused(str(exc), [str(exc)]) from None
+            raise _Refused(str(exc), [ConfigProblem("searcher", str(exc))]) from None
         run = ExperimentRun(
             experiment_id,
             experiment,

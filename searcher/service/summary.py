@@ -42,4 +42,6 @@ def summarise(
         best_trial=_trial(run, run.trials[best.request_id]) if best is not None else None,
         event_log=event_log,
         warnings=list(warnings or []),
+        labels=list(run.experiment.config.labels),
+        description=run.experiment.config.description,
     )

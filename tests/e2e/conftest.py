@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,19 @@ def running_cluster(
                 process.wait(10)
         for handle in instance.files:
             handle.close()
-        asyncio.run(delete_namespace(namespace))
+        _run_blocking(lambda: delete_namespace(namespace))
+
+
+def _run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine to the end, also from inside a running loop (an async test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make())
+        return
+    worker = threading.Thread(target=lambda: asyncio.run(make()))
+    worker.start()
+    worker.join()
 
 
 @pytest.fixture

@@ -1,0 +1,90 @@
+"""A searcher and workers in this process: ``rung run`` and ``rung.Client.local()``.
+
+On the in-memory broker by default (nothing to install); with a broker URL, each part
+gets its own connection to RabbitMQ, on a namespace of its own. Trials still run as
+subprocesses of the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from broker import Broker, MemoryBroker, TlsSettings, Topology, connect_broker
+from searcher.service.service import SearcherService
+from worker.agent import Worker
+
+__all__ = ["LocalCluster"]
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        workers: int = 1,
+        slots: int = 1,
+        gpus: list[str] | None = None,
+        broker_url: str | None = None,
+        namespace: str = "rung",
+        tls: TlsSettings | None = None,
+    ) -> None:
+        self._own_state_dir = state_dir is None
+        self.state_dir = (
+            Path(tempfile.mkdtemp(prefix="rung-local-")) if state_dir is None else state_dir
+        ).resolve()
+        self.workers = max(workers, 1)
+        self.slots = slots
+        self.gpus = list(gpus or [])
+        topology = Topology(f"{namespace}-local-{uuid.uuid4().hex[:8]}")
+        if broker_url is None:
+            shared = MemoryBroker(topology)
+            self._brokers: list[Broker] = [shared] * (self.workers + 2)
+        else:
+            self._brokers = [
+                connect_broker(broker_url, topology, name=f"rung-local-{i}", tls=tls)
+                for i in range(self.workers + 2)
+            ]
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def client_broker(self) -> Broker:
+        return self._brokers[1]
+
+    async def start(self) -> Broker:
+        """Start the searcher and the workers; return the broker a client should use."""
+        for broker in dict.fromkeys(self._brokers):
+            await broker.start()
+        service = SearcherService(self._brokers[0], self.state_dir)
+        agents = [
+            Worker(
+                self._brokers[2 + i],
+                worker_id=f"local-{i + 1}",
+                slots=self.slots,
+                gpus=self.gpus[i :: self.workers] if self.gpus else None,
+                work_dir=self.state_dir / "workers" / f"local-{i + 1}",
+            )
+            for i in range(self.workers)
+        ]
+        self._tasks = [asyncio.create_task(service.run(self.stop_event))]
+        self._tasks += [asyncio.create_task(agent.run(self.stop_event)) for agent in agents]
+        return self.client_broker
+
+    async def stop(self) -> None:
+        """Workers drain (trials checkpoint and stop), the searcher stops, all disconnect."""
+        self.stop_event.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        unique = list(dict.fromkeys(self._brokers))
+        for broker in unique[1:]:
+            await broker.close()
+        with contextlib.suppress(Exception):
+            await unique[0].delete_topology()
+        await unique[0].close()
+        if self._own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
