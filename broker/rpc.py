@@ -69,6 +69,6 @@ class RpcClient:
         except TimeoutError:
             self._waiting.pop(correlation, None)
             raise RpcTimeoutError(
-                f"no answer to {request.type} within {timeout} s; is a "
-                "searcher running on this broker?"
+                f"no answer to {request.type} within {timeout} s; is a searcher "
+                f"running on this broker, with namespace {topology.prefix!r}?"
             ) from None

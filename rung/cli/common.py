@@ -63,6 +63,14 @@ def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = Fals
         "authenticated; for a throwaway test broker only",
     )
     parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait to reach the broker, and for each answer of the searcher "
+        "(default 30); past it the command exits with code 3",
+    )
+    parser.add_argument(
         "--namespace",
         default=os.environ.get("RUNG_NAMESPACE", "rung"),
         help="prefix of every queue and exchange (default: rung)",
@@ -106,7 +114,13 @@ def run_client(args: argparse.Namespace, main: Callable[[Client], Awaitable[int]
         )
 
     async def go() -> int:
-        client = Client(args.broker, namespace=args.namespace, tls=tls_from(args))
+        client = Client(
+            args.broker,
+            namespace=args.namespace,
+            tls=tls_from(args),
+            timeout=args.timeout,
+            connect_timeout=args.timeout,
+        )
         async with client:
             return await main(client)
 

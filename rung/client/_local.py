@@ -14,7 +14,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import structlog
+
 from broker import Broker, MemoryBroker, TlsSettings, Topology, connect_broker
+from rung.logs import configure_logging
 from searcher.service.service import SearcherService
 from worker.agent import Worker
 
@@ -58,6 +61,10 @@ class LocalCluster:
 
     async def start(self) -> Broker:
         """Start the searcher and the workers; return the broker a client should use."""
+        if not structlog.is_configured():
+            # Embedded in someone's program (a notebook): warnings only, on stderr,
+            # unless the program set logging up itself.
+            configure_logging("console", "warning")
         for broker in dict.fromkeys(self._brokers):
             await broker.start()
         service = SearcherService(self._brokers[0], self.state_dir)
