@@ -341,35 +341,16 @@ def _checkpoint(experiment_id: str, record: InputRecord) -> list[Checkpoint]:
     body = record.input
     if not isinstance(body, CheckpointSaved):
         return []
-    return [
-        Checkpoint(
-            uuid=body.uuid,
-            experiment_id=experiment_id,
-            trial_id=body.trial_id,
-            attempt=body.attempt,
-            steps_completed=body.steps_completed,
-            metadata=body.metadata,
-            size_bytes=body.size_bytes,
-            reported_at=record.at,
-        )
-    ]
+    fields = body.model_dump(exclude={"type", "experiment_id", "worker_id"})
+    return [Checkpoint(**fields, experiment_id=experiment_id, reported_at=record.at)]
 
 
 def _metrics(experiment_id: str, record: InputRecord) -> list[MetricReport]:
     body = record.input
     if not isinstance(body, MetricsReported):
         return []
-    return [
-        MetricReport(
-            experiment_id=experiment_id,
-            trial_id=body.trial_id,
-            attempt=body.attempt,
-            group=body.group,
-            steps_completed=body.steps_completed,
-            metrics=body.metrics,
-            reported_at=record.at,
-        )
-    ]
+    fields = body.model_dump(exclude={"type", "experiment_id", "worker_id"})
+    return [MetricReport(**fields, experiment_id=experiment_id, reported_at=record.at)]
 
 
 def _log_lines(experiment_id: str, record: InputRecord) -> list[LogEntry]:

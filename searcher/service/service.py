@@ -599,45 +599,43 @@ class SearcherService:
     async def _control(self, body: ControlExperiment, request_id: str) -> dict[str, Any]:
         """A user's pause, activate, cancel or kill: an input like any other, logged first."""
         run = self.runs[body.experiment_id]
-        message_id = f"{run.experiment_id}/control/{request_id or uuid.uuid4().hex}"
-        seen = self._seen.setdefault(run.experiment_id, set())
-        ignored = None
-        if message_id not in seen:
-            step = await self._apply(run, body, message_id)
-            ignored = step.ignored if step is not None else "the experiment failed"
-            log.info(
-                "experiment control",
-                action=body.action,
-                experiment_id=run.experiment_id,
-                state=run.state,
-                ignored=ignored,
-            )
+        ignored = await self._user_input(run, body, f"control/{request_id or uuid.uuid4().hex}")
         return {"experiment_id": run.experiment_id, "state": run.state, "ignored": ignored}
 
     async def _control_trial(self, body: ControlTrial, request_id: str) -> dict[str, Any]:
         """A user's kill of one trial: an input like any other, logged first."""
         run = self.runs[body.experiment_id]
-        if body.trial_id not in run.by_id:
+        trial = run.by_id.get(body.trial_id)
+        if trial is None:
             raise _NotFound(f"experiment {body.experiment_id} has no trial {body.trial_id}")
-        message_id = f"{run.experiment_id}/control-trial/{request_id or uuid.uuid4().hex}"
-        ignored = None
-        if message_id not in self._seen.setdefault(run.experiment_id, set()):
-            step = await self._apply(run, body, message_id)
-            ignored = step.ignored if step is not None else "the experiment failed"
-            log.info(
-                "trial control",
-                action=body.action,
-                experiment_id=run.experiment_id,
-                trial_id=body.trial_id,
-                ignored=ignored,
-            )
-        trial = run.by_id[body.trial_id]
+        name = f"control-trial/{request_id or uuid.uuid4().hex}"
+        ignored = await self._user_input(run, body, name)
         return {
             "experiment_id": run.experiment_id,
             "trial_id": trial.trial_id,
             "state": trial.state,
             "ignored": ignored,
         }
+
+    async def _user_input(
+        self, run: ExperimentRun, body: ControlExperiment | ControlTrial, name: str
+    ) -> str | None:
+        """Apply a user's request once (a re-sent request has the same correlation id);
+        return why it changed nothing, or None."""
+        message_id = f"{run.experiment_id}/{name}"
+        if message_id in self._seen.setdefault(run.experiment_id, set()):
+            return None
+        step = await self._apply(run, body, message_id)
+        ignored = step.ignored if step is not None else "the experiment failed"
+        log.info(
+            "user control",
+            action=body.action,
+            experiment_id=run.experiment_id,
+            trial_id=getattr(body, "trial_id", None),
+            state=run.state,
+            ignored=ignored,
+        )
+        return ignored
 
     def _worker_infos(self) -> list[WorkerInfo]:
         now = time.monotonic()
