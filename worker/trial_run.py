@@ -86,6 +86,8 @@ class TrialRun:
         )
         self.process: asyncio.subprocess.Process | None = None
         self._server: asyncio.Server | None = None
+        # The script's open connections, each served by its own task.
+        self._connections: set[asyncio.Task[Any]] = set()
         self._socket_path = Path(tempfile.gettempdir()) / f"rung-{uuid.uuid4().hex[:12]}.sock"
         # Operation bookkeeping: lengths handed to the script, and the next one to hand out.
         self._next: asyncio.Queue[int | None] = asyncio.Queue()
@@ -202,6 +204,9 @@ class TrialRun:
 
     # ------------------------------------------------------------------ the channel
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
         try:
             while line := await reader.readline():
                 try:
@@ -214,6 +219,8 @@ class TrialRun:
             pass
         finally:
             writer.close()
+            if task is not None:
+                self._connections.discard(task)
 
     def _ids(self) -> dict[str, Any]:
         return {
@@ -358,6 +365,10 @@ class TrialRun:
     async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
         if self._server is not None:
             self._server.close()
+        # A connection whose script died while it waited (for its next operation, say)
+        # is never read again: end it, so that its socket is closed.
+        for connection in list(self._connections):
+            connection.cancel()
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
         self.log.info("trial exited", reason=reason.value, exit_code=code, message=message)
