@@ -132,12 +132,26 @@ class _RabbitDelivery(Delivery):
         self._subscription = subscription
 
     async def ack(self) -> None:
-        await self._message.ack()
-        await self._subscription.settled()
+        try:
+            await self._message.ack()
+        except CONNECTION_EXCEPTIONS as exc:
+            # Its channel is gone with the connection: the broker will deliver the
+            # message again, and whoever gets it must find it a duplicate.
+            raise BrokerUnavailableError(
+                f"could not acknowledge {self.message_id}: the connection was lost ({exc})"
+            ) from exc
+        finally:
+            await self._subscription.settled()
 
     async def requeue(self) -> None:
-        await self._message.nack(requeue=True)
-        await self._subscription.settled()
+        try:
+            await self._message.nack(requeue=True)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerUnavailableError(
+                f"could not requeue {self.message_id}: the connection was lost ({exc})"
+            ) from exc
+        finally:
+            await self._subscription.settled()
 
     async def _move_to_dead_queue(self, reason: str) -> None:
         headers = {
@@ -273,13 +287,14 @@ class RabbitBroker(Broker):
         deadline = loop.time() + timeout
         retries = 0
         while True:
+            left = max(deadline - loop.time(), 0.1)
             try:
-                await self._exchange(exchange).publish(
-                    message,
-                    routing_key,
-                    mandatory=mandatory,
-                    timeout=max(deadline - loop.time(), 0.1),
-                )
+                # The whole attempt is bounded, not only the wait for the confirm: a robust
+                # channel waits, without a limit, for its connection to be ready again.
+                async with asyncio.timeout(left):
+                    await self._exchange(exchange).publish(
+                        message, routing_key, mandatory=mandatory, timeout=left
+                    )
             except PublishError as exc:
                 raise UnroutableError(
                     f"no queue takes {exchange or 'default'}/{routing_key}"
@@ -320,10 +335,28 @@ class RabbitBroker(Broker):
         return channel
 
     async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
-        channel = await self._consume_channel(max(prefetch, 1))
-        # A passive declare, not get_queue(ensure=False): a robust channel restores only
-        # the queues declared on it, and with them their consumers, after a reconnect.
-        q = await channel.declare_queue(queue, passive=True)
+        try:
+            return await self._subscribe(queue, handler, prefetch)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerUnavailableError(
+                f"cannot consume from {queue}: the connection to the broker is down "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def _subscribe(self, queue: str, handler: Handler, prefetch: int) -> Subscription:
+        private = self._private.get(queue)
+        if private is not None:
+            # A private (exclusive) queue dies with its connection. Its consumer must be
+            # on the channel that declares it, so that after a reconnect the channel
+            # declares the queue again before it consumes; a consumer on another channel
+            # could be restored first, find no queue, and be lost for good.
+            channel, q = private
+            await channel.set_qos(prefetch_count=max(prefetch, 1))
+        else:
+            channel = await self._consume_channel(max(prefetch, 1))
+            # A passive declare, not get_queue(ensure=False): a robust channel restores
+            # only the queues declared on it, and with them their consumers.
+            q = await channel.declare_queue(queue, passive=True)
         sub = _RabbitSubscription(channel, q)
 
         async def on_message(message: AbstractIncomingMessage) -> None:

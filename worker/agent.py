@@ -86,6 +86,7 @@ class Worker:
         self._session = uuid.uuid4().hex[:12]
         self._stopping = False
         self._waiting_for_slots = 0
+        self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
         self._seen: deque[str] = deque(maxlen=10_000)
 
@@ -179,16 +180,39 @@ class Worker:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _update_intake(self) -> None:
-        """Consume work exactly while a slot is free (and enough for a waiting command)."""
-        want = (
-            not self._stopping and len(self.free) > 0 and len(self.free) >= self._waiting_for_slots
-        )
-        if want and self._work is None:
-            self._work = await self.broker.subscribe(
-                self.broker.topology.work_queue, self._on_work, prefetch=1
+        """Consume work exactly while a slot is free (and enough for a waiting command).
+
+        While the connection is down, subscribing fails: keep trying, or the worker would
+        sit idle with free slots for good.
+        """
+        async with self._intake_lock:  # one subscription at a time, never two
+            await self._set_intake()
+
+    async def _set_intake(self) -> None:
+        attempt = 0
+        while True:
+            want = (
+                not self._stopping
+                and len(self.free) > 0
+                and len(self.free) >= self._waiting_for_slots
             )
-        elif not want:
-            await self._pause_intake()
+            try:
+                if want and self._work is None:
+                    self._work = await self.broker.subscribe(
+                        self.broker.topology.work_queue, self._on_work, prefetch=1
+                    )
+                elif not want:
+                    await self._pause_intake()
+            except BrokerUnavailableError as exc:
+                attempt += 1
+                self.log.warning(
+                    "cannot take work yet: the broker connection is down; trying again",
+                    attempt=attempt,
+                    error=str(exc),
+                )
+                await asyncio.sleep(1.0)
+                continue
+            return
 
     # ------------------------------------------------------------------ work
     async def _on_work(self, delivery: Delivery) -> None:
@@ -234,14 +258,25 @@ class Worker:
             await delivery.requeue()
             await self._update_intake()
             raise
-        await delivery.ack()
         if run is not None:
+            # Watched before the ack: whatever happens to the ack, the trial runs here.
             task = asyncio.create_task(self._watch(run, slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             self.free.extend(slots)
             await self._update_intake()
+        try:
+            await delivery.ack()
+        except BrokerUnavailableError as exc:
+            # The broker will hand the command to someone again; the searcher knows this
+            # worker runs the attempt (its trial_started is confirmed) and fences the copy.
+            self.log.warning(
+                "could not acknowledge run_trial; the trial runs here all the same",
+                trial_id=body.trial_id,
+                attempt=body.attempt,
+                error=str(exc),
+            )
 
     async def _pause_intake(self) -> None:
         if self._work is not None:

@@ -45,6 +45,7 @@ def test_every_link_reset_twice_mid_run(
     experiment_id = start_experiment(cluster, tmp_path)
     wait_events(cluster, experiment_id, "checkpoint_saved", 1)
     assert proxy.reset() >= 6  # two connections per service
+    wait_sync(lambda: proxy.live_connections() >= 6, 30, "every service to reconnect")
     wait_events(cluster, experiment_id, "op_completed", 2)
     assert proxy.reset() >= 6
     finish(cluster, experiment_id, baseline, bound_s=120)
