@@ -1,27 +1,70 @@
-"""``python -m bench [--quick] [--only NAME]``: run the benchmarks and print their figures."""
+"""``python -m bench [--quick] [--rung-only] [--only NAME]``: run the benchmarks, print
+their figures, and write them as JSON lines under ``bench/results/``.
+
+The first line of a results file says when, on which commit and on what machine.
+``python -m bench.report FILE`` renders a results file into ``docs/benchmarks.md``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from bench import replay, simulator
+from bench import peer_compare, replay, simulator
 
-WORKLOADS: dict[str, Callable[..., list[dict[str, object]]]] = {
-    "simulator": simulator.run,
-    "replay": replay.run,
+WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "control_plane": peer_compare.control_plane,
+    "utilization": peer_compare.utilization,
+    "simulator": lambda *, quick, **_: simulator.run(quick=quick),
+    "replay": lambda *, quick, **_: replay.run(quick=quick),
 }
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _machine() -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit or "unknown",
+        "cpus": os.cpu_count(),
+        "memory_gib": round(pages / 2**30, 1),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--rung-only", action="store_true", help="skip the peers (no environments to make)"
+    )
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append")
+    parser.add_argument("--out", type=Path, help="results file (default: bench/results/...)")
     args = parser.parse_args()
-    for name in args.only or sorted(WORKLOADS):
-        for row in WORKLOADS[name](quick=args.quick):
-            print(json.dumps(row))
+    header = {"kind": "run", "quick": args.quick, "rung_only": args.rung_only, **_machine()}
+    out = args.out or RESULTS / f"{header['date'][:10]}-{header['commit']}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as results:
+        results.write(json.dumps(header) + "\n")
+        print(json.dumps(header), flush=True)
+        for name in args.only or list(WORKLOADS):
+            for row in WORKLOADS[name](quick=args.quick, rung_only=args.rung_only):
+                line = json.dumps({"workload": name, **row})
+                results.write(line + "\n")
+                results.flush()
+                print(line, flush=True)
+    print(f"written to {out}", flush=True)
 
 
 main()
