@@ -48,7 +48,6 @@ __all__ = [
     "TERMINAL_STATES",
     "ClientError",
     "ConnectionLostError",
-    "ExperimentNotFoundError",
     "NotFoundError",
     "RefusedError",
     "RequestTimeoutError",
@@ -56,9 +55,6 @@ __all__ = [
 ]
 
 TERMINAL_STATES = ("COMPLETED", "ERROR", "CANCELED")
-
-# The name it had before the client grew its own error types.
-ExperimentNotFoundError = NotFoundError
 
 
 def _read_config(path: Path) -> dict[str, Any]:

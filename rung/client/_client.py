@@ -18,7 +18,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
-from broker import Broker, BrokerError, TlsSettings, Topology, connect_broker
+from broker import Broker, BrokerError, TlsSettings, Topology, connect_broker, redact
 from broker.port import Delivery
 from broker.schemas import CheckpointSaved, LogLines, MetricsReported
 from rung.client._local import LocalCluster
@@ -137,7 +137,7 @@ class Client:
                 with contextlib.suppress(Exception):
                     await broker.close()
                 raise ConnectionLostError(
-                    f"cannot reach the broker at {_redact(self.url)} within "
+                    f"cannot reach the broker at {redact(self.url)} within "
                     f"{self.connect_timeout:g} s ({str(exc) or type(exc).__name__}); check the URL "
                     "and that RabbitMQ is running"
                 ) from exc
@@ -437,9 +437,3 @@ async def _subscribe_feed(
         log.warning("watch: no live feed, polling the log instead", error=str(exc))
         return None
     return queue
-
-
-def _redact(url: str) -> str:
-    from broker import redact  # noqa: PLC0415
-
-    return redact(url)
