@@ -44,6 +44,7 @@ from broker.schemas import (
 )
 from broker.schemas.envelope import Body
 from worker.contexts import ContextCache
+from worker.spawn import Spawner, StartMethod, make_spawner
 from worker.trial_run import TrialRun
 
 __all__ = ["Worker", "default_worker_id"]
@@ -64,6 +65,7 @@ class Worker:
         work_dir: Path | None = None,
         heartbeat_s: float = 5.0,
         hang_timeout_s: float | None = None,
+        start_method: StartMethod = "fork-server",
     ) -> None:
         self.broker = broker
         self.worker_id = worker_id or default_worker_id()
@@ -74,6 +76,8 @@ class Worker:
         self.work_dir = work_dir or Path.home() / ".rung" / "worker" / self.worker_id
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
+        self.start_method: StartMethod = start_method
+        self.spawner: Spawner = make_spawner(start_method)
         self.rpc = RpcClient(broker)
         self.contexts = ContextCache(self.rpc, self.work_dir / "contexts")
         self.runs: dict[tuple[str, int, int], TrialRun] = {}
@@ -161,6 +165,7 @@ class Worker:
                 run.kill(f"it did not stop within {grace_s:g} s of the worker's shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=10)
+        await self.spawner.close()  # after the trials: its children die with it
         if self._control_queue is not None:
             with contextlib.suppress(BrokerError):
                 await self.broker.delete_private_queue(self._control_queue)
@@ -301,6 +306,7 @@ class Worker:
             emit=self.emit,
             best_validation=lambda: self._best_validation(cmd.experiment_id),
             hang_timeout_s=self.hang_timeout_s,
+            spawner=self.spawner,
         )
         self.runs[run.key] = run
         if not await run.start():

@@ -15,18 +15,20 @@ import os
 import signal
 import sys
 
-__all__ = ["main"]
+__all__ = ["die_with_parent", "main"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        sys.stderr.write(f"rung: cannot tie the trial to its worker: {os.strerror(errno)}\n")
+def die_with_parent(parent: int) -> None:
+    """Ask for SIGKILL when the parent dies; exit at once if ``parent`` is gone already."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            sys.stderr.write(f"rung: cannot tie the process to its parent: {os.strerror(errno)}\n")
+    if os.getppid() != parent:  # the parent died before the setting took effect
+        os._exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -34,9 +36,7 @@ def main(argv: list[str]) -> None:
         sys.stderr.write("usage: python -m worker.launch PARENT_PID COMMAND [ARG...]\n")
         raise SystemExit(2)
     parent, command = int(argv[0]), argv[1:]
-    _die_with_parent()
-    if os.getppid() != parent:  # the worker died before the setting took effect
-        raise SystemExit(1)
+    die_with_parent(parent)
     os.execvp(command[0], command)  # noqa: S606 (the entrypoint, as the config gives it)
 
 

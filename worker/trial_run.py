@@ -39,6 +39,7 @@ from broker.schemas import (
     TrialStarted,
 )
 from broker.schemas.envelope import Body
+from worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
 
 __all__ = ["TrialRun"]
 
@@ -66,8 +67,10 @@ class TrialRun:
         emit: Emit,
         best_validation: Callable[[], Awaitable[float | None]],
         hang_timeout_s: float | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
         self.cmd = cmd
+        self._spawner: Spawner = spawner or ExecSpawner()
         # A script that makes no Core API call for this long is hung and killed.
         self.hang_timeout_s = hang_timeout_s
         self._last_call = time.monotonic()
@@ -84,10 +87,11 @@ class TrialRun:
             attempt=cmd.attempt,
             worker_id=worker_id,
         )
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: TrialProcess | None = None
         self._server: asyncio.Server | None = None
         # The script's open connections, each served by its own task.
         self._connections: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._socket_path = Path(tempfile.gettempdir()) / f"rung-{uuid.uuid4().hex[:12]}.sock"
         # Operation bookkeeping: lengths handed to the script, and the next one to hand out.
         self._next: asyncio.Queue[int | None] = asyncio.Queue()
@@ -180,19 +184,18 @@ class TrialRun:
             await self._flush()
             await self._exited(ExitReason.ERRORED, None, command)
             return False
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self._socket_path))
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker.launch",  # the process dies with this worker, even by SIGKILL
-            str(os.getpid()),
-            *command,
-            cwd=self.run_dir,
-            env=self._environment(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket_path))
+        try:
+            self.process = await self._spawner.spawn(
+                command, cwd=self.run_dir, env=self._environment()
+            )
+        except (SpawnError, OSError) as exc:
+            reason = f"the training process could not be started: {exc}"
+            self.log.error("cannot start the trial", reason=reason)  # noqa: TRY400 (no trace)
+            await self._add_line("rung", reason)
+            await self._flush()
+            await self._exited(ExitReason.ERRORED, None, reason)
+            return False
         self.log.info(
             "trial started",
             pid=self.process.pid,
@@ -203,10 +206,15 @@ class TrialRun:
         return True
 
     # ------------------------------------------------------------------ the channel
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called as the connection is made: the writer is known before any await, so
+        that the end of the trial closes it even if its task never gets to run."""
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
         try:
             while line := await reader.readline():
                 try:
@@ -219,8 +227,7 @@ class TrialRun:
             pass
         finally:
             writer.close()
-            if task is not None:
-                self._connections.discard(task)
+            self._writers.discard(writer)
 
     def _ids(self) -> dict[str, Any]:
         return {
@@ -337,12 +344,16 @@ class TrialRun:
             raise RuntimeError("wait() before a successful start()")
         flusher = asyncio.create_task(self._flush_periodically())
         watchdog = asyncio.create_task(self._watch_for_hangs())
-        await asyncio.gather(
-            self._pump(self.process.stdout, "stdout"), self._pump(self.process.stderr, "stderr")
-        )
-        code = await self.process.wait()
-        flusher.cancel()
-        watchdog.cancel()
+        try:
+            await asyncio.gather(
+                self._pump(self.process.stdout, "stdout"),
+                self._pump(self.process.stderr, "stderr"),
+            )
+            code = await self.process.wait()
+        finally:
+            flusher.cancel()
+            watchdog.cancel()
+            self._close_channel()  # also when the worker is cancelled while this waits
         reason, message = self._classify(code)
         if reason is ExitReason.USER_REQUESTED_STOP:
             await self._add_line("rung", f"warning: {message}")
@@ -362,15 +373,22 @@ class TrialRun:
             self.kill(f"no call to the Core API for {timeout:g} s (rung worker --hang-timeout)")
             return
 
-    async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
+    def _close_channel(self) -> None:
+        """Close the socket server and every connection to it (idempotent)."""
         if self._server is not None:
             self._server.close()
         # A connection whose script died while it waited (for its next operation, say)
         # is never read again: end it, so that its socket is closed.
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
         for connection in list(self._connections):
             connection.cancel()
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
+
+    async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
+        self._close_channel()
         self.log.info("trial exited", reason=reason.value, exit_code=code, message=message)
         await self._emit(
             TrialExited(
@@ -385,5 +403,8 @@ class TrialRun:
     def kill(self, because: str) -> None:
         if self.process is not None and self.process.returncode is None:
             self.killed_because = because
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # not yet the leader of its own group: just it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGKILL)

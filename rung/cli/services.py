@@ -22,6 +22,7 @@ from rung.client import Client
 from searcher.service.service import SearcherService
 from worker.agent import Worker
 from worker.gpus import parse_gpus
+from worker.spawn import START_METHODS
 
 __all__ = ["register"]
 
@@ -93,6 +94,14 @@ def register(commands: Any) -> None:
         "checkpoint, should_preempt) for this long; it counts as an error, so max_restarts "
         "applies. Leave room for imports and data loading (default 0: off)",
     )
+    worker.add_argument(
+        "--start-method",
+        choices=START_METHODS,
+        default="fork-server",
+        help="how training processes start: fork-server (default) forks them from a warm "
+        "process with the Core API loaded, a few ms each; exec starts a fresh "
+        "interpreter for each (about 100 ms more), for scripts that need one",
+    )
     worker.set_defaults(handler=run_worker)
 
 
@@ -160,6 +169,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 work_dir=args.work_dir,
                 heartbeat_s=args.heartbeat,
                 hang_timeout_s=args.hang_timeout or None,
+                start_method=args.start_method,
             )
             await worker.run(stop)
         finally:

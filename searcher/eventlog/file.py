@@ -9,6 +9,7 @@ unreachable, names the first record whose commands may not have been published y
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -59,6 +60,10 @@ class FileEventLog:
         self._starts: list[int] = []
         self._file = path.open("ab")
         self._size = os.fstat(self._file.fileno()).st_size
+        # What a previous process wrote may still be only in the page cache.
+        os.fsync(self._file.fileno())
+        self.durable_seq = self.seq
+        self._syncing = asyncio.Lock()
         # Snapshot cadence: enough records, and at least as many bytes as a snapshot.
         covered = self.snapshot.seq if self.snapshot else 0
         self._since_snapshot = self.seq - covered
@@ -103,7 +108,22 @@ class FileEventLog:
         self.append(record)
         return record
 
-    def append(self, record: Record) -> Record:
+    async def sync_async(self) -> None:
+        """Make every record appended so far durable, with the wait off the event loop.
+
+        ``append(record, sync=False)`` puts a record in the file and in memory at once;
+        this is the fsync that must come before anything the record caused is published
+        or its input acknowledged. Concurrent callers share one sync where they can.
+        """
+        target = self.seq
+        async with self._syncing:  # one fsync at a time; it covers all written before it
+            if self.durable_seq >= target:
+                return  # the sync just done covered this caller's records too
+            covered = self.seq
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+            self.durable_seq = max(self.durable_seq, covered)
+
+    def append(self, record: Record, *, sync: bool = True) -> Record:
         if record.seq != self.seq + 1:
             raise SearcherError(f"record {record.seq} appended after {self.seq}")
         size = os.fstat(self._file.fileno()).st_size
@@ -116,8 +136,10 @@ class FileEventLog:
         self._starts.append(self._size)
         self._file.write(line + b"\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
         self.seq = record.seq
+        if sync:
+            os.fsync(self._file.fileno())
+            self.durable_seq = self.seq
         self._size += len(line) + 1
         self._last_line = line
         self._since_snapshot += 1
@@ -154,6 +176,9 @@ class FileEventLog:
 
     def write_snapshot(self, experiment_id: str, state: dict[str, Any]) -> StoredSnapshot:
         """Save the state after the last record appended, replacing the previous snapshot."""
+        if self.durable_seq < self.seq:  # never a snapshot ahead of the durable log
+            os.fsync(self._file.fileno())
+            self.durable_seq = self.seq
         snapshot = StoredSnapshot(
             experiment_id=experiment_id,
             seq=self.seq,

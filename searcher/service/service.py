@@ -101,6 +101,11 @@ class SearcherService:
         self.warnings: dict[str, list[str]] = {}
         self.workers: dict[str, WorkerHeartbeat] = {}
         self._lock = asyncio.Lock()
+        self._feed_lock = asyncio.Lock()
+        # Event handlers under way; shutdown waits for them to settle.
+        self._handling = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._owner = f"{socket.gethostname()}/{os.getpid()}"
         # Experiments another searcher took over: their events are left to it.
         self._given_up: set[str] = set()
@@ -140,6 +145,9 @@ class SearcherService:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
+        # Events applied but still settling (syncing, publishing) finish first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=30)
         async with self._lock:
             for event_log in self.logs.values():
                 event_log.close()
@@ -173,7 +181,8 @@ class SearcherService:
             resend = self._undelivered(event_log, replayed.last_input)
             for record in resend:
                 step = Step(commands=[Command(c.body, c.worker_id) for c in record.commands])
-                await self._send(run, step, record.seq)
+                self._queue(run, step, record.seq)
+                await self._flush_unsent()
             log.info(
                 "experiment recovered from its log",
                 experiment_id=run.experiment_id,
@@ -240,16 +249,32 @@ class SearcherService:
         await self._apply(run, lost, message_id=message_id)
 
     def _append(self, experiment_id: str, record: Record) -> Record:
-        """Append durably, then queue the record for the live feed."""
-        self.logs[experiment_id].append(record)
+        """Append (in the file and in memory), and queue the record for the live feed.
+
+        Not durable yet: :meth:`_durable` is, and it comes before anything the record
+        caused is published and before its input is acknowledged. Nothing between the
+        two awaits, so a handler cancelled while the disk syncs leaves the record, its
+        message id and its commands where the next input or timer tick finds them.
+        """
+        self.logs[experiment_id].append(record, sync=False)
         self._feed.append((experiment_id, record))
         return record
 
     async def _flush_feed(self) -> None:
-        """Publish appended records to observers; nobody listening is fine."""
+        """Publish appended records to observers, in order; nobody listening is fine."""
+        async with self._feed_lock:
+            await self._publish_feed()
+
+    async def _publish_feed(self) -> None:
         topology = self.broker.topology
         pending, self._feed = self._feed, []
         for experiment_id, record in pending:
+            event_log = self.logs.get(experiment_id)
+            if event_log is not None and record.seq > event_log.durable_seq:
+                # Not on disk yet (another input's sync is under way): its handler
+                # publishes it, after the sync, in order with what follows it.
+                self._feed.append((experiment_id, record))
+                continue
             try:
                 await self.broker.publish(
                     topology.feed_exchange,
@@ -267,27 +292,27 @@ class SearcherService:
                 )
 
     def _record(self, run: ExperimentRun, step: Step, *, message_id: str, body: Body | None) -> int:
-        """Write the input and all it caused; return its sequence number once on disk."""
+        """Write the input and all it caused; return its sequence number."""
         event_log = self.logs[run.experiment_id]
         record = InputRecord.of(event_log.seq + 1, message_id, body, step, at=time.time())
         seq = self._append(run.experiment_id, record).seq
-        # Durable now: a redelivery of this message is a duplicate from here on.
+        # Applied now: a redelivery of this message is a duplicate from here on.
         seen = self._seen.setdefault(run.experiment_id, set())
         seen.add(message_id)
         if event_log.snapshot_due(self.snapshot_every):
             event_log.write_snapshot(run.experiment_id, {**run.snapshot(), "seen": sorted(seen)})
         return seq
 
-    async def _send(self, run: ExperimentRun, step: Step, seq: int) -> None:
-        """Publish a logged decision's commands, after any that still wait, in order.
+    def _queue(self, run: ExperimentRun, step: Step, seq: int) -> None:
+        """Queue a logged decision's commands, to go out after any that still wait.
 
-        If the broker stays unreachable past the publish timeout, they wait here and go
-        out at the next input or timer tick: the decision is in the log already, and the
-        message that caused it is acknowledged, so it must not be lost or applied again.
+        :meth:`_flush_unsent` publishes them, each once its record is durable. If the
+        broker stays unreachable past the publish timeout, they wait here and go out at
+        the next input or timer tick: the decision is in the log already, and the message
+        that caused it is acknowledged, so it must not be lost or applied again.
         """
         if step.commands:
             self._unsent.append((run, step, seq))
-        await self._flush_unsent()
 
     async def _flush_unsent(self) -> None:
         if self._flushing:
@@ -303,6 +328,8 @@ class SearcherService:
     async def _flush_in_order(self) -> None:
         while self._unsent:
             waiting, waiting_step, waiting_seq = self._unsent[0]
+            if (event_log := self.logs.get(waiting.experiment_id)) is not None:
+                await event_log.sync_async()  # write first, then publish
             try:
                 await self._publish(waiting, waiting_step, waiting_seq)
             except BrokerError as exc:
@@ -327,7 +354,14 @@ class SearcherService:
                 event_log.mark_unsent(seq)
 
     async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> Step | None:
-        """Apply one input: decide, write it down, publish what it caused."""
+        """Apply one input: decide, write it down, publish what it caused.
+
+        Everything up to the wait for the disk happens with no await, so a handler
+        cancelled while the disk syncs leaves the record, its message id and its commands
+        where the next input or timer tick finds them. The whole of it runs under the
+        service's lock, so that only the last record of a log can have commands not yet
+        published: a restart re-sends those (see :meth:`_undelivered`).
+        """
         try:
             step = run.on_event(body)
         except SearcherError as exc:
@@ -346,6 +380,7 @@ class SearcherService:
                 ),
             )
             self._seen.setdefault(run.experiment_id, set()).add(message_id)
+            await self.logs[run.experiment_id].sync_async()
             log.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
                 "experiment failed: its search method broke a rule",
                 experiment_id=run.experiment_id,
@@ -353,16 +388,33 @@ class SearcherService:
             )
             return None
         seq = self._record(run, step, message_id=message_id, body=body)
-        crash_point("appended")
+        self._queue(run, step, seq)
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
-        await self._send(run, step, seq)
         if run.state != "ACTIVE" and any(op.type == "shutdown" for op in step.ops):
             log.info("experiment finished", experiment_id=run.experiment_id, state=run.state)
+        await self._settle(run)
         return step
+
+    async def _settle(self, run: ExperimentRun) -> None:
+        """Make what was applied durable, then publish the commands that wait."""
+        if (event_log := self.logs.get(run.experiment_id)) is not None:
+            await event_log.sync_async()
+        crash_point("appended")
+        await self._flush_unsent()
 
     # ------------------------------------------------------------------ events
     async def _on_event(self, delivery: Delivery) -> None:
+        self._handling += 1
+        self._idle.clear()
+        try:
+            await self._handle_event(delivery)
+        finally:
+            self._handling -= 1
+            if self._handling == 0:
+                self._idle.set()
+
+    async def _handle_event(self, delivery: Delivery) -> None:
         try:
             envelope = decode(delivery.body)
         except DecodeError as exc:
@@ -717,7 +769,9 @@ class SearcherService:
         event_log.take_over(self._owner)
         step = run.start()
         seq = self._record(run, step, message_id=f"{experiment_id}/start", body=None)
-        await self._send(run, step, seq)
+        self._queue(run, step, seq)
+        await event_log.sync_async()
+        await self._flush_unsent()
         log.info(
             "experiment created",
             experiment_id=experiment_id,

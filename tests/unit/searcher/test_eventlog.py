@@ -3,6 +3,8 @@ and replay equal to the live fold."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from random import Random
@@ -197,3 +199,36 @@ def test_a_takeover_fences_off_the_previous_owner(tmp_path: Path) -> None:
     owners = [r for r in records if isinstance(r, OwnerRecord)]
     assert [(o.epoch, o.owner) for o in owners] == [(1, "machine-a/1"), (2, "machine-b/7")]
     assert replay(records, verify=True).divergence is None  # owner records change nothing
+
+
+# ---------------------------------------------------------------- group commit
+async def test_one_fsync_covers_the_records_written_while_another_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _copy(GOLDEN / "single.v1.jsonl", tmp_path)
+    opened = FileEventLog(log)
+    assert opened.durable_seq == opened.seq  # what was on disk counts as durable
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(opened.seq)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    start = opened.seq
+    opened.append(SnapshotRecord(seq=start + 1, state={}), sync=False)
+    first = asyncio.ensure_future(opened.sync_async())
+    await asyncio.sleep(0)  # let it start its fsync (in a thread) and hold the turn
+    waiters = [first]
+    for offset in range(2, 6):  # four more records, each then waiting for the disk
+        opened.append(SnapshotRecord(seq=start + offset, state={}), sync=False)
+        waiters.append(asyncio.ensure_future(opened.sync_async()))
+    await asyncio.gather(*waiters)
+    assert opened.durable_seq == start + 5
+    # The first sync covered the first record; one more covered the four written meanwhile.
+    assert len(synced) == 2
+    await opened.sync_async()  # nothing new: no fsync
+    assert len(synced) == 2
+    opened.close()
+    assert [r.seq for r in read_log(log)][-5:] == list(range(start + 1, start + 6))

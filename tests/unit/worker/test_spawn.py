@@ -1,0 +1,184 @@
+"""Starting training processes: the fork server behaves as a fresh interpreter would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from worker.forkserver import python_entrypoint
+from worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess
+
+PY = sys.executable
+
+
+@pytest.fixture(params=["fork-server", "exec"])
+async def spawner(request: pytest.FixtureRequest) -> AsyncIterator[Spawner]:
+    made: Spawner = ForkServer() if request.param == "fork-server" else ExecSpawner()
+    yield made
+    await made.close()
+
+
+async def _finish(process: TrialProcess) -> tuple[int, str, str]:
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out, err = await asyncio.wait_for(
+        asyncio.gather(process.stdout.read(), process.stderr.read()), timeout=30
+    )
+    code = await asyncio.wait_for(process.wait(), timeout=30)
+    return code, out.decode(), err.decode()
+
+
+def _script(tmp_path: Path, body: str, name: str = "train.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_which_entrypoints_run_in_the_fork_server() -> None:
+    assert python_entrypoint([PY, "train.py", "--x"], PY) == ("path", "train.py", ["--x"])
+    assert python_entrypoint([PY, "-u", "train.py"], PY) == ("path", "train.py", [])
+    assert python_entrypoint([PY, "-m", "pkg.main", "a"], PY) == ("module", "pkg.main", ["a"])
+    # Other interpreters, other options and other programs get a real exec.
+    assert python_entrypoint(["/usr/bin/python2", "train.py"], PY) is None
+    assert python_entrypoint([PY, "-X", "dev", "train.py"], PY) is None
+    assert python_entrypoint(["bash", "run.sh"], PY) is None
+    assert python_entrypoint([PY], PY) is None
+
+
+async def test_a_script_sees_what_python_would_show_it(spawner: Spawner, tmp_path: Path) -> None:
+    (tmp_path / "helper.py").write_text("VALUE = 'sibling module'\n")
+    script = _script(
+        tmp_path,
+        """
+        import json, os, sys
+        import helper
+        print(json.dumps({
+            "argv": sys.argv, "cwd": os.getcwd(), "name": __name__,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("RUNG_TEST")},
+            "helper": helper.VALUE, "stdin": sys.stdin.read(),
+        }))
+        """,
+    )
+    process = await spawner.spawn(
+        [PY, str(script), "--lr", "0.1"], cwd=tmp_path, env=_env(RUNG_TEST_X="1")
+    )
+    code, out, err = await _finish(process)
+    assert (code, err) == (0, "")
+    seen = json.loads(out)
+    assert seen == {
+        "argv": [str(script), "--lr", "0.1"],
+        "cwd": str(tmp_path),
+        "name": "__main__",
+        "env": {"RUNG_TEST_X": "1"},  # exactly the environment given, nothing inherited
+        "helper": "sibling module",
+        "stdin": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "in_stderr"),
+    [
+        ("import sys; sys.exit(3)", 3, ""),
+        ("raise SystemExit('bad config')", 1, "bad config"),
+        ("raise ValueError('boom')", 1, "ValueError: boom"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL, ""),
+    ],
+)
+async def test_exit_codes_are_the_interpreters(
+    spawner: Spawner, tmp_path: Path, body: str, code: int, in_stderr: str
+) -> None:
+    script = _script(tmp_path, body)
+    got, _, err = await _finish(await spawner.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
+    assert got == code
+    assert in_stderr in err
+    if "ValueError" in in_stderr:
+        assert "Traceback (most recent call last)" in err
+
+
+async def test_threads_are_joined_and_atexit_runs(spawner: Spawner, tmp_path: Path) -> None:
+    script = _script(
+        tmp_path,
+        """
+        import atexit, threading, time
+        atexit.register(lambda: print("atexit ran", flush=True))
+        def late():
+            time.sleep(0.2)
+            print("thread finished", flush=True)
+        threading.Thread(target=late).start()
+        """,
+    )
+    code, out, _ = await _finish(await spawner.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
+    assert code == 0
+    assert out.splitlines() == ["thread finished", "atexit ran"]
+
+
+async def test_modules_and_other_programs(spawner: Spawner, tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "main.py").write_text("import sys\nprint(__name__, sys.argv[1:])\n")
+    code, out, _ = await _finish(
+        await spawner.spawn([PY, "-m", "pkg.main", "a"], cwd=tmp_path, env=_env())
+    )
+    assert (code, out.strip()) == (0, "__main__ ['a']")
+    code, out, _ = await _finish(
+        await spawner.spawn(["sh", "-c", "echo from sh; exit 4"], cwd=tmp_path, env=_env())
+    )
+    assert (code, out) == (4, "from sh\n")
+
+
+async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:
+    server = ForkServer()
+    try:
+        script = _script(tmp_path, "import random; print(random.random())")
+        outs = [
+            (await _finish(await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())))[1]
+            for _ in range(3)
+        ]
+    finally:
+        await server.close()
+    assert len(set(outs)) == 3
+
+
+async def test_children_die_with_the_fork_server_which_comes_back(tmp_path: Path) -> None:
+    server = ForkServer()
+    try:
+        script = _script(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
+        process = await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), timeout=30) == b"up\n"
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == -signal.SIGKILL
+        with pytest.raises(ProcessLookupError):  # PR_SET_PDEATHSIG took it
+            await asyncio.wait_for(_gone(process.pid), timeout=30)
+        again = await server.spawn([PY, "-c", "print('again')"], cwd=tmp_path, env=_env())
+        code, out, _ = await _finish(again)
+        assert (code, out) == (0, "again\n")
+    finally:
+        await server.close()
+
+
+async def _gone(pid: int) -> None:
+    """Raise ProcessLookupError once ``pid`` no longer exists (as a zombie or at all)."""
+    while True:
+        os.kill(pid, 0)
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0]
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        if status == "Z":
+            raise ProcessLookupError(pid)
+        await asyncio.sleep(0.05)

@@ -1,0 +1,246 @@
+"""The fork server: a warm Python process that starts training processes by forking.
+
+A worker starts one with ``python -m worker.forkserver WORKER_PID REQUESTS REPLIES``. It
+imports the Core API (``rung``) once, then waits on the Unix socket ``REQUESTS`` for
+requests, each a JSON
+line carrying the argv, working directory and environment of one training process, with
+its stdout and stderr pipes passed alongside (``SCM_RIGHTS``). For each, it forks a
+child that becomes the training process:
+
+* a new session (its own process group, so the worker can signal the whole group);
+* ``PR_SET_PDEATHSIG``: the child dies with the fork server, which dies with its worker;
+* stdin from ``/dev/null``, stdout and stderr to the worker's pipes;
+* the request's working directory and environment, exactly (nothing of the server's);
+* a fresh seed for ``random``, so no two children share a sequence.
+
+A Python entrypoint (``python train.py ARGS`` or ``python -m module ARGS``) then runs in
+the child as ``python`` would run it: ``sys.argv``, ``sys.path[0]``, ``__main__``,
+``SystemExit`` codes, tracebacks and exit code 1 on an uncaught exception, non-daemon
+threads joined and ``atexit`` handlers run at the end (but no teardown of modules). What
+it saves is the interpreter's start and the Core API's import: about 80 ms of CPU per
+trial on our machines, and again on each resume. Any other entrypoint is exec'd from the
+child.
+
+Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
+``{"id": N, "error": "..."}`` for a request, and ``{"exited": P, "code": C}`` when a
+child ends (C negative for a signal, as ``asyncio`` reports it). The server only ever
+runs this loop: it holds no threads, so forking it is safe.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import contextlib
+import json
+import os
+import random
+import runpy
+import selectors
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from worker.launch import die_with_parent
+
+__all__ = ["main", "python_entrypoint"]
+
+_MAX_FDS = 2
+
+
+def python_entrypoint(argv: list[str], executable: str) -> tuple[str, str, list[str]] | None:
+    """``(kind, target, args)`` when ``argv`` runs Python code this server can run itself.
+
+    ``kind`` is ``"path"`` (a script) or ``"module"`` (``-m``). Interpreter options other
+    than ``-u`` (unbuffered, which the worker sets anyway) mean a real interpreter.
+    """
+    if len(argv) < 2 or argv[0] != executable:
+        return None
+    rest = [a for a in argv[1:] if a != "-u"] if argv[1] == "-u" else argv[1:]
+    if len(rest) >= 2 and rest[0] == "-m":
+        return "module", rest[1], rest[2:]
+    if rest and not rest[0].startswith("-"):
+        return "path", rest[0], rest[1:]
+    return None
+
+
+def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    buffer = b""
+    fds: list[int] = []
+    while not buffer.endswith(b"\n"):
+        data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
+        if not data:
+            return None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % 4])
+                fds.extend(received)
+        buffer += data
+    return json.loads(buffer), fds
+
+
+def _send(sock: socket.socket, reply: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status)
+
+
+def _run_python(kind: str, target: str, args: list[str]) -> int:
+    """Run a script or module as ``__main__``, the way the interpreter would."""
+    if kind == "path":
+        sys.argv = [target, *args]
+        sys.path[0] = os.path.dirname(os.path.abspath(target))
+    else:
+        sys.argv = [target, *args]  # runpy replaces it with the module's file
+        sys.path[0] = os.getcwd()
+    try:
+        if kind == "path":
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return _system_exit_code(exc)
+    except BaseException:  # noqa: BLE001 (what the interpreter does with any uncaught one)
+        sys.excepthook(*sys.exc_info())
+        return 1
+    return 0
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # noqa: T201 (as the interpreter prints it)
+    return 1
+
+
+def _become_child(request: dict[str, Any], fds: list[int], parent: int) -> int:
+    """In the forked child: set up the process, run the entrypoint, return its exit code."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+    os.setsid()
+    die_with_parent(parent)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for fd in (devnull, *fds):
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv: list[str] = request["argv"]
+    python = python_entrypoint(argv, sys.executable)
+    if python is None:
+        try:
+            os.execvpe(argv[0], argv, os.environ)  # noqa: S606 (the configured entrypoint)
+        except OSError as exc:
+            print(f"rung: cannot run {argv[0]!r}: {exc}", file=sys.stderr)  # noqa: T201
+            return 127
+    random.seed()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(write_through=True)  # type: ignore[union-attr]
+    return _run_python(*python)
+
+
+def _serve(sock: socket.socket, replies: socket.socket) -> int | None:
+    """Serve until the worker hangs up (None); in a forked child, its exit code."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    me = os.getpid()
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is wake_read:
+                os.read(wake_read, 4096)
+                _reap(replies)
+                continue
+            received = _recv_request(sock)
+            if received is None:
+                return None
+            request, fds = received
+            if len(fds) != _MAX_FDS:
+                for fd in fds:
+                    os.close(fd)
+                _send(replies, {"id": request.get("id"), "error": "expected stdout and stderr"})
+                continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                _send(replies, {"id": request["id"], "error": f"fork failed: {exc}"})
+                pid = -1
+            if pid == 0:
+                selector.close()
+                sock.close()
+                replies.close()
+                for fd in (wake_read, wake_write):
+                    os.close(fd)
+                return _become_child(request, fds, me)
+            for fd in fds:
+                os.close(fd)
+            if pid > 0:
+                _send(replies, {"id": request["id"], "pid": pid})
+        _reap(replies)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(sock, {"exited": pid, "code": _exit_code(status)})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 3:
+        sys.stderr.write("usage: python -m worker.forkserver WORKER_PID REQUESTS REPLIES\n")
+        raise SystemExit(2)
+    die_with_parent(int(argv[0]))
+    import rung  # noqa: F401, PLC0415 (the point: children start with the Core API loaded)
+
+    requests = socket.socket(fileno=int(argv[1]))
+    replies = socket.socket(fileno=int(argv[2]))
+    code = _serve(requests, replies)
+    if code is None:
+        return
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """End a child as the interpreter would, less tearing down every module.
+
+    Non-daemon threads are joined and ``atexit`` handlers run (``logging`` flushes its
+    handlers there); then the process exits at once. Tearing down the modules inherited
+    from the server costs 10 to 30 ms and does nothing a training script can observe.
+    """
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    try:
+        atexit._run_exitfuncs()  # noqa: SLF001 (what Py_Finalize calls; no public name)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code & 0xFF if code >= 0 else 1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

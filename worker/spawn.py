@@ -1,0 +1,271 @@
+"""How a worker starts training processes: by exec (a fresh interpreter) or a fork server.
+
+Both give a :class:`TrialProcess`: a pid that leads its own process group, stdout and
+stderr as streams, and an exit code as ``asyncio`` reports it (negative for a signal).
+Both tie the process to the worker, so that it dies when the worker is killed outright.
+
+* ``exec``: ``python -m worker.launch WORKER_PID ARGV...``, a fresh process per trial.
+* ``fork-server`` (the default): a warm process with the Core API imported forks each
+  training process (:mod:`worker.forkserver`). A Python entrypoint then starts in a few
+  milliseconds instead of about a hundred; other entrypoints are exec'd from the fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+__all__ = [
+    "START_METHODS",
+    "ExecSpawner",
+    "ForkServer",
+    "SpawnError",
+    "Spawner",
+    "StartMethod",
+    "TrialProcess",
+    "make_spawner",
+]
+
+StartMethod = Literal["fork-server", "exec"]
+START_METHODS: tuple[StartMethod, ...] = ("fork-server", "exec")
+_LIMIT = 1 << 20
+_Pipes = asyncio.StreamReader
+
+
+class SpawnError(RuntimeError):
+    """The training process could not be started."""
+
+
+class TrialProcess(Protocol):
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+
+
+class Spawner(Protocol):
+    async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess: ...
+    async def close(self) -> None: ...
+
+
+class ExecSpawner:
+    """A fresh interpreter for every training process."""
+
+    async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker.launch",  # the process dies with this worker, even by SIGKILL
+            str(os.getpid()),
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=_LIMIT,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+class _Forked:
+    """A training process forked by the fork server; its exit code comes from there."""
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader):
+        self._pid = pid
+        self._stdout = stdout
+        self._stderr = stderr
+        self._returncode: int | None = None
+        self._done = asyncio.Event()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return self._stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        return self._stderr
+
+    def exited(self, code: int) -> None:
+        if self._returncode is None:
+            self._returncode = code
+            self._done.set()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self._returncode is not None  # noqa: S101 (set before the event)
+        return self._returncode
+
+
+async def _read_pipe(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LIMIT, loop=loop)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0)
+    )
+    return reader
+
+
+class ForkServer:
+    """Starts, feeds and watches one fork server; restarts it if it dies."""
+
+    def __init__(self) -> None:
+        self.log = structlog.get_logger("rung.worker")
+        self._lock = asyncio.Lock()
+        self._requests: socket.socket | None = None
+        self._server: asyncio.subprocess.Process | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[_Forked], _Pipes, _Pipes]] = {}
+        self._live: dict[int, _Forked] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The fork server's process id, while one runs."""
+        server = self._server
+        return server.pid if server is not None and server.returncode is None else None
+
+    async def _ensure_started(self) -> socket.socket:
+        task = self._reader_task
+        if self._requests is not None and task is not None and not task.done():
+            return self._requests
+        requests_here, requests_there = socket.socketpair()
+        replies_here, replies_there = socket.socketpair()
+        try:
+            self._server = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker.forkserver",
+                str(os.getpid()),
+                str(requests_there.fileno()),
+                str(replies_there.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(requests_there.fileno(), replies_there.fileno()),
+            )
+        finally:
+            requests_there.close()
+            replies_there.close()
+        reader, writer = await asyncio.open_unix_connection(sock=replies_here, limit=_LIMIT)
+        self._requests = requests_here
+        self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
+        self.log.debug("fork server started", pid=self._server.pid)
+        return requests_here
+
+    async def _read_replies(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while line := await reader.readline():
+                reply: dict[str, Any] = json.loads(line)
+                if "exited" in reply:
+                    forked = self._live.pop(int(reply["exited"]), None)
+                    if forked is not None:
+                        forked.exited(int(reply["code"]))
+                    continue
+                entry = self._pending.pop(int(reply["id"]), None)
+                if entry is None:
+                    continue
+                future, stdout, stderr = entry
+                if "error" in reply:
+                    future.set_exception(SpawnError(str(reply["error"])))
+                    continue
+                forked = _Forked(int(reply["pid"]), stdout, stderr)
+                self._live[forked.pid] = forked
+                future.set_result(forked)
+        finally:
+            writer.close()
+            self._lost()
+
+    def _lost(self) -> None:
+        """The fork server is gone: its children died with it (PR_SET_PDEATHSIG)."""
+        if self._pending or self._live:
+            self.log.warning("the fork server exited; its training processes died with it")
+        for future, *_ in self._pending.values():
+            if not future.done():
+                future.set_exception(SpawnError("the fork server exited"))
+        for forked in self._live.values():
+            forked.exited(-9)
+        self._pending.clear()
+        self._live.clear()
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
+
+    async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            stdout, stderr = await _read_pipe(out_read), await _read_pipe(err_read)
+            async with self._lock:
+                requests = await self._ensure_started()
+                request_id = next(self._ids)
+                future: asyncio.Future[_Forked] = asyncio.get_running_loop().create_future()
+                self._pending[request_id] = (future, stdout, stderr)
+                payload = json.dumps(
+                    {"id": request_id, "argv": argv, "cwd": str(cwd), "env": env}
+                ).encode()
+                try:
+                    await asyncio.to_thread(
+                        _send_with_fds, requests, payload + b"\n", [out_write, err_write]
+                    )
+                except OSError as exc:
+                    self._pending.pop(request_id, None)
+                    raise SpawnError(f"cannot reach the fork server: {exc}") from exc
+                # One request in flight at a time: the server reads one message per
+                # request, so its file descriptors never arrive with another's.
+                return await future
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+
+    async def close(self) -> None:
+        """Stop the fork server (its children die with it: stop them first)."""
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
+        if self._server is not None and self._server.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait(), timeout=5)
+            if self._server.returncode is None:
+                self._server.kill()
+                await self._server.wait()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+
+
+def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
+    sent = socket.send_fds(sock, [payload], fds)
+    if sent < len(payload):
+        sock.sendall(payload[sent:])
+
+
+def make_spawner(method: StartMethod) -> Spawner:
+    if method == "exec":
+        return ExecSpawner()
+    return ForkServer()
