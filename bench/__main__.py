@@ -17,11 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import peer_compare, replay, simulator
+from bench import latency, peer_compare, quality, replay, simulator
 
+# In the order: 1 control plane, 2 utilization, 3 latency, 4 scaling, 5 quality,
+# 6 searcher scale (the simulator, and replay of a log).
 WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "control_plane": peer_compare.control_plane,
     "utilization": peer_compare.utilization,
+    "latency": latency.run,
+    "scaling": peer_compare.scaling,
+    "quality": quality.run,
     "simulator": lambda *, quick, **_: simulator.run(quick=quick),
     "replay": lambda *, quick, **_: replay.run(quick=quick),
 }

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.peers import PeerError, run_peer
 
-__all__ = ["control_plane", "utilization"]
+__all__ = ["control_plane", "rabbitmq_up", "scaling", "utilization"]
 
 HERE = Path(__file__).resolve().parent
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -55,7 +55,7 @@ async def _rung_run(config: dict[str, Any], context: str, workers: int, url: str
     return wall, summary
 
 
-def _rabbitmq_up() -> bool:
+def rabbitmq_up() -> bool:
     import socket  # noqa: PLC0415
 
     with socket.socket() as probe:
@@ -72,7 +72,7 @@ def control_plane(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:
     repetitions = 1 if quick else 3
     rows: list[dict[str, Any]] = []
     brokers: list[tuple[str, str | None]] = [("memory", None)]
-    if _rabbitmq_up():
+    if rabbitmq_up():
         brokers.append(("rabbitmq", AMQP_URL))
     for concurrency in (1, 8):
         for broker, url in brokers:
@@ -134,12 +134,8 @@ def _null_row(system: str, concurrency: int, n: int, walls: list[float]) -> dict
     }
 
 
-def utilization(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:
-    n = 40 if quick else 200
-    workers = 8
-    repetitions = 1 if quick else 3
-    rows: list[dict[str, Any]] = []
-    config = {
+def _asha_config(trials: int, workers: int) -> dict[str, Any]:
+    return {
         "entrypoint": "python3 train.py",
         "hyperparameters": {
             "x": {"type": "double", "minval": 0, "maxval": 1},
@@ -152,15 +148,28 @@ def utilization(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:
             "max_length": MAX_T,
             "num_rungs": 3,
             "divisor": 3,
-            "max_trials": n,
+            "max_trials": trials,
             "max_concurrent_trials": workers,
         },
     }
+
+
+def _sleep_runs(trials: int, workers: int, repetitions: int) -> list[dict[str, float]]:
     runs = []
     for _ in range(repetitions):
-        wall, summary = asyncio.run(_rung_run(config, "sleep", workers, None))
-        steps = sum(t.length for t in summary.trials)
-        runs.append({"seconds": wall, "steps": steps})
+        wall, summary = asyncio.run(
+            _rung_run(_asha_config(trials, workers), "sleep", workers, None)
+        )
+        runs.append({"seconds": wall, "steps": float(sum(t.length for t in summary.trials))})
+    return runs
+
+
+def utilization(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:
+    n = 40 if quick else 200
+    workers = 8
+    repetitions = 1 if quick else 3
+    rows: list[dict[str, Any]] = []
+    runs = _sleep_runs(n, workers, repetitions)
     rows.append(_sleep_row("rung asha (memory)", n, workers, runs))
     if rung_only:
         return rows
@@ -196,3 +205,30 @@ def _sleep_row(system: str, n: int, workers: int, runs: list[dict[str, Any]]) ->
         "wall_s": _stats([float(r["seconds"]) for r in runs]),
         "ideal_s": _stats(ideal),
     }
+
+
+def scaling(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:  # noqa: ARG001
+    """Workload 4: workload 2 on 1, 2, 4, 8 and 16 workers (Rung only).
+
+    Throughput is executed steps per second of wall time (the number of steps differs a
+    little between runs, as ASHA's decisions depend on the order results arrive in);
+    speedup is against one worker, efficiency is speedup over the number of workers.
+    """
+    n = 24 if quick else 200
+    repetitions = 1 if quick else 3
+    counts = (1, 2, 4) if quick else (1, 2, 4, 8, 16)
+    rows: list[dict[str, Any]] = []
+    base: float | None = None
+    for workers in counts:
+        runs = _sleep_runs(n, workers, repetitions)
+        throughput = statistics.median(r["steps"] / r["seconds"] for r in runs)
+        base = base or throughput
+        row = _sleep_row("rung asha (memory)", n, workers, runs)
+        row |= {
+            "workload": "scaling",
+            "steps_per_s": throughput,
+            "speedup": throughput / base,
+            "efficiency": throughput / base / workers,
+        }
+        rows.append(row)
+    return rows

@@ -20,10 +20,11 @@ HERE = Path(__file__).resolve().parent
 ENVS = HERE / ".envs"
 SCRIPTS = HERE / "peer_scripts"
 
-# What each peer's environment holds; a change here rebuilds it.
+# What each peer's environment holds; a change here rebuilds it. scikit-learn is for the
+# digits objective of the search-quality workload (bench/objectives.py), numpy for both.
 PEERS: Final = {
-    "optuna": ["optuna>=5,<6"],
-    "ray": ["ray[tune]>=2,<3"],
+    "optuna": ["optuna>=5,<6", "numpy", "scikit-learn>=1.4"],
+    "ray": ["ray[tune]>=2,<3", "numpy", "scikit-learn>=1.4"],
 }
 
 

@@ -53,6 +53,13 @@ def register(commands: Any) -> None:
     sim.add_argument(
         "--seed", type=int, help="experiment seed (default: the config's, else drawn and printed)"
     )
+    sim.add_argument(
+        "--budget",
+        type=int,
+        metavar="UNITS",
+        help="stop once this much length has been trained in all (operations under way "
+        "finish); the state is then BUDGET_SPENT. For comparing methods at equal cost",
+    )
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(handler=simulate)
 
@@ -134,9 +141,11 @@ def simulate(args: argparse.Namespace) -> int:
     config = config.with_seed(seed)
     benchmark = _benchmark(args)
     method = build_method(config, context_dir=args.config.parent)
-    result = run_simulation(config, benchmark, workers=args.workers, method=method)
+    result = run_simulation(
+        config, benchmark, workers=args.workers, method=method, budget=args.budget
+    )
     if args.json:
-        payload = result.model_dump(mode="json", exclude={"trial_details"})
+        payload = result.model_dump(mode="json", exclude={"trial_details", "history"})
         payload |= {"seed": seed, "benchmark": benchmark.name}
         print(json.dumps(payload))
         return 0

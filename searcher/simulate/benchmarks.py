@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from searcher.errors import SimulationError
+from searcher.simulate.hartmann import OPTIMUM, PRESETS, Z_MAX, mf_hartmann6
 from searcher.space import flatten
 
 __all__ = ["BENCHMARKS", "Benchmark", "Curves", "MFHartmann6", "benchmark_named"]
@@ -36,23 +34,6 @@ class Benchmark(Protocol):
     def evaluate(self, hparams: Mapping[str, Any], length: int) -> float: ...
 
 
-_ALPHA = (1.0, 1.2, 3.0, 3.2)
-_A = (
-    (10.0, 3.0, 17.0, 3.5, 1.7, 8.0),
-    (0.05, 10.0, 17.0, 0.1, 8.0, 14.0),
-    (3.0, 3.5, 1.7, 10.0, 17.0, 8.0),
-    (17.0, 8.0, 0.05, 10.0, 0.1, 14.0),
-)
-_P = tuple(
-    tuple(1e-4 * v for v in row)
-    for row in (
-        (1312, 1696, 5569, 124, 8283, 5886),
-        (2329, 4135, 8307, 3736, 1004, 9991),
-        (2348, 1451, 3522, 2883, 3047, 6650),
-        (4047, 8828, 8732, 5743, 1091, 381),
-    )
-)
-_Z_MAX = 100
 _NAMES = tuple(f"x{i}" for i in range(6))
 
 
@@ -63,8 +44,8 @@ class MFHartmann6:
     name: str
     bias: float
     noise: float
-    max_length: int | None = _Z_MAX
-    optimum: float | None = -3.32237
+    max_length: int | None = Z_MAX
+    optimum: float | None = OPTIMUM
 
     def evaluate(self, hparams: Mapping[str, Any], length: int) -> float:
         flat = flatten(hparams)
@@ -75,25 +56,17 @@ class MFHartmann6:
                 f"benchmark {self.name} needs numeric hyperparameters x0..x5 in [0, 1], got "
                 f"{sorted(flat)}; see examples/simulate/mfh6_asha.yaml"
             ) from exc
-        if not 1 <= length <= _Z_MAX:
+        if not 1 <= length <= Z_MAX:
             raise SimulationError(
-                f"benchmark {self.name} is defined for lengths 1..{_Z_MAX}, got {length}; "
-                f"set searcher.max_length to at most {_Z_MAX}"
+                f"benchmark {self.name} is defined for lengths 1..{Z_MAX}, got {length}; "
+                f"set searcher.max_length to at most {Z_MAX}"
             )
-        s = math.log(length) / math.log(_Z_MAX)
-        total = 0.0
-        for alpha, a_row, p_row in zip(_ALPHA, _A, _P, strict=True):
-            inner = sum(a * (xj - p) ** 2 for a, xj, p in zip(a_row, x, p_row, strict=True))
-            total -= (alpha - self.bias * (1 - s)) * math.exp(-inner)
-        if s < 1:
-            eps = np.random.default_rng(abs(1337 * length * hash(x))).standard_normal()
-            total += abs(float(eps)) * self.noise * (1 - s)
-        return total
+        return mf_hartmann6(x, length, bias=self.bias, noise=self.noise)
 
 
 BENCHMARKS: dict[str, MFHartmann6] = {
-    "mfh6": MFHartmann6("mfh6", bias=0.5, noise=0.1),
-    "mfh6_bad": MFHartmann6("mfh6_bad", bias=3.5, noise=4.0),
+    name: MFHartmann6(name, bias=preset["bias"], noise=preset["noise"])
+    for name, preset in PRESETS.items()
 }
 
 

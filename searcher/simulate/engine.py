@@ -26,7 +26,7 @@ from searcher.methods import SearchMethod
 from searcher.ops import Close, Shutdown, ValidateAfter
 from searcher.simulate.benchmarks import Benchmark
 
-__all__ = ["SimulatedTrial", "SimulationResult", "simulate"]
+__all__ = ["SimulatedResult", "SimulatedTrial", "SimulationResult", "simulate"]
 
 
 class SimulatedTrial(BaseModel):
@@ -38,10 +38,22 @@ class SimulatedTrial(BaseModel):
     metric: float | None
 
 
+class SimulatedResult(BaseModel):
+    """One operation's end: the trial's metric at ``length``, after ``epochs`` in all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: int
+    trial_id: int
+    length: int
+    metric: float
+
+
 class SimulationResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    state: Literal["COMPLETED", "ERROR", "CANCELED"]
+    # BUDGET_SPENT: stopped by the budget before the search ended by itself.
+    state: Literal["COMPLETED", "ERROR", "CANCELED", "BUDGET_SPENT"]
     best_metric: float | None
     best_hparams: dict[str, JsonValue] | None
     best_trial_id: int | None
@@ -53,6 +65,8 @@ class SimulationResult(BaseModel):
     workers: int
     decisions: int
     trial_details: list[SimulatedTrial]
+    # Every operation's result in the order they finished (for regret against budget).
+    history: list[SimulatedResult] = []
 
 
 @dataclass(order=True)
@@ -64,8 +78,12 @@ class _Run:
 
 
 class _Simulation:
-    def __init__(self, experiment: Experiment, benchmark: Benchmark, workers: int) -> None:
+    def __init__(
+        self, experiment: Experiment, benchmark: Benchmark, workers: int, budget: int | None
+    ) -> None:
         self.experiment = experiment
+        self.budget = budget
+        self.history: list[SimulatedResult] = []
         self.benchmark = benchmark
         self.workers = workers
         self.free = workers
@@ -98,7 +116,7 @@ class _Simulation:
 
     def _dispatch(self) -> None:
         trials = self.experiment.trials
-        while self.ready and self.free:
+        while self.ready and self.free and not self.spent:
             record = trials[self.ready.popleft()]
             if record.op is None or record.terminal:
                 continue
@@ -111,6 +129,10 @@ class _Simulation:
                 self.running, _Run(self.now + cost, self.seq, record.request_id, record.op.length)
             )
 
+    @property
+    def spent(self) -> bool:
+        return self.budget is not None and self.total_length >= self.budget
+
     def run(self) -> None:
         while True:
             while self.events:
@@ -121,6 +143,8 @@ class _Simulation:
             if not self.running:
                 if self.events:
                     continue
+                if self.spent:
+                    return
                 raise SimulationError(
                     "the search stalled: no trial is training and the experiment has not "
                     "shut down; this is a bug in the search method"
@@ -130,6 +154,12 @@ class _Simulation:
             self.free += 1
             hparams = self.experiment.trials[run.request_id].hparams
             metric = self.benchmark.evaluate(hparams, run.length)
+            trial_id = self.experiment.trials[run.request_id].trial_id
+            self.history.append(
+                SimulatedResult(
+                    epochs=self.total_length, trial_id=trial_id, length=run.length, metric=metric
+                )
+            )
             self.events.append(
                 ValidationCompleted(request_id=run.request_id, length=run.length, metric=metric)
             )
@@ -140,8 +170,13 @@ def simulate(
     benchmark: Benchmark,
     workers: int = 4,
     method: SearchMethod[Any] | None = None,
+    budget: int | None = None,
 ) -> SimulationResult:
-    """Run the search to the end against ``benchmark`` on ``workers`` simulated workers."""
+    """Run the search against ``benchmark`` on ``workers`` simulated workers.
+
+    It runs to its end, or, with a ``budget``, until that many units of length have been
+    trained in all (operations under way then still finish).
+    """
     if workers < 1:
         raise SimulationError(f"--workers must be at least 1, got {workers}")
     limit = benchmark.max_length
@@ -153,7 +188,9 @@ def simulate(
         )
     if config.experiment_seed is None:
         config = config.with_seed(0)
-    sim = _Simulation(Experiment(config, method), benchmark, workers)
+    if budget is not None and budget < 1:
+        raise SimulationError(f"the budget must be at least 1 unit of length, got {budget}")
+    sim = _Simulation(Experiment(config, method), benchmark, workers, budget)
     sim.run()
     return _summarise(sim)
 
@@ -166,11 +203,13 @@ def _summarise(sim: _Simulation) -> SimulationResult:
     ]
     best = experiment.best_trial()
     shutdown = experiment.state.shutdown
-    state: Literal["COMPLETED", "ERROR", "CANCELED"] = "COMPLETED"
+    state: Literal["COMPLETED", "ERROR", "CANCELED", "BUDGET_SPENT"] = "COMPLETED"
     if shutdown is not None and shutdown.failure:
         state = "ERROR"
     elif shutdown is not None and shutdown.cancel:
         state = "CANCELED"
+    elif shutdown is None and sim.spent:
+        state = "BUDGET_SPENT"
     optimum = sim.benchmark.optimum
     regret = None
     if best is not None and best.metric is not None and optimum is not None:
@@ -188,4 +227,5 @@ def _summarise(sim: _Simulation) -> SimulationResult:
         workers=sim.workers,
         decisions=sim.decisions,
         trial_details=details,
+        history=sim.history,
     )

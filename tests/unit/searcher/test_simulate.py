@@ -114,6 +114,29 @@ def test_asha_beats_random_at_equal_trial_count_on_informative_fidelities() -> N
     assert r.best_metric is not None
 
 
+def test_a_budget_stops_the_search_and_the_history_adds_up() -> None:
+    config = make_config(
+        "{name: asha, max_length: 100, max_trials: 5000, num_rungs: 5, divisor: 3}",
+        MFH6_HPS,
+        seed=2,
+    )
+    result = simulate(config, BENCHMARKS["mfh6"], workers=1, budget=1000)
+    assert result.state == "BUDGET_SPENT"
+    # One worker: the last operation started before the budget was spent, then finished.
+    assert 1000 <= result.total_length < 1100
+    assert result.trials < 5000
+    epochs = [point.epochs for point in result.history]
+    assert epochs == sorted(epochs)
+    assert epochs[-1] == result.total_length
+    finals = [p.metric for p in result.history if p.length == 100]
+    assert result.best_metric == min(finals)
+    # The same search without a budget passes through the same first steps.
+    longer = simulate(config, BENCHMARKS["mfh6"], workers=1, budget=2000)
+    assert longer.history[: len(result.history)] == result.history
+    with pytest.raises(SimulationError, match="budget must be at least 1"):
+        simulate(config, BENCHMARKS["mfh6"], workers=1, budget=0)
+
+
 def test_lengths_beyond_the_benchmark_are_refused() -> None:
     config = make_config("{name: single, max_length: 200}", MFH6_HPS)
     with pytest.raises(SimulationError, match="set max_length to at most 100"):
