@@ -8,7 +8,8 @@
   broker. The training script writes timestamps; the searcher's log has the decisions.
 
   - ``continue``: a script reports an operation completed -> the next operation arrives
-    in that same process (ASHA promoted it at once);
+    in that same process, where the searcher continued the trial on that completion
+    (ASHA promoted it at once; no waiting for other trials is counted);
   - ``create_to_start``: the searcher logs a decision that creates a trial -> the new
     trial's script runs its first line (the process start included);
   - ``turnaround``: a script reports its last operation completed -> the next trial's
@@ -172,19 +173,29 @@ def _latencies(notes: list[dict[str, Any]], history: list[Any]) -> dict[str, lis
         by_process.setdefault(note["pid"], []).append(note)
         by_worker.setdefault(note["worker"], []).append(note)
     return {
-        "continue": _continues(by_process),
+        "continue": _continues(notes, history),
         "create_to_start": _create_to_start(by_process, history),
         "turnaround": _turnarounds(by_worker),
     }
 
 
-def _continues(by_process: dict[str, list[dict[str, Any]]]) -> list[float]:
+def _continues(notes: list[dict[str, Any]], history: list[Any]) -> list[float]:
+    """Completion report -> next operation, where the searcher continued the trial on
+    that very completion (ASHA promoted it at once): dispatch, with no waiting for
+    other trials' results in it."""
+    completed = {(n["trial"], n["length"]): n["t"] for n in notes if n["event"] == "completed"}
+    arrived = {(n["trial"], n["length"]): n["t"] for n in notes if n["event"] == "op"}
     out = []
-    for events in by_process.values():
-        events.sort(key=lambda e: e["t"])
-        for before, after in itertools.pairwise(events):
-            if before["event"] == "completed" and after["event"] == "op":
-                out.append(after["t"] - before["t"])
+    for record in history:
+        body = getattr(record, "input", None)
+        if body is None or body.type != "op_completed":
+            continue
+        for command in record.commands:
+            if command.body.type == "continue_trial" and command.body.trial_id == body.trial_id:
+                start = completed.get((body.trial_id, body.length))
+                end = arrived.get((body.trial_id, command.body.length))
+                if start is not None and end is not None:
+                    out.append(end - start)
     return out
 
 
