@@ -106,6 +106,23 @@ class _MemorySubscription(Subscription):
         return self.active and self.in_flight < self.prefetch
 
 
+def topic_matches(pattern: str, key: str) -> bool:
+    """RabbitMQ's topic matching: words split on dots, ``*`` is one word, ``#`` any number
+    of words (none included, so ``events.#`` matches ``events``)."""
+    return _match(pattern.split("."), key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head in ("*", words[0])) and _match(rest, words[1:])
+
+
 class MemoryBroker(Broker):
     def __init__(self, topology: Topology | None = None) -> None:
         self.topology = topology or Topology()
@@ -142,7 +159,11 @@ class MemoryBroker(Broker):
         kind = self._exchanges.get(exchange)
         if kind is None:
             raise BrokerError(f"no exchange {exchange!r}")
-        return [q for k, q in self._bindings.get(exchange, []) if kind == "fanout" or k == key]
+        return [
+            q
+            for k, q in self._bindings.get(exchange, [])
+            if kind == "fanout" or k == key or (kind == "topic" and topic_matches(k, key))
+        ]
 
     async def publish(
         self,

@@ -42,6 +42,9 @@ class Delivery(ABC):
     correlation_id: str | None = None
     redelivered: bool = False
     queue: str = ""
+    # The publisher's user, as the broker validated it (RabbitMQ refuses a message whose
+    # user_id is not its connection's user); None where nobody vouches for it.
+    user_id: str | None = None
 
     @abstractmethod
     async def ack(self) -> None: ...
@@ -77,6 +80,9 @@ class Broker(ABC):
     """A connection to a broker with Rung's topology declared."""
 
     topology: Topology
+    # The broker user this connection authenticates as, when known; the RabbitMQ broker
+    # stamps it on every message as the validated ``user_id``.
+    username: str | None = None
 
     @abstractmethod
     async def start(self) -> None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -47,6 +49,7 @@ from broker.topology import Topology
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact"]
 
+T = TypeVar("T")
 log = structlog.get_logger("rung.broker")
 
 DEFAULT_HEARTBEAT_S = 15
@@ -104,10 +107,39 @@ class _RabbitSubscription(Subscription):
             return
         self.cancelled = True
         if self.tag is not None:
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await self.queue.cancel(self.tag)
+            # Bounded: on a connection being restored, the cancel can wait without end; a
+            # consumer whose connection is gone is gone with it anyway.
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+                await _bounded(self.queue.cancel(self.tag), 10.0)
         if self.unsettled <= 0:
             await self._close()
+
+
+async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await ``awaitable`` for at most ``seconds``, then raise TimeoutError.
+
+    Unlike ``asyncio.timeout``, this holds even when the awaited code swallows the
+    cancellation that a timeout delivers (aiormq does, on some connection-loss paths):
+    the work runs in a task of its own, and this one stops waiting for it.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise TimeoutError
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so that nothing reports it unretrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _RabbitDelivery(Delivery):
@@ -126,6 +158,7 @@ class _RabbitDelivery(Delivery):
             correlation_id=message.correlation_id,
             redelivered=bool(message.redelivered),
             queue=queue,
+            user_id=message.user_id,
         )
         self._broker = broker
         self._message = message
@@ -182,6 +215,7 @@ class RabbitBroker(Broker):
         self.url = _with_heartbeat(url)
         # Checked here, so that a bad setting fails at once and is never retried.
         self._ssl = ssl_context_for(url, tls)
+        self.username = unquote(urlsplit(url).username or "") or None
         self.topology = topology or Topology()
         self.name = name
         self.retry_interval = retry_interval
@@ -225,12 +259,35 @@ class RabbitBroker(Broker):
         self._consume_conn = await self._connect("consume")
         channel = await self._publish_conn.channel(publisher_confirms=True, on_return_raises=True)
         self._channel = channel
+        if await self._topology_exists():
+            # Made beforehand (deploy/rabbitmq's definitions): a least-privilege user may
+            # not declare anything, and needs no more than passive declares.
+            for spec in self.topology.exchanges:
+                self._exchanges[spec.name] = await channel.get_exchange(spec.name, ensure=False)
+        else:
+            await self._declare_topology(channel)
+        log.info("connected to the broker", url=redact(self.url), prefix=self.topology.prefix)
+
+    async def _topology_exists(self) -> bool:
+        """Whether every exchange and queue exists: passive declares, which need no
+        permission, on a channel of their own (a missing one closes the channel)."""
+        if self._publish_conn is None:
+            return False
+        channel = await self._publish_conn.channel()
+        try:
+            for spec in self.topology.exchanges:
+                await channel.declare_exchange(spec.name, passive=True)
+            for queue_spec in self.topology.queues:
+                await channel.declare_queue(queue_spec.name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+            await channel.close()
+        return True
+
+    async def _declare_topology(self, channel: AbstractChannel) -> None:
         for spec in self.topology.exchanges:
-            kind = (
-                aio_pika.ExchangeType.FANOUT
-                if spec.kind == "fanout"
-                else aio_pika.ExchangeType.DIRECT
-            )
+            kind = aio_pika.ExchangeType(spec.kind)
             self._exchanges[spec.name] = await channel.declare_exchange(
                 spec.name, kind, durable=True
             )
@@ -241,7 +298,6 @@ class RabbitBroker(Broker):
         for binding in self.topology.bindings:
             queue = await channel.get_queue(binding.queue, ensure=False)
             await queue.bind(binding.exchange, binding.routing_key)
-        log.info("connected to the broker", url=redact(self.url), prefix=self.topology.prefix)
 
     async def close(self) -> None:
         for sub in self._subscriptions:
@@ -282,6 +338,7 @@ class RabbitBroker(Broker):
             correlation_id=correlation_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=self.username,  # the broker refuses it unless it is this connection's
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -291,10 +348,12 @@ class RabbitBroker(Broker):
             try:
                 # The whole attempt is bounded, not only the wait for the confirm: a robust
                 # channel waits, without a limit, for its connection to be ready again.
-                async with asyncio.timeout(left):
-                    await self._exchange(exchange).publish(
+                await _bounded(
+                    self._exchange(exchange).publish(
                         message, routing_key, mandatory=mandatory, timeout=left
-                    )
+                    ),
+                    left,
+                )
             except PublishError as exc:
                 raise UnroutableError(
                     f"no queue takes {exchange or 'default'}/{routing_key}"

@@ -1,4 +1,5 @@
-"""A throwaway public-key infrastructure for TLS tests, made with the openssl command."""
+"""A throwaway public-key infrastructure for TLS tests, made by deploy/tls/make-certs.sh
+(so that the script the deployment guide gives is the one the tests use)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Pki", "make_pki"]
-
-_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
 @dataclass(frozen=True)
@@ -29,46 +28,22 @@ class Pki:
         return context
 
 
-def _openssl(*args: str | Path) -> None:
-    done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, check=False)
+SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "tls" / "make-certs.sh"
+
+
+def make_pki(directory: Path, name: str = "ca", hosts: tuple[str, ...] = ()) -> Pki:
+    """A CA, a server certificate (for localhost and 127.0.0.1 unless ``hosts`` says
+    otherwise) and a client certificate, made by deploy/tls/make-certs.sh."""
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(directory), "--name", f"rung test {name}", "--days", "2", *hosts],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(map(str, args[:2]))} failed: {done.stderr}")
-
-
-def _leaf(directory: Path, name: str, ca: Path, ca_key: Path, extensions: str) -> None:
-    key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
-    _openssl("req", *_KEY, "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    ext = directory / f"{name}.ext"
-    ext.write_text(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        f"authorityKeyIdentifier=keyid,issuer\n{extensions}\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-        "-out", cert, "-days", "2", "-extfile", ext,
-    )  # fmt: skip
-
-
-def make_pki(directory: Path, name: str = "ca") -> Pki:
-    """A CA, a server certificate for localhost and 127.0.0.1, and a client certificate."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = directory / "ca.pem", directory / "ca.key"
-    _openssl(
-        "req", "-x509", *_KEY, "-keyout", ca_key, "-out", ca, "-days", "2",
-        "-subj", f"/CN=rung test {name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    _leaf(
-        directory,
-        "server",
-        ca,
-        ca_key,
-        "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1",
-    )
-    _leaf(directory, "client", ca, ca_key, "extendedKeyUsage=clientAuth")
+        raise RuntimeError(f"{SCRIPT.name} failed: {done.stderr}")
     return Pki(
-        ca=ca,
+        ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
         server_key=directory / "server.key",
         client_cert=directory / "client.pem",

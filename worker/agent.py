@@ -50,8 +50,12 @@ from worker.trial_run import TrialRun
 __all__ = ["Worker", "default_worker_id"]
 
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+def default_worker_id(username: str | None = None) -> str:
+    """``<host>-<pid>-<n>``; behind a broker user other than guest, prefixed with
+    ``<user>.``, which is what that user's topic permissions and the searcher's
+    ``--verify-worker-users`` allow it (a pool of workers can share one user)."""
+    base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    return f"{username}.{base}" if username and username != "guest" else base
 
 
 class Worker:
@@ -66,9 +70,12 @@ class Worker:
         heartbeat_s: float = 5.0,
         hang_timeout_s: float | None = None,
         start_method: StartMethod = "fork-server",
+        health_file: Path | None = None,
     ) -> None:
         self.broker = broker
-        self.worker_id = worker_id or default_worker_id()
+        # Touched after every heartbeat the broker confirmed (rung healthcheck reads it).
+        self.health_file = health_file
+        self.worker_id = worker_id or default_worker_id(broker.username)
         self.gpus = list(gpus or [])
         # One slot per GPU when there are GPUs; otherwise --slots CPU slots.
         self.total_slots = len(self.gpus) if self.gpus else max(slots, 1)
@@ -107,7 +114,7 @@ class Worker:
         if isinstance(body, WorkerHeartbeat):  # the next beat replaces a lost one
             await self.broker.publish(
                 topology.events_exchange,
-                topology.HEARTBEAT_KEY,
+                topology.heartbeat_key(self.worker_id),
                 encode(envelope),
                 message_id=envelope.message_id,
             )
@@ -119,7 +126,7 @@ class Worker:
             try:
                 await self.broker.publish(
                     topology.events_exchange,
-                    topology.EVENTS_KEY,
+                    topology.events_key(self.worker_id),
                     encode(envelope),
                     message_id=envelope.message_id,
                 )
@@ -182,6 +189,8 @@ class Worker:
                         running=[f"{e}/{t}/{a}" for e, t, a in self.runs],
                     )
                 )
+                if self.health_file is not None:  # healthy: the broker took a heartbeat
+                    self.health_file.touch()
             await asyncio.sleep(self.heartbeat_s)
 
     async def _update_intake(self) -> None:

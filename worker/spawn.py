@@ -203,8 +203,7 @@ class ForkServer:
 
     def _lost(self) -> None:
         """The fork server is gone: its children died with it (PR_SET_PDEATHSIG)."""
-        if self._pending or self._live:
-            self.log.warning("the fork server exited; its training processes died with it")
+        had_children = bool(self._pending or self._live)
         for future, *_ in self._pending.values():
             if not future.done():
                 future.set_exception(SpawnError("the fork server exited"))
@@ -215,6 +214,8 @@ class ForkServer:
         if self._requests is not None:
             self._requests.close()
             self._requests = None
+        if had_children:  # last: the state above must not depend on logging working
+            self.log.warning("the fork server exited; its training processes died with it")
 
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
         out_read, out_write = os.pipe()

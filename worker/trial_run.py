@@ -46,6 +46,7 @@ __all__ = ["TrialRun"]
 Emit = Callable[[Body], Awaitable[None]]
 _SCRUBBED = (
     "RUNG_BROKER_URL",
+    "RUNG_BROKER_PASSWORD_FILE",
     "RUNG_TEST_AMQP_URL",
     "AMQP_URL",
     "RUNG_TLS_CA",

@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from broker import Broker, TlsSettings, Topology, connect_broker
 from rung.client import Client, ClientError
@@ -16,6 +17,7 @@ from rung.client import Client, ClientError
 __all__ = [
     "add_broker_options",
     "broker_from",
+    "broker_url",
     "default_state_dir",
     "run_client",
     "stop_on_signals",
@@ -35,6 +37,14 @@ def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = Fals
         required=False,
         help="amqp://user:password@host:5672/vhost (default: $RUNG_BROKER_URL"
         + (")" if required else "; none means the in-process broker)"),
+    )
+    parser.add_argument(
+        "--broker-password-file",
+        type=Path,
+        default=_env_path("RUNG_BROKER_PASSWORD_FILE"),
+        metavar="PATH",
+        help="read the broker password from this file (a mounted secret) instead of the "
+        "URL, which then names only the user (default: $RUNG_BROKER_PASSWORD_FILE)",
     )
     tls = parser.add_argument_group("TLS, for an amqps:// broker URL (checks are always on)")
     tls.add_argument(
@@ -86,9 +96,37 @@ def tls_from(args: argparse.Namespace) -> TlsSettings:
     )
 
 
+def broker_url(args: argparse.Namespace) -> str | None:
+    """``--broker``, with the password of ``--broker-password-file`` put in."""
+    url: str | None = args.broker
+    path: Path | None = getattr(args, "broker_password_file", None)
+    if url is None or path is None:
+        return url
+    try:
+        password = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SystemExit(
+            f"error: --broker-password-file {path}: cannot read it ({exc.strerror}); give "
+            "the file a secret is mounted at, readable by this user"
+        ) from None
+    parts = urlsplit(url)
+    if parts.username is None:
+        raise SystemExit(
+            f"error: --broker-password-file needs a user in the broker URL "
+            f"({parts.scheme}://USER@HOST:PORT/VHOST)"
+        )
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def broker_from(args: argparse.Namespace, name: str, *, namespace: str | None = None) -> Broker:
     topology = Topology(namespace or args.namespace)
-    return connect_broker(args.broker, topology, name=name, tls=tls_from(args))
+    return connect_broker(broker_url(args), topology, name=name, tls=tls_from(args))
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -115,7 +153,7 @@ def run_client(args: argparse.Namespace, main: Callable[[Client], Awaitable[int]
 
     async def go() -> int:
         client = Client(
-            args.broker,
+            broker_url(args) or args.broker,
             namespace=args.namespace,
             tls=tls_from(args),
             timeout=args.timeout,

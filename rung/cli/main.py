@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import structlog
 
 from broker import BrokerSettingsError
-from rung.cli import dlq, experiments, replay, run, search_tools, services, trials
+from rung.cli import definitions, dlq, experiments, replay, run, search_tools, services, trials
 from rung.logs import configure_logging
 from searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     services.register(commands)
     replay.register(commands)
     dlq.register(commands)
+    definitions.register(commands)
     return parser
 
 

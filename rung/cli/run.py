@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rung.cli.common import add_broker_options, stop_on_signals, tls_from
+from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
 from rung.cli.experiments import follow
 from rung.cli.render import print_summary, summary_json
 from rung.client import Client
@@ -54,7 +54,7 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
         args.state_dir.resolve(),
         workers=max(args.workers, 1),
         gpus=gpus,
-        broker_url=args.broker or None,
+        broker_url=broker_url(args) or None,
         tls=tls_from(args),
         namespace=args.namespace,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,14 @@ def register(commands: Any) -> None:
         "cannot be trusted: a searcher started on it takes over every experiment there, and "
         "the one it took them from stops acting on them (owner epochs in the logs)",
     )
+    searcher.add_argument(
+        "--verify-worker-users",
+        action="store_true",
+        help="refuse (dead-letter) a worker event unless its worker id is the broker user "
+        "that sent it, or <user>.<suffix>: with deploy/rabbitmq's least-privilege users, "
+        "a worker cannot speak for another",
+    )
+    _health_option(searcher, "after every tick of its timers (every worker-timeout/4 s)")
     searcher.set_defaults(handler=run_searcher)
 
     worker = commands.add_parser(
@@ -102,7 +112,45 @@ def register(commands: Any) -> None:
         "process with the Core API loaded, a few ms each; exec starts a fresh "
         "interpreter for each (about 100 ms more), for scripts that need one",
     )
+    _health_option(worker, "after every heartbeat the broker confirmed")
     worker.set_defaults(handler=run_worker)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if a --health-file was touched recently (container health checks)",
+        description="Exit 0 when FILE was touched within --max-age seconds, else 1, with "
+        "the reason on stderr. Searchers and workers touch their --health-file while they "
+        "are healthy.",
+    )
+    health.add_argument("file", type=Path, metavar="FILE")
+    health.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS")
+    health.set_defaults(handler=healthcheck)
+
+
+def _health_option(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument(
+        "--health-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"touch this file {when}; `rung healthcheck PATH` checks it",
+    )
+
+
+def healthcheck(args: argparse.Namespace) -> int:
+    try:
+        age = time.time() - args.file.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: {args.file} does not exist (not started yet?)", file=sys.stderr)
+        return 1
+    if age > args.max_age:
+        print(
+            f"unhealthy: {args.file} was last touched {age:.0f} s ago "
+            f"(more than --max-age {args.max_age:g} s)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _require_broker(args: argparse.Namespace) -> None:
@@ -126,6 +174,8 @@ def run_searcher(args: argparse.Namespace) -> int:
                 args.state_dir or default_state_dir(),
                 worker_timeout_s=args.worker_timeout,
                 shared_state_dir=args.shared_state_dir,
+                verify_worker_users=args.verify_worker_users,
+                health_file=args.health_file,
             )
             await service.run(stop)
         finally:
@@ -170,6 +220,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 heartbeat_s=args.heartbeat,
                 hang_timeout_s=args.hang_timeout or None,
                 start_method=args.start_method,
+                health_file=args.health_file,
             )
             await worker.run(stop)
         finally:

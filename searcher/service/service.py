@@ -87,8 +87,15 @@ class SearcherService:
         snapshot_every: int = 200,
         worker_timeout_s: float = 30.0,
         shared_state_dir: bool = False,
+        verify_worker_users: bool = False,
+        health_file: Path | None = None,
     ) -> None:
+        # Touched on every tick of the timers, which run under the service's lock: a
+        # stale file means a stuck service (rung healthcheck reads it).
+        self.health_file = health_file
         self.broker = broker
+        # Refuse a worker event whose worker id is not its publisher's (validated) user.
+        self.verify_worker_users = verify_worker_users
         self.state_dir = state_dir
         self.snapshot_every = snapshot_every
         self.worker_timeout_s = worker_timeout_s
@@ -101,7 +108,7 @@ class SearcherService:
         self.warnings: dict[str, list[str]] = {}
         self.workers: dict[str, WorkerHeartbeat] = {}
         self._lock = asyncio.Lock()
-        self._feed_lock = asyncio.Lock()
+        self._feed_wake = asyncio.Event()
         # Event handlers under way; shutdown waits for them to settle.
         self._handling = 0
         self._idle = asyncio.Event()
@@ -138,6 +145,8 @@ class SearcherService:
         ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
         watchdog = asyncio.create_task(self._watch_workers(), name="worker-watchdog")
+        feed = asyncio.create_task(self._pump_feed(), name="live-feed")
+        self._flush_feed()  # what recovery appended
         await stop.wait()
         # Stop intake and timers, let the message being handled finish, close the logs.
         for subscription in intake:
@@ -148,6 +157,11 @@ class SearcherService:
         # Events applied but still settling (syncing, publishing) finish first.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=30)
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+        with contextlib.suppress(TimeoutError):  # the last records, best effort
+            await asyncio.wait_for(self._publish_feed(), timeout=10)
         async with self._lock:
             for event_log in self.logs.values():
                 event_log.close()
@@ -260,36 +274,47 @@ class SearcherService:
         self._feed.append((experiment_id, record))
         return record
 
-    async def _flush_feed(self) -> None:
-        """Publish appended records to observers, in order; nobody listening is fine."""
-        async with self._feed_lock:
+    def _flush_feed(self) -> None:
+        """Have the live feed publish what was appended; it runs beside the handlers, so
+        that no input waits for the feed's confirms."""
+        self._feed_wake.set()
+
+    async def _pump_feed(self) -> None:
+        while True:
+            await self._feed_wake.wait()
+            self._feed_wake.clear()
             await self._publish_feed()
 
     async def _publish_feed(self) -> None:
-        topology = self.broker.topology
+        """Publish the appended records that are durable, in order; nobody listening is
+        fine, and a record the feed misses is in the log (observers read it from there)."""
         pending, self._feed = self._feed, []
+        ready = []
         for experiment_id, record in pending:
             event_log = self.logs.get(experiment_id)
             if event_log is not None and record.seq > event_log.durable_seq:
-                # Not on disk yet (another input's sync is under way): its handler
-                # publishes it, after the sync, in order with what follows it.
-                self._feed.append((experiment_id, record))
-                continue
-            try:
-                await self.broker.publish(
-                    topology.feed_exchange,
-                    experiment_id,
-                    record.model_dump_json().encode(),
-                    message_id=f"{experiment_id}/record/{record.seq}",
-                    mandatory=False,
-                )
-            except BrokerError as exc:
-                log.warning(
-                    "live feed publish failed; the log has the record",
-                    experiment_id=experiment_id,
-                    seq=record.seq,
-                    error=str(exc),
-                )
+                self._feed.append((experiment_id, record))  # next time, once on disk
+            else:
+                ready.append((experiment_id, record))
+        # Sent in order on one channel; their confirms are awaited together.
+        await asyncio.gather(*(self._publish_record(eid, record) for eid, record in ready))
+
+    async def _publish_record(self, experiment_id: str, record: Record) -> None:
+        try:
+            await self.broker.publish(
+                self.broker.topology.feed_exchange,
+                experiment_id,
+                record.model_dump_json().encode(),
+                message_id=f"{experiment_id}/record/{record.seq}",
+                mandatory=False,
+            )
+        except BrokerError as exc:
+            log.warning(
+                "live feed publish failed; the log has the record",
+                experiment_id=experiment_id,
+                seq=record.seq,
+                error=str(exc),
+            )
 
     def _record(self, run: ExperimentRun, step: Step, *, message_id: str, body: Body | None) -> int:
         """Write the input and all it caused; return its sequence number."""
@@ -431,6 +456,10 @@ class SearcherService:
             log.warning("refused event sent to the dead-letter queue", reason=reason)
             await delivery.dead_letter(reason)
             return
+        if (refused := self._impostor(body, delivery)) is not None:
+            log.warning("refused event sent to the dead-letter queue", reason=refused)
+            await delivery.dead_letter(refused)
+            return
         if worker_id := getattr(body, "worker_id", None):
             self._last_heard[worker_id] = time.monotonic()
         experiment_id = getattr(body, "experiment_id", "")
@@ -463,8 +492,27 @@ class SearcherService:
                     await delivery.requeue()
                     return
                 crash_point("published")
-            await self._flush_feed()
+            self._flush_feed()
         await delivery.ack()
+
+    def _impostor(self, body: Body, delivery: Delivery) -> str | None:
+        """Why a worker's message is refused under ``verify_worker_users``, or None.
+
+        The broker vouches for ``user_id`` (it refuses a message whose user_id is not its
+        connection's user); a worker may speak for itself only: its id is its user's
+        name, or that name, a dot and a suffix (a pool of workers sharing a user).
+        """
+        worker_id = getattr(body, "worker_id", None)
+        if not self.verify_worker_users or worker_id is None:
+            return None
+        user = delivery.user_id
+        if user is not None and (worker_id == user or worker_id.startswith(f"{user}.")):
+            return None
+        return (
+            f"worker id {worker_id!r} was sent by broker user {user!r}: a worker may only "
+            f"send as itself (worker id = its user, or <user>.<suffix>); start the worker "
+            f"with --id {user}.<name>, or with a user of its own"
+        )
 
     async def _on_heartbeat(self, delivery: Delivery) -> None:
         """Liveness only: who is alive, with what slots. Nothing to log or apply."""
@@ -474,7 +522,9 @@ class SearcherService:
             log.warning("malformed heartbeat dropped", error=str(exc))
             await delivery.ack()
             return
-        if isinstance(body, WorkerHeartbeat):
+        if (refused := self._impostor(body, delivery)) is not None:
+            log.warning("refused heartbeat dropped", reason=refused)
+        elif isinstance(body, WorkerHeartbeat):
             self.workers[body.worker_id] = body
             self._last_heard[body.worker_id] = time.monotonic()
         else:
@@ -500,7 +550,9 @@ class SearcherService:
                         await self._check_workers(run, time.monotonic())
                     except StaleOwnerError as exc:
                         self._give_up(run, exc)
-                await self._flush_feed()
+                self._flush_feed()
+            if self.health_file is not None:
+                self.health_file.touch()
 
     def _forgive_own_stall(self, late_s: float) -> None:
         """After a stall of the searcher itself (frozen, suspended, starved), give every
@@ -574,7 +626,7 @@ class SearcherService:
                 try:
                     result = await self._handle(body, delivery.correlation_id or "")
                 finally:
-                    await self._flush_feed()
+                    self._flush_feed()
             reply = RpcReply(ok=True, result=result)
         except _Refused as exc:
             reply = RpcReply(

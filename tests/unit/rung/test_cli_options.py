@@ -1,0 +1,54 @@
+"""Options of the `rung` command that need no broker: passwords from files, health."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rung.cli.common import broker_url
+from rung.cli.services import healthcheck
+
+
+def _args(url: str | None, password_file: Path | None) -> argparse.Namespace:
+    return argparse.Namespace(broker=url, broker_password_file=password_file)
+
+
+def test_a_password_file_goes_into_the_url(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("p@ss/word\n")  # a mounted secret often ends with a newline
+    url = broker_url(_args("amqps://rung-worker@rabbit:5671/rung", secret))
+    assert url == "amqps://rung-worker:p%40ss%2Fword@rabbit:5671/rung"
+    assert broker_url(_args("amqp://u:old@[::1]/v", secret)) == "amqp://u:p%40ss%2Fword@[::1]/v"
+    assert broker_url(_args("amqp://u:pw@h/v", None)) == "amqp://u:pw@h/v"
+
+
+def test_a_password_file_that_cannot_be_read_or_used_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="cannot read it"):
+        broker_url(_args("amqp://u@h/v", tmp_path / "missing"))
+    secret = tmp_path / "password"
+    secret.write_text("x")
+    with pytest.raises(SystemExit, match="needs a user in the broker URL"):
+        broker_url(_args("amqp://h/v", secret))
+
+
+def test_healthcheck_reads_the_health_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    health = tmp_path / "health"
+
+    def check(max_age: float = 60.0) -> int:
+        # The handler itself: rung.cli.main would configure logging for the whole process.
+        return healthcheck(argparse.Namespace(file=health, max_age=max_age))
+
+    assert check() == 1
+    assert "does not exist" in capsys.readouterr().err
+    health.touch()
+    assert check() == 0
+    old = time.time() - 120
+    os.utime(health, (old, old))
+    assert check() == 1
+    assert "last touched 120 s ago" in capsys.readouterr().err
