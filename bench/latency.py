@@ -117,28 +117,9 @@ async def _has_consumer(channel: Any, queue: str) -> bool:
 
 
 # ---------------------------------------------------------------------- Rung
-def _config(trials: int, workers: int) -> dict[str, Any]:
-    return {
-        "entrypoint": "python3 train.py",
-        "hyperparameters": {
-            "x": {"type": "double", "minval": 0, "maxval": 1},
-            "y": {"type": "double", "minval": 0, "maxval": 1},
-        },
-        "searcher": {
-            "name": "asha",
-            "metric": "loss",
-            "smaller_is_better": True,
-            "max_length": 10,
-            "num_rungs": 3,
-            "divisor": 3,
-            "max_trials": trials,
-            "max_concurrent_trials": workers,
-        },
-    }
-
-
 async def _rung_samples(trials: int, url: str | None) -> dict[str, list[float]]:
     import rung  # noqa: PLC0415
+    from bench.peer_compare import asha_config  # noqa: PLC0415 (workload 2's ASHA)
 
     with tempfile.TemporaryDirectory() as times:
         os.environ["RUNG_BENCH_TIMES"] = times
@@ -146,7 +127,7 @@ async def _rung_samples(trials: int, url: str | None) -> dict[str, list[float]]:
         try:
             async with rung.Client.local(workers=8, broker_url=url) as client:
                 experiment = await client.create_experiment(
-                    _config(trials, 8), HERE / "contexts" / "latency"
+                    asha_config(trials, 8), HERE / "contexts" / "latency"
                 )
                 state = await experiment.wait()
                 history = await experiment.history()

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.peers import PeerError, run_peer
 
-__all__ = ["control_plane", "rabbitmq_up", "scaling", "utilization"]
+__all__ = ["asha_config", "control_plane", "rabbitmq_up", "scaling", "utilization"]
 
 HERE = Path(__file__).resolve().parent
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -134,7 +134,7 @@ def _null_row(system: str, concurrency: int, n: int, walls: list[float]) -> dict
     }
 
 
-def _asha_config(trials: int, workers: int) -> dict[str, Any]:
+def asha_config(trials: int, workers: int) -> dict[str, Any]:
     return {
         "entrypoint": "python3 train.py",
         "hyperparameters": {
@@ -157,9 +157,7 @@ def _asha_config(trials: int, workers: int) -> dict[str, Any]:
 def _sleep_runs(trials: int, workers: int, repetitions: int) -> list[dict[str, float]]:
     runs = []
     for _ in range(repetitions):
-        wall, summary = asyncio.run(
-            _rung_run(_asha_config(trials, workers), "sleep", workers, None)
-        )
+        wall, summary = asyncio.run(_rung_run(asha_config(trials, workers), "sleep", workers, None))
         runs.append({"seconds": wall, "steps": float(sum(t.length for t in summary.trials))})
     return runs
 

@@ -24,7 +24,7 @@ import pytest
 from broker.definitions import ROLES, definitions
 from broker.topology import Topology
 from tests.certs import Pki, make_pki
-from tests.support import wait_sync
+from tests.support import stop_processes, wait_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 RABBIT_SBIN = Path("/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin")
@@ -226,17 +226,10 @@ def running_hosts(tmp_path: Path, *, tls: bool = False) -> Iterator[Hosts]:
     finally:
         # Rung's processes first, while the broker is there for them to say goodbye to.
         rung = {n: p for n, p in setup.processes.items() if n != "rabbitmq"}
-        for name, process in rung.items():
-            if process.poll() is None:
-                # A host cut off cannot drain (its events go nowhere): it just goes.
-                cut = setup.placed.get(name) in net.cut_off
-                process.send_signal(signal.SIGKILL if cut else signal.SIGTERM)
-        for process in rung.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        # A host cut off cannot drain (its events go nowhere): it just goes.
+        cut = [p for n, p in rung.items() if setup.placed.get(n) in net.cut_off]
+        stop_processes(cut, kill=True)
+        stop_processes([p for p in rung.values() if p not in cut])
         subprocess.run(
             net.run("broker", [*ctl, "stop"]),
             env=rabbit_env,
@@ -246,11 +239,7 @@ def running_hosts(tmp_path: Path, *, tls: bool = False) -> Iterator[Hosts]:
         )
         node = setup.processes.get("rabbitmq")
         if node is not None:
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(10)
+            stop_processes([node])
         for handle in setup.files:
             handle.close()
         net.remove()

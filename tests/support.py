@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 AMQP_URL = os.environ.get("RUNG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RUN_ID = os.environ.get("RUNG_TEST_RUN_ID", f"local{os.getpid()}")
@@ -60,3 +62,20 @@ async def delete_namespace(namespace: str) -> None:
         await broker.delete_topology()
     finally:
         await broker.close()
+
+
+def stop_processes(
+    processes: Iterable[subprocess.Popen[bytes]], *, grace: float = 30.0, kill: bool = False
+) -> None:
+    """Signal every process (SIGTERM, or SIGKILL with ``kill``), then wait for each; one
+    that outlives ``grace`` seconds is killed."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import AMQP_URL, delete_namespace, unique_prefix, wait_sync
+from tests.support import AMQP_URL, delete_namespace, stop_processes, unique_prefix, wait_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "core_api"
@@ -126,16 +126,7 @@ def running_cluster(
     try:
         yield instance
     finally:
-        for name in list(instance.processes):
-            process = instance.processes[name]
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in instance.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_processes(instance.processes.values())
         for handle in instance.files:
             handle.close()
         _run_blocking(lambda: delete_namespace(namespace))

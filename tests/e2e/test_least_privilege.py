@@ -4,7 +4,6 @@ the searcher, two workers with users of their own, and the CLI as a client user.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from tests.e2e.conftest import EXAMPLES, ROOT, Cluster, read_log
 from tests.least_privilege import LeastPrivilege, least_privilege_vhost
+from tests.support import stop_processes
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -73,14 +73,6 @@ def test_an_experiment_completes_with_least_privilege_users(
             assert "ACCESS_REFUSED" not in text, name
             assert "refused event" not in text, name
     finally:
-        for process in cluster.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in cluster.processes.values():
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_processes(cluster.processes.values(), grace=60)
         for handle in cluster.files:
             handle.close()
