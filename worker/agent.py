@@ -102,11 +102,12 @@ class Worker:
         self._seen: deque[str] = deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ publishing
-    async def emit(self, body: Body) -> None:
-        """Publish an event to the searcher (heartbeats on their own queue)."""
+    async def emit(self, body: Body, *, message_id: str | None = None) -> str:
+        """Publish an event to the searcher (heartbeats on their own queue); return its
+        message id. Given one, the event is a re-send of the event sent under that id."""
         experiment_id = getattr(body, "experiment_id", "")
         envelope = Envelope(
-            message_id=f"{self.worker_id}/{self._session}/{next(self._seq)}",
+            message_id=message_id or f"{self.worker_id}/{self._session}/{next(self._seq)}",
             experiment_id=experiment_id,
             body=body,
         )
@@ -118,7 +119,7 @@ class Worker:
                 encode(envelope),
                 message_id=envelope.message_id,
             )
-            return
+            return envelope.message_id
         # An event is never dropped: while the broker is away the caller (a trial's Core
         # API call) waits, and the same message id goes out again until it is confirmed.
         attempt = 0
@@ -141,7 +142,7 @@ class Worker:
                 )
                 await asyncio.sleep(1.0)
             else:
-                return
+                return envelope.message_id
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:

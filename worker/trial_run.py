@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -43,7 +43,19 @@ from worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
 
 __all__ = ["TrialRun"]
 
-Emit = Callable[[Body], Awaitable[None]]
+
+class Emit(Protocol):
+    """Publish an event until the broker confirms it; return its message id. Given a
+    ``message_id``, the event goes out again under that id: a re-sent event."""
+
+    def __call__(self, body: Body, *, message_id: str | None = None) -> Awaitable[str]: ...
+
+
+# A trial that waits this long for the searcher's answer to a completed operation asks
+# again (then twice as long, up to a minute): the answer can be lost with the worker's
+# private queue when its connection resets, and nothing else would send it.
+ASK_AGAIN_AFTER_S = 5.0
+_ASK_AGAIN_MAX_S = 60.0
 _SCRUBBED = (
     "RUNG_BROKER_URL",
     "RUNG_BROKER_PASSWORD_FILE",
@@ -69,8 +81,10 @@ class TrialRun:
         best_validation: Callable[[], Awaitable[float | None]],
         hang_timeout_s: float | None = None,
         spawner: Spawner | None = None,
+        ask_again_after_s: float = ASK_AGAIN_AFTER_S,
     ) -> None:
         self.cmd = cmd
+        self.ask_again_after_s = ask_again_after_s
         self._spawner: Spawner = spawner or ExecSpawner()
         # A script that makes no Core API call for this long is hung and killed.
         self.hang_timeout_s = hang_timeout_s
@@ -99,6 +113,9 @@ class TrialRun:
         self._next.put_nowait(cmd.length)
         self.current_length: int | None = None
         self.completed_length: int | None = None
+        # The last completion reported, and its message id: the question the searcher
+        # answers with continue, pause or close, re-sent if the answer is slow to come.
+        self._completion: tuple[OpCompleted, str] | None = None
         self.ended_by: str | None = None  # "pause" or "close" once the script got no more ops
         self.preempt_requested = False
         self.killed_because: str | None = None
@@ -244,7 +261,7 @@ class TrialRun:
             case "next_op":
                 self._awaiting_op = True
                 try:
-                    length = await self._next.get()
+                    length = await self._await_answer()
                 finally:
                     self._awaiting_op = False
                     self._last_call = time.monotonic()
@@ -252,9 +269,8 @@ class TrialRun:
                 return {"length": length}
             case "completed":
                 length = int(request["length"])
-                await self._emit(
-                    OpCompleted(**self._ids(), length=length, metric=request.get("metric"))
-                )
+                completion = OpCompleted(**self._ids(), length=length, metric=request.get("metric"))
+                self._completion = (completion, await self._emit(completion))
                 self.completed_length = length
                 return {}
             case "progress":
@@ -293,6 +309,35 @@ class TrialRun:
             case "best_validation":
                 return {"value": await self._best_validation()}
         return {"error": f"unknown request {request['op']!r}"}
+
+    async def _await_answer(self) -> int | None:
+        """The next operation's length (None: no more), asking the searcher again while
+        its answer to the last completion does not come.
+
+        The answer (continue, pause or close) goes to this worker's private queue, which
+        dies with the worker's connection: a command published just before a reset is
+        lost. The completion goes out again under its own message id; the searcher knows
+        it as a duplicate and re-sends the command it answered with, which this worker
+        drops if it already has it.
+        """
+        answer = asyncio.ensure_future(self._next.get())
+        wait_s = self.ask_again_after_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=wait_s)
+                if done:
+                    return answer.result()
+                if self._completion is not None:
+                    completion, message_id = self._completion
+                    self.log.info(
+                        "no answer to a completed operation yet; asking the searcher again",
+                        length=completion.length,
+                        waited_s=wait_s,
+                    )
+                    await self._emit(completion, message_id=message_id)
+                wait_s = min(wait_s * 2, _ASK_AGAIN_MAX_S)
+        finally:
+            answer.cancel()
 
     # ------------------------------------------------------------------ logs
     async def _add_line(self, stream: str, text: str) -> None:

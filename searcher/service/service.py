@@ -34,6 +34,7 @@ from broker.schemas import (
     GetContext,
     ListExperiments,
     ListWorkers,
+    OpCompleted,
     ReadRecords,
     RpcError,
     RpcReply,
@@ -58,6 +59,7 @@ from searcher.eventlog.records import (
 from searcher.eventlog.replay import replay
 from searcher.experiment import Experiment
 from searcher.methods import build_method
+from searcher.service.answers import Answer, Answers
 from searcher.service.failpoints import crash_point
 from searcher.service.statelock import StateDirectoryBusyError, StateLock
 from searcher.service.summary import summarise
@@ -123,6 +125,8 @@ class SearcherService:
         # Logged decisions whose commands could not be published yet, oldest first.
         self._unsent: list[tuple[ExperimentRun, Step, int]] = []
         self._flushing = False
+        # The last command sent to each running trial attempt, to send again when asked.
+        self._answers = Answers()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -192,6 +196,7 @@ class SearcherService:
             self.runs[run.experiment_id] = run
             self.logs[run.experiment_id] = event_log
             self._seen[run.experiment_id] = replayed.seen
+            self._answers.recover(run, event_log.existing)
             resend = self._undelivered(event_log, replayed.last_input)
             for record in resend:
                 step = Step(commands=[Command(c.body, c.worker_id) for c in record.commands])
@@ -217,7 +222,6 @@ class SearcherService:
 
     # ------------------------------------------------------------------ publishing
     async def _publish(self, run: ExperimentRun, step: Step, seq: int) -> None:
-        topology = self.broker.topology
         for index, command in enumerate(step.commands):
             envelope = Envelope(
                 message_id=f"{run.experiment_id}/{seq}/{index}",
@@ -225,20 +229,51 @@ class SearcherService:
                 seq=seq,
                 body=command.body,
             )
-            key = (
-                topology.WORK_KEY
-                if command.worker_id is None
-                else topology.worker_key(command.worker_id)
+            self._answers.note(seq, index, command)
+            await self._send(run, command, envelope)
+
+    async def _send(self, run: ExperimentRun, command: Command, envelope: Envelope) -> None:
+        topology = self.broker.topology
+        key = (
+            topology.WORK_KEY
+            if command.worker_id is None
+            else topology.worker_key(command.worker_id)
+        )
+        try:
+            await self.broker.publish(
+                topology.commands_exchange,
+                key,
+                encode(envelope),
+                message_id=envelope.message_id,
             )
-            try:
-                await self.broker.publish(
-                    topology.commands_exchange,
-                    key,
-                    encode(envelope),
-                    message_id=envelope.message_id,
-                )
-            except UnroutableError:
-                await self._worker_gone(run, command)
+        except UnroutableError:
+            await self._worker_gone(run, command)
+
+    async def _answer_again(self, run: ExperimentRun, completion: OpCompleted) -> None:
+        """A trial re-sent its completion: its answer may have been lost with its
+        worker's private queue. Send the command it was answered with again, under its
+        own message id (see :mod:`searcher.service.answers`)."""
+        answer: Answer | None = self._answers.to_repeat(run, completion)
+        if answer is None or self._unsent:  # not answered yet, or the answer still waits
+            return
+        log.info(
+            "a trial asked again for the answer to its completed operation; re-sending it",
+            experiment_id=run.experiment_id,
+            trial_id=completion.trial_id,
+            worker_id=completion.worker_id,
+            message_id=answer.message_id,
+            type=answer.command.body.type,
+        )
+        envelope = Envelope(
+            message_id=answer.message_id,
+            experiment_id=run.experiment_id,
+            seq=answer.seq,
+            body=answer.command.body,
+        )
+        try:
+            await self._send(run, answer.command, envelope)
+        except BrokerError as exc:  # the trial asks again later
+            log.warning("could not re-send an answer", error=str(exc))
 
     async def _worker_gone(self, run: ExperimentRun, command: Command) -> None:
         """The trial's worker is gone: its attempt ended; it resumes from its checkpoint."""
@@ -484,6 +519,8 @@ class SearcherService:
                 )
             elif envelope.message_id in seen:
                 log.debug("duplicate event dropped", message_id=envelope.message_id)
+                if isinstance(body, OpCompleted):
+                    await self._answer_again(run, body)
             else:
                 try:
                     await self._apply(run, body, envelope.message_id)
@@ -546,6 +583,7 @@ class SearcherService:
                 self._forgive_own_stall(time.monotonic() - due)
                 await self._flush_unsent()
                 for run in list(self.runs.values()):
+                    self._answers.prune(run)
                     try:
                         await self._check_workers(run, time.monotonic())
                     except StaleOwnerError as exc:
@@ -601,6 +639,7 @@ class SearcherService:
             reason=str(exc),
         )
         self.runs.pop(run.experiment_id, None)
+        self._answers.forget(run.experiment_id)
         self.logs.pop(run.experiment_id).close()
         self._given_up.add(run.experiment_id)
         if self.shared_state_dir:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ class FakeWorker:
         self.worker_id = worker_id
         self.work: list[RunTrial] = []
         self.control: list[Body] = []
+        self.control_ids: list[str] = []
         self.seq = 0
 
     async def start(self) -> None:
@@ -59,19 +61,25 @@ class FakeWorker:
             await delivery.ack()
 
         async def on_control(delivery: Delivery) -> None:
-            self.control.append(decode(delivery.body).body)
+            envelope = decode(delivery.body)
+            self.control.append(envelope.body)
+            self.control_ids.append(envelope.message_id)
             await delivery.ack()
 
         await self.broker.subscribe(t.work_queue, on_work, prefetch=10)
         await self.broker.subscribe(queue, on_control, prefetch=10)
 
-    async def send(self, body: Body) -> None:
-        self.seq += 1
+    async def send(self, body: Body, message_id: str | None = None) -> str:
+        """Publish an event (again, when given the id it was first sent under)."""
+        if message_id is None:
+            self.seq += 1
+            message_id = f"{self.worker_id}/{self.seq}"
         t = self.broker.topology
-        envelope = Envelope(message_id=f"{self.worker_id}/{self.seq}", body=body)
+        envelope = Envelope(message_id=message_id, body=body)
         await self.broker.publish(
             t.events_exchange, t.EVENTS_KEY, encode(envelope), message_id=envelope.message_id
         )
+        return message_id
 
 
 @pytest.fixture
@@ -453,3 +461,92 @@ async def test_a_command_to_a_gone_worker_ends_its_attempt_once(
     ids = [r.message_id for r in records if isinstance(r, InputRecord)]
     assert ids.count("lost/1/1") == 1
     assert replay(records, verify=True).divergence is None
+
+
+@contextlib.asynccontextmanager
+async def searcher_on(broker: Broker, state: Path) -> AsyncIterator[SearcherService]:
+    instance = SearcherService(broker, state, worker_timeout_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(instance.run(stop))
+    try:
+        await wait_for((state / "contexts").is_dir, 10, "the service")
+        yield instance
+    finally:
+        stop.set()
+        await task
+
+
+async def answer_lost(
+    broker: Broker, tmp_path: Path
+) -> tuple[FakeWorker, OpCompleted, str, list[bytes], dict[str, Any]]:
+    """A trial completed its operation, and the searcher's answer (close) was confirmed
+    by the broker but never reached the worker: lost with the worker's private queue."""
+    worker = FakeWorker(broker)
+    await worker.start()
+    real_publish = broker.publish
+    lost: list[bytes] = []
+
+    async def lose_the_first_answer(
+        exchange: str, routing_key: str, body: bytes, **kw: Any
+    ) -> None:
+        if routing_key == broker.topology.worker_key("fake") and not lost:
+            lost.append(body)
+            return
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = lose_the_first_answer  # type: ignore[method-assign]
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial command")
+    ids = {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": 1}
+    await worker.send(TrialStarted(**ids, worker_id="fake", slots=1))
+    completion = OpCompleted(**ids, worker_id="fake", length=3, metric=0.25)
+    completion_id = await worker.send(completion)
+    await wait_for(lambda: len(lost) == 1, 10, "the close command, lost")
+    assert worker.control == []
+    return worker, completion, completion_id, lost, created
+
+
+async def test_a_lost_answer_is_sent_again_when_the_trial_asks_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with searcher_on(broker, tmp_path / "state"):
+        worker, completion, completion_id, lost, created = await answer_lost(broker, tmp_path)
+        path = Path(created["event_log"])
+        logged = len(read_log(path))
+        # The trial asks again: the same command comes, under the id it was logged with.
+        await worker.send(completion, message_id=completion_id)
+        await wait_for(lambda: len(worker.control) == 1, 10, "the close command, again")
+        assert isinstance(worker.control[0], CloseTrial)
+        assert decode(lost[0]).message_id == worker.control_ids[0]
+        # Asking again is not an input: the log is unchanged.
+        assert len(read_log(path)) == logged
+        # A completion of another attempt, asked twice, is answered with nothing.
+        stale = completion.model_copy(update={"attempt": 7})
+        await worker.send(stale, message_id="fake/stale")
+        await worker.send(stale, message_id="fake/stale")
+        ids = {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": 1}
+        await worker.send(TrialExited(**ids, worker_id="fake", reason=ExitReason.COMPLETED))
+        summary = await SearcherClient(broker).wait(ids["experiment_id"], poll_s=0.05, timeout=20)
+        assert summary.state == "COMPLETED"
+        assert len(worker.control) == 1
+        assert replay(read_log(path), verify=True).divergence is None
+
+
+async def test_a_restarted_searcher_answers_again_from_its_log(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with searcher_on(broker, tmp_path / "state"):
+        worker, completion, completion_id, lost, created = await answer_lost(broker, tmp_path)
+        # A later input without commands: a restart re-sends nothing of its own accord.
+        ids = completion.model_dump(include={"experiment_id", "trial_id", "attempt", "worker_id"})
+        await worker.send(ProgressReported(**ids, units=3))
+        path = Path(created["event_log"])
+        await wait_for(lambda: len(read_log(path)) == 6, 10, "the progress logged")
+    async with searcher_on(broker, tmp_path / "state") as second:
+        await wait_for(lambda: len(second.runs) == 1, 10, "the experiment recovered")
+        assert len(second._answers) == 1
+        assert worker.control == []
+        await worker.send(completion, message_id=completion_id)
+        await wait_for(lambda: len(worker.control) == 1, 10, "the close command, after restart")
+        assert decode(lost[0]).message_id == worker.control_ids[0]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from broker.schemas import RunTrial
+from broker.schemas import OpCompleted, RunTrial
+from broker.schemas.envelope import Body
+from tests.support import wait_for
 from worker.trial_run import TrialRun
 
 
-def make(tmp_path: Path, entrypoint: list[str], gpus: list[str]) -> TrialRun:
+def make(
+    tmp_path: Path,
+    entrypoint: list[str],
+    gpus: list[str],
+    sent: list[tuple[Body, str]] | None = None,
+) -> TrialRun:
     cmd = RunTrial(
         experiment_id="e",
         trial_id=3,
@@ -29,8 +37,11 @@ def make(tmp_path: Path, entrypoint: list[str], gpus: list[str]) -> TrialRun:
         max_restarts=1,
     )
 
-    async def emit(_body: object) -> None:
-        return None
+    async def emit(body: Body, *, message_id: str | None = None) -> str:
+        message_id = message_id or f"w/{len(sent or []) + 1}"
+        if sent is not None:
+            sent.append((body, message_id))
+        return message_id
 
     async def best() -> float | None:
         return None
@@ -43,6 +54,7 @@ def make(tmp_path: Path, entrypoint: list[str], gpus: list[str]) -> TrialRun:
         slot_ids=[0],
         emit=emit,
         best_validation=best,
+        ask_again_after_s=0.01,
     )
 
 
@@ -76,3 +88,26 @@ def test_a_missing_script_is_named_with_what_the_context_has(tmp_path: Path) -> 
         "entrypoint file 'train.py' not found in the experiment context "
         "(it has: model.py); fix entrypoint in the config"
     )
+
+
+async def test_a_trial_waiting_for_an_answer_re_sends_its_completion(tmp_path: Path) -> None:
+    """The answer to a completion can be lost with the worker's private queue: the trial
+    asks again, with the same event under the same message id, until it comes."""
+    sent: list[tuple[Body, str]] = []
+    run = make(tmp_path, ["python3 train.py"], [], sent)
+    assert await run._handle({"op": "next_op"}) == {"length": 9}
+    await run._handle({"op": "completed", "length": 9, "metric": 0.5})
+    waiting = asyncio.create_task(run._handle({"op": "next_op"}))
+    await wait_for(lambda: len(sent) >= 3, 10, "the completion asked again twice")
+    run.continue_to(12)
+    assert await waiting == {"length": 12}
+    completions = {(body.model_dump_json(), message_id) for body, message_id in sent}
+    assert len(completions) == 1
+    body, _ = sent[0]
+    assert isinstance(body, OpCompleted)
+    assert (body.length, body.metric) == (9, 0.5)
+    # Once answered, it asks no more.
+    asked = len(sent)
+    run.continue_to(15)
+    assert await run._handle({"op": "next_op"}) == {"length": 15}
+    assert len(sent) == asked
