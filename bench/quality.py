@@ -118,9 +118,7 @@ def _score(problem: Problem, runs: list[dict[str, Any]], budget_evals: int) -> d
 def run(*, quick: bool, rung_only: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for problem in PROBLEMS.values():
-        seed_count = 10 if problem.name != "digits" else 3
-        if quick:
-            seed_count = 2 if problem.name != "digits" else 1
+        seed_count = 2 if quick else 10
         budgets = problem.budgets if not quick else (problem.budgets[0] // 5 or 1,)
         budget = max(budgets) * problem.z_max
         seeds = list(range(1, seed_count + 1))

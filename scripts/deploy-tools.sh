@@ -1,6 +1,8 @@
 # The tools that check deploy/ (never dependencies of Rung): Debian's docker-compose 1.29
 # for `docker-compose config`, and kubernetes-validate and checkov from PyPI in a virtual
 # environment of their own, .deploy-tools/. Source it or run it; cached after the first run.
+# `kubectl kustomize` (kubectl 1.27+) builds the Kustomize overlays; our machines carry it,
+# and no registry they reach has it, so where it is missing that test skips and says so.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.deploy-tools"

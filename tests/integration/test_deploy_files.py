@@ -1,9 +1,10 @@
 """deploy/ checked by the tools people deploy with: docker-compose validates the compose
-file, kubernetes-validate every Kubernetes manifest, and checkov the Dockerfiles and the
-manifests, with every skipped check justified in the file it is skipped in.
+file, kubernetes-validate every Kubernetes manifest and what `kubectl kustomize` builds
+of the base and each overlay, and checkov the Dockerfiles and the manifests, with every
+skipped check justified in the file it is skipped in.
 
 The tools come from scripts/deploy-tools.sh (which scripts/test.sh sources), never from
-Rung's own dependencies.
+Rung's own dependencies; kubectl is the machine's own (our machines carry kubectl 1.32).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,10 +27,10 @@ K8S = sorted((DEPLOY / "k8s").rglob("*.yaml"))
 CUSTOM_KINDS = {"RabbitmqCluster", "ScaledObject", "TriggerAuthentication", "Kustomization"}
 
 
-def _tool(name: str) -> str:
+def _tool(name: str, fix: str = "run `source scripts/deploy-tools.sh` first") -> str:
     found = TOOLS / name if (TOOLS / name).exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed: run `source scripts/deploy-tools.sh` first")
+        pytest.skip(f"{name} is not installed: {fix}")
     return str(found)
 
 
@@ -74,9 +76,49 @@ def test_kubernetes_validate_accepts_every_manifest(tmp_path: Path) -> None:
     assert checked >= 6
 
 
+def _kustomize_build(kubectl: str, directory: Path) -> list[dict[str, Any]]:
+    done = _run(kubectl, "kustomize", str(directory))
+    assert done.returncode == 0, f"kustomize build {directory.relative_to(ROOT)}: {done.stderr}"
+    return [d for d in yaml.safe_load_all(done.stdout) if isinstance(d, dict)]
+
+
+def _worker_container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (worker,) = [
+        d for d in documents if (d["kind"], d["metadata"]["name"]) == ("Deployment", "rung-worker")
+    ]
+    container: dict[str, Any] = worker["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_kubernetes_validate_accepts_each_kustomize_build(tmp_path: Path) -> None:
+    """`kubectl kustomize` (kustomize 5, as in kubectl 1.27 and later) builds the base and
+    each overlay; kubernetes-validate --strict checks what it built."""
+    kubectl = _tool("kubectl", "install kubectl 1.27 or later, which carries kustomize 5")
+    validate = _tool("kubernetes-validate")
+    builds = {}
+    for name in ("base", "overlays/cpu", "overlays/gpu"):
+        documents = _kustomize_build(kubectl, DEPLOY / "k8s" / name)
+        builds[name] = documents
+        standard = [d for d in documents if d["kind"] not in CUSTOM_KINDS]
+        assert len(standard) >= 6
+        built = tmp_path / f"{name.replace('/', '-')}.yaml"
+        built.write_text(yaml.safe_dump_all(standard))
+        done = _run(validate, "--strict", str(built))
+        assert done.returncode == 0, f"build of {name}: {done.stdout}{done.stderr}"
+        # Everything lands in Rung's namespace.
+        namespaced = [d for d in documents if d["kind"] != "Namespace"]
+        assert {d["metadata"].get("namespace") for d in namespaced} == {"rung"}
+    cpu, gpu = _worker_container(builds["overlays/cpu"]), _worker_container(builds["overlays/gpu"])
+    assert cpu["image"] == "ghcr.io/rung-hpo/rung:0.1.0"
+    assert "nvidia.com/gpu" not in json.dumps(cpu["resources"])
+    assert gpu["image"] == "ghcr.io/rung-hpo/rung-gpu:0.1.0"
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert gpu["args"][gpu["args"].index("--gpus") + 1] == "auto"
+
+
 def test_every_kustomization_names_what_exists() -> None:
-    """What `kustomize build` would need, checked without it (no registry these machines
-    reach carries kustomize): every resource path exists, and every patch targets a
+    """What `kustomize build` needs, checked without kubectl, so that a machine without
+    it still checks something: every resource path exists, and every patch targets a
     resource of the base, by kind and name."""
     names = set()
     for _, document in _documents():
