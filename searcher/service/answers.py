@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.schemas import ContinueTrial, OpCompleted
+from broker.schemas import ContinueTrial, KillTrial, OpCompleted
 from searcher.eventlog.reader import LogRecords
 from searcher.eventlog.records import InputRecord
 from searcher.trials import Command, ExperimentRun
@@ -64,14 +64,10 @@ class Answers:
 
     def to_repeat(self, run: ExperimentRun, completion: OpCompleted) -> Answer | None:
         """The command to send again for a re-sent ``completion``, if there is one: the
-        attempt still runs on the worker that asks, and was answered after it completed."""
+        attempt is the trial's current one, and the worker that asks was answered after
+        that completion (a killed trial's attempt too: its kill may be what was lost)."""
         trial = run.by_id.get(completion.trial_id)
-        if (
-            trial is None
-            or trial.state != "RUNNING"
-            or trial.attempt != completion.attempt
-            or trial.worker_id != completion.worker_id
-        ):
+        if trial is None or trial.attempt != completion.attempt:
             return None
         answers = self._last.get(completion.experiment_id, {})
         answer = answers.get((completion.trial_id, completion.attempt))
@@ -79,12 +75,21 @@ class Answers:
             return None
         return answer if answer.answers(completion) else None
 
+    def ended(self, experiment_id: str, trial_id: int, attempt: int) -> None:
+        """The attempt's process has exited: nothing waits for an answer any more."""
+        self._last.get(experiment_id, {}).pop((trial_id, attempt), None)
+
     def prune(self, run: ExperimentRun) -> None:
-        """Forget the attempts of ``run`` that no longer run."""
+        """Forget the attempts of ``run`` that another attempt replaced, and those that
+        stopped running without a kill (a killed one is kept until it exits)."""
         answers = self._last.get(run.experiment_id, {})
-        for trial_id, attempt in list(answers):
+        for (trial_id, attempt), answer in list(answers.items()):
             trial = run.by_id.get(trial_id)
-            if trial is None or trial.state != "RUNNING" or trial.attempt != attempt:
+            if (
+                trial is None
+                or trial.attempt != attempt
+                or (trial.state != "RUNNING" and not isinstance(answer.command.body, KillTrial))
+            ):
                 del answers[(trial_id, attempt)]
 
     def forget(self, experiment_id: str) -> None:
@@ -93,11 +98,7 @@ class Answers:
     def recover(self, run: ExperimentRun, records: LogRecords) -> None:
         """Rebuild the last command of each running attempt of ``run`` from its log,
         reading input records from the newest back until every one is found."""
-        wanted = {
-            (t.trial_id, t.attempt)
-            for t in run.trials.values()
-            if t.state == "RUNNING" and t.worker_id is not None
-        }
+        wanted = {(t.trial_id, t.attempt) for t in run.trials.values() if t.state == "RUNNING"}
         for i in range(len(records) - 1, -1, -1):
             if not wanted:
                 return

@@ -448,6 +448,8 @@ class SearcherService:
             )
             return None
         seq = self._record(run, step, message_id=message_id, body=body)
+        if isinstance(body, TrialExited) and not step.ignored:
+            self._answers.ended(run.experiment_id, body.trial_id, body.attempt)
         self._queue(run, step, seq)
         if step.ignored:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)

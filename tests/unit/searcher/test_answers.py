@@ -38,8 +38,29 @@ def test_only_a_command_sent_after_the_completion_is_repeated() -> None:
     repeat = answers.to_repeat(run, completion(4))
     assert repeat is not None
     assert repeat.command.body.type == "close_trial"
-    # Once the attempt has ended there is nothing to repeat, and nothing kept.
-    exited(run, 1, ExitReason.COMPLETED)
+    # Once the attempt has exited nothing is kept: the service forgets it on its
+    # trial_exited, and pruning forgets an attempt that no longer runs.
+    answers.ended(EXP, 1, 1)
     assert answers.to_repeat(run, completion(4)) is None
+    answers.note(6, 0, step.commands[0])
+    exited(run, 1, ExitReason.COMPLETED)
     answers.prune(run)
     assert len(answers) == 0
+
+
+def test_a_kill_is_kept_until_the_killed_attempt_exits() -> None:
+    run = make_run("{name: single, max_length: 4}")
+    run.start()
+    started(run, 1)
+    step = run.on_trial_kill(1)
+    (kill,) = [c for c in step.commands if c.body.type == "kill_trial"]
+    answers = Answers()
+    answers.note(3, 0, kill)
+    answers.prune(run)
+    # The trial is CANCELED, but its process may not have had the kill: asked, it is
+    # sent again.
+    repeat = answers.to_repeat(run, completion(4))
+    assert repeat is not None
+    assert repeat.command == kill
+    answers.ended(EXP, 1, 1)
+    assert answers.to_repeat(run, completion(4)) is None
