@@ -15,6 +15,18 @@
   - ``turnaround``: a script reports its last operation completed -> the next trial's
     script runs its first line on that worker (the old process's exit included).
 
+  Where a trial's time goes besides its steps, as parts of the above:
+
+  - ``report_to_logged``: a script reports an operation completed -> the searcher has
+    the event in its log (the event's hop and the decision);
+  - ``stop_to_exit_logged``: the searcher logs a completion it answers with pause or
+    close -> it logs that attempt's ``trial_exited`` (the command's hop, the script's
+    ``operations()`` ending, its process exiting, and the event's hop);
+  - ``start_to_first_op``: a script's first line -> its first operation arrives
+    (``core.init()`` and the first ``operations()`` step);
+  - ``checkpoint_save``: the script starts ``store_path`` -> it has returned (the files
+    written and fsynced, and ``checkpoint_saved`` confirmed).
+
 Each latency is reported as p50 and p99 over all the samples of the repetitions.
 """
 
@@ -157,6 +169,55 @@ def _latencies(notes: list[dict[str, Any]], history: list[Any]) -> dict[str, lis
         "continue": _continues(notes, history),
         "create_to_start": _create_to_start(by_process, history),
         "turnaround": _turnarounds(by_worker),
+        **_parts(notes, by_process, history),
+    }
+
+
+def _parts(
+    notes: list[dict[str, Any]], by_process: dict[str, list[dict[str, Any]]], history: list[Any]
+) -> dict[str, list[float]]:
+    """The parts of a trial's time that are not its steps (see the module's docstring)."""
+    logged: dict[tuple[int, int], float] = {}
+    exited: dict[tuple[int, int], float] = {}
+    stopped: list[tuple[int, int, float]] = []
+    for record in history:
+        body = getattr(record, "input", None)
+        if body is None:
+            continue
+        if body.type == "op_completed":
+            logged.setdefault((body.trial_id, body.length), record.at)
+            stopped.extend(
+                (c.body.trial_id, c.body.attempt, record.at)
+                for c in record.commands
+                if c.body.type in ("pause_trial", "close_trial")
+            )
+        elif body.type == "trial_exited":
+            exited.setdefault((body.trial_id, body.attempt), record.at)
+    first_ops, saves = [], []
+    for events in by_process.values():
+        events.sort(key=lambda e: e["t"])
+        start = next((e["t0"] for e in events if e["event"] == "start"), None)
+        first_op = next((e["t"] for e in events if e["event"] == "op"), None)
+        if start is not None and first_op is not None:
+            first_ops.append(first_op - start)
+        saves += [
+            after["t"] - before["t"]
+            for before, after in itertools.pairwise(events)
+            if (before["event"], after["event"]) == ("saving", "completed")
+        ]
+    return {
+        "report_to_logged": [
+            logged[key] - n["t"]
+            for n in notes
+            if n["event"] == "completed" and (key := (n["trial"], n["length"])) in logged
+        ],
+        "stop_to_exit_logged": [
+            exited[(trial, attempt)] - at
+            for trial, attempt, at in stopped
+            if (trial, attempt) in exited
+        ],
+        "start_to_first_op": first_ops,
+        "checkpoint_save": saves,
     }
 
 

@@ -2,7 +2,8 @@
 
 It writes one JSON line per moment to ``$RUNG_BENCH_TIMES/<pid>.jsonl``: when the script
 starts (its first line, so the process start is included), when each operation arrives,
-and when it reports one completed (just before the call). Same clock as the searcher's log.
+when it starts saving its checkpoint, and when it reports the operation completed (just
+before the call). Same clock as the searcher's log.
 """
 
 import json
@@ -43,6 +44,7 @@ with det.core.init() as core_context:
             time.sleep(STEP_S)
             step += 1
         loss = final + (1 - final) * math.exp(-(0.15 + 1.2 * y) * step)
+        note("saving", length=op.length)
         with core_context.checkpoint.store_path({"steps_completed": step}) as (path, _):
             (path / "step").write_text(str(step))
         note("completed", length=op.length)
