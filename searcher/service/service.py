@@ -222,6 +222,14 @@ class SearcherService:
 
     # ------------------------------------------------------------------ publishing
     async def _publish(self, run: ExperimentRun, step: Step, seq: int) -> None:
+        """Publish a decision's commands and wait for their confirms.
+
+        Commands to different destinations (the work queue, each worker) wait for their
+        confirms together; those to one destination go in order, one after another. If
+        any fails, the error is raised once all have settled, and the whole decision is
+        sent again later (its commands keep their ids, so receivers drop what they have).
+        """
+        by_key: dict[str | None, list[tuple[Command, Envelope]]] = {}
         for index, command in enumerate(step.commands):
             envelope = Envelope(
                 message_id=f"{run.experiment_id}/{seq}/{index}",
@@ -230,7 +238,22 @@ class SearcherService:
                 body=command.body,
             )
             self._answers.note(seq, index, command)
-            await self._send(run, command, envelope)
+            by_key.setdefault(command.worker_id, []).append((command, envelope))
+
+        async def in_order(commands: list[tuple[Command, Envelope]]) -> None:
+            for command, envelope in commands:
+                await self._send(run, command, envelope)
+
+        if len(by_key) == 1:
+            (commands,) = by_key.values()
+            await in_order(commands)
+            return
+        outcomes = await asyncio.gather(
+            *(in_order(commands) for commands in by_key.values()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _send(self, run: ExperimentRun, command: Command, envelope: Envelope) -> None:
         topology = self.broker.topology
@@ -413,7 +436,9 @@ class SearcherService:
             if (event_log := self.logs.get(run.experiment_id)) is not None:
                 event_log.mark_unsent(seq)
 
-    async def _apply(self, run: ExperimentRun, body: Body, message_id: str) -> Step | None:
+    async def _apply(
+        self, run: ExperimentRun, body: Body, message_id: str, *, defer_sync: bool = False
+    ) -> Step | None:
         """Apply one input: decide, write it down, publish what it caused.
 
         Everything up to the wait for the disk happens with no await, so a handler
@@ -421,6 +446,11 @@ class SearcherService:
         where the next input or timer tick finds them. The whole of it runs under the
         service's lock, so that only the last record of a log can have commands not yet
         published: a restart re-sends those (see :meth:`_undelivered`).
+
+        With ``defer_sync``, an input that caused no command (a checkpoint, a metric, a
+        start: most inputs) is not synced here: the caller syncs it after releasing the
+        lock and before acknowledging it, so that other inputs are applied meanwhile and
+        share the fsync. A later decision's sync covers it before that decision goes out.
         """
         try:
             step = run.on_event(body)
@@ -455,6 +485,8 @@ class SearcherService:
             log.debug("event ignored", experiment_id=run.experiment_id, reason=step.ignored)
         if run.state != "ACTIVE" and any(op.type == "shutdown" for op in step.ops):
             log.info("experiment finished", experiment_id=run.experiment_id, state=run.state)
+        if defer_sync and not step.commands and not self._unsent:
+            return step
         await self._settle(run)
         return step
 
@@ -525,13 +557,19 @@ class SearcherService:
                     await self._answer_again(run, body)
             else:
                 try:
-                    await self._apply(run, body, envelope.message_id)
+                    await self._apply(run, body, envelope.message_id, defer_sync=True)
                 except StaleOwnerError as exc:
                     self._give_up(run, exc)
                     await delivery.requeue()
                     return
                 crash_point("published")
-            self._flush_feed()
+            event_log = self.logs.get(experiment_id)
+        # Write first: what this input appended is durable before it is acknowledged
+        # (the fsync, shared with the inputs applied meanwhile, is outside the lock).
+        if event_log is not None and event_log.durable_seq < event_log.seq:
+            await event_log.sync_async()
+            crash_point("appended")
+        self._flush_feed()
         await delivery.ack()
 
     def _impostor(self, body: Body, delivery: Delivery) -> str | None:

@@ -550,3 +550,34 @@ async def test_a_restarted_searcher_answers_again_from_its_log(
         await worker.send(completion, message_id=completion_id)
         await wait_for(lambda: len(worker.control) == 1, 10, "the close command, after restart")
         assert decode(lost[0]).message_id == worker.control_ids[0]
+
+
+async def test_an_input_without_commands_syncs_outside_the_lock_before_its_ack(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    """Most inputs cause no command: they are applied under the lock and made durable
+    after it, so that other inputs go on meanwhile; the ack still waits for the disk."""
+    worker, _, created = await single_trial_queued(broker, tmp_path)
+    event_log = service.logs[created["experiment_id"]]
+    released = asyncio.Event()
+    real_sync = event_log.sync_async
+
+    async def slow_disk() -> None:
+        await released.wait()
+        await real_sync()
+
+    event_log.sync_async = slow_disk  # type: ignore[method-assign]
+    before = event_log.seq
+    await worker.send(TrialStarted(**created_ids(created), worker_id="fake", slots=1))
+    await wait_for(lambda: event_log.seq == before + 1, 10, "the trial_started applied")
+    # Applied and waiting for the disk, outside the lock: not acknowledged yet.
+    assert not service._lock.locked()
+    assert event_log.durable_seq < event_log.seq
+    assert service._handling == 1
+    released.set()
+    await wait_for(lambda: service._handling == 0, 10, "the input acknowledged")
+    assert event_log.durable_seq == event_log.seq
+
+
+def created_ids(created: dict[str, Any]) -> dict[str, Any]:
+    return {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": 1}
