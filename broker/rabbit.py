@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -83,22 +83,36 @@ def _verification_failure(exc: BaseException) -> ssl.SSLCertVerificationError | 
 
 
 class _RabbitSubscription(Subscription):
-    """A consumer on its own channel. Cancelling stops new deliveries at once; the channel
-    closes when the deliveries already received are settled (acks need their channel)."""
+    """A consumer on a channel of its own while it consumes. Cancelling stops new
+    deliveries at once; the channel is then kept for the next consumer of the same queue
+    (a worker stops and starts consuming work with every trial: a cancel and a consume
+    on an open channel are two round trips to the broker, a new channel six). A channel
+    that closed is dropped instead. The deliveries already received are acked on it
+    whenever they settle: it stays open."""
 
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        release: Callable[[_RabbitSubscription], Awaitable[None]] | None = None,
+    ) -> None:
         self.channel = channel
         self.queue = queue
         self.tag: str | None = None
         self.unsettled = 0
         self.cancelled = False
+        self._release = release
 
     async def settled(self) -> None:
         self.unsettled -= 1
-        if self.cancelled and self.unsettled <= 0:
-            await self._close()
+        if self.cancelled and self.unsettled <= 0 and self._release is None:
+            await self.close_channel()
 
-    async def _close(self) -> None:
+    def never_reuse(self) -> None:
+        """Close the channel once its deliveries are settled, instead of keeping it."""
+        self._release = None
+
+    async def close_channel(self) -> None:
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self.channel.close()
 
@@ -109,10 +123,14 @@ class _RabbitSubscription(Subscription):
         if self.tag is not None:
             # Bounded: on a connection being restored, the cancel can wait without end; a
             # consumer whose connection is gone is gone with it anyway.
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+            try:
                 await _bounded(self.queue.cancel(self.tag), 10.0)
-        if self.unsettled <= 0:
-            await self._close()
+            except (*CONNECTION_EXCEPTIONS, TimeoutError):
+                self.never_reuse()  # not known to be cancelled: never reuse the channel
+        if self._release is not None and not self.channel.is_closed:
+            await self._release(self)
+        elif self.unsettled <= 0:
+            await self.close_channel()
 
 
 async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
@@ -225,6 +243,10 @@ class RabbitBroker(Broker):
         self._exchanges: dict[str, AbstractExchange] = {}
         self._private: dict[str, tuple[AbstractChannel, AbstractQueue]] = {}
         self._subscriptions: list[_RabbitSubscription] = []
+        # Per queue, the channel of a cancelled consumer, kept for the next one.
+        self._idle: dict[str, tuple[AbstractChannel, AbstractQueue, int]] = {}
+        # Message handlers under way (see _subscribe): cancelled only by close().
+        self._handlers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
     async def _connect(self, role: str) -> AbstractRobustConnection:
@@ -300,9 +322,14 @@ class RabbitBroker(Broker):
             await queue.bind(binding.exchange, binding.routing_key)
 
     async def close(self) -> None:
-        for sub in self._subscriptions:
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        idle = [channel for channel, _, _ in self._idle.values()]
+        self._idle.clear()
+        for channel in [*(sub.channel for sub in self._subscriptions), *idle]:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await sub.channel.close()
+                await channel.close()
         for conn in (self._publish_conn, self._consume_conn):
             if conn is not None:
                 await conn.close()
@@ -411,16 +438,21 @@ class RabbitBroker(Broker):
             # could be restored first, find no queue, and be lost for good.
             channel, q = private
             await channel.set_qos(prefetch_count=max(prefetch, 1))
+            sub = _RabbitSubscription(channel, q)
         else:
-            channel = await self._consume_channel(max(prefetch, 1))
-            # A passive declare, not get_queue(ensure=False): a robust channel restores
-            # only the queues declared on it, and with them their consumers.
-            q = await channel.declare_queue(queue, passive=True)
-        sub = _RabbitSubscription(channel, q)
+            idle = self._idle.pop(queue, None)
+            if idle is not None and not idle[0].is_closed:
+                channel, q, had = idle
+                if had != max(prefetch, 1):
+                    await channel.set_qos(prefetch_count=max(prefetch, 1))
+            else:
+                channel = await self._consume_channel(max(prefetch, 1))
+                # A passive declare, not get_queue(ensure=False): a robust channel
+                # restores only the queues declared on it, and with them their consumers.
+                q = await channel.declare_queue(queue, passive=True)
+            sub = _RabbitSubscription(channel, q, self._keep_idle(queue, max(prefetch, 1)))
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            sub.unsettled += 1
-            delivery = _RabbitDelivery(self, message, queue, sub)
+        async def handle(delivery: _RabbitDelivery) -> None:
             try:
                 await handler(delivery)
             except Exception:
@@ -428,9 +460,38 @@ class RabbitBroker(Broker):
                 with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                     await delivery.requeue()
 
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            sub.unsettled += 1
+            # The handler runs in a task of the broker's, not in the client library's
+            # callback task: when a connection resets, aiormq cancels its channels'
+            # tasks, and a handler cancelled half-way (a trial half-started: announced,
+            # never run, its slot never freed) is worse than one that finishes and finds
+            # its ack refused (the broker delivers the message again; ids drop the copy).
+            task = asyncio.create_task(handle(_RabbitDelivery(self, message, queue, sub)))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            await asyncio.shield(task)
+
         sub.tag = await q.consume(on_message, no_ack=False)
         self._subscriptions.append(sub)
         return sub
+
+    def _keep_idle(
+        self, queue: str, prefetch: int
+    ) -> Callable[[_RabbitSubscription], Awaitable[None]]:
+        async def release(sub: _RabbitSubscription) -> None:
+            with contextlib.suppress(ValueError):
+                self._subscriptions.remove(sub)
+            previous = self._idle.get(queue)
+            if previous is not None and previous[0] is not sub.channel:
+                # One idle channel per queue is enough; this one closes once settled.
+                sub.never_reuse()
+                if sub.unsettled <= 0:
+                    await sub.close_channel()
+                return
+            self._idle[queue] = (sub.channel, sub.queue, prefetch)
+
+        return release
 
     async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:
         if self._consume_conn is None:

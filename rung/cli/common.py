@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
+
+import structlog
 
 from broker import Broker, TlsSettings, Topology, connect_broker
 from rung.client import Client, ClientError
@@ -130,13 +133,30 @@ def broker_from(args: argparse.Namespace, name: str, *, namespace: str | None = 
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM: the process stops intake, drains, then exits."""
+    """An event set by SIGINT or SIGTERM: the process stops intake, drains, then exits.
+
+    SIGUSR1 logs what every task of the process is waiting on, and carries on: for a
+    service that seems stuck (``kill -USR1 PID``, then read its log).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGUSR1, log_tasks)
     return stop
+
+
+def log_tasks() -> None:
+    """Log each task of the running loop with the stack of coroutines it waits in."""
+    tasks = asyncio.all_tasks()
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        structlog.get_logger("rung").warning(
+            "task dump (SIGUSR1)", task=task.get_name(), stack=stack.getvalue()
+        )
 
 
 def default_state_dir() -> Path:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from rung.cli.common import broker_url
+from rung.cli.common import broker_url, log_tasks
 from rung.cli.services import healthcheck
 
 
@@ -52,3 +54,18 @@ def test_healthcheck_reads_the_health_file(
     os.utime(health, (old, old))
     assert check() == 1
     assert "last touched 120 s ago" in capsys.readouterr().err
+
+
+async def test_sigusr1_logs_what_each_task_waits_on() -> None:
+    never = asyncio.Event()
+
+    async def stuck_somewhere() -> None:
+        await never.wait()
+
+    task = asyncio.create_task(stuck_somewhere(), name="the-stuck-one")
+    await asyncio.sleep(0)  # let it reach its await
+    with capture_logs() as logs:
+        log_tasks()
+    task.cancel()
+    dumps = {entry["task"]: entry["stack"] for entry in logs}
+    assert "stuck_somewhere" in dumps["the-stuck-one"]
