@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.proxy import FaultProxy
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -32,3 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seed of the soak's fault schedule (default: random, printed)",
     )
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A TCP proxy in front of the local RabbitMQ that can reset, delay or cut links."""
+    instance = FaultProxy().start()
+    yield instance
+    instance.stop()

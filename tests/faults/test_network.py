@@ -19,13 +19,6 @@ pytestmark = pytest.mark.rabbitmq
 
 
 @pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    instance = FaultProxy().start()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture
 def cluster(tmp_path: Path, proxy: FaultProxy) -> Iterator[Cluster]:
     # Heartbeats every 2 s: a partition is noticed in seconds, not minutes.
     with running_cluster(tmp_path, service_url=proxy.url("heartbeat=2")) as instance:

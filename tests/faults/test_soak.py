@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,6 @@ def _config() -> str:
     # Restarts are not what the soak counts: a crash never errors a trial here. Steps of
     # 0.1 s make a round last about half a minute, for a dozen faults or so.
     return config_text(trials=TRIALS, step_sleep=0.1, concurrent=5, max_restarts=1000)
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    instance = FaultProxy().start()
-    yield instance
-    instance.stop()
 
 
 class Soak:

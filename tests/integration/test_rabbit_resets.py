@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,13 +14,6 @@ from tests.proxy import FaultProxy
 from tests.support import unique_prefix, wait_for
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    instance = FaultProxy().start()
-    yield instance
-    instance.stop()
 
 
 @pytest.fixture
