@@ -95,6 +95,8 @@ class _RabbitSubscription(Subscription):
         channel: AbstractChannel,
         queue: AbstractQueue,
         release: Callable[[_RabbitSubscription], Awaitable[None]] | None = None,
+        *,
+        owns_channel: bool = True,
     ) -> None:
         self.channel = channel
         self.queue = queue
@@ -102,6 +104,9 @@ class _RabbitSubscription(Subscription):
         self.unsettled = 0
         self.cancelled = False
         self._release = release
+        # A private queue's consumer shares the queue's channel, which closes with the
+        # queue (delete_private_queue), not with the consumer.
+        self._owns_channel = owns_channel
 
     async def settled(self) -> None:
         self.unsettled -= 1
@@ -113,6 +118,8 @@ class _RabbitSubscription(Subscription):
         self._release = None
 
     async def close_channel(self) -> None:
+        if not self._owns_channel:
+            return
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self.channel.close()
 
@@ -438,7 +445,7 @@ class RabbitBroker(Broker):
             # could be restored first, find no queue, and be lost for good.
             channel, q = private
             await channel.set_qos(prefetch_count=max(prefetch, 1))
-            sub = _RabbitSubscription(channel, q)
+            sub = _RabbitSubscription(channel, q, owns_channel=False)
         else:
             idle = self._idle.pop(queue, None)
             if idle is not None and not idle[0].is_closed:
@@ -507,6 +514,11 @@ class RabbitBroker(Broker):
         entry = self._private.pop(name, None)
         if entry is not None:
             channel, queue = entry
+            # Its consumer first: a queue deleted under a consumer makes the broker
+            # cancel it, which the client library logs as a warning.
+            for sub in [s for s in self._subscriptions if s.queue is queue]:
+                await sub.cancel()
+                self._subscriptions.remove(sub)
             await queue.delete(if_unused=False, if_empty=False)
             await channel.close()
 
