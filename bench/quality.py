@@ -24,9 +24,9 @@ from typing import Any
 
 from bench.objectives import DIGITS_MAX, DIGITS_SPACE, Digits
 from bench.peers import PeerError, run_peer
-from searcher.config import parse_config
-from searcher.simulate import BENCHMARKS, Benchmark, simulate
-from searcher.simulate.hartmann import OPTIMUM, Z_MAX
+from rung.searcher.config import parse_config
+from rung.searcher.simulate import BENCHMARKS, Benchmark, simulate
+from rung.searcher.simulate.hartmann import OPTIMUM, Z_MAX
 
 __all__ = ["run"]
 

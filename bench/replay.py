@@ -21,15 +21,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.schemas import MetricsReported, OpCompleted, ProgressReported
-from broker.schemas.envelope import Body
-from searcher.config import parse_config
-from searcher.eventlog import SNAPSHOT_FILE, CreatedRecord, InputRecord, read_log, read_snapshot
-from searcher.eventlog import replay as replay_log
-from searcher.eventlog.snapshots import StoredSnapshot, line_digest, write_snapshot
-from searcher.experiment import Experiment
-from searcher.testing import scripted_event
-from searcher.trials import TERMINAL, ExperimentRun, Step, TrialRuntime
+from rung.broker.schemas import MetricsReported, OpCompleted, ProgressReported
+from rung.broker.schemas.envelope import Body
+from rung.searcher.config import parse_config
+from rung.searcher.eventlog import (
+    SNAPSHOT_FILE,
+    CreatedRecord,
+    InputRecord,
+    read_log,
+    read_snapshot,
+)
+from rung.searcher.eventlog import replay as replay_log
+from rung.searcher.eventlog.snapshots import StoredSnapshot, line_digest, write_snapshot
+from rung.searcher.experiment import Experiment
+from rung.searcher.testing import scripted_event
+from rung.searcher.trials import TERMINAL, ExperimentRun, Step, TrialRuntime
 
 TAIL = 200
 

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any
 
-from searcher.config import ExperimentConfig, parse_config
-from searcher.simulate import BENCHMARKS, simulate
+from rung.searcher.config import ExperimentConfig, parse_config
+from rung.searcher.simulate import BENCHMARKS, simulate
 
 __all__ = ["run"]
 

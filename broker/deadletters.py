@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from broker.errors import BrokerError, DecodeError
-from broker.port import DEAD_REASON_HEADER, Broker, Delivery, Subscription
-from broker.schemas import decode
+from rung.broker.errors import BrokerError, DecodeError
+from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Subscription
+from rung.broker.schemas import decode
 
 __all__ = ["DEAD_QUEUE_HEADER", "DeadLetter", "DeadLetterError", "peek", "requeue"]
 

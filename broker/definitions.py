@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from broker.topology import Topology
+from rung.broker.topology import Topology
 
 __all__ = ["ROLES", "definitions", "password_hash"]
 

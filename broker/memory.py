@@ -12,9 +12,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.errors import BrokerError, UnroutableError
-from broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
-from broker.topology import Topology
+from rung.broker.errors import BrokerError, UnroutableError
+from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from rung.broker.topology import Topology
 
 __all__ = ["MemoryBroker"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from broker.topology import Topology
+from rung.broker.topology import Topology
 
 __all__ = ["DEAD_REASON_HEADER", "Broker", "Delivery", "Handler", "Subscription"]
 

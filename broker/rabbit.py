@@ -36,16 +36,16 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
-from broker.errors import (
+from rung.broker.errors import (
     BrokerError,
     BrokerSettingsError,
     BrokerUnavailableError,
     PublishTimeoutError,
     UnroutableError,
 )
-from broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
-from broker.tls import TlsSettings, ssl_context_for
-from broker.topology import Topology
+from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from rung.broker.tls import TlsSettings, ssl_context_for
+from rung.broker.topology import Topology
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact"]
 

@@ -6,10 +6,10 @@ import asyncio
 import itertools
 import uuid
 
-from broker.errors import BrokerError
-from broker.port import Broker, Delivery
-from broker.schemas import Envelope, RpcReply, decode, encode
-from broker.schemas.envelope import Body
+from rung.broker.errors import BrokerError
+from rung.broker.port import Broker, Delivery
+from rung.broker.schemas import Envelope, RpcReply, decode, encode
+from rung.broker.schemas.envelope import Body
 
 __all__ = ["RpcClient", "RpcTimeoutError"]
 

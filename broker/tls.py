@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from broker.errors import BrokerSettingsError
+from rung.broker.errors import BrokerSettingsError
 
 __all__ = ["TlsSettings", "ssl_context_for"]
 

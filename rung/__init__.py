@@ -11,10 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rung import core
-from worker.core import LOG_FORMAT, InvalidHP, get_cluster_info
+from rung.worker.core import LOG_FORMAT, InvalidHP, get_cluster_info
 
 if TYPE_CHECKING:
-    from broker import TlsSettings
+    from rung.broker import TlsSettings
     from rung.client import (
         Checkpoint,
         Client,
@@ -63,7 +63,7 @@ _CLIENT = frozenset(__all__) - {"LOG_FORMAT", "InvalidHP", "core", "get_cluster_
 
 def __getattr__(name: str) -> Any:
     if name == "TlsSettings":
-        return importlib.import_module("broker").TlsSettings
+        return importlib.import_module("rung.broker").TlsSettings
     if name in _CLIENT:
         return getattr(importlib.import_module("rung.client"), name)
     raise AttributeError(f"module 'rung' has no attribute {name!r}")

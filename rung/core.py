@@ -1,6 +1,6 @@
 """``det.core``: the Core API (``init``, contexts, operations)."""
 
-from worker.core import (
+from rung.worker.core import (
     CheckpointContext,
     ClusterInfo,
     Context,

@@ -13,6 +13,6 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         | grep -v "^WARNING: Location" || true
     "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[${RUNG_EXTRAS:-dev,examples}]" 2>&1 \
         | grep -v "^WARNING: Location" || true
-    "$PY" -c "import rung, searcher" && touch "$stamp"
+    "$PY" -c "import rung.searcher" && touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import yaml
 
-from broker.archive import pack
-from broker.errors import BrokerUnavailableError, PublishTimeoutError
-from broker.port import Broker
-from broker.rpc import RpcClient, RpcTimeoutError
-from broker.schemas import (
+from rung.broker.archive import pack
+from rung.broker.errors import BrokerUnavailableError, PublishTimeoutError
+from rung.broker.port import Broker
+from rung.broker.rpc import RpcClient, RpcTimeoutError
+from rung.broker.schemas import (
     ControlExperiment,
     ControlTrial,
     CreateExperiment,
@@ -30,9 +30,9 @@ from broker.schemas import (
     RpcReply,
     WorkerInfo,
 )
-from broker.schemas.envelope import Body
-from searcher.config import load_config_file
-from searcher.errors import (
+from rung.broker.schemas.envelope import Body
+from rung.searcher.config import load_config_file
+from rung.searcher.errors import (
     ClientError,
     ConfigError,
     ConfigProblem,
@@ -41,8 +41,8 @@ from searcher.errors import (
     RefusedError,
     RequestTimeoutError,
 )
-from searcher.eventlog import Record
-from searcher.eventlog.records import record_adapter
+from rung.searcher.eventlog import Record
+from rung.searcher.eventlog.records import record_adapter
 
 __all__ = [
     "TERMINAL_STATES",

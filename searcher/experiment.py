@@ -29,9 +29,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field, JsonValue
 
-from searcher.config import ExperimentConfig, Hyperparameters, SingleSearcher
-from searcher.errors import SearcherError, SearchMethodError
-from searcher.events import (
+from rung.searcher.config import ExperimentConfig, Hyperparameters, SingleSearcher
+from rung.searcher.errors import SearcherError, SearchMethodError
+from rung.searcher.events import (
     ExitedReason,
     SearchEvent,
     Start,
@@ -40,9 +40,9 @@ from searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from searcher.methods import SearchMethod, build_method
-from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
-from searcher.space import draw_trial
+from rung.searcher.methods import SearchMethod, build_method
+from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from rung.searcher.space import draw_trial
 
 __all__ = ["Decision", "Experiment", "ExperimentSnapshot", "ExperimentState", "TrialRecord"]
 

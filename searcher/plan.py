@@ -18,7 +18,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from searcher.config import (
+from rung.searcher.config import (
     AdaptiveASHASearcher,
     AsyncHalvingSearcher,
     CustomSearcher,
@@ -27,9 +27,9 @@ from searcher.config import (
     RandomSearcher,
     SingleSearcher,
 )
-from searcher.methods import ASHAParams, plan_brackets
-from searcher.rungs import rung_lengths
-from searcher.space import grid_size
+from rung.searcher.methods import ASHAParams, plan_brackets
+from rung.searcher.rungs import rung_lengths
+from rung.searcher.space import grid_size
 
 __all__ = ["BracketPlan", "SearchPlan", "plan_search"]
 

@@ -6,7 +6,7 @@ logarithms computed exactly instead of through floating-point ``log`` ratios.
 
 from __future__ import annotations
 
-from searcher.config.searchers import AdaptiveMode
+from rung.searcher.config.searchers import AdaptiveMode
 
 __all__ = [
     "bracket_concurrency",

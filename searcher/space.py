@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from searcher.config import (
+from rung.searcher.config import (
     CategoricalHP,
     ConstHP,
     DoubleHP,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from random import Random
 
-from broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
-from broker.schemas.envelope import Body
-from searcher.trials import ExperimentRun, TrialRuntime
+from rung.broker.schemas import ExitReason, OpCompleted, TrialExited, TrialStarted
+from rung.broker.schemas.envelope import Body
+from rung.searcher.trials import ExperimentRun, TrialRuntime
 
 __all__ = ["scripted_event"]
 

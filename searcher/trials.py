@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from broker.schemas import (
+from rung.broker.schemas import (
     CheckpointSaved,
     CloseTrial,
     ContinueTrial,
@@ -50,8 +50,8 @@ from broker.schemas import (
     WorkerCommand,
     WorkerLost,
 )
-from broker.schemas.envelope import Body
-from searcher.events import (
+from rung.broker.schemas.envelope import Body
+from rung.searcher.events import (
     ExitedReason,
     SearchEvent,
     Start,
@@ -60,8 +60,8 @@ from searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from searcher.experiment import Experiment, ExperimentSnapshot
-from searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from rung.searcher.experiment import Experiment, ExperimentSnapshot
+from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
 
 __all__ = ["Command", "ExperimentRun", "RunState", "Step", "TrialRuntime", "TrialState"]
 

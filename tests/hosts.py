@@ -21,8 +21,8 @@ from typing import IO
 
 import pytest
 
-from broker.definitions import ROLES, definitions
-from broker.topology import Topology
+from rung.broker.definitions import ROLES, definitions
+from rung.broker.topology import Topology
 from tests.certs import Pki, make_pki
 from tests.support import stop_processes, wait_sync
 

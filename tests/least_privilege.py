@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from broker.definitions import ROLES, definitions
-from broker.topology import Topology
+from rung.broker.definitions import ROLES, definitions
+from rung.broker.topology import Topology
 from tests.support import RUN_ID
 
 

@@ -54,7 +54,7 @@ def wait_sync(
 
 async def delete_namespace(namespace: str) -> None:
     """Delete a test's queues and exchanges from the local RabbitMQ."""
-    from broker import RabbitBroker, Topology
+    from rung.broker import RabbitBroker, Topology
 
     broker = RabbitBroker(AMQP_URL, Topology(namespace), name="cleanup")
     await broker.start()

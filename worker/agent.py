@@ -21,15 +21,15 @@ from pathlib import Path
 
 import structlog
 
-from broker.errors import (
+from rung.broker.errors import (
     BrokerError,
     BrokerUnavailableError,
     DecodeError,
     PublishTimeoutError,
 )
-from broker.port import Broker, Delivery, Subscription
-from broker.rpc import RpcClient
-from broker.schemas import (
+from rung.broker.port import Broker, Delivery, Subscription
+from rung.broker.rpc import RpcClient
+from rung.broker.schemas import (
     CloseTrial,
     ContinueTrial,
     DescribeExperiment,
@@ -42,10 +42,10 @@ from broker.schemas import (
     decode,
     encode,
 )
-from broker.schemas.envelope import Body
-from worker.contexts import ContextCache
-from worker.spawn import Spawner, StartMethod, make_spawner
-from worker.trial_run import TrialRun
+from rung.broker.schemas.envelope import Body
+from rung.worker.contexts import ContextCache
+from rung.worker.spawn import Spawner, StartMethod, make_spawner
+from rung.worker.trial_run import TrialRun
 
 __all__ = ["Worker", "default_worker_id"]
 

@@ -7,9 +7,9 @@ import base64
 import shutil
 from pathlib import Path
 
-from broker.archive import context_hash, extract
-from broker.rpc import RpcClient
-from broker.schemas import GetContext
+from rung.broker.archive import context_hash, extract
+from rung.broker.rpc import RpcClient
+from rung.broker.schemas import GetContext
 
 __all__ = ["ContextCache", "ContextUnavailableError"]
 

@@ -1,6 +1,6 @@
 """The fork server: a warm Python process that starts training processes by forking.
 
-A worker starts one with ``python -m worker.forkserver WORKER_PID REQUESTS REPLIES``. It
+A worker starts one with ``python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES``. It
 imports the Core API (``rung``) once, then waits on the Unix socket ``REQUESTS`` for
 requests, each a JSON
 line carrying the argv, working directory and environment of one training process, with
@@ -43,7 +43,7 @@ import sys
 import threading
 from typing import Any
 
-from worker.launch import die_with_parent
+from rung.worker.launch import die_with_parent
 
 __all__ = ["main", "python_entrypoint"]
 
@@ -209,7 +209,7 @@ def _reap(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 3:
-        sys.stderr.write("usage: python -m worker.forkserver WORKER_PID REQUESTS REPLIES\n")
+        sys.stderr.write("usage: python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES\n")
         raise SystemExit(2)
     die_with_parent(int(argv[0]))
     import rung  # noqa: F401, PLC0415 (the point: children start with the Core API loaded)

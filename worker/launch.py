@@ -1,6 +1,6 @@
 """Start a training process that dies with its worker.
 
-The worker runs ``python -m worker.launch PARENT_PID ARGV...``: on Linux this asks the
+The worker runs ``python -m rung.worker.launch PARENT_PID ARGV...``: on Linux this asks the
 kernel to SIGKILL the process when its parent dies (``PR_SET_PDEATHSIG``), then execs
 the training command, which keeps the setting. So when a worker is killed outright
 (SIGKILL, out of memory), its training processes do not live on holding GPUs and
@@ -33,7 +33,7 @@ def die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.stderr.write("usage: python -m worker.launch PARENT_PID COMMAND [ARG...]\n")
+        sys.stderr.write("usage: python -m rung.worker.launch PARENT_PID COMMAND [ARG...]\n")
         raise SystemExit(2)
     parent, command = int(argv[0]), argv[1:]
     die_with_parent(parent)

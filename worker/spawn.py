@@ -4,7 +4,7 @@ Both give a :class:`TrialProcess`: a pid that leads its own process group, stdou
 stderr as streams, and an exit code as ``asyncio`` reports it (negative for a signal).
 Both tie the process to the worker, so that it dies when the worker is killed outright.
 
-* ``exec``: ``python -m worker.launch WORKER_PID ARGV...``, a fresh process per trial.
+* ``exec``: ``python -m rung.worker.launch WORKER_PID ARGV...``, a fresh process per trial.
 * ``fork-server`` (the default): a warm process with the Core API imported forks each
   training process (:mod:`worker.forkserver`). A Python entrypoint then starts in a few
   milliseconds instead of about a hundred; other entrypoints are exec'd from the fork.
@@ -69,7 +69,7 @@ class ExecSpawner:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "worker.launch",  # the process dies with this worker, even by SIGKILL
+            "rung.worker.launch",  # the process dies with this worker, even by SIGKILL
             str(os.getpid()),
             *argv,
             cwd=cwd,
@@ -160,7 +160,7 @@ class ForkServer:
             self._server = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "worker.forkserver",
+                "rung.worker.forkserver",
                 str(os.getpid()),
                 str(requests_there.fileno()),
                 str(replies_there.fileno()),

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from broker.schemas import (
+from rung.broker.schemas import (
     CheckpointSaved,
     ExitReason,
     LogLine,
@@ -38,8 +38,8 @@ from broker.schemas import (
     TrialExited,
     TrialStarted,
 )
-from broker.schemas.envelope import Body
-from worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
+from rung.broker.schemas.envelope import Body
+from rung.worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
 
 __all__ = ["TrialRun"]
 

@@ -4,7 +4,7 @@ Everything on the wire is an :class:`Envelope` holding one typed body. Bodies ar
 pydantic models with ``extra="forbid"`` and a ``type`` discriminator; nothing is pickled.
 """
 
-from broker.schemas.commands import (
+from rung.broker.schemas.commands import (
     CloseTrial,
     ContinueTrial,
     KillTrial,
@@ -13,8 +13,8 @@ from broker.schemas.commands import (
     RunTrial,
     WorkerCommand,
 )
-from broker.schemas.envelope import SCHEMA_VERSION, Body, Envelope, decode, encode
-from broker.schemas.events import (
+from rung.broker.schemas.envelope import SCHEMA_VERSION, Body, Envelope, decode, encode
+from rung.broker.schemas.events import (
     CheckpointSaved,
     ExitReason,
     LogLine,
@@ -28,7 +28,7 @@ from broker.schemas.events import (
     WorkerHeartbeat,
     WorkerLost,
 )
-from broker.schemas.rpc import (
+from rung.broker.schemas.rpc import (
     ControlExperiment,
     ControlTrial,
     CreateExperiment,

@@ -11,9 +11,9 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Discriminator, Field, TypeAdapter, ValidationError
 
-from broker.errors import DecodeError
-from broker.schemas.base import Message
-from broker.schemas.commands import (
+from rung.broker.errors import DecodeError
+from rung.broker.schemas.base import Message
+from rung.broker.schemas.commands import (
     CloseTrial,
     ContinueTrial,
     KillTrial,
@@ -21,7 +21,7 @@ from broker.schemas.commands import (
     PreemptTrial,
     RunTrial,
 )
-from broker.schemas.events import (
+from rung.broker.schemas.events import (
     CheckpointSaved,
     LogLines,
     MetricsReported,
@@ -32,7 +32,7 @@ from broker.schemas.events import (
     WorkerHeartbeat,
     WorkerLost,
 )
-from broker.schemas.rpc import (
+from rung.broker.schemas.rpc import (
     ControlExperiment,
     ControlTrial,
     CreateExperiment,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue, field_validator
 
-from broker.schemas.base import Message
+from rung.broker.schemas.base import Message
 
 __all__ = [
     "CheckpointSaved",

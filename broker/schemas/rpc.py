@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, JsonValue
 
-from broker.schemas.base import Message
+from rung.broker.schemas.base import Message
 
 __all__ = [
     "ControlExperiment",

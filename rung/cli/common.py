@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
-from broker import Broker, TlsSettings, Topology, connect_broker
+from rung.broker import Broker, TlsSettings, Topology, connect_broker
 from rung.client import Client, ClientError
 
 __all__ = [

@@ -7,8 +7,8 @@ import json
 import os
 from typing import Any
 
-from broker.definitions import ROLES, definitions
-from broker.topology import Topology
+from rung.broker.definitions import ROLES, definitions
+from rung.broker.topology import Topology
 
 __all__ = ["register"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from broker.deadletters import DeadLetter, DeadLetterError, peek, requeue
+from rung.broker.deadletters import DeadLetter, DeadLetterError, peek, requeue
 from rung.cli.common import add_broker_options, broker_from
 
 __all__ = ["register"]

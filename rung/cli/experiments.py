@@ -14,7 +14,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.live import Live
 
-from broker.schemas import ExperimentSummary
+from rung.broker.schemas import ExperimentSummary
 from rung.cli.common import add_broker_options, run_client
 from rung.cli.render import (
     checkpoints_table,
@@ -26,9 +26,9 @@ from rung.cli.render import (
     trials_table,
 )
 from rung.client import Client, Experiment
-from searcher.eventlog import InputRecord, replay
-from searcher.eventlog.explain import entry, print_entry
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.eventlog import InputRecord, replay
+from rung.searcher.eventlog.explain import entry, print_entry
+from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["follow", "register"]
 

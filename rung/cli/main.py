@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from broker import BrokerSettingsError
+from rung.broker import BrokerSettingsError
 from rung.cli import definitions, dlq, experiments, replay, run, search_tools, services, trials
 from rung.logs import configure_logging
-from searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
+from rung.searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
 
 __all__ = ["main"]
 

@@ -11,7 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
+from rung.broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
 from rung.client import Checkpoint
 
 __all__ = [

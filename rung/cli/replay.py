@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from searcher.config import load_config_file
-from searcher.eventlog import (
+from rung.searcher.config import load_config_file
+from rung.searcher.eventlog import (
     SNAPSHOT_FILE,
     InputRecord,
     Record,
@@ -19,9 +19,9 @@ from searcher.eventlog import (
     read_snapshot,
     replay,
 )
-from searcher.eventlog.explain import entry, print_entry, state_at
-from searcher.eventlog.whatif import what_if
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.eventlog.explain import entry, print_entry, state_at
+from rung.searcher.eventlog.whatif import what_if
+from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["register"]
 

@@ -17,8 +17,8 @@ from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls
 from rung.cli.experiments import follow
 from rung.cli.render import print_summary, summary_json
 from rung.client import Client
-from searcher.config import load_config_file
-from worker.gpus import parse_gpus
+from rung.searcher.config import load_config_file
+from rung.worker.gpus import parse_gpus
 
 __all__ = ["register"]
 

@@ -12,12 +12,12 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from searcher.config import ExperimentConfig, load_config_file
-from searcher.errors import SimulationError
-from searcher.methods import build_method
-from searcher.plan import SearchPlan, plan_search
-from searcher.simulate import BENCHMARKS, Benchmark, Curves, SimulationResult, benchmark_named
-from searcher.simulate import simulate as run_simulation
+from rung.searcher.config import ExperimentConfig, load_config_file
+from rung.searcher.errors import SimulationError
+from rung.searcher.methods import build_method
+from rung.searcher.plan import SearchPlan, plan_search
+from rung.searcher.simulate import BENCHMARKS, Benchmark, Curves, SimulationResult, benchmark_named
+from rung.searcher.simulate import simulate as run_simulation
 
 __all__ = ["register"]
 

@@ -21,10 +21,10 @@ from rung.cli.common import (
 )
 from rung.cli.render import workers_table
 from rung.client import Client
-from searcher.service.service import SearcherService
-from worker.agent import Worker
-from worker.gpus import parse_gpus
-from worker.spawn import START_METHODS
+from rung.searcher.service.service import SearcherService
+from rung.worker.agent import Worker
+from rung.worker.gpus import parse_gpus
+from rung.worker.spawn import START_METHODS
 
 __all__ = ["register"]
 

@@ -21,7 +21,7 @@ from rung.client._models import (
     WorkerInfo,
 )
 from rung.client._sync import SyncClient
-from searcher.client import (
+from rung.searcher.client import (
     ClientError,
     ConnectionLostError,
     NotFoundError,

@@ -18,9 +18,9 @@ from typing import Any, Literal, Self
 
 import structlog
 
-from broker import Broker, BrokerError, TlsSettings, Topology, connect_broker, redact
-from broker.port import Delivery
-from broker.schemas import CheckpointSaved, LogLines, MetricsReported
+from rung.broker import Broker, BrokerError, TlsSettings, Topology, connect_broker, redact
+from rung.broker.port import Delivery
+from rung.broker.schemas import CheckpointSaved, LogLines, MetricsReported
 from rung.client._local import LocalCluster
 from rung.client._models import (
     Checkpoint,
@@ -31,7 +31,7 @@ from rung.client._models import (
     TrialSummary,
     WorkerInfo,
 )
-from searcher.client import (
+from rung.searcher.client import (
     TERMINAL_STATES,
     ClientError,
     ConnectionLostError,
@@ -39,8 +39,8 @@ from searcher.client import (
     RequestTimeoutError,
     SearcherClient,
 )
-from searcher.config import ExperimentConfig
-from searcher.eventlog import InputRecord
+from rung.searcher.config import ExperimentConfig
+from rung.searcher.eventlog import InputRecord
 
 __all__ = ["Client", "Experiment", "Trial"]
 

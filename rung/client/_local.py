@@ -16,10 +16,10 @@ from pathlib import Path
 
 import structlog
 
-from broker import Broker, MemoryBroker, TlsSettings, Topology, connect_broker
+from rung.broker import Broker, MemoryBroker, TlsSettings, Topology, connect_broker
 from rung.logs import configure_logging
-from searcher.service.service import SearcherService
-from worker.agent import Worker
+from rung.searcher.service.service import SearcherService
+from rung.worker.agent import Worker
 
 __all__ = ["LocalCluster"]
 

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
-from searcher.eventlog import Record
+from rung.broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
+from rung.searcher.eventlog import Record
 
 __all__ = [
     "Checkpoint",

@@ -1,13 +1,13 @@
 """Experiment configs: Determined-style YAML, validated into frozen pydantic models."""
 
-from searcher.config.experiment import (
+from rung.searcher.config.experiment import (
     CheckpointStorage,
     ExperimentConfig,
     Reproducibility,
     Resources,
     iter_leaves,
 )
-from searcher.config.hyperparameters import (
+from rung.searcher.config.hyperparameters import (
     CategoricalHP,
     ConstHP,
     DoubleHP,
@@ -18,9 +18,14 @@ from searcher.config.hyperparameters import (
     NestedHP,
     NumericHP,
 )
-from searcher.config.length import Length, LengthUnit
-from searcher.config.loader import LoadedConfig, load_config_file, load_config_text, parse_config
-from searcher.config.searchers import (
+from rung.searcher.config.length import Length, LengthUnit
+from rung.searcher.config.loader import (
+    LoadedConfig,
+    load_config_file,
+    load_config_text,
+    parse_config,
+)
+from rung.searcher.config.searchers import (
     SEARCHER_NAMES,
     AdaptiveASHASearcher,
     AdaptiveMode,

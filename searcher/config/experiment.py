@@ -8,8 +8,8 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, JsonValue, StrictInt, ValidationInfo, model_validator
 
-from searcher.config._model import ConfigModel, rule_error
-from searcher.config.hyperparameters import (
+from rung.searcher.config._model import ConfigModel, rule_error
+from rung.searcher.config.hyperparameters import (
     CategoricalHP,
     ConstHP,
     Hyperparameter,
@@ -17,13 +17,13 @@ from searcher.config.hyperparameters import (
     NestedHP,
     NumericHP,
 )
-from searcher.config.searchers import (
+from rung.searcher.config.searchers import (
     AdaptiveASHASearcher,
     AsyncHalvingSearcher,
     GridSearcher,
     SearcherConfig,
 )
-from searcher.rungs import rung_lengths
+from rung.searcher.rungs import rung_lengths
 
 __all__ = [
     "CheckpointStorage",

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from searcher.config._model import ConfigModel, rule_error
+from rung.searcher.config._model import ConfigModel, rule_error
 
 __all__ = [
     "HP_TYPES",

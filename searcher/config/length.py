@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from searcher.config._model import rule_error
+from rung.searcher.config._model import rule_error
 
 __all__ = ["Length", "LengthUnit"]
 

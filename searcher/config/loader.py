@@ -15,11 +15,11 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from searcher.config._model import suggest
-from searcher.config.experiment import ExperimentConfig
-from searcher.config.hyperparameters import HP_TYPES
-from searcher.config.searchers import SEARCHER_NAMES
-from searcher.errors import ConfigError, ConfigProblem
+from rung.searcher.config._model import suggest
+from rung.searcher.config.experiment import ExperimentConfig
+from rung.searcher.config.hyperparameters import HP_TYPES
+from rung.searcher.config.searchers import SEARCHER_NAMES
+from rung.searcher.errors import ConfigError, ConfigProblem
 
 __all__ = ["LoadedConfig", "load_config_file", "load_config_text", "parse_config"]
 

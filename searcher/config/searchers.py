@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from searcher.config._model import ConfigModel, record_warning, rule_error
-from searcher.config.length import Length
+from rung.searcher.config._model import ConfigModel, record_warning, rule_error
+from rung.searcher.config.length import Length
 
 __all__ = [
     "SEARCHER_NAMES",

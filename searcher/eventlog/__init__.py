@@ -1,8 +1,8 @@
 """The experiment event log: records, the file backend, and replay."""
 
-from searcher.eventlog.file import FileEventLog, StaleOwnerError
-from searcher.eventlog.reader import EventLogCorruptError, LogRecords, read_log
-from searcher.eventlog.records import (
+from rung.searcher.eventlog.file import FileEventLog, StaleOwnerError
+from rung.searcher.eventlog.reader import EventLogCorruptError, LogRecords, read_log
+from rung.searcher.eventlog.records import (
     LOG_VERSION,
     CommandRecord,
     CreatedRecord,
@@ -12,8 +12,8 @@ from searcher.eventlog.records import (
     Record,
     SnapshotRecord,
 )
-from searcher.eventlog.replay import Divergence, Replayed, replay
-from searcher.eventlog.snapshots import SNAPSHOT_FILE, StoredSnapshot, read_snapshot
+from rung.searcher.eventlog.replay import Divergence, Replayed, replay
+from rung.searcher.eventlog.snapshots import SNAPSHOT_FILE, StoredSnapshot, read_snapshot
 
 __all__ = [
     "LOG_VERSION",

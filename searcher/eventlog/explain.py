@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broker.schemas import (
+from rung.broker.schemas import (
     CheckpointSaved,
     CloseTrial,
     ContinueTrial,
@@ -24,11 +24,11 @@ from broker.schemas import (
     TrialExited,
     TrialStarted,
 )
-from searcher.eventlog.records import InputRecord
-from searcher.events import ExitedReason
-from searcher.methods import AdaptiveASHA, PromotionASHA, SearchMethod, StoppingASHA
-from searcher.ops import Close, Create, Shutdown, ValidateAfter
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.eventlog.records import InputRecord
+from rung.searcher.events import ExitedReason
+from rung.searcher.methods import AdaptiveASHA, PromotionASHA, SearchMethod, StoppingASHA
+from rung.searcher.ops import Close, Create, Shutdown, ValidateAfter
+from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["NOISE", "describe_input", "entry", "explain_step", "print_entry", "state_at"]
 

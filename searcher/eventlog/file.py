@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from searcher.errors import SearcherError
-from searcher.eventlog.durable import fsync_directory, replace_durably
-from searcher.eventlog.reader import LogRecords, read_log
-from searcher.eventlog.records import OwnerRecord, Record
-from searcher.eventlog.snapshots import (
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog.durable import fsync_directory, replace_durably
+from rung.searcher.eventlog.reader import LogRecords, read_log
+from rung.searcher.eventlog.records import OwnerRecord, Record
+from rung.searcher.eventlog.snapshots import (
     SNAPSHOT_FILE,
     StoredSnapshot,
     line_digest,

@@ -24,8 +24,8 @@ from typing import Final, overload
 import structlog
 from pydantic import ValidationError
 
-from searcher.errors import SearcherError
-from searcher.eventlog.records import Record, record_adapter
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog.records import Record, record_adapter
 
 __all__ = ["EventLogCorruptError", "LogRecords", "read_log"]
 

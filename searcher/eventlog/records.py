@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, TypeAdapter
 
-from broker.schemas.commands import WorkerCommand
-from broker.schemas.envelope import Body
-from searcher.events import SearchEvent
-from searcher.ops import Operation
+from rung.broker.schemas.commands import WorkerCommand
+from rung.broker.schemas.envelope import Body
+from rung.searcher.events import SearchEvent
+from rung.searcher.ops import Operation
 
 if TYPE_CHECKING:
-    from searcher.trials import Step
+    from rung.searcher.trials import Step
 
 __all__ = [
     "LOG_VERSION",

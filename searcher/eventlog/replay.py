@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from searcher.config import parse_config
-from searcher.errors import SearcherError
-from searcher.eventlog.reader import LogRecords
-from searcher.eventlog.records import (
+from rung.searcher.config import parse_config
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog.reader import LogRecords
+from rung.searcher.eventlog.records import (
     CreatedRecord,
     FailedRecord,
     InputRecord,
     Record,
     SnapshotRecord,
 )
-from searcher.eventlog.snapshots import StoredSnapshot, matches
-from searcher.experiment import Experiment
-from searcher.methods import build_method
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.eventlog.snapshots import StoredSnapshot, matches
+from rung.searcher.experiment import Experiment
+from rung.searcher.methods import build_method
+from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["Divergence", "Replayed", "replay"]
 

@@ -20,9 +20,9 @@ from typing import Any, Final, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from searcher.eventlog.durable import replace_durably
-from searcher.eventlog.reader import LogRecords
-from searcher.eventlog.records import Record
+from rung.searcher.eventlog.durable import replace_durably
+from rung.searcher.eventlog.reader import LogRecords
+from rung.searcher.eventlog.records import Record
 
 __all__ = ["SNAPSHOT_FILE", "StoredSnapshot", "matches", "read_snapshot", "write_snapshot"]
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from broker.schemas import OpCompleted
-from searcher.config import ExperimentConfig
-from searcher.errors import SearcherError
-from searcher.eventlog.records import InputRecord, Record
-from searcher.eventlog.replay import replay
-from searcher.simulate import SimulationResult, simulate
-from searcher.trials import ExperimentRun, Step
+from rung.broker.schemas import OpCompleted
+from rung.searcher.config import ExperimentConfig
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog.records import InputRecord, Record
+from rung.searcher.eventlog.replay import replay
+from rung.searcher.simulate import SimulationResult, simulate
+from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["WhatIf", "WhatIfGapError", "what_if"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from searcher.config import (
+from rung.searcher.config import (
     AdaptiveASHASearcher,
     AsyncHalvingSearcher,
     CustomSearcher,
@@ -17,9 +17,9 @@ from searcher.config import (
     RandomSearcher,
     SingleSearcher,
 )
-from searcher.methods.adaptive_asha import AdaptiveASHA, plan_brackets
-from searcher.methods.asha import ASHAParams, PromotionASHA, StoppingASHA, build_asha
-from searcher.methods.base import (
+from rung.searcher.methods.adaptive_asha import AdaptiveASHA, plan_brackets
+from rung.searcher.methods.asha import ASHAParams, PromotionASHA, StoppingASHA, build_asha
+from rung.searcher.methods.base import (
     WORST,
     SearchContext,
     SearchMethod,
@@ -27,9 +27,9 @@ from searcher.methods.base import (
     budget_progress,
     rank_value,
 )
-from searcher.methods.custom import load_custom_method
-from searcher.methods.grid import GridSearch
-from searcher.methods.random_search import RandomSearch, SingleSearch
+from rung.searcher.methods.custom import load_custom_method
+from rung.searcher.methods.grid import GridSearch
+from rung.searcher.methods.random_search import RandomSearch, SingleSearch
 
 __all__ = [
     "WORST",

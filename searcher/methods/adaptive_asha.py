@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from searcher.config import AdaptiveASHASearcher
-from searcher.events import ExitedReason
-from searcher.methods.asha import ASHAParams, build_asha
-from searcher.methods.base import SearchContext, SearchMethod
-from searcher.ops import Create, Operation
-from searcher.rungs import bracket_concurrency, bracket_rung_counts, bracket_trials
+from rung.searcher.config import AdaptiveASHASearcher
+from rung.searcher.events import ExitedReason
+from rung.searcher.methods.asha import ASHAParams, build_asha
+from rung.searcher.methods.base import SearchContext, SearchMethod
+from rung.searcher.ops import Create, Operation
+from rung.searcher.rungs import bracket_concurrency, bracket_rung_counts, bracket_trials
 
 __all__ = ["AdaptiveASHA", "TournamentState", "plan_brackets"]
 

@@ -31,11 +31,11 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from searcher.config import AsyncHalvingSearcher
-from searcher.events import ExitedReason
-from searcher.methods.base import WORST, SearchContext, SearchMethod, rank_value
-from searcher.ops import Close, Operation, ValidateAfter
-from searcher.rungs import rung_lengths
+from rung.searcher.config import AsyncHalvingSearcher
+from rung.searcher.events import ExitedReason
+from rung.searcher.methods.base import WORST, SearchContext, SearchMethod, rank_value
+from rung.searcher.ops import Close, Operation, ValidateAfter
+from rung.searcher.rungs import rung_lengths
 
 __all__ = ["ASHAParams", "ASHAState", "PromotionASHA", "StoppingASHA", "build_asha"]
 

@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
-from searcher.config import Hyperparameters
-from searcher.events import ExitedReason
-from searcher.ops import Create, Operation
+from rung.searcher.config import Hyperparameters
+from rung.searcher.events import ExitedReason
+from rung.searcher.ops import Create, Operation
 
 __all__ = [
     "WORST",

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
-from searcher.config import CustomSearcher
-from searcher.errors import CustomSearcherError
-from searcher.methods.base import SearchMethod
+from rung.searcher.config import CustomSearcher
+from rung.searcher.errors import CustomSearcherError
+from rung.searcher.methods.base import SearchMethod
 
 __all__ = ["load_custom_method"]
 
@@ -83,7 +83,7 @@ def load_custom_method(config: CustomSearcher, context_dir: Path | None) -> Sear
     if not (isinstance(cls, type) and issubclass(cls, SearchMethod)):
         raise CustomSearcherError(
             f"searcher.class: {config.class_} is not a subclass of rung's SearchMethod; "
-            "derive it from searcher.methods.SearchMethod"
+            "derive it from rung.searcher.methods.SearchMethod"
         )
     factory = cast("Callable[[CustomSearcher], SearchMethod[Any]]", cls)
     try:

@@ -10,11 +10,11 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from searcher.config import GridSearcher, Hyperparameters
-from searcher.methods.base import SearchContext
-from searcher.methods.one_shot import OneShotSearch
-from searcher.ops import Create
-from searcher.space import grid_points
+from rung.searcher.config import GridSearcher, Hyperparameters
+from rung.searcher.methods.base import SearchContext
+from rung.searcher.methods.one_shot import OneShotSearch
+from rung.searcher.ops import Create
+from rung.searcher.space import grid_points
 
 __all__ = ["GridSearch", "GridState"]
 

@@ -12,9 +12,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from searcher.events import ExitedReason
-from searcher.methods.base import SearchContext, SearchMethod, budget_progress
-from searcher.ops import Close, Create, Operation, ValidateAfter
+from rung.searcher.events import ExitedReason
+from rung.searcher.methods.base import SearchContext, SearchMethod, budget_progress
+from rung.searcher.ops import Close, Create, Operation, ValidateAfter
 
 __all__ = ["OneShotSearch"]
 

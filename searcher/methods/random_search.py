@@ -11,11 +11,11 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from searcher.config import RandomSearcher, SingleSearcher
-from searcher.events import ExitedReason
-from searcher.methods.base import SearchContext
-from searcher.methods.one_shot import OneShotSearch
-from searcher.ops import Create, Operation
+from rung.searcher.config import RandomSearcher, SingleSearcher
+from rung.searcher.events import ExitedReason
+from rung.searcher.methods.base import SearchContext
+from rung.searcher.methods.one_shot import OneShotSearch
+from rung.searcher.ops import Create, Operation
 
 __all__ = ["RandomSearch", "RandomState", "SingleSearch"]
 

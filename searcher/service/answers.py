@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.schemas import ContinueTrial, KillTrial, OpCompleted
-from searcher.eventlog.reader import LogRecords
-from searcher.eventlog.records import InputRecord
-from searcher.trials import Command, ExperimentRun
+from rung.broker.schemas import ContinueTrial, KillTrial, OpCompleted
+from rung.searcher.eventlog.reader import LogRecords
+from rung.searcher.eventlog.records import InputRecord
+from rung.searcher.trials import Command, ExperimentRun
 
 __all__ = ["Answer", "Answers"]
 

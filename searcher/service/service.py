@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from broker.archive import ArchiveError, context_hash, extract, validate
-from broker.errors import BrokerError, DecodeError, UnroutableError
-from broker.port import Broker, Delivery
-from broker.schemas import (
+from rung.broker.archive import ArchiveError, context_hash, extract, validate
+from rung.broker.errors import BrokerError, DecodeError, UnroutableError
+from rung.broker.port import Broker, Delivery
+from rung.broker.schemas import (
     ControlExperiment,
     ControlTrial,
     CreateExperiment,
@@ -45,25 +45,25 @@ from broker.schemas import (
     decode,
     encode,
 )
-from broker.schemas.envelope import Body
-from broker.topology import Topology
-from searcher.config import ExperimentConfig, parse_config
-from searcher.errors import ConfigError, ConfigProblem, SearcherError
-from searcher.eventlog.file import FileEventLog, StaleOwnerError
-from searcher.eventlog.records import (
+from rung.broker.schemas.envelope import Body
+from rung.broker.topology import Topology
+from rung.searcher.config import ExperimentConfig, parse_config
+from rung.searcher.errors import ConfigError, ConfigProblem, SearcherError
+from rung.searcher.eventlog.file import FileEventLog, StaleOwnerError
+from rung.searcher.eventlog.records import (
     CreatedRecord,
     FailedRecord,
     InputRecord,
     Record,
 )
-from searcher.eventlog.replay import replay
-from searcher.experiment import Experiment
-from searcher.methods import build_method
-from searcher.service.answers import Answer, Answers
-from searcher.service.failpoints import crash_point
-from searcher.service.statelock import StateDirectoryBusyError, StateLock
-from searcher.service.summary import summarise
-from searcher.trials import Command, ExperimentRun, Step
+from rung.searcher.eventlog.replay import replay
+from rung.searcher.experiment import Experiment
+from rung.searcher.methods import build_method
+from rung.searcher.service.answers import Answer, Answers
+from rung.searcher.service.failpoints import crash_point
+from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
+from rung.searcher.service.summary import summarise
+from rung.searcher.trials import Command, ExperimentRun, Step
 
 __all__ = ["SearcherService", "StateDirectoryBusyError"]
 

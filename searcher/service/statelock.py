@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from searcher.errors import SearcherError
+from rung.searcher.errors import SearcherError
 
 __all__ = ["StateDirectoryBusyError", "StateLock"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.schemas import ExperimentSummary, TrialSummary
-from searcher.trials import ExperimentRun, TrialRuntime
+from rung.broker.schemas import ExperimentSummary, TrialSummary
+from rung.searcher.trials import ExperimentRun, TrialRuntime
 
 __all__ = ["summarise"]
 

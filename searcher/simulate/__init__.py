@@ -1,7 +1,13 @@
 """Simulated workers in virtual time, for choosing and benchmarking search methods."""
 
-from searcher.simulate.benchmarks import BENCHMARKS, Benchmark, Curves, MFHartmann6, benchmark_named
-from searcher.simulate.engine import SimulatedTrial, SimulationResult, simulate
+from rung.searcher.simulate.benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    Curves,
+    MFHartmann6,
+    benchmark_named,
+)
+from rung.searcher.simulate.engine import SimulatedTrial, SimulationResult, simulate
 
 __all__ = [
     "BENCHMARKS",

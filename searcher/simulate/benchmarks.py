@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from searcher.errors import SimulationError
-from searcher.simulate.hartmann import OPTIMUM, PRESETS, Z_MAX, mf_hartmann6
-from searcher.space import flatten
+from rung.searcher.errors import SimulationError
+from rung.searcher.simulate.hartmann import OPTIMUM, PRESETS, Z_MAX, mf_hartmann6
+from rung.searcher.space import flatten
 
 __all__ = ["BENCHMARKS", "Benchmark", "Curves", "MFHartmann6", "benchmark_named"]
 

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from searcher.config import ExperimentConfig
-from searcher.errors import SimulationError
-from searcher.events import SearchEvent, Start, TrialClosed, ValidationCompleted
-from searcher.experiment import Experiment
-from searcher.methods import SearchMethod
-from searcher.ops import Close, Shutdown, ValidateAfter
-from searcher.simulate.benchmarks import Benchmark
+from rung.searcher.config import ExperimentConfig
+from rung.searcher.errors import SimulationError
+from rung.searcher.events import SearchEvent, Start, TrialClosed, ValidationCompleted
+from rung.searcher.experiment import Experiment
+from rung.searcher.methods import SearchMethod
+from rung.searcher.ops import Close, Shutdown, ValidateAfter
+from rung.searcher.simulate.benchmarks import Benchmark
 
 __all__ = ["SimulatedResult", "SimulatedTrial", "SimulationResult", "simulate"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import DEAD_REASON_HEADER, Delivery, RabbitBroker, Topology
+from rung.broker import DEAD_REASON_HEADER, Delivery, RabbitBroker, Topology
 from tests.support import AMQP_URL, wait_for, wait_sync
 
 from .conftest import EXAMPLES, ROOT, Cluster

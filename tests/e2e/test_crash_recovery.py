@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from searcher.eventlog import read_log, replay
+from rung.searcher.eventlog import read_log, replay
 from tests.support import wait_sync
 
 from .conftest import Cluster

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import RabbitBroker, Topology
-from broker.deadletters import DeadLetter, peek
-from broker.schemas import CheckpointSaved, OpCompleted, RunTrial
-from searcher.eventlog import CreatedRecord, InputRecord, Record, read_log, replay
+from rung.broker import RabbitBroker, Topology
+from rung.broker.deadletters import DeadLetter, peek
+from rung.broker.schemas import CheckpointSaved, OpCompleted, RunTrial
+from rung.searcher.eventlog import CreatedRecord, InputRecord, Record, read_log, replay
 from tests.e2e.conftest import Cluster
 from tests.support import AMQP_URL
 

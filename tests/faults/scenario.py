@@ -15,9 +15,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from broker import RabbitBroker, Topology
-from broker.schemas import Envelope, WorkerHeartbeat, encode
-from searcher.eventlog import InputRecord, read_log
+from rung.broker import RabbitBroker, Topology
+from rung.broker.schemas import Envelope, WorkerHeartbeat, encode
+from rung.searcher.eventlog import InputRecord, read_log
 from tests.e2e.conftest import Cluster
 from tests.faults.checker import Baseline, Report, check_invariants
 from tests.support import AMQP_URL, wait_sync

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from searcher.eventlog import InputRecord, OwnerRecord, replay
-from searcher.eventlog import read_log as read_records
+from rung.searcher.eventlog import InputRecord, OwnerRecord, replay
+from rung.searcher.eventlog import read_log as read_records
 from tests.e2e.conftest import EXAMPLES, Cluster, read_log, running_cluster
 from tests.faults.checker import check_invariants
 from tests.support import wait_sync

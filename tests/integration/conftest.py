@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker import Broker, MemoryBroker, RabbitBroker, Topology
+from rung.broker import Broker, MemoryBroker, RabbitBroker, Topology
 from tests.support import AMQP_URL, unique_prefix
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker import DEAD_REASON_HEADER, Broker, Delivery, UnroutableError
+from rung.broker import DEAD_REASON_HEADER, Broker, Delivery, UnroutableError
 from tests.support import wait_for
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import rung
-from searcher.eventlog import InputRecord, read_log
+from rung.searcher.eventlog import InputRecord, read_log
 from tests.e2e.conftest import EXAMPLES, Cluster, running_cluster
 from tests.support import AMQP_URL
 

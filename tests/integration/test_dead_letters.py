@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker import Broker, Delivery
-from broker.deadletters import DeadLetterError, peek, requeue
-from broker.schemas import Envelope, WorkerHeartbeat, encode
+from rung.broker import Broker, Delivery
+from rung.broker.deadletters import DeadLetterError, peek, requeue
+from rung.broker.schemas import Envelope, WorkerHeartbeat, encode
 from tests.support import wait_for
 
 from .test_broker_conformance import collect

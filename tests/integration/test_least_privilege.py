@@ -15,11 +15,11 @@ import aio_pika
 import aiormq
 import pytest
 
-from broker import RabbitBroker
-from broker.definitions import definitions
-from broker.schemas import ProgressReported
-from broker.schemas.envelope import Envelope, encode
-from searcher.service.service import SearcherService
+from rung.broker import RabbitBroker
+from rung.broker.definitions import definitions
+from rung.broker.schemas import ProgressReported
+from rung.broker.schemas.envelope import Envelope, encode
+from rung.searcher.service.service import SearcherService
 from tests.least_privilege import LeastPrivilege, least_privilege_vhost
 from tests.support import wait_for, wait_for_async
 
@@ -67,7 +67,7 @@ def _message(body: bytes = b"{}", **properties: Any) -> aio_pika.Message:
 
 def test_the_committed_definitions_are_the_topologys() -> None:
     """deploy/rabbitmq/definitions.json is `rung broker-definitions`, so they cannot drift."""
-    from broker.topology import Topology
+    from rung.broker.topology import Topology
 
     committed = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
     assert committed == definitions(Topology("rung"))

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker import Delivery, RabbitBroker, Topology
-from broker.errors import BrokerError
+from rung.broker import Delivery, RabbitBroker, Topology
+from rung.broker.errors import BrokerError
 from tests.proxy import FaultProxy
 from tests.support import unique_prefix, wait_for
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from broker import DEAD_REASON_HEADER, Broker, Delivery
-from broker.errors import BrokerUnavailableError
-from broker.schemas import (
+from rung.broker import DEAD_REASON_HEADER, Broker, Delivery
+from rung.broker.errors import BrokerUnavailableError
+from rung.broker.schemas import (
     CloseTrial,
     ControlExperiment,
     Envelope,
@@ -31,10 +31,10 @@ from broker.schemas import (
     decode,
     encode,
 )
-from broker.schemas.envelope import Body
-from searcher.client import SearcherClient
-from searcher.eventlog import FileEventLog, InputRecord, read_log, replay
-from searcher.service.service import SearcherService
+from rung.broker.schemas.envelope import Body
+from rung.searcher.client import SearcherClient
+from rung.searcher.eventlog import FileEventLog, InputRecord, read_log, replay
+from rung.searcher.service.service import SearcherService
 from tests.integration.test_broker_conformance import collect
 from tests.support import wait_for
 
@@ -152,8 +152,8 @@ async def test_one_trial_from_create_to_completed(
 
 BROKEN = textwrap.dedent("""
     from pydantic import BaseModel
-    from searcher.methods import SearchMethod
-    from searcher.ops import ValidateAfter
+    from rung.searcher.methods import SearchMethod
+    from rung.searcher.ops import ValidateAfter
 
     class State(BaseModel):
         pass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerSettingsError, RabbitBroker, TlsSettings, Topology
+from rung.broker import BrokerSettingsError, RabbitBroker, TlsSettings, Topology
 from tests.certs import Pki, make_pki
 from tests.integration.test_broker_conformance import collect
 from tests.proxy import FaultProxy

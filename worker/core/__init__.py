@@ -13,9 +13,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from worker.core._channel import Channel
-from worker.core._checkpoint import CheckpointContext
-from worker.core._contexts import (
+from rung.worker.core._channel import Channel
+from rung.worker.core._checkpoint import CheckpointContext
+from rung.worker.core._contexts import (
     EarlyExitReason,
     LocalTransport,
     PreemptContext,
@@ -26,7 +26,7 @@ from worker.core._contexts import (
     TrainContext,
     Transport,
 )
-from worker.core._info import ClusterInfo, TrialInfo, get_cluster_info
+from rung.worker.core._info import ClusterInfo, TrialInfo, get_cluster_info
 
 __all__ = [
     "CHANNEL_ENV",

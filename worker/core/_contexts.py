@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from worker.core._validate import check_metric, check_metrics
+from rung.worker.core._validate import check_metric, check_metrics
 
 __all__ = [
     "EarlyExitReason",

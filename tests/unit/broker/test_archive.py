@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.archive import ArchiveError, extract, pack, validate
+from rung.broker.archive import ArchiveError, extract, pack, validate
 
 
 def test_pack_honours_ignore_files_and_is_deterministic(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from broker.definitions import definitions, password_hash
-from broker.memory import topic_matches
-from broker.topology import Topology
+from rung.broker.definitions import definitions, password_hash
+from rung.broker.memory import topic_matches
+from rung.broker.topology import Topology
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from broker.errors import DecodeError
-from broker.schemas import Envelope, OpCompleted, RunTrial, decode, encode
-from broker.schemas.envelope import MAX_MESSAGE_BYTES
+from rung.broker.errors import DecodeError
+from rung.broker.schemas import Envelope, OpCompleted, RunTrial, decode, encode
+from rung.broker.schemas.envelope import MAX_MESSAGE_BYTES
 
 
 def test_round_trip() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerSettingsError, TlsSettings, connect_broker
-from broker.tls import ssl_context_for
+from rung.broker import BrokerSettingsError, TlsSettings, connect_broker
+from rung.broker.tls import ssl_context_for
 from tests.certs import Pki, make_pki
 
 URL = "amqps://guest:guest@localhost:5671/"

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from searcher.config import ExperimentConfig, parse_config
-from searcher.eventlog import CreatedRecord
-from searcher.events import (
+from rung.searcher.config import ExperimentConfig, parse_config
+from rung.searcher.eventlog import CreatedRecord
+from rung.searcher.events import (
     ExitedReason,
     SearchEvent,
     Start,
@@ -19,9 +19,9 @@ from searcher.events import (
     TrialExitedEarly,
     ValidationCompleted,
 )
-from searcher.experiment import Decision, Experiment
-from searcher.ops import Close, Create, Operation, ValidateAfter
-from searcher.trials import ExperimentRun
+from rung.searcher.experiment import Decision, Experiment
+from rung.searcher.ops import Close, Create, Operation, ValidateAfter
+from rung.searcher.trials import ExperimentRun
 
 
 def make_config(

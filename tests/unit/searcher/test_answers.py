@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.schemas import ContinueTrial, ExitReason, OpCompleted
-from searcher.service.answers import Answers
+from rung.broker.schemas import ContinueTrial, ExitReason, OpCompleted
+from rung.searcher.service.answers import Answers
 
 from .test_trials import EXP, completed, exited, make_run, started
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from searcher.config import (
+from rung.searcher.config import (
     AdaptiveASHASearcher,
     AdaptiveMode,
     AsyncHalvingSearcher,
@@ -23,7 +23,7 @@ from searcher.config import (
     load_config_text,
     parse_config,
 )
-from searcher.errors import ConfigError
+from rung.searcher.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from random import Random
 
-from broker.schemas import (
+from rung.broker.schemas import (
     ControlExperiment,
     ExitReason,
     KillTrial,
     PreemptTrial,
 )
-from broker.schemas.envelope import Body
-from searcher.eventlog import InputRecord, Record, replay
-from searcher.ops import Shutdown
-from searcher.testing import scripted_event
-from searcher.trials import ExperimentRun, Step
+from rung.broker.schemas.envelope import Body
+from rung.searcher.eventlog import InputRecord, Record, replay
+from rung.searcher.ops import Shutdown
+from rung.searcher.testing import scripted_event
+from rung.searcher.trials import ExperimentRun, Step
 
 from .helpers import created_record
 from .test_trials import EXP, completed, exited, make_run, runs, started

@@ -8,10 +8,10 @@ from random import Random
 
 import pytest
 
-from searcher.errors import CustomSearcherError
-from searcher.experiment import Experiment
-from searcher.methods import build_method
-from searcher.ops import Shutdown
+from rung.searcher.errors import CustomSearcherError
+from rung.searcher.experiment import Experiment
+from rung.searcher.methods import build_method
+from rung.searcher.ops import Shutdown
 
 from .helpers import Driver, make_config
 
@@ -19,8 +19,8 @@ HALVING = textwrap.dedent('''
     """Train every trial to 1, then only the best half to the full length."""
     from pydantic import BaseModel, Field
 
-    from searcher.methods import SearchMethod
-    from searcher.ops import Close, ValidateAfter
+    from rung.searcher.methods import SearchMethod
+    from rung.searcher.ops import Close, ValidateAfter
 
 
     class State(BaseModel):

@@ -15,10 +15,10 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.schemas.envelope import Body
-from searcher.config import load_config_file
-from searcher.errors import SearcherError
-from searcher.eventlog import (
+from rung.broker.schemas.envelope import Body
+from rung.searcher.config import load_config_file
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog import (
     EventLogCorruptError,
     FileEventLog,
     InputRecord,
@@ -28,11 +28,11 @@ from searcher.eventlog import (
     read_log,
     replay,
 )
-from searcher.eventlog.file import StaleOwnerError
-from searcher.eventlog.whatif import what_if
-from searcher.experiment import Experiment
-from searcher.testing import scripted_event
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.eventlog.file import StaleOwnerError
+from rung.searcher.eventlog.whatif import what_if
+from rung.searcher.experiment import Experiment
+from rung.searcher.testing import scripted_event
+from rung.searcher.trials import ExperimentRun, Step
 
 from .helpers import created_record, make_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from searcher.eventlog import (
+from rung.searcher.eventlog import (
     SNAPSHOT_FILE,
     EventLogCorruptError,
     FileEventLog,

@@ -9,8 +9,8 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel
 
-from searcher.errors import SearcherError, SearchMethodError
-from searcher.events import (
+from rung.searcher.errors import SearcherError, SearchMethodError
+from rung.searcher.events import (
     ExitedReason,
     Start,
     TrialClosed,
@@ -18,9 +18,9 @@ from searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from searcher.experiment import Experiment, ExperimentSnapshot
-from searcher.methods import SearchContext, SearchMethod
-from searcher.ops import Close, Operation, Shutdown, ValidateAfter
+from rung.searcher.experiment import Experiment, ExperimentSnapshot
+from rung.searcher.methods import SearchContext, SearchMethod
+from rung.searcher.ops import Close, Operation, Shutdown, ValidateAfter
 
 from .helpers import Driver, creates, dump, holding, make_config
 

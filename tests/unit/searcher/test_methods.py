@@ -6,16 +6,16 @@ from random import Random
 
 import pytest
 
-from searcher.events import (
+from rung.searcher.events import (
     ExitedReason,
     Start,
     TrialClosed,
     TrialExitedEarly,
     ValidationCompleted,
 )
-from searcher.experiment import Experiment
-from searcher.ops import Close, Operation, Shutdown, ValidateAfter
-from searcher.space import grid_points
+from rung.searcher.experiment import Experiment
+from rung.searcher.ops import Close, Operation, Shutdown, ValidateAfter
+from rung.searcher.space import grid_points
 
 from .helpers import Driver, closes, creates, holding, make_config, validates
 

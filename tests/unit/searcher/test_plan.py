@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from searcher.plan import plan_search
+from rung.searcher.plan import plan_search
 
 from .helpers import make_config
 
@@ -47,7 +47,7 @@ def test_stop_once_worst_case_trains_everything() -> None:
 def test_max_total_length_bounds_every_simulated_run() -> None:
     from random import Random
 
-    from searcher.experiment import Experiment
+    from rung.searcher.experiment import Experiment
 
     from .helpers import Driver
 

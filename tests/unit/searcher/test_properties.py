@@ -8,11 +8,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from searcher.config import ExperimentConfig, GridSearcher, SingleSearcher
-from searcher.events import SearchEvent
-from searcher.experiment import Decision, Experiment, ExperimentSnapshot
-from searcher.rungs import rung_lengths
-from searcher.space import grid_points
+from rung.searcher.config import ExperimentConfig, GridSearcher, SingleSearcher
+from rung.searcher.events import SearchEvent
+from rung.searcher.experiment import Decision, Experiment, ExperimentSnapshot
+from rung.searcher.rungs import rung_lengths
+from rung.searcher.space import grid_points
 
 from .helpers import Driver, dump, holding, make_config
 

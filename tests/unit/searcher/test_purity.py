@@ -18,6 +18,7 @@ PURE = [
         ROOT / "searcher" / name
         for name in (
             "experiment.py",
+            "trials.py",
             "events.py",
             "ops.py",
             "space.py",
@@ -57,11 +58,16 @@ def test_pure_modules_import_no_io_clock_or_global_random(path: Path) -> None:
 
 
 def test_importing_the_search_core_loads_no_broker_code() -> None:
+    """The core (trial lifecycle included) shares the message schemas with the broker,
+    and nothing else: no adapter, no aio-pika, no event loop, no logging framework."""
     code = (
         "import sys\n"
-        "import searcher.config, searcher.methods, searcher.experiment, searcher.simulate\n"
-        "import searcher.plan, searcher.space\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aio_pika', 'aiormq'))\n"
+        "import rung.searcher.config, rung.searcher.methods, rung.searcher.experiment\n"
+        "import rung.searcher.simulate, rung.searcher.plan, rung.searcher.space\n"
+        "import rung.searcher.trials\n"
+        "banned = ('aio_pika', 'aiormq', 'asyncio', 'structlog')\n"
+        "adapters = ('rung.broker.port', 'rung.broker.rabbit', 'rung.broker.memory')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in banned or m in adapters)\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from searcher.config import AdaptiveMode
-from searcher.rungs import (
+from rung.searcher.config import AdaptiveMode
+from rung.searcher.rungs import (
     bracket_concurrency,
     bracket_rung_counts,
     bracket_trials,

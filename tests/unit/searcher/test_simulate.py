@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from searcher.errors import SimulationError
-from searcher.simulate import BENCHMARKS, Curves, simulate
+from rung.searcher.errors import SimulationError
+from rung.searcher.simulate import BENCHMARKS, Curves, simulate
 
 from .helpers import make_config
 

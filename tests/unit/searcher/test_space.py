@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from searcher.config import parse_config
-from searcher.space import draw_trial, flatten, grid_points, grid_size, sample, unflatten
+from rung.searcher.config import parse_config
+from rung.searcher.space import draw_trial, flatten, grid_points, grid_size, sample, unflatten
 
 
 def space(hps: dict[str, object]) -> dict:  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.schemas import (
+from rung.broker.schemas import (
     CheckpointSaved,
     CloseTrial,
     ContinueTrial,
@@ -15,8 +15,8 @@ from broker.schemas import (
     TrialExited,
     TrialStarted,
 )
-from searcher.experiment import Experiment
-from searcher.trials import ExperimentRun, Step
+from rung.searcher.experiment import Experiment
+from rung.searcher.trials import ExperimentRun, Step
 
 from .helpers import make_config
 

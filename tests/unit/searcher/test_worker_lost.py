@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.schemas import ExitReason, KillTrial, WorkerLost
+from rung.broker.schemas import ExitReason, KillTrial, WorkerLost
 
 from .test_control import told, two_running
 from .test_trials import EXP, checkpoint_saved, exited, runs, started

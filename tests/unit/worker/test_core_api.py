@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import rung as det
-from worker.core._checkpoint import CheckpointContext, CheckpointStorageError
-from worker.core._validate import check_metrics
+from rung.worker.core._checkpoint import CheckpointContext, CheckpointStorageError
+from rung.worker.core._validate import check_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.forkserver import python_entrypoint
-from worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess
+from rung.worker.forkserver import python_entrypoint
+from rung.worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess
 
 PY = sys.executable
 

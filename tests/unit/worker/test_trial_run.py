@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.schemas import OpCompleted, RunTrial
-from broker.schemas.envelope import Body
+from rung.broker.schemas import OpCompleted, RunTrial
+from rung.broker.schemas.envelope import Body
+from rung.worker.trial_run import TrialRun
 from tests.support import wait_for
-from worker.trial_run import TrialRun
 
 
 def make(
