@@ -3,7 +3,8 @@
 The client packs it once (honouring ``.rungignore`` and ``.detignore``), the searcher
 stores it by content hash, and workers fetch and cache it. Extraction refuses absolute
 paths, ``..``, links and anything that is not a plain file or directory, and archives
-over the size limit.
+over the size limit. :mod:`rung.broker.contexts` keeps archives and extracted directories
+on disk, crash-safe.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def validate(data: bytes, limit: int = MAX_CONTEXT_BYTES) -> list[str]:
 
 
 def extract(data: bytes, destination: str | Path, limit: int = MAX_CONTEXT_BYTES) -> None:
+    """Extract in place, into ``destination`` as it is: not crash-safe. For a context kept
+    on disk, use :func:`rung.broker.contexts.extract_atomically`."""
     validate(data, limit)
     dest = Path(destination)
     dest.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ import base64
 import shutil
 from pathlib import Path
 
-from rung.broker.archive import context_hash, extract
+from rung.broker.archive import context_hash
+from rung.broker.contexts import COMPLETE_MARKER, extract_atomically, is_complete
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
 
@@ -28,7 +29,7 @@ class ContextCache:
         target = self.root / digest
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
-            if (target / ".complete").is_file():
+            if is_complete(target):
                 return target
             reply = await self.rpc.call(GetContext(context_hash=digest), timeout=60)
             if not reply.ok or reply.result is None:
@@ -37,19 +38,17 @@ class ContextCache:
             data = base64.b64decode(reply.result["context_b64"])
             if context_hash(data) != digest:
                 raise ContextUnavailableError(f"context {digest[:12]}: content hash mismatch")
-            tmp = self.root / f".tmp-{digest}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            await asyncio.to_thread(extract, data, tmp)
-            (tmp / ".complete").touch()
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-            return target
+            # All or nothing, durably: a crash mid-way leaves no directory that looks done.
+            return await asyncio.to_thread(extract_atomically, data, target)
 
     async def run_dir(self, digest: str, destination: Path) -> Path:
         """A private copy of the context for one trial attempt to run in."""
         source = await self.get(digest)
         shutil.rmtree(destination, ignore_errors=True)
-        await asyncio.to_thread(
-            shutil.copytree, source, destination, ignore=shutil.ignore_patterns(".complete")
-        )
+        top = str(source)
+
+        def marker(directory: str, names: list[str]) -> list[str]:
+            return [COMPLETE_MARKER] if directory == top and COMPLETE_MARKER in names else []
+
+        await asyncio.to_thread(shutil.copytree, source, destination, ignore=marker)
         return destination
