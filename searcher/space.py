@@ -1,4 +1,5 @@
-"""Hyperparameter spaces: seeded sampling, Determined's grid, and dotted names.
+"""Hyperparameter spaces: seeded sampling, Determined's grid (computed lazily), and
+dotted names.
 
 Trial ``k`` of an experiment with seed ``s`` draws everything from its own generator,
 seeded from ``(s, k)`` alone, so its request id, trial seed and hyperparameters never
@@ -8,13 +9,12 @@ depend on what other trials did or on the order events arrived in.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
-from typing import Any
+from typing import Any, overload
 
 from pydantic import JsonValue
 
@@ -29,6 +29,7 @@ from rung.searcher.config import (
 )
 
 __all__ = [
+    "Grid",
     "TrialDraw",
     "draw_trial",
     "flatten",
@@ -85,51 +86,65 @@ def sample(hps: Hyperparameters, rng: Random) -> dict[str, JsonValue]:
     return unflatten({name: _draw(hp, rng) for name, hp in iter_leaves(hps)}, hps)
 
 
-def _round_half_away(value: float) -> int:
-    return math.floor(value + 0.5) if value >= 0 else -math.floor(-value + 0.5)
+class Grid(Sequence[dict[str, JsonValue]]):
+    """The grid of a space, point by point, without building it.
 
-
-def _axis(hp: ConstHP | IntHP | DoubleHP | LogHP | CategoricalHP) -> list[JsonValue]:
-    """Grid values of one leaf, as Determined's ``grid.go`` computes them."""
-    match hp:
-        case ConstHP():
-            return [hp.val]
-        case CategoricalHP():
-            return list(hp.vals)
-        case IntHP():
-            count = min(hp.count or 1, hp.maxval - hp.minval + 1)
-            if count == 1:
-                return [_round_half_away((hp.minval + hp.maxval) / 2)]
-            step = (hp.maxval - hp.minval) / (count - 1)
-            return [_round_half_away(hp.minval + i * step) for i in range(count)]
-        case DoubleHP() | LogHP():
-            count = hp.count or 1
-            points: list[float]
-            if count == 1:
-                points = [(hp.minval + hp.maxval) / 2]
-            else:
-                step = (hp.maxval - hp.minval) / (count - 1)
-                points = [hp.minval + i * step for i in range(count)]
-            if isinstance(hp, LogHP):
-                return [float(hp.base**p) for p in points]
-            return list[JsonValue](points)
-
-
-def grid_size(hps: Hyperparameters) -> int:
-    return math.prod(len(_axis(hp)) for _, hp in iter_leaves(hps))
-
-
-def grid_points(hps: Hyperparameters) -> list[dict[str, JsonValue]]:
-    """The Cartesian product over leaves in sorted dotted-name order, first name slowest.
+    Point ``i`` is the ``i``-th element of the Cartesian product over the leaves' axes in
+    sorted dotted-name order, first name slowest (``itertools.product``'s order): its
+    digits in the mixed radix of the axis lengths pick one value per axis. Each axis
+    value is computed on demand as Determined's ``grid.go`` computes it, so a grid costs
+    memory for its leaves only, whatever its size.
 
     An empty space is one point, ``{}`` (Determined produced no trial at all).
     """
-    leaves = list(iter_leaves(hps))
-    names = [name for name, _ in leaves]
-    axes = [_axis(hp) for _, hp in leaves]
-    return [
-        unflatten(dict(zip(names, combo, strict=True)), hps) for combo in itertools.product(*axes)
-    ]
+
+    def __init__(self, hps: Hyperparameters) -> None:
+        self.hps = hps
+        self.leaves = list(iter_leaves(hps))
+        self.lengths = [hp.grid_length() for _, hp in self.leaves]
+        self.size = math.prod(self.lengths)
+
+    def __len__(self) -> int:
+        return self.size  # len() itself refuses sizes of 2**63 or more: use ``size``
+
+    def __iter__(self) -> Iterator[dict[str, JsonValue]]:
+        return (self.point(i) for i in range(self.size))
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, JsonValue]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, JsonValue]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, JsonValue] | list[dict[str, JsonValue]]:
+        if isinstance(index, slice):
+            return [self.point(i) for i in range(*index.indices(self.size))]
+        return self.point(index)
+
+    def point(self, index: int) -> dict[str, JsonValue]:
+        """Point ``index`` (negative counts from the end), nested like the space."""
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(f"grid point {index} of a grid of {self.size} points")
+        digits: list[int] = []
+        for length in reversed(self.lengths):
+            index, digit = divmod(index, length)
+            digits.append(digit)
+        flat = {
+            name: hp.grid_value(digit)
+            for (name, hp), digit in zip(self.leaves, reversed(digits), strict=True)
+        }
+        return unflatten(flat, self.hps)
+
+
+def grid_size(hps: Hyperparameters) -> int:
+    """The number of grid points, from the axis lengths alone."""
+    return Grid(hps).size
+
+
+def grid_points(hps: Hyperparameters) -> list[dict[str, JsonValue]]:
+    """Every grid point, in :class:`Grid`'s order, as a list: for small grids only."""
+    return list(Grid(hps))
 
 
 def flatten(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

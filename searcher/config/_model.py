@@ -63,6 +63,13 @@ class ConfigModel(BaseModel):
         """Rewrite the raw mapping before its keys are checked (aliases, old spellings)."""
         return data
 
+    def rule_problems(self) -> list[PydanticCustomError]:
+        """Rules across fields, checked once every field is valid; all are reported.
+
+        Each problem is a :func:`rule_error`, whose path is relative to this section.
+        """
+        return []
+
     @model_validator(mode="wrap")
     @classmethod
     def _check_keys(
@@ -95,6 +102,9 @@ class ConfigModel(BaseModel):
             result = handler(kept)
         except ValidationError as exc:
             errors += [_init_details(e) for e in exc.errors()]
+        else:
+            problems = result.rule_problems()
+            errors += [InitErrorDetails(type=p, loc=(), input=data) for p in problems]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return result

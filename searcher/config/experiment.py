@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, JsonValue, StrictInt, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from rung.searcher.config._model import ConfigModel, rule_error
 from rung.searcher.config.hyperparameters import (
@@ -18,6 +20,7 @@ from rung.searcher.config.hyperparameters import (
     NumericHP,
 )
 from rung.searcher.config.searchers import (
+    MAX_GRID_POINTS,
     AdaptiveASHASearcher,
     AsyncHalvingSearcher,
     GridSearcher,
@@ -173,19 +176,13 @@ class ExperimentConfig(ConfigModel):
             update={"reproducibility": Reproducibility(experiment_seed=seed % _SEED_LIMIT)}
         )
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Self:
+    def rule_problems(self) -> list[PydanticCustomError]:
+        problems = _name_clashes(self.hyperparameters)
         searcher = self.searcher
         if isinstance(searcher, GridSearcher):
-            for name, hp in iter_leaves(self.hyperparameters):
-                if isinstance(hp, NumericHP) and hp.count is None:
-                    raise rule_error(
-                        f"required by the grid searcher for type {hp.type}: the number of "
-                        f"grid points; add count: N to hyperparameters.{name}",
-                        f"hyperparameters.{name}.count",
-                    )
+            problems += _grid_problems(searcher, self.hyperparameters)
         if isinstance(searcher, AsyncHalvingSearcher):
-            _check_rungs(
+            problems += _rung_problems(
                 searcher.num_rungs,
                 searcher.divisor,
                 searcher.max_length.units,
@@ -193,23 +190,88 @@ class ExperimentConfig(ConfigModel):
             )
         if isinstance(searcher, AdaptiveASHASearcher):
             for index, rungs in enumerate(searcher.bracket_rungs):
-                _check_rungs(
+                problems += _rung_problems(
                     rungs,
                     searcher.divisor,
                     searcher.max_length.units,
                     f"searcher.bracket_rungs[{index}]",
                 )
-        return self
+        return problems
 
 
-def _check_rungs(num_rungs: int, divisor: float, max_length: int, path: str) -> None:
+def _dotted_names(hps: Hyperparameters, prefix: str = "") -> Iterator[str]:
+    """The dotted name of every value a trial receives: each leaf, and each empty map."""
+    for name, hp in hps.items():
+        if isinstance(hp, NestedHP) and hp.root:
+            yield from _dotted_names(hp.root, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def _name_clashes(hps: Hyperparameters) -> list[PydanticCustomError]:
+    """Two values with one dotted name would be one value: ``a.b`` and ``a: {b: ...}``."""
+    names = list(_dotted_names(hps))
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    return [
+        rule_error(
+            f"two hyperparameters have the dotted name {name!r} (a nested map's leaves are "
+            "named parent.child), got both; rename one of them",
+            f"hyperparameters.{name}",
+        )
+        for name in clashes
+    ]
+
+
+def _grid_problems(searcher: GridSearcher, hps: Hyperparameters) -> list[PydanticCustomError]:
+    problems = [
+        rule_error(
+            f"required by the grid searcher for type {hp.type}: the number of "
+            f"grid points; add count: N to hyperparameters.{name}",
+            f"hyperparameters.{name}.count",
+        )
+        for name, hp in iter_leaves(hps)
+        if isinstance(hp, NumericHP) and hp.count is None
+    ]
+    axes = [(name, hp.grid_length()) for name, hp in iter_leaves(hps)]
+    size = math.prod(length for _, length in axes)
+    largest = sorted((a for a in axes if a[1] > 1), key=lambda a: (-a[1], a[0]))
+    shown = " x ".join(f"{name}: {length}" for name, length in largest[:4])
+    shown += " x ..." if len(largest) > 4 else ""
+    if size > MAX_GRID_POINTS:
+        problems.append(
+            rule_error(
+                f"the grid searcher allows at most {MAX_GRID_POINTS} points, got {size} "
+                f"({shown}); lower count on the largest axes, or use searcher name: random "
+                "with max_trials: N to sample N points instead",
+                "hyperparameters",
+            )
+        )
+    if searcher.max_trials is not None:
+        problems.append(
+            rule_error(
+                "the grid searcher trains every point of its grid and takes no max_trials "
+                f"(as in Determined), got max_trials: {searcher.max_trials} for a grid of "
+                f"{size} points; remove max_trials and lower count to shrink the grid, or use "
+                f"name: random with max_trials: {searcher.max_trials} to sample that many "
+                "points",
+                "searcher.max_trials",
+            )
+        )
+    return problems
+
+
+def _rung_problems(
+    num_rungs: int, divisor: float, max_length: int, path: str
+) -> list[PydanticCustomError]:
     """Rung lengths must grow strictly; equal rungs would validate one length twice."""
     lengths = rung_lengths(num_rungs, divisor, max_length)
-    for low, high in itertools.pairwise(lengths):
-        if low >= high:
-            raise rule_error(
-                f"{num_rungs} rungs with divisor {divisor:g} and max_length {max_length} give "
-                f"rung lengths {lengths}, which repeat; use fewer rungs, a larger divisor or "
-                "a larger max_length",
-                path,
-            )
+    if all(low < high for low, high in itertools.pairwise(lengths)):
+        return []
+    return [
+        rule_error(
+            f"{num_rungs} rungs with divisor {divisor:g} and max_length {max_length} give "
+            f"rung lengths {lengths}, which repeat; use fewer rungs, a larger divisor or "
+            "a larger max_length",
+            path,
+        )
+    ]

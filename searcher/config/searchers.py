@@ -15,11 +15,13 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rung.searcher.config._model import ConfigModel, record_warning, rule_error
 from rung.searcher.config.length import Length
 
 __all__ = [
+    "MAX_GRID_POINTS",
     "SEARCHER_NAMES",
     "AdaptiveASHASearcher",
     "AdaptiveMode",
@@ -33,6 +35,11 @@ __all__ = [
 
 SEARCHER_NAMES = ("single", "random", "grid", "async_halving", "adaptive_asha", "custom")
 _ALIASES = {"asha": "async_halving"}
+
+# The most points a ``grid`` searcher may have: each point is a trial trained to
+# ``max_length``. Points are computed one at a time, so the cap is about the search's
+# cost and its log, not the searcher's memory.
+MAX_GRID_POINTS = 100_000
 
 _PositiveInt = Annotated[StrictInt, Field(ge=1)]
 _Concurrency = Annotated[StrictInt, Field(ge=0)]
@@ -96,9 +103,20 @@ class RandomSearcher(_Searcher):
 
 
 class GridSearcher(_Searcher):
+    """Every point of the grid, once; at most :data:`MAX_GRID_POINTS` points.
+
+    Determined's grid takes no ``max_trials``. Rung reads one only to refuse it with the
+    size of the grid (the experiment's checks), since it would not limit the search.
+    """
+
     name: Literal["grid"]
     max_length: Length
     max_concurrent_trials: _Concurrency = 16
+    max_trials: StrictInt | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def _unknown_keys_error(cls, unknown: list[str], known: list[str]) -> PydanticCustomError:
+        return super()._unknown_keys_error(unknown, [k for k in known if k != "max_trials"])
 
 
 class AsyncHalvingSearcher(_Searcher):

@@ -2,6 +2,9 @@
 
 Points are visited in order, at most ``max_concurrent_trials`` at a time. A point whose
 trial fails or has invalid hyperparameters is not tried again: it is a point of the grid.
+
+The grid is never built: point ``i`` is computed when trial ``i`` starts, and the state
+is the index of the next point, whatever the size of the grid.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from rung.searcher.config import GridSearcher, Hyperparameters
 from rung.searcher.methods.base import SearchContext
 from rung.searcher.methods.one_shot import OneShotSearch
 from rung.searcher.ops import Create
-from rung.searcher.space import grid_points
+from rung.searcher.space import Grid
 
 __all__ = ["GridSearch", "GridState"]
 
@@ -28,18 +31,18 @@ class GridSearch(OneShotSearch[GridState]):
     State = GridState
 
     def __init__(self, config: GridSearcher, hyperparameters: Hyperparameters) -> None:
-        self.points = grid_points(hyperparameters)
+        self.grid = Grid(hyperparameters)
         self.max_length = config.max_length.units
         self.max_concurrent = config.max_concurrent_trials
         self.checkpoint = config.source_checkpoint_uuid
         self.state = GridState()
 
     def total_trials(self) -> int:
-        return len(self.points)
+        return self.grid.size
 
     def next_trial(self, ctx: SearchContext) -> Create | None:
-        if self.state.next_point >= len(self.points):
+        if self.state.next_point >= self.grid.size:
             return None
-        point = self.points[self.state.next_point]
+        point = self.grid.point(self.state.next_point)
         self.state.next_point += 1
         return ctx.create(point, checkpoint=self.checkpoint)

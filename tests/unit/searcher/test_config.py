@@ -193,6 +193,20 @@ def test_custom_searcher_collects_options() -> None:
             "searcher: {name: custom, class: not-a-path}",
             "searcher.class: must look like 'module:ClassName', got 'not-a-path'",
         ),
+        (
+            "searcher: {name: single, metric: x, max_length: 1}\nhyperparameters:\n"
+            "  lr: {type: log, minval: -4, maxval: 400, base: 10}",
+            "hyperparameters.lr.maxval: base ** maxval must be a finite number, got 10 ** 400, "
+            "which overflows a float; minval and maxval are exponents: keep maxval at most "
+            "308.2 for base 10 (for 1e-4, write -4)",
+        ),
+        (
+            "searcher: {name: grid, metric: x, max_length: 1}\nhyperparameters:\n"
+            "  a: {type: int, minval: 0, maxval: 999999, count: 1000000}",
+            "hyperparameters: the grid searcher allows at most 100000 points, got 1000000 "
+            "(a: 1000000); lower count on the largest axes, or use searcher name: random with "
+            "max_trials: N to sample N points instead",
+        ),
     ],
 )
 def test_errors_name_the_path_the_rule_the_value_and_the_fix(text: str, expected: str) -> None:
@@ -227,6 +241,29 @@ def test_all_problems_are_reported_at_once() -> None:
         "searcher: {name: random, metric: x, max_length: 0, max_trials: -2}\nmax_restarts: x"
     )
     assert len(found) == 3
+
+
+def test_rules_across_fields_are_reported_together() -> None:
+    found = problems(
+        "searcher: {name: grid, metric: x, max_length: 1, max_trials: 3}\nhyperparameters:\n"
+        "  lr: {type: log, minval: -400, maxval: 400, base: 10, count: 3}\n"
+        "  d: {type: double, minval: 0, maxval: 1}"
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "hyperparameters.lr.minval",
+        "hyperparameters.lr.maxval",
+    ]
+    # Cross-section rules run once every section is valid; then all of them are reported.
+    found = problems(
+        "searcher: {name: grid, metric: x, max_length: 1, max_trials: 3}\nhyperparameters:\n"
+        "  d: {type: double, minval: 0, maxval: 1}\n"
+        "  e: {type: double, minval: 0, maxval: 1, count: 100001}"
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "hyperparameters.d.count",
+        "hyperparameters",
+        "searcher.max_trials",
+    ]
 
 
 def test_grid_requires_count_on_numeric_hyperparameters() -> None:

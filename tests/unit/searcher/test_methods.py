@@ -140,6 +140,28 @@ def test_grid_does_not_replace_an_invalid_point() -> None:
     assert len(exp.trials) == 6
 
 
+def test_grid_restored_from_a_snapshot_goes_on_with_the_same_points() -> None:
+    """The grid's state is the index of its next point: a JSON-sized snapshot that a
+    restored experiment continues from, point for point."""
+    config = make_config("{name: grid, max_length: 5, max_concurrent_trials: 1}", GRID_HPS)
+    whole = Experiment(config)
+    whole.apply(Start())
+    Driver(whole, Random(0)).run()
+    halfway = Experiment(config)
+    halfway.apply(Start())
+    first = ids(halfway)[0]
+    halfway.apply(ValidationCompleted(request_id=first, length=5, metric=1.0))
+    halfway.apply(TrialClosed(request_id=first))
+    snapshot = halfway.snapshot()
+    assert snapshot.method == {"next_point": 2}
+    restored = Experiment.restore(config, snapshot)
+    Driver(restored, Random(0)).run()
+    assert [t.hparams for t in restored.trials.values()] == [
+        t.hparams for t in whole.trials.values()
+    ]
+    assert [t.request_id for t in restored.trials.values()] == list(whole.trials)
+
+
 # ---------------------------------------------------------------- ASHA, promotion-based
 ASHA = (
     "{name: asha, max_length: 8, max_trials: 4, num_rungs: 3, divisor: 2, max_concurrent_trials: 1}"

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from random import Random
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rung.searcher.config import parse_config
-from rung.searcher.space import draw_trial, flatten, grid_points, grid_size, sample, unflatten
+from rung.searcher.config import (
+    CategoricalHP,
+    ConstHP,
+    DoubleHP,
+    IntHP,
+    LogHP,
+    iter_leaves,
+    parse_config,
+)
+from rung.searcher.space import (
+    Grid,
+    draw_trial,
+    flatten,
+    grid_points,
+    grid_size,
+    sample,
+    unflatten,
+)
 
 
 def space(hps: dict[str, object]) -> dict:  # type: ignore[type-arg]
@@ -119,3 +138,92 @@ def test_flatten_and_unflatten_round_trip() -> None:
     flat = flatten(nested)
     assert flat == {"k": 7, "opt.beta": 0.5, "opt.name": "adam"}
     assert unflatten(flat, SPACE) == {"k": 7, "opt": {"beta": 0.5, "name": "adam"}}
+
+
+# ---------------------------------------------------------------- the lazy grid
+def _eager_axis(hp: Any) -> list[Any]:
+    """The grid axis as it was computed before the grid became lazy (Determined's
+    ``grid.go``): the reference the lazy grid must equal, value for value."""
+
+    def round_half_away(value: float) -> int:
+        return math.floor(value + 0.5) if value >= 0 else -math.floor(-value + 0.5)
+
+    match hp:
+        case ConstHP():
+            return [hp.val]
+        case CategoricalHP():
+            return list(hp.vals)
+        case IntHP():
+            count = min(hp.count or 1, hp.maxval - hp.minval + 1)
+            if count == 1:
+                return [round_half_away((hp.minval + hp.maxval) / 2)]
+            step = (hp.maxval - hp.minval) / (count - 1)
+            return [round_half_away(hp.minval + i * step) for i in range(count)]
+        case DoubleHP() | LogHP():
+            count = hp.count or 1
+            if count == 1:
+                points = [(hp.minval + hp.maxval) / 2]
+            else:
+                step = (hp.maxval - hp.minval) / (count - 1)
+                points = [hp.minval + i * step for i in range(count)]
+            if isinstance(hp, LogHP):
+                return [float(hp.base**p) for p in points]
+            return points
+    raise AssertionError(hp)
+
+
+_bounds = st.tuples(st.integers(-50, 50), st.integers(1, 40))
+_grid_leaf = st.one_of(
+    _bounds.map(lambda b: {"type": "int", "minval": b[0], "maxval": b[0] + b[1]}),
+    _bounds.map(lambda b: {"type": "double", "minval": b[0] / 7, "maxval": b[0] / 7 + b[1] / 3}),
+    _bounds.map(
+        lambda b: {"type": "log", "minval": b[0] / 10, "maxval": (b[0] + b[1]) / 10, "base": 10}
+    ),
+    st.lists(st.integers() | st.text(max_size=2), min_size=1, max_size=3).map(
+        lambda v: {"type": "categorical", "vals": v}
+    ),
+    st.integers(),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "lr", "z"]),
+        st.one_of(
+            st.tuples(_grid_leaf, st.integers(1, 5)),
+            st.dictionaries(
+                st.sampled_from(["x", "y"]), st.tuples(_grid_leaf, st.integers(1, 5)), max_size=2
+            ),
+        ),
+        max_size=3,
+    )
+)
+def test_the_lazy_grid_equals_the_eager_product_point_for_point(spec: dict[str, Any]) -> None:
+    def with_counts(node: Any) -> Any:
+        if isinstance(node, tuple):
+            leaf, count = node
+            return {**leaf, "count": count} if isinstance(leaf, dict) and "minval" in leaf else leaf
+        return {k: with_counts(v) for k, v in node.items()}
+
+    hps = space({name: with_counts(node) for name, node in spec.items()})
+    leaves = list(iter_leaves(hps))
+    names = [name for name, _ in leaves]
+    eager = [
+        unflatten(dict(zip(names, combo, strict=True)), hps)
+        for combo in itertools.product(*(_eager_axis(hp) for _, hp in leaves))
+    ]
+    grid = Grid(hps)
+    assert len(grid) == grid_size(hps) == len(eager)
+    assert list(grid) == eager
+    assert [grid[i] for i in range(-len(eager), 0)] == eager
+    assert grid[1:3] == eager[1:3]
+    with pytest.raises(IndexError):
+        grid.point(len(eager))
+
+
+def test_the_grid_keeps_only_its_leaves() -> None:
+    hps = space({"a": {"type": "double", "minval": 0, "maxval": 1, "count": 10**9}, "b": [1]})
+    grid = Grid(hps)
+    assert len(grid) == 10**9
+    assert grid[-1] == {"a": 1.0, "b": [1]}
+    assert grid[10**9 // 2] == {"a": pytest.approx(0.5), "b": [1]}
