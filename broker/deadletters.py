@@ -1,15 +1,18 @@
 """The dead-letter queue, for people: see what is there, and send one back after a fix.
 
 A message that could not be handled (malformed JSON, an unknown type, a wrong schema
-version, a refused input) is moved to the dead queue with the reason and the queue it
-died in. ``peek`` lists them and leaves them there; ``requeue`` sends one back to the
-queue it came from and removes it from the dead queue.
+version, a refused input, a handler that raised ``DELIVERY_LIMIT`` times) is moved to the
+dead queue with the reason and the queue it died in. One the broker dead-lettered itself
+(its quorum queue's delivery limit) carries RabbitMQ's ``x-death`` headers instead, which
+are read the same way. ``peek`` lists them and leaves them there; ``requeue`` sends one
+back to the queue it came from and removes it from the dead queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from rung.broker.errors import BrokerError, DecodeError
 from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Subscription
@@ -18,6 +21,18 @@ from rung.broker.schemas import decode
 __all__ = ["DEAD_QUEUE_HEADER", "DeadLetter", "DeadLetterError", "peek", "requeue"]
 
 DEAD_QUEUE_HEADER = "x-rung-dead-queue"
+# What RabbitMQ adds when it dead-letters a message itself, and counts on delivery: not
+# sent back with a requeued message, which starts afresh.
+_BROKER_HEADERS = (
+    "x-death",
+    "x-first-death-reason",
+    "x-first-death-queue",
+    "x-first-death-exchange",
+    "x-last-death-reason",
+    "x-last-death-queue",
+    "x-last-death-exchange",
+    "x-delivery-count",
+)
 # More than this many are listed in part: a dead queue that long needs a look anyway.
 LIMIT = 1000
 
@@ -40,13 +55,28 @@ class DeadLetter:
             kind: str | None = decode(delivery.body).body.type
         except DecodeError:
             kind = None
+        headers = delivery.headers
+        reason = _text(headers.get(DEAD_REASON_HEADER))
+        queue = _text(headers.get(DEAD_QUEUE_HEADER))
+        if not reason and (broker_reason := _text(headers.get("x-first-death-reason"))):
+            # Dead-lettered by the broker itself (delivery_limit, say), not by Rung.
+            reason = f"{broker_reason} (dead-lettered by the broker)"
+            queue = queue or _text(headers.get("x-first-death-queue"))
         return cls(
             message_id=delivery.message_id or "",
-            reason=str(delivery.headers.get(DEAD_REASON_HEADER, "")),
-            queue=str(delivery.headers.get(DEAD_QUEUE_HEADER, "")),
+            reason=reason,
+            queue=queue,
             type=kind,
             size=len(delivery.body),
         )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 async def _hold_all(broker: Broker, quiet_s: float) -> tuple[list[Delivery], Subscription]:
@@ -117,7 +147,7 @@ async def requeue(broker: Broker, message_id: str, *, quiet_s: float = 0.5) -> D
         headers = {
             k: v
             for k, v in match.headers.items()
-            if k not in (DEAD_REASON_HEADER, DEAD_QUEUE_HEADER)
+            if k not in (DEAD_REASON_HEADER, DEAD_QUEUE_HEADER, *_BROKER_HEADERS)
         }
         await broker.publish(exchange, key, match.body, message_id=message_id, headers=headers)
         await match.ack()

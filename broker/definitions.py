@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rung.broker.topology import Topology
+from rung.broker.topology import BROKER_DELIVERY_LIMIT, Topology
 
 __all__ = ["ROLES", "definitions", "password_hash"]
 
@@ -45,7 +45,9 @@ ROLES = ("searcher", "worker", "client", "monitor")
 # Queues private to one connection (exclusive): named by aio-pika's robust channels
 # (amq_<uuid>), or by the broker (amq.gen-...).
 _PRIVATE = r"amq_[0-9a-f]{32}|amq\.gen-.*"
-_DELIVERY_LIMIT = 20  # a message that made its consumer crash this often is dead-lettered
+# A message that made its consumer crash this often is dead-lettered: the same limit as a
+# topology Rung declares itself gives its queues (x-delivery-limit), here as a policy.
+_DELIVERY_LIMIT = BROKER_DELIVERY_LIMIT
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -142,7 +144,7 @@ def definitions(
             },
         )
     ]
-    quorum = [q.name for q in t.queues if q.quorum and q.dead_letter_exchange]
+    quorum = [q.name for q in t.queues if q.quorum and q.delivery_limit is not None]
     return {
         "rabbit_version": "3.10.0",
         "rabbitmq_version": "3.10.0",

@@ -1,7 +1,9 @@
 """An in-process broker with the same semantics as RabbitMQ for everything Rung uses.
 
 It backs the zero-setup embedded mode (``rung run`` without ``--broker``) and fast tests.
-Messages live in memory only: a process that exits takes them along.
+Messages live in memory only: a process that exits takes them along. Handlers run through
+the port's :class:`~broker.port.PoisonGuard`, as on RabbitMQ: a message whose handler
+keeps raising is dead-lettered after ``delivery_limit`` tries (dropped, on a private queue).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rung.broker.errors import BrokerError, UnroutableError
-from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from rung.broker.port import (
+    DEAD_REASON_HEADER,
+    DELIVERY_LIMIT,
+    Broker,
+    Delivery,
+    Handler,
+    PoisonGuard,
+    Subscription,
+    body_id,
+)
 from rung.broker.topology import Topology
 
 __all__ = ["MemoryBroker"]
@@ -33,6 +44,7 @@ class _Message:
 class _Queue:
     name: str
     dead_letter_exchange: str | None = None
+    private: bool = False
     messages: deque[_Message] = field(default_factory=deque)
     consumers: list[_MemorySubscription] = field(default_factory=list)
     cursor: int = 0
@@ -54,7 +66,6 @@ class _MemoryDelivery(Delivery):
         self._broker = broker
         self._sub = sub
         self._message = message
-        self.settled = False
 
     def _settle(self) -> None:
         if self.settled:
@@ -69,7 +80,10 @@ class _MemoryDelivery(Delivery):
     async def requeue(self) -> None:
         self._settle()
         self._message.redelivered = True
-        self._broker.queues[self.queue].messages.appendleft(self._message)
+        queue = self._broker.queues.get(self.queue)
+        if queue is None:
+            return  # deleted meanwhile (a private queue): gone with it, as on RabbitMQ
+        queue.messages.appendleft(self._message)
         self._broker.dispatch_queue(self.queue)
 
     async def _move_to_dead_queue(self, reason: str) -> None:
@@ -81,7 +95,11 @@ class _MemoryDelivery(Delivery):
             "x-rung-dead-queue": self.queue,
         }
         await self._broker.publish(
-            target, "", self._message.body, message_id=self._message.message_id, headers=headers
+            target,
+            "",
+            self._message.body,
+            message_id=self._message.message_id or body_id(self._message.body),
+            headers=headers,
         )
         await self.ack()
 
@@ -124,8 +142,11 @@ def _match(pattern: list[str], words: list[str]) -> bool:
 
 
 class MemoryBroker(Broker):
-    def __init__(self, topology: Topology | None = None) -> None:
+    def __init__(
+        self, topology: Topology | None = None, *, delivery_limit: int = DELIVERY_LIMIT
+    ) -> None:
         self.topology = topology or Topology()
+        self.guard = PoisonGuard(dead_queue=self.topology.dead_queue, limit=delivery_limit)
         self._exchanges: dict[str, str] = {}
         self._bindings: dict[str, list[tuple[str, str]]] = {}
         self.queues: dict[str, _Queue] = {}
@@ -208,11 +229,8 @@ class MemoryBroker(Broker):
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, sub: _MemorySubscription, delivery: _MemoryDelivery) -> None:
-        try:
-            await sub.handler(delivery)
-        except Exception:  # noqa: BLE001 (a handler bug must not lose the message)
-            if not delivery.settled:
-                await delivery.requeue()
+        queue = self.queues.get(delivery.queue)
+        await self.guard.run(sub.handler, delivery, private=queue is not None and queue.private)
 
     async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         if queue not in self.queues:
@@ -224,7 +242,7 @@ class MemoryBroker(Broker):
 
     async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:
         name = f"{self.topology.prefix}.private.{next(self._private)}"
-        self.queues[name] = _Queue(name)
+        self.queues[name] = _Queue(name, private=True)
         if bind_to is not None:
             self._bind(name, *bind_to)
         return name

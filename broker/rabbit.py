@@ -13,6 +13,13 @@
   setting to fix, and the error says which.
 * AMQP heartbeats every 15 s unless the URL says otherwise (aio-pika's default is 60 s,
   which takes aiormq about 3 minutes to notice a dead link).
+* Handlers run through the port's :class:`~broker.port.PoisonGuard`: a message whose
+  handler keeps raising is dead-lettered after ``delivery_limit`` tries (dropped, on a
+  private queue), whatever the queue's type. Classic queues count no deliveries, and a
+  quorum queue's count includes the redeliveries of a dropped link, which are not the
+  handler's fault: the guard counts the handler's failures itself. A topology Rung
+  declares also gives its quorum queues the broker's own, higher, delivery limit, for a
+  message that kills its consumer outright (``topology.BROKER_DELIVERY_LIMIT``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelInvalidStateError,
+    DeliveryError,
+    PublishError,
+)
 
 from rung.broker.errors import (
     BrokerError,
@@ -43,7 +55,16 @@ from rung.broker.errors import (
     PublishTimeoutError,
     UnroutableError,
 )
-from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Handler, Subscription
+from rung.broker.port import (
+    DEAD_REASON_HEADER,
+    DELIVERY_LIMIT,
+    Broker,
+    Delivery,
+    Handler,
+    PoisonGuard,
+    Subscription,
+    body_id,
+)
 from rung.broker.tls import TlsSettings, ssl_context_for
 from rung.broker.topology import Topology
 
@@ -189,7 +210,20 @@ class _RabbitDelivery(Delivery):
         self._message = message
         self._subscription = subscription
 
+    def _settle(self) -> None:
+        if self.settled:
+            raise BrokerError(f"delivery of {self.message_id} already settled")
+        self.settled = True
+
+    def link_lost(self) -> bool:
+        try:
+            channel = self._message.channel
+        except ChannelInvalidStateError:
+            return True
+        return channel.is_closed
+
     async def ack(self) -> None:
+        self._settle()
         try:
             await self._message.ack()
         except CONNECTION_EXCEPTIONS as exc:
@@ -202,6 +236,7 @@ class _RabbitDelivery(Delivery):
             await self._subscription.settled()
 
     async def requeue(self) -> None:
+        self._settle()
         try:
             await self._message.nack(requeue=True)
         except CONNECTION_EXCEPTIONS as exc:
@@ -221,7 +256,7 @@ class _RabbitDelivery(Delivery):
             self._broker.topology.dead_exchange,
             "",
             self.body,
-            message_id=self.message_id or "unknown",
+            message_id=self.message_id or body_id(self.body),
             headers=headers,
         )
         await self.ack()
@@ -236,6 +271,7 @@ class RabbitBroker(Broker):
         name: str = "rung",
         retry_interval: float = 2.0,
         tls: TlsSettings | None = None,
+        delivery_limit: int = DELIVERY_LIMIT,
     ) -> None:
         self.url = _with_heartbeat(url)
         # Checked here, so that a bad setting fails at once and is never retried.
@@ -244,6 +280,11 @@ class RabbitBroker(Broker):
         self.topology = topology or Topology()
         self.name = name
         self.retry_interval = retry_interval
+        self.guard = PoisonGuard(
+            dead_queue=self.topology.dead_queue,
+            limit=delivery_limit,
+            link_errors=(aiormq.exceptions.AMQPConnectionError, ChannelInvalidStateError),
+        )
         self._publish_conn: AbstractRobustConnection | None = None
         self._consume_conn: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -322,7 +363,7 @@ class RabbitBroker(Broker):
             )
         for queue_spec in self.topology.queues:
             await channel.declare_queue(
-                queue_spec.name, durable=True, arguments=queue_spec.arguments()
+                queue_spec.name, durable=True, arguments=queue_spec.declare_arguments()
             )
         for binding in self.topology.bindings:
             queue = await channel.get_queue(binding.queue, ensure=False)
@@ -460,12 +501,7 @@ class RabbitBroker(Broker):
             sub = _RabbitSubscription(channel, q, self._keep_idle(queue, max(prefetch, 1)))
 
         async def handle(delivery: _RabbitDelivery) -> None:
-            try:
-                await handler(delivery)
-            except Exception:
-                log.exception("handler failed; message goes back to the queue", queue=queue)
-                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                    await delivery.requeue()
+            await self.guard.run(handler, delivery, private=private is not None)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             sub.unsettled += 1

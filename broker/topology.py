@@ -8,11 +8,18 @@
     dead exchange (fanout) ──────────────────────► dead queue (quorum)   poison messages + reason
     feed exchange (direct) ─────"<experiment id>"► observers' private queues: log records live
 
-Work, events and rpc queues dead-letter to the dead exchange. Heartbeats have a queue of
-their own so that a backlog of events never delays them (a delayed heartbeat would make
-a live worker look lost); they expire after a minute, since an old one says nothing.
-Every name starts with a prefix (``rung`` by default), so test runs and separate
-installations never meet.
+Work, events and rpc queues dead-letter to the dead exchange, and the broker dead-letters
+a message of theirs delivered more than :data:`BROKER_DELIVERY_LIMIT` times: the
+``x-delivery-limit`` argument where Rung declares the topology itself, a policy in the
+deploy definitions (``broker.definitions``). That is the safety net for a message that
+kills its consumer; a handler that raises is stopped sooner by the adapters' own count
+(``broker.port.PoisonGuard``, which also covers the classic heartbeats queue and private
+queues, where the broker counts nothing).
+
+Heartbeats have a queue of their own so that a backlog of events never delays them (a
+delayed heartbeat would make a live worker look lost); they expire after a minute, since
+an old one says nothing. Every name starts with a prefix (``rung`` by default), so test
+runs and separate installations never meet.
 
 The commands and events exchanges are topic exchanges, and a worker's routing keys carry
 its id, so that RabbitMQ's topic permissions can confine a worker user to its own keys:
@@ -25,7 +32,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Binding", "ExchangeSpec", "QueueSpec", "Topology"]
+__all__ = ["BROKER_DELIVERY_LIMIT", "Binding", "ExchangeSpec", "QueueSpec", "Topology"]
+
+# The broker's own delivery limit on the quorum queues that dead-letter (work, events,
+# rpc): more deliveries than this and RabbitMQ dead-letters the message (``x-death``
+# reason ``delivery_limit``). It counts every delivery, those after a dropped link
+# included, so it sits well above the adapters' count of handler failures
+# (``broker.port.DELIVERY_LIMIT``); it catches a message that makes its consumer crash,
+# which no count kept in the consumer survives.
+BROKER_DELIVERY_LIMIT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +55,12 @@ class QueueSpec:
     quorum: bool = True
     dead_letter_exchange: str | None = None
     message_ttl_ms: int | None = None
+    # Quorum queues only; set by the declare (declare_arguments), or by a policy.
+    delivery_limit: int | None = None
 
     def arguments(self) -> dict[str, Any]:
+        """The queue's arguments as the deploy definitions write them; their delivery
+        limit is a policy there, which an operator can change without a new queue."""
         args: dict[str, Any] = {}
         if self.quorum:
             args["x-queue-type"] = "quorum"
@@ -49,6 +68,13 @@ class QueueSpec:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
         if self.message_ttl_ms is not None:
             args["x-message-ttl"] = self.message_ttl_ms
+        return args
+
+    def declare_arguments(self) -> dict[str, Any]:
+        """The arguments Rung declares the queue with, when it declares the topology."""
+        args = self.arguments()
+        if self.quorum and self.delivery_limit is not None:
+            args["x-delivery-limit"] = self.delivery_limit
         return args
 
 
@@ -73,6 +99,7 @@ class Topology:
 
     def __post_init__(self) -> None:
         dead = self.dead_exchange
+        limit = BROKER_DELIVERY_LIMIT
         object.__setattr__(
             self,
             "exchanges",
@@ -88,10 +115,10 @@ class Topology:
             self,
             "queues",
             (
-                QueueSpec(self.work_queue, dead_letter_exchange=dead),
-                QueueSpec(self.events_queue, dead_letter_exchange=dead),
+                QueueSpec(self.work_queue, dead_letter_exchange=dead, delivery_limit=limit),
+                QueueSpec(self.events_queue, dead_letter_exchange=dead, delivery_limit=limit),
                 QueueSpec(self.heartbeats_queue, quorum=False, message_ttl_ms=60_000),
-                QueueSpec(self.rpc_queue, dead_letter_exchange=dead),
+                QueueSpec(self.rpc_queue, dead_letter_exchange=dead, delivery_limit=limit),
                 QueueSpec(self.dead_queue),
             ),
         )

@@ -10,7 +10,7 @@ import pytest
 
 from rung.broker.definitions import definitions, password_hash
 from rung.broker.memory import topic_matches
-from rung.broker.topology import Topology
+from rung.broker.topology import BROKER_DELIVERY_LIMIT, Topology
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,13 @@ def test_a_worker_may_write_events_and_never_commands() -> None:
     assert re.match(binds, topology.WORK_KEY)
     assert re.match(binds, topology.worker_key("rung-worker.host-1-ab12"))
     assert not re.match(binds, topology.worker_key("gpu-2"))
+
+
+def test_the_delivery_limit_policy_is_the_one_a_declared_topology_gets() -> None:
+    topology = Topology("rung")
+    (policy,) = definitions(topology, vhost="v")["policies"]
+    assert policy["definition"] == {"delivery-limit": BROKER_DELIVERY_LIMIT}
+    pattern = re.compile(policy["pattern"])
+    assert {q.name for q in topology.queues if pattern.match(q.name)} == {
+        q.name for q in topology.queues if "x-delivery-limit" in q.declare_arguments()
+    }
