@@ -204,6 +204,12 @@ class Experiment:
         experiment.method.restore(snapshot.method)
         return experiment
 
+    def fail(self) -> Shutdown:
+        """The search failed (its method raised): no more decisions, ever."""
+        op = Shutdown(failure=True)
+        self.state.shutdown = op
+        return op
+
     # ---------------------------------------------------------------- events
     def apply(self, event: SearchEvent) -> Decision:
         if self.is_shut_down:

@@ -13,6 +13,10 @@ worker events and the experiment's operations:
   checkpoint) and holds every trial that would run until ``activate``; ``cancel``
   preempts them and ends the experiment once they have stopped; ``kill`` stops their
   processes at once, without a checkpoint, and ends it now;
+* a failure of the search (any exception from the search method or sampling code, or
+  from this layer) is decided here too, by :meth:`ExperimentRun.fail`: the experiment is
+  ERROR with the reason, its running trials are killed, its other trials end, and work
+  already queued is stopped as soon as a worker starts it;
 * exits are handled as Determined does: a non-zero exit restarts the trial from its latest
   checkpoint up to ``max_restarts`` times, counted per trial, then the trial errored; a
   preempted trial resumes without using a restart; InvalidHP and user-requested stops end
@@ -70,6 +74,7 @@ TrialState = Literal[
 ]
 TERMINAL = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
 RunState = Literal["ACTIVE", "PAUSED", "STOPPING_CANCELED", "COMPLETED", "ERROR", "CANCELED"]
+ENDED: tuple[RunState, ...] = ("COMPLETED", "ERROR", "CANCELED")
 ControlAction = Literal["pause", "activate", "cancel", "kill"]
 _LOG_TAIL = 200
 
@@ -90,6 +95,8 @@ class Step:
     ops: list[Operation] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     ignored: str | None = None
+    # Why the input failed the experiment (see :meth:`ExperimentRun.fail`), or None.
+    failed: str | None = None
 
 
 class TrialRuntime(BaseModel):
@@ -128,17 +135,21 @@ class ExperimentRun:
         self.trials: dict[str, TrialRuntime] = {}
         self.by_id: dict[int, TrialRuntime] = {}
         self.state: RunState = "ACTIVE"
+        # Why the experiment failed (state ERROR), or None.
+        self.error: str | None = None
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
         return {
             "state": self.state,
+            "error": self.error,
             "experiment": self.experiment.snapshot().model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in self.trials.values()],
         }
 
     def restore(self, data: dict[str, Any]) -> None:
         self.state = data["state"]
+        self.error = data.get("error")
         self.experiment = Experiment.restore(
             self.experiment.config,
             ExperimentSnapshot.model_validate(data["experiment"]),
@@ -158,8 +169,50 @@ class ExperimentRun:
         self._search(Start(), step)
         return step
 
+    def fail(self, reason: str) -> Step:
+        """The search failed: the experiment ends in ERROR, with ``reason``.
+
+        The input that raised is the caller's to undo (the state must be the one before
+        it; :class:`rung.searcher.host.ExperimentHost` folds the log again). Running trials
+        are killed; every other unfinished trial is canceled, and work already queued is
+        killed when a worker starts it (see :meth:`_started`). A killed trial keeps its
+        worker until its process exits, so that a user's ``kill`` can stop it again.
+        """
+        step = Step(failed=reason)
+        if self.state == "ERROR":
+            step.ignored = f"the experiment has failed already: {self.error}"
+            return step
+        self.state = "ERROR"
+        self.error = reason
+        for trial in self.trials.values():
+            if trial.state in TERMINAL:
+                continue
+            if trial.state == "RUNNING":
+                self._tell(trial, KillTrial, step)
+            else:
+                trial.worker_id = None
+            trial.state = "CANCELED"
+            trial.waiting = False
+            trial.stopping = None
+            trial.logs.append(f"[rung] the experiment failed: {reason}")
+        step.ops.append(self.experiment.fail())
+        return step
+
+    def _kill_again(self) -> Step:
+        """A user's kill of a failed experiment: kill again the processes that have not
+        reported their exit yet (the first kill may have been lost with a worker)."""
+        step = Step()
+        for trial in self.trials.values():
+            if trial.worker_id is not None:
+                self._tell(trial, KillTrial, step)
+        if not step.commands:
+            step.ignored = "kill: the experiment has failed, and none of its trials runs"
+        return step
+
     def on_control(self, action: ControlAction) -> Step:
         """A user's pause, activate, cancel or kill of the whole experiment."""
+        if action == "kill" and self.state == "ERROR":
+            return self._kill_again()
         step = Step()
         refusal = self._refusal(action)
         if refusal is not None:
@@ -190,7 +243,7 @@ class ExperimentRun:
 
     def _refusal(self, action: ControlAction) -> str | None:
         """Why ``action`` does nothing in the current state, or None."""
-        if self.state in ("COMPLETED", "ERROR", "CANCELED"):
+        if self.state in ENDED:
             return f"the experiment has ended ({self.state})"
         if self.state == "STOPPING_CANCELED" and action != "kill":
             return "the experiment is being canceled"
@@ -248,7 +301,7 @@ class ExperimentRun:
         if trial.state in TERMINAL:
             step.ignored = f"kill: trial {trial_id} has ended ({trial.state})"
             return step
-        if self.state in ("COMPLETED", "ERROR", "CANCELED"):
+        if self.state in ENDED:
             step.ignored = f"kill: the experiment has ended ({self.state})"
             return step
         if trial.state == "RUNNING":
@@ -286,8 +339,7 @@ class ExperimentRun:
             return step
         if self._stale(trial, body, step):
             return step
-        if self.state == "CANCELED" and not isinstance(body, TrialStarted):
-            step.ignored = f"trial {trial.trial_id}: the experiment was canceled"
+        if self._after_the_end(trial, body, step):
             return step
         if self._fenced(trial, body, step):
             return step
@@ -312,6 +364,19 @@ class ExperimentRun:
             case _:
                 step.ignored = f"{body.type} is not a trial event"
         return step
+
+    def _after_the_end(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
+        """True (and why in ``step``) when the experiment ended and the event changes
+        nothing; a start is still handled: its process is stopped."""
+        if isinstance(body, TrialStarted) or self.state not in ("ERROR", "CANCELED"):
+            return False
+        if self.state == "CANCELED":
+            step.ignored = f"trial {trial.trial_id}: the experiment was canceled"
+            return True
+        if isinstance(body, TrialExited) and body.worker_id == trial.worker_id:
+            trial.worker_id = None  # a process killed by the failure has exited
+        step.ignored = f"trial {trial.trial_id}: the experiment failed"
+        return True
 
     def _worker_lost(self, body: WorkerLost) -> Step:
         """Its trials' attempts ended: they resume from their checkpoints elsewhere, without
@@ -449,7 +514,7 @@ class ExperimentRun:
         if self.state == "PAUSED":
             self._hold(trial)
             return
-        if self.state in ("STOPPING_CANCELED", "CANCELED"):
+        if self.state in ("STOPPING_CANCELED", "CANCELED", "ERROR"):
             trial.state = "CANCELED"
             return
         trial.attempt += 1

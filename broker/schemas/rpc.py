@@ -32,6 +32,9 @@ class CreateExperiment(Message):
     # The context directory as a gzip'd tar, base64-encoded.
     context_b64: str
     config_source: str = ""
+    # Names the request: a create sent again with the same key (a retry) answers with
+    # the experiment the first one made. Empty: the request's message id names it.
+    request_key: str = Field(default="", max_length=200)
 
 
 class DescribeExperiment(Message):

@@ -5,6 +5,11 @@ and cut off the file; a record that is corrupt anywhere else is an error that na
 Beside the log, ``snapshot.json`` holds the state after some record, so that a restart
 folds only the records after it, and ``unsent.json``, present only while the broker is
 unreachable, names the first record whose commands may not have been published yet.
+
+Storage errors are final (fail-stop): once a write or an fsync has failed, the log
+refuses every further append and sync with :class:`StorageError`, and never calls fsync
+again; after a failed fsync the kernel may have dropped the dirty pages and report the
+next one as a success. The searcher exits; a restart recovers from what is on disk.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from rung.searcher.eventlog.snapshots import (
     read_snapshot,
     write_snapshot,
 )
+from rung.searcher.failpoints import fsync_failure_point
 
-__all__ = ["UNSENT_FILE", "FileEventLog", "StaleOwnerError"]
+__all__ = ["UNSENT_FILE", "FileEventLog", "StaleOwnerError", "StorageError"]
 
 UNSENT_FILE: Final = "unsent.json"
 
@@ -37,14 +43,32 @@ class StaleOwnerError(SearcherError):
     """Another searcher has written to this log since we last did: we no longer own it."""
 
 
+class StorageError(SearcherError):
+    """A write or an fsync of the log failed: the log takes nothing more (fail-stop)."""
+
+
+def _make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each entry fsync'd in its parent."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_directory(new.parent)
+
+
 class FileEventLog:
     """Append-only; ``append`` returns once the record is on disk."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_directories(path.parent)
         if not path.exists():
             path.touch()
+            fsync_directory(path.parent)
+        # The first storage error; from then on the log refuses everything.
+        self.broken: StorageError | None = None
         existing = read_log(path, repair=True)
         # What was on disk when the log was opened (for a restart to rebuild from).
         self.existing: LogRecords = existing
@@ -61,7 +85,7 @@ class FileEventLog:
         self._file = path.open("ab")
         self._size = os.fstat(self._file.fileno()).st_size
         # What a previous process wrote may still be only in the page cache.
-        os.fsync(self._file.fileno())
+        self._fsync()
         self.durable_seq = self.seq
         self._syncing = asyncio.Lock()
         # Snapshot cadence: enough records, and at least as many bytes as a snapshot.
@@ -91,22 +115,49 @@ class FileEventLog:
         """
         if self.unsent_from is not None and self.unsent_from <= seq:
             return
-        replace_durably(self._unsent_path, json.dumps({"from_seq": seq}).encode())
+        self._check()
+        try:
+            replace_durably(self._unsent_path, json.dumps({"from_seq": seq}).encode())
+        except OSError as exc:
+            raise self._storage_failed("writing the unsent marker", exc) from exc
         self.unsent_from = seq
 
     def clear_unsent(self) -> None:
         """Every command logged so far has been published."""
         if self.unsent_from is None:
             return
-        self._unsent_path.unlink(missing_ok=True)
-        fsync_directory(self._unsent_path.parent)
+        self._check()
+        try:
+            self._unsent_path.unlink(missing_ok=True)
+            fsync_directory(self._unsent_path.parent)
+        except OSError as exc:
+            raise self._storage_failed("removing the unsent marker", exc) from exc
         self.unsent_from = None
 
-    def take_over(self, owner: str) -> OwnerRecord:
+    def take_over(self, owner: str, *, sync: bool = True) -> OwnerRecord:
         """Claim the log with the next epoch; the previous owner's next append fails."""
         record = OwnerRecord(seq=self.seq + 1, epoch=self.epoch + 1, owner=owner)
-        self.append(record)
+        self.append(record, sync=sync)
         return record
+
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+
+    def _storage_failed(self, what: str, exc: OSError) -> StorageError:
+        self.broken = StorageError(
+            f"{what} of {self.path} failed ({exc}); the log takes nothing more: fix the "
+            "storage, then restart the searcher, which recovers from what is on disk"
+        )
+        return self.broken
+
+    def _fsync(self) -> None:
+        self._check()
+        try:
+            fsync_failure_point()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise self._storage_failed("an fsync", exc) from exc
 
     async def sync_async(self) -> None:
         """Make every record appended so far durable, with the wait off the event loop.
@@ -117,13 +168,15 @@ class FileEventLog:
         """
         target = self.seq
         async with self._syncing:  # one fsync at a time; it covers all written before it
+            self._check()
             if self.durable_seq >= target:
                 return  # the sync just done covered this caller's records too
             covered = self.seq
-            await asyncio.to_thread(os.fsync, self._file.fileno())
+            await asyncio.to_thread(self._fsync)
             self.durable_seq = max(self.durable_seq, covered)
 
     def append(self, record: Record, *, sync: bool = True) -> Record:
+        self._check()
         if record.seq != self.seq + 1:
             raise SearcherError(f"record {record.seq} appended after {self.seq}")
         size = os.fstat(self._file.fileno()).st_size
@@ -133,12 +186,16 @@ class FileEventLog:
                 f"wrote {self._size}); this searcher no longer owns the experiment"
             )
         line = record.model_dump_json().encode()
+        try:
+            self._file.write(line + b"\n")
+            self._file.flush()
+        except OSError as exc:
+            # Part of the line may be in the file: nothing may be appended after it.
+            raise self._storage_failed("a write", exc) from exc
         self._starts.append(self._size)
-        self._file.write(line + b"\n")
-        self._file.flush()
         self.seq = record.seq
         if sync:
-            os.fsync(self._file.fileno())
+            self._fsync()
             self.durable_seq = self.seq
         self._size += len(line) + 1
         self._last_line = line
@@ -174,21 +231,45 @@ class FileEventLog:
         """
         return self._since_snapshot >= every and self._bytes_since_snapshot >= self._snapshot_bytes
 
-    def write_snapshot(self, experiment_id: str, state: dict[str, Any]) -> StoredSnapshot:
-        """Save the state after the last record appended, replacing the previous snapshot."""
-        if self.durable_seq < self.seq:  # never a snapshot ahead of the durable log
-            os.fsync(self._file.fileno())
-            self.durable_seq = self.seq
-        snapshot = StoredSnapshot(
+    def capture_snapshot(self, experiment_id: str, state: dict[str, Any]) -> StoredSnapshot:
+        """The state after the last record appended, to store once that record is
+        durable (:meth:`store_snapshot`, in a thread: it writes and fsyncs a file)."""
+        self._since_snapshot = self._bytes_since_snapshot = 0
+        return StoredSnapshot(
             experiment_id=experiment_id,
             seq=self.seq,
             record_sha256=line_digest(self._last_line),
             state=state,
         )
-        self._snapshot_bytes = write_snapshot(self._snapshot_path, snapshot)
-        self._since_snapshot = self._bytes_since_snapshot = 0
-        self.snapshot = snapshot
+
+    def store_snapshot(self, snapshot: StoredSnapshot) -> None:
+        """Replace the snapshot file; never one ahead of the durable log."""
+        self._check()
+        if self.durable_seq < snapshot.seq:
+            raise SearcherError(
+                f"snapshot after record {snapshot.seq} stored while the log is durable up "
+                f"to {self.durable_seq}; sync the log first"
+            )
+        try:
+            self._snapshot_bytes = write_snapshot(self._snapshot_path, snapshot)
+        except OSError as exc:
+            raise self._storage_failed("a snapshot write", exc) from exc
+        if self.snapshot is None or snapshot.seq > self.snapshot.seq:
+            self.snapshot = snapshot
+
+    def write_snapshot(self, experiment_id: str, state: dict[str, Any]) -> StoredSnapshot:
+        """Save the state after the last record appended, at once (syncing the log)."""
+        if self.durable_seq < self.seq:  # never a snapshot ahead of the durable log
+            self._fsync()
+            self.durable_seq = self.seq
+        snapshot = self.capture_snapshot(experiment_id, state)
+        self.store_snapshot(snapshot)
         return snapshot
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            # The buffered rest of a line that failed to write: nothing to keep of it.
+            if self.broken is None:
+                raise

@@ -5,7 +5,12 @@
   is None for the experiment's start), the search events it caused (``applied``), the
   operations decided (``ops``) and the commands sent (``commands``), or why it was
   ignored;
-* ``failed``: an input the search method could not handle; the experiment failed;
+  ``failed`` is set when the input failed the experiment: its search method (or any
+  code of the search) raised, and ``ops`` and ``commands`` are what the failure decided
+  (the experiment ends in ERROR, its trials are killed): replay folds the failure, not
+  the input;
+* ``failed``: the experiment failed outside any input: its log could not be folded when
+  a searcher recovered it (older logs: an input the search method could not handle);
 * ``snapshot``: the whole state after record ``seq - 1``, so a restart reads only the tail;
 * ``owner``: a searcher took the log over, with a new ``epoch``; a searcher that finds a
   record it did not write stops acting on the experiment.
@@ -15,7 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 
 from rung.broker.schemas.commands import WorkerCommand
 from rung.broker.schemas.envelope import Body
@@ -62,6 +75,9 @@ class CreatedRecord(_Record):
     config: dict[str, Any]
     context_hash: str
     checkpoint_root: str
+    # What named the create request (a client's key, or its message id): a create sent
+    # again with the same key answers with this experiment.
+    request_key: str = ""
 
 
 class InputRecord(_Record):
@@ -72,6 +88,15 @@ class InputRecord(_Record):
     ops: list[Operation] = Field(default_factory=list)
     commands: list[CommandRecord] = Field(default_factory=list)
     ignored: str | None = None
+    failed: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_failure(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An input that failed nothing is written as before ``failed`` existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("failed") is None:
+            data.pop("failed", None)
+        return data
 
     @classmethod
     def of(
@@ -86,6 +111,7 @@ class InputRecord(_Record):
             applied=step.applied,
             ops=step.ops,
             ignored=step.ignored,
+            failed=step.failed,
             commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
         )
 

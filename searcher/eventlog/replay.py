@@ -4,6 +4,14 @@ Replaying is a fold of the pure core over the recorded inputs, in the recorded o
 it gives exactly the state the live searcher had. ``verify`` re-decides every input and
 compares the operations and commands with the ones recorded; the first difference is
 reported as a diff.
+
+A record whose input failed the experiment (``failed`` set) folds as that failure
+(:meth:`ExperimentRun.fail`), not as its input: the log says what happened, whatever the
+search code would do with the input today. If folding an input raises (the search code
+changed since, or the log was written by a version that let the error escape), the fold
+does what the live searcher does: the state goes back to the one before that input, and
+the experiment fails there with the reason (``Replayed.failure``). Replay never raises
+for what a search method does; it raises only for a log that is not a log.
 """
 
 from __future__ import annotations
@@ -58,6 +66,21 @@ class Replayed:
     divergence: Divergence | None = None
     seen: set[str] = field(default_factory=set)
     last_input: InputRecord | None = None
+    # A failure the fold found that the log does not hold (record seq, reason, step):
+    # a recovering searcher writes it down (a ``failed`` record) and sends its kills.
+    failure: tuple[int, str, Step] | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """The reason an input failed an experiment, for people and for the log."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def fold(run: ExperimentRun, record: InputRecord) -> Step:
+    """Apply one recorded input to ``run``: its failure if it failed, else the input."""
+    if record.failed is not None:
+        return run.fail(record.failed)
+    return run.start() if record.input is None else run.on_event(record.input)
 
 
 def _decisions(ops: list[Any], commands: list[Any]) -> str:
@@ -125,6 +148,28 @@ def _last_input(records: Sequence[Record], limit: int) -> InputRecord | None:
     return None
 
 
+def _fold_safely(
+    result: Replayed,
+    records: Sequence[Record],
+    index: int,
+    record: InputRecord,
+    context_root: Path | None,
+) -> Step:
+    """Fold ``record``; if that raises, fail the experiment where the input was."""
+    try:
+        return fold(result.run, record)
+    except Exception as exc:  # noqa: BLE001 (any error of the search fails the experiment)
+        reason = describe_error(exc)
+    # The input may have changed the state half-way: fold the log again up to it.
+    before = replay(records, context_root=context_root, until=index)
+    result.run = before.run
+    result.failure = result.failure or before.failure
+    step = result.run.fail(reason)
+    if result.failure is None:
+        result.failure = (record.seq, reason, step)
+    return step
+
+
 def replay(
     records: Sequence[Record],
     *,
@@ -148,12 +193,13 @@ def replay(
         record = records[index]
         result.records = record.seq
         if isinstance(record, FailedRecord):
-            result.run.state = "ERROR"
             result.seen.add(record.message_id)
+            result.run.fail(record.error)
+            result.failure = None  # written down: nothing left for a recovery to record
         elif isinstance(record, InputRecord):
             result.seen.add(record.message_id)
             result.last_input = record
-            step = result.run.start() if record.input is None else result.run.on_event(record.input)
+            step = _fold_safely(result, records, index, record, context_root)
             if on_step is not None:
                 on_step(record, step, result.run)
             if verify and result.divergence is None:

@@ -44,4 +44,5 @@ def summarise(
         warnings=list(warnings or []),
         labels=list(run.experiment.config.labels),
         description=run.experiment.config.description,
+        message=f"the experiment failed: {run.error}" if run.error else "",
     )

@@ -234,7 +234,7 @@ async def test_a_searcher_stops_acting_when_another_takes_the_experiment_over(
         )
     )
     await wait_for(
-        lambda: created["experiment_id"] not in service.runs,
+        lambda: created["experiment_id"] not in service.experiments,
         10,
         "the searcher to give the experiment up",
     )
@@ -266,7 +266,9 @@ async def test_pause_activate_and_cancel_are_logged_and_reach_the_worker(
     experiment_id = created["experiment_id"]
     ids = {"experiment_id": experiment_id, "trial_id": 1, "worker_id": "fake"}
     await wait_for(
-        lambda: len(service.runs[experiment_id].by_id[1].worker_id or "") > 0, 10, "start"
+        lambda: len(service.experiments[experiment_id].host.run.by_id[1].worker_id or "") > 0,
+        10,
+        "start",
     )
 
     paused = await client.control(experiment_id, "pause")
@@ -277,7 +279,9 @@ async def test_pause_activate_and_cancel_are_logged_and_reach_the_worker(
     assert again["ignored"] == "pause: the experiment is paused already"
     await worker.send(TrialExited(**ids, attempt=1, reason=ExitReason.PREEMPTED))
     await wait_for(
-        lambda: service.runs[experiment_id].by_id[1].state == "PAUSED", 10, "the trial held"
+        lambda: service.experiments[experiment_id].host.run.by_id[1].state == "PAUSED",
+        10,
+        "the trial held",
     )
     assert len(worker.work) == 1  # nothing runs while paused
 
@@ -359,12 +363,12 @@ async def test_heartbeats_on_their_own_queue_keep_a_quiet_worker_alive(
 
     # Beating every 0.1 s for 6 timeouts (0.5 s each): the trial stays where it is.
     await heartbeat()
-    await wait_for(lambda: "fake" in quick_timeout_service.workers, 10, "the first heartbeat")
+    await wait_for(lambda: "fake" in quick_timeout_service.workers.beats, 10, "the first heartbeat")
     for _ in range(30):
         await heartbeat()
         await asyncio.sleep(0.1)  # the beat's own period, not a wait for a condition
     assert len(worker.work) == 1
-    assert quick_timeout_service.runs[experiment_id].by_id[1].state == "RUNNING"
+    assert quick_timeout_service.experiments[experiment_id].host.run.by_id[1].state == "RUNNING"
     # Silence: the worker is lost, and the trial is queued again.
     await wait_for(lambda: len(worker.work) == 2, 10, "the trial queued again")
 
@@ -388,7 +392,9 @@ async def test_commands_that_could_not_be_published_go_out_once_the_broker_is_ba
     # The decision is logged; its run_trial waits in the service, not lost.
     records = read_log(Path(created["event_log"]))
     assert any(isinstance(r, InputRecord) and r.commands for r in records)
-    assert quick_timeout_service._unsent
+    live = quick_timeout_service.experiments[created["experiment_id"]]
+    assert live.host.outbox
+    assert live.retrying
     assert worker.work == []
     down = False
     await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial, sent by the timer")
@@ -448,11 +454,17 @@ async def test_a_command_to_a_gone_worker_ends_its_attempt_once(
     await worker.send(
         TrialStarted(experiment_id=experiment_id, trial_id=1, attempt=1, worker_id="gone", slots=1)
     )
-    await wait_for(lambda: service.runs[experiment_id].by_id[1].worker_id == "gone", 10, "start")
+    await wait_for(
+        lambda: service.experiments[experiment_id].host.run.by_id[1].worker_id == "gone",
+        10,
+        "start",
+    )
     # Pausing sends a preempt to it: unroutable, so the attempt ends there and then.
     await client.control(experiment_id, "pause")
     await wait_for(
-        lambda: service.runs[experiment_id].by_id[1].state == "PAUSED", 10, "the trial held"
+        lambda: service.experiments[experiment_id].host.run.by_id[1].state == "PAUSED",
+        10,
+        "the trial held",
     )
     await client.control(experiment_id, "activate")
     await wait_for(lambda: len(worker.work) == 2, 10, "the trial resumed")
@@ -544,8 +556,8 @@ async def test_a_restarted_searcher_answers_again_from_its_log(
         path = Path(created["event_log"])
         await wait_for(lambda: len(read_log(path)) == 6, 10, "the progress logged")
     async with searcher_on(broker, tmp_path / "state") as second:
-        await wait_for(lambda: len(second.runs) == 1, 10, "the experiment recovered")
-        assert len(second._answers) == 1
+        await wait_for(lambda: len(second.experiments) == 1, 10, "the experiment recovered")
+        assert len(next(iter(second.experiments.values())).host.answers) == 1
         assert worker.control == []
         await worker.send(completion, message_id=completion_id)
         await wait_for(lambda: len(worker.control) == 1, 10, "the close command, after restart")
@@ -558,7 +570,8 @@ async def test_an_input_without_commands_syncs_outside_the_lock_before_its_ack(
     """Most inputs cause no command: they are applied under the lock and made durable
     after it, so that other inputs go on meanwhile; the ack still waits for the disk."""
     worker, _, created = await single_trial_queued(broker, tmp_path)
-    event_log = service.logs[created["experiment_id"]]
+    live = service.experiments[created["experiment_id"]]
+    event_log = live.host.log
     released = asyncio.Event()
     real_sync = event_log.sync_async
 
@@ -571,7 +584,7 @@ async def test_an_input_without_commands_syncs_outside_the_lock_before_its_ack(
     await worker.send(TrialStarted(**created_ids(created), worker_id="fake", slots=1))
     await wait_for(lambda: event_log.seq == before + 1, 10, "the trial_started applied")
     # Applied and waiting for the disk, outside the lock: not acknowledged yet.
-    assert not service._lock.locked()
+    assert not live.lock.locked()
     assert event_log.durable_seq < event_log.seq
     assert service._handling == 1
     released.set()

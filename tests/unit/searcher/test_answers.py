@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rung.broker.schemas import ContinueTrial, ExitReason, OpCompleted
-from rung.searcher.service.answers import Answers
+from rung.searcher.host.answers import Answers
 
 from .test_trials import EXP, completed, exited, make_run, started
 

@@ -1,0 +1,15 @@
+"""The experiment host: one experiment's state, log, applied ids, answers and outbox."""
+
+from rung.searcher.host.answers import Answer, Answers
+from rung.searcher.host.broken import BrokenExperiment
+from rung.searcher.host.host import Applied, ExperimentHost, Outgoing, experiment_id_for
+
+__all__ = [
+    "Answer",
+    "Answers",
+    "Applied",
+    "BrokenExperiment",
+    "ExperimentHost",
+    "Outgoing",
+    "experiment_id_for",
+]

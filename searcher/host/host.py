@@ -1,0 +1,251 @@
+"""One experiment's host: everything the searcher keeps about one experiment, in one place.
+
+An :class:`ExperimentHost` owns the experiment's run (the pure state), its event log, the
+message ids it has applied, its warnings, the last command sent to each running trial
+attempt (:class:`~rung.searcher.host.answers.Answers`) and its outbox (the logged
+decisions whose commands are not confirmed yet). It is synchronous: it decides and
+writes, and the async service around it syncs the log, publishes and acknowledges.
+
+An input applies whole or not at all (:meth:`ExperimentHost.apply`). If the search raises
+anything while deciding, the state goes back to exactly what the log says, and the
+experiment fails there, with the reason: that failure is the input's outcome, written to
+the log like any decision, so replay reproduces it. A storage error (the log could not be
+written) is not an outcome: it propagates, and the searcher stops (fail-stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from rung.broker.schemas import TrialExited
+from rung.broker.schemas.envelope import Body
+from rung.searcher.eventlog.file import FileEventLog
+from rung.searcher.eventlog.reader import read_log
+from rung.searcher.eventlog.records import CreatedRecord, FailedRecord, InputRecord, Record
+from rung.searcher.eventlog.replay import Replayed, describe_error, replay
+from rung.searcher.eventlog.snapshots import StoredSnapshot
+from rung.searcher.host.answers import Answers
+from rung.searcher.trials import Command, ExperimentRun, Step
+
+__all__ = ["Applied", "ExperimentHost", "Outgoing", "experiment_id_for"]
+
+log = structlog.get_logger("rung.searcher")
+
+START: Final = "start"
+
+
+def experiment_id_for(request_key: str, attempt: int = 0) -> str:
+    """The experiment id a create request gets: derived from its key, so that a create
+    sent again (a retry, a redelivery) names the same experiment. ``attempt`` > 0 draws
+    another id when a different request already has this one."""
+    digest = hashlib.sha256(f"{request_key}#{attempt}".encode()).hexdigest()
+    return f"exp-{digest[:8]}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A logged decision whose commands wait for the broker's confirms."""
+
+    seq: int
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one input did: the record written, and what it caused."""
+
+    seq: int
+    step: Step
+    duplicate: bool = False
+
+
+@dataclass
+class ExperimentHost:
+    run: ExperimentRun
+    log: FileEventLog
+    context_root: Path | None = None
+    request_key: str = ""
+    seen: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    answers: Answers = field(default_factory=Answers)
+    # Logged decisions whose commands are not confirmed yet, oldest first.
+    outbox: deque[Outgoing] = field(default_factory=deque)
+    # Records appended and not yet handed to the live feed.
+    unfed: list[Record] = field(default_factory=list)
+
+    @property
+    def experiment_id(self) -> str:
+        return self.run.experiment_id
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        run: ExperimentRun,
+        created: CreatedRecord,
+        path: Path,
+        *,
+        owner: str,
+        context_root: Path | None,
+        warnings: list[str],
+        at: float,
+    ) -> ExperimentHost:
+        """A new experiment: its log begins with ``created``, and the search starts.
+
+        Nothing is durable yet: the caller syncs the log before it answers.
+        """
+        event_log = FileEventLog(path)
+        host = cls(
+            run,
+            event_log,
+            context_root=context_root,
+            request_key=created.request_key,
+            warnings=list(warnings),
+        )
+        host.append(created)
+        event_log.take_over(owner, sync=False)
+        host.apply(None, f"{run.experiment_id}/{START}", at=at)
+        return host
+
+    @classmethod
+    def open(cls, path: Path, *, owner: str, context_root: Path | None) -> ExperimentHost | None:
+        """Recover the experiment whose log is at ``path`` (None for an empty log).
+
+        Raises what makes the log unusable (a corrupt log, a config or search method
+        that cannot be built any more); the caller keeps such an experiment as broken.
+        """
+        event_log = FileEventLog(path)
+        if not event_log.existing:
+            event_log.close()
+            return None
+        try:
+            replayed = replay(
+                event_log.existing, snapshot=event_log.snapshot, context_root=context_root
+            )
+            event_log.take_over(owner)
+        except BaseException:
+            event_log.close()
+            raise
+        host = cls(
+            replayed.run,
+            event_log,
+            context_root=context_root,
+            request_key=replayed.created.request_key,
+            seen=replayed.seen,
+        )
+        host.answers.recover(host.run, event_log.existing)
+        host._recover_outbox(replayed)
+        if replayed.failure is not None:
+            seq, reason, step = replayed.failure
+            host._record_recovery_failure(seq, reason, step)
+        if not host.started:  # created, then the searcher stopped before the start
+            host.apply(None, f"{host.experiment_id}/{START}", at=time.time())
+        return host
+
+    def _recover_outbox(self, replayed: Replayed) -> None:
+        """The logged decisions whose commands may not have reached the broker.
+
+        Each decision's commands are confirmed before the experiment's next decision is
+        published, so normally only the last input's can be unsent. While the broker
+        was unreachable, ``unsent.json`` names the first record whose commands waited:
+        every decision from there on goes out again, in order. They keep their message
+        ids, and receivers drop what they have.
+        """
+        first = self.log.unsent_from
+        if first is None:
+            last = replayed.last_input
+            records = [last] if last is not None else []
+        else:
+            existing = self.log.existing
+            records = [
+                r
+                for r in (existing[i] for i in range(first - 1, len(existing)))
+                if isinstance(r, InputRecord)
+            ]
+        for record in records:
+            if record.commands:
+                commands = tuple(Command(c.body, c.worker_id) for c in record.commands)
+                self.outbox.append(Outgoing(record.seq, commands))
+
+    def _record_recovery_failure(self, seq: int, reason: str, step: Step) -> None:
+        """Folding the log failed at record ``seq`` (the search code raised on an input
+        it had taken before): write the failure down, and send the kills it decided."""
+        message_id = f"{self.experiment_id}/recovery-failure/{seq}"
+        log.error(
+            "experiment failed while its log was replayed; its trials are stopped",
+            experiment_id=self.experiment_id,
+            seq=seq,
+            error=reason,
+        )
+        record = FailedRecord(seq=self.log.seq + 1, message_id=message_id, input=None, error=reason)
+        self.append(record)
+        self.seen.add(message_id)
+        if step.commands:
+            self.outbox.append(Outgoing(record.seq, tuple(step.commands)))
+
+    # ------------------------------------------------------------------ inputs
+    def apply(self, body: Body | None, message_id: str, *, at: float) -> Applied:
+        """Apply one input (None: the experiment's start) and write it to the log.
+
+        A message applied already changes nothing (``duplicate``). If deciding raises,
+        the state is folded again from the log (exactly what it was before the input),
+        and the experiment fails with the reason, as the input's outcome.
+        """
+        if message_id in self.seen:
+            return Applied(self.log.seq, Step(), duplicate=True)
+        seq = self.log.seq + 1
+        try:
+            step = self.run.start() if body is None else self.run.on_event(body)
+            record = InputRecord.of(seq, message_id, body, step, at=at)
+        except Exception as exc:
+            reason = describe_error(exc)
+            log.exception(
+                "experiment failed: its search raised on an input; its trials are stopped",
+                experiment_id=self.experiment_id,
+                message_id=message_id,
+                error=reason,
+            )
+            self.run = self.refold()
+            step = self.run.fail(reason)
+            record = InputRecord.of(seq, message_id, body, step, at=at)
+        self.append(record)
+        self.seen.add(message_id)
+        if isinstance(body, TrialExited):
+            # The attempt's process exited: nothing waits for an answer any more.
+            self.answers.ended(self.experiment_id, body.trial_id, body.attempt)
+        if step.commands:
+            self.outbox.append(Outgoing(seq, tuple(step.commands)))
+        return Applied(seq, step)
+
+    def append(self, record: Record) -> None:
+        """Write ``record`` (durable at the caller's next sync) and queue it for the feed."""
+        self.log.append(record, sync=False)
+        self.unfed.append(record)
+
+    def refold(self) -> ExperimentRun:
+        """The experiment's state as its log has it: the fold of every record written."""
+        records = read_log(self.log.path)
+        return replay(records, snapshot=self.log.snapshot, context_root=self.context_root).run
+
+    @property
+    def started(self) -> bool:
+        return f"{self.experiment_id}/{START}" in self.seen
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_due(self, every: int) -> StoredSnapshot | None:
+        """The state to store beside the log, when one is due (the caller stores it, off
+        the event loop, once the log is durable up to it)."""
+        if not self.log.snapshot_due(every):
+            return None
+        state = {**self.run.snapshot(), "seen": sorted(self.seen)}
+        return self.log.capture_snapshot(self.experiment_id, state)
+
+    def close(self) -> None:
+        self.log.close()

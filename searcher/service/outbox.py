@@ -1,0 +1,238 @@
+"""The outbox: each experiment's logged decisions, published in order, with confirms.
+
+Write first: a decision's commands go out only once its record is durable. Each
+experiment's decisions are published in the order they were logged; commands of one
+decision to different destinations (the work queue, each worker) wait for their confirms
+together. Experiments never wait for each other.
+
+When the broker does not take a decision (unreachable, blocked, a publish timeout), the
+experiment's log marks it unsent (``unsent.json``, durable before the input that caused
+it is acknowledged), and a retry task of that experiment sends it and every later
+decision again, in order, with a jittered backoff. Meanwhile the experiment's inputs are
+applied, logged and acknowledged as usual: they never wait for the broker (their
+decisions join the queue). A restart re-sends from the mark (see
+:meth:`ExperimentHost._recover_outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from rung.broker.errors import BrokerError, UnroutableError
+from rung.broker.port import Broker
+from rung.broker.schemas import Envelope, ExitReason, OpCompleted, TrialExited, encode
+from rung.searcher.host import ExperimentHost, Outgoing
+from rung.searcher.trials import Command
+
+__all__ = ["Live", "Outbox"]
+
+log = structlog.get_logger("rung.searcher")
+
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+@dataclass(eq=False)
+class Live:
+    """An experiment the service serves: its host, the lock its inputs take in turn,
+    and whether its outbox waits for the broker."""
+
+    host: ExperimentHost
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retrying: bool = False
+
+
+class Outbox:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+        fatal: Callable[[BaseException], Awaitable[object]],
+    ) -> None:
+        self.broker = broker
+        self._spawn = spawn
+        self._fatal = fatal
+
+    async def flush(self, live: Live) -> None:
+        """Publish the experiment's waiting decisions, in order (the caller holds the
+        experiment's lock). On a broker error they wait for the retry task."""
+        host = live.host
+        if not host.outbox:
+            return
+        await host.log.sync_async()  # write first, then publish
+        if live.retrying:  # the retry task sends them, after those before them
+            await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
+            return
+        while host.outbox:
+            waiting = host.outbox[0]
+            try:
+                unroutable = await self._publish(host, waiting)
+            except BrokerError as exc:
+                await asyncio.to_thread(host.log.mark_unsent, waiting.seq)
+                log.warning(
+                    "commands not published yet; they go out once the broker takes them",
+                    experiment_id=host.experiment_id,
+                    seq=waiting.seq,
+                    waiting=len(host.outbox),
+                    error=str(exc),
+                )
+                live.retrying = True
+                self._spawn(self._retry(live))
+                return
+            host.outbox.popleft()
+            if self._workers_gone(host, unroutable):
+                await host.log.sync_async()
+        if host.log.unsent_from is not None:
+            await asyncio.to_thread(host.log.clear_unsent)
+
+    async def _retry(self, live: Live) -> None:
+        """Send the experiment's waiting decisions until the broker takes them all."""
+        delay = RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                if await self._drain(live):
+                    return
+            except BrokerError as exc:
+                log.debug("the broker still refuses commands", error=str(exc))
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as exc:  # noqa: BLE001 (a storage error stops the searcher)
+                await self._fatal(exc)
+                return
+
+    async def _drain(self, live: Live) -> bool:
+        """Publish every waiting decision; True once none waits and the mark is gone."""
+        host = live.host
+        await host.log.sync_async()
+        while host.outbox:
+            unroutable = await self._publish(host, host.outbox[0])
+            host.outbox.popleft()
+            if self._workers_gone(host, unroutable):
+                await host.log.sync_async()
+        async with live.lock:  # no input publishes while the mark is cleared
+            if host.outbox:
+                return False
+            await asyncio.to_thread(host.log.clear_unsent)
+            live.retrying = False
+        log.info("waiting commands published", experiment_id=host.experiment_id)
+        return True
+
+    async def answer_again(self, live: Live, completion: OpCompleted) -> None:
+        """A trial re-sent its completion: its answer may have been lost with its
+        worker's private queue. Send the command it was answered with again, under its
+        own message id (see :mod:`rung.searcher.host.answers`)."""
+        host = live.host
+        answer = host.answers.to_repeat(host.run, completion)
+        if answer is None or host.outbox:  # not answered yet, or the answer still waits
+            return
+        log.info(
+            "a trial asked again for the answer to its completed operation; re-sending it",
+            experiment_id=host.experiment_id,
+            trial_id=completion.trial_id,
+            worker_id=completion.worker_id,
+            message_id=answer.message_id,
+            type=answer.command.body.type,
+        )
+        envelope = Envelope(
+            message_id=answer.message_id,
+            experiment_id=host.experiment_id,
+            seq=answer.seq,
+            body=answer.command.body,
+        )
+        try:
+            await self._send(answer.command, envelope)
+        except UnroutableError:
+            pass  # the worker is gone: the watchdog finds out
+        except BrokerError as exc:  # the trial asks again later
+            log.warning("could not re-send an answer", error=str(exc))
+
+    async def send_once(self, command: Command, envelope: Envelope) -> None:
+        """Publish one command that no log holds (best effort: it is logged if lost)."""
+        try:
+            await self._send(command, envelope)
+        except BrokerError as exc:
+            log.warning("could not send a command", type=command.body.type, error=str(exc))
+
+    # ------------------------------------------------------------------ publishing
+    async def _publish(self, host: ExperimentHost, waiting: Outgoing) -> list[Command]:
+        """Publish one decision's commands and wait for their confirms; return those
+        whose worker is gone (no queue took them).
+
+        Commands to different destinations wait for their confirms together; those to
+        one destination go in order. If any fails, the error is raised once all have
+        settled, and the whole decision is sent again later (its commands keep their
+        ids, so receivers drop what they have).
+        """
+        by_key: dict[str | None, list[tuple[Command, Envelope]]] = {}
+        for index, command in enumerate(waiting.commands):
+            envelope = Envelope(
+                message_id=f"{host.experiment_id}/{waiting.seq}/{index}",
+                experiment_id=host.experiment_id,
+                seq=waiting.seq,
+                body=command.body,
+            )
+            host.answers.note(waiting.seq, index, command)
+            by_key.setdefault(command.worker_id, []).append((command, envelope))
+        gone: list[Command] = []
+
+        async def in_order(commands: list[tuple[Command, Envelope]]) -> None:
+            for command, envelope in commands:
+                try:
+                    await self._send(command, envelope)
+                except UnroutableError:
+                    gone.append(command)
+
+        outcomes = await asyncio.gather(
+            *(in_order(commands) for commands in by_key.values()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return gone
+
+    async def _send(self, command: Command, envelope: Envelope) -> None:
+        topology = self.broker.topology
+        key = (
+            topology.WORK_KEY
+            if command.worker_id is None
+            else topology.worker_key(command.worker_id)
+        )
+        await self.broker.publish(
+            topology.commands_exchange, key, encode(envelope), message_id=envelope.message_id
+        )
+
+    @staticmethod
+    def _workers_gone(host: ExperimentHost, commands: list[Command]) -> bool:
+        """The workers these commands were for are gone: their trials' attempts ended,
+        and they resume from their checkpoints (an input like any other, logged)."""
+        applied = False
+        for command in commands:
+            body = command.body
+            message_id = f"lost/{body.trial_id}/{body.attempt}"
+            if message_id in host.seen:
+                continue  # applied already: this is a re-send of the same command
+            log.warning(
+                "the worker running a trial is gone; the trial will resume elsewhere",
+                experiment_id=host.experiment_id,
+                trial_id=body.trial_id,
+                worker_id=command.worker_id,
+            )
+            lost = TrialExited(
+                experiment_id=host.experiment_id,
+                trial_id=body.trial_id,
+                attempt=body.attempt,
+                worker_id=command.worker_id or "",
+                reason=ExitReason.PREEMPTED,
+                message=f"worker {command.worker_id} is gone",
+            )
+            host.apply(lost, message_id, at=time.time())
+            applied = True
+        return applied

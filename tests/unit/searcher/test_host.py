@@ -1,0 +1,270 @@
+"""The experiment host: an input applies whole or not at all, and a failure of the
+search is the input's outcome, logged, so that live state always equals the fold of the
+log."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rung.broker.schemas import (
+    ControlExperiment,
+    ExitReason,
+    KillTrial,
+    OpCompleted,
+    ProgressReported,
+    TrialExited,
+    TrialStarted,
+)
+from rung.broker.schemas.envelope import Body
+from rung.searcher.config import parse_config
+from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
+from rung.searcher.experiment import Experiment
+from rung.searcher.host import ExperimentHost
+from rung.searcher.testing import scripted_event
+from rung.searcher.trials import ExperimentRun
+
+EID = "exp-host"
+FRAGILE = "tests.unit.searcher.fragile:Fragile"
+
+
+def fragile_config(**options: Any) -> dict[str, Any]:
+    return {
+        "entrypoint": "python3 train.py",
+        "searcher": {
+            "name": "custom",
+            "class": FRAGILE,
+            "metric": "loss",
+            "max_length": 10,
+            "max_trials": 6,
+            "max_concurrent_trials": 2,
+            **options,
+        },
+        "hyperparameters": {"x": {"type": "double", "minval": 0, "maxval": 1}},
+        "max_restarts": 1,
+        "reproducibility": {"experiment_seed": 7},
+    }
+
+
+def new_host(directory: Path, raw: dict[str, Any]) -> ExperimentHost:
+    config = parse_config(raw).config
+    run = ExperimentRun(EID, Experiment(config), context_hash="0" * 64, checkpoint_root="/ck")
+    created = CreatedRecord(
+        seq=1,
+        experiment_id=EID,
+        config=config.model_dump(mode="json", by_alias=True),
+        context_hash="0" * 64,
+        checkpoint_root="/ck",
+        request_key="key",
+    )
+    return ExperimentHost.create(
+        run, created, directory / "events.jsonl", owner="test", context_root=None, warnings=[], at=0
+    )
+
+
+@pytest.fixture
+def opened() -> Iterator[list[ExperimentHost]]:
+    """Hosts to close once the test is over."""
+    hosts: list[ExperimentHost] = []
+    yield hosts
+    for host in hosts:
+        host.close()
+
+
+def folded(host: ExperimentHost) -> dict[str, Any]:
+    """The state that replaying the log from its first record gives."""
+    return replay(read_log(host.log.path)).run.snapshot()
+
+
+def live(host: ExperimentHost) -> dict[str, Any]:
+    return host.run.snapshot()
+
+
+def running(host: ExperimentHost) -> list[int]:
+    return [t.trial_id for t in host.run.trials.values() if t.state == "RUNNING"]
+
+
+def start_all(host: ExperimentHost) -> None:
+    for trial in list(host.run.trials.values()):
+        if trial.state == "QUEUED":
+            ids = {"experiment_id": EID, "trial_id": trial.trial_id, "attempt": trial.attempt}
+            host.apply(TrialStarted(**ids, worker_id="w", slots=1), f"s{trial.trial_id}", at=0)
+
+
+def test_a_method_that_raises_fails_the_experiment_and_kills_its_running_trials(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config(raise_above=0.9))
+    opened.append(host)
+    start_all(host)
+    assert running(host) == [1, 2]
+    before = folded(host)
+    done = OpCompleted(experiment_id=EID, trial_id=1, attempt=1, worker_id="w", length=10, metric=2)
+    applied = host.apply(done, "boom", at=0)
+    step = applied.step
+    assert step.failed == "ValueError: metric 2.0 is above 0.9"
+    # The state is the one before the input, then failed: nothing of the half-applied
+    # validation is left (the experiment does not count it, nor does the method).
+    assert host.run.state == "ERROR"
+    assert host.run.experiment.trials[host.run.by_id[1].request_id].op_done is False
+    assert (
+        host.run.experiment.method.snapshot()["validations"]
+        == before["experiment"]["method"]["validations"]
+    )
+    kills = [c for c in step.commands if isinstance(c.body, KillTrial)]
+    assert sorted(c.body.trial_id for c in kills) == [1, 2]
+    assert all(c.worker_id == "w" for c in kills)
+    assert [op.model_dump() for op in step.ops] == [
+        {"type": "shutdown", "cancel": False, "failure": True}
+    ]
+    assert {t.state for t in host.run.trials.values()} == {"CANCELED"}
+    # The failure is in the log, and the fold reproduces it.
+    record = read_log(host.log.path)[-1]
+    assert isinstance(record, InputRecord)
+    assert record.failed == step.failed
+    assert live(host) == folded(host)
+
+
+def test_an_errored_experiment_queues_no_crashed_trial_and_kill_stops_it_again(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config(raise_above=0.9))
+    opened.append(host)
+    start_all(host)
+    done = OpCompleted(experiment_id=EID, trial_id=1, attempt=1, worker_id="w", length=10, metric=2)
+    host.apply(done, "boom", at=0)
+    # Trial 2's process crashes before its kill arrives: it is not queued again.
+    crash = TrialExited(
+        experiment_id=EID, trial_id=2, attempt=1, worker_id="w", reason=ExitReason.ERRORED
+    )
+    applied = host.apply(crash, "crash", at=0)
+    assert applied.step.commands == []
+    assert host.run.by_id[2].state == "CANCELED"
+    # A user's kill is not refused: trial 1's process has not exited, it is killed again.
+    kill = host.apply(ControlExperiment(experiment_id=EID, action="kill"), "kill", at=0)
+    assert [(c.body.type, c.body.trial_id) for c in kill.step.commands] == [("kill_trial", 1)]
+    assert kill.step.ignored is None
+    assert live(host) == folded(host)
+
+
+def test_an_overflow_in_sampling_fails_the_experiment_at_its_start(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config(overflow_after=0))
+    opened.append(host)
+    assert host.run.state == "ERROR"
+    assert host.run.error is not None
+    assert host.run.error.startswith("OverflowError")
+    assert host.run.trials == {}
+    assert live(host) == folded(host)
+
+
+def test_a_duplicate_changes_nothing_and_writes_nothing(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config())
+    opened.append(host)
+    start_all(host)
+    seq = host.log.seq
+    again = host.apply(
+        TrialStarted(experiment_id=EID, trial_id=1, attempt=1, worker_id="w", slots=1), "s1", at=0
+    )
+    assert again.duplicate
+    assert host.log.seq == seq
+
+
+def inputs(host: ExperimentHost, rng: Random, index: int) -> Body | None:
+    """A random input: what a cluster sends, faults, poison metrics, stale or bogus
+    events, and a user's controls."""
+    roll = rng.random()
+    ids = {"experiment_id": EID, "worker_id": "w"}
+    trials = list(host.run.trials.values())
+    if roll < 0.1 and trials:
+        trial = rng.choice(trials)
+        return OpCompleted(
+            **ids, trial_id=trial.trial_id, attempt=trial.attempt, length=10, metric=5.0
+        )
+    if roll < 0.15:
+        return OpCompleted(**ids, trial_id=99, attempt=1, length=10, metric=0.1)  # bogus
+    if roll < 0.2 and trials:
+        trial = rng.choice(trials)
+        return ProgressReported(**ids, trial_id=trial.trial_id, attempt=trial.attempt + 1, units=1)
+    if roll < 0.25:
+        return ControlExperiment(
+            experiment_id=EID, action=rng.choice(["pause", "activate", "cancel", "kill"])
+        )
+    return scripted_event(host.run, rng, p_error=0.2, p_preempt=0.1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), overflow=st.sampled_from([None, 1, 3]))
+def test_live_state_equals_the_fold_of_the_log_after_every_input(
+    seed: int, overflow: int | None
+) -> None:
+    rng = Random(seed)
+    options: dict[str, Any] = {"raise_above": 0.95}
+    if overflow is not None:
+        options["overflow_after"] = overflow
+    with tempfile.TemporaryDirectory() as directory:
+        host = new_host(Path(directory), fragile_config(**options))
+        assert live(host) == folded(host)
+        for index in range(40):
+            body = inputs(host, rng, index)
+            if body is None:
+                break
+            # Now and then a message delivered again: a duplicate changes nothing.
+            message_id = f"m{index - 1}" if index and rng.random() < 0.1 else f"m{index}"
+            host.apply(body, message_id, at=0)
+            assert live(host) == folded(host), f"after input {index}: {body!r}"
+        host.close()
+
+
+def test_the_fold_of_a_log_whose_input_now_raises_fails_there(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    """A log written when the input applied cleanly, replayed by code that raises on it
+    (or by an older Rung that let the error escape): replay fails the experiment there,
+    from the state before that input, and says so."""
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    opened.append(host)
+    start_all(host)
+    done = OpCompleted(experiment_id=EID, trial_id=1, attempt=1, worker_id="w", length=10, metric=2)
+    host.apply(done, "fine-then", at=0)
+    assert host.run.state == "ACTIVE"
+    host.close()
+    # The same log, with the method's threshold lowered in its created record.
+    lines = host.log.path.read_text().splitlines()
+    lines[0] = lines[0].replace('"raise_above":100.0', '"raise_above":0.9')
+    assert lines[0] != host.log.path.read_text().splitlines()[0]
+    host.log.path.write_text("\n".join(lines) + "\n")
+    replayed = replay(read_log(host.log.path))
+    assert replayed.run.state == "ERROR"
+    assert replayed.failure is not None
+    seq, reason, step = replayed.failure
+    assert seq == 6
+    assert reason == "ValueError: metric 2.0 is above 0.9"
+    assert sorted(c.body.trial_id for c in step.commands) == [1, 2]
+    # A searcher recovering it writes the failure down and sends the kills.
+    reopened = ExperimentHost.open(host.log.path, owner="second", context_root=None)
+    assert reopened is not None
+    opened.append(reopened)
+    assert reopened.run.state == "ERROR"
+    assert [o.commands[0].body.type for o in reopened.outbox][-1] == "kill_trial"
+    assert replay(read_log(host.log.path)).failure is None  # written: not found again
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_controls_other_than_kill_are_refused_on_a_failed_experiment(
+    tmp_path: Path, action: str, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config(overflow_after=0))
+    opened.append(host)
+    applied = host.apply(ControlExperiment(experiment_id=EID, action=action), "c", at=0)
+    assert applied.step.ignored == f"{action}: the experiment has ended (ERROR)"
