@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -97,9 +98,20 @@ class SearcherClient:
         return _result(reply)
 
     async def create_experiment(
-        self, config: str | Path | dict[str, Any], context_dir: str | Path
+        self,
+        config: str | Path | dict[str, Any],
+        context_dir: str | Path,
+        *,
+        key: str | None = None,
+        attempts: int = 3,
     ) -> dict[str, Any]:
-        """Validate the config here, send it with the packed context; return the id."""
+        """Validate the config here, send it with the packed context; return the id.
+
+        The request carries ``key`` (a fresh one by default): a create the searcher
+        already carried out answers with the same experiment, so a request that timed out
+        or lost its connection is sent again, up to ``attempts`` times, without making a
+        second experiment.
+        """
         if isinstance(config, dict):
             raw, source = config, ""
         else:
@@ -111,9 +123,18 @@ class SearcherClient:
             source = str(config)
         data = await asyncio.to_thread(pack, context_dir)
         request = CreateExperiment(
-            config=raw, context_b64=base64.b64encode(data).decode(), config_source=source
+            config=raw,
+            context_b64=base64.b64encode(data).decode(),
+            config_source=source,
+            request_key=key or uuid.uuid4().hex,
         )
-        return await self._call(request, timeout=max(self.timeout, 120))
+        for attempt in range(1, max(attempts, 1) + 1):
+            try:
+                return await self._call(request, timeout=max(self.timeout, 120))
+            except (RequestTimeoutError, ConnectionLostError):
+                if attempt >= attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def describe(self, experiment_id: str) -> ExperimentSummary:
         result = await self._call(DescribeExperiment(experiment_id=experiment_id))

@@ -165,13 +165,20 @@ class Client:
         return self._broker
 
     # ------------------------------------------------------------------ experiments
-    async def create_experiment(self, config: ConfigSource, context_dir: str | Path) -> Experiment:
+    async def create_experiment(
+        self, config: ConfigSource, context_dir: str | Path, *, key: str | None = None
+    ) -> Experiment:
         """Send the config (a path, a dict or an ``ExperimentConfig``) and the directory
         with the training script; return the new experiment. A config that breaks a rule
-        raises ``RefusedError`` listing every problem, each with its field."""
+        raises ``RefusedError`` listing every problem, each with its field.
+
+        ``key`` names the request: creating again with the same key (after a timeout, or
+        from another process) returns the experiment the first create made. Lost answers
+        are retried with the request's key, so a retry never makes a second experiment.
+        """
         if isinstance(config, ExperimentConfig):
             config = config.model_dump(mode="json", exclude_none=True, by_alias=True)
-        created = await self.rpc.create_experiment(config, context_dir)
+        created = await self.rpc.create_experiment(config, context_dir, key=key)
         return Experiment(self, created["experiment_id"])
 
     async def list_experiments(

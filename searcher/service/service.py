@@ -108,6 +108,8 @@ class SearcherService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stop = asyncio.Event()
+        # Set once every experiment is recovered and the service takes messages.
+        self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -129,6 +131,7 @@ class SearcherService:
             await self.broker.subscribe(topology.heartbeats_queue, self._on_heartbeat, prefetch=64),
         ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
+        self.ready.set()
         async with asyncio.TaskGroup() as group:
             watchdog = group.create_task(self._watch_workers(), name="worker-watchdog")
             feed = group.create_task(self.feed.pump(), name="live-feed")

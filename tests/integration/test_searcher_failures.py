@@ -1,0 +1,294 @@
+"""The searcher's edges, on both brokers: a search that raises, a create sent twice, a
+log that cannot be replayed, publishes that block, and requests for what is not there.
+
+Each test here failed on 987ddd5 (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rung.broker import DEAD_REASON_HEADER, Broker
+from rung.broker.schemas import (
+    ExitReason,
+    KillTrial,
+    OpCompleted,
+    ProgressReported,
+    TrialExited,
+    TrialStarted,
+)
+from rung.client import NotFoundError
+from rung.searcher.client import SearcherClient
+from rung.searcher.eventlog import read_log, replay
+from rung.searcher.service.service import SearcherService
+from rung.searcher.service.summary import summarise
+from tests.integration.test_broker_conformance import collect
+from tests.integration.test_searcher_service import SINGLE, FakeWorker, context
+from tests.support import wait_for
+
+FRAGILE = textwrap.dedent("""
+    from pydantic import BaseModel
+    from rung.searcher.methods.one_shot import OneShotSearch
+
+    class State(BaseModel):
+        created: int = 0
+
+    class Fragile(OneShotSearch[State]):
+        name = "fragile"
+        State = State
+
+        def __init__(self, config):
+            self.max_length, self.max_trials, self.max_concurrent = 4, 4, 2
+            self.state = State()
+
+        def total_trials(self):
+            return self.max_trials
+
+        def next_trial(self, ctx):
+            if self.state.created >= self.max_trials:
+                return None
+            self.state.created += 1
+            return ctx.create()
+
+        def validation_completed(self, ctx, request_id, metric, length):
+            if metric > 0.9:
+                raise ValueError(f"metric {metric} is above 0.9")
+            return []
+""")
+
+FRAGILE_CONFIG = {
+    "entrypoint": "python3 train.py",
+    "searcher": {"name": "custom", "class": "fragile:Fragile", "metric": "loss"},
+    "max_restarts": 3,
+}
+
+
+@pytest.fixture
+async def searcher(broker: Broker, tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
+    """Start (and restart) a searcher on one state directory; stopped at the end."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start() -> SearcherService:
+        for stop, task in running:
+            stop.set()
+            await task
+        running.clear()
+        instance = SearcherService(broker, tmp_path / "state", worker_timeout_s=60)
+        stop = asyncio.Event()
+        running.append((stop, asyncio.create_task(instance.run(stop))))
+        await wait_for(instance.ready.is_set, 10, "the service")
+        return instance
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await task
+
+
+def ids(experiment_id: str, trial_id: int, attempt: int = 1) -> dict[str, Any]:
+    return {
+        "experiment_id": experiment_id,
+        "trial_id": trial_id,
+        "attempt": attempt,
+        "worker_id": "fake",
+    }
+
+
+async def two_trials_running(
+    broker: Broker, tmp_path: Path
+) -> tuple[FakeWorker, SearcherClient, dict[str, Any]]:
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    files = {"train.py": "pass\n", "fragile.py": FRAGILE}
+    created = await client.create_experiment(FRAGILE_CONFIG, context(tmp_path, files))
+    await wait_for(lambda: len(worker.work) == 2, 10, "two run_trial commands")
+    for run in worker.work:
+        await worker.send(TrialStarted(**ids(created["experiment_id"], run.trial_id), slots=1))
+    return worker, client, created
+
+
+async def test_a_search_that_raises_stops_its_trials_and_can_still_be_killed(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    service: SearcherService = await searcher()
+    worker, client, created = await two_trials_running(broker, tmp_path)
+    eid = created["experiment_id"]
+    await worker.send(OpCompleted(**ids(eid, 1), length=4, metric=2.0))
+    # The failure kills both running trials, on their worker.
+    await wait_for(lambda: len(worker.control) == 2, 10, "the kills")
+    kills = [c for c in worker.control if isinstance(c, KillTrial)]
+    assert sorted(c.trial_id for c in kills) == [1, 2]
+    summary = await client.describe(eid)
+    assert summary.state == "ERROR"
+    assert summary.message == "the experiment failed: ValueError: metric 2.0 is above 0.9"
+    assert {t.state for t in summary.trials} == {"CANCELED"}
+    # Trial 2 crashes before its kill lands: it is not queued again.
+    await worker.send(TrialExited(**ids(eid, 2), reason=ExitReason.ERRORED, exit_code=1))
+    # A user's kill is carried out, not refused: trial 1 has not exited, it is killed again.
+    answer = await client.control(eid, "kill")
+    assert answer["ignored"] is None
+    await wait_for(lambda: len(worker.control) == 3, 10, "the second kill")
+    assert isinstance(worker.control[2], KillTrial)
+    assert worker.control[2].trial_id == 1
+    assert len(worker.work) == 2
+    # What the searcher shows is what its log replays to.
+    live = service.experiments[eid].host
+    replayed = replay(read_log(live.log.path), context_root=tmp_path / "state" / "contexts").run
+    assert replayed.snapshot() == live.run.snapshot()
+    path = str(live.log.path)
+    assert summarise(replayed, path) == summarise(live.run, path)
+    # And the searcher serves other experiments.
+    other = await client.create_experiment(SINGLE, tmp_path / "context")
+    await wait_for(lambda: len(worker.work) == 3, 10, "the other experiment's trial")
+    assert worker.work[2].experiment_id == other["experiment_id"]
+
+
+async def test_a_create_sent_again_answers_with_the_same_experiment(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    await searcher()
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    directory = context(tmp_path, {"train.py": "pass\n"})
+    first = await client.create_experiment(SINGLE, directory, key="nightly-42")
+    again = await client.create_experiment(SINGLE, directory, key="nightly-42")
+    assert again["experiment_id"] == first["experiment_id"]
+    other = await client.create_experiment(SINGLE, directory, key="nightly-43")
+    assert other["experiment_id"] != first["experiment_id"]
+    # After a restart too: the key is in the experiment's log.
+    restarted: SearcherService = await searcher()
+    after = await client.create_experiment(SINGLE, directory, key="nightly-42")
+    assert after["experiment_id"] == first["experiment_id"]
+    assert len(restarted.experiments) == 2
+    await wait_for(lambda: len(worker.work) >= 2, 10, "one run_trial per experiment")
+    assert sorted({w.experiment_id for w in worker.work}) == sorted(
+        [first["experiment_id"], other["experiment_id"]]
+    )
+
+
+async def test_a_log_that_cannot_be_replayed_fails_its_experiment_only(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    await searcher()
+    worker, client, created = await two_trials_running(broker, tmp_path)
+    eid = created["experiment_id"]
+    healthy = await client.create_experiment(SINGLE, tmp_path / "context")
+    await wait_for(lambda: len(worker.work) == 3, 10, "the healthy experiment's trial")
+    # Its log names a search method that is gone: the experiment cannot be rebuilt.
+    path = Path(created["event_log"])
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"class":"fragile:Fragile"', '"class":"gone_on_purpose:Gone"')
+    path.write_text("\n".join(lines) + "\n")
+    restarted: SearcherService = await searcher()
+    assert eid in restarted.broken
+    summary = await client.describe(eid)
+    assert summary.state == "ERROR"
+    assert "could not be recovered" in summary.message
+    assert "gone_on_purpose" in summary.message
+    listed = {s.experiment_id: s.state for s in await client.list_experiments()}
+    assert listed[eid] == "ERROR"
+    # A trial of it that reports is told to stop; the healthy experiment goes on.
+    await worker.send(ProgressReported(**ids(eid, 1), units=1))
+    await wait_for(lambda: any(isinstance(c, KillTrial) for c in worker.control), 10, "kill")
+    hid = healthy["experiment_id"]
+    await worker.send(TrialStarted(**ids(hid, 1), slots=1))
+    await worker.send(OpCompleted(**ids(hid, 1), length=3, metric=0.1))
+    await wait_for(lambda: len(worker.control) == 2, 10, "the healthy trial's close")
+    with pytest.raises(NotFoundError, match="could not be recovered"):
+        await client.control(eid, "pause")
+
+
+async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_inputs(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """While one experiment's commands cannot be published, its inputs without commands
+    and every input of other experiments are applied, logged and acknowledged as usual:
+    no input retries a publish, and no input waits for another experiment's broker work."""
+    service: SearcherService = await searcher()
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    directory = context(tmp_path, {"train.py": "pass\n"})
+    blocked = await client.create_experiment(SINGLE, directory)
+    other = await client.create_experiment(SINGLE, directory)
+    await wait_for(lambda: len(worker.work) == 2, 10, "both run_trial commands")
+    bid, oid = blocked["experiment_id"], other["experiment_id"]
+    for eid in (bid, oid):
+        await worker.send(TrialStarted(**ids(eid, 1), slots=1))
+    real_publish = broker.publish
+    release = asyncio.Event()
+    attempts: list[str] = []
+
+    async def blocking_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if (kw.get("message_id") or "").startswith(f"{bid}/") and "/record/" not in kw.get(
+            "message_id", ""
+        ):
+            attempts.append(kw["message_id"])
+            await release.wait()  # a broker that does not confirm (a resource alarm)
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = blocking_publish  # type: ignore[method-assign]
+    try:
+        # The blocked experiment's decision (close its trial) waits for the broker.
+        await worker.send(OpCompleted(**ids(bid, 1), length=3, metric=0.1))
+        await wait_for(lambda: len(attempts) == 1, 10, "the blocked publish")
+        blocked_log = service.experiments[bid].host.log
+        other_log = service.experiments[oid].host.log
+        # Five inputs that cause no command, for each experiment: all applied and durable
+        # while the publish is still blocked.
+        before_blocked, before_other = blocked_log.seq, other_log.seq
+        for units in range(5):
+            await worker.send(ProgressReported(**ids(oid, 1), units=units))
+        await wait_for(
+            lambda: other_log.durable_seq >= before_other + 5, 10, "the other's five inputs"
+        )
+        # The other experiment's decisions go out at once.
+        await worker.send(OpCompleted(**ids(oid, 1), length=3, metric=0.1))
+        await wait_for(lambda: len(worker.control) == 1, 10, "the other's close command")
+        assert worker.control_ids[0].startswith(f"{oid}/")
+        assert blocked_log.seq == before_blocked  # its input waits behind its publish
+    finally:
+        release.set()
+        broker.publish = real_publish  # type: ignore[method-assign]
+    await wait_for(lambda: len(worker.control) == 2, 10, "the blocked close, once released")
+    assert len(attempts) == 1  # no input retried the publish
+
+
+async def test_a_request_for_what_does_not_exist_gets_a_typed_not_found(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    await searcher()
+    client = SearcherClient(broker)
+    with pytest.raises(NotFoundError, match="no experiment 'exp-nothere'"):
+        await client.describe("exp-nothere")
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    with pytest.raises(NotFoundError, match="has no trial 7"):
+        await client.control_trial(created["experiment_id"], 7)
+
+
+async def test_a_bug_in_a_request_handler_is_not_reported_as_not_found(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """A KeyError from a bug is a bug: the request is dead-lettered with the error after
+    the broker's delivery limit, not answered with "no experiment"."""
+    service: SearcherService = await searcher()
+    client = SearcherClient(broker, timeout=3)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+
+    def buggy(experiment_id: str) -> Any:
+        raise KeyError("a bug")
+
+    service.summary = buggy  # type: ignore[method-assign]
+    dead = await collect(broker, broker.topology.dead_queue)
+    with pytest.raises(Exception, match="no answer to describe_experiment") as caught:
+        await client.describe(created["experiment_id"])
+    assert not isinstance(caught.value, NotFoundError)
+    await wait_for(lambda: len(dead) == 1, 20, "the request, dead-lettered")
+    assert "KeyError" in str(dead[0].headers[DEAD_REASON_HEADER])
