@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from rung.broker import DEAD_REASON_HEADER, Broker
+from rung.broker.errors import PublishTimeoutError
 from rung.broker.schemas import (
     ExitReason,
     KillTrial,
@@ -292,3 +293,51 @@ async def test_a_bug_in_a_request_handler_is_not_reported_as_not_found(
     assert not isinstance(caught.value, NotFoundError)
     await wait_for(lambda: len(dead) == 1, 20, "the request, dead-lettered")
     assert "KeyError" in str(dead[0].headers[DEAD_REASON_HEADER])
+
+
+async def test_once_a_decision_waits_for_the_broker_its_experiments_inputs_never_publish(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """The probe of issue 15: a publish that fails makes the experiment's decisions wait
+    for the outbox's retry task; from then on its inputs are applied, logged and
+    acknowledged without touching the broker. Here every later publish hangs for good: an
+    input that tried one would never be acknowledged."""
+    service: SearcherService = await searcher()
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    eid = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
+    await worker.send(TrialStarted(**ids(eid, 1), slots=1))
+    real_publish = broker.publish
+    hang = asyncio.Event()
+    attempts: list[str] = []
+
+    async def failing_then_hanging(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        message_id = kw.get("message_id") or ""
+        if message_id.startswith(f"{eid}/") and "/record/" not in message_id:
+            attempts.append(message_id)
+            if len(attempts) == 1:
+                raise PublishTimeoutError("the broker did not confirm in time (test)")
+            await hang.wait()
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = failing_then_hanging  # type: ignore[method-assign]
+    try:
+        await worker.send(OpCompleted(**ids(eid, 1), length=3, metric=0.1))
+        live = service.experiments[eid]
+        await wait_for(lambda: live.retrying, 10, "the decision left to the retry task")
+        event_log = live.host.log
+        before = event_log.seq
+        for units in range(5):
+            await worker.send(ProgressReported(**ids(eid, 1), units=units))
+        await wait_for(lambda: event_log.durable_seq >= before + 5, 10, "the five inputs")
+        assert live.host.outbox  # the close still waits
+        assert (tmp_path / "state" / "experiments" / eid / "unsent.json").exists()
+    finally:
+        hang.set()
+        broker.publish = real_publish  # type: ignore[method-assign]
+    await wait_for(lambda: len(worker.control) == 1, 10, "the close, once the broker is back")
+    await wait_for(lambda: not live.retrying, 10, "the outbox drained")
+    assert not (tmp_path / "state" / "experiments" / eid / "unsent.json").exists()
