@@ -37,6 +37,10 @@ log = structlog.get_logger("rung.searcher")
 
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+# How long an input waits for its decision's confirms before it leaves them to the retry
+# task (the publish goes on there): a broker that blocks publishers (a resource alarm)
+# holds one input of the experiment up for this long, not for the publish timeout.
+INPUT_WAIT_S = 2.0
 
 
 @dataclass(eq=False)
@@ -56,10 +60,12 @@ class Outbox:
         *,
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         fatal: Callable[[BaseException], Awaitable[object]],
+        input_wait_s: float = INPUT_WAIT_S,
     ) -> None:
         self.broker = broker
         self._spawn = spawn
         self._fatal = fatal
+        self.input_wait_s = input_wait_s
 
     async def flush(self, live: Live) -> None:
         """Publish the experiment's waiting decisions, in order (the caller holds the
@@ -73,19 +79,15 @@ class Outbox:
             return
         while host.outbox:
             waiting = host.outbox[0]
+            sending = asyncio.ensure_future(self._publish(host, waiting))
+            await asyncio.wait({sending}, timeout=self.input_wait_s)
+            if not sending.done():
+                await self._leave_to_retry(live, sending, "the broker has not confirmed yet")
+                return
             try:
-                unroutable = await self._publish(host, waiting)
+                unroutable = sending.result()
             except BrokerError as exc:
-                await asyncio.to_thread(host.log.mark_unsent, waiting.seq)
-                log.warning(
-                    "commands not published yet; they go out once the broker takes them",
-                    experiment_id=host.experiment_id,
-                    seq=waiting.seq,
-                    waiting=len(host.outbox),
-                    error=str(exc),
-                )
-                live.retrying = True
-                self._spawn(self._retry(live))
+                await self._leave_to_retry(live, None, str(exc))
                 return
             host.outbox.popleft()
             if self._workers_gone(host, unroutable):
@@ -93,15 +95,41 @@ class Outbox:
         if host.log.unsent_from is not None:
             await asyncio.to_thread(host.log.clear_unsent)
 
-    async def _retry(self, live: Live) -> None:
-        """Send the experiment's waiting decisions until the broker takes them all."""
+    async def _leave_to_retry(
+        self, live: Live, sending: asyncio.Future[list[Command]] | None, why: str
+    ) -> None:
+        """Mark the waiting decisions unsent (durably, before the input is acknowledged)
+        and hand them to a retry task, with the publish still under way, if any."""
+        host = live.host
+        await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
+        log.warning(
+            "commands not published yet; they go out once the broker takes them",
+            experiment_id=host.experiment_id,
+            seq=host.outbox[0].seq,
+            waiting=len(host.outbox),
+            error=why,
+        )
+        live.retrying = True
+        self._spawn(self._retry(live, sending))
+
+    async def _retry(self, live: Live, sending: asyncio.Future[list[Command]] | None) -> None:
+        """Send the experiment's waiting decisions until the broker takes them all, the
+        one ``sending`` first (its publish goes on: its outcome comes before any other)."""
         delay = RETRY_FIRST_S
         while True:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             try:
+                if sending is not None:
+                    unroutable = await sending
+                    sending = None
+                    live.host.outbox.popleft()
+                    if self._workers_gone(live.host, unroutable):
+                        await live.host.log.sync_async()
+                else:
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 if await self._drain(live):
                     return
             except BrokerError as exc:
+                sending = None
                 log.debug("the broker still refuses commands", error=str(exc))
                 delay = min(delay * 2, RETRY_MAX_S)
             except Exception as exc:  # noqa: BLE001 (a storage error stops the searcher)

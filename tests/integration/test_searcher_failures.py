@@ -209,10 +209,12 @@ async def test_a_log_that_cannot_be_replayed_fails_its_experiment_only(
 async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_inputs(
     broker: Broker, searcher: Callable[[], Any], tmp_path: Path
 ) -> None:
-    """While one experiment's commands cannot be published, its inputs without commands
-    and every input of other experiments are applied, logged and acknowledged as usual:
-    no input retries a publish, and no input waits for another experiment's broker work."""
+    """While one experiment's commands cannot be published (the broker never confirms,
+    as under a resource alarm), every input of other experiments is applied, logged and
+    acknowledged as usual, and so are the blocked experiment's own inputs once the outbox
+    has taken its decision over: no input retries a publish or waits for it for good."""
     service: SearcherService = await searcher()
+    service.outbox.input_wait_s = 0.2
     worker = FakeWorker(broker)
     await worker.start()
     client = SearcherClient(broker)
@@ -228,10 +230,9 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
     attempts: list[str] = []
 
     async def blocking_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        if (kw.get("message_id") or "").startswith(f"{bid}/") and "/record/" not in kw.get(
-            "message_id", ""
-        ):
-            attempts.append(kw["message_id"])
+        message_id = kw.get("message_id") or ""
+        if message_id.startswith(f"{bid}/") and "/record/" not in message_id:
+            attempts.append(message_id)
             await release.wait()  # a broker that does not confirm (a resource alarm)
         await real_publish(exchange, routing_key, body, **kw)
 
@@ -247,19 +248,24 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
         before_blocked, before_other = blocked_log.seq, other_log.seq
         for units in range(5):
             await worker.send(ProgressReported(**ids(oid, 1), units=units))
+            await worker.send(ProgressReported(**ids(bid, 1), units=units))
         await wait_for(
             lambda: other_log.durable_seq >= before_other + 5, 10, "the other's five inputs"
+        )
+        await wait_for(
+            lambda: blocked_log.durable_seq >= before_blocked + 5, 10, "its own five inputs"
         )
         # The other experiment's decisions go out at once.
         await worker.send(OpCompleted(**ids(oid, 1), length=3, metric=0.1))
         await wait_for(lambda: len(worker.control) == 1, 10, "the other's close command")
         assert worker.control_ids[0].startswith(f"{oid}/")
-        assert blocked_log.seq == before_blocked  # its input waits behind its publish
+        assert service.experiments[bid].retrying
     finally:
         release.set()
         broker.publish = real_publish  # type: ignore[method-assign]
     await wait_for(lambda: len(worker.control) == 2, 10, "the blocked close, once released")
-    assert len(attempts) == 1  # no input retried the publish
+    assert worker.control_ids[1].startswith(f"{bid}/")
+    assert len(attempts) == 1  # the one publish went on; no input tried another
 
 
 async def test_a_request_for_what_does_not_exist_gets_a_typed_not_found(
