@@ -26,30 +26,25 @@ from typing import Any, Final, NoReturn
 
 import structlog
 
-from rung.broker.errors import DecodeError
-from rung.broker.port import Broker, Delivery
+from rung.broker.port import Broker
 from rung.broker.schemas import (
     CreateExperiment,
     ExperimentSummary,
-    KillTrial,
     OpCompleted,
-    WorkerHeartbeat,
-    WorkerLost,
-    decode,
 )
-from rung.broker.schemas.envelope import Body, Envelope
+from rung.broker.schemas.envelope import Body
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
 from rung.searcher.host import Applied, BrokenExperiment, ExperimentHost
 from rung.searcher.service.creation import Creator
 from rung.searcher.service.errors import ExperimentNotFoundError, ServiceStoppedError
 from rung.searcher.service.feed import LiveFeed
+from rung.searcher.service.intake import Intake
 from rung.searcher.service.outbox import Live, Outbox
 from rung.searcher.service.requests import Requests
 from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
 from rung.searcher.service.summary import summarise
 from rung.searcher.service.workers import WorkerRegistry
-from rung.searcher.trials import Command
 
 __all__ = ["EXIT_STORAGE_FAILED", "SearcherService", "StateDirectoryBusyError"]
 
@@ -96,17 +91,14 @@ class SearcherService:
         self.experiments: dict[str, Live] = {}
         self.broken: dict[str, BrokenExperiment] = {}
         # Experiments another searcher took over: their messages are left to it.
-        self._given_up: set[str] = set()
+        self.given_up_ids: set[str] = set()
         self.workers = WorkerRegistry(worker_timeout_s)
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
-        self.outbox = Outbox(broker, spawn=self._spawn, fatal=self._die)
+        self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die)
         self.requests = Requests(self)
         self.creator = Creator(state_dir, self.owner, existing=self._request_key_of)
+        self.intake = Intake(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Event handlers under way; shutdown waits for them to settle.
-        self._handling = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._stop = asyncio.Event()
         # Set once every experiment is recovered and the service takes messages.
         self.ready = asyncio.Event()
@@ -127,8 +119,10 @@ class SearcherService:
         topology = self.broker.topology
         intake = [
             await self.broker.subscribe(topology.rpc_queue, self.requests.on_rpc, prefetch=4),
-            await self.broker.subscribe(topology.events_queue, self._on_event, prefetch=64),
-            await self.broker.subscribe(topology.heartbeats_queue, self._on_heartbeat, prefetch=64),
+            await self.broker.subscribe(topology.events_queue, self.intake.on_event, prefetch=64),
+            await self.broker.subscribe(
+                topology.heartbeats_queue, self.intake.on_heartbeat, prefetch=64
+            ),
         ]
         log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
         self.ready.set()
@@ -142,7 +136,7 @@ class SearcherService:
                 await subscription.cancel()
             watchdog.cancel()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=30)
+                await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
             feed.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -160,7 +154,7 @@ class SearcherService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _die(self, exc: BaseException) -> NoReturn:
+    async def die(self, exc: BaseException) -> NoReturn:
         """Fail-stop on a storage error: say why, acknowledge nothing more, exit."""
         if self.fatal is None:
             self.fatal = exc
@@ -227,7 +221,7 @@ class SearcherService:
                 self._give_up(live, exc)
                 raise
             except (StorageError, OSError) as exc:
-                await self._die(exc)
+                await self.die(exc)
             if applied.duplicate:
                 if isinstance(body, OpCompleted):
                     await self.outbox.answer_again(live, body)
@@ -244,7 +238,7 @@ class SearcherService:
             crash_point("appended")
             await self.outbox.flush(live)
         except (StorageError, OSError) as exc:
-            await self._die(exc)
+            await self.die(exc)
 
     async def _maybe_snapshot(self, live: Live) -> None:
         """Store a snapshot when one is due: captured now, written in a thread once the
@@ -256,7 +250,7 @@ class SearcherService:
             await live.host.log.sync_async()
             await asyncio.to_thread(live.host.log.store_snapshot, snapshot)
         except (StorageError, OSError) as exc:
-            await self._die(exc)
+            await self.die(exc)
 
     async def create(self, body: CreateExperiment, key: str) -> dict[str, Any]:
         """Create an experiment, or answer with the one this request made already."""
@@ -266,7 +260,7 @@ class SearcherService:
                 try:
                     host = await self.creator.create(body, key, experiment_id)
                 except (StorageError, OSError) as exc:
-                    await self._die(exc)
+                    await self.die(exc)
                 live = Live(host)
                 self.experiments[experiment_id] = live
                 async with live.lock:
@@ -307,14 +301,15 @@ class SearcherService:
             yield broken.summary()
 
     def given_up(self, experiment_id: str | None) -> bool:
-        return experiment_id in self._given_up
+        """True for an experiment another searcher took over: its messages are its own."""
+        return experiment_id in self.given_up_ids
 
     def _request_key_of(self, experiment_id: str) -> str | None:
         if (live := self.experiments.get(experiment_id)) is not None:
             return live.host.request_key
         if (broken := self.broken.get(experiment_id)) is not None:
             return broken.request_key
-        if experiment_id in self._given_up:
+        if experiment_id in self.given_up_ids:
             return ""  # another searcher's: never reused
         return None
 
@@ -328,158 +323,12 @@ class SearcherService:
         )
         self.experiments.pop(experiment_id, None)
         live.host.close()
-        self._given_up.add(experiment_id)
+        self.given_up_ids.add(experiment_id)
         if self.shared_state_dir:
             # A searcher started on a shared directory takes over every experiment in it:
             # this one has lost them all, and leaves the queues to the new owner.
             log.error("another searcher owns this shared state directory now; stopping")
             self._stop.set()
-
-    # ------------------------------------------------------------------ events
-    async def _on_event(self, delivery: Delivery) -> None:
-        self._handling += 1
-        self._idle.clear()
-        try:
-            await self._handle_event(delivery)
-        except ServiceStoppedError:
-            pass  # fail-stop: the message stays unacknowledged, for the next searcher
-        finally:
-            self._handling -= 1
-            if self._handling == 0:
-                self._idle.set()
-
-    async def _handle_event(self, delivery: Delivery) -> None:
-        envelope = await self._accepted(delivery)
-        if envelope is None:
-            return
-        body = envelope.body
-        experiment_id = getattr(body, "experiment_id", "")
-        if experiment_id in self._given_up:
-            # Leave it to the searcher that owns the experiment now (pausing so that a
-            # message nobody else takes does not spin).
-            await asyncio.sleep(0.5)
-            await delivery.requeue()
-            return
-        crash_point("consumed")
-        live = self.experiments.get(experiment_id)
-        if live is None:
-            await self._unknown_experiment(body)
-        else:
-            try:
-                applied = await self.apply(live, body, envelope.message_id)
-            except StaleOwnerError:
-                await delivery.requeue()
-                return
-            if not applied.duplicate:
-                crash_point("published")
-            # Write first: what this input appended is durable before it is acknowledged
-            # (the fsync, shared with the inputs applied meanwhile, is outside the lock).
-            event_log = live.host.log
-            if event_log.durable_seq < event_log.seq:
-                try:
-                    await event_log.sync_async()
-                except (StorageError, OSError) as exc:
-                    await self._die(exc)
-                crash_point("appended")
-        if self.fatal is not None:
-            raise ServiceStoppedError
-        self.feed.wake()
-        await delivery.ack()
-
-    async def _accepted(self, delivery: Delivery) -> Envelope | None:
-        """The event's envelope, or None once a bad one was dead-lettered or dropped."""
-        try:
-            envelope = decode(delivery.body)
-        except DecodeError as exc:
-            log.warning(
-                "malformed event sent to the dead-letter queue",
-                error=str(exc),
-                message_id=delivery.message_id,
-            )
-            await delivery.dead_letter(str(exc))
-            return None
-        body = envelope.body
-        refused = self._impostor(body, delivery)
-        if isinstance(body, WorkerLost):
-            refused = "worker_lost is the searcher's own timer input; a worker cannot send it"
-        if refused is not None:
-            log.warning("refused event sent to the dead-letter queue", reason=refused)
-            await delivery.dead_letter(refused)
-            return None
-        if worker_id := getattr(body, "worker_id", None):
-            self.workers.heard(worker_id)
-        if isinstance(body, WorkerHeartbeat):
-            self.workers.beat(body)
-            await delivery.ack()
-            return None
-        return envelope
-
-    async def _unknown_experiment(self, body: Body) -> None:
-        """An event of an experiment this searcher does not serve: dropped; if it comes
-        from a trial of a broken experiment, its process is told to stop."""
-        experiment_id = getattr(body, "experiment_id", None)
-        broken = self.broken.get(experiment_id or "")
-        trial_id, attempt = getattr(body, "trial_id", None), getattr(body, "attempt", None)
-        worker_id = getattr(body, "worker_id", None)
-        if broken is None or trial_id is None or attempt is None or not worker_id:
-            log.warning(
-                "event for an unknown experiment; dropped",
-                type=body.type,
-                experiment_id=experiment_id,
-            )
-            return
-        if (trial_id, attempt) in broken.stopped:
-            return
-        kill = KillTrial(experiment_id=broken.experiment_id, trial_id=trial_id, attempt=attempt)
-        envelope = Envelope(
-            message_id=f"{broken.experiment_id}/broken/kill/{trial_id}/{attempt}",
-            experiment_id=broken.experiment_id,
-            body=kill,
-        )
-        log.warning(
-            "a trial of an experiment that could not be recovered is still running; "
-            "it is told to stop",
-            experiment_id=broken.experiment_id,
-            trial_id=trial_id,
-            worker_id=worker_id,
-        )
-        await self.outbox.send_once(Command(kill, worker_id), envelope)
-        broken.stopped.add((trial_id, attempt))
-
-    def _impostor(self, body: Body, delivery: Delivery) -> str | None:
-        """Why a worker's message is refused under ``verify_worker_users``, or None.
-
-        The broker vouches for ``user_id`` (it refuses a message whose user_id is not its
-        connection's user); a worker may speak for itself only: its id is its user's
-        name, or that name, a dot and a suffix (a pool of workers sharing a user).
-        """
-        worker_id = getattr(body, "worker_id", None)
-        if not self.verify_worker_users or worker_id is None:
-            return None
-        user = delivery.user_id
-        if user is not None and (worker_id == user or worker_id.startswith(f"{user}.")):
-            return None
-        return (
-            f"worker id {worker_id!r} was sent by broker user {user!r}: a worker may only "
-            f"send as itself (worker id = its user, or <user>.<suffix>); start the worker "
-            f"with --id {user}.<name>, or with a user of its own"
-        )
-
-    async def _on_heartbeat(self, delivery: Delivery) -> None:
-        """Liveness only: who is alive, with what slots. Nothing to log or apply."""
-        try:
-            body = decode(delivery.body).body
-        except DecodeError as exc:
-            log.warning("malformed heartbeat dropped", error=str(exc))
-            await delivery.ack()
-            return
-        if (refused := self._impostor(body, delivery)) is not None:
-            log.warning("refused heartbeat dropped", reason=refused)
-        elif isinstance(body, WorkerHeartbeat):
-            self.workers.beat(body)
-        else:
-            log.warning("not a heartbeat, on the heartbeats queue; dropped", type=body.type)
-        await delivery.ack()
 
     # ------------------------------------------------------------------ timers
     async def _watch_workers(self) -> None:

@@ -586,9 +586,9 @@ async def test_an_input_without_commands_syncs_outside_the_lock_before_its_ack(
     # Applied and waiting for the disk, outside the lock: not acknowledged yet.
     assert not live.lock.locked()
     assert event_log.durable_seq < event_log.seq
-    assert service._handling == 1
+    assert service.intake.handling == 1
     released.set()
-    await wait_for(lambda: service._handling == 0, 10, "the input acknowledged")
+    await wait_for(lambda: service.intake.handling == 0, 10, "the input acknowledged")
     assert event_log.durable_seq == event_log.seq
 
 

@@ -1,0 +1,184 @@
+"""Worker events in: decode, refuse what a worker may not send, route to the host.
+
+A malformed event, a ``worker_lost`` (the searcher's own timer input) and, under
+``verify_worker_users``, an event whose worker id is not its publisher's user go to the
+dead-letter queue with the reason. Heartbeats only say who is alive. An event is
+acknowledged once what it appended to its experiment's log is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from rung.broker.errors import DecodeError
+from rung.broker.port import Delivery
+from rung.broker.schemas import KillTrial, WorkerHeartbeat, WorkerLost, decode
+from rung.broker.schemas.envelope import Body, Envelope
+from rung.searcher.eventlog.file import StaleOwnerError, StorageError
+from rung.searcher.failpoints import crash_point
+from rung.searcher.service.errors import ServiceStoppedError
+from rung.searcher.trials import Command
+
+if TYPE_CHECKING:
+    from rung.searcher.service.service import SearcherService
+
+__all__ = ["Intake"]
+
+log = structlog.get_logger("rung.searcher")
+
+
+class Intake:
+    def __init__(self, service: SearcherService) -> None:
+        self.service = service
+        # Events under way; shutdown waits for them to settle.
+        self.handling = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def on_event(self, delivery: Delivery) -> None:
+        self.handling += 1
+        self.idle.clear()
+        try:
+            await self._handle_event(delivery)
+        except ServiceStoppedError:
+            pass  # fail-stop: the message stays unacknowledged, for the next searcher
+        finally:
+            self.handling -= 1
+            if self.handling == 0:
+                self.idle.set()
+
+    async def _handle_event(self, delivery: Delivery) -> None:
+        envelope = await self._accepted(delivery)
+        if envelope is None:
+            return
+        body = envelope.body
+        experiment_id = getattr(body, "experiment_id", "")
+        if self.service.given_up(experiment_id):
+            # Leave it to the searcher that owns the experiment now (pausing so that a
+            # message nobody else takes does not spin).
+            await asyncio.sleep(0.5)
+            await delivery.requeue()
+            return
+        crash_point("consumed")
+        live = self.service.experiments.get(experiment_id)
+        if live is None:
+            await self._unknown_experiment(body)
+        else:
+            try:
+                applied = await self.service.apply(live, body, envelope.message_id)
+            except StaleOwnerError:
+                await delivery.requeue()
+                return
+            if not applied.duplicate:
+                crash_point("published")
+            # Write first: what this input appended is durable before it is acknowledged
+            # (the fsync, shared with the inputs applied meanwhile, is outside the lock).
+            event_log = live.host.log
+            if event_log.durable_seq < event_log.seq:
+                try:
+                    await event_log.sync_async()
+                except (StorageError, OSError) as exc:
+                    await self.service.die(exc)
+                crash_point("appended")
+        if self.service.fatal is not None:
+            raise ServiceStoppedError
+        self.service.feed.wake()
+        await delivery.ack()
+
+    async def _accepted(self, delivery: Delivery) -> Envelope | None:
+        """The event's envelope, or None once a bad one was dead-lettered or dropped."""
+        try:
+            envelope = decode(delivery.body)
+        except DecodeError as exc:
+            log.warning(
+                "malformed event sent to the dead-letter queue",
+                error=str(exc),
+                message_id=delivery.message_id,
+            )
+            await delivery.dead_letter(str(exc))
+            return None
+        body = envelope.body
+        refused = self._impostor(body, delivery)
+        if isinstance(body, WorkerLost):
+            refused = "worker_lost is the searcher's own timer input; a worker cannot send it"
+        if refused is not None:
+            log.warning("refused event sent to the dead-letter queue", reason=refused)
+            await delivery.dead_letter(refused)
+            return None
+        if worker_id := getattr(body, "worker_id", None):
+            self.service.workers.heard(worker_id)
+        if isinstance(body, WorkerHeartbeat):
+            self.service.workers.beat(body)
+            await delivery.ack()
+            return None
+        return envelope
+
+    async def _unknown_experiment(self, body: Body) -> None:
+        """An event of an experiment this searcher does not serve: dropped; if it comes
+        from a trial of a broken experiment, its process is told to stop."""
+        experiment_id = getattr(body, "experiment_id", None)
+        broken = self.service.broken.get(experiment_id or "")
+        trial_id, attempt = getattr(body, "trial_id", None), getattr(body, "attempt", None)
+        worker_id = getattr(body, "worker_id", None)
+        if broken is None or trial_id is None or attempt is None or not worker_id:
+            log.warning(
+                "event for an unknown experiment; dropped",
+                type=body.type,
+                experiment_id=experiment_id,
+            )
+            return
+        if (trial_id, attempt) in broken.stopped:
+            return
+        kill = KillTrial(experiment_id=broken.experiment_id, trial_id=trial_id, attempt=attempt)
+        envelope = Envelope(
+            message_id=f"{broken.experiment_id}/broken/kill/{trial_id}/{attempt}",
+            experiment_id=broken.experiment_id,
+            body=kill,
+        )
+        log.warning(
+            "a trial of an experiment that could not be recovered is still running; "
+            "it is told to stop",
+            experiment_id=broken.experiment_id,
+            trial_id=trial_id,
+            worker_id=worker_id,
+        )
+        await self.service.outbox.send_once(Command(kill, worker_id), envelope)
+        broken.stopped.add((trial_id, attempt))
+
+    def _impostor(self, body: Body, delivery: Delivery) -> str | None:
+        """Why a worker's message is refused under ``verify_worker_users``, or None.
+
+        The broker vouches for ``user_id`` (it refuses a message whose user_id is not its
+        connection's user); a worker may speak for itself only: its id is its user's
+        name, or that name, a dot and a suffix (a pool of workers sharing a user).
+        """
+        worker_id = getattr(body, "worker_id", None)
+        if not self.service.verify_worker_users or worker_id is None:
+            return None
+        user = delivery.user_id
+        if user is not None and (worker_id == user or worker_id.startswith(f"{user}.")):
+            return None
+        return (
+            f"worker id {worker_id!r} was sent by broker user {user!r}: a worker may only "
+            f"send as itself (worker id = its user, or <user>.<suffix>); start the worker "
+            f"with --id {user}.<name>, or with a user of its own"
+        )
+
+    async def on_heartbeat(self, delivery: Delivery) -> None:
+        """Liveness only: who is alive, with what slots. Nothing to log or apply."""
+        try:
+            body = decode(delivery.body).body
+        except DecodeError as exc:
+            log.warning("malformed heartbeat dropped", error=str(exc))
+            await delivery.ack()
+            return
+        if (refused := self._impostor(body, delivery)) is not None:
+            log.warning("refused heartbeat dropped", reason=refused)
+        elif isinstance(body, WorkerHeartbeat):
+            self.service.workers.beat(body)
+        else:
+            log.warning("not a heartbeat, on the heartbeats queue; dropped", type=body.type)
+        await delivery.ack()
