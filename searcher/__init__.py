@@ -1,1 +1,2 @@
-"""Rung\x27s searcher: pure search core, and (later) the async service."""
+"""Rung's searcher: the pure search core, the experiment hosts, the event log and the
+async service."""
