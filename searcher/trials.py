@@ -182,6 +182,9 @@ class ExperimentRun:
         if self.state == "ERROR":
             step.ignored = f"the experiment has failed already: {self.error}"
             return step
+        if self.state in ENDED:  # a late input raised: the result stands
+            step.ignored = f"the experiment has ended ({self.state}); the error is logged only"
+            return step
         self.state = "ERROR"
         self.error = reason
         for trial in self.trials.values():

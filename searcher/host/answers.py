@@ -98,7 +98,12 @@ class Answers:
     def recover(self, run: ExperimentRun, records: LogRecords) -> None:
         """Rebuild the last command of each running attempt of ``run`` from its log,
         reading input records from the newest back until every one is found."""
-        wanted = {(t.trial_id, t.attempt) for t in run.trials.values() if t.state == "RUNNING"}
+        # Running attempts, and those killed by a failure whose process has not exited.
+        wanted = {
+            (t.trial_id, t.attempt)
+            for t in run.trials.values()
+            if t.state == "RUNNING" or t.worker_id is not None
+        }
         for i in range(len(records) - 1, -1, -1):
             if not wanted:
                 return

@@ -98,6 +98,7 @@ class SearcherService:
         self.requests = Requests(self)
         self.creator = Creator(state_dir, self.owner, existing=self._request_key_of)
         self.intake = Intake(self)
+        self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         # Set once every experiment is recovered and the service takes messages.
@@ -114,30 +115,35 @@ class SearcherService:
                 lock.release()
 
     async def _serve(self, stop: asyncio.Event) -> None:
+        """One task group holds all the service's own tasks: the watchdog, the live feed
+        and the experiments' retry tasks. Shutdown stops intake first, lets the inputs
+        under way finish, then cancels the rest."""
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
-        await self._recover()
-        topology = self.broker.topology
-        intake = [
-            await self.broker.subscribe(topology.rpc_queue, self.requests.on_rpc, prefetch=4),
-            await self.broker.subscribe(topology.events_queue, self.intake.on_event, prefetch=64),
-            await self.broker.subscribe(
-                topology.heartbeats_queue, self.intake.on_heartbeat, prefetch=64
-            ),
-        ]
-        log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
-        self.ready.set()
         async with asyncio.TaskGroup() as group:
-            watchdog = group.create_task(self._watch_workers(), name="worker-watchdog")
-            feed = group.create_task(self.feed.pump(), name="live-feed")
+            self._group = group
+            await self._recover()
+            topology = self.broker.topology
+            intake = [
+                await self.broker.subscribe(topology.rpc_queue, self.requests.on_rpc, prefetch=4),
+                await self.broker.subscribe(
+                    topology.events_queue, self.intake.on_event, prefetch=64
+                ),
+                await self.broker.subscribe(
+                    topology.heartbeats_queue, self.intake.on_heartbeat, prefetch=64
+                ),
+            ]
+            log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
+            self.ready.set()
+            watchdog = self._spawn(self._watch_workers())
+            self._spawn(self.feed.pump())
             self.feed.wake()  # what recovery appended
             await stop.wait()
-            # Stop intake and timers, let the inputs being handled finish, then cancel.
+            # Stop intake (the timer's too), let the inputs under way finish, cancel.
             for subscription in intake:
                 await subscription.cancel()
             watchdog.cancel()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
-            feed.cancel()
             for task in list(self._tasks):
                 task.cancel()
         if self.fatal is None:
@@ -149,10 +155,20 @@ class SearcherService:
         if self.fatal is not None:
             raise self.fatal
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in the service's task group; a fail-stop ends it quietly (the
+        service is stopping), anything else it raises stops the service."""
+
+        async def guarded() -> None:
+            with contextlib.suppress(ServiceStoppedError):
+                await work
+
+        if self._group is None:
+            raise RuntimeError("the service's task group is not open")
+        task = self._group.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def die(self, exc: BaseException) -> NoReturn:
         """Fail-stop on a storage error: say why, acknowledge nothing more, exit."""
@@ -223,8 +239,8 @@ class SearcherService:
             except (StorageError, OSError) as exc:
                 await self.die(exc)
             if applied.duplicate:
-                if isinstance(body, OpCompleted):
-                    await self.outbox.answer_again(live, body)
+                if isinstance(body, OpCompleted):  # best effort, beside the inputs
+                    self._spawn(self.outbox.answer_again(live, body))
                 return applied
             if applied.step.commands or live.host.outbox:
                 await self._settle(live)
