@@ -34,6 +34,7 @@ from rung.broker.schemas import (
     encode,
 )
 from rung.broker.schemas.envelope import Body
+from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.service.errors import (
     ExperimentNotFoundError,
     RequestRefusedError,
@@ -68,6 +69,12 @@ class Requests:
             reply = RpcReply(ok=True, result=result)
         except ServiceStoppedError:
             return  # fail-stop: unacknowledged, for the next searcher
+        except StaleOwnerError:
+            # Another searcher took the experiment over while this one applied the
+            # request: nothing of it was kept here; the new owner answers it.
+            await asyncio.sleep(0.5)
+            await delivery.requeue()
+            return
         except RequestRefusedError as exc:
             reply = RpcReply(
                 ok=False,

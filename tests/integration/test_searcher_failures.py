@@ -6,6 +6,7 @@ Each test here failed on 987ddd5 (issue 15)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,14 +15,20 @@ from typing import Any
 import pytest
 
 from rung.broker import DEAD_REASON_HEADER, Broker
+from rung.broker.archive import pack
 from rung.broker.errors import PublishTimeoutError
 from rung.broker.schemas import (
+    CreateExperiment,
+    Envelope,
     ExitReason,
     KillTrial,
     OpCompleted,
     ProgressReported,
+    RpcReply,
     TrialExited,
     TrialStarted,
+    decode,
+    encode,
 )
 from rung.client import NotFoundError
 from rung.searcher.client import SearcherClient
@@ -347,3 +354,38 @@ async def test_once_a_decision_waits_for_the_broker_its_experiments_inputs_never
     await wait_for(lambda: len(worker.control) == 1, 10, "the close, once the broker is back")
     await wait_for(lambda: not live.retrying, 10, "the outbox drained")
     assert not (tmp_path / "state" / "experiments" / eid / "unsent.json").exists()
+
+
+async def test_a_create_delivered_twice_without_a_key_makes_one_experiment(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """A create the broker delivers again (the searcher crashed between its log's fsync
+    and its ack) has the same message id: it answers with the same experiment."""
+    await searcher()
+    directory = context(tmp_path, {"train.py": "pass\n"})
+    request = CreateExperiment(
+        config=SINGLE, context_b64=base64.b64encode(pack(directory)).decode()
+    )
+    replies = await broker.declare_private_queue()
+    answers = await collect(broker, replies)
+    envelope = Envelope(message_id="create-once", body=request)
+    t = broker.topology
+    for _ in range(2):
+        await broker.publish(
+            t.rpc_exchange,
+            t.RPC_KEY,
+            encode(envelope),
+            message_id="create-once",
+            reply_to=replies,
+            correlation_id="create-once",
+        )
+    await wait_for(lambda: len(answers) == 2, 20, "both answers")
+    ids = set()
+    for answer in answers:
+        reply = decode(answer.body).body
+        assert isinstance(reply, RpcReply)
+        assert reply.ok
+        assert reply.result is not None
+        ids.add(reply.result["experiment_id"])
+    assert len(ids) == 1
+    assert len(list((tmp_path / "state" / "experiments").iterdir())) == 1
