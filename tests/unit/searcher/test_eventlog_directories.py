@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rung.searcher.eventlog import FileEventLog
+from rung.searcher.eventlog import durable
 from rung.searcher.eventlog import file as file_module
 
 
@@ -16,7 +17,7 @@ def test_new_directories_and_the_log_are_fsynced_in_their_parents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = file_module.fsync_directory
+    real = durable.fsync_directory
 
     def record(directory: Path) -> None:
         synced.append(Path(directory))
