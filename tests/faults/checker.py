@@ -12,27 +12,41 @@ dead-letter queue and the processes' logs, and asserts:
 * **I4** the best trial is the one of the fault-free run, with the same metric;
 * **I5** the log replays and verifies, and replaying it twice gives the same state;
 * **I6** every dead-lettered message has a reason, and a process logged it;
-* **I7** the experiment ended within the scenario's stated bound.
+* **I7** the experiment ended within the scenario's stated bound;
+* **I8** what the running searcher reports equals what its log replays to: the summary
+  that ``rung.Client``'s describe returns (the experiment's state, progress and message,
+  each trial's state, attempt, restarts, length, metric, latest checkpoint and worker,
+  the best trial) is the one :func:`summarise` makes of ``replay(read_log(log)).run``.
+  The live state is a fold of the log only if every decision was logged and nothing
+  else changed it, so this catches a mutation that skipped the log, a failure that
+  was not recorded, or a recovery that rebuilt other state than the log holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rung import Client
 from rung.broker import RabbitBroker, Topology
 from rung.broker.deadletters import DeadLetter, peek
-from rung.broker.schemas import CheckpointSaved, OpCompleted, RunTrial
+from rung.broker.schemas import CheckpointSaved, ExperimentSummary, OpCompleted, RunTrial
 from rung.searcher.eventlog import CreatedRecord, InputRecord, Record, read_log, replay
+from rung.searcher.service.summary import summarise
 from tests.e2e.conftest import Cluster
-from tests.support import AMQP_URL
+from tests.support import AMQP_URL, wait_for_async
 
 __all__ = ["Baseline", "Report", "check_invariants", "dead_letters"]
 
 FINAL_TRIAL_STATES = frozenset({"COMPLETED", "ERRORED", "CANCELED"})
+# How long I8 waits for the log to hold still across one describe (a few late records,
+# such as the exits of killed trials, may still arrive after the experiment ended).
+QUIET_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ def check_invariants(
     created = next(r for r in records if isinstance(r, CreatedRecord))
     seconds = max(r.at for r in records if isinstance(r, InputRecord)) - created.at
     assert seconds <= bound_s, f"the experiment took {seconds:.0f} s, over its {bound_s:.0f} s"
+    _live_equals_replayed(cluster.namespace, experiment_id, Path(summary["event_log"]))  # I8
     return Report(
         summary=summary,
         records=records,
@@ -180,3 +195,68 @@ def _resumed_from_the_latest_checkpoint(records: list[Record]) -> None:
             assert steps == latest[run.trial_id], (
                 f"{where} resumes from step {steps}, but step {latest[run.trial_id]} was saved"
             )
+
+
+def _live_equals_replayed(namespace: str, experiment_id: str, path: Path) -> None:
+    """I8: the live summary equals the summary of the replayed log, at one moment.
+
+    Why this is not racy: the searcher applies an input and appends its record in one
+    synchronous step (:meth:`ExperimentHost.apply`: no ``await`` between changing the
+    state and writing the record, which reaches the file before the step returns), and
+    it answers a describe in one step of the same event loop. So at the moment the
+    describe is answered, the live state is the fold of exactly the records in the file
+    then. The log only grows, so if its bytes are the same just before the request is
+    sent and just after the answer arrives (and end with a whole record), they are the
+    bytes it held when the answer was made: replaying those bytes must give the answer.
+    If a record was appended in between, nothing can be concluded, and the check is made
+    again (until ``QUIET_TIMEOUT_S``); once the window was quiet, any difference is a
+    real one and fails at once. The experiment has ended, so records stop coming soon.
+    """
+    contexts = path.parent.parent.parent / "contexts"  # the searcher's state directory's
+    outcome: list[str] = []
+
+    def replayed(data: bytes, live: ExperimentSummary) -> ExperimentSummary:
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / "events.jsonl"
+            copy.write_bytes(data)
+            run = replay(read_log(copy), context_root=contexts if contexts.is_dir() else None).run
+        # The path and the create request's warnings are not state the log folds to.
+        return summarise(run, live.event_log, warnings=live.warnings)
+
+    async def check() -> None:
+        async with Client(AMQP_URL, namespace=namespace) as client:
+            experiment = client.experiment(experiment_id)
+
+            async def quiet_and_compared() -> bool:
+                before = path.read_bytes()
+                live = await experiment.describe()
+                if path.read_bytes() != before or not before.endswith(b"\n"):
+                    return False  # a record came in meanwhile: look again
+                expected = replayed(before, live)
+                outcome.append(_difference(live, expected))
+                return True
+
+            await wait_for_async(
+                quiet_and_compared,
+                QUIET_TIMEOUT_S,
+                f"the log of {experiment_id} to hold still across a describe",
+            )
+
+    asyncio.run(check())
+    assert not outcome[-1], (
+        f"I8: the live searcher's {experiment_id} differs from its replayed log:\n{outcome[-1]}"
+    )
+
+
+def _difference(live: ExperimentSummary, replayed: ExperimentSummary) -> str:
+    """A diff of the two summaries (JSON, so that a NaN metric equals itself); empty when
+    they are equal."""
+
+    def text(summary: ExperimentSummary) -> list[str]:
+        return json.dumps(summary.model_dump(mode="json"), indent=1).splitlines()
+
+    return "\n".join(
+        difflib.unified_diff(
+            text(replayed), text(live), "replayed from the log", "live", lineterm=""
+        )
+    )

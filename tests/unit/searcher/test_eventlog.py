@@ -4,8 +4,10 @@ and replay equal to the live fold."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -15,10 +17,13 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rung.broker.schemas import KillTrial, OpCompleted
 from rung.broker.schemas.envelope import Body
+from rung.cli.main import build_parser
 from rung.searcher.config import load_config_file
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog import (
+    CreatedRecord,
     EventLogCorruptError,
     FileEventLog,
     InputRecord,
@@ -31,21 +36,29 @@ from rung.searcher.eventlog import (
 from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.eventlog.whatif import what_if
 from rung.searcher.experiment import Experiment
+from rung.searcher.service.summary import summarise
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun, Step
 
 from .helpers import created_record, make_config
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
+# Where the goldens' custom search methods are, as a searcher keeps contexts:
+# ``contexts/<context hash>/<module>.py``.
+GOLDEN_CONTEXTS = GOLDEN / "contexts"
+METHODS = ("single", "random", "grid", "asha", "adaptive_asha")
+# Every golden log, and the one per built-in method (each a completed experiment).
 GOLDEN_LOGS = sorted(GOLDEN.glob("*.v1.jsonl"))
+METHOD_LOGS = [GOLDEN / f"{method}.v1.jsonl" for method in METHODS]
+FAILED_LOG = GOLDEN / "failed.v1.jsonl"
 
 
-def test_there_is_a_golden_log_per_method() -> None:
+def test_there_is_a_golden_log_per_method_and_one_of_a_failed_experiment() -> None:
     names = {p.name.split(".")[0] for p in GOLDEN_LOGS}
-    assert names == {"single", "random", "grid", "asha", "adaptive_asha"}
+    assert names == {*METHODS, "failed"}
 
 
-@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", METHOD_LOGS, ids=lambda p: p.name)
 def test_golden_logs_replay_and_verify_forever(path: Path) -> None:
     records = read_log(path)
     result = replay(records, verify=True)
@@ -54,6 +67,122 @@ def test_golden_logs_replay_and_verify_forever(path: Path) -> None:
     assert result.run.state == "COMPLETED"
     assert all(t.state == "COMPLETED" for t in result.run.trials.values())
     assert result.records == records[-1].seq
+
+
+def test_the_golden_log_of_a_failed_experiment_replays_to_its_failure_forever() -> None:
+    """A custom method raised on trial 1's result (``make_failed.py`` tells the story):
+    the input's record says so, the fold reproduces the failure, and verify re-decides
+    the kills and the shutdown that the failure caused."""
+    records = read_log(FAILED_LOG)
+    result = replay(records, context_root=GOLDEN_CONTEXTS, verify=True)
+    if result.divergence is not None:
+        pytest.fail(result.divergence.diff())
+    assert result.records == records[-1].seq
+    assert result.failure is None  # the log holds its failure: nothing left to record
+    (failed,) = [r for r in records if isinstance(r, InputRecord) and r.failed is not None]
+    assert isinstance(failed.input, OpCompleted)
+    assert (failed.input.trial_id, failed.input.metric) == (1, 140.0)
+    assert failed.failed == "ValueError: metric 140.0 is above 100.0"
+    assert [op.model_dump() for op in failed.ops] == [
+        {"type": "shutdown", "cancel": False, "failure": True}
+    ]
+    kills = [
+        (c.worker_id, c.body.trial_id) for c in failed.commands if isinstance(c.body, KillTrial)
+    ]
+    assert kills == [("local-1", 1), ("local-2", 3)]
+    assert len(failed.commands) == len(kills)
+    run = result.run
+    assert run.state == "ERROR"
+    assert run.error == failed.failed
+    states = {t.trial_id: t.state for t in run.trials.values()}
+    assert states == {1: "CANCELED", 2: "COMPLETED", 3: "CANCELED"}
+    summary = summarise(run, str(FAILED_LOG))
+    assert summary.message == "the experiment failed: ValueError: metric 140.0 is above 100.0"
+    assert summary.best_trial is not None
+    assert (summary.best_trial.trial_id, summary.best_trial.metric) == (2, 100.0)
+
+
+def test_the_failed_golden_logs_search_method_is_the_one_it_was_recorded_with() -> None:
+    """The module is part of the golden log: its directory is named after its SHA-256, the
+    hash the log records, so an edit to it (or a second context) fails here."""
+    created = read_log(FAILED_LOG)[0]
+    assert isinstance(created, CreatedRecord)
+    (module,) = GOLDEN_CONTEXTS.glob("*/*.py")
+    assert module.parent.name == created.context_hash
+    assert hashlib.sha256(module.read_bytes()).hexdigest() == created.context_hash
+    assert created.config["searcher"]["class"] == f"{module.stem}:BreaksAbove"
+
+
+# ---------------------------------------------------------------- `rung replay --verify`
+def _cli_verify(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    """``rung replay --verify --json LOG``, in this process: the real parser and handler
+    (``rung.cli.main.main`` would configure logging for the whole process)."""
+    args = build_parser().parse_args(
+        ["replay", "--verify", "--json", "--contexts", str(GOLDEN_CONTEXTS), str(path)]
+    )
+    code: int = args.handler(args)
+    answer: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return code, answer
+
+
+@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+def test_rung_replay_verify_passes_on_every_golden_log(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, answer = _cli_verify(path, capsys)
+    assert answer == {"ok": True, "records": read_log(path)[-1].seq, "divergence": None}
+    assert code == 0
+
+
+def _tampered(
+    path: Path, tmp_path: Path, seq: int, change: Callable[[dict[str, Any]], None]
+) -> Path:
+    lines = path.read_bytes().split(b"\n")
+    record = json.loads(lines[seq - 1])
+    assert record["seq"] == seq
+    change(record)
+    lines[seq - 1] = json.dumps(record, separators=(",", ":")).encode()
+    target = tmp_path / path.name
+    target.write_bytes(b"\n".join(lines))
+    return target
+
+
+@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+def test_rung_replay_verify_catches_a_tampered_decision_in_every_golden_log(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last command of the last record that sent any is dropped: verify names it."""
+    records = read_log(path)
+    seq = max(r.seq for r in records if isinstance(r, InputRecord) and r.commands)
+    tampered = _tampered(path, tmp_path, seq, lambda record: record["commands"].pop())
+    code, answer = _cli_verify(tampered, capsys)
+    assert code == 1
+    assert answer["ok"] is False
+    assert answer["divergence"]["seq"] == seq
+
+
+# Changes to the failed input's record, each of which verify must name.
+FAILURE_TAMPERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "no shutdown": lambda record: record["ops"].clear(),
+    "a shutdown that is no failure": lambda record: record["ops"][0].update(failure=False),
+    "a kill sent to the wrong worker": lambda record: record["commands"][1].update(
+        worker_id="local-1"
+    ),
+    "a trial left running": lambda record: record["commands"].pop(0),
+}
+
+
+@pytest.mark.parametrize("what", FAILURE_TAMPERS)
+def test_rung_replay_verify_catches_a_tampered_failure(
+    what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (failed,) = [
+        r for r in read_log(FAILED_LOG) if isinstance(r, InputRecord) and r.failed is not None
+    ]
+    tampered = _tampered(FAILED_LOG, tmp_path, failed.seq, FAILURE_TAMPERS[what])
+    code, answer = _cli_verify(tampered, capsys)
+    assert (code, answer["ok"]) == (1, False), what
+    assert answer["divergence"]["seq"] == failed.seq
 
 
 def _copy(path: Path, tmp_path: Path) -> Path:
@@ -102,7 +231,7 @@ def test_a_log_must_start_with_its_config() -> None:
 
 def _with_snapshot(records: Sequence[Record], after: int) -> list[Record]:
     head = records[:after]
-    state = replay(head, verify=True).run.snapshot()
+    state = replay(head, context_root=GOLDEN_CONTEXTS, verify=True).run.snapshot()
     snapshot = SnapshotRecord(seq=after + 1, state=state)
     tail = [r.model_copy(update={"seq": r.seq + 1}) for r in records[after:]]
     return [*head, snapshot, *tail]
@@ -111,9 +240,10 @@ def _with_snapshot(records: Sequence[Record], after: int) -> list[Record]:
 @pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
 def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) -> None:
     records = read_log(path)
-    whole = replay(records, verify=True).run.snapshot()
+    whole = replay(records, context_root=GOLDEN_CONTEXTS, verify=True).run.snapshot()
     for after in (2, len(records) // 2, len(records) - 1):
-        assert replay(_with_snapshot(records, after)).run.snapshot() == whole
+        with_snapshot = _with_snapshot(records, after)
+        assert replay(with_snapshot, context_root=GOLDEN_CONTEXTS).run.snapshot() == whole
 
 
 # ---------------------------------------------------------------- replay matches the live fold
@@ -160,7 +290,7 @@ def test_replay_equals_the_live_fold_and_twice_equals_once(
 
 
 # ---------------------------------------------------------------- what-if
-@pytest.mark.parametrize("path", GOLDEN_LOGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", METHOD_LOGS, ids=lambda p: p.name)
 def test_what_if_with_the_recorded_settings_reproduces_the_outcome(path: Path) -> None:
     method = path.name.split(".")[0]
     config = load_config_file(GOLDEN / f"golden-{method}.yaml").config

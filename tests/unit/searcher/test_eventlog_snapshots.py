@@ -20,6 +20,8 @@ from rung.searcher.eventlog import (
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 GOLDEN_LOGS = sorted(GOLDEN.glob("*.v1.jsonl"))
+# The custom search method of the failed experiment's golden log.
+GOLDEN_CONTEXTS = GOLDEN / "contexts"
 
 
 def _copy_head(path: Path, tmp_path: Path, records: int) -> Path:
@@ -33,7 +35,7 @@ def _copy_head(path: Path, tmp_path: Path, records: int) -> Path:
 def _snapshot_at(path: Path, tmp_path: Path, after: int) -> Path:
     """A log holding the golden log's first ``after`` records, with a snapshot after them."""
     log = _copy_head(path, tmp_path, after)
-    state = replay(read_log(log), verify=True)
+    state = replay(read_log(log), context_root=GOLDEN_CONTEXTS, verify=True)
     opened = FileEventLog(log)
     opened.write_snapshot("exp", {**state.run.snapshot(), "seen": sorted(state.seen)})
     opened.close()
@@ -48,7 +50,7 @@ def _snapshot_at(path: Path, tmp_path: Path, after: int) -> Path:
 def test_a_snapshot_file_plus_the_tail_gives_the_whole_log_state(
     path: Path, tmp_path: Path
 ) -> None:
-    whole = replay(read_log(path), verify=True)
+    whole = replay(read_log(path), context_root=GOLDEN_CONTEXTS, verify=True)
     total = len(read_log(path))
     for after in (2, total // 2, total):
         directory = tmp_path / str(after)
@@ -58,7 +60,7 @@ def test_a_snapshot_file_plus_the_tail_gives_the_whole_log_state(
         opened.close()
         assert opened.snapshot is not None
         assert opened.snapshot.seq == after
-        fast = replay(opened.existing, snapshot=opened.snapshot)
+        fast = replay(opened.existing, snapshot=opened.snapshot, context_root=GOLDEN_CONTEXTS)
         assert fast.run.snapshot() == whole.run.snapshot()
         assert fast.seen == whole.seen
         assert fast.records == whole.records
