@@ -10,6 +10,7 @@ on disk, crash-safe.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import io
 import tarfile
@@ -49,14 +50,16 @@ def _ignored(relative: PurePosixPath, patterns: list[str]) -> bool:
 
 
 def pack(directory: str | Path, limit: int = MAX_CONTEXT_BYTES) -> bytes:
-    """The directory as a gzip'd tar, files in sorted order, owners and times cleared."""
+    """The directory as a gzip'd tar, files in sorted order, owners and times cleared
+    (the gzip header's too): the same directory packs to the same bytes, and so to the
+    same context hash, whenever it is packed."""
     root = Path(directory)
     if not root.is_dir():
         raise ArchiveError(f"context directory {root} does not exist or is not a directory")
     patterns = _ignore_patterns(root)
     buffer = io.BytesIO()
     total = 0
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(root.rglob("*")):
             relative = PurePosixPath(path.relative_to(root).as_posix())
             if _ignored(relative, patterns) or path.is_symlink():
@@ -77,7 +80,7 @@ def pack(directory: str | Path, limit: int = MAX_CONTEXT_BYTES) -> bytes:
                     tar.addfile(info, handle)
             else:
                 tar.addfile(info)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def context_hash(data: bytes) -> str:

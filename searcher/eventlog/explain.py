@@ -112,6 +112,8 @@ def _explain_ops(step: Step, run: ExperimentRun) -> list[str]:
                     lines.append(f"trial {trial_id} to train to length {op.length}")
             case Close():
                 lines.append(f"trial {trials[op.request_id].trial_id} closed")
+            case Shutdown() if op.failure and step.failed:
+                lines.append(f"experiment failed: {step.failed}")
             case Shutdown():
                 what = "failed" if op.failure else "canceled" if op.cancel else "completed"
                 lines.append(f"experiment {what}")

@@ -83,14 +83,18 @@ def fold(run: ExperimentRun, record: InputRecord) -> Step:
     return run.start() if record.input is None else run.on_event(record.input)
 
 
-def _decisions(ops: list[Any], commands: list[Any]) -> str:
-    return json.dumps({"ops": ops, "commands": commands}, indent=1, sort_keys=True)
+def _decisions(ops: list[Any], commands: list[Any], failed: str | None) -> str:
+    decided: dict[str, Any] = {"ops": ops, "commands": commands}
+    if failed is not None:
+        decided["failed"] = failed
+    return json.dumps(decided, indent=1, sort_keys=True)
 
 
 def _recorded(record: InputRecord) -> str:
     return _decisions(
         [op.model_dump(mode="json") for op in record.ops],
         [c.model_dump(mode="json") for c in record.commands],
+        record.failed,
     )
 
 
@@ -98,7 +102,20 @@ def _recomputed(step: Step) -> str:
     return _decisions(
         [op.model_dump(mode="json") for op in step.ops],
         [{"worker_id": c.worker_id, "body": c.body.model_dump(mode="json")} for c in step.commands],
+        step.failed,
     )
+
+
+def _failure_now(result: Replayed, record: InputRecord, context_root: Path | None) -> str:
+    """What the search does today with the input of a record that failed the experiment,
+    applied to a copy of the state before it: the failure's reason, or the decisions."""
+    probe = build_run(result.created, context_root)
+    probe.restore(result.run.snapshot())
+    try:
+        step = probe.start() if record.input is None else probe.on_event(record.input)
+    except Exception as exc:  # noqa: BLE001 (the failure is what is checked)
+        return f"failed: {describe_error(exc)}"
+    return f"applies now, and decides:\n{_recomputed(step)}"
 
 
 def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRun:
@@ -199,6 +216,10 @@ def replay(
         elif isinstance(record, InputRecord):
             result.seen.add(record.message_id)
             result.last_input = record
+            if verify and record.failed is not None and result.divergence is None:
+                now = _failure_now(result, record, context_root)
+                if now != f"failed: {record.failed}":
+                    result.divergence = Divergence(record.seq, f"failed: {record.failed}", now)
             step = _fold_safely(result, records, index, record, context_root)
             if on_step is not None:
                 on_step(record, step, result.run)

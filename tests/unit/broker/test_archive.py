@@ -399,3 +399,15 @@ async def test_the_worker_cache_extracts_atomically_and_trial_copies_omit_the_ma
     assert {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()} == set(FILES)
     await cache.run_dir(digest, tmp_path / "run2")
     assert rpc.calls == 1  # fetched and extracted once
+
+
+def test_a_directory_packs_to_the_same_bytes_whenever_it_is_packed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gzip stamps the time into its header unless told not to: the same context would
+    get a new hash, and be stored again, at every create."""
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    first = pack(tmp_path)
+    monkeypatch.setattr("time.time", lambda: 2_000_000_000.0)
+    assert pack(tmp_path) == first
+    assert context_hash(pack(tmp_path)) == context_hash(first)

@@ -189,7 +189,7 @@ def inputs(host: ExperimentHost, rng: Random, index: int) -> Body | None:
     if roll < 0.1 and trials:
         trial = rng.choice(trials)
         return OpCompleted(
-            **ids, trial_id=trial.trial_id, attempt=trial.attempt, length=10, metric=5.0
+            **ids, trial_id=trial.trial_id, attempt=max(trial.attempt, 1), length=10, metric=5.0
         )
     if roll < 0.15:
         return OpCompleted(**ids, trial_id=99, attempt=1, length=10, metric=0.1)  # bogus
