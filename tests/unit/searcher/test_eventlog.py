@@ -169,6 +169,8 @@ FAILURE_TAMPERS: dict[str, Callable[[dict[str, Any]], None]] = {
         worker_id="local-1"
     ),
     "a trial left running": lambda record: record["commands"].pop(0),
+    "the failure removed": lambda record: record.pop("failed"),
+    "another reason": lambda record: record.update(failed="ValueError: something else"),
 }
 
 
