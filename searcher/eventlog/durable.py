@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rung.broker.contexts import fsync_directory
+
 __all__ = ["fsync_directory", "replace_durably"]
 
 
@@ -19,10 +21,3 @@ def replace_durably(path: Path, data: bytes) -> None:
     temporary.replace(path)
     fsync_directory(path.parent)
 
-
-def fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

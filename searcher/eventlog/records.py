@@ -8,9 +8,9 @@
   ``failed`` is set when the input failed the experiment: its search method (or any
   code of the search) raised, and ``ops`` and ``commands`` are what the failure decided
   (the experiment ends in ERROR, its trials are killed): replay folds the failure, not
-  the input;
-* ``failed``: the experiment failed outside any input: its log could not be folded when
-  a searcher recovered it (older logs: an input the search method could not handle);
+  the input. ``input`` None with ``failed``: the failure a recovering searcher found
+  when folding the log raised at an input it had taken before;
+* ``failed``: older logs only: an input the search method could not handle;
 * ``snapshot``: the whole state after record ``seq - 1``, so a restart reads only the tail;
 * ``owner``: a searcher took the log over, with a new ``epoch``; a searcher that finds a
   record it did not write stops acting on the experiment.

@@ -111,9 +111,11 @@ def _failure_now(result: Replayed, record: InputRecord, context_root: Path | Non
     applied to a copy of the state before it: the failure's reason, or the decisions."""
     probe = build_run(result.created, context_root)
     probe.restore(result.run.snapshot())
+    if record.input is None and "/recovery-failure/" in record.message_id:
+        return f"failed: {record.failed}"  # no input: the failure a recovery found
     try:
         step = probe.start() if record.input is None else probe.on_event(record.input)
-    except Exception as exc:  # noqa: BLE001 (the failure is what is checked)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 (the failure is what is checked)
         return f"failed: {describe_error(exc)}"
     return f"applies now, and decides:\n{_recomputed(step)}"
 
@@ -175,7 +177,7 @@ def _fold_safely(
     """Fold ``record``; if that raises, fail the experiment where the input was."""
     try:
         return fold(result.run, record)
-    except Exception as exc:  # noqa: BLE001 (any error of the search fails the experiment)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 (any error fails the experiment)
         reason = describe_error(exc)
     # The input may have changed the state half-way: fold the log again up to it.
     before = replay(records, context_root=context_root, until=index)
@@ -216,6 +218,8 @@ def replay(
         elif isinstance(record, InputRecord):
             result.seen.add(record.message_id)
             result.last_input = record
+            if record.failed is not None:
+                result.failure = None  # a failure is written down from here on
             if verify and record.failed is not None and result.divergence is None:
                 now = _failure_now(result, record, context_root)
                 if now != f"failed: {record.failed}":

@@ -2,13 +2,20 @@
 
 from rung.searcher.host.answers import Answer, Answers
 from rung.searcher.host.broken import BrokenExperiment
-from rung.searcher.host.host import Applied, ExperimentHost, Outgoing, experiment_id_for
+from rung.searcher.host.host import (
+    Applied,
+    ExperimentBrokenError,
+    ExperimentHost,
+    Outgoing,
+    experiment_id_for,
+)
 
 __all__ = [
     "Answer",
     "Answers",
     "Applied",
     "BrokenExperiment",
+    "ExperimentBrokenError",
     "ExperimentHost",
     "Outgoing",
     "experiment_id_for",

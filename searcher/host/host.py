@@ -26,19 +26,38 @@ import structlog
 
 from rung.broker.schemas import TrialExited
 from rung.broker.schemas.envelope import Body
+from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import FileEventLog
 from rung.searcher.eventlog.reader import read_log
-from rung.searcher.eventlog.records import CreatedRecord, FailedRecord, InputRecord, Record
+from rung.searcher.eventlog.records import CreatedRecord, InputRecord, Record
 from rung.searcher.eventlog.replay import Replayed, describe_error, replay
 from rung.searcher.eventlog.snapshots import StoredSnapshot
 from rung.searcher.host.answers import Answers
 from rung.searcher.trials import Command, ExperimentRun, Step
 
-__all__ = ["Applied", "ExperimentHost", "Outgoing", "experiment_id_for"]
+__all__ = [
+    "Applied",
+    "ExperimentBrokenError",
+    "ExperimentHost",
+    "Outgoing",
+    "experiment_id_for",
+]
 
 log = structlog.get_logger("rung.searcher")
 
 START: Final = "start"
+
+
+class ExperimentBrokenError(SearcherError):
+    """The experiment's state cannot be rebuilt from its log in this process."""
+
+    def __init__(self, experiment_id: str, reason: str) -> None:
+        super().__init__(
+            f"experiment {experiment_id} cannot be rebuilt from its log ({reason}); it is "
+            "shown as ERROR until a restart recovers it"
+        )
+        self.experiment_id = experiment_id
+        self.reason = reason
 
 
 def experiment_id_for(request_key: str, attempt: int = 0) -> str:
@@ -152,11 +171,12 @@ class ExperimentHost:
     def _recover_outbox(self, replayed: Replayed) -> None:
         """The logged decisions whose commands may not have reached the broker.
 
-        Each decision's commands are confirmed before the experiment's next decision is
-        published, so normally only the last input's can be unsent. While the broker
-        was unreachable, ``unsent.json`` names the first record whose commands waited:
-        every decision from there on goes out again, in order. They keep their message
-        ids, and receivers drop what they have.
+        An input is acknowledged once its decision's commands are confirmed, or once
+        ``unsent.json`` durably names the first record whose commands wait for the
+        broker (the outbox writes it before handing them to its retry task). So without
+        the mark only the last input's commands can be unsent; with it, every decision
+        from the mark on goes out again, in order. They keep their message ids, and
+        receivers drop what they have.
         """
         first = self.log.unsent_from
         if first is None:
@@ -176,7 +196,8 @@ class ExperimentHost:
 
     def _record_recovery_failure(self, seq: int, reason: str, step: Step) -> None:
         """Folding the log failed at record ``seq`` (the search code raised on an input
-        it had taken before): write the failure down, and send the kills it decided."""
+        it had taken before): write the failure down with the kills it decided, as an
+        input record without an input, so that a restart sends them again if need be."""
         message_id = f"{self.experiment_id}/recovery-failure/{seq}"
         log.error(
             "experiment failed while its log was replayed; its trials are stopped",
@@ -184,7 +205,7 @@ class ExperimentHost:
             seq=seq,
             error=reason,
         )
-        record = FailedRecord(seq=self.log.seq + 1, message_id=message_id, input=None, error=reason)
+        record = InputRecord.of(self.log.seq + 1, message_id, None, step, at=time.time())
         self.append(record)
         self.seen.add(message_id)
         if step.commands:
@@ -204,7 +225,7 @@ class ExperimentHost:
         try:
             step = self.run.start() if body is None else self.run.on_event(body)
             record = InputRecord.of(seq, message_id, body, step, at=at)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a custom method's sys.exit() too
             reason = describe_error(exc)
             log.exception(
                 "experiment failed: its search raised on an input; its trials are stopped",
@@ -230,9 +251,22 @@ class ExperimentHost:
         self.unfed.append(record)
 
     def refold(self) -> ExperimentRun:
-        """The experiment's state as its log has it: the fold of every record written."""
-        records = read_log(self.log.path)
-        return replay(records, snapshot=self.log.snapshot, context_root=self.context_root).run
+        """The experiment's state as its log has it: the fold of every record written,
+        from the snapshot, else from the start. If neither can be folded, the experiment
+        cannot go on in this process (:class:`ExperimentBrokenError`): the input that led
+        here was not applied, and nothing was written."""
+        try:
+            records = read_log(self.log.path)
+        except Exception as exc:
+            raise ExperimentBrokenError(self.experiment_id, describe_error(exc)) from exc
+        try:
+            return replay(records, snapshot=self.log.snapshot, context_root=self.context_root).run
+        except Exception:
+            log.exception("folding from the snapshot failed; folding the whole log")
+        try:
+            return replay(records, context_root=self.context_root).run
+        except Exception as exc:
+            raise ExperimentBrokenError(self.experiment_id, describe_error(exc)) from exc
 
     @property
     def started(self) -> bool:

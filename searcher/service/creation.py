@@ -76,6 +76,9 @@ def _check(body: CreateExperiment) -> _Checked:
 
 
 class Creator:
+    """Creates experiments one at a time (two copies of one request must not both
+    create); the work runs in a thread, so inputs of other experiments go on."""
+
     def __init__(
         self,
         state_dir: Path,
@@ -104,13 +107,17 @@ class Creator:
 
     async def create(self, body: CreateExperiment, key: str, experiment_id: str) -> ExperimentHost:
         """A new experiment's host, started, its log written but not yet synced (the
-        caller holds :attr:`lock`, and found no experiment for ``key``)."""
-        checked = await asyncio.to_thread(_check, body)
+        caller holds :attr:`lock`, and found no experiment for ``key``). The work runs
+        in a thread: checks, storage, importing a custom method, the log's first fsyncs."""
+        return await asyncio.to_thread(self._create, body, key, experiment_id)
+
+    def _create(self, body: CreateExperiment, key: str, experiment_id: str) -> ExperimentHost:
+        checked = _check(body)
         config = checked.config
         if config.experiment_seed is None:
             config = config.with_seed(secrets.randbelow(2**32))
         contexts = self.state_dir / "contexts"
-        digest, context_dir = await asyncio.to_thread(store_context, checked.data, contexts)
+        digest, context_dir = store_context(checked.data, contexts)
         try:
             method = build_method(config, context_dir=context_dir)
             experiment = Experiment(config, method)

@@ -19,6 +19,7 @@ from rung.broker.schemas import KillTrial, WorkerHeartbeat, WorkerLost, decode
 from rung.broker.schemas.envelope import Body, Envelope
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
+from rung.searcher.host import ExperimentBrokenError
 from rung.searcher.service.errors import ServiceStoppedError
 from rung.searcher.trials import Command
 
@@ -28,6 +29,28 @@ if TYPE_CHECKING:
 __all__ = ["Intake"]
 
 log = structlog.get_logger("rung.searcher")
+
+
+# How many trial attempts of one broken experiment are told to stop, at most: a flood of
+# forged events cannot grow the searcher's memory without bound.
+MAX_STOPPED = 10_000
+
+
+def _reserved(envelope: Envelope) -> str | None:
+    """Why a worker's event may not have its message id, or None. The searcher names
+    its own inputs ``lost/...`` and ``<experiment id>/...``: an event with such an id
+    could make a real one look applied already."""
+    message_id = envelope.message_id
+    experiment_id = getattr(envelope.body, "experiment_id", "")
+    if message_id.startswith("lost/") or (
+        experiment_id and message_id.startswith(f"{experiment_id}/")
+    ):
+        return (
+            f"message id {message_id!r} is of the kind the searcher gives its own inputs "
+            "(lost/..., <experiment id>/...); a worker names its events "
+            "<worker id>/<session>/<n>"
+        )
+    return None
 
 
 class Intake:
@@ -57,10 +80,7 @@ class Intake:
         body = envelope.body
         experiment_id = getattr(body, "experiment_id", "")
         if self.service.given_up(experiment_id):
-            # Leave it to the searcher that owns the experiment now (pausing so that a
-            # message nobody else takes does not spin).
-            await asyncio.sleep(0.5)
-            await delivery.requeue()
+            await self.service.leave_to_owner(delivery)
             return
         crash_point("consumed")
         live = self.service.experiments.get(experiment_id)
@@ -70,7 +90,12 @@ class Intake:
             try:
                 applied = await self.service.apply(live, body, envelope.message_id)
             except StaleOwnerError:
-                await delivery.requeue()
+                await self.service.leave_to_owner(delivery)
+                return
+            except ExperimentBrokenError as exc:
+                # Kept, with the reason: a restart that recovers the experiment can take
+                # it back from the dead-letter queue (rung dlq requeue).
+                await delivery.dead_letter(str(exc))
                 return
             if not applied.duplicate:
                 crash_point("published")
@@ -101,7 +126,7 @@ class Intake:
             await delivery.dead_letter(str(exc))
             return None
         body = envelope.body
-        refused = self._impostor(body, delivery)
+        refused = self._impostor(body, delivery) or _reserved(envelope)
         if isinstance(body, WorkerLost):
             refused = "worker_lost is the searcher's own timer input; a worker cannot send it"
         if refused is not None:
@@ -131,6 +156,13 @@ class Intake:
             )
             return
         if (trial_id, attempt) in broken.stopped:
+            return
+        if len(broken.stopped) >= MAX_STOPPED:
+            log.warning(
+                "too many trials of a broken experiment reported; not told to stop",
+                experiment_id=broken.experiment_id,
+                trial_id=trial_id,
+            )
             return
         kill = KillTrial(experiment_id=broken.experiment_id, trial_id=trial_id, attempt=attempt)
         envelope = Envelope(

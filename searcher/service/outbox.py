@@ -28,7 +28,9 @@ import structlog
 from rung.broker.errors import BrokerError, UnroutableError
 from rung.broker.port import Broker
 from rung.broker.schemas import Envelope, ExitReason, OpCompleted, TrialExited, encode
-from rung.searcher.host import ExperimentHost, Outgoing
+from rung.searcher.errors import SearcherError
+from rung.searcher.eventlog.file import StaleOwnerError, StorageError
+from rung.searcher.host import ExperimentBrokenError, ExperimentHost, Outgoing
 from rung.searcher.trials import Command
 
 __all__ = ["Live", "Outbox"]
@@ -51,6 +53,8 @@ class Live:
     host: ExperimentHost
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retrying: bool = False
+    # The retry task, while one runs (cancelled when the experiment is dropped).
+    retry: asyncio.Task[None] | None = None
 
 
 class Outbox:
@@ -58,13 +62,18 @@ class Outbox:
         self,
         broker: Broker,
         *,
-        spawn: Callable[[Coroutine[Any, Any, None]], object],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         fatal: Callable[[BaseException], Awaitable[object]],
+        drop: Callable[[Live, SearcherError], None],
         input_wait_s: float = INPUT_WAIT_S,
     ) -> None:
         self.broker = broker
         self._spawn = spawn
+        # A storage error: the searcher stops.
         self._fatal = fatal
+        # Another searcher took the experiment over, or it cannot be rebuilt: the
+        # service stops serving it.
+        self._drop = drop
         self.input_wait_s = input_wait_s
 
     async def flush(self, live: Live) -> None:
@@ -75,7 +84,8 @@ class Outbox:
             return
         await host.log.sync_async()  # write first, then publish
         if live.retrying:  # the retry task sends them, after those before them
-            await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
+            if host.outbox:  # (it may have sent them all while the log synced)
+                await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
             return
         while host.outbox:
             waiting = host.outbox[0]
@@ -110,7 +120,7 @@ class Outbox:
             error=why,
         )
         live.retrying = True
-        self._spawn(self._retry(live, sending))
+        live.retry = self._spawn(self._retry(live, sending))
 
     async def _retry(self, live: Live, sending: asyncio.Future[list[Command]] | None) -> None:
         """Send the experiment's waiting decisions until the broker takes them all, the
@@ -132,24 +142,31 @@ class Outbox:
                 sending = None
                 log.debug("the broker still refuses commands", error=str(exc))
                 delay = min(delay * 2, RETRY_MAX_S)
-            except Exception as exc:  # noqa: BLE001 (a storage error stops the searcher)
+            except (StorageError, OSError) as exc:
                 await self._fatal(exc)
+                return
+            except (StaleOwnerError, ExperimentBrokenError) as exc:
+                self._drop(live, exc)
                 return
 
     async def _drain(self, live: Live) -> bool:
-        """Publish every waiting decision; True once none waits and the mark is gone."""
+        """Publish every waiting decision; True once none waits and the mark is gone.
+
+        Inputs of the experiment are applied meanwhile (this runs outside its lock), so
+        each decision's record is made durable before its commands go out."""
         host = live.host
-        await host.log.sync_async()
         while host.outbox:
+            if host.log.durable_seq < host.outbox[0].seq:
+                await host.log.sync_async()  # write first, then publish
             unroutable = await self._publish(host, host.outbox[0])
             host.outbox.popleft()
-            if self._workers_gone(host, unroutable):
-                await host.log.sync_async()
+            self._workers_gone(host, unroutable)
         async with live.lock:  # no input publishes while the mark is cleared
             if host.outbox:
                 return False
             await asyncio.to_thread(host.log.clear_unsent)
             live.retrying = False
+            live.retry = None
         log.info("waiting commands published", experiment_id=host.experiment_id)
         return True
 

@@ -35,6 +35,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.searcher.eventlog.file import StaleOwnerError
+from rung.searcher.host import ExperimentBrokenError
 from rung.searcher.service.errors import (
     ExperimentNotFoundError,
     RequestRefusedError,
@@ -61,8 +62,7 @@ class Requests:
             await delivery.dead_letter(str(exc))
             return
         if self.service.given_up(getattr(body, "experiment_id", None)):
-            await asyncio.sleep(0.5)  # another searcher owns it now: let it answer
-            await delivery.requeue()
+            await self.service.leave_to_owner(delivery)  # the new owner answers it
             return
         try:
             result = await self.handle(body, delivery)
@@ -72,8 +72,7 @@ class Requests:
         except StaleOwnerError:
             # Another searcher took the experiment over while this one applied the
             # request: nothing of it was kept here; the new owner answers it.
-            await asyncio.sleep(0.5)
-            await delivery.requeue()
+            await self.service.leave_to_owner(delivery)
             return
         except RequestRefusedError as exc:
             reply = RpcReply(
@@ -87,6 +86,8 @@ class Requests:
             )
         except ExperimentNotFoundError as exc:
             reply = RpcReply(ok=False, error=RpcError(kind="not_found", message=str(exc)))
+        except ExperimentBrokenError as exc:
+            reply = RpcReply(ok=False, error=RpcError(kind="refused", message=str(exc)))
         finally:
             self.service.feed.wake()
         if delivery.reply_to:
@@ -108,7 +109,9 @@ class Requests:
         service = self.service
         match body:
             case CreateExperiment():
-                return await service.create(body, body.request_key or request_id)
+                # Nothing names the request: it cannot be recognised when sent again.
+                key = body.request_key or request_id or f"unnamed/{uuid.uuid4().hex}"
+                return await service.create(body, key)
             case ControlExperiment():
                 return await self._control(body, request_id)
             case ControlTrial():

@@ -26,16 +26,17 @@ from typing import Any, Final, NoReturn
 
 import structlog
 
-from rung.broker.port import Broker
+from rung.broker.port import Broker, Delivery
 from rung.broker.schemas import (
     CreateExperiment,
     ExperimentSummary,
     OpCompleted,
 )
 from rung.broker.schemas.envelope import Body
+from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
-from rung.searcher.host import Applied, BrokenExperiment, ExperimentHost
+from rung.searcher.host import Applied, BrokenExperiment, ExperimentBrokenError, ExperimentHost
 from rung.searcher.service.creation import Creator
 from rung.searcher.service.errors import ExperimentNotFoundError, ServiceStoppedError
 from rung.searcher.service.feed import LiveFeed
@@ -94,7 +95,7 @@ class SearcherService:
         self.given_up_ids: set[str] = set()
         self.workers = WorkerRegistry(worker_timeout_s)
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
-        self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die)
+        self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die, drop=self._drop)
         self.requests = Requests(self)
         self.creator = Creator(state_dir, self.owner, existing=self._request_key_of)
         self.intake = Intake(self)
@@ -196,8 +197,8 @@ class SearcherService:
                 host = await asyncio.to_thread(
                     ExperimentHost.open, path, owner=self.owner, context_root=contexts
                 )
-            except (StorageError, OSError):
-                raise
+            except (StorageError, OSError) as exc:
+                await self.die(exc)
             except Exception as exc:
                 broken = BrokenExperiment.of(path, f"{type(exc).__name__}: {exc}")
                 self.broken[broken.experiment_id] = broken
@@ -233,18 +234,18 @@ class SearcherService:
         async with live.lock:
             try:
                 applied = live.host.apply(body, message_id, at=time.time())
-            except StaleOwnerError as exc:
-                self._give_up(live, exc)
+                if applied.duplicate:
+                    if isinstance(body, OpCompleted):  # best effort, beside the inputs
+                        self._spawn(self.outbox.answer_again(live, body))
+                    return applied
+                if applied.step.commands or live.host.outbox:
+                    await self._settle(live)
+                await self._maybe_snapshot(live)
+            except (StaleOwnerError, ExperimentBrokenError) as exc:
+                self._drop(live, exc)
                 raise
             except (StorageError, OSError) as exc:
                 await self.die(exc)
-            if applied.duplicate:
-                if isinstance(body, OpCompleted):  # best effort, beside the inputs
-                    self._spawn(self.outbox.answer_again(live, body))
-                return applied
-            if applied.step.commands or live.host.outbox:
-                await self._settle(live)
-            await self._maybe_snapshot(live)
         return applied
 
     async def _settle(self, live: Live) -> None:
@@ -329,22 +330,45 @@ class SearcherService:
             return ""  # another searcher's: never reused
         return None
 
-    def _give_up(self, live: Live, exc: StaleOwnerError) -> None:
-        """Another searcher owns the experiment now: stop acting on it, at once."""
-        experiment_id = live.host.experiment_id
+    def _drop(self, live: Live, exc: SearcherError) -> None:
+        """Stop serving an experiment, at once: another searcher took it over
+        (``StaleOwnerError``), or its state cannot be rebuilt (``ExperimentBrokenError``:
+        it is shown as ERROR, with the reason, until a restart recovers it)."""
+        host = live.host
+        experiment_id = host.experiment_id
+        if self.experiments.get(experiment_id) is not live:
+            return  # dropped already
+        del self.experiments[experiment_id]
+        if live.retry is not None and live.retry is not asyncio.current_task():
+            live.retry.cancel()
+        host.close()
+        if isinstance(exc, ExperimentBrokenError):
+            log.error("the experiment cannot go on; it is shown as ERROR", error=str(exc))
+            self.broken[experiment_id] = BrokenExperiment(
+                experiment_id,
+                host.log.path,
+                exc.reason,
+                name=host.run.experiment.config.name,
+                request_key=host.request_key,
+            )
+            return
         log.error(
             "another searcher took over the experiment; this one stops acting on it",
             experiment_id=experiment_id,
             reason=str(exc),
         )
-        self.experiments.pop(experiment_id, None)
-        live.host.close()
         self.given_up_ids.add(experiment_id)
         if self.shared_state_dir:
             # A searcher started on a shared directory takes over every experiment in it:
             # this one has lost them all, and leaves the queues to the new owner.
             log.error("another searcher owns this shared state directory now; stopping")
             self._stop.set()
+
+    async def leave_to_owner(self, delivery: Delivery) -> None:
+        """A message of an experiment another searcher owns now: back to the queue for
+        it, after a pause, so that a message nobody else takes does not spin."""
+        await asyncio.sleep(0.5)
+        await delivery.requeue()
 
     # ------------------------------------------------------------------ timers
     async def _watch_workers(self) -> None:
@@ -362,7 +386,9 @@ class SearcherService:
                 target = self.experiments.get(lost.experiment_id)
                 if target is None:
                     continue
-                with contextlib.suppress(StaleOwnerError, ServiceStoppedError):
+                with contextlib.suppress(
+                    StaleOwnerError, ExperimentBrokenError, ServiceStoppedError
+                ):
                     await self.apply(target, lost.body, lost.message_id)
             self.feed.wake()
             if self.health_file is not None:

@@ -389,3 +389,53 @@ async def test_a_create_delivered_twice_without_a_key_makes_one_experiment(
         ids.add(reply.result["experiment_id"])
     assert len(ids) == 1
     assert len(list((tmp_path / "state" / "experiments").iterdir())) == 1
+
+
+async def test_an_event_under_an_id_of_the_searchers_own_inputs_is_refused(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """A forged ``lost/<trial>/<attempt>`` would make the searcher believe it had applied
+    the loss of a trial already: such ids are the searcher's, and refused from workers."""
+    service: SearcherService = await searcher()
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    eid = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
+    dead = await collect(broker, broker.topology.dead_queue)
+    await worker.send(ProgressReported(**ids(eid, 1), units=1), message_id="lost/1/1")
+    await worker.send(ProgressReported(**ids(eid, 1), units=1), message_id=f"{eid}/control/x")
+    await wait_for(lambda: len(dead) == 2, 10, "both refused")
+    for delivery in dead:
+        assert "the searcher gives its own inputs" in str(delivery.headers[DEAD_REASON_HEADER])
+    assert "lost/1/1" not in service.experiments[eid].host.seen
+
+
+async def test_an_experiment_that_cannot_be_rebuilt_mid_run_is_error_and_its_input_kept(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """The search raised on an input, and the experiment's log could not be folded again
+    in this process: the experiment is shown as ERROR, the input goes to the dead-letter
+    queue with the reason (a restart that recovers it can take it back), and the
+    searcher serves the others."""
+    service: SearcherService = await searcher()
+    worker, client, created = await two_trials_running(broker, tmp_path)
+    eid = created["experiment_id"]
+    live = service.experiments[eid]
+    await wait_for(lambda: len(live.host.run.trials) == 2, 10, "two trials")
+    live.host.context_root = tmp_path / "nowhere"  # its custom method cannot be found
+    dead = await collect(broker, broker.topology.dead_queue)
+    await worker.send(OpCompleted(**ids(eid, 1), length=4, metric=2.0))
+    await wait_for(lambda: len(dead) == 1, 10, "the input, dead-lettered")
+    assert "cannot be rebuilt from its log" in str(dead[0].headers[DEAD_REASON_HEADER])
+    summary = await client.describe(eid)
+    assert summary.state == "ERROR"
+    assert "could not be recovered" in summary.message
+    assert "fragile" in summary.message
+    other = await client.create_experiment(SINGLE, tmp_path / "context")
+    await wait_for(
+        lambda: any(w.experiment_id == other["experiment_id"] for w in worker.work),
+        10,
+        "the other experiment's trial",
+    )

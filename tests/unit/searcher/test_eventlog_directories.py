@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rung.searcher.eventlog import FileEventLog
-from rung.searcher.eventlog import durable
+from rung.searcher.eventlog import FileEventLog, durable
 from rung.searcher.eventlog import file as file_module
 
 

@@ -27,7 +27,7 @@ from rung.broker.schemas.envelope import Body
 from rung.searcher.config import parse_config
 from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.experiment import Experiment
-from rung.searcher.host import ExperimentHost
+from rung.searcher.host import ExperimentBrokenError, ExperimentHost
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun
 
@@ -256,8 +256,40 @@ def test_the_fold_of_a_log_whose_input_now_raises_fails_there(
     assert reopened is not None
     opened.append(reopened)
     assert reopened.run.state == "ERROR"
-    assert [o.commands[0].body.type for o in reopened.outbox][-1] == "kill_trial"
+    kills = reopened.outbox[-1].commands
+    assert sorted((c.body.type, c.body.trial_id) for c in kills) == [
+        ("kill_trial", 1),
+        ("kill_trial", 2),
+    ]
     assert replay(read_log(host.log.path)).failure is None  # written: not found again
+    # The kills are in the log: a searcher that dies before sending them sends them
+    # again after its restart, and writes the failure down only once.
+    reopened.log.path.with_name("unsent.json").unlink(missing_ok=True)
+    reopened.close()
+    opened.remove(reopened)
+    records = len(read_log(host.log.path))
+    again = ExperimentHost.open(host.log.path, owner="third", context_root=None)
+    assert again is not None
+    opened.append(again)
+    assert [c.body.trial_id for c in again.outbox[-1].commands] == [1, 2]
+    assert len(read_log(again.log.path)) == records + 1  # its owner record only
+
+
+def test_an_experiment_whose_state_cannot_be_rebuilt_changes_nothing_and_says_so(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    """The search raised, and the log cannot be folded again (here: it is gone): the
+    input is not applied, nothing is written, and the caller is told."""
+    host = new_host(tmp_path, fragile_config(raise_above=0.9))
+    opened.append(host)
+    start_all(host)
+    seq = host.log.seq
+    host.log.path.rename(tmp_path / "moved.jsonl")
+    done = OpCompleted(experiment_id=EID, trial_id=1, attempt=1, worker_id="w", length=10, metric=2)
+    with pytest.raises(ExperimentBrokenError, match="cannot be rebuilt from its log"):
+        host.apply(done, "boom", at=0)
+    assert host.log.seq == seq
+    assert "boom" not in host.seen
 
 
 @pytest.mark.parametrize("action", ["pause", "cancel"])

@@ -1,0 +1,75 @@
+"""The outbox's retry task: write first, then publish, even while inputs go on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from rung.broker import Topology
+from rung.broker.schemas import OpCompleted, TrialStarted
+from rung.searcher.errors import SearcherError
+from rung.searcher.host import ExperimentHost
+from rung.searcher.service.outbox import Live, Outbox
+from tests.support import wait_for
+from tests.unit.searcher.test_host import EID, fragile_config, new_host
+
+
+class GatedBroker:
+    """Records each publish with how far the log was durable then; the first one waits
+    for the gate, as a broker that is slow to confirm."""
+
+    def __init__(self, host: ExperimentHost) -> None:
+        self.topology = Topology("outbox-test")
+        self.host = host
+        self.gate = asyncio.Event()
+        self.published: list[tuple[str, int]] = []
+
+    async def publish(self, exchange: str, key: str, body: bytes, **kw: Any) -> None:
+        self.published.append((kw["message_id"], self.host.log.durable_seq))
+        if len(self.published) == 1:
+            await self.gate.wait()
+
+
+async def test_the_retry_task_publishes_a_decision_only_once_its_record_is_durable(
+    tmp_path: Path,
+) -> None:
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    try:
+        await host.log.sync_async()
+        broker = GatedBroker(host)
+        tasks: list[asyncio.Task[None]] = []
+
+        def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+            tasks.append(asyncio.get_running_loop().create_task(work))
+            return tasks[-1]
+
+        async def fatal(exc: BaseException) -> None:
+            raise AssertionError(f"no storage error expected: {exc}")
+
+        def drop(live: Live, exc: SearcherError) -> None:
+            raise AssertionError(f"nothing to drop: {exc}")
+
+        outbox = Outbox(broker, spawn=spawn, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        live = Live(host, retrying=True)
+        live.retry = spawn(outbox._retry(live, None))
+        await wait_for(lambda: len(broker.published) == 1, 10, "the first publish")
+        # While the retry task waits for a confirm, the experiment's inputs go on: one
+        # decides a command, written to the log but not yet durable.
+        for trial_id in (1, 2):
+            ids = {"experiment_id": EID, "trial_id": trial_id, "attempt": 1, "worker_id": "w"}
+            host.apply(TrialStarted(**ids, slots=1), f"start-{trial_id}", at=0)
+        ids = {"experiment_id": EID, "trial_id": 1, "attempt": 1, "worker_id": "w"}
+        applied = host.apply(OpCompleted(**ids, length=10, metric=0.5), "done-1", at=0)
+        assert applied.step.commands
+        assert host.log.durable_seq < applied.seq
+        broker.gate.set()
+        await wait_for(lambda: not live.retrying, 10, "the outbox drained")
+        for message_id, durable in broker.published:
+            seq = int(message_id.split("/")[1])
+            assert durable >= seq, f"{message_id} published with the log durable to {durable}"
+        assert any(m.startswith(f"{EID}/{applied.seq}/") for m, _ in broker.published)
+        await asyncio.gather(*tasks)
+    finally:
+        host.close()
