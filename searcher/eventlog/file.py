@@ -85,7 +85,11 @@ class FileEventLog:
         self._file = path.open("ab")
         self._size = os.fstat(self._file.fileno()).st_size
         # What a previous process wrote may still be only in the page cache.
-        self._fsync()
+        try:
+            self._fsync()
+        except StorageError:
+            self._file.close()
+            raise
         self.durable_seq = self.seq
         self._syncing = asyncio.Lock()
         # Snapshot cadence: enough records, and at least as many bytes as a snapshot.

@@ -120,33 +120,38 @@ class SearcherService:
         and the experiments' retry tasks. Shutdown stops intake first, lets the inputs
         under way finish, then cancels the rest."""
         (self.state_dir / "contexts").mkdir(parents=True, exist_ok=True)
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            await self._recover()
-            topology = self.broker.topology
-            intake = [
-                await self.broker.subscribe(topology.rpc_queue, self.requests.on_rpc, prefetch=4),
-                await self.broker.subscribe(
-                    topology.events_queue, self.intake.on_event, prefetch=64
-                ),
-                await self.broker.subscribe(
-                    topology.heartbeats_queue, self.intake.on_heartbeat, prefetch=64
-                ),
-            ]
-            log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
-            self.ready.set()
-            watchdog = self._spawn(self._watch_workers())
-            self._spawn(self.feed.pump())
-            self.feed.wake()  # what recovery appended
-            await stop.wait()
-            # Stop intake (the timer's too), let the inputs under way finish, cancel.
-            for subscription in intake:
-                await subscription.cancel()
-            watchdog.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
-            for task in list(self._tasks):
-                task.cancel()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                await self._recover()
+                topology = self.broker.topology
+                intake = [
+                    await self.broker.subscribe(
+                        topology.rpc_queue, self.requests.on_rpc, prefetch=4
+                    ),
+                    await self.broker.subscribe(
+                        topology.events_queue, self.intake.on_event, prefetch=64
+                    ),
+                    await self.broker.subscribe(
+                        topology.heartbeats_queue, self.intake.on_heartbeat, prefetch=64
+                    ),
+                ]
+                log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
+                self.ready.set()
+                watchdog = self._spawn(self._watch_workers())
+                self._spawn(self.feed.pump())
+                self.feed.wake()  # what recovery appended
+                await stop.wait()
+                # Stop intake (the timer's too), let the inputs under way finish, cancel.
+                for subscription in intake:
+                    await subscription.cancel()
+                watchdog.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
+                for task in list(self._tasks):
+                    task.cancel()
+        except* ServiceStoppedError:
+            pass  # fail-stop: self.fatal says why, below
         if self.fatal is None:
             with contextlib.suppress(TimeoutError):  # the last records, best effort
                 await asyncio.wait_for(self.feed.publish(), timeout=10)
