@@ -25,7 +25,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import latency, peer_compare, quality, replay, simulator  # noqa: E402
+from bench import isolation, latency, peer_compare, quality, replay, simulator  # noqa: E402
 
 # In the issue's order: 1 control plane, 2 utilization, 3 latency, 4 scaling, 5 quality,
 # 6 searcher scale (the simulator, and replay of a log).
@@ -37,6 +37,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "quality": quality.run,
     "simulator": lambda *, quick, **_: simulator.run(quick=quick),
     "replay": lambda *, quick, **_: replay.run(quick=quick),
+    # Issue 15: one experiment's blocked publishes cost the others nothing.
+    "isolation": lambda *, quick, **_: isolation.run(quick=quick),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -91,6 +91,22 @@ def _latency(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _isolation(rows: list[Row]) -> list[str]:
+    head = ["broker", "inputs", "other's p50 ms", "while blocked: p50 ms", "max ms", "5 inputs ms"]
+    body = [
+        [
+            r["broker"],
+            str(r["inputs"]),
+            _num(r["other_p50_ms_before"]),
+            _num(r["other_p50_ms_while_blocked"]),
+            _num(r["other_max_ms_while_blocked"]),
+            _num(r["five_inputs_ms"]),
+        ]
+        for r in rows
+    ]
+    return _table(head, body)
+
+
 def _scaling(rows: list[Row]) -> list[str]:
     head = ["workers", "steps/s", "speedup", "efficiency", "utilization", "wall s"]
     body = [
@@ -254,6 +270,8 @@ def render(path: Path) -> str:
             *_searcher_scale(by.get("simulator", []), by.get("replay", [])),
             "",
         ]
+    if "isolation" in by:
+        text += ["### 7. Isolation between experiments", "", *_isolation(by["isolation"]), ""]
     text += _plots(by, path.stem)
     return "\n".join(text)
 

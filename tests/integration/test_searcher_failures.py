@@ -98,6 +98,12 @@ async def searcher(broker: Broker, tmp_path: Path) -> AsyncIterator[Callable[[],
         await task
 
 
+def is_command_of(experiment_id: str, publish_kw: dict[str, Any]) -> bool:
+    """A command the searcher publishes for the experiment (not a live-feed record)."""
+    message_id = publish_kw.get("message_id") or ""
+    return message_id.startswith(f"{experiment_id}/") and "/record/" not in message_id
+
+
 def ids(experiment_id: str, trial_id: int, attempt: int = 1) -> dict[str, Any]:
     return {
         "experiment_id": experiment_id,
@@ -237,9 +243,8 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
     attempts: list[str] = []
 
     async def blocking_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        message_id = kw.get("message_id") or ""
-        if message_id.startswith(f"{bid}/") and "/record/" not in message_id:
-            attempts.append(message_id)
+        if is_command_of(bid, kw):
+            attempts.append(kw["message_id"])
             await release.wait()  # a broker that does not confirm (a resource alarm)
         await real_publish(exchange, routing_key, body, **kw)
 
@@ -328,9 +333,8 @@ async def test_once_a_decision_waits_for_the_broker_its_experiments_inputs_never
     attempts: list[str] = []
 
     async def failing_then_hanging(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        message_id = kw.get("message_id") or ""
-        if message_id.startswith(f"{eid}/") and "/record/" not in message_id:
-            attempts.append(message_id)
+        if is_command_of(eid, kw):
+            attempts.append(kw["message_id"])
             if len(attempts) == 1:
                 raise PublishTimeoutError("the broker did not confirm in time (test)")
             await hang.wait()
