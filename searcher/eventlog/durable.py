@@ -20,4 +20,3 @@ def replace_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     temporary.replace(path)
     fsync_directory(path.parent)
-
