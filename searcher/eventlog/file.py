@@ -34,7 +34,7 @@ from rung.searcher.eventlog.snapshots import (
 )
 from rung.searcher.failpoints import fsync_failure_point
 
-__all__ = ["UNSENT_FILE", "FileEventLog", "StaleOwnerError", "StorageError"]
+__all__ = ["UNSENT_FILE", "FileEventLog", "LogClosedError", "StaleOwnerError", "StorageError"]
 
 UNSENT_FILE: Final = "unsent.json"
 
@@ -45,6 +45,10 @@ class StaleOwnerError(SearcherError):
 
 class StorageError(SearcherError):
     """A write or an fsync of the log failed: the log takes nothing more (fail-stop)."""
+
+
+class LogClosedError(SearcherError):
+    """The log was closed (its experiment is no longer served here)."""
 
 
 def _make_directories(directory: Path) -> None:
@@ -69,6 +73,7 @@ class FileEventLog:
             fsync_directory(path.parent)
         # The first storage error; from then on the log refuses everything.
         self.broken: StorageError | None = None
+        self.closed = False
         existing = read_log(path, repair=True)
         # What was on disk when the log was opened (for a restart to rebuild from).
         self.existing: LogRecords = existing
@@ -147,6 +152,8 @@ class FileEventLog:
     def _check(self) -> None:
         if self.broken is not None:
             raise self.broken
+        if self.closed:
+            raise LogClosedError(f"{self.path} is closed; its experiment is not served here")
 
     def _storage_failed(self, what: str, exc: OSError) -> StorageError:
         self.broken = StorageError(
@@ -270,7 +277,17 @@ class FileEventLog:
         self.store_snapshot(snapshot)
         return snapshot
 
+    async def aclose(self) -> None:
+        """Close once no sync is under way, with what was appended made durable first:
+        a sync waiting for the disk never finds its file closed under it."""
+        async with self._syncing:
+            if self.broken is None and not self.closed and self.durable_seq < self.seq:
+                await asyncio.to_thread(self._fsync)
+                self.durable_seq = self.seq
+            self.close()
+
     def close(self) -> None:
+        self.closed = True
         try:
             self._file.close()
         except OSError:

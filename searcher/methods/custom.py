@@ -46,7 +46,7 @@ def _import_from_context(context_dir: Path, module: str, path: Path) -> ModuleTy
     try:
         sys.modules[name] = loaded
         spec.loader.exec_module(loaded)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() too
         sys.modules.pop(name, None)
         raise CustomSearcherError(
             f"searcher.class: importing {path} failed with {type(exc).__name__}: {exc}; "
@@ -69,6 +69,11 @@ def _import(module: str, context_dir: Path | None) -> ModuleType:
             f"searcher.class: module {module!r} was not found{where} on the Python path; "
             f"put {module.replace('.', '/')}.py in the experiment's context directory"
         ) from exc
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() too
+        raise CustomSearcherError(
+            f"searcher.class: importing {module!r} failed with {type(exc).__name__}: {exc}; "
+            "fix the module so that it imports cleanly"
+        ) from exc
 
 
 def load_custom_method(config: CustomSearcher, context_dir: Path | None) -> SearchMethod[Any]:
@@ -88,7 +93,7 @@ def load_custom_method(config: CustomSearcher, context_dir: Path | None) -> Sear
     factory = cast("Callable[[CustomSearcher], SearchMethod[Any]]", cls)
     try:
         method = factory(config)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise CustomSearcherError(
             f"searcher.class: building {config.class_}(config) failed with "
             f"{type(exc).__name__}: {exc}"

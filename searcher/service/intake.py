@@ -9,6 +9,8 @@ acknowledged once what it appended to its experiment's log is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -17,13 +19,14 @@ from rung.broker.errors import DecodeError
 from rung.broker.port import Delivery
 from rung.broker.schemas import KillTrial, WorkerHeartbeat, WorkerLost, decode
 from rung.broker.schemas.envelope import Body, Envelope
-from rung.searcher.eventlog.file import StaleOwnerError, StorageError
+from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
-from rung.searcher.host import ExperimentBrokenError
+from rung.searcher.host import BrokenExperiment, ExperimentBrokenError
 from rung.searcher.service.errors import ServiceStoppedError
 from rung.searcher.trials import Command
 
 if TYPE_CHECKING:
+    from rung.searcher.service.outbox import Live
     from rung.searcher.service.service import SearcherService
 
 __all__ = ["Intake"]
@@ -61,17 +64,22 @@ class Intake:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def on_event(self, delivery: Delivery) -> None:
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Count a message under way (an event or a request): shutdown waits for them."""
         self.handling += 1
         self.idle.clear()
         try:
-            await self._handle_event(delivery)
-        except ServiceStoppedError:
-            pass  # fail-stop: the message stays unacknowledged, for the next searcher
+            yield
         finally:
             self.handling -= 1
             if self.handling == 0:
                 self.idle.set()
+
+    async def on_event(self, delivery: Delivery) -> None:
+        with self.busy(), contextlib.suppress(ServiceStoppedError):
+            # (fail-stop: the message stays unacknowledged, for the next searcher)
+            await self._handle_event(delivery)
 
     async def _handle_event(self, delivery: Delivery) -> None:
         envelope = await self._accepted(delivery)
@@ -85,33 +93,42 @@ class Intake:
         crash_point("consumed")
         live = self.service.experiments.get(experiment_id)
         if live is None:
-            await self._unknown_experiment(body)
+            if await self._not_served(body, delivery):
+                return
         else:
             try:
                 applied = await self.service.apply(live, body, envelope.message_id)
-            except StaleOwnerError:
-                await self.service.leave_to_owner(delivery)
+                if not applied.duplicate:
+                    crash_point("published")
+                # Write first: what this input appended is durable before it is
+                # acknowledged (the fsync, shared with the inputs applied meanwhile, is
+                # outside the lock).
+                await self._durable(live)
+            except (StaleOwnerError, ExperimentBrokenError, LogClosedError):
+                await self._dropped(live, delivery)
                 return
-            except ExperimentBrokenError as exc:
-                # Kept, with the reason: a restart that recovers the experiment can take
-                # it back from the dead-letter queue (rung dlq requeue).
-                await delivery.dead_letter(str(exc))
-                return
-            if not applied.duplicate:
-                crash_point("published")
-            # Write first: what this input appended is durable before it is acknowledged
-            # (the fsync, shared with the inputs applied meanwhile, is outside the lock).
-            event_log = live.host.log
-            if event_log.durable_seq < event_log.seq:
-                try:
-                    await event_log.sync_async()
-                except (StorageError, OSError) as exc:
-                    await self.service.die(exc)
-                crash_point("appended")
         if self.service.fatal is not None:
             raise ServiceStoppedError
         self.service.feed.wake()
         await delivery.ack()
+
+    async def _durable(self, live: Live) -> None:
+        event_log = live.host.log
+        if event_log.durable_seq < event_log.seq:
+            try:
+                await event_log.sync_async()
+            except (StorageError, OSError) as exc:
+                await self.service.die(exc)
+            crash_point("appended")
+
+    async def _dropped(self, live: Live, delivery: Delivery) -> None:
+        """The experiment stopped being served while this input was handled."""
+        if isinstance(live.dropped, StaleOwnerError) or live.dropped is None:
+            await self.service.leave_to_owner(delivery)  # its new owner takes it
+            return
+        # Kept, with the reason: a restart that recovers the experiment can take it
+        # back from the dead-letter queue (rung dlq requeue).
+        await delivery.dead_letter(str(live.dropped))
 
     async def _accepted(self, delivery: Delivery) -> Envelope | None:
         """The event's envelope, or None once a bad one was dead-lettered or dropped."""
@@ -141,19 +158,32 @@ class Intake:
             return None
         return envelope
 
-    async def _unknown_experiment(self, body: Body) -> None:
-        """An event of an experiment this searcher does not serve: dropped; if it comes
-        from a trial of a broken experiment, its process is told to stop."""
+    async def _not_served(self, body: Body, delivery: Delivery) -> bool:
+        """An event of an experiment this searcher does not serve. Unknown: dropped
+        (acknowledged: False). Broken: dead-lettered with the reason, kept for a searcher
+        that recovers the experiment later (True), and the trial's process is told to
+        stop, to free its slots."""
         experiment_id = getattr(body, "experiment_id", None)
         broken = self.service.broken.get(experiment_id or "")
-        trial_id, attempt = getattr(body, "trial_id", None), getattr(body, "attempt", None)
-        worker_id = getattr(body, "worker_id", None)
-        if broken is None or trial_id is None or attempt is None or not worker_id:
+        if broken is None:
             log.warning(
                 "event for an unknown experiment; dropped",
                 type=body.type,
                 experiment_id=experiment_id,
             )
+            return False
+        await self._stop_trial(broken, body)
+        await delivery.dead_letter(
+            f"experiment {broken.experiment_id} could not be recovered ({broken.reason}); "
+            "this event is kept for a searcher that recovers it"
+        )
+        return True
+
+    async def _stop_trial(self, broken: BrokenExperiment, body: Body) -> None:
+        """Tell the process of the trial attempt that sent ``body`` to stop, once."""
+        trial_id, attempt = getattr(body, "trial_id", None), getattr(body, "attempt", None)
+        worker_id = getattr(body, "worker_id", None)
+        if trial_id is None or attempt is None or not worker_id:
             return
         if (trial_id, attempt) in broken.stopped:
             return

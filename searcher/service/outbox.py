@@ -55,6 +55,8 @@ class Live:
     retrying: bool = False
     # The retry task, while one runs (cancelled when the experiment is dropped).
     retry: asyncio.Task[None] | None = None
+    # Why the service stopped serving the experiment, once it has.
+    dropped: SearcherError | None = None
 
 
 class Outbox:
@@ -62,7 +64,7 @@ class Outbox:
         self,
         broker: Broker,
         *,
-        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None] | None],
         fatal: Callable[[BaseException], Awaitable[object]],
         drop: Callable[[Live, SearcherError], None],
         input_wait_s: float = INPUT_WAIT_S,

@@ -55,6 +55,10 @@ class Requests:
         self.service = service
 
     async def on_rpc(self, delivery: Delivery) -> None:
+        with self.service.intake.busy():  # shutdown waits for it too
+            await self._on_rpc(delivery)
+
+    async def _on_rpc(self, delivery: Delivery) -> None:
         try:
             body = decode(delivery.body).body
         except DecodeError as exc:

@@ -100,6 +100,7 @@ class SearcherService:
         self.creator = Creator(state_dir, self.owner, existing=self._request_key_of)
         self.intake = Intake(self)
         self._group: asyncio.TaskGroup | None = None
+        self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         # Set once every experiment is recovered and the service takes messages.
@@ -139,6 +140,7 @@ class SearcherService:
                 log.info("searcher ready", state_dir=str(self.state_dir), prefix=topology.prefix)
                 self.ready.set()
                 watchdog = self._spawn(self._watch_workers())
+                assert watchdog is not None  # noqa: S101 (the group is open, not closing)
                 self._spawn(self.feed.pump())
                 self.feed.wake()  # what recovery appended
                 await stop.wait()
@@ -148,6 +150,7 @@ class SearcherService:
                 watchdog.cancel()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
+                self._closing = True  # nothing new is spawned from here on
                 for task in list(self._tasks):
                     task.cancel()
         except* ServiceStoppedError:
@@ -156,24 +159,30 @@ class SearcherService:
             with contextlib.suppress(TimeoutError):  # the last records, best effort
                 await asyncio.wait_for(self.feed.publish(), timeout=10)
         for live in self.experiments.values():
-            live.host.close()
+            if self.fatal is None:
+                await live.host.log.aclose()
+            else:
+                live.host.close()
         log.info("searcher stopped")
         if self.fatal is not None:
             raise self.fatal
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run ``work`` in the service's task group; a fail-stop ends it quietly (the
-        service is stopping), anything else it raises stops the service."""
+        service is stopping), anything else it raises stops the service. Once shutdown
+        has cancelled the service's tasks, nothing new starts (None)."""
 
         async def guarded() -> None:
             with contextlib.suppress(ServiceStoppedError):
                 await work
 
-        if self._group is None:
-            raise RuntimeError("the service's task group is not open")
+        if self._group is None or self._closing:
+            work.close()
+            return None
         task = self._group.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: work.close())  # cancelled before it started
         return task
 
     async def die(self, exc: BaseException) -> NoReturn:
@@ -204,7 +213,7 @@ class SearcherService:
                 )
             except (StorageError, OSError) as exc:
                 await self.die(exc)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 broken = BrokenExperiment.of(path, f"{type(exc).__name__}: {exc}")
                 self.broken[broken.experiment_id] = broken
                 log.exception(
@@ -218,8 +227,7 @@ class SearcherService:
                 continue
             live = Live(host)
             self.experiments[host.experiment_id] = live
-            async with live.lock:
-                await self._settle(live)
+            await self._settle_or_drop(live)
             log.info(
                 "experiment recovered from its log",
                 experiment_id=host.experiment_id,
@@ -237,6 +245,8 @@ class SearcherService:
         inputs are applied meanwhile and share the fsync.
         """
         async with live.lock:
+            if live.dropped is not None:  # while this input waited for the lock
+                raise live.dropped
             try:
                 applied = live.host.apply(body, message_id, at=time.time())
                 if applied.duplicate:
@@ -252,6 +262,15 @@ class SearcherService:
             except (StorageError, OSError) as exc:
                 await self.die(exc)
         return applied
+
+    async def _settle_or_drop(self, live: Live) -> None:
+        """Settle what a recovery or a creation queued, under the experiment's lock;
+        an experiment taken over or broken meanwhile is dropped."""
+        async with live.lock:
+            try:
+                await self._settle(live)
+            except (StaleOwnerError, ExperimentBrokenError) as exc:
+                self._drop(live, exc)
 
     async def _settle(self, live: Live) -> None:
         """Make what was applied durable, then publish the commands that wait."""
@@ -285,8 +304,7 @@ class SearcherService:
                     await self.die(exc)
                 live = Live(host)
                 self.experiments[experiment_id] = live
-                async with live.lock:
-                    await self._settle(live)
+                await self._settle_or_drop(live)
         if experiment_id in self.broken:
             broken = self.broken[experiment_id]
             return {"experiment_id": experiment_id, "warnings": [], "event_log": str(broken.path)}
@@ -344,9 +362,11 @@ class SearcherService:
         if self.experiments.get(experiment_id) is not live:
             return  # dropped already
         del self.experiments[experiment_id]
+        live.dropped = exc  # inputs waiting for its lock get the same answer
         if live.retry is not None and live.retry is not asyncio.current_task():
             live.retry.cancel()
-        host.close()
+        if self._spawn(host.log.aclose()) is None:  # after its syncs under way
+            host.close()
         if isinstance(exc, ExperimentBrokenError):
             log.error("the experiment cannot go on; it is shown as ERROR", error=str(exc))
             self.broken[experiment_id] = BrokenExperiment(

@@ -30,7 +30,7 @@ from rung.broker.schemas import (
     decode,
     encode,
 )
-from rung.client import NotFoundError
+from rung.client import NotFoundError, RefusedError
 from rung.searcher.client import SearcherClient
 from rung.searcher.eventlog import read_log, replay
 from rung.searcher.service.service import SearcherService
@@ -208,9 +208,13 @@ async def test_a_log_that_cannot_be_replayed_fails_its_experiment_only(
     assert "gone_on_purpose" in summary.message
     listed = {s.experiment_id: s.state for s in await client.list_experiments()}
     assert listed[eid] == "ERROR"
-    # A trial of it that reports is told to stop; the healthy experiment goes on.
+    # A trial of it that reports is told to stop, and its event is kept in the
+    # dead-letter queue for a searcher that recovers it; the healthy experiment goes on.
+    dead = await collect(broker, broker.topology.dead_queue)
     await worker.send(ProgressReported(**ids(eid, 1), units=1))
     await wait_for(lambda: any(isinstance(c, KillTrial) for c in worker.control), 10, "kill")
+    await wait_for(lambda: len(dead) == 1, 10, "the event, kept")
+    assert "could not be recovered" in str(dead[0].headers[DEAD_REASON_HEADER])
     hid = healthy["experiment_id"]
     await worker.send(TrialStarted(**ids(hid, 1), slots=1))
     await worker.send(OpCompleted(**ids(hid, 1), length=3, metric=0.1))
@@ -431,8 +435,12 @@ async def test_an_experiment_that_cannot_be_rebuilt_mid_run_is_error_and_its_inp
     live.host.context_root = tmp_path / "nowhere"  # its custom method cannot be found
     dead = await collect(broker, broker.topology.dead_queue)
     await worker.send(OpCompleted(**ids(eid, 1), length=4, metric=2.0))
-    await wait_for(lambda: len(dead) == 1, 10, "the input, dead-lettered")
-    assert "cannot be rebuilt from its log" in str(dead[0].headers[DEAD_REASON_HEADER])
+    # Another input of it, right behind: it finds the experiment dropped (waiting for
+    # its lock, or after), and is kept too.
+    await worker.send(ProgressReported(**ids(eid, 2), units=1))
+    await wait_for(lambda: len(dead) == 2, 10, "both inputs, dead-lettered")
+    reasons = sorted(str(d.headers[DEAD_REASON_HEADER]) for d in dead)
+    assert any("cannot be rebuilt from its log" in r for r in reasons), reasons
     summary = await client.describe(eid)
     assert summary.state == "ERROR"
     assert "could not be recovered" in summary.message
@@ -443,3 +451,15 @@ async def test_an_experiment_that_cannot_be_rebuilt_mid_run_is_error_and_its_inp
         10,
         "the other experiment's trial",
     )
+
+
+async def test_a_custom_method_that_exits_at_import_is_refused_and_the_searcher_lives(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    await searcher()
+    client = SearcherClient(broker)
+    files = {"train.py": "pass\n", "quits.py": "import sys\nsys.exit(0)\n"}
+    config = {**FRAGILE_CONFIG, "searcher": {**FRAGILE_CONFIG["searcher"], "class": "quits:Q"}}  # type: ignore[dict-item]
+    with pytest.raises(RefusedError, match="SystemExit"):
+        await client.create_experiment(config, context(tmp_path, files))
+    assert (await client.create_experiment(SINGLE, tmp_path / "context"))["experiment_id"]
