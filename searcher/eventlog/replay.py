@@ -109,10 +109,10 @@ def _recomputed(step: Step) -> str:
 def _failure_now(result: Replayed, record: InputRecord, context_root: Path | None) -> str:
     """What the search does today with the input of a record that failed the experiment,
     applied to a copy of the state before it: the failure's reason, or the decisions."""
-    probe = build_run(result.created, context_root)
-    probe.restore(result.run.snapshot())
     if record.input is None and "/recovery-failure/" in record.message_id:
         return f"failed: {record.failed}"  # no input: the failure a recovery found
+    probe = build_run(result.created, context_root)
+    probe.restore(result.run.snapshot())
     try:
         step = probe.start() if record.input is None else probe.on_event(record.input)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 (the failure is what is checked)
