@@ -14,11 +14,11 @@ PURE = [
     ROOT / "searcher" / "config",
     ROOT / "searcher" / "methods",
     ROOT / "searcher" / "simulate",
+    ROOT / "searcher" / "trials",
     *(
         ROOT / "searcher" / name
         for name in (
             "experiment.py",
-            "trials.py",
             "events.py",
             "ops.py",
             "space.py",

@@ -1,43 +1,11 @@
-"""Trial lifecycle: where trials run, and what workers must be told. Pure and synchronous.
-
-The experiment layer decides *what* each trial trains; this layer decides *how*, from
-worker events and the experiment's operations:
-
-* a trial with an operation and no live process is queued as work (``RunTrial``, a new
-  attempt, resuming from its latest checkpoint);
-* a running trial that completed its operation gets its next one (``ContinueTrial``), or
-  is paused (``PauseTrial``: its process exits and frees its slots) or closed
-  (``CloseTrial``);
-* a paused trial that is promoted later is queued as work again;
-* a user's control of the whole experiment: ``pause`` preempts the running trials (they
-  checkpoint) and holds every trial that would run until ``activate``; ``cancel``
-  preempts them and ends the experiment once they have stopped; ``kill`` stops their
-  processes at once, without a checkpoint, and ends it now;
-* a failure of the search (any exception from the search method or sampling code, or
-  from this layer) is decided here too, by :meth:`ExperimentRun.fail`: the experiment is
-  ERROR with the reason, its running trials are killed, its other trials end, and work
-  already queued is stopped as soon as a worker starts it;
-* exits are handled as Determined does: a non-zero exit restarts the trial from its latest
-  checkpoint up to ``max_restarts`` times, counted per trial, then the trial errored; a
-  preempted trial resumes without using a restart; InvalidHP and user-requested stops end
-  the trial and tell the search method.
-
-Every event carries the trial's attempt number; events from any other attempt are stale
-and ignored, which fences off a worker that was presumed dead.
-"""
+"""The trial lifecycle's rules: what each input (a start, a worker event, a user's
+control, a lost worker, a failure of the search) does to an experiment's run. See
+:mod:`rung.searcher.trials` for the rules in words."""
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field, field_validator
-
 from rung.broker.schemas import (
     CheckpointSaved,
-    CloseTrial,
-    ContinueTrial,
     ControlExperiment,
     ControlTrial,
     ExitReason,
@@ -45,123 +13,36 @@ from rung.broker.schemas import (
     LogLines,
     MetricsReported,
     OpCompleted,
-    PauseTrial,
     PreemptTrial,
     ProgressReported,
-    RunTrial,
     TrialExited,
     TrialStarted,
-    WorkerCommand,
     WorkerLost,
 )
 from rung.broker.schemas.envelope import Body
 from rung.searcher.events import (
     ExitedReason,
-    SearchEvent,
     Start,
     TrialClosed,
     TrialExitedEarly,
     TrialProgress,
     ValidationCompleted,
 )
-from rung.searcher.experiment import Experiment, ExperimentSnapshot
-from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from rung.searcher.ops import Shutdown
+from rung.searcher.trials.base import RunBase
+from rung.searcher.trials.model import (
+    ENDED,
+    TERMINAL,
+    ControlAction,
+    Step,
+    TrialRuntime,
+)
 
-__all__ = ["Command", "ExperimentRun", "RunState", "Step", "TrialRuntime", "TrialState"]
-
-TrialState = Literal[
-    "PENDING", "QUEUED", "RUNNING", "PAUSED", "COMPLETED", "ERRORED", "CANCELED", "INVALID_HP"
-]
-TERMINAL = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
-RunState = Literal["ACTIVE", "PAUSED", "STOPPING_CANCELED", "COMPLETED", "ERROR", "CANCELED"]
-ENDED: tuple[RunState, ...] = ("COMPLETED", "ERROR", "CANCELED")
-ControlAction = Literal["pause", "activate", "cancel", "kill"]
-_LOG_TAIL = 200
+__all__ = ["ExperimentRun"]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A command to publish: to the work queue (``worker_id`` None) or to one worker."""
-
-    body: WorkerCommand
-    worker_id: str | None = None
-
-
-@dataclass
-class Step:
-    """What one input caused: the search events applied, the operations, the commands."""
-
-    applied: list[SearchEvent] = field(default_factory=list)
-    ops: list[Operation] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
-    ignored: str | None = None
-    # Why the input failed the experiment (see :meth:`ExperimentRun.fail`), or None.
-    failed: str | None = None
-
-
-class TrialRuntime(BaseModel):
-    trial_id: int
-    request_id: str
-    state: TrialState = "PENDING"
-    attempt: int = 0
-    worker_id: str | None = None
-    target: int | None = None  # the length of the operation it should be training to
-    waiting: bool = False  # running, op done, waiting for what comes next
-    stopping: Literal["pause", "close"] | None = None
-    closing: bool = False
-    restarts: int = 0
-    latest_checkpoint: str | None = None
-    latest_steps: int = -1
-    trained: int = 0
-    metric: float | None = None
-    validation_metrics: dict[str, Any] = Field(default_factory=dict)
-    exit_message: str = ""
-    logs: deque[str] = Field(default_factory=lambda: deque(maxlen=_LOG_TAIL))
-
-    @field_validator("logs")
-    @classmethod
-    def _bounded(cls, value: deque[str]) -> deque[str]:
-        return deque(value, maxlen=_LOG_TAIL)
-
-
-class ExperimentRun:
-    def __init__(
-        self, experiment_id: str, experiment: Experiment, *, context_hash: str, checkpoint_root: str
-    ) -> None:
-        self.experiment_id = experiment_id
-        self.experiment = experiment
-        self.context_hash = context_hash
-        self.checkpoint_root = checkpoint_root
-        self.trials: dict[str, TrialRuntime] = {}
-        self.by_id: dict[int, TrialRuntime] = {}
-        self.state: RunState = "ACTIVE"
-        # Why the experiment failed (state ERROR), or None.
-        self.error: str | None = None
-
-    # ------------------------------------------------------------------ snapshots
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "error": self.error,
-            "experiment": self.experiment.snapshot().model_dump(mode="json"),
-            "trials": [t.model_dump(mode="json") for t in self.trials.values()],
-        }
-
-    def restore(self, data: dict[str, Any]) -> None:
-        self.state = data["state"]
-        self.error = data.get("error")
-        self.experiment = Experiment.restore(
-            self.experiment.config,
-            ExperimentSnapshot.model_validate(data["experiment"]),
-            self.experiment.method,
-            owned=True,  # validated just now, from plain data: nobody else holds it
-        )
-        self.trials = {}
-        self.by_id = {}
-        for raw in data["trials"]:
-            trial = TrialRuntime.model_validate(raw)
-            self.trials[trial.request_id] = trial
-            self.by_id[trial.trial_id] = trial
+class ExperimentRun(RunBase):
+    """An experiment's run: inputs in, :class:`Step` out. Pure and synchronous."""
 
     # ------------------------------------------------------------------ entry points
     def start(self) -> Step:
@@ -255,30 +136,6 @@ class ExperimentRun:
         if action == "activate" and self.state != "PAUSED":
             return f"the experiment is {self.state}, not paused"
         return None
-
-    def _tell(
-        self,
-        trial: TrialRuntime,
-        cls: type[PreemptTrial | KillTrial],
-        step: Step,
-        *,
-        worker: str | None = None,
-        attempt: int | None = None,
-    ) -> None:
-        """Stop a process of ``trial``: by default its current attempt, on its worker."""
-        body = cls(
-            experiment_id=self.experiment_id,
-            trial_id=trial.trial_id,
-            attempt=trial.attempt if attempt is None else attempt,
-        )
-        step.commands.append(Command(body, worker or trial.worker_id))
-
-    def _hold(self, trial: TrialRuntime) -> None:
-        """Keep the trial's operation, but run nothing until the experiment is activated."""
-        trial.state = "PAUSED"
-        trial.worker_id = None
-        trial.waiting = False
-        trial.stopping = None
 
     def _maybe_canceled(self, step: Step, *, now: bool = False) -> None:
         """Once no trial runs (or at once, for a kill), every unfinished trial is canceled."""
@@ -451,119 +308,6 @@ class ExperimentRun:
             return True
         return False
 
-    # ------------------------------------------------------------------ the search
-    def _search(self, event: SearchEvent, step: Step) -> None:
-        pending: deque[SearchEvent] = deque([event])
-        while pending:
-            current = pending.popleft()
-            decision = self.experiment.apply(current)
-            if decision.ignored:
-                if current is event:
-                    step.ignored = decision.ignored
-            else:
-                step.applied.append(current)
-            step.ops += decision.ops
-            for op in decision.ops:
-                follow = self._operation(op, step)
-                if follow is not None:
-                    pending.append(follow)
-
-    def _operation(self, op: Operation, step: Step) -> SearchEvent | None:
-        match op:
-            case Create():
-                record = self.experiment.trials[op.request_id]
-                runtime = TrialRuntime(
-                    trial_id=record.trial_id,
-                    request_id=op.request_id,
-                    latest_checkpoint=op.checkpoint,
-                )
-                self.trials[op.request_id] = runtime
-                self.by_id[record.trial_id] = runtime
-            case ValidateAfter():
-                trial = self.trials[op.request_id]
-                trial.target = op.length
-                if trial.state == "RUNNING" and trial.waiting and trial.stopping is None:
-                    trial.waiting = False
-                    step.commands.append(
-                        Command(
-                            ContinueTrial(
-                                experiment_id=self.experiment_id,
-                                trial_id=trial.trial_id,
-                                attempt=trial.attempt,
-                                length=op.length,
-                            ),
-                            trial.worker_id,
-                        )
-                    )
-                elif trial.state in ("PENDING", "PAUSED"):
-                    self._queue(trial, step)
-                # Running and on its way out (paused or preempted): queued when it exits.
-            case Close():
-                trial = self.trials[op.request_id]
-                trial.closing = True
-                if trial.state == "RUNNING" and trial.waiting:
-                    self._stop(trial, "close", step)
-                elif trial.state in ("PENDING", "PAUSED") and not self._holds_op(trial):
-                    # (A trial held by a paused experiment closes after its operation.)
-                    trial.state = "COMPLETED"
-                    return TrialClosed(request_id=trial.request_id)
-            case Shutdown():
-                self.state = "ERROR" if op.failure else "CANCELED" if op.cancel else "COMPLETED"
-        return None
-
-    def _queue(self, trial: TrialRuntime, step: Step) -> None:
-        if trial.target is None:
-            return
-        if self.state == "PAUSED":
-            self._hold(trial)
-            return
-        if self.state in ("STOPPING_CANCELED", "CANCELED", "ERROR"):
-            trial.state = "CANCELED"
-            return
-        trial.attempt += 1
-        trial.state = "QUEUED"
-        trial.worker_id = None
-        trial.waiting = False
-        trial.stopping = None
-        config = self.experiment.config
-        record = self.experiment.trials[trial.request_id]
-        entrypoint = config.entrypoint or []
-        max_length = getattr(config.searcher, "max_length", None)
-        step.commands.append(
-            Command(
-                RunTrial(
-                    experiment_id=self.experiment_id,
-                    trial_id=trial.trial_id,
-                    request_id=trial.request_id,
-                    attempt=trial.attempt,
-                    length=trial.target,
-                    hparams=record.hparams,
-                    trial_seed=record.create.seed,
-                    latest_checkpoint=trial.latest_checkpoint,
-                    context_hash=self.context_hash,
-                    entrypoint=[entrypoint] if isinstance(entrypoint, str) else list(entrypoint),
-                    slots=config.resources.slots_per_trial,
-                    unit=max_length.unit if max_length is not None else None,
-                    checkpoint_root=self.checkpoint_root,
-                    user_data=dict(config.data),
-                    max_restarts=config.max_restarts,
-                )
-            )
-        )
-
-    def _stop(self, trial: TrialRuntime, how: Literal["pause", "close"], step: Step) -> None:
-        trial.waiting = False
-        trial.stopping = how
-        cls = CloseTrial if how == "close" else PauseTrial
-        step.commands.append(
-            Command(
-                cls(
-                    experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
-                ),
-                trial.worker_id,
-            )
-        )
-
     # ------------------------------------------------------------------ worker events
     def _op_completed(self, trial: TrialRuntime, body: OpCompleted, step: Step) -> None:
         if body.length <= trial.trained:
@@ -588,9 +332,6 @@ class ExperimentRun:
         if trial.waiting:
             # No next operation for it now: close it, or pause it to free its slots.
             self._stop(trial, "close" if trial.closing else "pause", step)
-
-    def _holds_op(self, trial: TrialRuntime) -> bool:
-        return self.experiment.trials[trial.request_id].holds_op
 
     def _exited(self, trial: TrialRuntime, body: TrialExited, step: Step) -> None:
         trial.worker_id = None

@@ -1,0 +1,214 @@
+"""The mechanics of an experiment's run: its state and snapshots, the bridge to the
+experiment layer (search events in, operations out), and the commands that operations
+become (queue a trial, continue, pause or close it, stop a process). The rules that
+decide what each input does are in :mod:`rung.searcher.trials.run`."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Literal
+
+from rung.broker.schemas import (
+    CloseTrial,
+    ContinueTrial,
+    KillTrial,
+    PauseTrial,
+    PreemptTrial,
+    RunTrial,
+)
+from rung.searcher.events import (
+    SearchEvent,
+    TrialClosed,
+)
+from rung.searcher.experiment import Experiment, ExperimentSnapshot
+from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from rung.searcher.trials.model import (
+    Command,
+    RunState,
+    Step,
+    TrialRuntime,
+)
+
+__all__ = ["RunBase"]
+
+
+class RunBase:
+    """An experiment's trials and state, and the mechanics the lifecycle's rules use."""
+
+    def __init__(
+        self, experiment_id: str, experiment: Experiment, *, context_hash: str, checkpoint_root: str
+    ) -> None:
+        self.experiment_id = experiment_id
+        self.experiment = experiment
+        self.context_hash = context_hash
+        self.checkpoint_root = checkpoint_root
+        self.trials: dict[str, TrialRuntime] = {}
+        self.by_id: dict[int, TrialRuntime] = {}
+        self.state: RunState = "ACTIVE"
+        # Why the experiment failed (state ERROR), or None.
+        self.error: str | None = None
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "error": self.error,
+            "experiment": self.experiment.snapshot().model_dump(mode="json"),
+            "trials": [t.model_dump(mode="json") for t in self.trials.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.state = data["state"]
+        self.error = data.get("error")
+        self.experiment = Experiment.restore(
+            self.experiment.config,
+            ExperimentSnapshot.model_validate(data["experiment"]),
+            self.experiment.method,
+            owned=True,  # validated just now, from plain data: nobody else holds it
+        )
+        self.trials = {}
+        self.by_id = {}
+        for raw in data["trials"]:
+            trial = TrialRuntime.model_validate(raw)
+            self.trials[trial.request_id] = trial
+            self.by_id[trial.trial_id] = trial
+
+    def _tell(
+        self,
+        trial: TrialRuntime,
+        cls: type[PreemptTrial | KillTrial],
+        step: Step,
+        *,
+        worker: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Stop a process of ``trial``: by default its current attempt, on its worker."""
+        body = cls(
+            experiment_id=self.experiment_id,
+            trial_id=trial.trial_id,
+            attempt=trial.attempt if attempt is None else attempt,
+        )
+        step.commands.append(Command(body, worker or trial.worker_id))
+
+    def _hold(self, trial: TrialRuntime) -> None:
+        """Keep the trial's operation, but run nothing until the experiment is activated."""
+        trial.state = "PAUSED"
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+
+    # ------------------------------------------------------------------ the search
+    def _search(self, event: SearchEvent, step: Step) -> None:
+        pending: deque[SearchEvent] = deque([event])
+        while pending:
+            current = pending.popleft()
+            decision = self.experiment.apply(current)
+            if decision.ignored:
+                if current is event:
+                    step.ignored = decision.ignored
+            else:
+                step.applied.append(current)
+            step.ops += decision.ops
+            for op in decision.ops:
+                follow = self._operation(op, step)
+                if follow is not None:
+                    pending.append(follow)
+
+    def _operation(self, op: Operation, step: Step) -> SearchEvent | None:
+        match op:
+            case Create():
+                record = self.experiment.trials[op.request_id]
+                runtime = TrialRuntime(
+                    trial_id=record.trial_id,
+                    request_id=op.request_id,
+                    latest_checkpoint=op.checkpoint,
+                )
+                self.trials[op.request_id] = runtime
+                self.by_id[record.trial_id] = runtime
+            case ValidateAfter():
+                trial = self.trials[op.request_id]
+                trial.target = op.length
+                if trial.state == "RUNNING" and trial.waiting and trial.stopping is None:
+                    trial.waiting = False
+                    step.commands.append(
+                        Command(
+                            ContinueTrial(
+                                experiment_id=self.experiment_id,
+                                trial_id=trial.trial_id,
+                                attempt=trial.attempt,
+                                length=op.length,
+                            ),
+                            trial.worker_id,
+                        )
+                    )
+                elif trial.state in ("PENDING", "PAUSED"):
+                    self._queue(trial, step)
+                # Running and on its way out (paused or preempted): queued when it exits.
+            case Close():
+                trial = self.trials[op.request_id]
+                trial.closing = True
+                if trial.state == "RUNNING" and trial.waiting:
+                    self._stop(trial, "close", step)
+                elif trial.state in ("PENDING", "PAUSED") and not self._holds_op(trial):
+                    # (A trial held by a paused experiment closes after its operation.)
+                    trial.state = "COMPLETED"
+                    return TrialClosed(request_id=trial.request_id)
+            case Shutdown():
+                self.state = "ERROR" if op.failure else "CANCELED" if op.cancel else "COMPLETED"
+        return None
+
+    def _queue(self, trial: TrialRuntime, step: Step) -> None:
+        if trial.target is None:
+            return
+        if self.state == "PAUSED":
+            self._hold(trial)
+            return
+        if self.state in ("STOPPING_CANCELED", "CANCELED", "ERROR"):
+            trial.state = "CANCELED"
+            return
+        trial.attempt += 1
+        trial.state = "QUEUED"
+        trial.worker_id = None
+        trial.waiting = False
+        trial.stopping = None
+        config = self.experiment.config
+        record = self.experiment.trials[trial.request_id]
+        entrypoint = config.entrypoint or []
+        max_length = getattr(config.searcher, "max_length", None)
+        step.commands.append(
+            Command(
+                RunTrial(
+                    experiment_id=self.experiment_id,
+                    trial_id=trial.trial_id,
+                    request_id=trial.request_id,
+                    attempt=trial.attempt,
+                    length=trial.target,
+                    hparams=record.hparams,
+                    trial_seed=record.create.seed,
+                    latest_checkpoint=trial.latest_checkpoint,
+                    context_hash=self.context_hash,
+                    entrypoint=[entrypoint] if isinstance(entrypoint, str) else list(entrypoint),
+                    slots=config.resources.slots_per_trial,
+                    unit=max_length.unit if max_length is not None else None,
+                    checkpoint_root=self.checkpoint_root,
+                    user_data=dict(config.data),
+                    max_restarts=config.max_restarts,
+                )
+            )
+        )
+
+    def _stop(self, trial: TrialRuntime, how: Literal["pause", "close"], step: Step) -> None:
+        trial.waiting = False
+        trial.stopping = how
+        cls = CloseTrial if how == "close" else PauseTrial
+        step.commands.append(
+            Command(
+                cls(
+                    experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
+                ),
+                trial.worker_id,
+            )
+        )
+
+    def _holds_op(self, trial: TrialRuntime) -> bool:
+        return self.experiment.trials[trial.request_id].holds_op
