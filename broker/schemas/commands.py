@@ -12,11 +12,13 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue
 
+from rung.broker.limits import CONTEXT_HASH_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
     "CloseTrial",
     "ContinueTrial",
+    "DeleteCheckpoints",
     "KillTrial",
     "PauseTrial",
     "PreemptTrial",
@@ -36,8 +38,8 @@ class RunTrial(Message):
     length: int = Field(ge=1)
     hparams: dict[str, JsonValue]
     trial_seed: int = Field(ge=0)
-    latest_checkpoint: str | None = None
-    context_hash: str
+    latest_checkpoint: str | None = Field(default=None, pattern=UUID_PATTERN)
+    context_hash: str = Field(pattern=CONTEXT_HASH_PATTERN)
     entrypoint: list[str] = Field(min_length=1)
     slots: int = Field(ge=0)
     unit: str | None = None
@@ -92,7 +94,24 @@ class KillTrial(Message):
     attempt: int
 
 
+class DeleteCheckpoints(Message):
+    """Delete checkpoints that the experiment's ``checkpoint_storage`` policy
+    (``save_experiment_best``, ``save_trial_best``, ``save_trial_latest``) no longer keeps:
+    directories ``<checkpoint_root>/<uuid>``."""
+
+    type: Literal["delete_checkpoints"] = "delete_checkpoints"
+    experiment_id: str
+    checkpoint_root: str
+    uuids: list[Annotated[str, Field(pattern=UUID_PATTERN)]] = Field(max_length=10_000)
+
+
 WorkerCommand = Annotated[
-    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial,
+    RunTrial
+    | ContinueTrial
+    | PauseTrial
+    | CloseTrial
+    | PreemptTrial
+    | KillTrial
+    | DeleteCheckpoints,
     Discriminator("type"),
 ]

@@ -16,6 +16,7 @@ from rung.broker.schemas.base import Message
 from rung.broker.schemas.commands import (
     CloseTrial,
     ContinueTrial,
+    DeleteCheckpoints,
     KillTrial,
     PauseTrial,
     PreemptTrial,
@@ -41,6 +42,7 @@ from rung.broker.schemas.rpc import (
     ListExperiments,
     ListWorkers,
     ReadRecords,
+    ReadTrialLogs,
     RpcReply,
 )
 
@@ -57,6 +59,7 @@ Body = Annotated[
     | CloseTrial
     | PreemptTrial
     | KillTrial
+    | DeleteCheckpoints
     | TrialStarted
     | ProgressReported
     | MetricsReported
@@ -73,6 +76,7 @@ Body = Annotated[
     | ControlExperiment
     | ControlTrial
     | ReadRecords
+    | ReadTrialLogs
     | ListWorkers
     | RpcReply,
     Discriminator("type"),

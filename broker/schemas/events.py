@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue, field_validator
 
+from rung.broker.limits import UUID_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
@@ -89,7 +90,7 @@ class OpCompleted(_TrialMessage):
 
 class CheckpointSaved(_TrialMessage):
     type: Literal["checkpoint_saved"] = "checkpoint_saved"
-    uuid: str
+    uuid: str = Field(pattern=UUID_PATTERN)
     steps_completed: int = Field(ge=0)
     metadata: dict[str, JsonValue]
     size_bytes: int = Field(ge=0)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, JsonValue
 
+from rung.broker.limits import CONTEXT_HASH_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
@@ -72,13 +73,25 @@ class ReadRecords(Message):
     limit: int = Field(default=1000, ge=1, le=10_000)
 
 
+class ReadTrialLogs(Message):
+    """Lines a trial's processes wrote (kept apart from the event log), after line
+    ``after`` of the experiment's log store, at most ``limit``; every trial's with
+    ``trial_id`` None."""
+
+    type: Literal["read_trial_logs"] = "read_trial_logs"
+    experiment_id: str
+    trial_id: int | None = Field(default=None, ge=1)
+    after: int = Field(default=0, ge=0)
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
 class ListWorkers(Message):
     type: Literal["list_workers"] = "list_workers"
 
 
 class GetContext(Message):
     type: Literal["get_context"] = "get_context"
-    context_hash: str
+    context_hash: str = Field(pattern=CONTEXT_HASH_PATTERN)
 
 
 RpcRequest = Annotated[
@@ -89,6 +102,7 @@ RpcRequest = Annotated[
     | ControlExperiment
     | ControlTrial
     | ReadRecords
+    | ReadTrialLogs
     | ListWorkers,
     Discriminator("type"),
 ]
@@ -119,6 +133,11 @@ class ExperimentSummary(Message):
     message: str = ""
     labels: list[str] = Field(default_factory=list)
     description: str | None = None
+    # The validated broker user that created it (None where no broker vouches for one).
+    owner: str | None = None
+    # Why trials wait although workers are free, e.g. "trial 3 needs 8 slots; the largest
+    # worker has 4".
+    waiting: list[str] = Field(default_factory=list)
 
 
 class WorkerInfo(Message):

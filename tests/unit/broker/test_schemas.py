@@ -20,7 +20,7 @@ def test_round_trip() -> None:
         length=5,
         hparams={"a": {"b": 1}},
         trial_seed=3,
-        context_hash="h",
+        context_hash="0" * 64,
         entrypoint=["python3", "x.py"],
         slots=1,
         checkpoint_root="/c",

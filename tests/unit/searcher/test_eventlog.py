@@ -251,7 +251,7 @@ def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) 
 # ---------------------------------------------------------------- replay matches the live fold
 def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Record]]:
     config = make_config(searcher, seed=seed, entrypoint="python3 t.py", max_restarts=1)
-    run = ExperimentRun("exp", Experiment(config), context_hash="h", checkpoint_root="/c")
+    run = ExperimentRun("exp", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
     records: list[Record] = [created_record(run)]
 
     def record(message_id: str, body: Body | None, step: Step) -> None:

@@ -25,7 +25,7 @@ EXP = "exp-1"
 
 def make_run(searcher: str, **extra: Any) -> ExperimentRun:
     config = make_config(searcher, entrypoint="python3 train.py", **extra)
-    return ExperimentRun(EXP, Experiment(config), context_hash="abc", checkpoint_root="/ckpt")
+    return ExperimentRun(EXP, Experiment(config), context_hash="0" * 64, checkpoint_root="/ckpt")
 
 
 def runs(step: Step) -> list[RunTrial]:
@@ -100,7 +100,7 @@ def test_pause_then_resume_from_the_latest_checkpoint() -> None:
     run = make_run(ASHA)
     run.start()
     started(run, 1)
-    run.on_event(checkpoint_saved(1, "ck-2", 2))
+    run.on_event(checkpoint_saved(1, "00000000-0000-4000-8000-000000000002", 2))
     step = completed(run, 1, 2, 0.1)
     # Not promoted yet (one result, quota 0): trial 1 is paused; trial 2 starts.
     pause = [c for c in step.commands if isinstance(c.body, PauseTrial)]
@@ -113,7 +113,7 @@ def test_pause_then_resume_from_the_latest_checkpoint() -> None:
     # Trial 1 is promoted: a new attempt, on any worker, from its checkpoint.
     (resume,) = runs(step)
     assert (resume.trial_id, resume.attempt, resume.length) == (1, 2, 4)
-    assert resume.latest_checkpoint == "ck-2"
+    assert resume.latest_checkpoint == "00000000-0000-4000-8000-000000000002"
 
 
 def test_a_running_trial_continues_in_place() -> None:

@@ -29,8 +29,8 @@ def make(
         length=9,
         hparams={"lr": 0.1},
         trial_seed=7,
-        latest_checkpoint="ck",
-        context_hash="h",
+        latest_checkpoint="00000000-0000-4000-8000-00000000000c",
+        context_hash="0" * 64,
         entrypoint=entrypoint,
         slots=len(gpus),
         checkpoint_root="/ckpt",
@@ -67,7 +67,7 @@ def test_environment_pins_gpus_and_drops_broker_credentials(
     assert "secret" not in json.dumps(env)
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     info = json.loads(env["RUNG_TRIAL_INFO"])
-    assert (info["trial_id"], info["attempt"], info["latest_checkpoint"]) == (3, 2, "ck")
+    assert (info["trial_id"], info["attempt"], info["latest_checkpoint"]) == (3, 2, "00000000-0000-4000-8000-00000000000c")
     assert info["hparams"] == {"lr": 0.1}
     assert make(tmp_path, ["x"], [])._environment()["CUDA_VISIBLE_DEVICES"] == ""
 
