@@ -105,13 +105,8 @@ class DeleteCheckpoints(Message):
     uuids: list[Annotated[str, Field(pattern=UUID_PATTERN)]] = Field(max_length=10_000)
 
 
+# The commands about one trial attempt (DeleteCheckpoints is about an experiment's storage).
 WorkerCommand = Annotated[
-    RunTrial
-    | ContinueTrial
-    | PauseTrial
-    | CloseTrial
-    | PreemptTrial
-    | KillTrial
-    | DeleteCheckpoints,
+    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial,
     Discriminator("type"),
 ]
