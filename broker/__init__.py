@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         BrokerSettingsError,
         BrokerUnavailableError,
         DecodeError,
+        MessageTooLargeError,
         PublishTimeoutError,
         UnroutableError,
     )
@@ -35,6 +36,7 @@ __all__ = [
     "Delivery",
     "Handler",
     "MemoryBroker",
+    "MessageTooLargeError",
     "PublishTimeoutError",
     "RabbitBroker",
     "Subscription",
@@ -53,6 +55,7 @@ _HOMES = {
             "BrokerSettingsError",
             "BrokerUnavailableError",
             "DecodeError",
+            "MessageTooLargeError",
             "PublishTimeoutError",
             "UnroutableError",
         ),

@@ -30,16 +30,14 @@ import errno
 import fcntl
 import glob
 import hashlib
-import io
 import os
 import re
 import shutil
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from rung.broker.archive import MAX_CONTEXT_BYTES, context_hash, validate
+from rung.broker.archive import context_hash, extract, validate
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -113,13 +111,15 @@ def read_archive(contexts_dir: str | Path, digest: str) -> bytes | None:
     return data if context_hash(data) == digest else None
 
 
-def extract_atomically(data: bytes, target: str | Path, limit: int = MAX_CONTEXT_BYTES) -> Path:
+def extract_atomically(data: bytes, target: str | Path, limit: int | None = None) -> Path:
     """Extract the archive ``data`` to the directory ``target``, all or nothing; return it.
 
-    The archive is validated exactly as :func:`rung.broker.archive.extract` does (size
-    limits, members that leave the directory, links and devices), before anything is
-    written. A complete ``target`` (with :data:`COMPLETE_MARKER`) is returned as it is,
-    without looking at ``data``: the caller names the target by the content hash.
+    The archive is validated as it streams (:func:`rung.broker.archive.validate`: sizes,
+    entries, ratio, time, members that leave the directory, links and devices) before
+    anything is written, and checked the same way again while it is unpacked. A complete
+    ``target`` (with :data:`COMPLETE_MARKER`) is returned as it is, without looking at
+    ``data``: the caller names the target by the content hash (a worker, whose trials
+    could alter it, does not use it: see :mod:`rung.worker.contexts`).
     """
     destination = Path(target)
     if is_complete(destination):
@@ -134,7 +134,7 @@ def extract_atomically(data: bytes, target: str | Path, limit: int = MAX_CONTEXT
         temporary = parent / _temporary_name(destination.name)
         temporary.mkdir()
         try:
-            _unpack(data, temporary)
+            _unpack(data, temporary, limit)
             marker = temporary / COMPLETE_MARKER
             marker.write_bytes(b"")
             _fsync_tree(temporary)
@@ -174,9 +174,8 @@ def fsync_directory(directory: str | Path) -> None:
         os.close(descriptor)
 
 
-def _unpack(data: bytes, directory: Path) -> None:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(directory, filter="data")
+def _unpack(data: bytes, directory: Path, limit: int | None) -> None:
+    extract(data, directory, limit)
 
 
 def _install(temporary: Path, destination: Path) -> None:

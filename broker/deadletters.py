@@ -1,29 +1,83 @@
 """The dead-letter queue, for people: see what is there, and send one back after a fix.
 
 A message that could not be handled (malformed JSON, an unknown type, a wrong schema
-version, a refused input, a handler that raised ``DELIVERY_LIMIT`` times) is moved to the
-dead queue with the reason and the queue it died in. One the broker dead-lettered itself
-(its quorum queue's delivery limit) carries RabbitMQ's ``x-death`` headers instead, which
-are read the same way. ``peek`` lists them and leaves them there; ``requeue`` sends one
-back to the queue it came from and removes it from the dead queue.
+version, a refused input, a handler that raised ``DELIVERY_LIMIT`` times) ends in the dead
+queue in one of two ways, and only these two (``docs/security.md``):
+
+* **moved by the searcher**, the one role that may write the dead exchange: the message
+  with its reason, the queue it died in and the validated ``user_id`` of its sender in
+  headers (``broker.port.dead_letter_headers``), published as the searcher's own user;
+* **moved by the broker**: a work queue's consumer (a worker) rejected it, or it was
+  delivered more than the queue's delivery limit; RabbitMQ's dead-letter exchange moves
+  it, puts its own ``x-death`` entry first (the queue, and ``rejected`` or
+  ``delivery_limit``), and leaves the sender's ``user_id`` as the broker validated it.
+  The reason of a rejection is in the consumer's log.
+
+Everything else in a message is a claim of whoever sent it. :class:`DeadLetter` reads a
+dead letter's origin only from what the broker vouches for: the Rung headers only on a
+dead letter whose validated ``user_id`` is the searcher's; else the first ``x-death``
+entry (never ``x-first-death-*``, which the broker leaves as a sender wrote them) and the
+validated ``user_id``. ``peek`` lists them and leaves them there; ``requeue`` sends one
+back, and refuses what it cannot vouch for: a letter neither the searcher nor the broker
+moved, one that does not decode, a message whose type does not belong to the queue it
+died in, a command (``run_trial``) the searcher did not send. Nothing a worker or client
+sent ever becomes a command. An event or request goes back with its original sender in
+``x-rung-original-user``, for the searcher to check it as that user's.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rung.broker.errors import BrokerError, DecodeError
-from rung.broker.port import DEAD_REASON_HEADER, Broker, Delivery, Subscription
-from rung.broker.schemas import decode
+from rung.broker.port import (
+    DEAD_QUEUE_HEADER,
+    DEAD_REASON_HEADER,
+    DEAD_SENDER_HEADER,
+    ORIGINAL_USER_HEADER,
+    Broker,
+    Delivery,
+    Subscription,
+)
+from rung.broker.schemas import (
+    CheckpointSaved,
+    ControlExperiment,
+    ControlTrial,
+    CreateExperiment,
+    DescribeExperiment,
+    GetContext,
+    ListExperiments,
+    ListWorkers,
+    LogLines,
+    MetricsReported,
+    OpCompleted,
+    ProgressReported,
+    ReadRecords,
+    ReadTrialLogs,
+    RunTrial,
+    TrialExited,
+    TrialStarted,
+    WorkerHeartbeat,
+    WorkerLost,
+    decode,
+)
 
-__all__ = ["DEAD_QUEUE_HEADER", "DeadLetter", "DeadLetterError", "peek", "requeue"]
+__all__ = [
+    "DEAD_QUEUE_HEADER",
+    "DeadLetter",
+    "DeadLetterError",
+    "MovedBy",
+    "peek",
+    "requeue",
+    "searcher_user_for",
+]
 
-DEAD_QUEUE_HEADER = "x-rung-dead-queue"
-# What RabbitMQ adds when it dead-letters a message itself, and counts on delivery: not
-# sent back with a requeued message, which starts afresh.
-_BROKER_HEADERS = (
+# What RabbitMQ adds when it dead-letters a message itself, and counts on delivery; and
+# what Rung adds to a dead letter: never sent back with a requeued message, which starts
+# afresh (its original sender is set again, from what the broker vouched for).
+_DEAD_HEADERS = (
     "x-death",
     "x-first-death-reason",
     "x-first-death-queue",
@@ -32,43 +86,127 @@ _BROKER_HEADERS = (
     "x-last-death-queue",
     "x-last-death-exchange",
     "x-delivery-count",
+    DEAD_REASON_HEADER,
+    DEAD_QUEUE_HEADER,
+    DEAD_SENDER_HEADER,
+    ORIGINAL_USER_HEADER,
 )
 # More than this many are listed in part: a dead queue that long needs a look anyway.
 LIMIT = 1000
+
+# What may go back where: the types each queue's consumer takes.
+_EVENTS = (
+    TrialStarted,
+    ProgressReported,
+    MetricsReported,
+    OpCompleted,
+    CheckpointSaved,
+    TrialExited,
+    LogLines,
+    WorkerHeartbeat,
+    WorkerLost,
+)
+_REQUESTS = (
+    CreateExperiment,
+    DescribeExperiment,
+    ListExperiments,
+    GetContext,
+    ControlExperiment,
+    ControlTrial,
+    ReadRecords,
+    ReadTrialLogs,
+    ListWorkers,
+)
+
+# How a dead letter's origin is known: "searcher" (it moved it, and the broker validated
+# that it did), "broker" (its own dead-lettering: x-death), "unknown" (neither: its
+# headers are claims, and nothing of it is sent back).
+MovedBy = Literal["searcher", "broker", "unknown"]
 
 
 class DeadLetterError(BrokerError):
     """A dead letter that cannot be found or sent back."""
 
 
+def searcher_user_for(operator_user: str | None) -> str:
+    """The searcher's broker user, as ``broker.definitions`` names it beside an operator's
+    (``<prefix>operator`` -> ``<prefix>searcher``); ``rung-searcher`` otherwise."""
+    if operator_user and operator_user.endswith("operator"):
+        return operator_user[: -len("operator")] + "searcher"
+    return "rung-searcher"
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     message_id: str
     reason: str
-    queue: str
+    queue: str  # the queue it died in
     type: str | None  # the body's type, when the message decodes now
     size: int
+    # The validated user_id of the message's original sender; "" where nobody vouches.
+    sender: str
+    moved_by: MovedBy
 
     @classmethod
-    def of(cls, delivery: Delivery) -> DeadLetter:
+    def of(
+        cls, delivery: Delivery, *, searcher_user: str | None, operator_user: str | None = None
+    ) -> DeadLetter:
+        """What the broker vouches for about ``delivery``, a message of the dead queue.
+
+        ``searcher_user``: the searcher's broker user, whose dead letters' headers are
+        believed. ``operator_user``: the user reading them, whose own ``requeue`` named
+        the original sender of a message that died again (``x-rung-original-user``).
+        """
         try:
             kind: str | None = decode(delivery.body).body.type
         except DecodeError:
             kind = None
         headers = delivery.headers
-        reason = _text(headers.get(DEAD_REASON_HEADER))
-        queue = _text(headers.get(DEAD_QUEUE_HEADER))
-        if not reason and (broker_reason := _text(headers.get("x-first-death-reason"))):
-            # Dead-lettered by the broker itself (delivery_limit, say), not by Rung.
-            reason = f"{broker_reason} (dead-lettered by the broker)"
-            queue = queue or _text(headers.get("x-first-death-queue"))
+        validated = delivery.user_id or ""
+        death = _first_death(headers)
+        moved_by: MovedBy
+        if validated and validated == searcher_user and DEAD_QUEUE_HEADER in headers:
+            moved_by = "searcher"
+            queue = _text(headers.get(DEAD_QUEUE_HEADER))
+            reason = _text(headers.get(DEAD_REASON_HEADER))
+            sender = _text(headers.get(DEAD_SENDER_HEADER))
+        elif death is not None:
+            moved_by = "broker"
+            queue = _text(death.get("queue"))
+            why = _text(death.get("reason"))
+            reason = f"{why} (dead-lettered by the broker)"
+            if why == "rejected":
+                reason += "; the reason is in the log of the consumer of " + (queue or "it")
+            sender = validated
+        else:
+            # Published to the dead exchange by someone else (an admin, a tool): its
+            # headers are shown for what they are, and nothing of it is sent back.
+            moved_by = "unknown"
+            queue = _text(headers.get(DEAD_QUEUE_HEADER))
+            reason = _text(headers.get(DEAD_REASON_HEADER))
+            sender = validated
+        if operator_user and sender == operator_user:
+            # Sent back by this operator before, and dead again: its original sender is
+            # what the operator's requeue named (the broker validated the operator).
+            sender = _text(headers.get(ORIGINAL_USER_HEADER)) or sender
         return cls(
             message_id=delivery.message_id or "",
             reason=reason,
             queue=queue,
             type=kind,
             size=len(delivery.body),
+            sender=sender,
+            moved_by=moved_by,
         )
+
+
+def _first_death(headers: dict[str, Any]) -> dict[str, Any] | None:
+    """The broker's latest dead-lettering of the message: the first ``x-death`` entry
+    (RabbitMQ puts its own first, whatever a sender put in the header)."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list | tuple) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return None
 
 
 def _text(value: Any) -> str:
@@ -104,11 +242,18 @@ async def _hold_all(broker: Broker, quiet_s: float) -> tuple[list[Delivery], Sub
             return held, subscription
 
 
-async def peek(broker: Broker, *, quiet_s: float = 0.5) -> list[DeadLetter]:
-    """The dead letters (the first 1,000), left in the queue."""
+async def peek(
+    broker: Broker, *, searcher_user: str | None = None, quiet_s: float = 0.5
+) -> list[DeadLetter]:
+    """The dead letters (the first 1,000), left in the queue.
+
+    ``searcher_user``: the searcher's broker user (default: this connection's own, as in
+    a set-up where every process uses one user).
+    """
+    searcher = broker.username if searcher_user is None else searcher_user
     held, subscription = await _hold_all(broker, quiet_s)
     await _put_back(held, subscription)
-    return [DeadLetter.of(d) for d in held]
+    return [DeadLetter.of(d, searcher_user=searcher, operator_user=broker.username) for d in held]
 
 
 async def _put_back(held: list[Delivery], subscription: Subscription) -> None:
@@ -117,23 +262,72 @@ async def _put_back(held: list[Delivery], subscription: Subscription) -> None:
         await delivery.requeue()
 
 
-def _route(broker: Broker, queue: str) -> tuple[str, str]:
+def _destination(
+    broker: Broker, letter: DeadLetter, delivery: Delivery, searcher_user: str
+) -> tuple[str, str]:
+    """Where ``letter`` may go back to, as (exchange, routing key); else why not."""
     t = broker.topology
-    routes = {
-        t.events_queue: (t.events_exchange, t.EVENTS_KEY),
-        t.rpc_queue: (t.rpc_exchange, t.RPC_KEY),
-        t.work_queue: (t.commands_exchange, t.WORK_KEY),
-    }
-    if queue not in routes:
+    name = f"dead letter {letter.message_id!r}"
+    if letter.moved_by == "unknown":
         raise DeadLetterError(
-            f"the message died in {queue or 'an unknown queue'}, which rung dlq cannot send "
-            f"back to; it sends back to {', '.join(sorted(routes))}"
+            f"{name} was moved to the dead queue neither by the searcher ({searcher_user!r}) "
+            f"nor by the broker (it was published by {letter.sender or 'an unknown user'!r}):"
+            " its reason and origin are claims, and rung dlq sends none of it back"
         )
-    return routes[queue]
+    try:
+        body = decode(delivery.body).body
+    except DecodeError as exc:
+        raise DeadLetterError(
+            f"{name} does not decode ({exc}): only a valid message goes back"
+        ) from None
+    if not letter.sender:
+        raise DeadLetterError(
+            f"{name} has no validated sender (no user_id): nobody vouches for it, and it "
+            "is not sent back"
+        )
+    work_keys = {
+        b.queue: b.routing_key
+        for b in t.bindings
+        if b.exchange == t.commands_exchange and b.queue in t.work_queues
+    }
+    if isinstance(body, RunTrial):
+        if letter.queue not in work_keys:
+            raise DeadLetterError(
+                f"{name} is a run_trial that died in {letter.queue or 'an unknown queue'}, "
+                "not in a work queue: it is not sent anywhere"
+            )
+        if letter.sender != searcher_user:
+            raise DeadLetterError(
+                f"{name} is a run_trial sent by {letter.sender!r}, not by the searcher "
+                f"({searcher_user!r}): only the searcher's commands are sent back, and "
+                "nothing anyone else sent ever becomes a command"
+            )
+        return t.commands_exchange, work_keys[letter.queue]
+    if letter.queue == t.events_queue and isinstance(body, _EVENTS):
+        return t.events_exchange, t.EVENTS_KEY
+    if letter.queue == t.rpc_queue and isinstance(body, _REQUESTS):
+        return t.rpc_exchange, t.RPC_KEY
+    raise DeadLetterError(
+        f"{name} is a {body.type} that died in {letter.queue or 'an unknown queue'}: rung dlq "
+        f"sends back a run_trial to its work queue (if the searcher sent it), an event to "
+        f"{t.events_queue} and a request to {t.rpc_queue}, nothing else"
+    )
 
 
-async def requeue(broker: Broker, message_id: str, *, quiet_s: float = 0.5) -> DeadLetter:
-    """Send one dead letter back to the queue it died in; it leaves the dead queue."""
+async def requeue(
+    broker: Broker,
+    message_id: str,
+    *,
+    searcher_user: str | None = None,
+    quiet_s: float = 0.5,
+) -> DeadLetter:
+    """Send one dead letter back to the queue it died in; it leaves the dead queue.
+
+    It goes out as this connection's user (an operator), with the validated user_id of
+    its original sender in ``x-rung-original-user``. Raises :class:`DeadLetterError`,
+    with the reason, for what may not go back; the letter then stays in the dead queue.
+    """
+    searcher = broker.username if searcher_user is None else searcher_user
     held, subscription = await _hold_all(broker, quiet_s)
     try:
         match = next((d for d in held if d.message_id == message_id), None)
@@ -142,13 +336,10 @@ async def requeue(broker: Broker, message_id: str, *, quiet_s: float = 0.5) -> D
             raise DeadLetterError(
                 f"no dead letter with id {message_id!r} (dead letters: {known}); see rung dlq list"
             )
-        letter = DeadLetter.of(match)
-        exchange, key = _route(broker, letter.queue)
-        headers = {
-            k: v
-            for k, v in match.headers.items()
-            if k not in (DEAD_REASON_HEADER, DEAD_QUEUE_HEADER, *_BROKER_HEADERS)
-        }
+        letter = DeadLetter.of(match, searcher_user=searcher, operator_user=broker.username)
+        exchange, key = _destination(broker, letter, match, searcher or "")
+        headers = {k: v for k, v in match.headers.items() if k not in _DEAD_HEADERS}
+        headers[ORIGINAL_USER_HEADER] = letter.sender
         await broker.publish(exchange, key, match.body, message_id=message_id, headers=headers)
         await match.ack()
         held.remove(match)

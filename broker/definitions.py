@@ -7,18 +7,29 @@ output (a test keeps the two equal), so the broker's configuration cannot drift 
 
 * **searcher**: publishes commands, the live feed, dead letters (with their reason) and
   RPC replies (through the default exchange, to each caller's reply queue); consumes
-  events, heartbeats and requests. It declares nothing.
-* **workers**: consume the work queue; declare and bind their own server-named queues
-  (control commands, RPC replies); publish events, RPC requests and dead letters. Topic permissions
-  confine a worker user to its own routing keys: it binds only ``work`` and
-  ``worker.<user>[.<suffix>]`` and publishes only ``events.<user>[.<suffix>]`` and
-  ``heartbeat.<user>[.<suffix>]``. With no write on the commands exchange or the default
-  exchange, it cannot publish an operation; exclusive queues keep it out of other
-  workers' control queues; and the broker checks the ``user_id`` it stamps on every
-  message, which the searcher matches against the event's worker id
-  (``rung searcher --verify-worker-users``).
+  events, heartbeats and requests. It declares nothing. It is the one role that may
+  write the dead exchange: a dead letter it moves carries its reason and its sender,
+  which ``rung dlq`` trusts because the broker validated the searcher's ``user_id`` on it.
+* **workers**: consume the work queues (every bucket); declare and bind their own
+  server-named queues (control commands, RPC replies); publish events and RPC requests.
+  They may not write the dead exchange: a worker dead-letters a run_trial by rejecting
+  it, and the work queue's dead-letter exchange moves it (RabbitMQ's ``x-death`` says
+  where it died; the original ``user_id`` stays). Topic permissions confine a worker user
+  to its own routing keys: it binds only the work keys and ``worker.<user>[.<suffix>]``
+  and publishes only ``events.<user>[.<suffix>]`` and ``heartbeat.<user>[.<suffix>]``.
+  With no write on the commands exchange or the default exchange, it cannot publish an
+  operation; exclusive queues keep it out of other workers' control queues; and the
+  broker checks the ``user_id`` it stamps on every message, which the searcher matches
+  against the event's worker id (``rung searcher --verify-worker-users``).
 * **clients**: send requests to the searcher and read the live feeds, through queues of
   their own.
+* **operator**: what a client may, and the dead queue: read (list, take) and purge it,
+  and send a dead letter back: write on the commands exchange with the work keys only
+  (never a worker's control key), on the events exchange with the key ``events`` only
+  (never a heartbeat, never a worker's own key), and on the rpc exchange. ``rung dlq
+  requeue`` decides what may go back (``broker.deadletters``): a command only if the
+  searcher sent it, an event or request only with its original sender named in
+  ``x-rung-original-user``, which the searcher then checks it against.
 * **monitor**: the management API's ``monitoring`` tag and no AMQP rights at all (KEDA
   reads the work queue's depth with it).
 
@@ -41,7 +52,7 @@ from rung.broker.topology import BROKER_DELIVERY_LIMIT, Topology
 
 __all__ = ["ROLES", "definitions", "password_hash"]
 
-ROLES = ("searcher", "worker", "client", "monitor")
+ROLES = ("searcher", "worker", "client", "operator", "monitor")
 # Queues private to one connection (exclusive): named by aio-pika's robust channels
 # (amq_<uuid>), or by the broker (amq.gen-...).
 _PRIVATE = r"amq_[0-9a-f]{32}|amq\.gen-.*"
@@ -93,12 +104,19 @@ def definitions(
         _user(names["searcher"], [], passwords, "searcher"),
         *(_user(w, [], passwords, "worker") for w in worker_users),
         _user(names["client"], [], passwords, "client"),
+        _user(names["operator"], [], passwords, "operator"),
         _user(names["monitor"], ["monitoring"], passwords, "monitor"),
     ]
 
     def permission(user: str, configure: str, write: str, read: str) -> dict[str, str]:
         return {"user": user, "vhost": vhost, "configure": configure, "write": write, "read": read}
 
+    # The routing keys of the work queues (the plain one and every bucket).
+    work_keys = [
+        e(b.routing_key)
+        for b in t.bindings
+        if b.exchange == t.commands_exchange and b.queue in t.work_queues
+    ]
     permissions = [
         permission(
             names["searcher"],
@@ -110,8 +128,8 @@ def definitions(
             permission(
                 w,
                 _any(_PRIVATE),
-                _any(e(t.events_exchange), e(t.rpc_exchange), e(t.dead_exchange), _PRIVATE),
-                _any(e(t.work_queue), e(t.commands_exchange), _PRIVATE),
+                _any(e(t.events_exchange), e(t.rpc_exchange), _PRIVATE),
+                _any(*(e(q) for q in t.work_queues), e(t.commands_exchange), _PRIVATE),
             )
             for w in worker_users
         ),
@@ -121,28 +139,57 @@ def definitions(
             _any(e(t.rpc_exchange), _PRIVATE),
             _any(e(t.feed_exchange), _PRIVATE),
         ),
+        permission(
+            names["operator"],
+            _any(_PRIVATE),
+            _any(
+                e(t.commands_exchange),
+                e(t.events_exchange),
+                e(t.rpc_exchange),
+                _PRIVATE,
+            ),
+            _any(e(t.dead_queue), e(t.feed_exchange), _PRIVATE),
+        ),
         permission(names["monitor"], "^$", "^$", "^$"),
     ]
     own = r"\.{username}(\..+)?"
     topic_permissions = [
-        entry
-        for w in worker_users
-        for entry in (
-            {
-                "user": w,
-                "vhost": vhost,
-                "exchange": t.commands_exchange,
-                "write": "^$",
-                "read": f"^({e(t.WORK_KEY)}|worker{own})$",
-            },
-            {
-                "user": w,
-                "vhost": vhost,
-                "exchange": t.events_exchange,
-                "write": f"^({e(t.EVENTS_KEY)}|{e(t.HEARTBEAT_KEY)}){own}$",
-                "read": "^$",
-            },
-        )
+        *(
+            entry
+            for w in worker_users
+            for entry in (
+                {
+                    "user": w,
+                    "vhost": vhost,
+                    "exchange": t.commands_exchange,
+                    "write": "^$",
+                    "read": f"^({'|'.join(work_keys)}|worker{own})$",
+                },
+                {
+                    "user": w,
+                    "vhost": vhost,
+                    "exchange": t.events_exchange,
+                    "write": f"^({e(t.EVENTS_KEY)}|{e(t.HEARTBEAT_KEY)}){own}$",
+                    "read": "^$",
+                },
+            )
+        ),
+        # The operator sends dead letters back: run_trial to a work queue, an event to the
+        # searcher. Never a control command to a worker, never a heartbeat.
+        {
+            "user": names["operator"],
+            "vhost": vhost,
+            "exchange": t.commands_exchange,
+            "write": _any(*work_keys),
+            "read": "^$",
+        },
+        {
+            "user": names["operator"],
+            "vhost": vhost,
+            "exchange": t.events_exchange,
+            "write": _any(e(t.EVENTS_KEY)),
+            "read": "^$",
+        },
     ]
     quorum = [q.name for q in t.queues if q.quorum and q.delivery_limit is not None]
     return {

@@ -2,6 +2,7 @@
 
 BrokerError
 ├── DecodeError (also ValueError)      a message body is not a valid Rung message
+├── MessageTooLargeError (also ValueError)  a message over a size limit; not retried
 ├── UnroutableError                    a mandatory publish matched no queue
 ├── PublishTimeoutError                     no publisher confirm in time (broker blocked?)
 ├── BrokerUnavailableError                  cannot reach the broker (yet); retried by connect()
@@ -15,6 +16,7 @@ __all__ = [
     "BrokerSettingsError",
     "BrokerUnavailableError",
     "DecodeError",
+    "MessageTooLargeError",
     "PublishTimeoutError",
     "UnroutableError",
 ]
@@ -26,6 +28,12 @@ class BrokerError(Exception):
 
 class DecodeError(BrokerError, ValueError):
     """A message body is malformed: the reason says what rule it broke."""
+
+
+class MessageTooLargeError(BrokerError, ValueError):
+    """A message over a size limit: ours (``MAX_MESSAGE_BYTES``, refused by ``encode``) or
+    the broker's (``max_message_size``, refused with 406 PRECONDITION_FAILED). Sending it
+    again cannot help: the message names the size and the limit."""
 
 
 class UnroutableError(BrokerError):

@@ -23,6 +23,7 @@ __all__ = [
     "BROKER_MAX_MESSAGE_BYTES",
     "CHANNEL_REQUEST_BYTES",
     "CONTEXT_HASH_PATTERN",
+    "DEAD_QUEUE_MAX_LENGTH",
     "MAX_CHECKPOINT_METADATA_BYTES",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_ENTRIES",
@@ -36,6 +37,9 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_METRICS_BYTES",
     "MAX_REPLY_BYTES",
+    "MAX_SLOTS_PER_TRIAL",
+    "MAX_TRIAL_LOG_BYTES",
+    "MAX_WORKERS_TRACKED",
     "TRIAL_LOG_BURST_BYTES",
     "TRIAL_LOG_BYTES_PER_S",
     "UUID_PATTERN",
@@ -85,6 +89,17 @@ MAX_LOG_BATCH_BYTES: Final = 256 * KiB
 # over is dropped and counted, and a marker line says how much.
 TRIAL_LOG_BYTES_PER_S: Final = 256 * KiB
 TRIAL_LOG_BURST_BYTES: Final = 4 * MiB
+# What the searcher keeps of one experiment's trial output (apart from its event log);
+# past it, lines are dropped and counted, with a marker line per trial attempt.
+MAX_TRIAL_LOG_BYTES: Final = 64 * MiB
+
+# ------------------------------------------------------------------ scheduling and queues
+# The most slots one trial may ask for: the largest work bucket (broker/topology.py).
+MAX_SLOTS_PER_TRIAL: Final = 64
+# The dead queue holds at most this many letters; past it the oldest are dropped.
+DEAD_QUEUE_MAX_LENGTH: Final = 100_000
+# The workers the searcher keeps track of; past it the longest silent is forgotten first.
+MAX_WORKERS_TRACKED: Final = 4096
 
 # ------------------------------------------------------------------ formats
 CONTEXT_HASH_PATTERN: Final = r"^[0-9a-f]{64}$"

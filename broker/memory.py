@@ -16,7 +16,6 @@ from typing import Any
 
 from rung.broker.errors import BrokerError, UnroutableError
 from rung.broker.port import (
-    DEAD_REASON_HEADER,
     DELIVERY_LIMIT,
     Broker,
     Delivery,
@@ -24,6 +23,7 @@ from rung.broker.port import (
     PoisonGuard,
     Subscription,
     body_id,
+    dead_letter_headers,
 )
 from rung.broker.topology import Topology
 
@@ -45,6 +45,8 @@ class _Queue:
     name: str
     dead_letter_exchange: str | None = None
     private: bool = False
+    # As RabbitMQ's x-max-length with x-overflow drop-head: past it, the oldest go.
+    max_length: int | None = None
     messages: deque[_Message] = field(default_factory=deque)
     consumers: list[_MemorySubscription] = field(default_factory=list)
     cursor: int = 0
@@ -89,11 +91,7 @@ class _MemoryDelivery(Delivery):
     async def _move_to_dead_queue(self, reason: str) -> None:
         queue = self._broker.queues[self.queue]
         target = queue.dead_letter_exchange or self._broker.topology.dead_exchange
-        headers = {
-            **self._message.headers,
-            DEAD_REASON_HEADER: reason,
-            "x-rung-dead-queue": self.queue,
-        }
+        headers = dead_letter_headers(self, reason)
         await self._broker.publish(
             target,
             "",
@@ -158,7 +156,10 @@ class MemoryBroker(Broker):
         for exchange in self.topology.exchanges:
             self._exchanges[exchange.name] = exchange.kind
         for spec in self.topology.queues:
-            self.queues.setdefault(spec.name, _Queue(spec.name, spec.dead_letter_exchange))
+            self.queues.setdefault(
+                spec.name,
+                _Queue(spec.name, spec.dead_letter_exchange, max_length=spec.max_length),
+            )
         for binding in self.topology.bindings:
             self._bind(binding.queue, binding.exchange, binding.routing_key)
         self._started = True
@@ -205,9 +206,12 @@ class MemoryBroker(Broker):
         if not targets:
             raise UnroutableError(f"no queue takes {exchange or 'default'}/{routing_key}")
         for name in targets:
-            self.queues[name].messages.append(
+            queue = self.queues[name]
+            queue.messages.append(
                 _Message(body, message_id, dict(headers or {}), reply_to, correlation_id)
             )
+            while queue.max_length is not None and len(queue.messages) > queue.max_length:
+                queue.messages.popleft()
             self.dispatch_queue(name)
         await asyncio.sleep(0)
 

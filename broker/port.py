@@ -11,8 +11,13 @@ Semantics every implementation keeps:
   :class:`UnroutableError`) and persistent;
 * a delivery stays owned by the consumer until ``ack``, ``requeue`` or ``dead_letter``;
 * at most ``prefetch`` deliveries are in a subscription's handlers at once;
-* ``dead_letter(reason)`` moves the message to the dead queue with the reason in the
-  ``x-rung-dead-reason`` header;
+* ``dead_letter(reason)`` moves the message to the dead queue and logs the reason. Who
+  moves it depends on who may write the dead exchange (``docs/security.md``): on the
+  queues only the searcher consumes (events, heartbeats, rpc), the adapter publishes it
+  there with the reason, the queue it died in and its validated sender in headers
+  (:func:`dead_letter_headers`); everywhere else (the work queues, whose consumers are
+  workers) it is rejected (``nack`` without requeue) and the broker's dead-letter exchange
+  moves it, adding its own ``x-death`` header; the reason is then in the consumer's log;
 * a handler that raises does not lose its message, and cannot spin on it for ever: each
   implementation runs its handlers through a :class:`PoisonGuard`, which puts the message
   back after a failure and, once the handler has raised :data:`DELIVERY_LIMIT` times for
@@ -37,18 +42,34 @@ from rung.broker.errors import BrokerError
 from rung.broker.topology import Topology
 
 __all__ = [
+    "DEAD_QUEUE_HEADER",
     "DEAD_REASON_HEADER",
+    "DEAD_SENDER_HEADER",
     "DELIVERY_LIMIT",
+    "ORIGINAL_USER_HEADER",
     "Broker",
     "Delivery",
     "Handler",
     "PoisonGuard",
     "Subscription",
     "body_id",
+    "dead_letter_headers",
     "describe",
 ]
 
+# A dead letter the searcher moved (it alone may write the dead exchange) says why, where
+# it died, and who had sent it (the user_id the broker validated, "" if none). Readers
+# trust these only on a dead letter whose own validated user_id is the searcher's
+# (broker.deadletters): anyone else's are claims.
 DEAD_REASON_HEADER = "x-rung-dead-reason"
+DEAD_QUEUE_HEADER = "x-rung-dead-queue"
+DEAD_SENDER_HEADER = "x-rung-dead-sender"
+# On a message an operator sent back with ``rung dlq requeue``: the validated user_id of
+# its original sender. The searcher takes it only from an operator or admin, and then
+# checks the message as that user's.
+ORIGINAL_USER_HEADER = "x-rung-original-user"
+# How much of a reason a header carries.
+_REASON_CHARS = 1000
 # A message whose handler raised this many times is dead-lettered (dropped, on a private
 # queue). Failures caused by the link to the broker (or a peer) being down do not count.
 DELIVERY_LIMIT = 5
@@ -78,11 +99,17 @@ class Delivery(ABC):
     async def requeue(self) -> None: ...
 
     async def dead_letter(self, reason: str) -> None:
-        """Move the message to the dead queue with ``reason``, and say so in the log."""
+        """Move the message to the dead queue, and say so in the log with ``reason``.
+
+        The log line is where the reason always is (with the message id, the queue and
+        the sender); the dead letter carries it too where its mover may write the dead
+        exchange (the searcher's queues; see the module's docstring).
+        """
         log.warning(
             "message sent to the dead-letter queue",
-            message_id=self.message_id,
+            message_id=self.message_id or body_id(self.body),
             queue=self.queue,
+            sender=self.user_id,
             reason=reason,
         )
         await self._move_to_dead_queue(reason)
@@ -102,6 +129,18 @@ Handler = Callable[[Delivery], Awaitable[None]]
 def body_id(body: bytes) -> str:
     """What a message without a message id is known by: a digest of its body."""
     return f"sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def dead_letter_headers(delivery: Delivery, reason: str) -> dict[str, Any]:
+    """The headers of a dead letter an adapter publishes itself: the message's own, with
+    the reason, the queue it died in and its validated sender put in (overwriting any the
+    sender had set: those would be lies)."""
+    return {
+        **delivery.headers,
+        DEAD_REASON_HEADER: reason[:_REASON_CHARS],
+        DEAD_QUEUE_HEADER: delivery.queue,
+        DEAD_SENDER_HEADER: delivery.user_id or "",
+    }
 
 
 def describe(exc: BaseException) -> str:
@@ -124,13 +163,15 @@ class PoisonGuard:
     handler bug must not lose a message. The guard also counts, per queue and message,
     how many times the handler raised; at ``limit`` it gives up on the message:
 
-    * on a shared queue (work, events, heartbeats, rpc) it is dead-lettered, with the
-      count and the last exception (type and message) in ``x-rung-dead-reason``;
+    * on a shared queue (work, events, heartbeats, rpc) it is dead-lettered
+      (:meth:`Delivery.dead_letter`), with the count and the last exception (type and
+      message) in the reason: in the log always, and in ``x-rung-dead-reason`` where the
+      searcher moves it;
     * on a private queue (a worker's control queue, a reply or feed queue) it is dropped,
       with an error in the log: such a queue has no dead-letter route (RabbitMQ deletes
-      it with its connection, a client's broker user may not write to the dead exchange,
-      and ``rung dlq requeue`` could not send it back), and every message sent there is
-      asked for again by its sender when it goes unanswered;
+      it with its connection, only the searcher's broker user may write to the dead
+      exchange, and ``rung dlq requeue`` could not send it back), and every message sent
+      there is asked for again by its sender when it goes unanswered;
     * on the dead queue itself it goes back, as always: there is nowhere further to go.
 
     The count lives in this process (the adapter's memory), keyed by the queue and the

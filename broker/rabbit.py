@@ -20,6 +20,9 @@
   handler's fault: the guard counts the handler's failures itself. A topology Rung
   declares also gives its quorum queues the broker's own, higher, delivery limit, for a
   message that kills its consumer outright (``topology.BROKER_DELIVERY_LIMIT``).
+* Dead-lettering: a message of the work queues is rejected, and RabbitMQ moves it to the
+  dead exchange (no worker may write there); one of the searcher's queues is published
+  there by the searcher, with its reason and its validated sender (``broker.port``).
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ from rung.broker.errors import (
     BrokerError,
     BrokerSettingsError,
     BrokerUnavailableError,
+    MessageTooLargeError,
     PublishTimeoutError,
     UnroutableError,
 )
+from rung.broker.limits import BROKER_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from rung.broker.port import (
-    DEAD_REASON_HEADER,
     DELIVERY_LIMIT,
     Broker,
     Delivery,
@@ -64,11 +68,12 @@ from rung.broker.port import (
     PoisonGuard,
     Subscription,
     body_id,
+    dead_letter_headers,
 )
 from rung.broker.tls import TlsSettings, ssl_context_for
 from rung.broker.topology import Topology
 
-__all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact"]
+__all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact", "refusal_error"]
 
 T = TypeVar("T")
 log = structlog.get_logger("rung.broker")
@@ -182,6 +187,23 @@ async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
     return task.result()
 
 
+def refusal_error(
+    exc: aiormq.exceptions.ChannelPreconditionFailed, message_id: str, size: int
+) -> BrokerError:
+    """The permanent error for a publish the broker refused with 406 PRECONDITION_FAILED:
+    :class:`MessageTooLargeError` naming the size and the limit when it was over the
+    broker's ``max_message_size``, else a :class:`BrokerError` with the broker's reason."""
+    text = " ".join(str(arg) for arg in exc.args) or str(exc)
+    if "max size" in text or "message size" in text:
+        return MessageTooLargeError(
+            f"the broker refused {message_id}: the message is {size} bytes, over the "
+            f"broker's max_message_size ({text}); Rung keeps messages under "
+            f"{MAX_MESSAGE_BYTES} bytes (MAX_MESSAGE_BYTES), so set max_message_size to "
+            f"{BROKER_MAX_MESSAGE_BYTES} (BROKER_MAX_MESSAGE_BYTES) as deploy/rabbitmq does"
+        )
+    return BrokerError(f"the broker refused {message_id} (406 PRECONDITION_FAILED): {text}")
+
+
 def _forget(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned task's outcome, so that nothing reports it unretrieved."""
     if not task.cancelled():
@@ -247,19 +269,35 @@ class _RabbitDelivery(Delivery):
             await self._subscription.settled()
 
     async def _move_to_dead_queue(self, reason: str) -> None:
-        headers = {
-            **self.headers,
-            DEAD_REASON_HEADER: reason[:1000],
-            "x-rung-dead-queue": self.queue,
-        }
+        if self.queue not in _reasoned_queues(self._broker.topology):
+            # A worker (a work queue's consumer) may not write the dead exchange: it
+            # rejects the message, and the queue's dead-letter exchange moves it, with
+            # the broker's x-death header (queue, reason "rejected") and the sender's
+            # validated user_id left as they were. The reason is in the log.
+            self._settle()
+            try:
+                await self._message.reject(requeue=False)
+            except CONNECTION_EXCEPTIONS as exc:
+                raise BrokerUnavailableError(
+                    f"could not dead-letter {self.message_id}: the connection was lost ({exc})"
+                ) from exc
+            finally:
+                await self._subscription.settled()
+            return
         await self._broker.publish(
             self._broker.topology.dead_exchange,
             "",
             self.body,
             message_id=self.message_id or body_id(self.body),
-            headers=headers,
+            headers=dead_letter_headers(self, reason),
         )
         await self.ack()
+
+
+def _reasoned_queues(topology: Topology) -> tuple[str, ...]:
+    """The queues whose dead letters carry their reason: those only the searcher reads,
+    whose broker user alone may write the dead exchange (``broker.definitions``)."""
+    return (topology.events_queue, topology.heartbeats_queue, topology.rpc_queue)
 
 
 class RabbitBroker(Broker):
@@ -435,6 +473,10 @@ class RabbitBroker(Broker):
                 ) from exc
             except DeliveryError as exc:
                 raise BrokerError(f"the broker refused {message_id}: {exc}") from exc
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # 406: the broker closed the channel over this message (too large, a
+                # user_id not ours). Sending it again cannot help: not retried.
+                raise refusal_error(exc, message_id, len(body)) from exc
             except TimeoutError as exc:
                 raise PublishTimeoutError(
                     f"no confirm for {message_id} within {timeout} s; is the "

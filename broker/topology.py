@@ -1,11 +1,14 @@
 """The RabbitMQ topology as declarative values.
 
-    commands exchange (topic) ──"work"───────────► work queue (quorum)   any worker takes RunTrial
+    commands exchange (topic) ──"work"───────────► work queue (quorum)   RunTrial of 0 or 1 slot
+                              ├─"work.<b>"───────► work.<b> queues      RunTrial of 2..b slots, b a
+                              │                                         power of two (2, 4, .. 64)
                               └─"worker.<id>"────► <id>'s control queue  (exclusive: dies with it)
     events exchange (topic) ────"events.<id>"────► events queue (quorum) the searcher consumes
                             └───"heartbeat.<id>"─► heartbeats queue (classic, 60 s TTL): liveness
     rpc exchange (direct) ──────"rpc"────────────► rpc queue (quorum)    clients ask the searcher
-    dead exchange (fanout) ──────────────────────► dead queue (quorum)   poison messages + reason
+    dead exchange (fanout) ──────────────────────► dead queue (quorum,   poison messages + reason
+                                                   at most 100,000: the oldest go first)
     feed exchange (direct) ─────"<experiment id>"► observers' private queues: log records live
 
 Work, events and rpc queues dead-letter to the dead exchange, and the broker dead-letters
@@ -15,6 +18,22 @@ deploy definitions (``broker.definitions``). That is the safety net for a messag
 kills its consumer; a handler that raises is stopped sooner by the adapters' own count
 (``broker.port.PoisonGuard``, which also covers the classic heartbeats queue and private
 queues, where the broker counts nothing).
+
+Work is split by size, so that no trial blocks a worker from work that fits it (no
+head-of-line blocking): a ``RunTrial`` needing ``n`` slots goes to the bucket of the
+smallest power of two ``b >= n`` (:func:`work_key`; 0 and 1 slot go to ``work``), and a
+worker with ``N`` slots consumes exactly the buckets with ``b <= N``, each only while it
+has ``b`` slots free. A trial no worker can fit waits in its bucket, where only a worker
+large enough will ever look; ``slots_per_trial`` above :data:`MAX_SLOTS_PER_TRIAL` (the
+largest bucket) is refused when the experiment is created.
+
+The dead queue is bounded (:data:`DEAD_QUEUE_MAX_LENGTH`, ``x-overflow: drop-head``): past
+the bound the oldest dead letters are dropped, never the new one. ``reject-publish``
+would refuse the newest instead, and a refused publish to the dead exchange is one the
+adapters' own dead-lettering (a confirmed publish, then the ack) could never complete:
+the message would be redelivered for ever; RabbitMQ's own dead-lettering into a full
+``reject-publish`` queue drops the new letter silently. ``reject-publish-dlx`` is not
+available on quorum queues.
 
 Heartbeats have a queue of their own so that a backlog of events never delays them (a
 delayed heartbeat would make a live worker look lost); they expire after a minute, since
@@ -32,7 +51,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["BROKER_DELIVERY_LIMIT", "Binding", "ExchangeSpec", "QueueSpec", "Topology"]
+from rung.broker.limits import DEAD_QUEUE_MAX_LENGTH, MAX_SLOTS_PER_TRIAL
+
+__all__ = [
+    "BROKER_DELIVERY_LIMIT",
+    "DEAD_QUEUE_MAX_LENGTH",
+    "MAX_SLOTS_PER_TRIAL",
+    "WORK_BUCKETS",
+    "Binding",
+    "ExchangeSpec",
+    "QueueSpec",
+    "Topology",
+    "work_bucket",
+    "work_key",
+]
 
 # The broker's own delivery limit on the quorum queues that dead-letter (work, events,
 # rpc): more deliveries than this and RabbitMQ dead-letters the message (``x-death``
@@ -41,6 +73,31 @@ __all__ = ["BROKER_DELIVERY_LIMIT", "Binding", "ExchangeSpec", "QueueSpec", "Top
 # (``broker.port.DELIVERY_LIMIT``); it catches a message that makes its consumer crash,
 # which no count kept in the consumer survives.
 BROKER_DELIVERY_LIMIT = 20
+
+# The work buckets above the plain work queue (trials of 0 or 1 slot): a trial of n > 1
+# slots goes to the smallest bucket b >= n. The largest bucket is the most slots a trial
+# may ask for (the experiment config refuses more).
+WORK_BUCKETS: tuple[int, ...] = tuple(2**k for k in range(1, MAX_SLOTS_PER_TRIAL.bit_length()))
+_WORK_KEY = "work"
+
+
+def work_bucket(slots: int) -> int:
+    """The bucket of a trial that needs ``slots`` slots: 1 for 0 or 1 slot (the plain work
+    queue), else the smallest power of two at least ``slots``. Above
+    :data:`MAX_SLOTS_PER_TRIAL` (which the config refuses; a forged or old message) it is
+    the largest bucket, whose consumers dead-letter what they can never fit."""
+    if slots <= 1:
+        return 1
+    for bucket in WORK_BUCKETS:
+        if slots <= bucket:
+            return bucket
+    return MAX_SLOTS_PER_TRIAL
+
+
+def work_key(slots: int) -> str:
+    """The routing key a ``RunTrial`` needing ``slots`` slots is published with."""
+    bucket = work_bucket(slots)
+    return _WORK_KEY if bucket == 1 else f"{_WORK_KEY}.{bucket}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +112,10 @@ class QueueSpec:
     quorum: bool = True
     dead_letter_exchange: str | None = None
     message_ttl_ms: int | None = None
+    # At most this many messages; past it, ``overflow`` says which go (RabbitMQ's
+    # x-max-length and x-overflow).
+    max_length: int | None = None
+    overflow: Literal["drop-head", "reject-publish"] | None = None
     # Quorum queues only; set by the declare (declare_arguments), or by a policy.
     delivery_limit: int | None = None
 
@@ -68,6 +129,10 @@ class QueueSpec:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
         if self.message_ttl_ms is not None:
             args["x-message-ttl"] = self.message_ttl_ms
+        if self.max_length is not None:
+            args["x-max-length"] = self.max_length
+        if self.overflow is not None:
+            args["x-overflow"] = self.overflow
         return args
 
     def declare_arguments(self) -> dict[str, Any]:
@@ -91,8 +156,10 @@ class Topology:
     exchanges: tuple[ExchangeSpec, ...] = field(init=False)
     queues: tuple[QueueSpec, ...] = field(init=False)
     bindings: tuple[Binding, ...] = field(init=False)
+    # Every queue of work, the plain one first then by bucket: RunTrial commands wait here.
+    work_queues: tuple[str, ...] = field(init=False)
 
-    WORK_KEY = "work"
+    WORK_KEY = _WORK_KEY
     EVENTS_KEY = "events"
     HEARTBEAT_KEY = "heartbeat"
     RPC_KEY = "rpc"
@@ -100,6 +167,8 @@ class Topology:
     def __post_init__(self) -> None:
         dead = self.dead_exchange
         limit = BROKER_DELIVERY_LIMIT
+        buckets = (1, *WORK_BUCKETS)
+        object.__setattr__(self, "work_queues", tuple(self.bucket_queue(b) for b in buckets))
         object.__setattr__(
             self,
             "exchanges",
@@ -115,18 +184,24 @@ class Topology:
             self,
             "queues",
             (
-                QueueSpec(self.work_queue, dead_letter_exchange=dead, delivery_limit=limit),
+                *(
+                    QueueSpec(name, dead_letter_exchange=dead, delivery_limit=limit)
+                    for name in self.work_queues
+                ),
                 QueueSpec(self.events_queue, dead_letter_exchange=dead, delivery_limit=limit),
                 QueueSpec(self.heartbeats_queue, quorum=False, message_ttl_ms=60_000),
                 QueueSpec(self.rpc_queue, dead_letter_exchange=dead, delivery_limit=limit),
-                QueueSpec(self.dead_queue),
+                QueueSpec(self.dead_queue, max_length=DEAD_QUEUE_MAX_LENGTH, overflow="drop-head"),
             ),
         )
         object.__setattr__(
             self,
             "bindings",
             (
-                Binding(self.work_queue, self.commands_exchange, self.WORK_KEY),
+                *(
+                    Binding(self.bucket_queue(b), self.commands_exchange, work_key(b))
+                    for b in buckets
+                ),
                 Binding(self.events_queue, self.events_exchange, f"{self.EVENTS_KEY}.#"),
                 Binding(self.heartbeats_queue, self.events_exchange, f"{self.HEARTBEAT_KEY}.#"),
                 Binding(self.rpc_queue, self.rpc_exchange, self.RPC_KEY),
@@ -157,6 +232,15 @@ class Topology:
     @property
     def work_queue(self) -> str:
         return f"{self.prefix}.work"
+
+    def bucket_queue(self, bucket: int) -> str:
+        """The work queue of one bucket (1: the plain work queue)."""
+        return self.work_queue if bucket == 1 else f"{self.work_queue}.{bucket}"
+
+    @staticmethod
+    def work_key(slots: int) -> str:
+        """The routing key of a ``RunTrial`` needing ``slots`` slots (:func:`work_key`)."""
+        return work_key(slots)
 
     @property
     def events_queue(self) -> str:

@@ -1,7 +1,11 @@
 """The worker agent: one per machine, one slot per GPU (or ``--slots`` CPU slots).
 
-It takes ``RunTrial`` commands from the shared work queue only while it has free slots:
-it consumes with prefetch 1, and stops consuming when its slots are full. A command is
+It takes ``RunTrial`` commands from the work queues of the sizes it can fit: a worker with
+``N`` slots consumes the bucket queues ``b <= N`` (``work`` for trials of 0 or 1 slot,
+``work.2``, ``work.4``, ... for trials of up to 2, 4, ... slots), each with prefetch 1 and
+only while at least ``b`` of its slots are free, so that every command it receives fits
+when it arrives. A trial too large for it never reaches it, and never stops it taking
+work that fits (no head-of-line blocking). A command is
 acknowledged as soon as the trial has started and ``trial_started`` is confirmed, so a
 trial that trains for days never trips RabbitMQ's ``consumer_timeout``; from then on the
 trial's own events report its life. Commands for a running trial come on this worker's
@@ -17,6 +21,7 @@ import os
 import socket
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
@@ -27,11 +32,12 @@ from rung.broker.errors import (
     DecodeError,
     PublishTimeoutError,
 )
-from rung.broker.port import Broker, Delivery, Subscription
+from rung.broker.port import Broker, Delivery, Handler, Subscription
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import (
     CloseTrial,
     ContinueTrial,
+    DeleteCheckpoints,
     DescribeExperiment,
     Envelope,
     KillTrial,
@@ -43,7 +49,10 @@ from rung.broker.schemas import (
     encode,
 )
 from rung.broker.schemas.envelope import Body
+from rung.broker.topology import WORK_BUCKETS, work_key
+from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
+from rung.worker.privileges import TrialUser
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 
@@ -71,6 +80,8 @@ class Worker:
         hang_timeout_s: float | None = None,
         start_method: StartMethod = "fork-server",
         health_file: Path | None = None,
+        trial_env_allow: Iterable[str] = (),
+        trial_user: TrialUser | None = None,
     ) -> None:
         self.broker = broker
         # Touched after every heartbeat the broker confirmed (rung healthcheck reads it).
@@ -80,23 +91,28 @@ class Worker:
         # One slot per GPU when there are GPUs; otherwise --slots CPU slots.
         self.total_slots = len(self.gpus) if self.gpus else max(slots, 1)
         self.free = list(range(self.total_slots))
+        # The work buckets it consumes: every one whose trials can fit in its slots.
+        self.buckets = tuple(b for b in (1, *WORK_BUCKETS) if b <= self.total_slots)
+        # Names of environment variables (beyond the built-in allowlist) trials may see.
+        self.trial_env_allow = tuple(trial_env_allow)
         self.work_dir = work_dir or Path.home() / ".rung" / "worker" / self.worker_id
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
         self.start_method: StartMethod = start_method
-        self.spawner: Spawner = make_spawner(start_method)
+        # With trial_user, trials run as that account (rung worker --trial-user).
+        self.spawner: Spawner = make_spawner(start_method, trial_user=trial_user)
         self.rpc = RpcClient(broker)
         self.contexts = ContextCache(self.rpc, self.work_dir / "contexts")
         self.runs: dict[tuple[str, int, int], TrialRun] = {}
         self.log = structlog.get_logger("rung.worker").bind(worker_id=self.worker_id)
-        self._work: Subscription | None = None
+        # The bucket subscriptions open now: bucket b while at least b slots are free.
+        self._work: dict[int, Subscription] = {}
         self._control_queue: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
         # Message ids must never repeat across restarts of a worker with the same id.
         self._session = uuid.uuid4().hex[:12]
         self._stopping = False
-        self._waiting_for_slots = 0
         self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
         self._seen: deque[str] = deque(maxlen=10_000)
@@ -194,30 +210,37 @@ class Worker:
                     self.health_file.touch()
             await asyncio.sleep(self.heartbeat_s)
 
+    def wanted_buckets(self) -> tuple[int, ...]:
+        """The buckets to consume now: those whose largest trial fits the free slots."""
+        if self._stopping:
+            return ()
+        return tuple(b for b in self.buckets if b <= len(self.free))
+
     async def _update_intake(self) -> None:
-        """Consume work exactly while a slot is free (and enough for a waiting command).
+        """Consume each bucket exactly while its trials fit the free slots.
 
         While the connection is down, subscribing fails: keep trying, or the worker would
         sit idle with free slots for good.
         """
-        async with self._intake_lock:  # one subscription at a time, never two
+        async with self._intake_lock:  # one change of subscriptions at a time
             await self._set_intake()
 
     async def _set_intake(self) -> None:
         attempt = 0
+        topology = self.broker.topology
         while True:
-            want = (
-                not self._stopping
-                and len(self.free) > 0
-                and len(self.free) >= self._waiting_for_slots
-            )
             try:
-                if want and self._work is None:
-                    self._work = await self.broker.subscribe(
-                        self.broker.topology.work_queue, self._on_work, prefetch=1
-                    )
-                elif not want:
-                    await self._pause_intake()
+                # Stop what no longer fits first, then take up what fits again: the
+                # largest first, each only if it still fits (a delivery of one taken up
+                # already may have taken slots meanwhile), so that fewer deliveries race.
+                for bucket in sorted(self._work, reverse=True):
+                    if bucket not in self.wanted_buckets():
+                        await self._work.pop(bucket).cancel()
+                for bucket in reversed(self.buckets):
+                    if bucket in self.wanted_buckets() and bucket not in self._work:
+                        self._work[bucket] = await self.broker.subscribe(
+                            topology.bucket_queue(bucket), self._work_handler(bucket), prefetch=1
+                        )
             except BrokerUnavailableError as exc:
                 attempt += 1
                 self.log.warning(
@@ -227,15 +250,47 @@ class Worker:
                 )
                 await asyncio.sleep(1.0)
                 continue
+            if self.wanted_buckets() != tuple(sorted(self._work)):
+                continue  # slots were taken or freed meanwhile
             return
 
+    def _work_handler(self, bucket: int) -> Handler:
+        async def handle(delivery: Delivery) -> None:
+            await self._on_work(delivery, bucket)
+
+        return handle
+
     # ------------------------------------------------------------------ work
-    async def _on_work(self, delivery: Delivery) -> None:
+    async def _delete_checkpoints(self, delivery: Delivery, body: DeleteCheckpoints) -> None:
+        """Checkpoint garbage collection, in a thread, without taking a slot. A command
+        this worker refuses (or cannot run) is dead-lettered with the reason."""
+        try:
+            deleted = await asyncio.to_thread(delete_checkpoints, body)
+        except (CheckpointGCRefusedError, OSError) as exc:
+            self.log.warning(
+                "checkpoint deletion refused or failed",
+                experiment_id=body.experiment_id,
+                error=str(exc),
+            )
+            await delivery.dead_letter(f"worker {self.worker_id}: {exc}")
+            return
+        self.log.info(
+            "checkpoints deleted",
+            experiment_id=body.experiment_id,
+            deleted=len(deleted),
+            asked=len(body.uuids),
+        )
+        await delivery.ack()
+
+    async def _on_work(self, delivery: Delivery, bucket: int = 1) -> None:
         try:
             body = decode(delivery.body).body
         except DecodeError as exc:
             self.log.warning("malformed work message", error=str(exc))
             await delivery.dead_letter(f"worker {self.worker_id}: {exc}")
+            return
+        if isinstance(body, DeleteCheckpoints):
+            await self._delete_checkpoints(delivery, body)
             return
         if not isinstance(body, RunTrial):
             await delivery.dead_letter(f"expected run_trial on the work queue, got {body.type}")
@@ -248,28 +303,30 @@ class Worker:
             await delivery.ack()
             return
         need = max(body.slots, 1)
-        if need > self.total_slots:
-            self.log.error(
-                "trial needs more slots than this worker has",
-                needs=need,
-                slots=self.total_slots,
-                trial_id=body.trial_id,
+        if need > bucket:
+            # Not the searcher's routing: taken here it could block this bucket for good.
+            reason = (
+                f"run_trial needs {need} slots but came on {delivery.queue or 'the work queue'}, "
+                f"which holds trials of at most {bucket} slot(s); the searcher publishes it "
+                f"with routing key {work_key(need)!r}"
             )
+            self.log.warning("misrouted run_trial dead-lettered", reason=reason)
+            await delivery.dead_letter(reason)
+            return
         if need > len(self.free) or self._stopping:
-            self._waiting_for_slots = need
-            # Stop consuming first, so the requeued command goes to another worker.
-            await self._pause_intake()
+            # Another bucket's command took the slots first: stop consuming what no longer
+            # fits, then give this one back (to another worker, or to this one once slots
+            # free up).
+            await self._update_intake()
             await delivery.requeue()
             return
-        self._waiting_for_slots = 0
         slots, self.free = self.free[:need], self.free[need:]
-        if not self.free:
-            # Cancel before acknowledging: with prefetch 1, nothing else arrives meanwhile.
-            await self._pause_intake()
         try:
+            # Stop consuming what no longer fits before acknowledging.
+            await self._update_intake()
             run = await self._start(body, slots)
         except Exception:
-            self.free.extend(slots)
+            self._release(slots)
             await delivery.requeue()
             await self._update_intake()
             raise
@@ -279,7 +336,7 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self.free.extend(slots)
+            self._release(slots)
             await self._update_intake()
         try:
             await delivery.ack()
@@ -293,10 +350,16 @@ class Worker:
                 error=str(exc),
             )
 
+    def _release(self, slots: list[int]) -> None:
+        self.free.extend(slots)
+        self.free.sort()
+
     async def _pause_intake(self) -> None:
-        if self._work is not None:
-            work, self._work = self._work, None
-            await work.cancel()
+        """Stop consuming every bucket."""
+        async with self._intake_lock:
+            while self._work:
+                _, work = self._work.popitem()
+                await work.cancel()
 
     async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
         run_dir = (
@@ -317,6 +380,7 @@ class Worker:
             best_validation=lambda: self._best_validation(cmd.experiment_id),
             hang_timeout_s=self.hang_timeout_s,
             spawner=self.spawner,
+            trial_env_allow=self.trial_env_allow,
         )
         self.runs[run.key] = run
         if not await run.start():
@@ -326,11 +390,10 @@ class Worker:
 
     async def _watch(self, run: TrialRun, slots: list[int]) -> None:
         try:
-            await run.wait()
+            await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
-            self.free.extend(slots)
-            self.free.sort()
+            self._release(slots)
             await self._update_intake()
 
     async def _best_validation(self, experiment_id: str) -> float | None:

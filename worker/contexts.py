@@ -1,14 +1,23 @@
-"""Experiment contexts on a worker: fetched from the searcher once, cached by hash."""
+"""Experiment contexts on a worker: fetched from the searcher once, cached by hash.
+
+The cache keeps the archive, not an extracted tree: a trial runs as the worker's user
+(or beside it) and could change a shared tree for the trials after it. Before each use
+the stored archive is hashed again and must match the context hash the ``run_trial``
+names (:func:`rung.broker.contexts.read_archive`); each attempt then gets its own copy,
+extracted with the archive's streaming checks (:mod:`rung.broker.archive`), in a thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import shutil
 from pathlib import Path
 
-from rung.broker.archive import context_hash
-from rung.broker.contexts import COMPLETE_MARKER, extract_atomically, is_complete
+from rung.broker.archive import context_hash, extract
+from rung.broker.contexts import read_archive, store_archive
+from rung.broker.limits import is_context_hash
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
 
@@ -25,30 +34,37 @@ class ContextCache:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, digest: str) -> Path:
-        target = self.root / digest
+    async def archive(self, digest: str) -> bytes:
+        """The archive with this content hash: the cached one if it still hashes to
+        ``digest``, else fetched from the searcher (and cached, durably)."""
+        if not is_context_hash(digest):
+            raise ContextUnavailableError(f"{digest[:80]!r} is not a context hash")
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
-            if is_complete(target):
-                return target
+            data = await asyncio.to_thread(read_archive, self.root, digest)
+            if data is not None:
+                return data
             reply = await self.rpc.call(GetContext(context_hash=digest), timeout=60)
             if not reply.ok or reply.result is None:
                 message = reply.error.message if reply.error else "no context in the reply"
                 raise ContextUnavailableError(f"context {digest[:12]}: {message}")
-            data = base64.b64decode(reply.result["context_b64"])
+            try:
+                data = base64.b64decode(str(reply.result["context_b64"]), validate=True)
+            except (KeyError, binascii.Error, ValueError) as exc:
+                raise ContextUnavailableError(f"context {digest[:12]}: bad reply: {exc}") from None
             if context_hash(data) != digest:
                 raise ContextUnavailableError(f"context {digest[:12]}: content hash mismatch")
-            # All or nothing, durably: a crash mid-way leaves no directory that looks done.
-            return await asyncio.to_thread(extract_atomically, data, target)
+            await asyncio.to_thread(store_archive, data, self.root)
+            return data
 
     async def run_dir(self, digest: str, destination: Path) -> Path:
-        """A private copy of the context for one trial attempt to run in."""
-        source = await self.get(digest)
-        shutil.rmtree(destination, ignore_errors=True)
-        top = str(source)
+        """A private copy of the context for one trial attempt to run in, extracted from
+        the archive, which is checked against ``digest`` first."""
+        data = await self.archive(digest)
 
-        def marker(directory: str, names: list[str]) -> list[str]:
-            return [COMPLETE_MARKER] if directory == top and COMPLETE_MARKER in names else []
+        def unpack() -> None:
+            shutil.rmtree(destination, ignore_errors=True)
+            extract(data, destination)
 
-        await asyncio.to_thread(shutil.copytree, source, destination, ignore=marker)
+        await asyncio.to_thread(unpack)
         return destination

@@ -10,9 +10,17 @@ a name that looks like a secret of Rung's own is refused there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
-__all__ = ["ALLOWED", "ALLOWED_PREFIXES", "NEVER", "trial_environment"]
+__all__ = [
+    "ALLOWED",
+    "ALLOWED_PREFIXES",
+    "NEVER",
+    "check_allow_name",
+    "is_secret",
+    "trial_environment",
+]
 
 # Variables a training process commonly needs: the system's, locale, Python, CUDA/NCCL
 # and the usual ML caches. Nothing of Rung's own connection is in here.
@@ -34,9 +42,16 @@ ALLOWED: frozenset[str] = frozenset(
         "LD_LIBRARY_PATH",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "PYTORCH_CUDA_ALLOC_CONF",
         "HF_HOME",
         "TORCH_HOME",
         "XDG_CACHE_HOME",
+        "MPLCONFIGDIR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
     }
 )
 # Whole families: locale (LC_*), NVIDIA/CUDA/NCCL settings, and the caches of common
@@ -57,8 +72,35 @@ NEVER: frozenset[str] = frozenset(
 )
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Families of Rung's own secrets: never allowed, whatever their exact name.
+_SECRET_PREFIXES = ("RUNG_BROKER_", "RUNG_TLS_")
+
+
+def is_secret(name: str) -> bool:
+    """Whether ``name`` is one of Rung's own secrets: never passed to a trial."""
+    return name in NEVER or name.startswith(_SECRET_PREFIXES)
+
+
+def check_allow_name(name: str) -> str:
+    """``name`` if an operator may pass it on to trials (``rung worker --trial-env``);
+    a ValueError that names the rule otherwise."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"--trial-env {name!r} is not an environment variable name (letters, digits "
+            "and _, not starting with a digit)"
+        )
+    if is_secret(name):
+        raise ValueError(
+            f"--trial-env {name}: this variable holds the worker's own broker connection or "
+            "secrets, which training code must never see; pass what the trial needs under "
+            "another name"
+        )
+    return name
+
+
 def _allowed(name: str, extra: frozenset[str]) -> bool:
-    if name in NEVER:
+    if is_secret(name):
         return False
     return name in ALLOWED or name in extra or name.startswith(ALLOWED_PREFIXES)
 

@@ -1,6 +1,8 @@
 """The fork server: a warm Python process that starts training processes by forking.
 
-A worker starts one with ``python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES``. It
+A worker starts one with ``python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES
+[UID GID]``, in an allowlisted environment that holds none of the worker's secrets. It
+makes itself non-dumpable (a trial of the same uid cannot read its ``/proc`` entries),
 imports the Core API (``rung``) once, then waits on the Unix socket ``REQUESTS`` for
 requests, each a JSON
 line carrying the argv, working directory and environment of one training process, with
@@ -8,6 +10,9 @@ its stdout and stderr pipes passed alongside (``SCM_RIGHTS``). For each, it fork
 child that becomes the training process:
 
 * a new session (its own process group, so the worker can signal the whole group);
+* given ``UID GID`` (``rung worker --trial-user``): no supplementary groups, that gid and
+  that uid, for good, before anything else of the trial's runs; then dumpable again, as an
+  exec'd process would be (its memory holds nothing of the worker's);
 * ``PR_SET_PDEATHSIG``: the child dies with the fork server, which dies with its worker;
 * stdin from ``/dev/null``, stdout and stderr to the worker's pipes;
 * the request's working directory and environment, exactly (nothing of the server's);
@@ -44,6 +49,7 @@ import threading
 from typing import Any
 
 from rung.worker.launch import die_with_parent
+from rung.worker.privileges import PrivilegeError, drop_to, harden_process, set_dumpable
 
 __all__ = ["main", "python_entrypoint"]
 
@@ -121,19 +127,29 @@ def _system_exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _become_child(request: dict[str, Any], fds: list[int], parent: int) -> int:
+def _become_child(
+    request: dict[str, Any], fds: list[int], parent: int, ids: tuple[int, int] | None
+) -> int:
     """In the forked child: set up the process, run the entrypoint, return its exit code."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_DFL)
     os.setsid()
-    die_with_parent(parent)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in (devnull, *fds):
         os.close(fd)
+    if ids is not None:
+        # Before the death signal: a change of uid clears PR_SET_PDEATHSIG.
+        try:
+            drop_to(*ids)
+        except (OSError, PrivilegeError) as exc:
+            print(f"rung: cannot run the trial as uid {ids[0]}: {exc}", file=sys.stderr)  # noqa: T201
+            return 126
+    die_with_parent(parent)
+    set_dumpable(True)  # the server is not; its child is an ordinary process
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -152,7 +168,7 @@ def _become_child(request: dict[str, Any], fds: list[int], parent: int) -> int:
     return _run_python(*python)
 
 
-def _serve(sock: socket.socket, replies: socket.socket) -> int | None:
+def _serve(sock: socket.socket, replies: socket.socket, ids: tuple[int, int] | None) -> int | None:
     """Serve until the worker hangs up (None); in a forked child, its exit code."""
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -188,7 +204,7 @@ def _serve(sock: socket.socket, replies: socket.socket) -> int | None:
                 replies.close()
                 for fd in (wake_read, wake_write):
                     os.close(fd)
-                return _become_child(request, fds, me)
+                return _become_child(request, fds, me, ids)
             for fd in fds:
                 os.close(fd)
             if pid > 0:
@@ -208,15 +224,22 @@ def _reap(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3:
-        sys.stderr.write("usage: python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES\n")
+    if len(argv) not in (3, 5):
+        sys.stderr.write(
+            "usage: python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES [UID GID]\n"
+        )
         raise SystemExit(2)
     die_with_parent(int(argv[0]))
+    try:
+        harden_process()
+    except PrivilegeError as exc:
+        sys.stderr.write(f"rung: the fork server stays dumpable: {exc}\n")
+    ids = (int(argv[3]), int(argv[4])) if len(argv) == 5 else None
     import rung  # noqa: F401, PLC0415 (the point: children start with the Core API loaded)
 
     requests = socket.socket(fileno=int(argv[1]))
     replies = socket.socket(fileno=int(argv[2]))
-    code = _serve(requests, replies)
+    code = _serve(requests, replies, ids)
     if code is None:
         return
     _leave(code)

@@ -8,6 +8,15 @@ Both tie the process to the worker, so that it dies when the worker is killed ou
 * ``fork-server`` (the default): a warm process with the Core API imported forks each
   training process (:mod:`worker.forkserver`). A Python entrypoint then starts in a few
   milliseconds instead of about a hundred; other entrypoints are exec'd from the fork.
+
+Credentials never reach a training process by either way. The fork server starts from an
+allowlisted environment (:func:`worker.environment.trial_environment`), so its original
+environment block, which a forked child's ``/proc/self/environ`` shows, holds nothing of
+the worker's; it makes itself non-dumpable. Whatever environment a caller hands
+:meth:`Spawner.spawn`, the names of :func:`worker.environment.is_secret` are dropped from it.
+With a :class:`~worker.privileges.TrialUser` (``rung worker --trial-user``) the process
+runs as that user: its working directory and its Core API socket are handed to it first,
+then the process drops its groups, gid and uid before running anything of the trial's.
 """
 
 from __future__ import annotations
@@ -19,10 +28,14 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import structlog
+
+from rung.worker.environment import is_secret, trial_environment
+from rung.worker.privileges import TrialUser, give_to, open_path_to
 
 __all__ = [
     "START_METHODS",
@@ -62,10 +75,56 @@ class Spawner(Protocol):
     async def close(self) -> None: ...
 
 
+def _trial_env(env: dict[str, str], user: TrialUser | None) -> dict[str, str]:
+    """The environment a training process gets: never a name of Rung's own secrets, and
+    under ``--trial-user`` that user's home and name."""
+    final = {k: v for k, v in env.items() if not is_secret(k)}
+    if user is not None:
+        final.update(user.environment())
+    return final
+
+
+def _hand_over(cwd: Path, env: dict[str, str], user: TrialUser | None) -> None:
+    """Give the trial's own files to its user: the run directory (and a way through the
+    directories above it), the Core API socket, and the socket's directory when that is
+    private to the trial (owned by this process and closed to everyone else; never a
+    shared directory such as /tmp)."""
+    if user is None:
+        return
+    opened = open_path_to(cwd, user)
+    if opened:
+        structlog.get_logger("rung.worker").info(
+            "opened directories for the trial user to pass through (o+x, no listing)",
+            trial_user=user.name,
+            directories=[str(d) for d in opened],
+        )
+    give_to(cwd, user)
+    channel = env.get("RUNG_CHANNEL")
+    if not channel:
+        return
+    socket_path = Path(channel)
+    if socket_path.exists():
+        os.chown(socket_path, user.uid, user.gid, follow_symlinks=False)
+    parent = socket_path.parent
+    info = parent.lstat()
+    private = info.st_uid == os.geteuid() and info.st_mode & 0o7077 == 0
+    if private and parent.resolve() != Path(tempfile.gettempdir()).resolve():
+        os.chown(parent, user.uid, user.gid, follow_symlinks=False)
+
+
 class ExecSpawner:
     """A fresh interpreter for every training process."""
 
+    def __init__(self, *, trial_user: TrialUser | None = None) -> None:
+        self.trial_user = trial_user
+
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
+        user = self.trial_user
+        env = _trial_env(env, user)
+        await asyncio.to_thread(_hand_over, cwd, env, user)
+        switch: dict[str, Any] = (
+            {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
+        )
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -79,6 +138,7 @@ class ExecSpawner:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             limit=_LIMIT,
+            **switch,
         )
 
     async def close(self) -> None:
@@ -134,7 +194,8 @@ async def _read_pipe(fd: int) -> asyncio.StreamReader:
 class ForkServer:
     """Starts, feeds and watches one fork server; restarts it if it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, trial_user: TrialUser | None = None) -> None:
+        self.trial_user = trial_user
         self.log = structlog.get_logger("rung.worker")
         self._lock = asyncio.Lock()
         self._requests: socket.socket | None = None
@@ -156,6 +217,8 @@ class ForkServer:
             return self._requests
         requests_here, requests_there = socket.socketpair()
         replies_here, replies_there = socket.socketpair()
+        user = self.trial_user
+        ids = [] if user is None else [str(user.uid), str(user.gid)]
         try:
             self._server = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -164,6 +227,10 @@ class ForkServer:
                 str(os.getpid()),
                 str(requests_there.fileno()),
                 str(replies_there.fileno()),
+                *ids,
+                # Nothing of the worker's own environment: no broker URL, no password. A
+                # forked child's /proc/self/environ shows this block, not its own.
+                env=trial_environment(os.environ, {}),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(requests_there.fileno(), replies_there.fileno()),
             )
@@ -218,6 +285,8 @@ class ForkServer:
             self.log.warning("the fork server exited; its training processes died with it")
 
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
+        env = _trial_env(env, self.trial_user)
+        await asyncio.to_thread(_hand_over, cwd, env, self.trial_user)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -266,7 +335,8 @@ def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
         sock.sendall(payload[sent:])
 
 
-def make_spawner(method: StartMethod) -> Spawner:
+def make_spawner(method: StartMethod, *, trial_user: TrialUser | None = None) -> Spawner:
+    """The spawner of ``method``; with ``trial_user``, its processes run as that user."""
     if method == "exec":
-        return ExecSpawner()
-    return ForkServer()
+        return ExecSpawner(trial_user=trial_user)
+    return ForkServer(trial_user=trial_user)

@@ -2,9 +2,14 @@
 
 The worker starts the entrypoint as a subprocess in its own process group, in a private
 copy of the experiment context, pinned to its GPUs with ``CUDA_VISIBLE_DEVICES``. The
-process talks to :class:`TrialRun` over a Unix socket (``RUNG_CHANNEL``); each report
-becomes an event that is published (and confirmed) before the script is answered.
-When the process ends, the exit is classified with Determined's meanings.
+process talks to :class:`TrialRun` over a Unix socket (``RUNG_CHANNEL``) in a private
+directory (0700) of its own; only a process of the trial's process group and uid may
+connect (``SO_PEERCRED``), and each request is checked against the Core API's limits again
+(a script may write to the socket without the Core API). Each report becomes an event that
+is published (and confirmed) before the script is answered. Its stdout and stderr are read
+in chunks, split into lines (``\\r`` too), cut, rate-limited and shipped in bounded batches
+(:mod:`rung.worker.output`): no output can stop the worker supervising it. When the
+process ends, its group is killed and the exit is classified with Determined's meanings.
 """
 
 from __future__ import annotations
@@ -15,17 +20,25 @@ import json
 import os
 import shlex
 import signal
+import socket
+import struct
 import sys
 import tempfile
 import time
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from rung.broker.limits import (
+    CHANNEL_REQUEST_BYTES,
+    MAX_CHECKPOINT_METADATA_BYTES,
+    MAX_LOG_BATCH_LINES,
+    MAX_METRICS_BYTES,
+    is_uuid,
+)
 from rung.broker.schemas import (
     CheckpointSaved,
     ExitReason,
@@ -39,6 +52,9 @@ from rung.broker.schemas import (
     TrialStarted,
 )
 from rung.broker.schemas.envelope import Body
+from rung.worker.core._validate import check_json
+from rung.worker.environment import trial_environment
+from rung.worker.output import READ_CHUNK_BYTES, LineSplitter, LogGate
 from rung.worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
 
 __all__ = ["TrialRun"]
@@ -56,16 +72,57 @@ class Emit(Protocol):
 # private queue when its connection resets, and nothing else would send it.
 ASK_AGAIN_AFTER_S = 5.0
 _ASK_AGAIN_MAX_S = 60.0
-_SCRUBBED = (
-    "RUNG_BROKER_URL",
-    "RUNG_BROKER_PASSWORD_FILE",
-    "RUNG_TEST_AMQP_URL",
-    "AMQP_URL",
-    "RUNG_TLS_CA",
-    "RUNG_TLS_CERT",
-    "RUNG_TLS_KEY",
-)
+# The last lines of stderr kept for trial_exited (each at most MAX_LOG_LINE_CHARS and a note).
 _TAIL = 30
+# Logs go out at least this often while a trial runs.
+_SHIP_EVERY_S = 0.5
+# How often the end of the training process is looked for, and how long its output may
+# stay open after it ended and its group was killed (a process that left the group).
+_EXIT_POLL_S = 0.1
+_DRAIN_S = 5.0
+_REAP_S = 30.0
+_CHANNEL_SOCKET = "channel.sock"
+
+
+class _RefusedError(ValueError):
+    """A Core API request that breaks a rule; the script gets the message as its error."""
+
+
+def _euid(pid: int) -> int | None:
+    """The effective uid of a process, from /proc (readable even when it is not dumpable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peer_refusal(sock: Any, trial_pid: int) -> str | None:
+    """Why the process at the other end of ``sock`` may not use the trial's channel (None:
+    it may). Only a process of the trial's own process group (the trial leads it), running
+    as the trial's uid, may. Linux only (``SO_PEERCRED``); elsewhere the private directory
+    is the only guard."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if pid <= 0:  # another pid namespace: nothing to check it against
+        return f"the peer's pid is unknown ({pid}); it is not in this worker's pid namespace"
+    try:
+        group = os.getpgid(pid)
+    except OSError:
+        return f"the peer (pid {pid}) is gone"
+    if group != trial_pid:
+        return f"the peer (pid {pid}) is in process group {group}, not the trial's ({trial_pid})"
+    expected = _euid(trial_pid)
+    if expected is None:
+        return f"the training process (pid {trial_pid}) is gone"
+    if uid != expected:
+        return f"the peer (pid {pid}) runs as uid {uid}, not the trial's uid {expected}"
+    return None
 
 
 class TrialRun:
@@ -82,10 +139,13 @@ class TrialRun:
         hang_timeout_s: float | None = None,
         spawner: Spawner | None = None,
         ask_again_after_s: float = ASK_AGAIN_AFTER_S,
+        trial_env_allow: Iterable[str] = (),
     ) -> None:
         self.cmd = cmd
         self.ask_again_after_s = ask_again_after_s
         self._spawner: Spawner = spawner or ExecSpawner()
+        # Names of the worker's environment passed on beyond the allowlist (--trial-env).
+        self.trial_env_allow = tuple(trial_env_allow)
         # A script that makes no Core API call for this long is hung and killed.
         self.hang_timeout_s = hang_timeout_s
         self._last_call = time.monotonic()
@@ -103,11 +163,13 @@ class TrialRun:
             worker_id=worker_id,
         )
         self.process: TrialProcess | None = None
+        self._started = asyncio.Event()  # set once the process is known (or never will be)
         self._server: asyncio.Server | None = None
         # The script's open connections, each served by its own task.
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._socket_path = Path(tempfile.gettempdir()) / f"rung-{uuid.uuid4().hex[:12]}.sock"
+        # The channel's private directory (0700), made by start() and removed at the end.
+        self.channel_dir: Path | None = None
         # Operation bookkeeping: lengths handed to the script, and the next one to hand out.
         self._next: asyncio.Queue[int | None] = asyncio.Queue()
         self._next.put_nowait(cmd.length)
@@ -121,12 +183,19 @@ class TrialRun:
         self.killed_because: str | None = None
         self.early_exit: str | None = None
         self._stderr_tail: deque[str] = deque(maxlen=_TAIL)
-        self._lines: list[LogLine] = []
-        self._flushing = asyncio.Lock()
+        self._gate = LogGate(time.monotonic())
+        self._output_ready = asyncio.Event()
+        self._shipping = asyncio.Lock()
+        self._exit_sent = False
 
     @property
     def key(self) -> tuple[str, int, int]:
         return self.cmd.experiment_id, self.cmd.trial_id, self.cmd.attempt
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The channel's socket, once start() made its directory."""
+        return None if self.channel_dir is None else self.channel_dir / _CHANNEL_SOCKET
 
     # ------------------------------------------------------------------ commands
     def continue_to(self, length: int) -> None:
@@ -159,7 +228,8 @@ class TrialRun:
         return argv
 
     def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        """The allowlist of :mod:`rung.worker.environment` (and ``trial_env_allow``) over
+        the worker's environment, then what Rung tells the trial."""
         cmd = self.cmd
         info = {
             "experiment_id": cmd.experiment_id,
@@ -170,20 +240,28 @@ class TrialRun:
             "latest_checkpoint": cmd.latest_checkpoint,
             "user_data": cmd.user_data,
             "checkpoint_root": cmd.checkpoint_root,
+            "source_root": cmd.source_root,
             "unit": cmd.unit,
             "worker_id": self.worker_id,
             "slot_ids": self.slot_ids,
             "gpus": self.gpus,
         }
-        env.update(
-            {
-                "RUNG_TRIAL_INFO": json.dumps(info),
-                "RUNG_CHANNEL": str(self._socket_path),
-                "PYTHONUNBUFFERED": "1",
-                "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
-            }
-        )
-        return env
+        rung_vars = {
+            "RUNG_TRIAL_INFO": json.dumps(info),
+            "RUNG_CHANNEL": str(self.socket_path or ""),
+            "PYTHONUNBUFFERED": "1",
+            "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
+        }
+        return trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
+
+    async def _cannot_start(self, reason: str) -> bool:
+        self.log.error("cannot start the trial", reason=reason)
+        self._started.set()
+        self._close_channel()
+        self._gate.add("rung", reason)
+        await self._ship()
+        await self._exited(ExitReason.ERRORED, None, reason)
+        return False
 
     async def start(self) -> bool:
         """Start the process; False (with the trial already reported as exited) if it can't."""
@@ -197,23 +275,19 @@ class TrialRun:
             )
         )
         if isinstance(command, str):
-            self.log.error("cannot start the trial", reason=command)
-            await self._add_line("rung", command)
-            await self._flush()
-            await self._exited(ExitReason.ERRORED, None, command)
-            return False
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket_path))
+            return await self._cannot_start(command)
         try:
+            # mkdtemp makes it 0700: no other uid can reach the socket inside.
+            self.channel_dir = Path(tempfile.mkdtemp(prefix="rung-trial-"))
+            self._server = await asyncio.start_unix_server(
+                self._accept, path=str(self.socket_path), limit=CHANNEL_REQUEST_BYTES
+            )
             self.process = await self._spawner.spawn(
                 command, cwd=self.run_dir, env=self._environment()
             )
         except (SpawnError, OSError) as exc:
-            reason = f"the training process could not be started: {exc}"
-            self.log.error("cannot start the trial", reason=reason)  # noqa: TRY400 (no trace)
-            await self._add_line("rung", reason)
-            await self._flush()
-            await self._exited(ExitReason.ERRORED, None, reason)
-            return False
+            return await self._cannot_start(f"the training process could not be started: {exc}")
+        self._started.set()
         self.log.info(
             "trial started",
             pid=self.process.pid,
@@ -232,13 +306,26 @@ class TrialRun:
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
+    async def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
+        # A forked trial can connect before the fork server's answer names its pid.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._started.wait(), timeout=30)
+        process = self.process
+        if process is None:
+            refusal: str | None = "the training process is not running"
+        else:
+            refusal = peer_refusal(writer.get_extra_info("socket"), process.pid)
+        if refusal is not None:
+            self.log.warning("refused a connection to the trial's channel", reason=refusal)
+            return False
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while line := await reader.readline():
-                try:
-                    reply = await self._handle(json.loads(line))
-                except (ValueError, KeyError, TypeError) as exc:
-                    reply = {"error": f"bad request: {exc}"}
+            if not await self._peer_allowed(writer):
+                return
+            while (line := await _read_request(reader)) != b"":
+                reply = await self._reply(line)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -246,6 +333,22 @@ class TrialRun:
         finally:
             writer.close()
             self._writers.discard(writer)
+
+    async def _reply(self, line: bytes | None) -> dict[str, Any]:
+        if line is None:
+            return {
+                "error": f"request over {CHANNEL_REQUEST_BYTES} bytes (CHANNEL_REQUEST_BYTES), "
+                "the limit of one Core API call; report less at once"
+            }
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise _RefusedError(f"a request is a JSON object, got {type(request).__name__}")
+            return await self._handle(request)
+        except RecursionError:
+            return {"error": "bad request: JSON nested too deeply (MAX_JSON_DEPTH)"}
+        except (ValueError, KeyError, TypeError) as exc:  # _RefusedError, pydantic's too
+            return {"error": f"bad request: {exc}"}
 
     def _ids(self) -> dict[str, Any]:
         return {
@@ -281,25 +384,21 @@ class TrialRun:
                 await self._emit(ProgressReported(**self._ids(), units=units))
                 return {}
             case "metrics":
+                metrics = request["metrics"]
+                if not isinstance(metrics, dict):
+                    raise _RefusedError(f"metrics must be a mapping, got {type(metrics).__name__}")
+                check_json("metrics", metrics, MAX_METRICS_BYTES, "MAX_METRICS_BYTES")
                 await self._emit(
                     MetricsReported(
                         **self._ids(),
                         group=request["group"],
                         steps_completed=int(request["steps_completed"]),
-                        metrics=request["metrics"],
+                        metrics=metrics,
                     )
                 )
                 return {}
             case "checkpoint":
-                await self._emit(
-                    CheckpointSaved(
-                        **self._ids(),
-                        uuid=request["uuid"],
-                        steps_completed=int(request["steps_completed"]),
-                        metadata=request["metadata"],
-                        size_bytes=int(request["size_bytes"]),
-                    )
-                )
+                await self._emit(self._checkpoint_saved(request))
                 return {}
             case "should_preempt":
                 return {"preempt": self.preempt_requested}
@@ -309,6 +408,30 @@ class TrialRun:
             case "best_validation":
                 return {"value": await self._best_validation()}
         return {"error": f"unknown request {request['op']!r}"}
+
+    def _checkpoint_saved(self, request: dict[str, Any]) -> CheckpointSaved:
+        storage_id, metadata = request["uuid"], request["metadata"]
+        if not isinstance(storage_id, str) or not is_uuid(storage_id):
+            raise _RefusedError(
+                f"checkpoint uuid {str(storage_id)[:80]!r} is not a lowercase canonical uuid "
+                "(UUID_PATTERN); use the storage_id that checkpoint.store_path() gives"
+            )
+        if not isinstance(metadata, dict):
+            kind = type(metadata).__name__
+            raise _RefusedError(f"checkpoint metadata must be a mapping, got {kind}")
+        check_json(
+            "checkpoint metadata",
+            metadata,
+            MAX_CHECKPOINT_METADATA_BYTES,
+            "MAX_CHECKPOINT_METADATA_BYTES",
+        )
+        return CheckpointSaved(
+            **self._ids(),
+            uuid=storage_id,
+            steps_completed=int(request["steps_completed"]),
+            metadata=metadata,
+            size_bytes=int(request["size_bytes"]),
+        )
 
     async def _await_answer(self) -> int | None:
         """The next operation's length (None: no more), asking the searcher again while
@@ -340,29 +463,40 @@ class TrialRun:
             answer.cancel()
 
     # ------------------------------------------------------------------ logs
-    async def _add_line(self, stream: str, text: str) -> None:
-        self._lines.append(LogLine.model_validate({"stream": stream, "text": text}))
-        if len(self._lines) >= 100:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        async with self._flushing:
-            if not self._lines:
-                return
-            lines, self._lines = self._lines, []
-            await self._emit(LogLines(**self._ids(), lines=lines))
+    def _take_lines(self, stream: str, lines: list[str]) -> None:
+        """Lines read from the process: into the stderr tail, then through the gate (rate
+        and buffer bounds; what is over is dropped and counted). Never waits."""
+        if not lines:
+            return
+        if stream == "stderr":
+            self._stderr_tail.extend(lines[-_TAIL:])
+        now = time.monotonic()
+        gate = self._gate
+        for line in lines:
+            gate.offer(stream, line, now)
+        if len(gate) >= MAX_LOG_BATCH_LINES:
+            self._output_ready.set()
 
     async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
-        while raw := await stream.readline():
-            text = raw.decode(errors="replace").rstrip("\n")
-            if name == "stderr":
-                self._stderr_tail.append(text)
-            await self._add_line(name, text)
+        """Read a pipe to its end in chunks: no line, however long, is ever held whole."""
+        splitter = LineSplitter()
+        while chunk := await stream.read(READ_CHUNK_BYTES):
+            self._take_lines(name, splitter.feed(chunk))
+        self._take_lines(name, splitter.close())
 
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            await self._flush()
+    async def _ship(self) -> None:
+        """Send what the gate holds, in batches within MAX_LOG_BATCH_LINES and _BYTES."""
+        async with self._shipping:
+            while batch := self._gate.batch():
+                lines = [LogLine.model_validate({"stream": s, "text": t}) for s, t in batch]
+                await self._emit(LogLines(**self._ids(), lines=lines))
+
+    async def _ship_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._output_ready.wait(), timeout=_SHIP_EVERY_S)
+            self._output_ready.clear()
+            await self._ship()
 
     # ------------------------------------------------------------------ the end
     def _classify(self, code: int) -> tuple[ExitReason, str]:
@@ -385,27 +519,106 @@ class TrialRun:
         )
 
     async def wait(self) -> ExitReason:
-        """Stream logs until the process ends, then report how it ended."""
-        if self.process is None or self.process.stdout is None or self.process.stderr is None:
+        """Stream logs until the process ends, then report how it ended.
+
+        Whatever happens here (any output, a failure reading it, this task cancelled),
+        when ``wait()`` returns or raises the training process's group has been killed
+        and the process reaped, so its slots may be given to another trial; and unless
+        the worker cancelled it (it is stopping), ``trial_exited`` has gone out, once.
+        """
+        process = self.process
+        if process is None or process.stdout is None or process.stderr is None:
             raise RuntimeError("wait() before a successful start()")
-        flusher = asyncio.create_task(self._flush_periodically())
+        stop_shipping = asyncio.Event()
+        shipper = asyncio.create_task(self._ship_periodically(stop_shipping))
         watchdog = asyncio.create_task(self._watch_for_hangs())
+        pumps = asyncio.gather(
+            self._pump(process.stdout, "stdout"), self._pump(process.stderr, "stderr")
+        )
+        code: int | None = None
         try:
-            await asyncio.gather(
-                self._pump(self.process.stdout, "stdout"),
-                self._pump(self.process.stderr, "stderr"),
-            )
-            code = await self.process.wait()
+            code = await self._supervise(process, pumps)
+        except asyncio.CancelledError:
+            shipper.cancel()
+            raise
+        except Exception:  # a bug of ours must not orphan the process: end it all the same
+            self.log.exception("supervising the training process failed; killing it")
+            self.kill("the worker failed supervising it (see the worker's log)")
         finally:
-            flusher.cancel()
             watchdog.cancel()
             self._close_channel()  # also when the worker is cancelled while this waits
-        reason, message = self._classify(code)
+            await self._end_process(process, pumps)
+            stop_shipping.set()
+            self._output_ready.set()
+        if code is None:
+            code = process.returncode
+        if code is None:
+            reason, message = ExitReason.ERRORED, "the training process could not be reaped"
+        else:
+            reason, message = self._classify(code)
         if reason is ExitReason.USER_REQUESTED_STOP:
-            await self._add_line("rung", f"warning: {message}")
-        await self._flush()
+            self._gate.add("rung", f"warning: {message}")
+        try:
+            await shipper
+            self._gate.finish()
+            await self._ship()
+        except Exception:  # the logs are lost, the exit is not
+            self.log.exception("could not ship the trial's last logs")
         await self._exited(reason, code, message)
         return reason
+
+    async def _supervise(self, process: TrialProcess, pumps: asyncio.Future[Any]) -> int:
+        """Until the process has exited and its output is read: its exit code."""
+        exited = asyncio.create_task(_exit_code(process))
+        try:
+            await asyncio.wait({pumps, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if pumps.done() and pumps.exception() is not None:
+                self.log.error(
+                    "reading the training process's output failed; killing it",
+                    error=repr(pumps.exception()),
+                )
+                self.kill(f"the worker could not read its output: {pumps.exception()!r}")
+            code = await exited
+        finally:
+            exited.cancel()
+        # Whatever the process left running in its group holds its pipes: end it.
+        if self._kill_group():
+            self._gate.add("rung", "rung: killed what the training process left in its group")
+        if not pumps.done():  # (asyncio.wait: neither raises what the pumps raised nor cancels)
+            await asyncio.wait({pumps}, timeout=_DRAIN_S)
+        if not pumps.done():
+            self.log.warning(
+                "the training process's output stays open after it ended (a process outside "
+                "its group holds it); no longer reading it"
+            )
+        return code
+
+    async def _end_process(self, process: TrialProcess, pumps: asyncio.Future[Any]) -> None:
+        """Kill the group, reap the process (bounded), stop reading: every way out."""
+        if process.returncode is None:
+            self.kill("the worker stopped supervising it")
+        self._kill_group()
+        if process.returncode is None:
+            try:
+                await asyncio.wait_for(asyncio.shield(_exit_code(process)), timeout=_REAP_S)
+            except TimeoutError:
+                self.log.error(  # noqa: TRY400 (no trace to show)
+                    "the training process did not die after SIGKILL", pid=process.pid
+                )
+        if not pumps.done():
+            pumps.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pumps
+
+    def _kill_group(self) -> bool:
+        """SIGKILL the trial's process group; True if anything in it was still there."""
+        if self.process is None:
+            return False
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     async def _watch_for_hangs(self) -> None:
         timeout = self.hang_timeout_s
@@ -420,7 +633,8 @@ class TrialRun:
             return
 
     def _close_channel(self) -> None:
-        """Close the socket server and every connection to it (idempotent)."""
+        """Close the socket server and every connection to it, remove its directory
+        (idempotent)."""
         if self._server is not None:
             self._server.close()
         # A connection whose script died while it waited (for its next operation, say)
@@ -430,11 +644,17 @@ class TrialRun:
         self._writers.clear()
         for connection in list(self._connections):
             connection.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+        if self.channel_dir is not None:
+            with contextlib.suppress(OSError):
+                (self.channel_dir / _CHANNEL_SOCKET).unlink()
+            with contextlib.suppress(OSError):
+                self.channel_dir.rmdir()
 
     async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
         self._close_channel()
+        if self._exit_sent:
+            return
+        self._exit_sent = True
         self.log.info("trial exited", reason=reason.value, exit_code=code, message=message)
         await self._emit(
             TrialExited(
@@ -454,3 +674,31 @@ class TrialRun:
             except ProcessLookupError:  # not yet the leader of its own group: just it
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.process.pid, signal.SIGKILL)
+
+
+async def _exit_code(process: TrialProcess) -> int:
+    """The process's exit code once it has exited and been reaped.
+
+    Not ``process.wait()``: on Python 3.11 that also waits for every pipe to close, which
+    a child left running in the background may never do.
+    """
+    while (code := process.returncode) is None:  # noqa: ASYNC110 (no event to wait on)
+        await asyncio.sleep(_EXIT_POLL_S)
+    return code
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """The next request line, b"" at the end, None for a line over CHANNEL_REQUEST_BYTES
+    (skipped to its end: it is answered with an error, and the channel goes on)."""
+    overlong = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        except asyncio.LimitOverrunError as exc:
+            # Drop what is buffered (at most the limit), then look for the line's end.
+            await reader.readexactly(exc.consumed)
+            overlong = True
+            continue
+        return None if overlong else line

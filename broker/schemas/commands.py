@@ -23,6 +23,7 @@ __all__ = [
     "PauseTrial",
     "PreemptTrial",
     "RunTrial",
+    "SearcherCommand",
     "WorkerCommand",
 ]
 
@@ -46,6 +47,9 @@ class RunTrial(Message):
     checkpoint_root: str
     user_data: dict[str, JsonValue] = Field(default_factory=dict)
     max_restarts: int = Field(ge=0)
+    # Where ``latest_checkpoint`` is when it is a warm start's source in another
+    # experiment's root (``searcher.source_checkpoint_uuid``); None: under checkpoint_root.
+    source_root: str | None = None
 
 
 class ContinueTrial(Message):
@@ -108,5 +112,18 @@ class DeleteCheckpoints(Message):
 # The commands about one trial attempt (DeleteCheckpoints is about an experiment's storage).
 WorkerCommand = Annotated[
     RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial,
+    Discriminator("type"),
+]
+
+# Everything the searcher decides to send: the per-attempt commands, and DeleteCheckpoints
+# (to the work queue: any worker that sees the experiment's checkpoint storage runs it).
+SearcherCommand = Annotated[
+    RunTrial
+    | ContinueTrial
+    | PauseTrial
+    | CloseTrial
+    | PreemptTrial
+    | KillTrial
+    | DeleteCheckpoints,
     Discriminator("type"),
 ]

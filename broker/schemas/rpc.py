@@ -19,6 +19,7 @@ __all__ = [
     "ListExperiments",
     "ListWorkers",
     "ReadRecords",
+    "ReadTrialLogs",
     "RpcError",
     "RpcReply",
     "RpcRequest",
@@ -74,14 +75,17 @@ class ReadRecords(Message):
 
 
 class ReadTrialLogs(Message):
-    """Lines a trial's processes wrote (kept apart from the event log), after line
-    ``after`` of the experiment's log store, at most ``limit``; every trial's with
-    ``trial_id`` None."""
+    """Lines a trial's processes wrote (kept apart from the event log), at most ``limit``;
+    every trial's with ``trial_id`` None. ``after`` is the cursor in the experiment's
+    trial log store (0: from its start; then the reply's ``next``). An experiment from
+    before the store also has lines in its event log's ``log_lines`` records: they come
+    first, after record ``after_seq`` (then the reply's ``next_seq``)."""
 
     type: Literal["read_trial_logs"] = "read_trial_logs"
     experiment_id: str
     trial_id: int | None = Field(default=None, ge=1)
     after: int = Field(default=0, ge=0)
+    after_seq: int = Field(default=0, ge=0)
     limit: int = Field(default=1000, ge=1, le=10_000)
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
@@ -22,6 +23,8 @@ __all__ = [
     "broker_from",
     "broker_url",
     "default_state_dir",
+    "parse_duration",
+    "redact",
     "run_client",
     "stop_on_signals",
     "tls_from",
@@ -33,13 +36,30 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+class _BrokerOption(argparse.Action):
+    """``--broker URL``, remembering that the URL came on the command line (where any user
+    of the machine reads it: ``ps``, ``/proc/PID/cmdline``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.broker_on_command_line = True
+
+
 def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
     parser.add_argument(
         "--broker",
+        action=_BrokerOption,
         default=os.environ.get("RUNG_BROKER_URL"),
         required=False,
-        help="amqp://user:password@host:5672/vhost (default: $RUNG_BROKER_URL"
-        + (")" if required else "; none means the in-process broker)"),
+        help="amqp://user@host:5672/vhost, the password in --broker-password-file (a "
+        "password in the URL works, but any local user can read a command line) "
+        "(default: $RUNG_BROKER_URL" + (")" if required else "; none means the in-process broker)"),
     )
     parser.add_argument(
         "--broker-password-file",
@@ -99,10 +119,37 @@ def tls_from(args: argparse.Namespace) -> TlsSettings:
     )
 
 
+def _warn_password_on_command_line(args: argparse.Namespace, url: str) -> None:
+    """Once per command: a password given in ``--broker`` on the command line."""
+    if not getattr(args, "broker_on_command_line", False):
+        return
+    if getattr(args, "broker_password_warned", False) or urlsplit(url).password is None:
+        return
+    args.broker_password_warned = True
+    structlog.get_logger("rung.cli").warning(
+        "the --broker URL on the command line carries a password: any user of this "
+        "machine can read it (ps, /proc/PID/cmdline). Give the URL without it "
+        "(amqp://USER@HOST:PORT/VHOST) and the password in a file readable by this user "
+        "only: --broker-password-file PATH or RUNG_BROKER_PASSWORD_FILE",
+        broker=redact(url),
+    )
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
 def broker_url(args: argparse.Namespace) -> str | None:
     """``--broker``, with the password of ``--broker-password-file`` put in."""
     url: str | None = args.broker
     path: Path | None = getattr(args, "broker_password_file", None)
+    if url is not None:
+        _warn_password_on_command_line(args, url)
     if url is None or path is None:
         return url
     try:
@@ -159,6 +206,27 @@ def log_tasks() -> None:
         )
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds, or a number with a unit s, m, h, d or w
+    (``7d``, ``12h``, ``90s``). For argparse's ``type=``."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or a number and a unit s, m, h, d "
+            "or w (7d, 12h)"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is finite and not negative")
+    return seconds
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get("RUNG_STATE_DIR", Path.home() / ".rung" / "searcher"))
 
@@ -167,8 +235,9 @@ def run_client(args: argparse.Namespace, main: Callable[[Client], Awaitable[int]
     """Connect a ``rung.Client`` as the broker options say, run ``main`` with it, close."""
     if not args.broker:
         raise ClientError(
-            "no broker URL: pass --broker amqp://USER:PASSWORD@HOST:5672/ or set "
-            "RUNG_BROKER_URL (the searcher's broker)"
+            "no broker URL: pass --broker amqp://USER@HOST:5672/ with "
+            "--broker-password-file PATH, or set RUNG_BROKER_URL and "
+            "RUNG_BROKER_PASSWORD_FILE (the searcher's broker)"
         )
 
     async def go() -> int:

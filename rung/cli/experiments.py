@@ -18,6 +18,7 @@ from rung.broker.schemas import ExperimentSummary
 from rung.cli.common import add_broker_options, run_client
 from rung.cli.render import (
     checkpoints_table,
+    console_text,
     experiments_table,
     print_summary,
     progress_view,
@@ -162,9 +163,9 @@ def control_experiment(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result))
         elif result["ignored"]:
-            print(f"{args.experiment_id}: nothing to do: {result['ignored']}")
+            print(console_text(f"{args.experiment_id}: nothing to do: {result['ignored']}"))
         else:
-            print(f"{args.experiment_id}: {args.action}: now {result['state']}")
+            print(console_text(f"{args.experiment_id}: {args.action}: now {result['state']}"))
         return 0
 
     return run_client(args, main)
@@ -231,4 +232,4 @@ def _listing_json(summary: ExperimentSummary) -> dict[str, Any]:
 
 def _show(item: dict[str, Any] | None, *, as_json: bool) -> None:
     if item is not None:
-        print(json.dumps(item) if as_json else print_entry(item), flush=True)
+        print(json.dumps(item) if as_json else console_text(print_entry(item)), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,14 +17,26 @@ from rung.cli.common import (
     add_broker_options,
     broker_from,
     default_state_dir,
+    parse_duration,
     run_client,
     stop_on_signals,
 )
-from rung.cli.render import workers_table
+from rung.cli.render import workers_view
 from rung.client import Client
 from rung.searcher.service.service import SearcherService
 from rung.worker.agent import Worker
+from rung.worker.environment import check_allow_name
 from rung.worker.gpus import parse_gpus
+from rung.worker.privileges import (
+    PrivilegeError,
+    TrialUser,
+    check_can_switch,
+    harden_process,
+    prepare_private_dir,
+    private_umask,
+    resolve_group,
+    resolve_trial_user,
+)
 from rung.worker.spawn import START_METHODS
 
 __all__ = ["register"]
@@ -56,11 +69,51 @@ def register(commands: Any) -> None:
     )
     searcher.add_argument(
         "--verify-worker-users",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="refuse (dead-letter) a worker event unless its worker id is the broker user "
         "that sent it, or <user>.<suffix>: with deploy/rabbitmq's least-privilege users, "
-        "a worker cannot speak for another",
+        "a worker cannot speak for another (default: on; --no-verify-worker-users for a "
+        "development broker where workers share one user under other ids)",
     )
+    searcher.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a broker user with the admin role: reads and controls every experiment "
+        "(repeatable); see docs/security.md",
+    )
+    searcher.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a broker user with the operator role: an admin who may also re-send dead "
+        "letters with `rung dlq requeue` (repeatable)",
+    )
+    searcher.add_argument(
+        "--worker-user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a broker user with the worker role, beside <prefix>worker (repeatable)",
+    )
+    searcher.add_argument(
+        "--allow-custom-searchers",
+        action="store_true",
+        help="accept experiments with searcher.name: custom, whose uploaded code the "
+        "searcher runs; off by default (docs/security.md says where it runs)",
+    )
+    searcher.add_argument(
+        "--context-retention",
+        type=parse_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="remove an ended experiment's context this long after it ended, unless another "
+        "experiment uses it: seconds, or 30m, 12h, 7d (default 7d; 0 keeps them for ever)",
+    )
+    _dir_group_option(searcher, "the state directory")
     _health_option(searcher, "after every tick of its timers (every worker-timeout/4 s)")
     searcher.set_defaults(handler=run_searcher)
 
@@ -112,6 +165,25 @@ def register(commands: Any) -> None:
         "process with the Core API loaded, a few ms each; exec starts a fresh "
         "interpreter for each (about 100 ms more), for scripts that need one",
     )
+    worker.add_argument(
+        "--trial-user",
+        default=os.environ.get("RUNG_TRIAL_USER") or None,
+        metavar="USER",
+        help="run every training process as this user (a name or uid), which cannot read "
+        "the worker's password file or /proc entries; the worker must run as root or with "
+        "CAP_SETUID, CAP_SETGID and CAP_CHOWN (default: $RUNG_TRIAL_USER; none: trials run "
+        "as the worker's user)",
+    )
+    worker.add_argument(
+        "--trial-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass the worker's environment variable NAME on to trials, beside the "
+        "built-in allowlist (repeatable; docs/security.md lists it); Rung's own secrets "
+        "(RUNG_BROKER_URL, ...) are refused",
+    )
+    _dir_group_option(worker, "the work directory")
     _health_option(worker, "after every heartbeat the broker confirmed")
     worker.set_defaults(handler=run_worker)
 
@@ -125,6 +197,35 @@ def register(commands: Any) -> None:
     health.add_argument("file", type=Path, metavar="FILE")
     health.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS")
     health.set_defaults(handler=healthcheck)
+
+
+def _dir_group_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--dir-group",
+        default=None,
+        metavar="GROUP",
+        help=f"make {what} readable by this group too (mode 2750, umask 027); by default "
+        "it and everything the process creates is its user's only (0700, umask 077)",
+    )
+
+
+def _private_process(args: argparse.Namespace) -> int | None:
+    """Files of this process for its user only (or its --dir-group), and its memory and
+    /proc entries closed to other processes of its uid. Returns the group's id."""
+    try:
+        group = resolve_group(args.dir_group) if args.dir_group else None
+    except PrivilegeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    private_umask(group)
+    harden_process()
+    return group
+
+
+def _private_dir(path: Path, group: int | None) -> None:
+    try:
+        prepare_private_dir(path, group)
+    except (PrivilegeError, OSError) as exc:
+        raise SystemExit(f"error: {path}: {exc}") from None
 
 
 def _health_option(parser: argparse.ArgumentParser, when: str) -> None:
@@ -163,6 +264,9 @@ def _require_broker(args: argparse.Namespace) -> None:
 
 def run_searcher(args: argparse.Namespace) -> int:
     _require_broker(args)
+    state_dir: Path = args.state_dir or default_state_dir()
+    group = _private_process(args)
+    _private_dir(state_dir, group)
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -171,10 +275,15 @@ def run_searcher(args: argparse.Namespace) -> int:
         try:
             service = SearcherService(
                 broker,
-                args.state_dir or default_state_dir(),
+                state_dir,
                 worker_timeout_s=args.worker_timeout,
                 shared_state_dir=args.shared_state_dir,
                 verify_worker_users=args.verify_worker_users,
+                admins=frozenset(args.admin),
+                operators=frozenset(args.operator),
+                workers=frozenset(args.worker_user),
+                allow_custom_searchers=args.allow_custom_searchers,
+                context_retention_s=args.context_retention,
                 health_file=args.health_file,
             )
             await service.run(stop)
@@ -191,7 +300,8 @@ def list_workers(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([w.model_dump(mode="json") for w in workers]))
         else:
-            Console().print(workers_table(workers))
+            waiting = [s for s in await client.list_experiments() if s.waiting]
+            Console().print(workers_view(workers, waiting))
         return 0
 
     return run_client(args, main)
@@ -203,8 +313,11 @@ def run_worker(args: argparse.Namespace) -> int:
     _require_broker(args)
     try:
         gpus = parse_gpus(args.gpus)
+        trial_env = [check_allow_name(name) for name in args.trial_env]
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    trial_user = _trial_user(args.trial_user)
+    group = _private_process(args)
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -221,10 +334,32 @@ def run_worker(args: argparse.Namespace) -> int:
                 hang_timeout_s=args.hang_timeout or None,
                 start_method=args.start_method,
                 health_file=args.health_file,
+                trial_env_allow=trial_env,
+                trial_user=trial_user,
             )
+            if trial_user is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+                worker.log.warning(
+                    "trials run as root, like this worker: their code can read every file "
+                    "of the machine, the broker password's included; give an unprivileged "
+                    "account with --trial-user USER"
+                )
+            _private_dir(worker.work_dir, group)
             await worker.run(stop)
         finally:
             await broker.close()
 
     asyncio.run(main())
     return 0
+
+
+def _trial_user(spec: str | None) -> TrialUser | None:
+    """``--trial-user``, checked before anything starts: the user exists and this worker
+    may switch to it."""
+    if not spec:
+        return None
+    try:
+        user = resolve_trial_user(spec)
+        check_can_switch(user)
+    except PrivilegeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return user

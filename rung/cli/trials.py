@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from rung.cli.common import add_broker_options, run_client
-from rung.cli.render import print_trial, trial_json
+from rung.cli.render import console_text, print_trial, trial_json
 from rung.client import Client
 
 __all__ = ["register"]
@@ -47,7 +47,9 @@ def trial_logs(args: argparse.Namespace) -> int:
             if args.json:
                 print(line.model_dump_json(), flush=True)
             else:
-                print(f"[{line.attempt}] {line.text}", flush=True)
+                # On a terminal, control characters show as \xNN: a script's output
+                # cannot move the cursor, retitle the window or hide what follows.
+                print(console_text(f"[{line.attempt}] {line.text}"), flush=True)
         return 0
 
     return run_client(args, main)
@@ -63,7 +65,7 @@ def kill_trial(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            print(f"{args.experiment_id} trial {args.trial_id}: now {state}")
+            print(console_text(f"{args.experiment_id} trial {args.trial_id}: now {state}"))
         return 0
 
     return run_client(args, main)

@@ -20,7 +20,7 @@ import structlog
 
 from rung.broker import Broker, BrokerError, TlsSettings, Topology, connect_broker, redact
 from rung.broker.port import Delivery
-from rung.broker.schemas import CheckpointSaved, LogLines, MetricsReported
+from rung.broker.schemas import CheckpointSaved, LogLines, MetricsReported, ReadTrialLogs
 from rung.client._local import LocalCluster
 from rung.client._models import (
     Checkpoint,
@@ -36,6 +36,7 @@ from rung.searcher.client import (
     ClientError,
     ConnectionLostError,
     NotFoundError,
+    RefusedError,
     RequestTimeoutError,
     SearcherClient,
 )
@@ -289,6 +290,16 @@ class Experiment:
         """Training and validation metrics as reported, in order (of one trial, if given)."""
         return [m for m in await self._read(_metrics) if trial_id in (None, m.trial_id)]
 
+    async def logs(
+        self, trial_id: int | None = None, *, follow: bool = False, poll_s: float = 1.0
+    ) -> AsyncIterator[LogEntry]:
+        """The lines the trials' processes wrote (of one trial, when given), in the order
+        the searcher stored them; with ``follow``, then new ones as they come, until the
+        trial (or, for every trial, the experiment) ends. Read page by page with
+        ``read_trial_logs``: the lines are kept apart from the event log."""
+        async for line in _logs(self, trial_id, follow=follow, poll_s=poll_s):
+            yield line
+
     async def _read(self, convert: Any) -> list[Any]:
         out: list[Any] = []
         for record in await self.history():
@@ -324,9 +335,16 @@ class Trial:
     async def checkpoints(self) -> list[Checkpoint]:
         return await self.experiment.checkpoints(self.id)
 
-    async def logs(self, *, follow: bool = False) -> AsyncIterator[LogEntry]:
+    async def logs(self, *, follow: bool = False, poll_s: float = 1.0) -> AsyncIterator[LogEntry]:
         """The lines the trial's processes wrote, in order; with ``follow``, then new
-        ones as they come, until the trial ends."""
+        ones as they come, until the trial ends. ``NotFoundError`` for a trial the
+        experiment does not have."""
+        async for line in _logs(self.experiment, self.id, follow=follow, poll_s=poll_s):
+            yield line
+
+    async def _logs_from_records(self, *, follow: bool) -> AsyncIterator[LogEntry]:
+        """Lines read from the event log's records: for a searcher from before
+        ``read_trial_logs`` (it kept them there)."""
         await self.describe()  # NotFoundError, rather than silence, for a wrong id
         if not follow:
             for line in await self.experiment._read(_log_lines):  # noqa: SLF001
@@ -341,6 +359,51 @@ class Trial:
                     yield line
             if _about_trial(record, self.id) and (await self.describe()).state in FINAL_STATES:
                 return
+
+
+# ---------------------------------------------------------------------- reading logs
+async def _logs(
+    experiment: Experiment, trial_id: int | None, *, follow: bool, poll_s: float
+) -> AsyncIterator[LogEntry]:
+    """Page through ``read_trial_logs``; when following and caught up, ask again every
+    ``poll_s`` until the trial (or the experiment) has ended. The searcher reads the
+    states before the lines, so an ended trial with nothing more to read is complete."""
+    rpc = experiment.client.rpc
+    after, after_seq = 0, 0
+    while True:
+        request = ReadTrialLogs(
+            experiment_id=experiment.id, trial_id=trial_id, after=after, after_seq=after_seq
+        )
+        try:
+            result = await rpc._call(request)  # noqa: SLF001 (the client's own RPC)
+        except RefusedError as exc:
+            if "is not a request" not in str(exc) or trial_id is None:
+                raise
+            # A searcher from before read_trial_logs: its lines are in the event log.
+            async for line in experiment.trial(trial_id)._logs_from_records(follow=follow):  # noqa: SLF001
+                yield line
+            return
+        except (RequestTimeoutError, ConnectionLostError) as exc:
+            if not follow:
+                raise
+            log.warning(
+                "logs: the searcher is not answering; trying again",
+                experiment_id=experiment.id,
+                error=str(exc),
+            )
+            await asyncio.sleep(poll_s)
+            continue
+        for line in result["lines"]:
+            yield LogEntry(experiment_id=experiment.id, **line)
+        after, after_seq = int(result["next"]), int(result["next_seq"])
+        if result["more"]:
+            continue
+        ended = result["state"] in TERMINAL_STATES or (
+            trial_id is not None and result.get("trial_state") in FINAL_STATES
+        )
+        if not follow or ended:
+            return
+        await asyncio.sleep(poll_s)
 
 
 # ---------------------------------------------------------------------- reading records

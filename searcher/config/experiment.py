@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import Field, JsonValue, StrictInt, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
+from rung.broker.limits import MAX_SLOTS_PER_TRIAL
 from rung.searcher.config._model import ConfigModel, rule_error
 from rung.searcher.config.hyperparameters import (
     CategoricalHP,
@@ -105,6 +106,17 @@ class Resources(ConfigModel):
     )
 
     slots_per_trial: _NonNegative = 1
+
+    @model_validator(mode="after")
+    def _fits_a_bucket(self) -> Self:
+        if self.slots_per_trial > MAX_SLOTS_PER_TRIAL:
+            raise rule_error(
+                f"at most {MAX_SLOTS_PER_TRIAL} (the largest work bucket, "
+                f"MAX_SLOTS_PER_TRIAL), got {self.slots_per_trial}; ask for "
+                f"{MAX_SLOTS_PER_TRIAL} slots or fewer",
+                "slots_per_trial",
+            )
+        return self
 
 
 class Reproducibility(ConfigModel):

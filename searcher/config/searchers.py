@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rung.broker.limits import is_uuid
 from rung.searcher.config._model import ConfigModel, record_warning, rule_error
 from rung.searcher.config.length import Length
 
@@ -79,6 +80,14 @@ class _Searcher(ConfigModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
+        uuid = self.source_checkpoint_uuid
+        if uuid is not None and not is_uuid(uuid):
+            raise rule_error(
+                f"must be a checkpoint uuid in lowercase canonical form (as uuid.uuid4() "
+                f"prints it), got {uuid!r}; copy latest_checkpoint from "
+                "rung experiment describe --json",
+                "source_checkpoint_uuid",
+            )
         if self.source_trial_id is not None and self.source_checkpoint_uuid is not None:
             raise rule_error(
                 "set at most one of source_trial_id and source_checkpoint_uuid, got both; "

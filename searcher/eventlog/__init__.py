@@ -1,4 +1,5 @@
-"""The experiment event log: records, the file backend, and replay."""
+"""The experiment event log: records, the file backend, and replay; the compact set of
+applied message ids, and the trial log store kept apart from the log."""
 
 from rung.searcher.eventlog.file import FileEventLog, StaleOwnerError
 from rung.searcher.eventlog.reader import EventLogCorruptError, LogRecords, read_log
@@ -13,11 +14,14 @@ from rung.searcher.eventlog.records import (
     SnapshotRecord,
 )
 from rung.searcher.eventlog.replay import Divergence, Replayed, replay
+from rung.searcher.eventlog.seen import SeenIds
 from rung.searcher.eventlog.snapshots import SNAPSHOT_FILE, StoredSnapshot, read_snapshot
+from rung.searcher.eventlog.trial_logs import TRIAL_LOG_FILE, TrialLogStore
 
 __all__ = [
     "LOG_VERSION",
     "SNAPSHOT_FILE",
+    "TRIAL_LOG_FILE",
     "CommandRecord",
     "CreatedRecord",
     "Divergence",
@@ -29,9 +33,11 @@ __all__ = [
     "OwnerRecord",
     "Record",
     "Replayed",
+    "SeenIds",
     "SnapshotRecord",
     "StaleOwnerError",
     "StoredSnapshot",
+    "TrialLogStore",
     "read_log",
     "read_snapshot",
     "replay",

@@ -12,6 +12,7 @@ from rung.broker.schemas import (
     CloseTrial,
     ContinueTrial,
     ControlExperiment,
+    DeleteCheckpoints,
     ExitReason,
     KillTrial,
     LogLines,
@@ -153,6 +154,11 @@ def _explain_commands(step: Step, run: ExperimentRun) -> list[str]:
             case KillTrial():
                 lines.append(
                     f"-> {worker}: trial {body.trial_id} attempt {body.attempt} process killed"
+                )
+            case DeleteCheckpoints():
+                lines.append(
+                    f"-> work queue: delete {len(body.uuids)} checkpoint(s) the "
+                    "checkpoint_storage policy does not keep"
                 )
     return lines
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
+from rung.broker.limits import MAX_REPLY_BYTES
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.durable import fsync_directory, replace_durably
 from rung.searcher.eventlog.reader import LogRecords, read_log
@@ -224,12 +225,27 @@ class FileEventLog:
         appended = index - opened
         return self._starts[appended] if appended < len(self._starts) else self._size
 
-    def read_after(self, after_seq: int, limit: int) -> list[bytes]:
-        """The lines of up to ``limit`` records after record ``after_seq``, as written."""
+    def read_after(
+        self, after_seq: int, limit: int, max_bytes: int = MAX_REPLY_BYTES
+    ) -> list[bytes]:
+        """The lines of up to ``limit`` records after record ``after_seq``, as written,
+        and no more than ``max_bytes`` of them (:data:`~rung.broker.limits.MAX_REPLY_BYTES`),
+        but always at least one: the reader asks again after the last it got."""
         first, last = after_seq, min(self.seq, after_seq + limit)
         if first >= last:
             return []
-        begin, end = self._start(first), self._start(last)
+        begin = self._start(first)
+        if self._start(last) - begin > max_bytes:
+            # The most records after ``first`` that fit, found by bisection (at least one).
+            low, high = first + 1, last
+            while low < high:
+                middle = (low + high + 1) // 2
+                if self._start(middle) - begin <= max_bytes:
+                    low = middle
+                else:
+                    high = middle - 1
+            last = low
+        end = self._start(last)
         with self.path.open("rb") as handle:
             handle.seek(begin)
             return handle.read(end - begin).splitlines()

@@ -65,6 +65,10 @@ class LogRecords(Sequence[Record]):
         """Where the record after the first ``count`` records starts, in bytes."""
         return self._starts[count]
 
+    def contains(self, needle: bytes) -> bool:
+        """Whether any record's line holds ``needle`` (a byte search, nothing parsed)."""
+        return needle in self._data
+
     def raw(self, index: int) -> bytes:
         """The record's line as written, without its newline."""
         return self._data[self._starts[index] : self._starts[index + 1] - 1]

@@ -1,10 +1,16 @@
 """The records of an experiment's event log: versioned, numbered, typed.
 
-* ``created``: the config (with its seed), the context's hash and the checkpoint root;
+* ``created``: the config (with its seed), the context's hash, the checkpoint root, the
+  experiment's ``owner`` (its creator's broker-validated user; absent where no broker
+  vouches for users, and in logs older than owners) and ``warm_start_root``, the root of
+  the experiment that saved the warm start's source checkpoint
+  (``searcher.source_checkpoint_uuid``; absent without a warm start, and in older logs);
 * ``input``: one message the searcher handled, in the order it handled them (``input``
   is None for the experiment's start), the search events it caused (``applied``), the
   operations decided (``ops``) and the commands sent (``commands``), or why it was
-  ignored;
+  ignored; ``sender`` is the broker-validated user that published the input (absent for
+  the searcher's own inputs, where no broker vouches for users, and in older logs): a
+  trial attempt is bound to the user that sent its ``trial_started``, across restarts;
   ``failed`` is set when the input failed the experiment: its search method (or any
   code of the search) raised, and ``ops`` and ``commands`` are what the failure decided
   (the experiment ends in ERROR, its trials are killed): replay folds the failure, not
@@ -30,7 +36,7 @@ from pydantic import (
     model_serializer,
 )
 
-from rung.broker.schemas.commands import WorkerCommand
+from rung.broker.schemas.commands import SearcherCommand
 from rung.broker.schemas.envelope import Body
 from rung.searcher.events import SearchEvent
 from rung.searcher.ops import Operation
@@ -53,6 +59,14 @@ __all__ = [
 LOG_VERSION: Final = 1
 
 
+def _without_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
+    """A record written as before the optional fields ``names`` existed, when unset."""
+    for name in names:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -66,7 +80,7 @@ class CommandRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     worker_id: str | None
-    body: WorkerCommand
+    body: SearcherCommand
 
 
 class CreatedRecord(_Record):
@@ -78,6 +92,17 @@ class CreatedRecord(_Record):
     # What named the create request (a client's key, or its message id): a create sent
     # again with the same key answers with this experiment.
     request_key: str = ""
+    # The broker-validated user that created the experiment; None where no broker
+    # vouches for users (an in-memory broker), and in logs older than owners.
+    owner: str | None = None
+    # The checkpoint root of the experiment that saved the warm start's source checkpoint
+    # (``searcher.source_checkpoint_uuid``), as the searcher found it at creation; None
+    # without a warm start, and in logs older than per-experiment roots.
+    warm_start_root: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_owner(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), "owner", "warm_start_root")
 
 
 class InputRecord(_Record):
@@ -89,21 +114,30 @@ class InputRecord(_Record):
     commands: list[CommandRecord] = Field(default_factory=list)
     ignored: str | None = None
     failed: str | None = None
+    # Who published the input (the broker-validated user), where a broker vouched for it.
+    sender: str | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_failure(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # An input that failed nothing is written as before ``failed`` existed.
-        data: dict[str, Any] = handler(self)
-        if data.get("failed") is None:
-            data.pop("failed", None)
-        return data
+        # An input that failed nothing, with no sender, is written as before ``failed``
+        # and ``sender`` existed.
+        return _without_none(handler(self), "failed", "sender")
 
     @classmethod
     def of(
-        cls, seq: int, message_id: str, body: Body | None, step: Step, at: float = 0.0
+        cls,
+        seq: int,
+        message_id: str,
+        body: Body | None,
+        step: Step,
+        at: float = 0.0,
+        *,
+        sender: str | None = None,
     ) -> InputRecord:
-        """The record of one handled input and everything it caused."""
+        """The record of one handled input and everything it caused; ``sender`` is the
+        broker-validated user that sent it (None where no broker vouches)."""
         return cls(
+            sender=sender,
             seq=seq,
             at=at,
             message_id=message_id,

@@ -129,6 +129,7 @@ def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRu
         Experiment(config, method),
         context_hash=created.context_hash,
         checkpoint_root=created.checkpoint_root,
+        warm_start_root=created.warm_start_root,
     )
 
 

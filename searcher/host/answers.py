@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rung.broker.schemas import ContinueTrial, KillTrial, OpCompleted
+from rung.broker.schemas import ContinueTrial, DeleteCheckpoints, KillTrial, OpCompleted
 from rung.searcher.eventlog.reader import LogRecords
 from rung.searcher.eventlog.records import InputRecord
 from rung.searcher.trials import Command, ExperimentRun
@@ -56,9 +56,9 @@ class Answers:
 
     def note(self, seq: int, index: int, command: Command) -> None:
         """Remember a command to a worker (work-queue commands are never lost)."""
-        if command.worker_id is None:
-            return
         body = command.body
+        if command.worker_id is None or isinstance(body, DeleteCheckpoints):
+            return  # (a deletion is about the experiment's storage, not an attempt)
         answers = self._last.setdefault(body.experiment_id, {})
         answers[(body.trial_id, body.attempt)] = Answer(seq, index, command)
 
@@ -114,7 +114,9 @@ class Answers:
             for index in range(len(record.commands) - 1, -1, -1):
                 logged = record.commands[index]
                 body = logged.body
+                if logged.worker_id is None or isinstance(body, DeleteCheckpoints):
+                    continue  # work-queue commands name no worker to answer
                 key = (body.trial_id, body.attempt)
-                if logged.worker_id is not None and key in wanted:
+                if key in wanted:
                     wanted.discard(key)
                     self.note(record.seq, index, Command(body, logged.worker_id))

@@ -1,8 +1,10 @@
 """One experiment's host: everything the searcher keeps about one experiment, in one place.
 
 An :class:`ExperimentHost` owns the experiment's run (the pure state), its event log, the
-message ids it has applied, its warnings, the last command sent to each running trial
-attempt (:class:`~rung.searcher.host.answers.Answers`) and its outbox (the logged
+message ids it has applied (compact: :class:`~rung.searcher.eventlog.seen.SeenIds`), its
+trial log store (log lines are kept apart from the event log, never fsync'd: they decide
+nothing; see :meth:`ExperimentHost.apply`), its warnings, the last command sent to each
+running trial attempt (:class:`~rung.searcher.host.answers.Answers`) and its outbox (the logged
 decisions whose commands are not confirmed yet). It is synchronous: it decides and
 writes, and the async service around it syncs the log, publishes and acknowledges.
 
@@ -16,36 +18,56 @@ written) is not an outcome: it propagates, and the searcher stops (fail-stop).
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import structlog
 
-from rung.broker.schemas import TrialExited
+from rung.broker.schemas import LogLines, TrialExited
 from rung.broker.schemas.envelope import Body
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import FileEventLog
-from rung.searcher.eventlog.reader import read_log
-from rung.searcher.eventlog.records import CreatedRecord, InputRecord, Record
+from rung.searcher.eventlog.reader import LogRecords, read_log
+from rung.searcher.eventlog.records import (
+    CreatedRecord,
+    FailedRecord,
+    InputRecord,
+    Record,
+    SnapshotRecord,
+)
 from rung.searcher.eventlog.replay import Replayed, describe_error, replay
+from rung.searcher.eventlog.seen import SeenIds
 from rung.searcher.eventlog.snapshots import StoredSnapshot
+from rung.searcher.eventlog.trial_logs import TRIAL_LOG_FILE, TrialLogStore
 from rung.searcher.host.answers import Answers
 from rung.searcher.trials import Command, ExperimentRun, Step
 
 __all__ = [
+    "ENDED",
     "Applied",
     "ExperimentBrokenError",
     "ExperimentHost",
     "Outgoing",
     "experiment_id_for",
+    "recover_seen",
 ]
 
 log = structlog.get_logger("rung.searcher")
 
 START: Final = "start"
+# An experiment in one of these states is over: its context may be removed after the
+# retention (rung.searcher.service.retention).
+ENDED: Final = ("COMPLETED", "ERROR", "CANCELED")
+# What a record of the event log holding a log_lines input has in its line (older logs).
+LOG_LINES_MARK: Final = b'"type":"log_lines"'
+
+# The message id of an input record, from its line (the fields' order is the models').
+_MESSAGE_ID = re.compile(rb'"kind":"(?:input|failed)","message_id":("(?:[^"\\]|\\.)*")')
 
 
 class ExperimentBrokenError(SearcherError):
@@ -91,13 +113,27 @@ class ExperimentHost:
     log: FileEventLog
     context_root: Path | None = None
     request_key: str = ""
-    seen: set[str] = field(default_factory=set)
+    seen: SeenIds = field(default_factory=SeenIds)
     warnings: list[str] = field(default_factory=list)
     answers: Answers = field(default_factory=Answers)
     # Logged decisions whose commands are not confirmed yet, oldest first.
     outbox: deque[Outgoing] = field(default_factory=deque)
     # Records appended and not yet handed to the live feed.
     unfed: list[Record] = field(default_factory=list)
+    # Log lines, apart from the event log (trial-logs.jsonl beside it).
+    trial_logs: TrialLogStore = field(init=False)
+    # Older logs hold log_lines records up to this one (0: none).
+    legacy_log_seq: int = 0
+    # When the experiment ended (the input that ended it, or, after a restart, the last
+    # input of its log); None while it runs.
+    ended_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seen.experiment_id:
+            self.seen = SeenIds.restore(self.seen.state(), self.run.experiment_id)
+        self.trial_logs = TrialLogStore(
+            self.log.path.with_name(TRIAL_LOG_FILE), experiment_id=self.run.experiment_id
+        )
 
     @property
     def experiment_id(self) -> str:
@@ -157,8 +193,14 @@ class ExperimentHost:
             event_log,
             context_root=context_root,
             request_key=replayed.created.request_key,
-            seen=replayed.seen,
+            seen=recover_seen(replayed.run.experiment_id, event_log.existing, event_log.snapshot),
         )
+        existing = event_log.existing
+        if existing.contains(LOG_LINES_MARK):
+            host.legacy_log_seq = len(existing)
+        if host.run.state in ENDED:
+            last = replayed.last_input
+            host.ended_at = last.at if last is not None and last.at else time.time()
         host.answers.recover(host.run, event_log.existing)
         host._recover_outbox(replayed)
         if replayed.failure is not None:
@@ -212,19 +254,24 @@ class ExperimentHost:
             self.outbox.append(Outgoing(record.seq, tuple(step.commands)))
 
     # ------------------------------------------------------------------ inputs
-    def apply(self, body: Body | None, message_id: str, *, at: float) -> Applied:
-        """Apply one input (None: the experiment's start) and write it to the log.
+    def apply(
+        self, body: Body | None, message_id: str, *, at: float, sender: str | None = None
+    ) -> Applied:
+        """Apply one input (None: the experiment's start) and write it to the log, with
+        ``sender`` (the broker-validated user that sent it, where one vouches).
 
         A message applied already changes nothing (``duplicate``). If deciding raises,
         the state is folded again from the log (exactly what it was before the input),
         and the experiment fails with the reason, as the input's outcome.
         """
+        if isinstance(body, LogLines):
+            return self._store_lines(body, message_id)
         if message_id in self.seen:
             return Applied(self.log.seq, Step(), duplicate=True)
         seq = self.log.seq + 1
         try:
             step = self.run.start() if body is None else self.run.on_event(body)
-            record = InputRecord.of(seq, message_id, body, step, at=at)
+            record = InputRecord.of(seq, message_id, body, step, at=at, sender=sender)
         except (Exception, SystemExit) as exc:  # a custom method's sys.exit() too
             reason = describe_error(exc)
             log.exception(
@@ -235,7 +282,7 @@ class ExperimentHost:
             )
             self.run = self.refold()
             step = self.run.fail(reason)
-            record = InputRecord.of(seq, message_id, body, step, at=at)
+            record = InputRecord.of(seq, message_id, body, step, at=at, sender=sender)
         self.append(record)
         self.seen.add(message_id)
         if isinstance(body, TrialExited):
@@ -243,7 +290,34 @@ class ExperimentHost:
             self.answers.ended(self.experiment_id, body.trial_id, body.attempt)
         if step.commands:
             self.outbox.append(Outgoing(seq, tuple(step.commands)))
+        if self.ended_at is None and self.run.state in ENDED:
+            self.ended_at = at
         return Applied(seq, step)
+
+    def _store_lines(self, body: LogLines, message_id: str) -> Applied:
+        """Log lines go to the trial log store, not to the event log (no record, no
+        fsync: they decide nothing). Lines of a trial the experiment does not have, or
+        from a process that does not own the running attempt, are not stored."""
+        ignored = self._refused_lines(body)
+        if ignored is not None:
+            return Applied(self.log.seq, Step(ignored=ignored))
+        stored = self.trial_logs.append(message_id, body)
+        return Applied(self.log.seq, Step(), duplicate=not stored)
+
+    def _refused_lines(self, body: LogLines) -> str | None:
+        trial = self.run.by_id.get(body.trial_id)
+        if trial is None:
+            return f"unknown trial {body.trial_id}"
+        if (
+            trial.state == "RUNNING"
+            and trial.attempt == body.attempt
+            and trial.worker_id != body.worker_id
+        ):
+            return (
+                f"trial {trial.trial_id} attempt {trial.attempt} runs on {trial.worker_id}, "
+                f"not on {body.worker_id}"
+            )
+        return None
 
     def append(self, record: Record) -> None:
         """Write ``record`` (durable at the caller's next sync) and queue it for the feed."""
@@ -278,8 +352,46 @@ class ExperimentHost:
         the event loop, once the log is durable up to it)."""
         if not self.log.snapshot_due(every):
             return None
-        state = {**self.run.snapshot(), "seen": sorted(self.seen)}
+        state = {**self.run.snapshot(), "seen": self.seen.state()}
         return self.log.capture_snapshot(self.experiment_id, state)
 
     def close(self) -> None:
         self.log.close()
+        self.trial_logs.close()
+
+
+def _message_id(records: LogRecords, index: int) -> str | None:
+    """The message id of an input (or older failed) record, read from its line."""
+    match = _MESSAGE_ID.search(records.raw(index))
+    if match is not None:
+        try:
+            value = json.loads(match[1])
+        except ValueError:
+            value = None
+        if isinstance(value, str):
+            return value
+    record = records[index]
+    return record.message_id if isinstance(record, InputRecord | FailedRecord) else None
+
+
+def recover_seen(
+    experiment_id: str, records: LogRecords, snapshot: StoredSnapshot | None
+) -> SeenIds:
+    """The ids the experiment applied, as the log has them: those of the state that
+    replay starts from (the snapshot, or a snapshot record of an older log), then those
+    of every input record after it. ``snapshot`` must match ``records``."""
+    covered, state = 0, None
+    if snapshot is not None and snapshot.seq <= len(records):
+        covered, state = snapshot.seq, snapshot.state
+    for index in range(len(records) - 1, covered, -1):  # a snapshot record, older logs
+        if records.kind(index) == "snapshot":
+            record = records[index]
+            if isinstance(record, SnapshotRecord):
+                covered, state = index + 1, record.state
+            break
+    seen = SeenIds.restore(state.get("seen") if state else None, experiment_id)
+    kinds: tuple[Literal["input", "failed"], ...] = ("input", "failed")
+    for index in range(covered, len(records)):
+        if records.kind(index) in kinds and (message_id := _message_id(records, index)):
+            seen.add(message_id)
+    return seen

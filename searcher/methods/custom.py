@@ -3,8 +3,11 @@
 The module is looked up in the experiment's context directory first (``module.py`` or
 ``module/__init__.py``, dots for sub-packages), then on the Python path. The class must
 subclass :class:`searcher.methods.SearchMethod`; it is built with the searcher config, whose
-extra keys arrive as ``config.options``. Loading runs the module's code in the searcher:
-custom methods are trusted code, like the training script.
+extra keys arrive as ``config.options``. Loading runs the module's code in the searcher
+process, which holds the searcher's broker credentials: a shared searcher refuses custom
+methods unless an admin allows them (``rung searcher --allow-custom-searchers``; ``rung
+run`` and ``Client.local`` allow them, one user's own machine). The check is the service's
+(:mod:`rung.searcher.service.creation`), before anything here runs; see docs/security.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from rung.searcher.errors import ConfigProblem, SearcherError
 
-__all__ = ["ExperimentNotFoundError", "RequestRefusedError", "ServiceStoppedError"]
+__all__ = [
+    "AccessRefusedError",
+    "ExperimentNotFoundError",
+    "RequestRefusedError",
+    "ServiceStoppedError",
+]
 
 
 class RequestRefusedError(SearcherError):
@@ -13,6 +18,10 @@ class RequestRefusedError(SearcherError):
     def __init__(self, message: str, problems: list[ConfigProblem] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or [ConfigProblem("", message)]
+
+
+class AccessRefusedError(RequestRefusedError):
+    """The caller's role does not allow the request; the message names the rule."""
 
 
 class ExperimentNotFoundError(SearcherError):

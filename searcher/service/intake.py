@@ -1,9 +1,12 @@
 """Worker events in: decode, refuse what a worker may not send, route to the host.
 
-A malformed event, a ``worker_lost`` (the searcher's own timer input) and, under
-``verify_worker_users``, an event whose worker id is not its publisher's user go to the
-dead-letter queue with the reason. Heartbeats only say who is alive. An event is
-acknowledged once what it appended to its experiment's log is durable.
+A malformed event, a ``worker_lost`` (the searcher's own timer input), under
+``verify_worker_users`` an event whose worker id is not its publisher's user, an event of
+a trial attempt that another worker (or broker user) started, and a re-sent dead letter
+whose re-sender is not an operator go to the dead-letter queue with the reason. A
+re-sent event (``rung dlq requeue``) is checked as its original sender's. Heartbeats only
+say who is alive. An event is acknowledged once what it appended to its experiment's log
+is durable, with its sender.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import structlog
 
 from rung.broker.errors import DecodeError
 from rung.broker.port import Delivery
-from rung.broker.schemas import KillTrial, WorkerHeartbeat, WorkerLost, decode
+from rung.broker.schemas import KillTrial, TrialStarted, WorkerHeartbeat, WorkerLost, decode
 from rung.broker.schemas.envelope import Body, Envelope
 from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
 from rung.searcher.host import BrokenExperiment, ExperimentBrokenError
+from rung.searcher.service.access import Binding
 from rung.searcher.service.errors import ServiceStoppedError
 from rung.searcher.trials import Command
 
@@ -82,9 +86,10 @@ class Intake:
             await self._handle_event(delivery)
 
     async def _handle_event(self, delivery: Delivery) -> None:
-        envelope = await self._accepted(delivery)
-        if envelope is None:
+        accepted = await self._accepted(delivery)
+        if accepted is None:
             return
+        envelope, sender = accepted
         body = envelope.body
         experiment_id = getattr(body, "experiment_id", "")
         if self.service.given_up(experiment_id):
@@ -97,7 +102,9 @@ class Intake:
                 return
         else:
             try:
-                applied = await self.service.apply(live, body, envelope.message_id)
+                applied = await self.service.apply(live, body, envelope.message_id, sender=sender)
+                if isinstance(body, TrialStarted):
+                    self._bind(live, body, sender)
                 if not applied.duplicate:
                     crash_point("published")
                 # Write first: what this input appended is durable before it is
@@ -130,8 +137,23 @@ class Intake:
         # back from the dead-letter queue (rung dlq requeue).
         await delivery.dead_letter(str(live.dropped))
 
-    async def _accepted(self, delivery: Delivery) -> Envelope | None:
-        """The event's envelope, or None once a bad one was dead-lettered or dropped."""
+    def _bind(self, live: Live, body: TrialStarted, sender: str | None) -> None:
+        """The run took this start: bind the attempt to its worker and sender."""
+        trial = live.host.run.by_id.get(body.trial_id)
+        if trial is None or trial.attempt != body.attempt or trial.worker_id != body.worker_id:
+            return
+        binding = Binding(sender, body.worker_id)
+        self.service.access.bind(live.host.experiment_id, body.trial_id, body.attempt, binding)
+
+    async def _accepted(self, delivery: Delivery) -> tuple[Envelope, str | None] | None:
+        """The event's envelope and its sender, or None once a bad one was dead-lettered
+        or dropped."""
+        access = self.service.access
+        sender, refused = access.sender(delivery)
+        if refused is not None:
+            log.warning("refused event sent to the dead-letter queue", reason=refused)
+            await delivery.dead_letter(refused)
+            return None
         try:
             envelope = decode(delivery.body)
         except DecodeError as exc:
@@ -143,20 +165,23 @@ class Intake:
             await delivery.dead_letter(str(exc))
             return None
         body = envelope.body
-        refused = self._impostor(body, delivery) or _reserved(envelope)
+        refused = (
+            self._impostor(body, sender) or _reserved(envelope) or access.impostor(body, sender)
+        )
         if isinstance(body, WorkerLost):
             refused = "worker_lost is the searcher's own timer input; a worker cannot send it"
         if refused is not None:
             log.warning("refused event sent to the dead-letter queue", reason=refused)
             await delivery.dead_letter(refused)
             return None
+        access.heard_worker(sender)
         if worker_id := getattr(body, "worker_id", None):
             self.service.workers.heard(worker_id)
         if isinstance(body, WorkerHeartbeat):
             self.service.workers.beat(body)
             await delivery.ack()
             return None
-        return envelope
+        return envelope, sender
 
     async def _not_served(self, body: Body, delivery: Delivery) -> bool:
         """An event of an experiment this searcher does not serve. Unknown: dropped
@@ -210,17 +235,20 @@ class Intake:
         await self.service.outbox.send_once(Command(kill, worker_id), envelope)
         broken.stopped.add((trial_id, attempt))
 
-    def _impostor(self, body: Body, delivery: Delivery) -> str | None:
+    def _impostor(self, body: Body, user: str | None) -> str | None:
         """Why a worker's message is refused under ``verify_worker_users``, or None.
 
         The broker vouches for ``user_id`` (it refuses a message whose user_id is not its
         connection's user); a worker may speak for itself only: its id is its user's
-        name, or that name, a dot and a suffix (a pool of workers sharing a user).
+        name, or that name, a dot and a suffix (a pool of workers sharing a user). Where
+        no broker vouches for users, or the sender holds the searcher's own credentials,
+        there is nobody to tell apart.
         """
         worker_id = getattr(body, "worker_id", None)
         if not self.service.verify_worker_users or worker_id is None:
             return None
-        user = delivery.user_id
+        if self.service.access.role(user) in ("local", "searcher"):
+            return None
         if user is not None and (worker_id == user or worker_id.startswith(f"{user}.")):
             return None
         return (
@@ -237,7 +265,12 @@ class Intake:
             log.warning("malformed heartbeat dropped", error=str(exc))
             await delivery.ack()
             return
-        if (refused := self._impostor(body, delivery)) is not None:
+        sender, refused = self.service.access.sender(delivery)
+        if refused is None:
+            refused = self._impostor(body, sender)
+        if refused is None:
+            self.service.access.heard_worker(sender)
+        if refused is not None:
             log.warning("refused heartbeat dropped", reason=refused)
         elif isinstance(body, WorkerHeartbeat):
             self.service.workers.beat(body)

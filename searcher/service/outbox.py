@@ -27,7 +27,15 @@ import structlog
 
 from rung.broker.errors import BrokerError, UnroutableError
 from rung.broker.port import Broker
-from rung.broker.schemas import Envelope, ExitReason, OpCompleted, TrialExited, encode
+from rung.broker.schemas import (
+    DeleteCheckpoints,
+    Envelope,
+    ExitReason,
+    OpCompleted,
+    RunTrial,
+    TrialExited,
+    encode,
+)
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
 from rung.searcher.host import ExperimentBrokenError, ExperimentHost, Outgoing
@@ -247,11 +255,13 @@ class Outbox:
 
     async def _send(self, command: Command, envelope: Envelope) -> None:
         topology = self.broker.topology
-        key = (
-            topology.WORK_KEY
-            if command.worker_id is None
-            else topology.worker_key(command.worker_id)
-        )
+        if command.worker_id is not None:
+            key = topology.worker_key(command.worker_id)
+        elif isinstance(command.body, RunTrial):
+            # To the work bucket of its size: only workers that can fit it ever take it.
+            key = topology.work_key(command.body.slots)
+        else:
+            key = topology.WORK_KEY
         await self.broker.publish(
             topology.commands_exchange, key, encode(envelope), message_id=envelope.message_id
         )
@@ -263,6 +273,8 @@ class Outbox:
         applied = False
         for command in commands:
             body = command.body
+            if isinstance(body, DeleteCheckpoints):
+                continue  # about storage, not a trial attempt: nothing was lost
             message_id = f"lost/{body.trial_id}/{body.attempt}"
             if message_id in host.seen:
                 continue  # applied already: this is a re-send of the same command

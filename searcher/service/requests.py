@@ -1,22 +1,32 @@
 """Client requests: create, describe, list, control, read records, workers, contexts.
 
-A request is answered on its ``reply_to`` queue, with its correlation id. A refused
-request (bad config, bad context) and one naming what does not exist get typed errors;
-any other exception is a bug of the searcher: it propagates, with its traceback, and the
-broker's delivery limit puts the request in the dead-letter queue.
+A request is answered on its ``reply_to`` queue, with its correlation id; one whose
+``reply_to`` is not a private reply queue is dead-lettered, unanswered. A refused
+request (bad config, bad context, a role that may not send it: :mod:`.access`) and one
+naming what does not exist get typed errors; any other exception is a bug of the
+searcher: it propagates, with its traceback, and the broker's delivery limit puts the
+request in the dead-letter queue.
+
+Who may send what (``docs/security.md``): a client creates experiments, and describes,
+lists, reads and controls its own; an admin all of them; a worker fetches the context of
+an experiment that has work queued or running, and reads its best validation metric
+(``describe`` answers a worker with that and the state only), nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from rung.broker.contexts import read_archive
-from rung.broker.errors import DecodeError, UnroutableError
+from rung.broker.contexts import archive_path, read_archive
+from rung.broker.errors import DecodeError, MessageTooLargeError, UnroutableError
+from rung.broker.limits import MAX_REPLY_BYTES
 from rung.broker.port import Delivery
 from rung.broker.schemas import (
     ControlExperiment,
@@ -28,6 +38,7 @@ from rung.broker.schemas import (
     ListExperiments,
     ListWorkers,
     ReadRecords,
+    ReadTrialLogs,
     RpcError,
     RpcReply,
     decode,
@@ -37,17 +48,33 @@ from rung.broker.schemas.envelope import Body
 from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.host import ExperimentBrokenError
 from rung.searcher.service.errors import (
+    AccessRefusedError,
     ExperimentNotFoundError,
     RequestRefusedError,
     ServiceStoppedError,
 )
+from rung.searcher.service.logs import read_trial_logs
+from rung.searcher.service.retention import removed_message
 
 if TYPE_CHECKING:
+    from rung.searcher.service.outbox import Live
     from rung.searcher.service.service import SearcherService
 
-__all__ = ["Requests"]
+__all__ = ["WORKER_GRACE_S", "Requests"]
 
 log = structlog.get_logger("rung.searcher")
+
+# A user not yet heard as a worker, asking for the context of work that is queued or
+# running, is given this long to be heard (its first heartbeat may come after its first
+# request) before it is refused as a client that does not own the experiment.
+WORKER_GRACE_S = 10.0
+
+# The trial states of work queued or running: a worker may read what it needs for them.
+_ACTIVE = ("QUEUED", "RUNNING")
+
+
+def _active(live: Live) -> bool:
+    return any(t.state in _ACTIVE for t in live.host.run.trials.values())
 
 
 class Requests:
@@ -59,6 +86,13 @@ class Requests:
             await self._on_rpc(delivery)
 
     async def _on_rpc(self, delivery: Delivery) -> None:
+        access = self.service.access
+        user, refused = access.sender(delivery)
+        refused = refused or access.reply_refusal(delivery.reply_to, delivery.user_id)
+        if refused is not None:
+            log.warning("refused request sent to the dead-letter queue", reason=refused, user=user)
+            await delivery.dead_letter(refused)
+            return
         try:
             body = decode(delivery.body).body
         except DecodeError as exc:
@@ -69,7 +103,7 @@ class Requests:
             await self.service.leave_to_owner(delivery)  # the new owner answers it
             return
         try:
-            result = await self.handle(body, delivery)
+            result = await self.handle(body, delivery, user)
             reply = RpcReply(ok=True, result=result)
         except ServiceStoppedError:
             return  # fail-stop: unacknowledged, for the next searcher
@@ -79,6 +113,8 @@ class Requests:
             await self.service.leave_to_owner(delivery)
             return
         except RequestRefusedError as exc:
+            if isinstance(exc, AccessRefusedError):
+                log.warning("request refused", type=body.type, user=user, reason=str(exc))
             reply = RpcReply(
                 ok=False,
                 error=RpcError(
@@ -97,10 +133,19 @@ class Requests:
         if delivery.reply_to:
             envelope = Envelope(message_id=f"reply/{delivery.correlation_id}", body=reply)
             try:
+                data = encode(envelope)
+            except MessageTooLargeError as exc:
+                # A reply over the limit is an answer too: the error, not a poison loop.
+                error = RpcError(kind="refused", message=f"the reply is too large: {exc}")
+                envelope = Envelope(
+                    message_id=envelope.message_id, body=RpcReply(ok=False, error=error)
+                )
+                data = encode(envelope)
+            try:
                 await self.service.broker.publish(
                     "",
                     delivery.reply_to,
-                    encode(envelope),
+                    data,
                     message_id=envelope.message_id,
                     correlation_id=delivery.correlation_id,
                 )
@@ -108,53 +153,151 @@ class Requests:
                 log.info("the client left before its reply", type=body.type)
         await delivery.ack()
 
-    async def handle(self, body: Body, delivery: Delivery) -> dict[str, Any]:
+    async def handle(  # noqa: PLR0911 (one answer per request type)
+        self, body: Body, delivery: Delivery, user: str | None = None
+    ) -> dict[str, Any]:
+        """Carry out one request of ``user`` (the broker-validated sender; None where no
+        broker vouches for users)."""
         request_id = delivery.correlation_id or delivery.message_id or ""
         service = self.service
+        access = service.access
+        access.check_identified(user)
         match body:
             case CreateExperiment():
+                access.check_create(user)
                 # Nothing names the request: it cannot be recognised when sent again.
                 key = body.request_key or request_id or f"unnamed/{uuid.uuid4().hex}"
-                return await service.create(body, key)
+                return await service.create(body, key, creator=user)
             case ControlExperiment():
-                return await self._control(body, request_id)
+                self._check_owner(user, body.experiment_id, body.action)
+                return await self._control(body, request_id, user)
             case ControlTrial():
-                return await self._control_trial(body, request_id)
+                self._check_owner(user, body.experiment_id, "kill a trial of")
+                return await self._control_trial(body, request_id, user)
             case DescribeExperiment():
-                return service.summary(body.experiment_id).model_dump(mode="json")
+                return self._describe(user, body.experiment_id)
             case ListExperiments():
-                return {"experiments": [s.model_dump(mode="json") for s in service.summaries()]}
+                access.check_client(user, "list experiments")
+                summaries = service.summaries(seen_by=user)
+                return {"experiments": [s.model_dump(mode="json") for s in summaries]}
             case ReadRecords():
+                self._check_owner(user, body.experiment_id, "read the records of")
                 live = service.live(body.experiment_id)
                 event_log = live.host.log
-                lines = event_log.read_after(body.after_seq, body.limit)
+                lines = event_log.read_after(body.after_seq, body.limit, max_bytes=MAX_REPLY_BYTES)
                 return {
                     "records": [line.decode() for line in lines],
                     "state": live.host.run.state,
                     "last_seq": event_log.seq,
                 }
+            case ReadTrialLogs():
+                self._check_owner(user, body.experiment_id, "read the logs of")
+                return await read_trial_logs(service, body)
             case ListWorkers():
+                access.check_client(user, "list workers")
                 return {"workers": [w.model_dump(mode="json") for w in service.workers.infos()]}
             case GetContext():
-                contexts = service.state_dir / "contexts"
-                data = await asyncio.to_thread(read_archive, contexts, body.context_hash)
+                await self._check_context(user, body.context_hash)
+                data = await asyncio.to_thread(read_archive, self._contexts(), body.context_hash)
                 if data is None:
-                    raise ExperimentNotFoundError(f"no context {body.context_hash}")
+                    removed = removed_message(self._contexts(), body.context_hash)
+                    raise ExperimentNotFoundError(removed or f"no context {body.context_hash}")
                 return {"context_b64": base64.b64encode(data).decode()}
         raise RequestRefusedError(f"{body.type} is not a request")
 
-    async def _control(self, body: ControlExperiment, request_id: str) -> dict[str, Any]:
+    # ------------------------------------------------------------------ access
+    def _check_owner(self, user: str | None, experiment_id: str, action: str) -> None:
+        owner = self.service.owner_of(experiment_id)  # not found: raises first
+        self.service.access.check_owner(user, experiment_id, owner, action)
+
+    def _describe(self, user: str | None, experiment_id: str) -> dict[str, Any]:
+        if (narrow := self._worker_view(user, experiment_id)) is not None:
+            return narrow
+        self._check_owner(user, experiment_id, "describe")
+        return self.service.summary(experiment_id).model_dump(mode="json")
+
+    def _worker_view(self, user: str | None, experiment_id: str) -> dict[str, Any] | None:
+        """What a worker may read of an experiment it has work of: the state and the best
+        validation metric (the Core API's ``best_validation``); None for anyone else."""
+        if self.service.access.role(user) != "worker":
+            return None
+        live = self.service.live(experiment_id)
+        if not _active(live):
+            raise AccessRefusedError(
+                f"experiment {experiment_id} has no work queued or running; a worker (broker "
+                f"user {user!r}) may describe only an experiment it runs trials of"
+            )
+        best = live.host.run.experiment.best_trial()
+        return {
+            "experiment_id": experiment_id,
+            "state": live.host.run.state,
+            "best_trial": None if best is None else {"metric": best.metric},
+        }
+
+    def _contexts(self) -> Path:
+        return (self.service.state_dir / "contexts").resolve()
+
+    async def _check_context(self, user: str | None, context_hash: str) -> None:
+        """The context's path stays inside the contexts directory; and the caller is an
+        admin, an owner of an experiment with this context, or a worker while such an
+        experiment has work queued or running."""
+        contexts = self._contexts()
+        try:
+            path = archive_path(contexts, context_hash).resolve()
+        except ValueError as exc:
+            raise AccessRefusedError(f"context_hash: {exc}") from None
+        if not path.is_relative_to(contexts):
+            raise AccessRefusedError(
+                f"context_hash {context_hash[:80]!r} names a file outside the contexts "
+                "directory; a context hash is 64 lowercase hex digits"
+            )
+        access = self.service.access
+        if access.trusted(user):
+            return
+        using = [
+            (experiment_id, live)
+            for experiment_id, live in self.service.experiments.items()
+            if live.host.run.context_hash == context_hash
+        ]
+        if any(self.service.owners.get(e) == user for e, _ in using):
+            return
+        if any(_active(live) for _, live in using) and await self._worker_soon(user):
+            return
+        raise AccessRefusedError(
+            f"broker user {user!r} may not fetch context {context_hash[:12]}...: a context "
+            "is for its experiments' owners, admins, and workers while an experiment using "
+            "it has work queued or running"
+        )
+
+    async def _worker_soon(self, user: str | None) -> bool:
+        """Whether ``user`` is (or within :data:`WORKER_GRACE_S` is heard as) a worker."""
+        access = self.service.access
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WORKER_GRACE_S
+        while access.role(user) != "worker":
+            remaining = deadline - loop.time()
+            if remaining <= 0 or access.role(user) != "client":
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(access.new_worker.wait(), remaining)
+        return True
+
+    async def _control(
+        self, body: ControlExperiment, request_id: str, user: str | None
+    ) -> dict[str, Any]:
         """A user's pause, activate, cancel or kill: an input like any other, logged first."""
         live = self.service.live(body.experiment_id)
         name = f"control/{request_id or uuid.uuid4().hex}"
-        ignored = await self._user_input(body, name)
+        ignored = await self._user_input(body, name, user)
         return {
             "experiment_id": body.experiment_id,
             "state": live.host.run.state,
             "ignored": ignored,
         }
 
-    async def _control_trial(self, body: ControlTrial, request_id: str) -> dict[str, Any]:
+    async def _control_trial(
+        self, body: ControlTrial, request_id: str, user: str | None
+    ) -> dict[str, Any]:
         """A user's kill of one trial: an input like any other, logged first."""
         live = self.service.live(body.experiment_id)
         trial = live.host.run.by_id.get(body.trial_id)
@@ -163,7 +306,7 @@ class Requests:
                 f"experiment {body.experiment_id} has no trial {body.trial_id}"
             )
         name = f"control-trial/{request_id or uuid.uuid4().hex}"
-        ignored = await self._user_input(body, name)
+        ignored = await self._user_input(body, name, user)
         return {
             "experiment_id": body.experiment_id,
             "trial_id": trial.trial_id,
@@ -171,11 +314,14 @@ class Requests:
             "ignored": ignored,
         }
 
-    async def _user_input(self, body: ControlExperiment | ControlTrial, name: str) -> str | None:
+    async def _user_input(
+        self, body: ControlExperiment | ControlTrial, name: str, user: str | None
+    ) -> str | None:
         """Apply a user's request once (a re-sent request has the same correlation id);
         return why it changed nothing, or None."""
         live = self.service.live(body.experiment_id)
-        applied = await self.service.apply(live, body, f"{body.experiment_id}/{name}")
+        message_id = f"{body.experiment_id}/{name}"
+        applied = await self.service.apply(live, body, message_id, sender=user)
         step = applied.step
         ignored = step.ignored or step.failed
         log.info(
@@ -183,6 +329,7 @@ class Requests:
             action=body.action,
             experiment_id=body.experiment_id,
             trial_id=getattr(body, "trial_id", None),
+            user=user,
             state=live.host.run.state,
             ignored=ignored,
         )

@@ -6,7 +6,9 @@ at all and writes it to the log, make the log durable, hand what it caused to th
 and only then acknowledge it. Each experiment's inputs take that experiment's lock in
 turn; experiments never wait for each other. Requests (:mod:`.requests`), the outbox
 (:mod:`.outbox`), the live feed (:mod:`.feed`) and the worker registry (:mod:`.workers`)
-live in modules of their own.
+live in modules of their own. Who may do what (:mod:`.access`) is checked where messages
+come in: every experiment has an owner, and every trial attempt is bound to the worker
+that started it (``docs/security.md``).
 
 A storage error (a write or an fsync of a log failed) stops the searcher at once, without
 acknowledging anything more (fail-stop): a restart recovers from what is on disk.
@@ -37,12 +39,14 @@ from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
 from rung.searcher.host import Applied, BrokenExperiment, ExperimentBrokenError, ExperimentHost
-from rung.searcher.service.creation import Creator
+from rung.searcher.service.access import Access, logged_bindings
+from rung.searcher.service.creation import CUSTOM_REFUSED, Creator, logged_creation, uses_custom
 from rung.searcher.service.errors import ExperimentNotFoundError, ServiceStoppedError
 from rung.searcher.service.feed import LiveFeed
 from rung.searcher.service.intake import Intake
 from rung.searcher.service.outbox import Live, Outbox
 from rung.searcher.service.requests import Requests
+from rung.searcher.service.retention import sweep
 from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
 from rung.searcher.service.summary import summarise
 from rung.searcher.service.workers import WorkerRegistry
@@ -53,6 +57,8 @@ log = structlog.get_logger("rung.searcher")
 
 # The searcher's exit status after a storage error (EX_IOERR).
 EXIT_STORAGE_FAILED: Final = 74
+# How long a finished experiment's contexts are kept, by default: 7 days.
+CONTEXT_RETENTION_S: Final = 7 * 24 * 3600.0
 
 
 def _exit_now(exc: BaseException) -> None:
@@ -72,7 +78,12 @@ class SearcherService:
         snapshot_every: int = 200,
         worker_timeout_s: float = 30.0,
         shared_state_dir: bool = False,
-        verify_worker_users: bool = False,
+        verify_worker_users: bool = True,
+        admins: frozenset[str] = frozenset(),
+        operators: frozenset[str] = frozenset(),
+        workers: frozenset[str] = frozenset(),
+        allow_custom_searchers: bool = False,
+        context_retention_s: float | None = CONTEXT_RETENTION_S,
         health_file: Path | None = None,
         on_fatal: Callable[[BaseException], None] = _exit_now,
     ) -> None:
@@ -84,6 +95,18 @@ class SearcherService:
         self.health_file = health_file
         # Refuse a worker event whose worker id is not its publisher's (validated) user.
         self.verify_worker_users = verify_worker_users
+        # Roles (admins, operators, workers; the rest are clients), owners, bindings.
+        self.access = Access(
+            searcher_user=broker.username, admins=admins, operators=operators, workers=workers
+        )
+        # Custom search methods run in this process, with its credentials: off unless
+        # an admin allows them (or their creator holds the searcher's credentials).
+        self.allow_custom_searchers = allow_custom_searchers
+        # How long a finished experiment's contexts are kept (None: for ever).
+        self.context_retention_s = context_retention_s
+        # Each experiment's owner: the validated user that created it (None: nobody
+        # vouched for it, or its log is older than owners).
+        self.owners: dict[str, str | None] = {}
         # On shared storage flock cannot be trusted: the owner epochs in the logs fence.
         self.shared_state_dir = shared_state_dir
         self.on_fatal = on_fatal
@@ -97,7 +120,17 @@ class SearcherService:
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
         self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die, drop=self._drop)
         self.requests = Requests(self)
-        self.creator = Creator(state_dir, self.owner, existing=self._request_key_of)
+        self.creator = Creator(
+            state_dir,
+            self.owner,
+            existing=self._request_key_of,
+            readable=lambda user: [
+                live.host.run
+                for live in self.experiments.values()
+                if self.access.sees(user, self.owners.get(live.host.experiment_id))
+            ],
+            allow_custom=self.custom_allowed,
+        )
         self.intake = Intake(self)
         self._group: asyncio.TaskGroup | None = None
         self._closing = False
@@ -142,6 +175,7 @@ class SearcherService:
                 watchdog = self._spawn(self._watch_workers())
                 assert watchdog is not None  # noqa: S101 (the group is open, not closing)
                 self._spawn(self.feed.pump())
+                self._spawn(sweep(self))  # contexts past their retention
                 self.feed.wake()  # what recovery appended
                 await stop.wait()
                 # Stop intake (the timer's too), let the inputs under way finish, cancel.
@@ -207,6 +241,14 @@ class SearcherService:
         """
         contexts = self.state_dir / "contexts"
         for path in sorted((self.state_dir / "experiments").glob("*/events.jsonl")):
+            created = logged_creation(path)
+            if created is not None:
+                self.owners[created.experiment_id] = created.owner
+                if uses_custom(created) and not self.custom_allowed(created.owner):
+                    broken = BrokenExperiment.of(path, CUSTOM_REFUSED)
+                    self.broken[broken.experiment_id] = broken
+                    log.error("custom searchers are off; not recovered", path=str(path))
+                    continue
             try:
                 host = await asyncio.to_thread(
                     ExperimentHost.open, path, owner=self.owner, context_root=contexts
@@ -225,6 +267,8 @@ class SearcherService:
                 continue
             if host is None:
                 continue
+            bindings = await asyncio.to_thread(list, logged_bindings(host.log.existing))
+            self.access.restore(host.experiment_id, bindings)
             live = Live(host)
             self.experiments[host.experiment_id] = live
             await self._settle_or_drop(live)
@@ -237,8 +281,11 @@ class SearcherService:
             )
 
     # ------------------------------------------------------------------ inputs
-    async def apply(self, live: Live, body: Body, message_id: str) -> Applied:
+    async def apply(
+        self, live: Live, body: Body, message_id: str, *, sender: str | None = None
+    ) -> Applied:
         """Apply one input to its experiment; publish what it caused once it is durable.
+        ``sender`` (the broker-validated user that sent it) is logged with it.
 
         An input that caused no command is not synced here: the caller syncs it before
         acknowledging it, after the lock is released, so that the experiment's next
@@ -248,7 +295,7 @@ class SearcherService:
             if live.dropped is not None:  # while this input waited for the lock
                 raise live.dropped
             try:
-                applied = live.host.apply(body, message_id, at=time.time())
+                applied = live.host.apply(body, message_id, at=time.time(), sender=sender)
                 if applied.duplicate:
                     if isinstance(body, OpCompleted):  # best effort, beside the inputs
                         self._spawn(self.outbox.answer_again(live, body))
@@ -293,15 +340,19 @@ class SearcherService:
         except (StorageError, OSError) as exc:
             await self.die(exc)
 
-    async def create(self, body: CreateExperiment, key: str) -> dict[str, Any]:
-        """Create an experiment, or answer with the one this request made already."""
+    async def create(
+        self, body: CreateExperiment, key: str, *, creator: str | None = None
+    ) -> dict[str, Any]:
+        """Create an experiment owned by ``creator``, or answer with the one this request
+        made already."""
         async with self.creator.lock:
-            experiment_id, exists = self.creator.experiment_id(key)
+            experiment_id, exists = self.creator.experiment_id(key, creator)
             if not exists:
                 try:
-                    host = await self.creator.create(body, key, experiment_id)
+                    host = await self.creator.create(body, key, experiment_id, creator=creator)
                 except (StorageError, OSError) as exc:
                     await self.die(exc)
+                self.owners[experiment_id] = creator
                 live = Live(host)
                 self.experiments[experiment_id] = live
                 await self._settle_or_drop(live)
@@ -328,29 +379,55 @@ class SearcherService:
         raise ExperimentNotFoundError(f"no experiment {experiment_id!r}")
 
     def summary(self, experiment_id: str) -> ExperimentSummary:
+        owner = self.owners.get(experiment_id)
         if experiment_id in self.broken:
-            return self.broken[experiment_id].summary()
+            return self.broken[experiment_id].summary().model_copy(update={"owner": owner})
         host = self.live(experiment_id).host
-        return summarise(host.run, str(host.log.path), warnings=host.warnings)
+        summary = summarise(
+            host.run, str(host.log.path), warnings=host.warnings, workers=self.workers
+        )
+        return summary.model_copy(update={"owner": owner})
 
-    def summaries(self) -> Iterator[ExperimentSummary]:
+    def summaries(self, seen_by: str | None = None) -> Iterator[ExperimentSummary]:
+        """Every experiment's summary (without trials) that ``seen_by`` may list."""
         for live in self.experiments.values():
             host = live.host
-            yield summarise(host.run, str(host.log.path), with_trials=False)
+            owner = self.owners.get(host.experiment_id)
+            if self.access.sees(seen_by, owner):
+                summary = summarise(
+                    host.run, str(host.log.path), with_trials=False, workers=self.workers
+                )
+                yield summary.model_copy(update={"owner": owner})
         for broken in self.broken.values():
-            yield broken.summary()
+            owner = self.owners.get(broken.experiment_id)
+            if self.access.sees(seen_by, owner):
+                yield broken.summary().model_copy(update={"owner": owner})
+
+    def owner_of(self, experiment_id: str) -> str | None:
+        """The experiment's owner (None: unrecorded); raises if there is no experiment."""
+        if experiment_id not in self.broken:
+            self.live(experiment_id)
+        return self.owners.get(experiment_id)
+
+    def custom_allowed(self, creator: str | None) -> bool:
+        """Whether an experiment of ``creator`` may run a custom search method in this
+        process: where an admin allows it, or where the creator holds this searcher's
+        credentials already (no broker vouches for users, or its own broker user)."""
+        return self.allow_custom_searchers or self.access.role(creator) in ("local", "searcher")
 
     def given_up(self, experiment_id: str | None) -> bool:
         """True for an experiment another searcher took over: its messages are its own."""
         return experiment_id in self.given_up_ids
 
-    def _request_key_of(self, experiment_id: str) -> str | None:
+    def _request_key_of(self, experiment_id: str) -> tuple[str, str | None] | None:
+        """The request key and owner of the experiment with this id, or None."""
+        owner = self.owners.get(experiment_id)
         if (live := self.experiments.get(experiment_id)) is not None:
-            return live.host.request_key
+            return live.host.request_key, owner
         if (broken := self.broken.get(experiment_id)) is not None:
-            return broken.request_key
+            return broken.request_key, owner
         if experiment_id in self.given_up_ids:
-            return ""  # another searcher's: never reused
+            return "", None  # another searcher's: never reused
         return None
 
     def _drop(self, live: Live, exc: SearcherError) -> None:

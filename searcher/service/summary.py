@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rung.broker.schemas import ExperimentSummary, TrialSummary
+from rung.searcher.service.workers import WorkerRegistry, waiting_reasons
 from rung.searcher.trials import ExperimentRun, TrialRuntime
 
 __all__ = ["summarise"]
@@ -30,7 +31,10 @@ def summarise(
     *,
     with_trials: bool = True,
     warnings: list[str] | None = None,
+    workers: WorkerRegistry | None = None,
 ) -> ExperimentSummary:
+    """The experiment as clients see it; given the worker registry, with the reasons its
+    trials wait (no live worker can fit them)."""
     best = run.experiment.best_trial()
     trials = [_trial(run, t) for t in run.trials.values()] if with_trials else []
     return ExperimentSummary(
@@ -45,4 +49,5 @@ def summarise(
         labels=list(run.experiment.config.labels),
         description=run.experiment.config.description,
         message=f"the experiment failed: {run.error}" if run.error else "",
+        waiting=waiting_reasons(run, workers.live()) if workers is not None else [],
     )

@@ -22,6 +22,11 @@ worker events and the experiment's operations:
   preempted trial resumes without using a restart; InvalidHP and user-requested stops end
   the trial and tell the search method.
 
+Checkpoint garbage collection (:mod:`rung.searcher.trials.gc`) is decided here too, when a
+trial or the experiment ends: a ``DeleteCheckpoints`` of what Determined's
+``save_experiment_best``/``save_trial_best``/``save_trial_latest`` do not keep, never a
+checkpoint that a pending resume or a warm start needs.
+
 Every event carries the trial's attempt number; events from any other attempt are stale
 and ignored, which fences off a worker that was presumed dead.
 """

@@ -36,12 +36,23 @@ class RunBase:
     """An experiment's trials and state, and the mechanics the lifecycle's rules use."""
 
     def __init__(
-        self, experiment_id: str, experiment: Experiment, *, context_hash: str, checkpoint_root: str
+        self,
+        experiment_id: str,
+        experiment: Experiment,
+        *,
+        context_hash: str,
+        checkpoint_root: str,
+        warm_start_root: str | None = None,
     ) -> None:
         self.experiment_id = experiment_id
         self.experiment = experiment
         self.context_hash = context_hash
+        # Where this experiment's trials save checkpoints: ``<storage>/<experiment id>``
+        # (a shared ``<storage>`` in logs written before per-experiment roots).
         self.checkpoint_root = checkpoint_root
+        # The root of the experiment that holds the warm start's source checkpoint
+        # (``searcher.source_checkpoint_uuid``), as the searcher found it at creation.
+        self.warm_start_root = warm_start_root
         self.trials: dict[str, TrialRuntime] = {}
         self.by_id: dict[int, TrialRuntime] = {}
         self.state: RunState = "ACTIVE"
@@ -175,6 +186,8 @@ class RunBase:
         record = self.experiment.trials[trial.request_id]
         entrypoint = config.entrypoint or []
         max_length = getattr(config.searcher, "max_length", None)
+        source = record.create.checkpoint
+        from_source = source is not None and trial.latest_checkpoint == source
         step.commands.append(
             Command(
                 RunTrial(
@@ -193,6 +206,7 @@ class RunBase:
                     checkpoint_root=self.checkpoint_root,
                     user_data=dict(config.data),
                     max_restarts=config.max_restarts,
+                    source_root=self.warm_start_root if from_source else None,
                 )
             )
         )

@@ -9,9 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from rung.broker.schemas import (
-    WorkerCommand,
-)
+from rung.broker.schemas.commands import SearcherCommand
 from rung.searcher.events import (
     SearchEvent,
 )
@@ -40,9 +38,10 @@ _LOG_TAIL = 200
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A command to publish: to the work queue (``worker_id`` None) or to one worker."""
+    """A command to publish: to the work queue (``worker_id`` None) or to one worker.
+    Only ``DeleteCheckpoints`` names no trial attempt; it always goes to the work queue."""
 
-    body: WorkerCommand
+    body: SearcherCommand
     worker_id: str | None = None
 
 
@@ -71,6 +70,12 @@ class TrialRuntime(BaseModel):
     restarts: int = 0
     latest_checkpoint: str | None = None
     latest_steps: int = -1
+    # The trial's checkpoints that garbage collection has not deleted: uuid -> the
+    # steps_completed it was saved at, in the order they were saved.
+    checkpoints: dict[str, int] = Field(default_factory=dict)
+    # The searcher metric of the trial's validations, by steps_completed: the first one
+    # reported at that step (None: reported, but without a finite searcher metric).
+    validations: dict[int, float | None] = Field(default_factory=dict)
     trained: int = 0
     metric: float | None = None
     validation_metrics: dict[str, Any] = Field(default_factory=dict)

@@ -29,7 +29,7 @@ from rung.searcher.events import (
     ValidationCompleted,
 )
 from rung.searcher.ops import Shutdown
-from rung.searcher.trials.base import RunBase
+from rung.searcher.trials.gc import CheckpointCollector
 from rung.searcher.trials.model import (
     ENDED,
     TERMINAL,
@@ -41,13 +41,14 @@ from rung.searcher.trials.model import (
 __all__ = ["ExperimentRun"]
 
 
-class ExperimentRun(RunBase):
+class ExperimentRun(CheckpointCollector):
     """An experiment's run: inputs in, :class:`Step` out. Pure and synchronous."""
 
     # ------------------------------------------------------------------ entry points
     def start(self) -> Step:
         step = Step()
         self._search(Start(), step)
+        self._collect(step)
         return step
 
     def fail(self, reason: str) -> Step:
@@ -80,6 +81,7 @@ class ExperimentRun(RunBase):
             trial.stopping = None
             trial.logs.append(f"[rung] the experiment failed: {reason}")
         step.ops.append(self.experiment.fail())
+        self._collect(step)
         return step
 
     def _kill_again(self) -> Step:
@@ -177,6 +179,11 @@ class ExperimentRun(RunBase):
         return step
 
     def on_event(self, body: Body) -> Step:
+        step = self._dispatch(body)
+        self._collect(step, body)
+        return step
+
+    def _dispatch(self, body: Body) -> Step:
         if isinstance(body, ControlExperiment):
             return self.on_control(body.action)
         if isinstance(body, ControlTrial):
@@ -214,9 +221,12 @@ class ExperimentRun(RunBase):
                 if body.steps_completed >= trial.latest_steps:
                     trial.latest_checkpoint = body.uuid
                     trial.latest_steps = body.steps_completed
+                trial.checkpoints.setdefault(body.uuid, body.steps_completed)
             case MetricsReported():
                 if body.group == "validation":
                     trial.validation_metrics = dict(body.metrics)
+                    metric = self._searcher_metric(body.metrics)
+                    trial.validations.setdefault(body.steps_completed, metric)
             case LogLines():
                 trial.logs.extend(f"[{line.stream}] {line.text}" for line in body.lines)
             case TrialExited():
@@ -323,6 +333,7 @@ class ExperimentRun(RunBase):
         trial.waiting = True
         trial.trained = body.length
         trial.metric = body.metric
+        trial.validations.setdefault(body.length, body.metric)
         self._search(
             ValidationCompleted(
                 request_id=trial.request_id, length=body.length, metric=body.metric

@@ -55,6 +55,11 @@ class Cluster:
     def start_worker(
         self, name: str, slots: int = 1, *extra: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        # A trial gets an allowlisted environment: the variables that steer the fault
+        # tests' stub (RUNG_FAULT_DIR, ...) are passed on by name, as an operator would.
+        passed = [
+            a for k in sorted(env or {}) if k.startswith("RUNG_FAULT_") for a in ("--trial-env", k)
+        ]
         process = self.start(
             name,
             "worker",
@@ -66,6 +71,7 @@ class Cluster:
             name,
             "--work-dir",
             str(self.state_dir / name),
+            *passed,
             *extra,
             env=env,
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rung.searcher.eventlog import TRIAL_LOG_FILE, TrialLogStore
 from tests.support import wait_sync
 
 from .conftest import EXAMPLES, ROOT, Cluster, read_log
@@ -110,7 +111,7 @@ def test_promoted_trials_resume_from_checkpoints_on_another_worker(
     assert (trial["length"], trial["metric"]) == (100, 100.0)
     # get_experiment_best_validation() answers from the searcher: none before any result,
     # then the best result so far (50, trial 1's first).
-    lines = [line["text"] for e in _inputs(log, "log_lines") for line in e["lines"]]
+    lines = _trial_lines(summary["event_log"])
     said = [line.rsplit(": ", 1)[1] for line in lines if "best validation so far" in line]
     assert said[0] == "None"
     assert "50.0" in said
@@ -153,11 +154,7 @@ def test_a_missing_entrypoint_file_errors_the_trial_with_a_clear_line(
     assert summary["state"] == "ERROR"
     assert summary["trials"][0]["state"] == "ERRORED"
     assert summary["trials"][0]["restarts"] == 2
-    lines = [
-        line["text"]
-        for e in _inputs(read_log(summary["event_log"]), "log_lines")
-        for line in e["lines"]
-    ]
+    lines = _trial_lines(summary["event_log"])
     assert any(
         "entrypoint file 'nope.py' not found in the experiment context" in line for line in lines
     )
@@ -216,3 +213,9 @@ def test_logs_follow_prints_the_timeline_live_until_the_end(cluster: Cluster) ->
         sum(e["event"].startswith("trial ") and "reached length" in e["event"] for e in entries)
         >= 10
     )
+
+
+def _trial_lines(event_log: str) -> list[str]:
+    """What the trials wrote: kept apart from the event log, beside it."""
+    store = TrialLogStore(Path(event_log).with_name(TRIAL_LOG_FILE))
+    return [str(line["text"]) for line in store.read(limit=10_000, max_bytes=1 << 30).lines]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -34,7 +35,13 @@ def test_an_experiment_completes_with_least_privilege_users(
     )
     try:
         cluster.start(
-            "searcher", "searcher", "--state-dir", str(cluster.state_dir), "--verify-worker-users"
+            "searcher",
+            "searcher",
+            "--state-dir",
+            str(cluster.state_dir),
+            "--verify-worker-users",
+            "--operator",
+            lp.user("operator"),
         )
         cluster.wait_log("searcher", "searcher ready")
         for user in lp.workers:  # each worker's id is its user's name
@@ -67,6 +74,32 @@ def test_an_experiment_completes_with_least_privilege_users(
             if r.get("kind") == "input" and (r.get("input") or {}).get("type") == "trial_started"
         }
         assert started == set(lp.workers)
+        # The operator lists the dead letters (none: nothing went wrong), with its
+        # password in a file and none in the URL, nor anywhere in the environment.
+        password = tmp_path / "operator-password"
+        password.write_text(lp.password + "\n")
+        password.chmod(0o400)
+        operator = {
+            **cluster.env(),
+            "RUNG_BROKER_URL": (
+                f"amqp://{quote(lp.user('operator'), safe='')}@127.0.0.1:5672/"
+                f"{quote(lp.vhost, safe='')}"
+            ),
+            "RUNG_BROKER_PASSWORD_FILE": str(password),
+            "RUNG_NAMESPACE": lp.namespace,
+        }
+        assert lp.password not in json.dumps(operator)
+        listed = subprocess.run(
+            [sys.executable, "-m", "rung", "dlq", "list", "--json"],
+            capture_output=True,
+            text=True,
+            env=operator,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        assert json.loads(listed.stdout) == []
         # Nobody was refused anything on the way.
         for name in ("searcher", *lp.workers):
             text = cluster.log_text(name)

@@ -1,6 +1,7 @@
 """The amqps set-up of docs/deploy.md, whole: a RabbitMQ node that listens on TLS only
 and requires client certificates, made by deploy/tls/make-certs.sh; the searcher, a
-worker and the CLI connect with verification and an experiment runs to the end. A client
+worker and the CLI connect with verification and an experiment runs to the end; the
+searcher and the worker read their password from a file, as deploy/ runs them. A client
 whose certificate comes from another CA is refused, and so is one without a certificate.
 Runs in network namespaces (tests/hosts.py): needs root and iproute2, else skips.
 """
@@ -81,15 +82,27 @@ def test_an_experiment_over_tls_only_and_strangers_refused(hosts: Hosts, tmp_pat
     config["searcher"]["max_trials"] = 4
     path = tmp_path / "tls.yaml"
     path.write_text(yaml.safe_dump(config))
+    # As deploy/ runs them: the password in a file, the URL naming the user only.
+    password = tmp_path / "password"
+    password.write_text(hosts.password + "\n")
+    password.chmod(0o400)
+
+    def from_file(user: str) -> dict[str, str]:
+        url = hosts.url(user).replace(f":{hosts.password}@", "@")
+        assert hosts.password not in url
+        return {"RUNG_BROKER_URL": url, "RUNG_BROKER_PASSWORD_FILE": str(password)}
+
     hosts.rung(
         "searcher", "searcher", "rung-searcher",
         "searcher", "--state-dir", str(tmp_path / "state"), "--verify-worker-users",
+        **from_file("rung-searcher"),
     )  # fmt: skip
     wait_sync(lambda: "searcher ready" in hosts.log_text("searcher"), 60, "the searcher")
     hosts.rung(
         "w1", "w1", "w1",
         "worker", "--id", "w1", "--slots", "2", "--gpus", "none",
         "--work-dir", str(tmp_path / "w1"),
+        **from_file("w1"),
     )  # fmt: skip
     wait_sync(lambda: "worker ready" in hosts.log_text("w1"), 60, "the worker")
     hosts.rung(

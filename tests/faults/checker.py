@@ -219,9 +219,14 @@ def _live_equals_replayed(namespace: str, experiment_id: str, path: Path) -> Non
         with tempfile.TemporaryDirectory() as scratch:
             copy = Path(scratch) / "events.jsonl"
             copy.write_bytes(data)
-            run = replay(read_log(copy), context_root=contexts if contexts.is_dir() else None).run
-        # The path and the create request's warnings are not state the log folds to.
-        return summarise(run, live.event_log, warnings=live.warnings)
+            records = read_log(copy)
+            run = replay(records, context_root=contexts if contexts.is_dir() else None).run
+        created = next(r for r in records if isinstance(r, CreatedRecord))
+        # The path and the create request's warnings are not state the log folds to, nor
+        # is why trials wait (what the searcher last heard of the workers). The owner is
+        # the one the log's created record names.
+        summary = summarise(run, live.event_log, warnings=live.warnings)
+        return summary.model_copy(update={"owner": created.owner, "waiting": live.waiting})
 
     async def check() -> None:
         async with Client(AMQP_URL, namespace=namespace) as client:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from rung.broker.limits import BROKER_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,19 +42,136 @@ def _run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=600, check=False)
 
 
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+RUNG_SERVICES = ("searcher", "worker", "cli", "operator")
+
+
 def test_docker_compose_accepts_the_compose_file(tmp_path: Path) -> None:
-    compose = DEPLOY / "compose" / "compose.yaml"
     env = tmp_path / ".env"
-    env.write_text("RUNG_SEARCHER_PASSWORD=s\nRUNG_WORKER_PASSWORD=w\nRUNG_CLIENT_PASSWORD=c\n")
+    env.write_text("RUNG_WORKER_SLOTS=4\n")
     done = _run(
-        _tool("docker-compose"), "--env-file", str(env), "-f", str(compose), "config", "--quiet"
+        _tool("docker-compose"), "--env-file", str(env), "-f", str(COMPOSE), "config", "--quiet"
     )
     assert done.returncode == 0, done.stderr
-    # A missing password is refused with a message that names it.
-    env.write_text("RUNG_WORKER_PASSWORD=w\nRUNG_CLIENT_PASSWORD=c\n")
-    done = _run(_tool("docker-compose"), "--env-file", str(env), "-f", str(compose), "config")
-    assert done.returncode != 0
-    assert "RUNG_SEARCHER_PASSWORD" in done.stderr
+
+
+# ---------------------------------------------------------------- limits and defaults
+
+
+def _max_message_size(config: str) -> int:
+    (value,) = re.findall(r"^\s*max_message_size\s*=\s*(\d+)\s*$", config, re.MULTILINE)
+    return int(value)
+
+
+def test_every_shipped_broker_config_takes_rungs_largest_message() -> None:
+    """Review finding #11: the shipped configs said 1 MiB while Rung sent up to 96 MiB.
+    Every config the deploy files ship sets max_message_size to the one constant, which
+    is above the largest message Rung sends."""
+    assert BROKER_MAX_MESSAGE_BYTES > MAX_MESSAGE_BYTES
+    conf = DEPLOY / "rabbitmq" / "rabbitmq.conf"
+    assert _max_message_size(conf.read_text()) == BROKER_MAX_MESSAGE_BYTES
+    # Compose mounts that file into RabbitMQ's conf.d.
+    rabbitmq = yaml.safe_load(COMPOSE.read_text())["services"]["rabbitmq"]
+    assert any(v.startswith("../rabbitmq/rabbitmq.conf:") for v in rabbitmq["volumes"])
+    # Kubernetes: the RabbitmqCluster's own configuration.
+    (cluster,) = [d for _, d in _documents() if d.get("kind") == "RabbitmqCluster"]
+    spec = cluster["spec"]
+    assert isinstance(spec, dict)
+    assert _max_message_size(spec["rabbitmq"]["additionalConfig"]) == BROKER_MAX_MESSAGE_BYTES
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _no_password_in(url: str) -> None:
+    parts = urlsplit(url)
+    assert parts.scheme == "amqps", url
+    assert parts.port == 5671, url
+    assert parts.username, url
+    assert parts.password is None, url
+
+
+def test_compose_is_secure_by_default() -> None:
+    """amqps with the broker's certificate checked, passwords from files (never in the
+    environment or on a command line), worker users verified, trials as another user."""
+    document = yaml.safe_load(COMPOSE.read_text())
+    services = document["services"]
+    tls = (DEPLOY / "rabbitmq" / "tls.conf").read_text()
+    assert re.search(r"^listeners\.tcp\s*=\s*none$", tls, re.MULTILINE)
+    assert any(v.startswith("../rabbitmq/tls.conf:") for v in services["rabbitmq"]["volumes"])
+    for name in RUNG_SERVICES:
+        service = services[name]
+        env = service["environment"]
+        _no_password_in(env["RUNG_BROKER_URL"])
+        secret = env["RUNG_BROKER_PASSWORD_FILE"]
+        assert secret.startswith("/run/secrets/"), name
+        assert service["secrets"] == [secret.removeprefix("/run/secrets/")], name
+        assert env["RUNG_TLS_CA"], name
+        assert not [k for k in env if "PASSWORD" in k and not k.endswith("_FILE")], name
+    for service in services.values():
+        words = " ".join(
+            str(w) for w in [*service.get("command", []), *service.get("entrypoint", [])]
+        )
+        assert "password=" not in words.lower().replace("--password-file", "")
+    assert "--verify-worker-users" in services["searcher"]["command"]
+    worker = services["worker"]["command"]
+    assert worker[worker.index("--trial-user") + 1] == "rung-trial"
+    assert all(
+        path.startswith("./secrets/") for path in [s["file"] for s in document["secrets"].values()]
+    )
+
+
+def test_kubernetes_is_secure_by_default() -> None:
+    """The same in the manifests: amqps only, password files, worker users verified, and
+    a worker whose password file its trials (another uid) cannot read."""
+    documents: dict[tuple[str, str], Any] = {
+        (str(d["kind"]), str(d["metadata"]["name"])): d  # type: ignore[index]
+        for _, d in _documents()
+        if "metadata" in d
+    }
+    cluster = documents[("RabbitmqCluster", "rabbitmq")]["spec"]
+    assert cluster["tls"]["disableNonTLSListeners"] is True
+    assert cluster["tls"]["secretName"]
+    pods = {
+        name: documents[(kind, name)]["spec"]["template"]["spec"]
+        for kind, name in (("StatefulSet", "rung-searcher"), ("Deployment", "rung-worker"))
+    }
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        env = _env(container)
+        _no_password_in(env["RUNG_BROKER_URL"])
+        assert env["RUNG_BROKER_PASSWORD_FILE"].startswith("/var/run/secrets/rung/"), name
+        assert env["RUNG_TLS_CA"], name
+        assert not [k for k in env if "PASSWORD" in k and not k.endswith("_FILE")], name
+        password = next(v for v in pod["volumes"] if v["name"] == "broker-password")
+        assert password["secret"]["defaultMode"] == 0o400, name
+    searcher = pods["rung-searcher"]["containers"][0]["args"]
+    assert "--verify-worker-users" in searcher
+    assert searcher[searcher.index("--operator") + 1] == "rung-operator"
+    worker_pod = pods["rung-worker"]
+    worker = worker_pod["containers"][0]
+    assert worker["args"][worker["args"].index("--trial-user") + 1] == "rung-trial"
+    # The secret is root's (no fsGroup gives a group of it away); trials run as 10002.
+    assert worker_pod["securityContext"]["runAsUser"] == 0
+    assert "fsGroup" not in worker_pod["securityContext"]
+    assert worker["securityContext"]["allowPrivilegeEscalation"] is False
+    assert worker["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # The gpu overlay keeps the trial user.
+    gpu = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "gpu" / "kustomization.yaml").read_text())
+    (args,) = [
+        op["value"]
+        for patch in gpu["patches"]
+        for op in yaml.safe_load(patch["patch"])
+        if op["path"].endswith("/args")
+    ]
+    assert args[args.index("--trial-user") + 1] == "rung-trial"
+
+
+def test_the_images_have_a_trial_user() -> None:
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (DEPLOY / "docker" / name).read_text()
+        assert "useradd --uid 10002 --gid rung-trial" in text, name
 
 
 def _documents() -> list[tuple[Path, dict[str, object]]]:
@@ -167,3 +288,32 @@ def test_checkov_passes_the_dockerfiles_and_manifests() -> None:
         for check in report.get("results", {}).get("skipped_checks", []):
             reason = str(check.get("suppress_comment", ""))
             assert len(reason) >= 20, f"{check['check_id']} in {check['file_path']}: {reason!r}"
+
+
+def test_make_certs_makes_what_compose_mounts(tmp_path: Path) -> None:
+    """deploy/tls/make-certs.sh makes the files compose mounts into RabbitMQ and Rung, at
+    the paths deploy/rabbitmq/tls.conf names, and a server certificate its CA verifies
+    for the host name the Rung services connect to."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    made = tmp_path / "tls"
+    done = _run("bash", str(DEPLOY / "tls" / "make-certs.sh"), str(made), "rabbitmq", "localhost")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    mounted: dict[str, str] = {}
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source, target = str(volume).split(":")[:2]
+            if source.startswith("./tls/"):
+                assert (made / source.removeprefix("./tls/")).exists(), source
+                mounted[target] = source
+    tls = (DEPLOY / "rabbitmq" / "tls.conf").read_text()
+    for path in re.findall(r"^ssl_options\.\w+\s*=\s*(/\S+)$", tls, re.MULTILINE):
+        assert path in mounted, f"tls.conf names {path}, which compose does not mount"
+    verified = _run(
+        "openssl", "verify", "-CAfile", str(made / "ca.pem"), "-verify_hostname", "rabbitmq",
+        str(made / "server.pem"),
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    host = urlsplit(services["searcher"]["environment"]["RUNG_BROKER_URL"]).hostname
+    assert host == "rabbitmq"

@@ -131,6 +131,84 @@ async def test_a_worker_user_cannot_read_what_is_not_its_own(
     await work.cancel(tag)
 
 
+async def test_nobody_but_the_searcher_writes_the_dead_exchange(lp: LeastPrivilege) -> None:
+    """Review finding #8 (probe P10): the worker role could publish to the dead exchange,
+    so a forged dead letter could be made to look like a dead run_trial. Now no role but
+    the searcher's may: a worker's dead letters are moved by the broker (a rejection)."""
+    t = lp.topology
+
+    async def to_dead(channel: aio_pika.abc.AbstractChannel) -> None:
+        exchange = await channel.get_exchange(t.dead_exchange, ensure=False)
+        await exchange.publish(_message(headers={"x-rung-dead-queue": t.work_queue}), "")
+
+    for user in (*lp.workers, lp.user("client"), lp.user("operator")):
+        connection = await aio_pika.connect(lp.url(user))
+        try:
+            refusal = await _refused(connection, to_dead)
+        finally:
+            await connection.close()
+        assert "ACCESS_REFUSED" in refusal, user
+        assert t.dead_exchange in refusal, user
+
+
+async def test_the_operator_takes_dead_letters_and_sends_back_only_work_and_events(
+    lp: LeastPrivilege,
+) -> None:
+    """The operator role: it reads and purges the dead queue, and writes only what rung
+    dlq requeue sends: run_trial to the work keys, events with the key ``events``,
+    requests. Never a worker's control key, a heartbeat, an event in a worker's name."""
+    t = lp.topology
+    operator = await aio_pika.connect(lp.url(lp.user("operator")))
+    try:
+        channel = await operator.channel(publisher_confirms=True)
+        dead = await channel.get_queue(t.dead_queue, ensure=False)
+        tag = await dead.consume(_ignore)
+        await dead.cancel(tag)
+        await dead.purge()
+        commands = await channel.get_exchange(t.commands_exchange, ensure=False)
+        events = await channel.get_exchange(t.events_exchange, ensure=False)
+        own = _message(user_id=lp.user("operator"))
+        for key in (t.WORK_KEY, *(t.work_key(n) for n in (2, 8))):
+            await commands.publish(own, key)  # confirmed: allowed, and routed
+        await events.publish(own, t.EVENTS_KEY)
+
+        def publish(exchange_name: str, key: str) -> Attempt:
+            async def attempt(channel: aio_pika.abc.AbstractChannel) -> None:
+                exchange = await channel.get_exchange(exchange_name, ensure=False)
+                await exchange.publish(_message(), key)
+
+            return attempt
+
+        async def read(queue_name: str) -> Attempt:
+            async def attempt(channel: aio_pika.abc.AbstractChannel) -> None:
+                queue = await channel.get_queue(queue_name, ensure=False)
+                await queue.consume(_ignore)
+
+            return attempt
+
+        w1 = lp.workers[0]
+        for exchange_name, key in (
+            (t.commands_exchange, t.worker_key(w1)),
+            (t.events_exchange, t.events_key(w1)),
+            (t.events_exchange, t.heartbeat_key(w1)),
+            (t.dead_exchange, ""),
+        ):
+            assert "ACCESS_REFUSED" in await _refused(operator, publish(exchange_name, key)), key
+        for queue_name in (t.work_queue, t.events_queue, t.rpc_queue):
+            assert "ACCESS_REFUSED" in await _refused(operator, await read(queue_name)), queue_name
+    finally:
+        await operator.close()
+    # What the operator sent to the work queue: taken away, so that other tests find none.
+    drain = await aio_pika.connect(_guest_url(lp))
+    try:
+        channel = await drain.channel()
+        for name in t.work_queues:
+            await (await channel.get_queue(name, ensure=False)).purge()
+        await (await channel.get_queue(t.events_queue, ensure=False)).purge()
+    finally:
+        await drain.close()
+
+
 async def test_a_worker_user_cannot_speak_for_another(
     lp: LeastPrivilege, w1: aio_pika.abc.AbstractConnection
 ) -> None:

@@ -124,7 +124,8 @@ class Context:
                 size_bytes=size,
             )
 
-        self.checkpoint = CheckpointContext(checkpoint_root, report)
+        source_root = info.source_root if info is not None else None
+        self.checkpoint = CheckpointContext(checkpoint_root, report, source_root=source_root)
 
     def __enter__(self) -> Context:
         return self

@@ -1,7 +1,9 @@
 """The training process's end of the local channel to its worker.
 
-JSON lines over a Unix socket named by ``RUNG_CHANNEL``: one request, one reply. The
-training process never sees broker credentials and never imports aio-pika.
+JSON lines over a Unix socket named by ``RUNG_CHANNEL``: one request, one reply, each
+request at most :data:`CHANNEL_REQUEST_BYTES` (the worker answers a longer one with an
+error, and the Core API's own checks keep every report well within it). The training
+process never sees broker credentials and never imports aio-pika.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import socket
 import threading
 from typing import Any
+
+from rung.broker.limits import CHANNEL_REQUEST_BYTES
 
 __all__ = ["Channel", "ChannelError"]
 
@@ -27,6 +31,11 @@ class Channel:
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         payload = json.dumps({"op": op, **fields}, allow_nan=False).encode() + b"\n"
+        if len(payload) > CHANNEL_REQUEST_BYTES:
+            raise ChannelError(
+                f"the {op!r} request is {len(payload)} bytes, over the channel's limit of "
+                f"{CHANNEL_REQUEST_BYTES} (CHANNEL_REQUEST_BYTES); report less at once"
+            )
         with self._lock:
             self._file.write(payload)
             self._file.flush()

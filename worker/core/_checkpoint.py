@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rung.broker.limits import MAX_CHECKPOINT_METADATA_BYTES, is_uuid
+from rung.worker.core._validate import check_json
+
 __all__ = ["CheckpointContext", "CheckpointStorageError"]
 
 METADATA_FILE = "metadata.json"
@@ -48,12 +51,22 @@ class CheckpointContext:
 
     ``report`` is called with ``(storage_id, steps_completed, metadata, size_bytes)`` after
     the checkpoint is complete on disk; on a worker it becomes a ``checkpoint_saved`` event.
+
+    ``source_root`` is the root of the experiment that saved a warm start's source
+    checkpoint (``searcher.source_checkpoint_uuid``): a checkpoint that is not under
+    ``root`` is read from ``source_root/<uuid>``, never from elsewhere under it, and never
+    written or deleted there.
     """
 
     def __init__(
-        self, root: str | Path, report: Callable[[str, int, dict[str, Any], int], None]
+        self,
+        root: str | Path,
+        report: Callable[[str, int, dict[str, Any], int], None],
+        *,
+        source_root: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.source_root = Path(source_root) if source_root is not None else None
         self._report = report
 
     def _commit(self, tmp: Path, storage_id: str, metadata: dict[str, Any]) -> None:
@@ -72,7 +85,12 @@ class CheckpointContext:
                 "checkpoint metadata must contain 'steps_completed' (how far the "
                 "trial had trained), e.g. {'steps_completed': batch}"
             )
-        json.dumps(metadata)
+        check_json(
+            "checkpoint metadata",
+            metadata,
+            MAX_CHECKPOINT_METADATA_BYTES,
+            "MAX_CHECKPOINT_METADATA_BYTES",
+        )
         return metadata
 
     @contextlib.contextmanager
@@ -108,11 +126,30 @@ class CheckpointContext:
             "worker and has free space",
         )
 
+    def _source_path(self, storage_id: str) -> Path | None:
+        """``source_root/<storage_id>``, where that is a checkpoint directly under it."""
+        if self.source_root is None or not is_uuid(storage_id):
+            return None
+        path = self.source_root / storage_id
+        try:
+            inside = path.resolve(strict=True).parent == self.source_root.resolve(strict=True)
+        except OSError:
+            return None
+        return path if inside and (path / METADATA_FILE).is_file() else None
+
     @contextlib.contextmanager
     def restore_path(self, storage_id: str, **_: Any) -> Iterator[Path]:
+        """The checkpoint's directory: under this trial's root, else (a warm start's
+        source) under ``source_root``."""
         path = self.root / storage_id
         if not (path / METADATA_FILE).is_file():
-            raise FileNotFoundError(f"checkpoint {storage_id} not found under {self.root}")
+            source = self._source_path(storage_id)
+            if source is None:
+                where = str(self.root)
+                if self.source_root is not None:
+                    where += f" nor under the warm start's source root {self.source_root}"
+                raise FileNotFoundError(f"checkpoint {storage_id} not found under {where}")
+            path = source
         yield path
 
     def upload(

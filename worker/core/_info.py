@@ -28,6 +28,9 @@ class ClusterInfo:
     latest_checkpoint: str | None
     user_data: dict[str, Any] = field(default_factory=dict)
     checkpoint_root: str = ""
+    # Where ``latest_checkpoint`` is when it is a warm start's source, saved by another
+    # experiment under its own root (``searcher.source_checkpoint_uuid``); None otherwise.
+    source_root: str | None = None
     worker_id: str = ""
     slot_ids: list[int] = field(default_factory=list)
     gpu_uuids: list[str] = field(default_factory=list)
@@ -53,6 +56,7 @@ def get_cluster_info() -> ClusterInfo | None:
         latest_checkpoint=data.get("latest_checkpoint"),
         user_data=dict(data.get("user_data") or {}),
         checkpoint_root=str(data.get("checkpoint_root", "")),
+        source_root=str(data["source_root"]) if data.get("source_root") else None,
         worker_id=str(data.get("worker_id", "")),
         slot_ids=list(data.get("slot_ids", [])),
         gpu_uuids=list(data.get("gpus", [])),

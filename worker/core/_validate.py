@@ -1,8 +1,12 @@
-"""Checks on what a training script reports: numbers or JSON, bounded in size.
+"""Checks on what a training script reports: numbers or JSON, bounded in size and depth.
 
 A diverged model reports NaN or infinity, and Determined takes such metrics. JSON has no
 such numbers, so they travel as the strings ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"``. The searcher metric is separate: a non-finite one ranks worst.
+
+The limits (:data:`MAX_METRICS_BYTES`, :data:`MAX_CHECKPOINT_METADATA_BYTES`,
+:data:`MAX_JSON_DEPTH`) are Rung's own, from ``rung.broker.limits``; the worker checks them
+again (:func:`check_json`), for a script that writes to its channel without the Core API.
 """
 
 from __future__ import annotations
@@ -11,9 +15,62 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_METRICS_BYTES", "check_metric", "check_metrics"]
+from rung.broker.limits import MAX_JSON_DEPTH, MAX_METRICS_BYTES
 
-MAX_METRICS_BYTES = 256 * 1024
+__all__ = [
+    "MAX_METRICS_BYTES",
+    "MAX_VALUE_DEPTH",
+    "check_depth",
+    "check_json",
+    "check_metric",
+    "check_metrics",
+    "json_depth",
+]
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and mappings nest in ``value`` (a number or a string: 0, ``[]``:
+    1), counted without recursion; past ``limit`` it stops and answers ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            if depth > limit:
+                return limit + 1
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
+# Metrics and checkpoint metadata travel two levels down in their event (the envelope,
+# its body), and the whole event is held to MAX_JSON_DEPTH: so they may nest this deep.
+EVENT_LEVELS = 2
+MAX_VALUE_DEPTH = MAX_JSON_DEPTH - EVENT_LEVELS
+
+
+def check_depth(what: str, value: Any) -> None:
+    if json_depth(value, MAX_VALUE_DEPTH) > MAX_VALUE_DEPTH:
+        raise ValueError(
+            f"{what} nest deeper than {MAX_VALUE_DEPTH} levels (MAX_JSON_DEPTH, "
+            f"{MAX_JSON_DEPTH}, less the {EVENT_LEVELS} of the event that carries them); "
+            "report flatter values"
+        )
+
+
+def check_json(what: str, value: Any, max_bytes: int, limit_name: str) -> int:
+    """``value``'s size as JSON, if it is within ``max_bytes`` and :data:`MAX_VALUE_DEPTH`;
+    else a ValueError naming the limit."""
+    check_depth(what, value)
+    size = len(json.dumps(value))
+    if size > max_bytes:
+        raise ValueError(
+            f"{what} are {size} bytes as JSON, over the {max_bytes}-byte limit "
+            f"({limit_name}); report fewer or smaller values"
+        )
+    return size
 
 
 def _json_safe(key: str, value: Any) -> Any:
@@ -40,17 +97,13 @@ def _json_safe(key: str, value: Any) -> Any:
 def check_metrics(metrics: Any) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    check_depth("metrics", metrics)  # before anything recurses into them
     safe: dict[str, Any] = {}
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metric names must be strings, got {key!r}")
         safe[key] = _json_safe(key, value)
-    size = len(json.dumps(safe))
-    if size > MAX_METRICS_BYTES:
-        raise ValueError(
-            f"metrics are {size} bytes as JSON, over the {MAX_METRICS_BYTES} "
-            "limit; report fewer or smaller values"
-        )
+    check_json("metrics", safe, MAX_METRICS_BYTES, "MAX_METRICS_BYTES")
     return safe
 
 

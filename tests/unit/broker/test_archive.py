@@ -30,7 +30,7 @@ from rung.broker.contexts import (
     store_context,
 )
 from rung.broker.schemas import GetContext, RpcReply
-from rung.worker.contexts import ContextCache
+from rung.worker.contexts import ContextCache, ContextUnavailableError
 
 
 def test_pack_honours_ignore_files_and_is_deterministic(tmp_path: Path) -> None:
@@ -298,12 +298,12 @@ def test_a_target_completed_meanwhile_by_another_extraction_is_kept(
     target = tmp_path / "ctx"
     real = contexts_module._unpack
 
-    def racing(archive: bytes, directory: Path) -> None:
-        real(archive, directory)
+    def racing(archive: bytes, directory: Path, limit: int | None = None) -> None:
+        real(archive, directory, limit)
         # Another extraction (one that took no lock: a filesystem without flock, say)
         # renames its complete directory into place first.
         other = tmp_path / "other"
-        real(archive, other)
+        real(archive, other, None)
         (other / "winner").write_text("the other one")
         (other / COMPLETE_MARKER).write_bytes(b"")
         other.rename(target)
@@ -368,7 +368,7 @@ def test_hostile_archives_are_refused_before_anything_is_written(
 
 def test_archives_over_the_limit_are_refused(tmp_path: Path) -> None:
     data = _context({"big.bin": "x" * 5000})
-    with pytest.raises(ArchiveError, match="over the 1000 limit"):
+    with pytest.raises(ArchiveError, match=r"more than 1000 bytes \(MAX_CONTEXT_UNPACKED_BYTES\)"):
         extract_atomically(data, tmp_path / "ctx", limit=1000)
     assert list(tmp_path.iterdir()) == []
 
@@ -384,21 +384,39 @@ class _FakeRpc:
         return RpcReply(ok=True, result={"context_b64": encoded})
 
 
-async def test_the_worker_cache_extracts_atomically_and_trial_copies_omit_the_marker(
+async def test_the_worker_cache_keeps_the_archive_and_rechecks_its_hash_before_each_use(
     tmp_path: Path,
 ) -> None:
+    """Review #14: a cached context was trusted because of its marker; a trial could
+    change it for the trials after it. Now the archive is hashed again at each use and
+    every attempt gets a fresh copy."""
     data = _context(FILES)
     digest = context_hash(data)
     rpc = _FakeRpc(data)
     cache = ContextCache(rpc, tmp_path / "contexts")  # type: ignore[arg-type]
-    # A directory an older worker half extracted, and one completed under the old marker.
-    (tmp_path / "contexts" / digest).mkdir(parents=True)
-    (tmp_path / "contexts" / digest / "train.py").write_text("half")
     run = await cache.run_dir(digest, tmp_path / "run1")
-    assert is_complete(tmp_path / "contexts" / digest)
-    assert {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()} == set(FILES)
-    await cache.run_dir(digest, tmp_path / "run2")
-    assert rpc.calls == 1  # fetched and extracted once
+    assert _tree(run) == FILES
+    # A trial changes its copy: the next attempt gets the archive's content, unfetched.
+    (run / "train.py").write_text("import os; os.system('evil')")
+    assert _tree(await cache.run_dir(digest, tmp_path / "run2")) == FILES
+    assert rpc.calls == 1
+    # Someone alters the cached archive: it no longer hashes to its name, so it is
+    # fetched again, never used.
+    archive_path(tmp_path / "contexts", digest).write_bytes(_context({"train.py": "evil"}))
+    assert _tree(await cache.run_dir(digest, tmp_path / "run3")) == FILES
+    assert rpc.calls == 2
+    assert read_archive(tmp_path / "contexts", digest) == data
+
+
+async def test_the_worker_cache_refuses_a_reply_that_does_not_match_the_hash(
+    tmp_path: Path,
+) -> None:
+    rpc = _FakeRpc(_context({"train.py": "evil"}))
+    cache = ContextCache(rpc, tmp_path / "contexts")  # type: ignore[arg-type]
+    with pytest.raises(ContextUnavailableError, match="content hash mismatch"):
+        await cache.run_dir(context_hash(_context(FILES)), tmp_path / "run")
+    with pytest.raises(ContextUnavailableError, match="not a context hash"):
+        await cache.run_dir("../" * 100, tmp_path / "run")
 
 
 def test_a_directory_packs_to_the_same_bytes_whenever_it_is_packed(

@@ -54,7 +54,14 @@ def test_definitions_mirror_the_topology() -> None:
         (b.exchange, b.queue, b.routing_key) for b in topology.bindings
     }
     users = {u["name"]: u for u in document["users"]}
-    assert set(users) == {"rung-searcher", "rung-worker", "gpu-1", "rung-client", "rung-monitor"}
+    assert set(users) == {
+        "rung-searcher",
+        "rung-worker",
+        "gpu-1",
+        "rung-client",
+        "rung-operator",
+        "rung-monitor",
+    }
     assert all(u["password_hash"] == "" for u in users.values())  # set them after import
     assert users["rung-monitor"]["tags"] == ["monitoring"]
 

@@ -232,7 +232,7 @@ def test_only_the_dead_lettering_quorum_queues_get_the_brokers_limit() -> None:
         if "x-delivery-limit" in q.declare_arguments()
     }
     assert limited == dict.fromkeys(
-        (topology.work_queue, topology.events_queue, topology.rpc_queue), BROKER_DELIVERY_LIMIT
+        (*topology.work_queues, topology.events_queue, topology.rpc_queue), BROKER_DELIVERY_LIMIT
     )
     # Never on the dead queue: rung dlq list takes and puts back every letter each time.
     assert (

@@ -26,6 +26,7 @@ from rung.broker.schemas import (
 from rung.broker.schemas.envelope import Body
 from rung.searcher.config import parse_config
 from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
+from rung.searcher.eventlog.seen import WINDOW
 from rung.searcher.experiment import Experiment
 from rung.searcher.host import ExperimentBrokenError, ExperimentHost
 from rung.searcher.testing import scripted_event
@@ -119,7 +120,7 @@ def test_a_method_that_raises_fails_the_experiment_and_kills_its_running_trials(
         == before["experiment"]["method"]["validations"]
     )
     kills = [c for c in step.commands if isinstance(c.body, KillTrial)]
-    assert sorted(c.body.trial_id for c in kills) == [1, 2]
+    assert sorted(getattr(c.body, "trial_id", 0) for c in kills) == [1, 2]
     assert all(c.worker_id == "w" for c in kills)
     assert [op.model_dump() for op in step.ops] == [
         {"type": "shutdown", "cancel": False, "failure": True}
@@ -149,7 +150,9 @@ def test_an_errored_experiment_queues_no_crashed_trial_and_kill_stops_it_again(
     assert host.run.by_id[2].state == "CANCELED"
     # A user's kill is not refused: trial 1's process has not exited, it is killed again.
     kill = host.apply(ControlExperiment(experiment_id=EID, action="kill"), "kill", at=0)
-    assert [(c.body.type, c.body.trial_id) for c in kill.step.commands] == [("kill_trial", 1)]
+    assert [(c.body.type, getattr(c.body, "trial_id", None)) for c in kill.step.commands] == [
+        ("kill_trial", 1)
+    ]
     assert kill.step.ignored is None
     assert live(host) == folded(host)
 
@@ -250,14 +253,14 @@ def test_the_fold_of_a_log_whose_input_now_raises_fails_there(
     seq, reason, step = replayed.failure
     assert seq == 6
     assert reason == "ValueError: metric 2.0 is above 0.9"
-    assert sorted(c.body.trial_id for c in step.commands) == [1, 2]
+    assert sorted(getattr(c.body, "trial_id", 0) for c in step.commands) == [1, 2]
     # A searcher recovering it writes the failure down and sends the kills.
     reopened = ExperimentHost.open(host.log.path, owner="second", context_root=None)
     assert reopened is not None
     opened.append(reopened)
     assert reopened.run.state == "ERROR"
     kills = reopened.outbox[-1].commands
-    assert sorted((c.body.type, c.body.trial_id) for c in kills) == [
+    assert sorted((c.body.type, getattr(c.body, "trial_id", None)) for c in kills) == [
         ("kill_trial", 1),
         ("kill_trial", 2),
     ]
@@ -271,7 +274,7 @@ def test_the_fold_of_a_log_whose_input_now_raises_fails_there(
     again = ExperimentHost.open(host.log.path, owner="third", context_root=None)
     assert again is not None
     opened.append(again)
-    assert [c.body.trial_id for c in again.outbox[-1].commands] == [1, 2]
+    assert [getattr(c.body, "trial_id", None) for c in again.outbox[-1].commands] == [1, 2]
     assert len(read_log(again.log.path)) == records + 1  # its owner record only
 
 
@@ -300,3 +303,51 @@ def test_controls_other_than_kill_are_refused_on_a_failed_experiment(
     opened.append(host)
     applied = host.apply(ControlExperiment(experiment_id=EID, action=action), "c", at=0)
     assert applied.step.ignored == f"{action}: the experiment has ended (ERROR)"
+
+
+def test_the_applied_ids_stay_bounded_and_a_restart_reads_them_from_the_snapshot(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config())
+    start_all(host)
+    ids = {"experiment_id": EID, "trial_id": 1, "attempt": 1, "worker_id": "w"}
+    # A long trial's reports; its worker's other messages (heartbeats, other
+    # experiments) take the numbers in between.
+    for n in range(1, 12_001):
+        host.apply(ProgressReported(**ids, units=0.1), f"w/s1/{3 * n}", at=0)
+    assert len(host.seen) <= 2 * WINDOW  # not 12,000
+    snapshot = host.snapshot_due(1)
+    assert snapshot is not None
+    assert snapshot.state["seen"]["v"] == 2
+    host.log.write_snapshot(EID, snapshot.state)
+    host.apply(ProgressReported(**ids, units=0.1), "w/s1/36003", at=0)  # after the snapshot
+    host.close()
+    reopened = ExperimentHost.open(host.log.path, owner="second", context_root=None)
+    assert reopened is not None
+    opened.append(reopened)
+    assert reopened.log.snapshot is not None
+    for message_id in ("w/s1/3", "w/s1/36000", "w/s1/36003", f"{EID}/start"):
+        assert message_id in reopened.seen
+        assert reopened.apply(ProgressReported(**ids, units=0.1), message_id, at=0).duplicate
+    assert "w/s1/36006" not in reopened.seen
+    assert live(reopened) == folded(reopened)
+
+
+def test_the_host_knows_when_its_experiment_ended(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config())
+    opened.append(host)
+    start_all(host)
+    running_since = host.ended_at
+    assert running_since is None
+    host.apply(ControlExperiment(experiment_id=EID, action="kill"), "kill", at=1234.0)
+    assert host.run.state == "CANCELED"
+    assert host.ended_at == 1234.0
+    host.close()
+    opened.remove(host)
+    reopened = ExperimentHost.open(host.log.path, owner="second", context_root=None)
+    assert reopened is not None
+    opened.append(reopened)
+    assert reopened.ended_at is not None
+    assert reopened.ended_at >= 1234.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,15 @@ from pathlib import Path
 import pytest
 
 import rung as det
+from rung.broker.limits import (
+    CHANNEL_REQUEST_BYTES,
+    MAX_CHECKPOINT_METADATA_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_METRICS_BYTES,
+)
+from rung.worker.core._channel import Channel, ChannelError
 from rung.worker.core._checkpoint import CheckpointContext, CheckpointStorageError
-from rung.worker.core._validate import check_metrics
+from rung.worker.core._validate import MAX_VALUE_DEPTH, check_metrics, json_depth
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,7 +76,141 @@ def test_checkpoints_are_atomic_and_need_steps_completed(tmp_path: Path) -> None
     [
         ({"a": {"b": object()}}, "metric 'a.b' has type object"),
         ({"x": object()}, "metric 'x' has type object"),
-        ({"big": "x" * 300_000}, "over the 262144 limit"),
+        ({"big": "x" * 300_000}, r"over the 262144-byte limit \(MAX_METRICS_BYTES\)"),
+        (
+            {
+                "deep": [
+                    [
+                        [
+                            [
+                                [
+                                    [
+                                        [
+                                            [
+                                                [
+                                                    [
+                                                        [
+                                                            [
+                                                                [
+                                                                    [
+                                                                        [
+                                                                            [
+                                                                                [
+                                                                                    [
+                                                                                        [
+                                                                                            [
+                                                                                                [
+                                                                                                    [
+                                                                                                        [
+                                                                                                            [
+                                                                                                                [
+                                                                                                                    [
+                                                                                                                        [
+                                                                                                                            [
+                                                                                                                                [
+                                                                                                                                    [
+                                                                                                                                        [
+                                                                                                                                            [
+                                                                                                                                                [
+                                                                                                                                                    [
+                                                                                                                                                        [
+                                                                                                                                                            [
+                                                                                                                                                                [
+                                                                                                                                                                    [
+                                                                                                                                                                        [
+                                                                                                                                                                            [
+                                                                                                                                                                                [
+                                                                                                                                                                                    [
+                                                                                                                                                                                        [
+                                                                                                                                                                                            [
+                                                                                                                                                                                                [
+                                                                                                                                                                                                    [
+                                                                                                                                                                                                        [
+                                                                                                                                                                                                            [
+                                                                                                                                                                                                                [
+                                                                                                                                                                                                                    [
+                                                                                                                                                                                                                        [
+                                                                                                                                                                                                                            [
+                                                                                                                                                                                                                                [
+                                                                                                                                                                                                                                    [
+                                                                                                                                                                                                                                        [
+                                                                                                                                                                                                                                            [
+                                                                                                                                                                                                                                                [
+                                                                                                                                                                                                                                                    [
+                                                                                                                                                                                                                                                        [
+                                                                                                                                                                                                                                                            [
+                                                                                                                                                                                                                                                                [
+                                                                                                                                                                                                                                                                    [
+                                                                                                                                                                                                                                                                        [
+                                                                                                                                                                                                                                                                            [
+                                                                                                                                                                                                                                                                                1
+                                                                                                                                                                                                                                                                            ]
+                                                                                                                                                                                                                                                                        ]
+                                                                                                                                                                                                                                                                    ]
+                                                                                                                                                                                                                                                                ]
+                                                                                                                                                                                                                                                            ]
+                                                                                                                                                                                                                                                        ]
+                                                                                                                                                                                                                                                    ]
+                                                                                                                                                                                                                                                ]
+                                                                                                                                                                                                                                            ]
+                                                                                                                                                                                                                                        ]
+                                                                                                                                                                                                                                    ]
+                                                                                                                                                                                                                                ]
+                                                                                                                                                                                                                            ]
+                                                                                                                                                                                                                        ]
+                                                                                                                                                                                                                    ]
+                                                                                                                                                                                                                ]
+                                                                                                                                                                                                            ]
+                                                                                                                                                                                                        ]
+                                                                                                                                                                                                    ]
+                                                                                                                                                                                                ]
+                                                                                                                                                                                            ]
+                                                                                                                                                                                        ]
+                                                                                                                                                                                    ]
+                                                                                                                                                                                ]
+                                                                                                                                                                            ]
+                                                                                                                                                                        ]
+                                                                                                                                                                    ]
+                                                                                                                                                                ]
+                                                                                                                                                            ]
+                                                                                                                                                        ]
+                                                                                                                                                    ]
+                                                                                                                                                ]
+                                                                                                                                            ]
+                                                                                                                                        ]
+                                                                                                                                    ]
+                                                                                                                                ]
+                                                                                                                            ]
+                                                                                                                        ]
+                                                                                                                    ]
+                                                                                                                ]
+                                                                                                            ]
+                                                                                                        ]
+                                                                                                    ]
+                                                                                                ]
+                                                                                            ]
+                                                                                        ]
+                                                                                    ]
+                                                                                ]
+                                                                            ]
+                                                                        ]
+                                                                    ]
+                                                                ]
+                                                            ]
+                                                        ]
+                                                    ]
+                                                ]
+                                            ]
+                                        ]
+                                    ]
+                                ]
+                            ]
+                        ]
+                    ]
+                ]
+            },
+            "MAX_JSON_DEPTH",
+        ),
     ],
 )
 def test_metrics_are_checked(metrics: dict[str, object], message: str) -> None:
@@ -126,3 +269,52 @@ def test_a_checkpoint_root_that_cannot_exist_names_the_path(tmp_path: Path) -> N
     with pytest.raises(CheckpointStorageError, match="not-a-directory") as caught:
         save()
     assert "was not saved" in str(caught.value)
+
+
+def test_metrics_up_to_the_limit_fit_the_channel() -> None:
+    """Metrics between 64 and 256 KiB passed the check but closed the channel (issue 16)."""
+    overhead = len('{"blob": ""}')
+    metrics = check_metrics({"blob": "é" * ((MAX_METRICS_BYTES - overhead) // 6)})
+    request = {"op": "metrics", "group": "validation", "steps_completed": 10**12}
+    assert len(json.dumps({**request, "metrics": metrics})) + 1 < CHANNEL_REQUEST_BYTES
+
+
+def test_json_depth_is_counted_without_recursion() -> None:
+    assert json_depth(1) == 0
+    assert json_depth({"a": [1, {"b": []}]}) == 4
+    deep: list[object] = []
+    for _ in range(200_000):
+        deep = [deep]
+    assert json_depth(deep) == MAX_JSON_DEPTH + 1  # it stops counting there
+    assert MAX_VALUE_DEPTH < MAX_JSON_DEPTH  # room for the event around the metrics
+    with pytest.raises(ValueError, match="MAX_JSON_DEPTH"):
+        check_metrics({"deep": deep})
+
+
+def test_checkpoint_metadata_is_bounded(tmp_path: Path) -> None:
+    context = CheckpointContext(tmp_path, lambda *_: None)
+    big = {"steps_completed": 1, "notes": "n" * MAX_CHECKPOINT_METADATA_BYTES}
+    with (
+        pytest.raises(ValueError, match=r"\(MAX_CHECKPOINT_METADATA_BYTES\)"),
+        context.store_path(big),
+    ):
+        pass
+    deep: dict[str, object] = {"steps_completed": 1}
+    for _ in range(MAX_VALUE_DEPTH):
+        deep = {"steps_completed": 1, "d": deep}
+    with pytest.raises(ValueError, match="MAX_JSON_DEPTH"), context.store_path(deep):
+        pass
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_an_overlong_request_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        channel = Channel(str(path))
+        try:
+            with pytest.raises(ChannelError, match=r"\(CHANNEL_REQUEST_BYTES\)"):
+                channel.request("metrics", blob="x" * CHANNEL_REQUEST_BYTES)
+        finally:
+            channel.close()

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from rung.broker.schemas import OpCompleted, RunTrial
+from rung.broker.limits import (
+    CHANNEL_REQUEST_BYTES,
+    MAX_CHECKPOINT_METADATA_BYTES,
+    MAX_METRICS_BYTES,
+)
+from rung.broker.schemas import ExitReason, OpCompleted, RunTrial, TrialExited
 from rung.broker.schemas.envelope import Body
-from rung.worker.trial_run import TrialRun
+from rung.worker.output import LineSplitter
+from rung.worker.trial_run import TrialRun, _read_request
 from tests.support import wait_for
 
 
@@ -67,7 +73,11 @@ def test_environment_pins_gpus_and_drops_broker_credentials(
     assert "secret" not in json.dumps(env)
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     info = json.loads(env["RUNG_TRIAL_INFO"])
-    assert (info["trial_id"], info["attempt"], info["latest_checkpoint"]) == (3, 2, "00000000-0000-4000-8000-00000000000c")
+    assert (info["trial_id"], info["attempt"], info["latest_checkpoint"]) == (
+        3,
+        2,
+        "00000000-0000-4000-8000-00000000000c",
+    )
     assert info["hparams"] == {"lr": 0.1}
     assert make(tmp_path, ["x"], [])._environment()["CUDA_VISIBLE_DEVICES"] == ""
 
@@ -111,3 +121,91 @@ async def test_a_trial_waiting_for_an_answer_re_sends_its_completion(tmp_path: P
     run.continue_to(15)
     assert await run._handle({"op": "next_op"}) == {"length": 15}
     assert len(sent) == asked
+
+
+# ---------------------------------------------------------------------- issue 16
+def test_the_environment_is_an_allowlist_with_the_operators_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_BROKER_PASSWORD", "secret")
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    monkeypatch.setenv("HF_HOME", "/cache/hf")
+    env = make(tmp_path, ["x"], [])._environment()
+    assert "WANDB_API_KEY" not in env  # a denylist passed whatever it did not name
+    assert "RUNG_BROKER_PASSWORD" not in env
+    assert env["HF_HOME"] == "/cache/hf"
+    run = make(tmp_path, ["x"], [])
+    run.trial_env_allow = ("WANDB_API_KEY", "RUNG_BROKER_PASSWORD")
+    env = run._environment()
+    assert env["WANDB_API_KEY"] == "k"
+    assert "RUNG_BROKER_PASSWORD" not in env  # never, whatever an operator allows
+
+
+async def test_the_worker_checks_core_api_requests_again(tmp_path: Path) -> None:
+    """A script can write raw JSON to its socket: the limits hold on the worker's side."""
+    sent: list[tuple[Body, str]] = []
+    run = make(tmp_path, ["x"], [], sent)
+    ok = {"op": "checkpoint", "steps_completed": 1, "size_bytes": 1}
+    good_uuid = "00000000-0000-4000-8000-000000000001"
+    cases = {
+        "UUID_PATTERN": {**ok, "uuid": "../../etc/passwd", "metadata": {}},
+        "MAX_CHECKPOINT_METADATA_BYTES": {
+            **ok,
+            "uuid": good_uuid,
+            "metadata": {"n": "x" * MAX_CHECKPOINT_METADATA_BYTES},
+        },
+        "MAX_METRICS_BYTES": {
+            "op": "metrics",
+            "group": "training",
+            "steps_completed": 1,
+            "metrics": {"n": "x" * MAX_METRICS_BYTES},
+        },
+        "MAX_JSON_DEPTH": {
+            "op": "metrics",
+            "group": "training",
+            "steps_completed": 1,
+            "metrics": {"n": json.loads("[" * 70 + "]" * 70)},
+        },
+    }
+    for limit, request in cases.items():
+        reply = await run._reply(json.dumps(request).encode())
+        assert limit in reply["error"], reply
+    assert sent == []
+    assert await run._reply(json.dumps({**ok, "uuid": good_uuid, "metadata": {}}).encode()) == {}
+    assert "JSON object" in (await run._reply(b"[1]\n"))["error"]
+    assert "MAX_JSON_DEPTH" in (await run._reply(b"[" * 200_000 + b"]" * 200_000))["error"]
+    assert "CHANNEL_REQUEST_BYTES" in (await run._reply(None))["error"]
+
+
+async def test_an_overlong_request_is_skipped_to_its_end() -> None:
+    reader = asyncio.StreamReader(limit=CHANNEL_REQUEST_BYTES)
+    reader.feed_data(b"x" * (3 * CHANNEL_REQUEST_BYTES))
+    reader.feed_data(b"yyy\n" + b'{"op": "should_preempt"}\n' + b"z" * 10 + b"\n")
+    reader.feed_eof()
+    assert await _read_request(reader) is None
+    assert await _read_request(reader) == b'{"op": "should_preempt"}\n'
+    assert await _read_request(reader) == b"z" * 10 + b"\n"
+    assert await _read_request(reader) == b""
+
+
+async def test_a_failure_reading_the_output_still_ends_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong while supervising, wait() kills and reaps the process and
+    sends trial_exited, once."""
+    (tmp_path / "train.py").write_text("import time\nprint('hi', flush=True)\ntime.sleep(600)\n")
+
+    def broken(self: LineSplitter, data: bytes) -> list[str]:
+        raise RuntimeError("the splitter broke")
+
+    monkeypatch.setattr(LineSplitter, "feed", broken)
+    sent: list[tuple[Body, str]] = []
+    run = make(tmp_path, ["python3", "train.py"], [], sent)
+    run.cmd = run.cmd.model_copy(update={"latest_checkpoint": None})
+    assert await run.start()
+    assert await asyncio.wait_for(run.wait(), timeout=60) is ExitReason.ERRORED
+    assert run.process is not None
+    assert run.process.returncode is not None
+    exits = [body for body, _ in sent if isinstance(body, TrialExited)]
+    assert len(exits) == 1
+    assert "could not read its output" in exits[0].message
