@@ -130,7 +130,9 @@ async def _measure(broker: Broker, state: Path, count: int) -> dict[str, Any]:
         b = (await client.create_experiment(CONFIG, context))["experiment_id"]
         await _until(lambda: len(worker.work) == 2)
         for experiment_id in (a, b):
-            await worker.send(TrialStarted(**_ids(experiment_id), slots=1))
+            # The start echoes its run_trial's token, as a worker does.
+            token = next(w.start_token for w in worker.work if w.experiment_id == experiment_id)
+            await worker.send(TrialStarted(**_ids(experiment_id), slots=1, start_token=token))
         await _until(
             lambda: all(service.experiments[e].host.run.by_id[1].worker_id for e in (a, b))
         )

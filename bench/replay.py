@@ -68,13 +68,13 @@ def _make_log(path: Path, records: int) -> int:
         },
     }
     config = parse_config(raw).config
-    run = ExperimentRun("bench", Experiment(config), context_hash="h", checkpoint_root="/c")
+    run = ExperimentRun("bench", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
     unfinished: dict[str, TrialRuntime] = {}  # scripted_event would scan every trial
     seen: set[str] = set()
     created = CreatedRecord(
         seq=1,
         experiment_id="bench",
-        context_hash="h",
+        context_hash="0" * 64,
         checkpoint_root="/c",
         config=config.model_dump(mode="json", by_alias=True),
     )

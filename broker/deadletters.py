@@ -21,8 +21,10 @@ validated ``user_id``. ``peek`` lists them and leaves them there; ``requeue`` se
 back, and refuses what it cannot vouch for: a letter neither the searcher nor the broker
 moved, one that does not decode, a message whose type does not belong to the queue it
 died in, a command (``run_trial``) the searcher did not send. Nothing a worker or client
-sent ever becomes a command. An event or request goes back with its original sender in
-``x-rung-original-user``, for the searcher to check it as that user's.
+sent ever becomes a command. A command goes back through the searcher, the one role that
+writes the commands exchange: ``requeue`` asks it (``ResendCommand``) to publish again
+what its log holds under the letter's message id. An event or request goes back with its
+original sender in ``x-rung-original-user``, for the searcher to check it as that user's.
 """
 
 from __future__ import annotations
@@ -41,18 +43,25 @@ from rung.broker.port import (
     Delivery,
     Subscription,
 )
+from rung.broker.rpc import RpcClient, RpcTimeoutError
 from rung.broker.schemas import (
     CheckpointSaved,
+    CloseTrial,
+    ContinueTrial,
     ControlExperiment,
     ControlTrial,
     CreateExperiment,
+    DeleteCheckpoints,
     DescribeExperiment,
     GetContext,
+    KillTrial,
     ListExperiments,
     ListWorkers,
     LogLines,
     MetricsReported,
     OpCompleted,
+    PauseTrial,
+    PreemptTrial,
     ProgressReported,
     ReadRecords,
     ReadTrialLogs,
@@ -63,6 +72,7 @@ from rung.broker.schemas import (
     WorkerLost,
     decode,
 )
+from rung.broker.schemas.rpc import ResendCommand
 
 __all__ = [
     "DEAD_QUEUE_HEADER",
@@ -118,6 +128,17 @@ _REQUESTS = (
     ListWorkers,
 )
 
+# What only the searcher sends: sent back by the searcher itself (ResendCommand).
+_COMMANDS = (
+    RunTrial,
+    ContinueTrial,
+    PauseTrial,
+    CloseTrial,
+    PreemptTrial,
+    KillTrial,
+    DeleteCheckpoints,
+)
+
 # How a dead letter's origin is known: "searcher" (it moved it, and the broker validated
 # that it did), "broker" (its own dead-lettering: x-death), "unknown" (neither: its
 # headers are claims, and nothing of it is sent back).
@@ -130,7 +151,10 @@ class DeadLetterError(BrokerError):
 
 def searcher_user_for(operator_user: str | None) -> str:
     """The searcher's broker user, as ``broker.definitions`` names it beside an operator's
-    (``<prefix>operator`` -> ``<prefix>searcher``); ``rung-searcher`` otherwise."""
+    (``<prefix>operator`` -> ``<prefix>searcher``); ``guest`` beside ``guest`` (a
+    development broker where one user plays every role); ``rung-searcher`` otherwise."""
+    if operator_user == "guest":
+        return operator_user
     if operator_user and operator_user.endswith("operator"):
         return operator_user[: -len("operator")] + "searcher"
     return "rung-searcher"
@@ -285,24 +309,19 @@ def _destination(
             f"{name} has no validated sender (no user_id): nobody vouches for it, and it "
             "is not sent back"
         )
-    work_keys = {
-        b.queue: b.routing_key
-        for b in t.bindings
-        if b.exchange == t.commands_exchange and b.queue in t.work_queues
-    }
-    if isinstance(body, RunTrial):
-        if letter.queue not in work_keys:
+    if isinstance(body, _COMMANDS):
+        if letter.queue in (t.events_queue, t.rpc_queue, t.heartbeats_queue, t.dead_queue):
             raise DeadLetterError(
-                f"{name} is a run_trial that died in {letter.queue or 'an unknown queue'}, "
-                "not in a work queue: it is not sent anywhere"
+                f"{name} is a {body.type} that died in {letter.queue or 'an unknown queue'}, "
+                "not in a work queue or a worker's control queue: it is not sent anywhere"
             )
         if letter.sender != searcher_user:
             raise DeadLetterError(
-                f"{name} is a run_trial sent by {letter.sender!r}, not by the searcher "
+                f"{name} is a {body.type} sent by {letter.sender!r}, not by the searcher "
                 f"({searcher_user!r}): only the searcher's commands are sent back, and "
                 "nothing anyone else sent ever becomes a command"
             )
-        return t.commands_exchange, work_keys[letter.queue]
+        return t.commands_exchange, ""  # the searcher sends it again: ResendCommand
     if letter.queue == t.events_queue and isinstance(body, _EVENTS):
         return t.events_exchange, t.EVENTS_KEY
     if letter.queue == t.rpc_queue and isinstance(body, _REQUESTS):
@@ -314,18 +333,36 @@ def _destination(
     )
 
 
+async def _resend_command(broker: Broker, message_id: str, timeout_s: float) -> None:
+    """Ask the searcher to publish again the command it logged as ``message_id``."""
+    rpc = RpcClient(broker)
+    try:
+        reply = await rpc.call(ResendCommand(message_id=message_id), timeout=timeout_s)
+    except RpcTimeoutError as exc:
+        raise DeadLetterError(
+            f"command {message_id!r} goes back through the searcher, which did not answer: {exc}"
+        ) from None
+    if not reply.ok:
+        why = reply.error.message if reply.error is not None else "no reason given"
+        raise DeadLetterError(f"the searcher did not send command {message_id!r} again: {why}")
+
+
 async def requeue(
     broker: Broker,
     message_id: str,
     *,
     searcher_user: str | None = None,
     quiet_s: float = 0.5,
+    rpc_timeout_s: float = 30.0,
 ) -> DeadLetter:
     """Send one dead letter back to the queue it died in; it leaves the dead queue.
 
-    It goes out as this connection's user (an operator), with the validated user_id of
-    its original sender in ``x-rung-original-user``. Raises :class:`DeadLetterError`,
-    with the reason, for what may not go back; the letter then stays in the dead queue.
+    An event or request goes out as this connection's user (an operator), with the
+    validated user_id of its original sender in ``x-rung-original-user``. A command the
+    searcher sent goes back through the searcher: it publishes again the command its log
+    holds under the letter's message id (``ResendCommand``; an operator may not write the
+    commands exchange). Raises :class:`DeadLetterError`, with the reason, for what may
+    not go back; the letter then stays in the dead queue.
     """
     searcher = broker.username if searcher_user is None else searcher_user
     held, subscription = await _hold_all(broker, quiet_s)
@@ -338,9 +375,12 @@ async def requeue(
             )
         letter = DeadLetter.of(match, searcher_user=searcher, operator_user=broker.username)
         exchange, key = _destination(broker, letter, match, searcher or "")
-        headers = {k: v for k, v in match.headers.items() if k not in _DEAD_HEADERS}
-        headers[ORIGINAL_USER_HEADER] = letter.sender
-        await broker.publish(exchange, key, match.body, message_id=message_id, headers=headers)
+        if exchange == broker.topology.commands_exchange:
+            await _resend_command(broker, message_id, rpc_timeout_s)
+        else:
+            headers = {k: v for k, v in match.headers.items() if k not in _DEAD_HEADERS}
+            headers[ORIGINAL_USER_HEADER] = letter.sender
+            await broker.publish(exchange, key, match.body, message_id=message_id, headers=headers)
         await match.ack()
         held.remove(match)
         return letter

@@ -24,12 +24,14 @@ output (a test keeps the two equal), so the broker's configuration cannot drift 
 * **clients**: send requests to the searcher and read the live feeds, through queues of
   their own.
 * **operator**: what a client may, and the dead queue: read (list, take) and purge it,
-  and send a dead letter back: write on the commands exchange with the work keys only
-  (never a worker's control key), on the events exchange with the key ``events`` only
-  (never a heartbeat, never a worker's own key), and on the rpc exchange. ``rung dlq
-  requeue`` decides what may go back (``broker.deadletters``): a command only if the
-  searcher sent it, an event or request only with its original sender named in
-  ``x-rung-original-user``, which the searcher then checks it against.
+  and send a dead letter back: on the events exchange with the key ``events`` only
+  (never a heartbeat, never a worker's own key), and on the rpc exchange. It may not
+  write the commands exchange at all: a dead command goes back through the searcher
+  (``ResendCommand``), which publishes again what its log holds under that message id.
+  ``rung dlq requeue`` decides what may go back (``broker.deadletters``): a command only
+  if the searcher sent it (and resends it), an event or request only with its original
+  sender named in ``x-rung-original-user``, which the searcher then checks it against.
+  Workers run commands only from the searcher's user (they check the ``user_id``).
 * **monitor**: the management API's ``monitoring`` tag and no AMQP rights at all (KEDA
   reads the work queue's depth with it).
 
@@ -142,12 +144,7 @@ def definitions(
         permission(
             names["operator"],
             _any(_PRIVATE),
-            _any(
-                e(t.commands_exchange),
-                e(t.events_exchange),
-                e(t.rpc_exchange),
-                _PRIVATE,
-            ),
+            _any(e(t.events_exchange), e(t.rpc_exchange), _PRIVATE),
             _any(e(t.dead_queue), e(t.feed_exchange), _PRIVATE),
         ),
         permission(names["monitor"], "^$", "^$", "^$"),
@@ -174,15 +171,8 @@ def definitions(
                 },
             )
         ),
-        # The operator sends dead letters back: run_trial to a work queue, an event to the
-        # searcher. Never a control command to a worker, never a heartbeat.
-        {
-            "user": names["operator"],
-            "vhost": vhost,
-            "exchange": t.commands_exchange,
-            "write": _any(*work_keys),
-            "read": "^$",
-        },
+        # The operator sends an event back to the searcher; never a heartbeat, and never
+        # a command (a dead command goes back through the searcher: ResendCommand).
         {
             "user": names["operator"],
             "vhost": vhost,

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_SLOTS_PER_TRIAL",
     "MAX_TRIAL_LOG_BYTES",
     "MAX_WORKERS_TRACKED",
+    "START_TOKEN_PATTERN",
     "TRIAL_LOG_BURST_BYTES",
     "TRIAL_LOG_BYTES_PER_S",
     "UUID_PATTERN",
@@ -104,6 +105,8 @@ MAX_WORKERS_TRACKED: Final = 4096
 # ------------------------------------------------------------------ formats
 CONTEXT_HASH_PATTERN: Final = r"^[0-9a-f]{64}$"
 UUID_PATTERN: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# A trial attempt's start token (RunTrial, echoed by its TrialStarted).
+START_TOKEN_PATTERN: Final = r"^[0-9a-f]{32}$"  # noqa: S105 (a format, not a secret)
 
 _CONTEXT_HASH = re.compile(CONTEXT_HASH_PATTERN)
 _UUID = re.compile(UUID_PATTERN)

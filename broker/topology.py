@@ -20,12 +20,15 @@ kills its consumer; a handler that raises is stopped sooner by the adapters' own
 queues, where the broker counts nothing).
 
 Work is split by size, so that no trial blocks a worker from work that fits it (no
-head-of-line blocking): a ``RunTrial`` needing ``n`` slots goes to the bucket of the
-smallest power of two ``b >= n`` (:func:`work_key`; 0 and 1 slot go to ``work``), and a
-worker with ``N`` slots consumes exactly the buckets with ``b <= N``, each only while it
-has ``b`` slots free. A trial no worker can fit waits in its bucket, where only a worker
-large enough will ever look; ``slots_per_trial`` above :data:`MAX_SLOTS_PER_TRIAL` (the
-largest bucket) is refused when the experiment is created.
+head-of-line blocking): a ``RunTrial`` needing ``n`` slots goes to the smallest bucket
+``b >= n`` (:func:`work_key`; 0 and 1 slot go to ``work``), and a worker with ``N`` slots
+consumes exactly the buckets with ``b <= N``, each only while it has ``b`` slots free. The
+buckets are every size from 2 to 8 (machines have 1 to 8 GPUs, and an odd count such as 3
+or 6 must still take trials of its own size), then 16, 32 and 64: a trial of 9 to 16
+slots needs a worker of at least 16. A trial no worker can fit waits in its bucket,
+where only a worker large enough will ever look; ``slots_per_trial`` above
+:data:`MAX_SLOTS_PER_TRIAL` (the largest bucket) is refused when the experiment is
+created.
 
 The dead queue is bounded (:data:`DEAD_QUEUE_MAX_LENGTH`, ``x-overflow: drop-head``): past
 the bound the oldest dead letters are dropped, never the new one. ``reject-publish``
@@ -77,13 +80,16 @@ BROKER_DELIVERY_LIMIT = 20
 # The work buckets above the plain work queue (trials of 0 or 1 slot): a trial of n > 1
 # slots goes to the smallest bucket b >= n. The largest bucket is the most slots a trial
 # may ask for (the experiment config refuses more).
-WORK_BUCKETS: tuple[int, ...] = tuple(2**k for k in range(1, MAX_SLOTS_PER_TRIAL.bit_length()))
+WORK_BUCKETS: tuple[int, ...] = (
+    *range(2, 9),
+    *(2**k for k in range(4, MAX_SLOTS_PER_TRIAL.bit_length())),
+)
 _WORK_KEY = "work"
 
 
 def work_bucket(slots: int) -> int:
     """The bucket of a trial that needs ``slots`` slots: 1 for 0 or 1 slot (the plain work
-    queue), else the smallest power of two at least ``slots``. Above
+    queue), else the smallest of :data:`WORK_BUCKETS` at least ``slots``. Above
     :data:`MAX_SLOTS_PER_TRIAL` (which the config refuses; a forged or old message) it is
     the largest bucket, whose consumers dead-letter what they can never fit."""
     if slots <= 1:

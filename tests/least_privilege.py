@@ -57,7 +57,8 @@ def least_privilege_vhost() -> Iterator[LeastPrivilege]:
         namespace="rung",
         users_prefix=f"{tag}-",
         workers=(f"{tag}-w1", f"{tag}-w2"),
-        password=secrets.token_urlsafe(16),
+        # Hex: never starts with "-", which rabbitmqctl would read as an option.
+        password=secrets.token_hex(16),
     )
     document = definitions(
         setup.topology,

@@ -10,6 +10,11 @@ acknowledged as soon as the trial has started and ``trial_started`` is confirmed
 trial that trains for days never trips RabbitMQ's ``consumer_timeout``; from then on the
 trial's own events report its life. Commands for a running trial come on this worker's
 private control queue, which disappears with the worker.
+
+A command is run only if the broker vouches that the searcher sent it: its validated
+``user_id`` is the searcher's broker user (``searcher_user``). Work from anyone else is
+dead-lettered, a control message dropped, each with the reason in the log. Where no
+broker vouches for users (the in-memory broker), everything is local and accepted.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from rung.worker.privileges import TrialUser
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 
-__all__ = ["Worker", "default_worker_id"]
+__all__ = ["Worker", "default_worker_id", "searcher_user_for_worker"]
 
 
 def default_worker_id(username: str | None = None) -> str:
@@ -65,6 +70,21 @@ def default_worker_id(username: str | None = None) -> str:
     ``--verify-worker-users`` allow it (a pool of workers can share one user)."""
     base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     return f"{username}.{base}" if username and username != "guest" else base
+
+
+def searcher_user_for_worker(worker_user: str | None) -> str | None:
+    """The searcher's broker user, by the naming rule of ``rung broker-definitions``,
+    beside a worker's own: ``<prefix>worker`` -> ``<prefix>searcher``; ``guest`` (a
+    development broker where one user plays every role) -> ``guest``; a dedicated worker
+    user -> ``rung-searcher`` (pass ``--searcher-user`` for another prefix); None where
+    no broker vouches for users."""
+    if worker_user is None:
+        return None
+    if worker_user == "guest":
+        return worker_user
+    if worker_user.endswith("worker"):
+        return worker_user.removesuffix("worker") + "searcher"
+    return "rung-searcher"
 
 
 class Worker:
@@ -82,8 +102,15 @@ class Worker:
         health_file: Path | None = None,
         trial_env_allow: Iterable[str] = (),
         trial_user: TrialUser | None = None,
+        searcher_user: str | None = None,
+        checkpoint_storage: Path | None = None,
     ) -> None:
         self.broker = broker
+        # Commands are believed only from this broker user (the searcher's): the broker
+        # validates every message's user_id. None where no broker vouches for users.
+        self.searcher_user = searcher_user or searcher_user_for_worker(broker.username)
+        # Checkpoint deletion stays inside this directory (rung worker --checkpoint-storage).
+        self.checkpoint_storage = checkpoint_storage
         # Touched after every heartbeat the broker confirmed (rung healthcheck reads it).
         self.health_file = health_file
         self.worker_id = worker_id or default_worker_id(broker.username)
@@ -261,11 +288,32 @@ class Worker:
         return handle
 
     # ------------------------------------------------------------------ work
+    def _forged(self, delivery: Delivery) -> str | None:
+        """Why ``delivery`` is not a command of the searcher's, or None if it is.
+
+        The broker stamps (and checks) the publisher's user on every message; only the
+        searcher's user sends commands. Where no broker vouches for users (the in-memory
+        broker: no user_id, and the worker's own broker has no username), everything is
+        local and accepted."""
+        sender = delivery.user_id
+        if sender is None and self.broker.username is None:
+            return None
+        if self.searcher_user is not None and sender == self.searcher_user:
+            return None
+        return (
+            f"worker {self.worker_id}: a command must come from the searcher's broker user "
+            f"{self.searcher_user!r}, this one came from {sender!r}; commands from anyone "
+            "else are never run (set rung worker --searcher-user if the searcher uses "
+            "another user)"
+        )
+
     async def _delete_checkpoints(self, delivery: Delivery, body: DeleteCheckpoints) -> None:
         """Checkpoint garbage collection, in a thread, without taking a slot. A command
         this worker refuses (or cannot run) is dead-lettered with the reason."""
         try:
-            deleted = await asyncio.to_thread(delete_checkpoints, body)
+            deleted = await asyncio.to_thread(
+                delete_checkpoints, body, allowed_root=self.checkpoint_storage
+            )
         except (CheckpointGCRefusedError, OSError) as exc:
             self.log.warning(
                 "checkpoint deletion refused or failed",
@@ -283,6 +331,10 @@ class Worker:
         await delivery.ack()
 
     async def _on_work(self, delivery: Delivery, bucket: int = 1) -> None:
+        if (forged := self._forged(delivery)) is not None:
+            self.log.warning("work message not from the searcher dead-lettered", reason=forged)
+            await delivery.dead_letter(forged)
+            return
         try:
             body = decode(delivery.body).body
         except DecodeError as exc:
@@ -403,6 +455,11 @@ class Worker:
 
     # ------------------------------------------------------------------ control
     async def _on_control(self, delivery: Delivery) -> None:
+        if (forged := self._forged(delivery)) is not None:
+            # A control queue has no dead-letter exchange: dropped, with the reason logged.
+            self.log.warning("control message not from the searcher dropped", reason=forged)
+            await delivery.ack()
+            return
         try:
             envelope = decode(delivery.body)
         except DecodeError as exc:

@@ -4,21 +4,27 @@ The searcher decides which checkpoints its ``checkpoint_storage`` policy no long
 (see ``rung.searcher.trials.gc``) and publishes one ``DeleteCheckpoints`` to the work
 queue; any worker that sees the experiment's checkpoint storage runs it, without taking a
 slot. Only directories ``<checkpoint_root>/<uuid>`` are ever removed, and only when
-``checkpoint_root`` is an experiment's own root (its last part is the experiment id). A
-checkpoint that is gone already is fine: the command may be delivered more than once.
+``checkpoint_root`` is an experiment's own root (its last part is the experiment id, which
+has the searcher's format ``exp-<8 hex digits>``), inside the worker's checkpoint storage
+when it was given one (``rung worker --checkpoint-storage``). A checkpoint that is gone
+already is fine: the command may be delivered more than once. Only the searcher's broker
+user may send the command at all (the worker checks the broker-validated ``user_id``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 from rung.broker.limits import is_uuid
 from rung.broker.schemas import DeleteCheckpoints
 
-__all__ = ["CheckpointGCRefusedError", "delete_checkpoints"]
+__all__ = ["EXPERIMENT_ID", "CheckpointGCRefusedError", "delete_checkpoints"]
 
+# The searcher's experiment ids (``rung.searcher.host.experiment_id_for``).
+EXPERIMENT_ID = re.compile(r"exp-[0-9a-f]{8}")
 # A checkpoint being deleted is renamed first, so that it never looks whole half-deleted.
 _DELETING = ".deleting-"
 
@@ -28,6 +34,12 @@ class CheckpointGCRefusedError(ValueError):
 
 
 def _checked_root(cmd: DeleteCheckpoints, allowed_root: Path | None) -> Path:
+    if not EXPERIMENT_ID.fullmatch(cmd.experiment_id):
+        raise CheckpointGCRefusedError(
+            f"experiment_id must be a searcher's experiment id (exp- and 8 lowercase hex "
+            f"digits), got {cmd.experiment_id[:80]!r}; only an experiment's own checkpoint "
+            "root is ever cleaned"
+        )
     root = Path(cmd.checkpoint_root)
     if not root.is_absolute():
         raise CheckpointGCRefusedError(
@@ -58,7 +70,8 @@ def delete_checkpoints(cmd: DeleteCheckpoints, *, allowed_root: Path | None = No
     """Delete ``<checkpoint_root>/<uuid>`` for each uuid of ``cmd``; return the uuids whose
     directory this call removed (missing ones are skipped: the call is idempotent).
 
-    Refused (:class:`CheckpointGCRefusedError`, nothing deleted): a relative root, a root
+    Refused (:class:`CheckpointGCRefusedError`, nothing deleted): an experiment id not of
+    the searcher's format, a relative root, a root
     that is not the experiment's own, a root outside ``allowed_root``, a uuid that is not
     a canonical uuid. A path that is not a plain directory inside the root (a symlink, a
     file) is left alone.

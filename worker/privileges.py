@@ -154,9 +154,12 @@ def give_to(path: Path, user: TrialUser | None) -> None:
     os.chown(path, user.uid, user.gid, follow_symlinks=False)
     if not path.is_dir() or path.is_symlink():
         return
-    for root, dirs, files in os.walk(path):
+    # By directory descriptors, never by path: a running trial of the same uid may swap a
+    # subdirectory for a symlink meanwhile, and no path is resolved again after listing
+    # (fwalk opens each directory relative to its parent's descriptor, refusing a symlink).
+    for _, dirs, files, dir_fd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files):
-            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+            os.chown(name, user.uid, user.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _can_traverse(info: os.stat_result, user: TrialUser) -> bool:

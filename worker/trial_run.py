@@ -272,6 +272,8 @@ class TrialRun:
                 **self._ids(),
                 slots=len(self.slot_ids),
                 gpus=self.gpus,
+                # Echoed: it shows the searcher that this worker received the run_trial.
+                start_token=self.cmd.start_token,
             )
         )
         if isinstance(command, str):

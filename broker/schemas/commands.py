@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue
 
-from rung.broker.limits import CONTEXT_HASH_PATTERN, UUID_PATTERN
+from rung.broker.limits import CONTEXT_HASH_PATTERN, START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
+    "START_TOKEN_PATTERN",
     "CloseTrial",
     "ContinueTrial",
     "DeleteCheckpoints",
@@ -26,6 +27,8 @@ __all__ = [
     "SearcherCommand",
     "WorkerCommand",
 ]
+
+# An attempt's start token: 32 lowercase hex digits (see ``RunTrial.start_token``).
 
 
 class RunTrial(Message):
@@ -50,6 +53,11 @@ class RunTrial(Message):
     # Where ``latest_checkpoint`` is when it is a warm start's source in another
     # experiment's root (``searcher.source_checkpoint_uuid``); None: under checkpoint_root.
     source_root: str | None = None
+    # The attempt's start token: the worker that takes this command echoes it in its
+    # ``trial_started``; the searcher ignores a start without it, so a worker that never
+    # received this command cannot claim the attempt. None in experiments older than
+    # start tokens.
+    start_token: str | None = Field(default=None, pattern=START_TOKEN_PATTERN)
 
 
 class ContinueTrial(Message):

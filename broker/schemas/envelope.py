@@ -49,6 +49,7 @@ from rung.broker.schemas.rpc import (
     ListWorkers,
     ReadRecords,
     ReadTrialLogs,
+    ResendCommand,
     RpcReply,
 )
 
@@ -91,6 +92,7 @@ Body = Annotated[
     | ReadRecords
     | ReadTrialLogs
     | ListWorkers
+    | ResendCommand
     | RpcReply,
     Discriminator("type"),
 ]

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue, field_validator
 
-from rung.broker.limits import UUID_PATTERN
+from rung.broker.limits import START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
@@ -60,6 +60,9 @@ class TrialStarted(_TrialMessage):
     type: Literal["trial_started"] = "trial_started"
     slots: int = Field(ge=0)
     gpus: list[str] = Field(default_factory=list)
+    # The ``start_token`` of the ``run_trial`` this process was started for, echoed:
+    # a start whose token is not its attempt's is ignored (None: the run_trial had none).
+    start_token: str | None = Field(default=None, pattern=START_TOKEN_PATTERN)
 
 
 class ProgressReported(_TrialMessage):

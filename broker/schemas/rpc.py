@@ -20,6 +20,7 @@ __all__ = [
     "ListWorkers",
     "ReadRecords",
     "ReadTrialLogs",
+    "ResendCommand",
     "RpcError",
     "RpcReply",
     "RpcRequest",
@@ -98,6 +99,15 @@ class GetContext(Message):
     context_hash: str = Field(pattern=CONTEXT_HASH_PATTERN)
 
 
+class ResendCommand(Message):
+    """An operator's (``rung dlq requeue``) ask to publish again a command the searcher
+    logged: the one named by its message id ``<experiment id>/<seq>/<index>``, exactly as
+    the outbox first sent it. Only the searcher writes the commands exchange."""
+
+    type: Literal["resend_command"] = "resend_command"
+    message_id: str = Field(min_length=1, max_length=300)
+
+
 RpcRequest = Annotated[
     CreateExperiment
     | DescribeExperiment
@@ -107,7 +117,8 @@ RpcRequest = Annotated[
     | ControlTrial
     | ReadRecords
     | ReadTrialLogs
-    | ListWorkers,
+    | ListWorkers
+    | ResendCommand,
     Discriminator("type"),
 ]
 

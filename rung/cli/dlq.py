@@ -3,8 +3,10 @@
 Both work with the operator's broker user (``rung-operator`` of ``rung
 broker-definitions``: it may read the dead queue and send a dead letter back), or an
 admin's. ``requeue`` sends back only what the broker vouches for (``broker.deadletters``):
-a run_trial only if the searcher sent it, an event or request with its original sender
-named for the searcher to check. Everything in a dead letter came from the wire: it is
+a command (run_trial, ...) only if the searcher sent it, and through the searcher, which
+publishes again what its log holds under that id (the operator may not write the
+commands exchange); an event or request with its original sender named for the searcher
+to check. Everything in a dead letter came from the wire: it is
 shown as text, never as markup, with control characters escaped.
 """
 
@@ -44,7 +46,8 @@ def register(commands: Any) -> None:
     again = sub.add_parser(
         "requeue",
         help="send one dead letter back to the queue it died in, if the broker vouches "
-        "for its sender (a run_trial only if the searcher sent it)",
+        "for its sender (a run_trial only if the searcher sent it: the searcher, which "
+        "must be running, sends it again from its log)",
     )
     again.add_argument("message_id")
     again.add_argument("--json", action="store_true")
@@ -59,7 +62,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         metavar="USER",
         help="the searcher's broker user: dead letters it moved are believed, and only "
         "its commands are sent back (default: $RUNG_SEARCHER_USER, else PREFIXsearcher "
-        "beside an operator user PREFIXoperator, else rung-searcher)",
+        "beside an operator user PREFIXoperator, guest beside guest, else rung-searcher)",
     )
     add_broker_options(parser, required=True)
 

@@ -183,6 +183,24 @@ def register(commands: Any) -> None:
         "built-in allowlist (repeatable; docs/security.md lists it); Rung's own secrets "
         "(RUNG_BROKER_URL, ...) are refused",
     )
+    worker.add_argument(
+        "--searcher-user",
+        default=os.environ.get("RUNG_SEARCHER_USER") or None,
+        metavar="USER",
+        help="the searcher's broker user: the only one whose commands this worker runs "
+        "(the broker vouches for every message's user); others are dead-lettered "
+        "(default: $RUNG_SEARCHER_USER, else PREFIXsearcher beside a worker user "
+        "PREFIXworker, guest beside guest, else rung-searcher)",
+    )
+    worker.add_argument(
+        "--checkpoint-storage",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the checkpoint storage this worker sees (the host_path of the experiments' "
+        "shared_fs checkpoint_storage, as mounted here): checkpoint deletion never "
+        "reaches outside it (default: none; only the searcher's user may ask)",
+    )
     _dir_group_option(worker, "the work directory")
     _health_option(worker, "after every heartbeat the broker confirmed")
     worker.set_defaults(handler=run_worker)
@@ -336,6 +354,8 @@ def run_worker(args: argparse.Namespace) -> int:
                 health_file=args.health_file,
                 trial_env_allow=trial_env,
                 trial_user=trial_user,
+                searcher_user=args.searcher_user,
+                checkpoint_storage=args.checkpoint_storage,
             )
             if trial_user is None and hasattr(os, "geteuid") and os.geteuid() == 0:
                 worker.log.warning(

@@ -87,11 +87,14 @@ class Client:
         broker_url: str | None = None,
         tls: TlsSettings | None = None,
         namespace: str = "rung",
+        trial_env: Iterable[str] = (),
     ) -> Client:
         """A client of a searcher and workers embedded in this process, on the in-memory
         broker: nothing to install or start. Trials still run as subprocesses. The event
         logs go to ``state_dir`` (default: a temporary directory, removed on close).
-        With ``broker_url``, the embedded parts talk over that RabbitMQ instead."""
+        With ``broker_url``, the embedded parts talk over that RabbitMQ instead. Trials
+        get an allowlisted environment (docs/security.md); ``trial_env`` names more
+        variables of this process's environment to pass on."""
         client = cls(timeout=60.0)
         client._local = LocalCluster(
             Path(state_dir) if state_dir is not None else None,
@@ -101,6 +104,7 @@ class Client:
             broker_url=broker_url,
             tls=tls,
             namespace=namespace,
+            trial_env=trial_env,
         )
         return client
 

@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
@@ -35,8 +36,11 @@ class LocalCluster:
         broker_url: str | None = None,
         namespace: str = "rung",
         tls: TlsSettings | None = None,
+        trial_env: Iterable[str] = (),
     ) -> None:
         self._own_state_dir = state_dir is None
+        # Names of this process's environment that trials get besides the allowlist.
+        self.trial_env = tuple(trial_env)
         self.state_dir = (
             Path(tempfile.mkdtemp(prefix="rung-local-")) if state_dir is None else state_dir
         ).resolve()
@@ -75,6 +79,7 @@ class LocalCluster:
                 slots=self.slots,
                 gpus=self.gpus[i :: self.workers] if self.gpus else None,
                 work_dir=self.state_dir / "workers" / f"local-{i + 1}",
+                trial_env_allow=self.trial_env,
             )
             for i in range(self.workers)
         ]

@@ -4,7 +4,9 @@
   experiment's ``owner`` (its creator's broker-validated user; absent where no broker
   vouches for users, and in logs older than owners) and ``warm_start_root``, the root of
   the experiment that saved the warm start's source checkpoint
-  (``searcher.source_checkpoint_uuid``; absent without a warm start, and in older logs);
+  (``searcher.source_checkpoint_uuid``; absent without a warm start, and in older logs)
+  and ``start_secret``, the secret each trial attempt's start token is derived from
+  (absent in logs older than start tokens, whose attempts take any start);
 * ``input``: one message the searcher handled, in the order it handled them (``input``
   is None for the experiment's start), the search events it caused (``applied``), the
   operations decided (``ops``) and the commands sent (``commands``), or why it was
@@ -99,10 +101,13 @@ class CreatedRecord(_Record):
     # (``searcher.source_checkpoint_uuid``), as the searcher found it at creation; None
     # without a warm start, and in logs older than per-experiment roots.
     warm_start_root: str | None = None
+    # The secret each trial attempt's start token is derived from (drawn at creation);
+    # None in logs older than start tokens, whose attempts have none.
+    start_secret: str | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_owner(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_none(handler(self), "owner", "warm_start_root")
+        return _without_none(handler(self), "owner", "warm_start_root", "start_secret")
 
 
 class InputRecord(_Record):

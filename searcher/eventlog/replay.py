@@ -130,6 +130,7 @@ def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRu
         context_hash=created.context_hash,
         checkpoint_root=created.checkpoint_root,
         warm_start_root=created.warm_start_root,
+        start_secret=created.start_secret,
     )
 
 

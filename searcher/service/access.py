@@ -29,12 +29,13 @@ import asyncio
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from rung.broker.port import ORIGINAL_USER_HEADER, Delivery
 from rung.broker.schemas import TrialStarted
 from rung.searcher.eventlog.records import InputRecord, Record
 from rung.searcher.service.errors import AccessRefusedError
+from rung.searcher.trials.model import ENDED, RunState, TrialRuntime
 
 __all__ = [
     "ORIGINAL_USER_HEADER",
@@ -56,6 +57,13 @@ _PRIVATE_REPLY = re.compile(
 _MEMORY_PRIVATE = re.compile(r"[A-Za-z0-9_.\-]+\.private\.[0-9]+")
 
 _TRUSTED: Final = ("local", "searcher", "admin")
+
+
+class Running(Protocol):
+    """What :meth:`Access.prune` reads of an experiment's run."""
+
+    state: RunState
+    by_id: dict[int, TrialRuntime]
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,24 @@ class Access:
         current = self.bindings.get(key)
         if current is None or attempt > current[0]:
             self.bindings[key] = (attempt, binding)
+
+    def prune(self, experiment_id: str, run: Running) -> None:
+        """Forget the bindings of ``experiment_id``'s attempts that no longer run: once an
+        attempt's trial has left RUNNING (its exit was taken, or the trial or the whole
+        experiment ended), the run ignores every event of it anyway. All of them once the
+        experiment ended: the bindings stay as many as the trials running."""
+        ended = run.state in ENDED
+        for key in [k for k in self.bindings if k[0] == experiment_id]:
+            attempt, binding = self.bindings[key]
+            trial = run.by_id.get(key[1])
+            if (
+                ended
+                or trial is None
+                or trial.state != "RUNNING"
+                or trial.attempt != attempt
+                or trial.worker_id != binding.worker_id
+            ):
+                del self.bindings[key]
 
     def restore(self, experiment_id: str, bindings: Iterable[tuple[int, int, Binding]]) -> None:
         """The bindings a restarted searcher read back from an experiment's log; their

@@ -43,6 +43,7 @@ from rung.searcher.host import ExperimentHost, experiment_id_for
 from rung.searcher.methods import build_method
 from rung.searcher.service.errors import RequestRefusedError
 from rung.searcher.trials import ExperimentRun
+from rung.searcher.trials.model import ENDED
 
 __all__ = [
     "CUSTOM_REFUSED",
@@ -85,6 +86,17 @@ def warm_start_root(uuid: str, runs: Iterable[ExperimentRun]) -> str | None:
     trial saved (``checkpoints``) count."""
     for run in runs:
         if any(uuid in trial.checkpoints for trial in run.trials.values()):
+            if run.state not in ENDED:
+                # Its checkpoint policy may still delete the source (a newer or better
+                # checkpoint comes): this experiment's trials would then find nothing.
+                message = (
+                    f"searcher.source_checkpoint_uuid: checkpoint {uuid!r} belongs to "
+                    f"experiment {run.experiment_id}, which is still {run.state}: its "
+                    "checkpoint_storage policy may still delete it; wait until it ends "
+                    "(rung experiment wait), then create this experiment"
+                )
+                problem = ConfigProblem("searcher.source_checkpoint_uuid", message)
+                raise RequestRefusedError(message, [problem])
             return run.checkpoint_root
     return None
 
@@ -236,6 +248,9 @@ class Creator:
             raise RequestRefusedError(CUSTOM_REFUSED, [problem])
         if config.experiment_seed is None:
             config = config.with_seed(secrets.randbelow(2**32))
+        # Drawn here, in the shell, and logged: each attempt's start token derives from it
+        # in the core, the same on every replay.
+        start_secret = secrets.token_hex(16)
         contexts = self.state_dir / "contexts"
         digest, context_dir = store_context(checked.data, contexts)
         try:
@@ -249,6 +264,7 @@ class Creator:
             context_hash=digest,
             checkpoint_root=checkpoint_root(config, self.state_dir, experiment_id),
             warm_start_root=source_root,
+            start_secret=start_secret,
         )
         created = CreatedRecord(
             seq=1,
@@ -260,6 +276,7 @@ class Creator:
             request_key=key,
             owner=creator,
             warm_start_root=source_root,
+            start_secret=start_secret,
         )
         host = ExperimentHost.create(
             run,

@@ -1,6 +1,7 @@
 """Worker events in: decode, refuse what a worker may not send, route to the host.
 
-A malformed event, a ``worker_lost`` (the searcher's own timer input), under
+A malformed event, a ``worker_lost`` (the searcher's own timer input), an event whose
+message id is not under its own worker id (``<worker id>/<session>/<n>``), under
 ``verify_worker_users`` an event whose worker id is not its publisher's user, an event of
 a trial attempt that another worker (or broker user) started, and a re-sent dead letter
 whose re-sender is not an operator go to the dead-letter queue with the reason. A
@@ -20,7 +21,14 @@ import structlog
 
 from rung.broker.errors import DecodeError
 from rung.broker.port import Delivery
-from rung.broker.schemas import KillTrial, TrialStarted, WorkerHeartbeat, WorkerLost, decode
+from rung.broker.schemas import (
+    KillTrial,
+    TrialExited,
+    TrialStarted,
+    WorkerHeartbeat,
+    WorkerLost,
+    decode,
+)
 from rung.broker.schemas.envelope import Body, Envelope
 from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
@@ -28,6 +36,7 @@ from rung.searcher.host import BrokenExperiment, ExperimentBrokenError
 from rung.searcher.service.access import Binding
 from rung.searcher.service.errors import ServiceStoppedError
 from rung.searcher.trials import Command
+from rung.searcher.trials.model import ENDED
 
 if TYPE_CHECKING:
     from rung.searcher.service.outbox import Live
@@ -58,6 +67,25 @@ def _reserved(envelope: Envelope) -> str | None:
             "<worker id>/<session>/<n>"
         )
     return None
+
+
+def _not_its_own(envelope: Envelope) -> str | None:
+    """Why a worker's message may not have its message id, or None. A worker names its
+    messages ``<worker id>/<session>/<n>``; the searcher keeps the ids applied per
+    ``<worker id>/<session>``, so an id under another worker's name could make that
+    worker's real message look applied already (and move its watermark)."""
+    worker_id = getattr(envelope.body, "worker_id", None)
+    if not isinstance(worker_id, str):
+        return None
+    message_id = envelope.message_id
+    prefix = f"{worker_id}/"
+    if message_id.startswith(prefix) and message_id.count("/", len(prefix)) == 1:
+        return None  # <session>/<n>: one more slash, so no other worker's ids look alike
+    return (
+        f"message id {message_id[:100]!r} of a {envelope.body.type} from worker "
+        f"{worker_id!r} is not of the form <worker id>/<session>/<n> with its own worker "
+        f"id; a worker names its messages {worker_id}/<session>/<n>"
+    )
 
 
 class Intake:
@@ -105,6 +133,8 @@ class Intake:
                 applied = await self.service.apply(live, body, envelope.message_id, sender=sender)
                 if isinstance(body, TrialStarted):
                     self._bind(live, body, sender)
+                elif isinstance(body, TrialExited) or live.host.run.state in ENDED:
+                    self.service.access.prune(live.host.experiment_id, live.host.run)
                 if not applied.duplicate:
                     crash_point("published")
                 # Write first: what this input appended is durable before it is
@@ -166,7 +196,10 @@ class Intake:
             return None
         body = envelope.body
         refused = (
-            self._impostor(body, sender) or _reserved(envelope) or access.impostor(body, sender)
+            self._impostor(body, sender)
+            or _reserved(envelope)
+            or access.impostor(body, sender)
+            or _not_its_own(envelope)
         )
         if isinstance(body, WorkerLost):
             refused = "worker_lost is the searcher's own timer input; a worker cannot send it"

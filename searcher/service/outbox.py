@@ -253,6 +253,11 @@ class Outbox:
                 raise outcome
         return gone
 
+    async def resend(self, command: Command, envelope: Envelope) -> None:
+        """Publish a logged command again, as it was sent (``rung dlq requeue`` of a dead
+        command, through the searcher: ``ResendCommand``)."""
+        await self._send(command, envelope)
+
     async def _send(self, command: Command, envelope: Envelope) -> None:
         topology = self.broker.topology
         if command.worker_id is not None:

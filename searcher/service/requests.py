@@ -10,7 +10,9 @@ request in the dead-letter queue.
 Who may send what (``docs/security.md``): a client creates experiments, and describes,
 lists, reads and controls its own; an admin all of them; a worker fetches the context of
 an experiment that has work queued or running, and reads its best validation metric
-(``describe`` answers a worker with that and the state only), nothing more.
+(``describe`` answers a worker with that and the state only), nothing more. An operator
+(or admin) may ask for a logged command to be published again (``ResendCommand``: ``rung
+dlq requeue`` of a dead command); the searcher is the only role that writes commands.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from rung.broker.schemas import (
     encode,
 )
 from rung.broker.schemas.envelope import Body
+from rung.broker.schemas.rpc import ResendCommand  # (not yet exported by rung.broker.schemas)
 from rung.searcher.eventlog.file import StaleOwnerError
+from rung.searcher.eventlog.records import InputRecord, record_adapter
 from rung.searcher.host import ExperimentBrokenError
 from rung.searcher.service.errors import (
     AccessRefusedError,
@@ -55,6 +59,7 @@ from rung.searcher.service.errors import (
 )
 from rung.searcher.service.logs import read_trial_logs
 from rung.searcher.service.retention import removed_message
+from rung.searcher.trials import Command
 
 if TYPE_CHECKING:
     from rung.searcher.service.outbox import Live
@@ -196,6 +201,8 @@ class Requests:
             case ListWorkers():
                 access.check_client(user, "list workers")
                 return {"workers": [w.model_dump(mode="json") for w in service.workers.infos()]}
+            case ResendCommand():
+                return await self._resend(user, body.message_id)
             case GetContext():
                 await self._check_context(user, body.context_hash)
                 data = await asyncio.to_thread(read_archive, self._contexts(), body.context_hash)
@@ -204,6 +211,60 @@ class Requests:
                     raise ExperimentNotFoundError(removed or f"no context {body.context_hash}")
                 return {"context_b64": base64.b64encode(data).decode()}
         raise RequestRefusedError(f"{body.type} is not a request")
+
+    async def _resend(self, user: str | None, message_id: str) -> dict[str, Any]:
+        """Publish again the command logged under ``message_id``
+        (``<experiment id>/<seq>/<index>``: the experiment's input record ``seq``, its
+        ``commands[index]``), exactly as the outbox sent it: the same envelope, routing
+        and message id (so a receiver that has it drops the copy)."""
+        if not self.service.access.trusted(user):
+            raise AccessRefusedError(
+                f"broker user {user!r} may not resend commands: only an operator or an "
+                "admin may (rung dlq requeue)"
+            )
+        experiment_id, _, rest = message_id.rpartition("/")
+        experiment_id, _, seq_text = experiment_id.rpartition("/")
+        if not (seq_text.isdigit() and rest.isdigit() and experiment_id):
+            raise RequestRefusedError(
+                f"message id {message_id[:120]!r} does not name a command: a command's id is "
+                "<experiment id>/<seq>/<index>"
+            )
+        seq, index = int(seq_text), int(rest)
+        live = self.service.live(experiment_id)  # not found: raises
+        host = live.host
+        lines = host.log.read_after(seq - 1, 1) if 0 < seq <= host.log.seq else []
+        record = record_adapter.validate_json(lines[0]) if lines else None
+        if (
+            not isinstance(record, InputRecord)
+            or record.seq != seq
+            or index >= len(record.commands)
+        ):
+            raise ExperimentNotFoundError(
+                f"experiment {experiment_id} logged no command {message_id!r}: only a "
+                "command the searcher logged is sent again"
+            )
+        logged = record.commands[index]
+        command = Command(body=logged.body, worker_id=logged.worker_id)
+        envelope = Envelope(
+            message_id=message_id, experiment_id=experiment_id, seq=seq, body=command.body
+        )
+        try:
+            # The outbox's own routing (work_key(slots) for run_trial, the worker's key
+            # for a control command). Change request: a public Outbox.resend.
+            await self.service.outbox.resend(command, envelope)
+        except UnroutableError:
+            raise RequestRefusedError(
+                f"command {message_id!r} is for worker {logged.worker_id!r}, which is gone "
+                "(no queue took it); the searcher resumes its trial elsewhere"
+            ) from None
+        log.info(
+            "logged command sent again",
+            message_id=message_id,
+            type=command.body.type,
+            worker_id=command.worker_id,
+            user=user,
+        )
+        return {"message_id": message_id, "type": command.body.type, "worker_id": logged.worker_id}
 
     # ------------------------------------------------------------------ access
     def _check_owner(self, user: str | None, experiment_id: str, action: str) -> None:

@@ -30,9 +30,12 @@ import structlog
 
 from rung.broker.port import Broker, Delivery
 from rung.broker.schemas import (
+    ControlExperiment,
+    ControlTrial,
     CreateExperiment,
     ExperimentSummary,
     OpCompleted,
+    WorkerLost,
 )
 from rung.broker.schemas.envelope import Body
 from rung.searcher.errors import SearcherError
@@ -50,6 +53,7 @@ from rung.searcher.service.retention import sweep
 from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
 from rung.searcher.service.summary import summarise
 from rung.searcher.service.workers import WorkerRegistry
+from rung.searcher.trials.model import ENDED
 
 __all__ = ["EXIT_STORAGE_FAILED", "SearcherService", "StateDirectoryBusyError"]
 
@@ -269,6 +273,7 @@ class SearcherService:
                 continue
             bindings = await asyncio.to_thread(list, logged_bindings(host.log.existing))
             self.access.restore(host.experiment_id, bindings)
+            self.access.prune(host.experiment_id, host.run)  # attempts that ended meanwhile
             live = Live(host)
             self.experiments[host.experiment_id] = live
             await self._settle_or_drop(live)
@@ -296,6 +301,12 @@ class SearcherService:
                 raise live.dropped
             try:
                 applied = live.host.apply(body, message_id, at=time.time(), sender=sender)
+                if not applied.duplicate and (
+                    isinstance(body, ControlExperiment | ControlTrial | WorkerLost)
+                    or live.host.run.state in ENDED
+                ):
+                    # A kill or a lost worker ends attempts that will never send an exit.
+                    self.access.prune(live.host.experiment_id, live.host.run)
                 if applied.duplicate:
                     if isinstance(body, OpCompleted):  # best effort, beside the inputs
                         self._spawn(self.outbox.answer_again(live, body))

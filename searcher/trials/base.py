@@ -5,6 +5,8 @@ decide what each input does are in :mod:`rung.searcher.trials.run`."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import deque
 from typing import Any, Literal
 
@@ -43,6 +45,7 @@ class RunBase:
         context_hash: str,
         checkpoint_root: str,
         warm_start_root: str | None = None,
+        start_secret: str | None = None,
     ) -> None:
         self.experiment_id = experiment_id
         self.experiment = experiment
@@ -53,6 +56,10 @@ class RunBase:
         # The root of the experiment that holds the warm start's source checkpoint
         # (``searcher.source_checkpoint_uuid``), as the searcher found it at creation.
         self.warm_start_root = warm_start_root
+        # The experiment's secret (drawn at creation, in its ``created`` record) that each
+        # attempt's start token is derived from; None in logs older than start tokens,
+        # whose attempts have no token.
+        self.start_secret = start_secret
         self.trials: dict[str, TrialRuntime] = {}
         self.by_id: dict[int, TrialRuntime] = {}
         self.state: RunState = "ACTIVE"
@@ -83,6 +90,16 @@ class RunBase:
             trial = TrialRuntime.model_validate(raw)
             self.trials[trial.request_id] = trial
             self.by_id[trial.trial_id] = trial
+
+    def start_token(self, trial_id: int, attempt: int) -> str | None:
+        """The token a ``run_trial`` for ``attempt`` carries and its ``trial_started``
+        must echo: HMAC-SHA256 of the attempt under the experiment's secret, so only a
+        worker that received that ``run_trial`` knows it; None without a secret."""
+        if self.start_secret is None:
+            return None
+        message = f"{self.experiment_id}/{trial_id}/{attempt}".encode()
+        digest = hmac.new(self.start_secret.encode(), message, hashlib.sha256).hexdigest()
+        return digest[:32]
 
     def _tell(
         self,
@@ -207,6 +224,7 @@ class RunBase:
                     user_data=dict(config.data),
                     max_restarts=config.max_restarts,
                     source_root=self.warm_start_root if from_source else None,
+                    start_token=self.start_token(trial.trial_id, trial.attempt),
                 )
             )
         )

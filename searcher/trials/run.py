@@ -4,6 +4,8 @@ control, a lost worker, a failure of the search) does to an experiment's run. Se
 
 from __future__ import annotations
 
+import hmac
+
 from rung.broker.schemas import (
     CheckpointSaved,
     ControlExperiment,
@@ -204,11 +206,7 @@ class ExperimentRun(CheckpointCollector):
         if trial is None:
             step.ignored = f"unknown trial {getattr(body, 'trial_id', '?')}"
             return step
-        if self._stale(trial, body, step):
-            return step
-        if self._after_the_end(trial, body, step):
-            return step
-        if self._fenced(trial, body, step):
+        if self._refused(trial, body, step):
             return step
         match body:
             case TrialStarted():
@@ -234,6 +232,18 @@ class ExperimentRun(CheckpointCollector):
             case _:
                 step.ignored = f"{body.type} is not a trial event"
         return step
+
+    def _refused(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
+        """True (and why in ``step``) when the event must not touch the trial: a start
+        without its attempt's token, an event of another attempt, after the end, or not
+        from the attempt's running process."""
+        if isinstance(body, TrialStarted) and self._unsent(trial, body, step):
+            return True
+        return (
+            self._stale(trial, body, step)
+            or self._after_the_end(trial, body, step)
+            or self._fenced(trial, body, step)
+        )
 
     def _after_the_end(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
         """True (and why in ``step``) when the experiment ended and the event changes
@@ -300,12 +310,39 @@ class ExperimentRun(CheckpointCollector):
         step.ignored = f"trial {trial.trial_id} is {trial.state}: its new process is stopped"
         self._tell(trial, cls, step, worker=body.worker_id)
 
+    def _unsent(self, trial: TrialRuntime, body: TrialStarted, step: Step) -> bool:
+        """True (and the reason in ``step``) when the start does not carry the token of
+        its attempt's ``run_trial``: its sender never received that command (experiments
+        older than start tokens have none, and take every start as before). Nothing is
+        sent back: the worker it names may be one that really runs the trial."""
+        expected = self.start_token(trial.trial_id, body.attempt)
+        if expected is None:
+            return False
+        token = body.start_token
+        if token is not None and hmac.compare_digest(token, expected):
+            return False
+        which = "no start token" if token is None else "a start token that is not its own"
+        step.ignored = (
+            f"trial {trial.trial_id} attempt {body.attempt}: trial_started from worker "
+            f"{body.worker_id} carries {which}; only a worker that received the attempt's "
+            "run_trial (and echoes its start_token) may start it"
+        )
+        return True
+
     def _fenced(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
-        """True (and the reason in ``step``) when the event must not touch the trial."""
+        """True (and the reason in ``step``) when the event must not touch the trial.
+
+        Every event but a start must come from the attempt's process: the trial is
+        RUNNING, on the worker whose ``trial_started`` the run took. A worker reports an
+        attempt's events in order, its start first and its exit last, so nothing of a
+        real process arrives before its start was taken, or after its exit (a worker
+        declared lost, or a process killed, reports into the void: its trial has left
+        RUNNING, or runs another attempt)."""
         worker = getattr(body, "worker_id", None)
         if trial.state == "RUNNING" and worker != trial.worker_id:
             # A second process of the same attempt (a re-sent run_trial after a searcher
-            # crash): it does not own the trial. Ask it to stop; ignore what it reports.
+            # crash), or a worker that never ran it: it does not own the trial. Ask a
+            # second process to stop; ignore what it reports.
             step.ignored = (
                 f"trial {trial.trial_id} attempt {trial.attempt} runs on "
                 f"{trial.worker_id}, not on {worker}"
@@ -313,8 +350,16 @@ class ExperimentRun(CheckpointCollector):
             if isinstance(body, TrialStarted):
                 self._tell(trial, PreemptTrial, step, worker=body.worker_id)
             return True
-        if isinstance(body, TrialExited | OpCompleted) and trial.state != "RUNNING":
-            step.ignored = f"trial {trial.trial_id} is {trial.state}, not running"
+        # Logs older than start tokens (no secret) keep their rule, so that they replay
+        # to the state their searcher had: only an exit and a completion were fenced.
+        fenced = self.start_secret is not None or isinstance(body, TrialExited | OpCompleted)
+        if fenced and not isinstance(body, TrialStarted) and trial.state != "RUNNING":
+            # Before the attempt's start was taken (QUEUED), or after it ended: no
+            # process of this attempt owns the trial.
+            step.ignored = (
+                f"trial {trial.trial_id} is {trial.state}, not running: a {body.type} of "
+                f"attempt {trial.attempt} from worker {worker} is ignored"
+            )
             return True
         return False
 

@@ -35,7 +35,13 @@ class Cluster:
     service_url: str = AMQP_URL
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RUNG_BROKER_URL": AMQP_URL, "RUNG_NAMESPACE": self.namespace}
+        # A wide terminal for the tables that commands print (rich wraps cells to fit).
+        return {
+            **os.environ,
+            "RUNG_BROKER_URL": AMQP_URL,
+            "RUNG_NAMESPACE": self.namespace,
+            "COLUMNS": "200",
+        }
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rung.broker import DEAD_REASON_HEADER, Delivery, RabbitBroker, Topology
+from rung.broker.schemas import Envelope, WorkerLost, encode
 from tests.support import AMQP_URL, wait_for, wait_sync
 
 from .conftest import EXAMPLES, ROOT, Cluster
@@ -113,7 +114,14 @@ async def _poison(namespace: str, bodies: dict[str, bytes]) -> None:
 
 
 def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> None:
-    asyncio.run(_poison(cluster.namespace, {"p-json": b"{not json", "p-big": b"[" * 10}))
+    # A worker may not send worker_lost (the searcher's own timer input): a valid message
+    # that the searcher refuses, and that rung dlq may send back.
+    lost = Envelope(
+        message_id="p-lost",
+        body=WorkerLost(experiment_id="exp-00000000", worker_id="w9", silent_s=1.0),
+    )
+    bodies = {"p-json": b"{not json", "p-big": b"[" * 10, "p-lost": encode(lost)}
+    asyncio.run(_poison(cluster.namespace, bodies))
 
     def dead() -> list[dict[str, object]]:
         result = cluster.rung("dlq", "list", "--json")
@@ -121,25 +129,30 @@ def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> Non
         letters: list[dict[str, object]] = json.loads(result.stdout)
         return letters
 
-    wait_sync(lambda: len(dead()) == 2, 30, "two dead letters")
+    wait_sync(lambda: len(dead()) == 3, 30, "three dead letters")
     letters = {str(x["message_id"]): x for x in dead()}
-    assert set(letters) == {"p-json", "p-big"}
+    assert set(letters) == {"p-json", "p-big", "p-lost"}
     assert str(letters["p-json"]["reason"]).startswith("not valid JSON")
     assert str(letters["p-json"]["queue"]).endswith(".events")
+    assert "searcher's own timer input" in str(letters["p-lost"]["reason"])
     table = cluster.rung("dlq", "list")
     assert "p-json" in table.stdout
     assert "does not decode" in table.stdout
 
-    sent = cluster.rung("dlq", "requeue", "p-json")
+    # What does not decode never goes back: it could never be handled.
+    refused = cluster.rung("dlq", "requeue", "p-json")
+    assert refused.returncode == 2
+    assert "does not decode" in refused.stderr
+    sent = cluster.rung("dlq", "requeue", "p-lost")
     assert sent.returncode == 0, sent.stderr
-    assert "p-json: sent back to" in sent.stdout
-    # Still broken: the searcher dead-letters it again, and says so in its log.
+    assert "p-lost: sent back to" in sent.stdout
+    # Still refused: the searcher dead-letters it again, and says so in its log.
     wait_sync(
-        lambda: cluster.log_text("searcher").count("malformed event sent to the dead") >= 3,
+        lambda: cluster.log_text("searcher").count("refused event sent to the dead") >= 2,
         30,
-        "the third dead-lettering",
+        "the second dead-lettering",
     )
-    wait_sync(lambda: len(dead()) == 2, 30, "both dead letters again")
+    wait_sync(lambda: len(dead()) == 3, 30, "all three dead letters again")
     missing = cluster.rung("dlq", "requeue", "nope")
     assert missing.returncode == 2
     assert "no dead letter with id 'nope'" in missing.stderr

@@ -45,7 +45,8 @@ def test_an_experiment_completes_with_least_privilege_users(
         )
         cluster.wait_log("searcher", "searcher ready")
         for user in lp.workers:  # each worker's id is its user's name
-            cluster.start_worker(user, 2, env={"RUNG_BROKER_URL": lp.url(user)})
+            env = {"RUNG_BROKER_URL": lp.url(user), "RUNG_SEARCHER_USER": lp.user("searcher")}
+            cluster.start_worker(user, 2, env=env)
         client = {
             **cluster.env(),
             "RUNG_BROKER_URL": lp.url(lp.user("client")),

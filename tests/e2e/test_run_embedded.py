@@ -47,7 +47,17 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
     summary = json.loads(result.stdout)
     assert summary["state"] == "COMPLETED"
     assert len(summary["trials"]) == 10
-    assert set(summary) == {"experiment_id", "state", "trials", "best_trial", "event_log"}
+    assert set(summary) == {
+        "experiment_id",
+        "name",
+        "owner",
+        "state",
+        "message",
+        "waiting",
+        "trials",
+        "best_trial",
+        "event_log",
+    }
     for trial in summary["trials"]:
         assert set(trial) == {"trial_id", "hparams", "state", "length", "metric", "restarts"}
     full = [t for t in summary["trials"] if t["length"] == 100]

@@ -200,7 +200,8 @@ async def _started_on_w1(
             "attempt": run.attempt,
             "worker_id": roles.w1,
         }
-        await send_event(as_w1, TrialStarted(**ids, slots=1), key_worker=roles.w1)
+        started = TrialStarted(**ids, slots=1, start_token=run.start_token)
+        await send_event(as_w1, started, key_worker=roles.w1)
         summary_of = SearcherClient(as_alice)
 
         async def running() -> bool:
@@ -283,7 +284,7 @@ async def test_a_requeued_event_needs_an_operator_and_counts_as_its_original_sen
         reason = await wait_dead(dead, lie, "the re-sent lie dead-lettered")
         assert f"broker user {roles.w2!r}" in reason
         # The operator's re-send of w1's own event is w1's: applied, logged as w1's.
-        truth = await resend(operator, roles.w1, "w1/requeue/3", t.EVENTS_KEY)
+        truth = await resend(operator, roles.w1, f"{roles.w1}/requeue/3", t.EVENTS_KEY)
         records_path = state / "experiments" / experiment_id / "events.jsonl"
 
         def applied() -> list[InputRecord]:

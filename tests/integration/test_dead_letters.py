@@ -36,10 +36,13 @@ from rung.broker.schemas import (
     Envelope,
     ListExperiments,
     ProgressReported,
+    RpcReply,
     RunTrial,
     WorkerHeartbeat,
+    decode,
     encode,
 )
+from rung.broker.schemas.rpc import ResendCommand
 from rung.broker.topology import BROKER_DELIVERY_LIMIT
 from tests.least_privilege import LeastPrivilege, least_privilege_vhost
 from tests.proxy import FaultProxy
@@ -64,6 +67,41 @@ def _run_trial(message_id: str, entrypoint: tuple[str, ...] = ("python", "train.
         max_restarts=0,
     )
     return encode(Envelope(message_id=message_id, experiment_id="exp-1", body=body))
+
+
+@contextlib.asynccontextmanager
+async def _searcher_log(searcher: Broker, logged: dict[str, bytes]) -> AsyncIterator[list[str]]:
+    """Stand in for the searcher's ResendCommand (the real one: tests/unit/searcher/
+    test_resend_command.py, tests/hostile/test_forged_commands.py): publish again, as the
+    searcher's user, the run_trial "logged" under the message id; yield the ids resent."""
+    t = searcher.topology
+    resent: list[str] = []
+
+    async def answer(delivery: Delivery) -> None:
+        body = decode(delivery.body).body
+        assert isinstance(body, ResendCommand)
+        await searcher.publish(
+            t.commands_exchange,
+            t.WORK_KEY,
+            logged[body.message_id],
+            message_id=body.message_id,
+        )
+        resent.append(body.message_id)
+        reply = Envelope(message_id="reply", body=RpcReply(ok=True, result={}))
+        await searcher.publish(
+            "",
+            delivery.reply_to or "",
+            encode(reply),
+            message_id="reply",
+            correlation_id=delivery.correlation_id,
+        )
+        await delivery.ack()
+
+    subscription = await searcher.subscribe(t.rpc_queue, answer, prefetch=1)
+    try:
+        yield resent
+    finally:
+        await subscription.cancel()
 
 
 async def _kill(broker: Broker, bodies: dict[str, bytes]) -> None:
@@ -245,8 +283,11 @@ async def test_the_quorum_queues_rung_declares_have_the_brokers_delivery_limit(
     assert letter.reason == "delivery_limit (dead-lettered by the broker)"
     assert letter.queue == t.work_queue
     assert (letter.moved_by, letter.sender) == ("broker", "guest")
-    # Back (guest is this set-up's searcher), with RabbitMQ's death headers left behind.
-    await requeue(rabbit, "bouncing", searcher_user="guest")
+    # Back through the searcher (guest is this set-up's searcher), which sends it again
+    # from its log, without RabbitMQ's death headers.
+    async with _searcher_log(rabbit, {"bouncing": _run_trial("bouncing")}) as resent:
+        await requeue(rabbit, "bouncing", searcher_user="guest")
+    assert resent == ["bouncing"]
     back = await collect(rabbit, t.work_queue)
     await wait_for(lambda: len(back) == 1, 10, "the message back in the work queue")
     assert not [k for k in back[0].headers if k.startswith("x-death") or "death" in k]
@@ -403,7 +444,8 @@ async def _first_in_work_queue(lp: LeastPrivilege, searcher: RabbitBroker) -> De
 @pytest.mark.rabbitmq
 async def test_a_dead_lettered_run_trial_goes_back_to_the_work_queue(lp: LeastPrivilege) -> None:
     """A worker rejects a run_trial (it may not write the dead exchange); the broker moves
-    it; the operator sees it came from the searcher, and sends it back."""
+    it; the operator sees it came from the searcher, and has the searcher send it again
+    (the operator may not write the commands exchange)."""
     t = lp.topology
     searcher_user, worker_user = lp.user("searcher"), lp.workers[0]
     async with _as(lp, searcher_user) as searcher, _as(lp, worker_user) as worker:
@@ -430,12 +472,19 @@ async def test_a_dead_lettered_run_trial_goes_back_to_the_work_queue(lp: LeastPr
             )
             assert letter.reason.startswith("rejected (dead-lettered by the broker)")
             assert letter.type == "run_trial"
-            await requeue(operator, "rt-1", searcher_user=searcher_user)
+            async with _searcher_log(searcher, {"rt-1": _run_trial("rt-1")}) as resent:
+                await requeue(operator, "rt-1", searcher_user=searcher_user)
+            assert resent == ["rt-1"]
+            assert not [
+                x
+                for x in await peek(operator, searcher_user=searcher_user)
+                if x.message_id == "rt-1"
+            ]
         await wait_for(lambda: len(taken) == 2, 10, "the run_trial back with a worker")
         again = taken[1]
         assert again.body == _run_trial("rt-1")
-        assert again.user_id == lp.user("operator")
-        assert again.headers[ORIGINAL_USER_HEADER] == searcher_user
+        assert again.user_id == searcher_user  # the searcher sent it again, as itself
+        assert ORIGINAL_USER_HEADER not in again.headers
         assert "x-death" not in again.headers
 
 

@@ -151,12 +151,13 @@ async def test_nobody_but_the_searcher_writes_the_dead_exchange(lp: LeastPrivile
         assert t.dead_exchange in refusal, user
 
 
-async def test_the_operator_takes_dead_letters_and_sends_back_only_work_and_events(
+async def test_the_operator_takes_dead_letters_and_sends_back_only_events_and_requests(
     lp: LeastPrivilege,
 ) -> None:
     """The operator role: it reads and purges the dead queue, and writes only what rung
-    dlq requeue sends: run_trial to the work keys, events with the key ``events``,
-    requests. Never a worker's control key, a heartbeat, an event in a worker's name."""
+    dlq requeue sends: events with the key ``events``, requests (a dead command goes back
+    through the searcher: ResendCommand). Never a command with any key, a heartbeat, an
+    event in a worker's name."""
     t = lp.topology
     operator = await aio_pika.connect(lp.url(lp.user("operator")))
     try:
@@ -165,12 +166,9 @@ async def test_the_operator_takes_dead_letters_and_sends_back_only_work_and_even
         tag = await dead.consume(_ignore)
         await dead.cancel(tag)
         await dead.purge()
-        commands = await channel.get_exchange(t.commands_exchange, ensure=False)
         events = await channel.get_exchange(t.events_exchange, ensure=False)
         own = _message(user_id=lp.user("operator"))
-        for key in (t.WORK_KEY, *(t.work_key(n) for n in (2, 8))):
-            await commands.publish(own, key)  # confirmed: allowed, and routed
-        await events.publish(own, t.EVENTS_KEY)
+        await events.publish(own, t.EVENTS_KEY)  # confirmed: allowed, and routed
 
         def publish(exchange_name: str, key: str) -> Attempt:
             async def attempt(channel: aio_pika.abc.AbstractChannel) -> None:
@@ -188,6 +186,8 @@ async def test_the_operator_takes_dead_letters_and_sends_back_only_work_and_even
 
         w1 = lp.workers[0]
         for exchange_name, key in (
+            (t.commands_exchange, t.WORK_KEY),
+            (t.commands_exchange, t.work_key(2)),
             (t.commands_exchange, t.worker_key(w1)),
             (t.events_exchange, t.events_key(w1)),
             (t.events_exchange, t.heartbeat_key(w1)),
@@ -242,7 +242,8 @@ async def test_the_searcher_refuses_an_event_whose_worker_is_not_its_sender(
     task = asyncio.create_task(service.run(stop))
     try:
         async with _dead_letters(lp) as dead:
-            for message_id, worker_id in (("lie-1", other), ("truth-1", own)):
+            truth = f"{own}/0123456789ab/1"  # named as a worker names its events
+            for message_id, worker_id in (("lie-1", other), (truth, own)):
                 body = ProgressReported(
                     experiment_id="exp-x", trial_id=1, attempt=1, worker_id=worker_id, units=1
                 )
@@ -260,7 +261,7 @@ async def test_the_searcher_refuses_an_event_whose_worker_is_not_its_sender(
             await wait_for_async(
                 lambda: _queue_empty(lp, lp.topology.events_queue), 30, "the events queue drained"
             )
-            assert "truth-1" not in dead
+            assert truth not in dead
     finally:
         stop.set()
         await task

@@ -70,10 +70,17 @@ class FakeWorker:
         await self.broker.subscribe(queue, on_control, prefetch=10)
 
     async def send(self, body: Body, message_id: str | None = None) -> str:
-        """Publish an event (again, when given the id it was first sent under)."""
+        """Publish an event (again, when given the id it was first sent under). A start
+        echoes the start token of the run_trial it answers, as a real worker does; an
+        event's id is under the worker id it names (the searcher requires it)."""
+        if isinstance(body, TrialStarted) and body.start_token is None:
+            attempt = (body.experiment_id, body.trial_id, body.attempt)
+            for run in self.work:
+                if (run.experiment_id, run.trial_id, run.attempt) == attempt:
+                    body = body.model_copy(update={"start_token": run.start_token})
         if message_id is None:
             self.seq += 1
-            message_id = f"{self.worker_id}/{self.seq}"
+            message_id = f"{getattr(body, 'worker_id', self.worker_id)}/s/{self.seq}"
         t = self.broker.topology
         envelope = Envelope(message_id=message_id, body=body)
         await self.broker.publish(

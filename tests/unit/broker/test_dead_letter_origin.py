@@ -148,9 +148,9 @@ def test_workers_read_every_work_queue_and_the_operator_the_dead_queue() -> None
         for t in document["topic_permissions"]
         if t["user"] == "rung-operator"
     }
-    assert re.match(topics[topology.commands_exchange], topology.WORK_KEY)
-    assert re.match(topics[topology.commands_exchange], topology.work_key(4))
-    assert not re.match(topics[topology.commands_exchange], topology.worker_key("gpu-1"))
+    # A dead command goes back through the searcher: the operator writes no command.
+    assert topology.commands_exchange not in topics
+    assert not re.match(operator["write"], topology.commands_exchange)
     assert re.match(topics[topology.events_exchange], topology.EVENTS_KEY)
     assert not re.match(topics[topology.events_exchange], topology.events_key("gpu-1"))
     assert not re.match(topics[topology.events_exchange], topology.heartbeat_key("gpu-1"))

@@ -93,3 +93,18 @@ def test_the_delivery_limit_policy_is_the_one_a_declared_topology_gets() -> None
     assert {q.name for q in topology.queues if pattern.match(q.name)} == {
         q.name for q in topology.queues if "x-delivery-limit" in q.declare_arguments()
     }
+
+
+def test_no_role_but_the_searcher_may_write_commands() -> None:
+    """The operator sends dead commands back through the searcher (ResendCommand): it may
+    not write the commands exchange, with any routing key."""
+    topology = Topology("rung")
+    document = definitions(topology, vhost="v", workers=("gpu-1",))
+    for permission in document["permissions"]:
+        may = re.compile(permission["write"]).match(topology.commands_exchange)
+        assert bool(may) == (permission["user"] == "rung-searcher"), permission["user"]
+    assert not [
+        t
+        for t in document["topic_permissions"]
+        if t["exchange"] == topology.commands_exchange and t["write"] != "^$"
+    ]

@@ -147,4 +147,5 @@ def created_record(run: ExperimentRun) -> CreatedRecord:
         config=run.experiment.config.model_dump(mode="json", by_alias=True),
         context_hash=run.context_hash,
         checkpoint_root=run.checkpoint_root,
+        start_secret=run.start_secret,
     )

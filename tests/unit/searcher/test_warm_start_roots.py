@@ -18,7 +18,15 @@ import pytest
 from rung.broker import MemoryBroker, Topology
 from rung.broker.archive import pack
 from rung.broker.port import Delivery
-from rung.broker.schemas import CheckpointSaved, CreateExperiment, RunTrial, TrialStarted
+from rung.broker.schemas import (
+    CheckpointSaved,
+    CreateExperiment,
+    ExitReason,
+    OpCompleted,
+    RunTrial,
+    TrialExited,
+    TrialStarted,
+)
 from rung.broker.schemas.envelope import Body, Envelope, encode
 from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.eventlog.records import record_adapter
@@ -53,6 +61,10 @@ def test_the_source_is_the_checkpoint_of_the_experiment_that_saved_it() -> None:
     saver.by_id[1].checkpoints[SOURCE] = 5
     # A trial that warm-started from it has it as its latest checkpoint, not as its own.
     starter.by_id[1].latest_checkpoint = SOURCE
+    # While the saver runs, its checkpoint policy may still delete the source: refused.
+    with pytest.raises(RequestRefusedError, match="still ACTIVE"):
+        warm_start_root(SOURCE, [starter, other, saver])
+    saver.state = "COMPLETED"
     assert warm_start_root(SOURCE, [starter, other, saver]) == "/ckpt/exp-a"
     assert warm_start_root(SOURCE, [starter, other]) is None
     assert warm_start_root(SOURCE, []) is None
@@ -114,17 +126,24 @@ async def _create(service: SearcherService, body: CreateExperiment, user: str) -
 
 
 async def _saves_source(service: SearcherService, experiment_id: str) -> None:
-    """The worker runs the experiment's trial 1, which saves checkpoint SOURCE."""
+    """The worker runs the experiment's trial 1, which saves checkpoint SOURCE as its
+    last, and the experiment completes (a running one's policy could still delete it)."""
     common = {"experiment_id": experiment_id, "trial_id": 1, "attempt": 1, "worker_id": WORKER}
+    token = service.live(experiment_id).host.run.start_token(1, 1)  # the run_trial's
     events: list[Body] = [
-        TrialStarted(**common, slots=1),
+        TrialStarted(**common, slots=1, start_token=token),
         CheckpointSaved(
-            **common, uuid=SOURCE, steps_completed=2, metadata={"steps_completed": 2}, size_bytes=1
+            **common, uuid=SOURCE, steps_completed=3, metadata={"steps_completed": 3}, size_bytes=1
         ),
+        OpCompleted(**common, length=3, metric=0.5),
+        TrialExited(**common, reason=ExitReason.COMPLETED, exit_code=0),
     ]
     for n, body in enumerate(events):
-        await service.intake.on_event(_delivery(body, WORKER, f"{experiment_id}-e{n}"))
-    assert SOURCE in service.live(experiment_id).host.run.by_id[1].checkpoints
+        message_id = f"{WORKER}/s1/{experiment_id}-{n}"
+        await service.intake.on_event(_delivery(body, WORKER, message_id))
+    run = service.live(experiment_id).host.run
+    assert SOURCE in run.by_id[1].checkpoints
+    assert run.state == "COMPLETED"
 
 
 def _first_run_trial(path: Path) -> RunTrial:

@@ -31,7 +31,8 @@ def outbox(broker: RecordingBroker) -> Outbox:
 
 
 @pytest.mark.parametrize(
-    ("slots", "key"), [(0, "work"), (1, "work"), (2, "work.2"), (3, "work.4"), (64, "work.64")]
+    ("slots", "key"),
+    [(0, "work"), (1, "work"), (2, "work.2"), (3, "work.3"), (12, "work.16"), (64, "work.64")],
 )
 async def test_a_run_trial_goes_to_the_bucket_of_its_size(slots: int, key: str) -> None:
     broker = RecordingBroker()

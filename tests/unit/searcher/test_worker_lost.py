@@ -17,7 +17,8 @@ def test_a_lost_worker_s_trial_resumes_from_its_checkpoint_without_a_restart() -
     run.on_event(checkpoint_saved(1, "00000000-0000-4000-8000-000000000001", 2))
     step = run.on_event(lost())
     (again,) = runs(step)
-    assert (again.trial_id, again.attempt, again.latest_checkpoint) == (1, 2, "00000000-0000-4000-8000-000000000001")
+    checkpoint = "00000000-0000-4000-8000-000000000001"
+    assert (again.trial_id, again.attempt, again.latest_checkpoint) == (1, 2, checkpoint)
     # Should the worker come back, its process is killed; its reports are fenced off.
     assert told(step, KillTrial) == [(1, 1, "w1")]
     assert run.by_id[1].restarts == 0

@@ -133,11 +133,11 @@ def test_trials_too_large_for_every_live_worker_wait_with_a_reason() -> None:
 
 
 def test_a_trial_waits_for_a_worker_that_holds_its_whole_bucket() -> None:
-    """5 slots go to the 8-slot bucket: a 6-slot worker never takes it."""
-    run = queued_run(5)
-    (reason,) = waiting_reasons(run, [beat("a", 6)])
-    assert "5 slots (a worker of at least 8" in reason
-    assert "the largest worker has 6 (1 worker)" in reason
+    """12 slots go to the 16-slot bucket: a 12-slot worker never takes it."""
+    run = queued_run(12)
+    (reason,) = waiting_reasons(run, [beat("a", 12)])
+    assert "12 slots (a worker of at least 16" in reason
+    assert "the largest worker has 12 (1 worker)" in reason
 
 
 def test_nothing_waits_when_no_trial_is_queued_or_the_experiment_is_not_active() -> None:

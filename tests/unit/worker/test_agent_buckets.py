@@ -111,21 +111,12 @@ async def stop(worker: Worker) -> None:
 
 
 def test_a_trial_goes_to_the_smallest_bucket_that_fits_it() -> None:
-    assert [work_bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 33, 64)] == [
-        1,
-        1,
-        2,
-        4,
-        4,
-        8,
-        8,
-        16,
-        64,
-        64,
-    ]
+    cases = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64)
+    assert [work_bucket(n) for n in cases] == [1, 1, 2, 3, 4, 5, 6, 7, 8, 16, 16, 32, 64, 64]
     assert work_key(1) == "work"
     assert work_key(0) == "work"
-    assert work_key(3) == "work.4"
+    assert work_key(3) == "work.3"
+    assert work_key(12) == "work.16"
     # Above the largest bucket (refused by the config; a forged or old message): the
     # largest bucket, whose workers dead-letter what they cannot fit.
     assert work_bucket(MAX_SLOTS_PER_TRIAL * 10) == MAX_SLOTS_PER_TRIAL
@@ -133,7 +124,8 @@ def test_a_trial_goes_to_the_smallest_bucket_that_fits_it() -> None:
 
 def test_the_topology_declares_every_bucket_queue_and_binding() -> None:
     t = Topology("x")
-    assert t.work_queues == ("x.work", *(f"x.work.{b}" for b in (2, 4, 8, 16, 32, 64)))
+    sizes = (2, 3, 4, 5, 6, 7, 8, 16, 32, 64)
+    assert t.work_queues == ("x.work", *(f"x.work.{b}" for b in sizes))
     specs = {q.name: q for q in t.queues}
     for name in t.work_queues:
         # As the work queue always was: quorum, dead-lettering, with a delivery limit.
@@ -169,9 +161,12 @@ async def test_the_memory_broker_drops_the_oldest_dead_letters_past_the_bound() 
 def test_a_worker_consumes_the_buckets_that_fit_its_slots(tmp_path: Path) -> None:
     broker = MemoryBroker(Topology("b"))
     assert FakeWorker(broker, 1, tmp_path).buckets == (1,)
-    assert FakeWorker(broker, 4, tmp_path).buckets == (1, 2, 4)
-    assert FakeWorker(broker, 6, tmp_path).buckets == (1, 2, 4)
-    assert FakeWorker(broker, 64, tmp_path).buckets == (1, 2, 4, 8, 16, 32, 64)
+    assert FakeWorker(broker, 4, tmp_path).buckets == (1, 2, 3, 4)
+    # A worker of an odd size takes trials of its own size (3 or 6 GPUs, say).
+    assert FakeWorker(broker, 3, tmp_path).buckets == (1, 2, 3)
+    assert FakeWorker(broker, 6, tmp_path).buckets == (1, 2, 3, 4, 5, 6)
+    assert FakeWorker(broker, 12, tmp_path).buckets == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert FakeWorker(broker, 64, tmp_path).buckets == (1, *range(2, 9), 16, 32, 64)
 
 
 async def test_a_trial_too_large_for_every_worker_never_blocks_work_that_fits(
@@ -198,8 +193,8 @@ async def test_a_bucket_is_consumed_only_while_its_trials_fit_the_free_slots(
     worker = FakeWorker(broker, 4, tmp_path)
     t = broker.topology
     await worker._update_intake()
-    assert sorted(worker._work) == [1, 2, 4]
-    await publish(broker, run_trial(1, 3))  # the 4-slot bucket
+    assert sorted(worker._work) == [1, 2, 3, 4]
+    await publish(broker, run_trial(1, 3))  # the 3-slot bucket
     await wait_for(lambda: 1 in worker.started, 5, "the 3-slot trial")
     assert len(worker.slots_of[1]) == 3
     assert sorted(worker._work) == [1]  # one slot left: only 1-slot work

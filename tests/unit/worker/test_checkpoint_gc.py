@@ -110,3 +110,12 @@ def test_uuids_are_checked_by_the_schema_and_again_here(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointGCRefusedError, match="canonical lowercase uuids"):
         delete_checkpoints(forged)
+
+
+@pytest.mark.parametrize("experiment_id", ["data", "exp-0123ABCD", "exp-0123abc", "exp-0123abcd0"])
+def test_only_a_searcher_experiment_id_is_cleaned(tmp_path: Path, experiment_id: str) -> None:
+    root = tmp_path / experiment_id
+    checkpoint(root, A)
+    with pytest.raises(CheckpointGCRefusedError, match="must be a searcher's experiment id"):
+        delete_checkpoints(command(root, A, experiment_id=experiment_id))
+    assert (root / A).is_dir()

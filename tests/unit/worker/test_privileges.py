@@ -85,3 +85,35 @@ def test_open_path_to_adds_only_the_search_bit(tmp_path: Path) -> None:
     assert {_mode(d) for d in (top, top / "runs", top / "runs" / "exp")} == {0o701}
     assert open_path_to(deep, nobody) == []  # nothing left to open
     assert open_path_to(deep, None) == []
+
+
+def test_give_to_resolves_no_path_a_trial_could_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running trial of the same uid swaps a subdirectory for a symlink after it was
+    listed: nothing is changed through the symlink (each chown is by directory descriptor)."""
+    me = TrialUser("me", os.getuid(), os.getgid(), str(tmp_path))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a", "b"):
+        (outside / name).write_text("the worker's")
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    for name in ("a", "b"):
+        (run / "sub" / name).write_text("x")
+    real_chown = os.chown
+    changed: list[int] = []
+
+    def chown(path: str, uid: int, gid: int, *, dir_fd: int | None = None, **kw: bool) -> None:
+        changed.append(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_ino)
+        real_chown(path, uid, gid, dir_fd=dir_fd, **kw)
+        if os.path.basename(path) == "a" and not (run / "sub").is_symlink():
+            # The trial's move, between the listing of sub and the chown of sub/b.
+            (run / "sub").rename(run / "moved")
+            (run / "sub").symlink_to(outside)
+
+    monkeypatch.setattr(os, "chown", chown)
+    give_to(run, me)
+    assert (outside / "a").stat().st_ino not in changed
+    assert (outside / "b").stat().st_ino not in changed
+    assert (run / "moved" / "b").stat().st_ino in changed

@@ -14,7 +14,7 @@ from rung.broker.limits import (
     MAX_CHECKPOINT_METADATA_BYTES,
     MAX_METRICS_BYTES,
 )
-from rung.broker.schemas import ExitReason, OpCompleted, RunTrial, TrialExited
+from rung.broker.schemas import ExitReason, OpCompleted, RunTrial, TrialExited, TrialStarted
 from rung.broker.schemas.envelope import Body
 from rung.worker.output import LineSplitter
 from rung.worker.trial_run import TrialRun, _read_request
@@ -209,3 +209,15 @@ async def test_a_failure_reading_the_output_still_ends_the_trial(
     exits = [body for body, _ in sent if isinstance(body, TrialExited)]
     assert len(exits) == 1
     assert "could not read its output" in exits[0].message
+
+
+async def test_the_start_echoes_the_run_trials_start_token(tmp_path: Path) -> None:
+    """The searcher takes a trial_started only with the token of its run_trial: the
+    worker that received the command echoes it."""
+    sent: list[tuple[Body, str]] = []
+    run = make(tmp_path, ["/nonexistent/rung-no-such-program"], [], sent)
+    run.cmd = run.cmd.model_copy(update={"start_token": "ab" * 16, "latest_checkpoint": None})
+    await run.start()  # whether the process starts or not, the start is reported first
+    await asyncio.wait_for(run.wait(), timeout=60)
+    started = [body for body, _ in sent if isinstance(body, TrialStarted)]
+    assert [body.start_token for body in started] == ["ab" * 16]
