@@ -37,7 +37,17 @@ def test_the_experiment_trial_and_worker_commands(cluster: Cluster, tmp_path: Pa
     assert experiment_id.startswith("exp-")
 
     waited = _json(cluster, "e", "wait", experiment_id)
-    assert set(waited) == {"experiment_id", "state", "trials", "best_trial", "event_log"}
+    assert set(waited) == {
+        "experiment_id",
+        "name",
+        "owner",
+        "state",
+        "message",
+        "waiting",
+        "trials",
+        "best_trial",
+        "event_log",
+    }
     assert waited["state"] == "COMPLETED"
     assert _json(cluster, "e", "describe", experiment_id) == waited
 

@@ -218,7 +218,12 @@ def test_a_same_uid_trial_finds_no_password(
             f"{name}.same-uid",
             *("--slots", "1", "--gpus", "none"),
             *("--work-dir", str(home / "work"), "--start-method", method),
-            env={"HOME": str(home), "RUNG_BROKER_URL": _url(name, marker)},
+            # The searcher runs as the test broker's own user (guest, say).
+            env={
+                "HOME": str(home),
+                "RUNG_BROKER_URL": _url(name, marker),
+                "RUNG_SEARCHER_USER": _searcher_user(),
+            },
             run_as=user,
         )
         started = time.monotonic()
@@ -267,6 +272,7 @@ def test_a_trial_user_cannot_read_the_password_file(
                 "HOME": str(tmp_path),
                 "RUNG_BROKER_URL": _url(name, None),
                 "RUNG_BROKER_PASSWORD_FILE": str(secret),
+                "RUNG_SEARCHER_USER": _searcher_user(),
             },
             run_as=None,
         )
@@ -279,3 +285,8 @@ def test_a_trial_user_cannot_read_the_password_file(
     assert _outcome(by_kind, "password file") == "PermissionError"
     assert _outcome(by_kind, "worker /proc environ") == "PermissionError"
     assert marker not in log  # nor does the worker log it
+
+
+def _searcher_user() -> str:
+    """The broker user the test cluster's searcher logs in as (the tests' own URL's)."""
+    return urlsplit(AMQP_URL).username or "guest"
