@@ -40,11 +40,19 @@ from rung.searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from rung.searcher.methods import SearchMethod, build_method
+from rung.searcher.methods import WORST, SearchMethod, build_method, rank_value
 from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
-from rung.searcher.space import draw_trial
+from rung.searcher.samplers import Pending, Sampler, SamplerData, Suggested, build_sampler
+from rung.searcher.space import draw_trial, flatten
 
-__all__ = ["Decision", "Experiment", "ExperimentSnapshot", "ExperimentState", "TrialRecord"]
+__all__ = [
+    "Decision",
+    "Experiment",
+    "ExperimentSnapshot",
+    "ExperimentState",
+    "TrialRecord",
+    "same_point",
+]
 
 SNAPSHOT_VERSION: Final = 1
 
@@ -99,11 +107,33 @@ class ExperimentSnapshot(BaseModel):
     version: Literal[1] = SNAPSHOT_VERSION
     state: ExperimentState
     method: dict[str, Any]
+    # The sampler's results (None for the random sampler, which keeps none).
+    sampler: dict[str, Any] | None = None
 
 
 def _copy(state: ExperimentState) -> ExperimentState:
     """A deep copy: dumped and validated again, far faster than ``copy.deepcopy``."""
     return ExperimentState.model_validate(state.model_dump())
+
+
+# Early exits that say something about the hyperparameters, for the sampler.
+_FAILED = frozenset({ExitedReason.ERRORED, ExitedReason.INVALID_HP})
+
+
+def same_point(a: Mapping[str, Any], b: Mapping[str, Any], rel_tol: float = 1e-6) -> bool:
+    """Equal hyperparameters, numbers within ``rel_tol`` (a recomputed suggestion)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    if flat_a.keys() != flat_b.keys():
+        return False
+    for name, x in flat_a.items():
+        y = flat_b[name]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y))
+        if numbers and (isinstance(x, float) or isinstance(y, float)):
+            if not math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-12):
+                return False
+        elif x != y or type(x) is not type(y):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +165,15 @@ class Experiment:
         searcher = config.searcher
         self.cap = 1 if isinstance(searcher, SingleSearcher) else searcher.max_concurrent_trials
         self.state = ExperimentState()
+        self.sampler: Sampler = build_sampler(config)
+        # Replay hands in the recorded ``Create`` operations of the input it folds: a
+        # model-based suggestion is then taken from the log (see ``_suggest``).
+        self.recorded: Mapping[str, Create] | None = None
+        self.verify_recorded = False
+        # Indexes over ``state``, never state themselves: rebuilt by ``restore``.
+        self._by_index: dict[int, TrialRecord] = {}
+        self._training: set[str] = set()
+        self._fresh: dict[int, Create] = {}
 
     # ---------------------------------------------------------------- SearchContext
     @property
@@ -150,10 +189,74 @@ class Experiment:
     ) -> Create:
         index = self.state.next_index
         self.state.next_index += 1
+        suggested = self._suggest(index) if hparams is None else None
+        if suggested is not None:
+            hparams = suggested.hparams
         draw = draw_trial(self.seed, index, self.config.hyperparameters, hparams)
-        return Create(
-            request_id=draw.request_id, hparams=draw.hparams, seed=draw.seed, checkpoint=checkpoint
+        op = Create(
+            request_id=draw.request_id,
+            hparams=draw.hparams,
+            seed=draw.seed,
+            checkpoint=checkpoint,
+            suggestion=suggested.suggestion if suggested is not None else None,
         )
+        self._fresh[index] = op
+        return op
+
+    # ---------------------------------------------------------------- the sampler
+    def _suggest(self, index: int) -> Suggested | None:
+        """The sampler's suggestion for trial ``index``; when replaying, the logged one.
+
+        A model-based suggestion is floating-point linear algebra, which may differ in
+        its last bits from one machine or BLAS to another. The log, not a recomputation,
+        is the source of truth: replay takes the logged suggestion, and ``verify``
+        recomputes it and accepts it within a tolerance (``same_point``).
+        """
+        if not self.sampler.keeps_results:
+            return self.sampler.suggest(index, self._sampler_data())
+        recorded = None
+        if self.recorded is not None:
+            request_id = draw_trial(self.seed, index, self.config.hyperparameters, {}).request_id
+            recorded = self.recorded.get(request_id)
+        if recorded is not None and recorded.suggestion is not None:
+            logged = Suggested(dict(recorded.hparams), recorded.suggestion)
+            if not self.verify_recorded:
+                return logged
+            now = self.sampler.suggest(index, self._sampler_data())
+            return logged if now is not None and same_point(now.hparams, logged.hparams) else now
+        return self.sampler.suggest(index, self._sampler_data())
+
+    def _sampler_data(self) -> SamplerData:
+        searcher = self.config.searcher
+        max_length = getattr(searcher, "max_length", None)
+        pending = [
+            Pending(trial.hparams, trial.op.length if trial.op is not None else 0)
+            for trial in (self.state.trials[r] for r in sorted(self._training))
+        ]
+        pending += [
+            Pending(op.hparams, 0)
+            for index, op in self._fresh.items()
+            if index not in self._by_index
+        ]
+        return SamplerData(
+            seed=self.seed,
+            hyperparameters=self.config.hyperparameters,
+            max_length=max_length.units if max_length is not None else None,
+            concurrency=self.cap,
+            hparams_of=self._hparams_of,
+            pending=pending,
+        )
+
+    def _hparams_of(self, index: int) -> Mapping[str, JsonValue]:
+        trial = self._by_index.get(index)
+        return trial.hparams if trial is not None else self._fresh[index].hparams
+
+    def _reindex(self) -> None:
+        self._by_index = {t.index: t for t in self.state.trials.values()}
+        self._training = {
+            t.request_id for t in self.state.trials.values() if not t.terminal and not t.op_done
+        }
+        self._fresh = {}
 
     # ---------------------------------------------------------------- queries
     @property
@@ -186,7 +289,9 @@ class Experiment:
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self) -> ExperimentSnapshot:
-        return ExperimentSnapshot(state=_copy(self.state), method=self.method.snapshot())
+        return ExperimentSnapshot(
+            state=_copy(self.state), method=self.method.snapshot(), sampler=self.sampler.snapshot()
+        )
 
     @classmethod
     def restore(
@@ -202,6 +307,8 @@ class Experiment:
         experiment = cls(config, method, context_dir=context_dir)
         experiment.state = snapshot.state if owned else _copy(snapshot.state)
         experiment.method.restore(snapshot.method)
+        experiment.sampler.restore(snapshot.sampler)
+        experiment._reindex()
         return experiment
 
     def fail(self) -> Shutdown:
@@ -212,6 +319,7 @@ class Experiment:
 
     # ---------------------------------------------------------------- events
     def apply(self, event: SearchEvent) -> Decision:
+        self._fresh = {}
         if self.is_shut_down:
             return Decision(ignored="the experiment has shut down; no more decisions")
         if isinstance(event, Start):
@@ -259,6 +367,9 @@ class Experiment:
         trial.trained = event.length
         trial.metric = event.metric
         self.state.holding -= 1
+        self._training.discard(trial.request_id)
+        value = rank_value(event.metric, self.config.searcher.smaller_is_better)
+        self.sampler.observe(trial.index, event.length, None if value == WORST else value)
         ops = self.method.validation_completed(self, trial.request_id, event.metric, event.length)
         return self._run(ops)
 
@@ -266,6 +377,9 @@ class Experiment:
         if trial.terminal:
             return Decision(ignored=f"trial {trial.trial_id} has ended already")
         was_holding = trial.holds_op
+        if reason in _FAILED and trial.op is not None and not trial.op_done:
+            self.sampler.observe(trial.index, trial.op.length, None)  # ranks last there
+        self._training.discard(trial.request_id)
         trial.terminal = True
         trial.exited = reason
         self.state.ended += 1
@@ -314,12 +428,15 @@ class Experiment:
                 f"Create for request {op.request_id}, which exists already; "
                 "create each trial once, through ctx.create()"
             )
-        self.state.trials[op.request_id] = TrialRecord(
+        index = next((i for i, fresh in self._fresh.items() if fresh is op), None)
+        record = TrialRecord(
             request_id=op.request_id,
             trial_id=len(self.state.trials) + 1,
-            index=self.state.next_index - 1,
+            index=self.state.next_index - 1 if index is None else index,
             create=op,
         )
+        self.state.trials[op.request_id] = record
+        self._by_index[record.index] = record
 
     def _trial_for(self, op: ValidateAfter | Close) -> TrialRecord:
         trial = self.state.trials.get(op.request_id)
@@ -352,6 +469,7 @@ class Experiment:
             )
         trial.op = op
         trial.op_done = False
+        self._training.add(trial.request_id)
         if self.cap and (self.state.holding >= self.cap or self.state.queue):
             trial.queued = True
             self.state.queue.append(trial.request_id)

@@ -2,7 +2,8 @@
 
 Determined 0.37's vocabulary, as frozen values with a ``type`` discriminator:
 
-* ``Create(request_id, hparams, seed, checkpoint)``: start a trial, optionally warm-started;
+* ``Create(request_id, hparams, seed, checkpoint, suggestion)``: start a trial, optionally
+  warm-started; ``suggestion`` says why a model-based sampler chose its hyperparameters;
 * ``ValidateAfter(request_id, length)``: train the trial to the *absolute* ``length``, then
   validate and report the searcher metric;
 * ``Close(request_id)``: the trial gets no more operations after the current one;
@@ -17,11 +18,49 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, TypeAdapter
 
-__all__ = ["Close", "Create", "Operation", "Shutdown", "ValidateAfter", "operations_adapter"]
+__all__ = [
+    "Close",
+    "Create",
+    "Operation",
+    "Shutdown",
+    "Suggestion",
+    "ValidateAfter",
+    "operations_adapter",
+]
 
 
 class _Op(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Suggestion(_Op):
+    """Why a trial got its hyperparameters; logged in its ``Create`` operation."""
+
+    sampler: str
+    # initial: a point of the quasi-random start; random: the share of random draws;
+    # model: the model's best candidate.
+    kind: Literal["initial", "random", "model"]
+    # The length (rung) the model was fitted for, its results and pending trials.
+    length: int | None = None
+    results: int = 0
+    pending: int = 0
+    # The model's score of the point: expected improvement (gp), density ratio (tpe).
+    score: float | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        match self.kind:
+            case "initial":
+                return f"{self.sampler}: {self.note}"
+            case "random":
+                return f"random: {self.note}"
+            case "model":
+                score = "" if self.score is None else f": {self.note} {self.score:.3g}"
+                pending = f", {self.pending} pending fantasised" if self.sampler == "gp" else ""
+                return (
+                    f"sampled by {self.sampler} at length {self.length} "
+                    f"({self.results} results{pending}){score}"
+                )
 
 
 class Create(_Op):
@@ -31,6 +70,8 @@ class Create(_Op):
     seed: int = Field(ge=0)
     # A checkpoint uuid to warm-start from (searcher.source_checkpoint_uuid), or None.
     checkpoint: str | None = None
+    # Why a model-based sampler chose ``hparams``; None for random draws and given points.
+    suggestion: Suggestion | None = None
 
 
 class ValidateAfter(_Op):

@@ -16,7 +16,14 @@ from rung.searcher.config import ExperimentConfig, load_config_file
 from rung.searcher.errors import SimulationError
 from rung.searcher.methods import build_method
 from rung.searcher.plan import SearchPlan, plan_search
-from rung.searcher.simulate import BENCHMARKS, Benchmark, Curves, SimulationResult, benchmark_named
+from rung.searcher.simulate import (
+    BENCHMARKS,
+    Benchmark,
+    Curves,
+    SimulationResult,
+    benchmark_named,
+    load_objective,
+)
 from rung.searcher.simulate import simulate as run_simulation
 
 __all__ = ["register"]
@@ -48,6 +55,12 @@ def register(commands: Any) -> None:
         type=Path,
         metavar="FILE",
         help='learning curves, JSON lines of {"hparams": ..., "curve": ...}',
+    )
+    source.add_argument(
+        "--objective",
+        metavar="FILE.py:FUNCTION",
+        help="your own deterministic function (hparams: dict, length: int) -> float; the "
+        "file may set MAX_LENGTH and OPTIMUM",
     )
     sim.add_argument("--workers", type=int, default=4, help="simulated workers (default 4)")
     sim.add_argument(
@@ -125,6 +138,8 @@ def _print_plan(plan: SearchPlan) -> None:
 def _benchmark(args: argparse.Namespace) -> Benchmark:
     if args.benchmark:
         return benchmark_named(args.benchmark)
+    if args.objective is not None:
+        return load_objective(args.objective)
     path: Path = args.curves
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

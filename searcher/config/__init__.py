@@ -25,6 +25,13 @@ from rung.searcher.config.loader import (
     load_config_text,
     parse_config,
 )
+from rung.searcher.config.samplers import (
+    SAMPLER_NAMES,
+    GPSamplerConfig,
+    RandomSamplerConfig,
+    SamplerConfig,
+    TPESamplerConfig,
+)
 from rung.searcher.config.searchers import (
     SEARCHER_NAMES,
     AdaptiveASHASearcher,
@@ -38,6 +45,7 @@ from rung.searcher.config.searchers import (
 )
 
 __all__ = [
+    "SAMPLER_NAMES",
     "SEARCHER_NAMES",
     "AdaptiveASHASearcher",
     "AdaptiveMode",
@@ -48,6 +56,7 @@ __all__ = [
     "CustomSearcher",
     "DoubleHP",
     "ExperimentConfig",
+    "GPSamplerConfig",
     "GridSearcher",
     "Hyperparameter",
     "Hyperparameters",
@@ -58,11 +67,14 @@ __all__ = [
     "LogHP",
     "NestedHP",
     "NumericHP",
+    "RandomSamplerConfig",
     "RandomSearcher",
     "Reproducibility",
     "Resources",
+    "SamplerConfig",
     "SearcherConfig",
     "SingleSearcher",
+    "TPESamplerConfig",
     "iter_leaves",
     "load_config_file",
     "load_config_text",

@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from rung.searcher.config._model import suggest
 from rung.searcher.config.experiment import ExperimentConfig
 from rung.searcher.config.hyperparameters import HP_TYPES
+from rung.searcher.config.samplers import SAMPLER_NAMES
 from rung.searcher.config.searchers import SEARCHER_NAMES
 from rung.searcher.errors import ConfigError, ConfigProblem
 
@@ -82,7 +83,12 @@ def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
     return list(dict.fromkeys(problems))
 
 
-_TAGS = frozenset(SEARCHER_NAMES) | frozenset(HP_TYPES) | {"nested", "str", "list[str]"}
+_TAGS = (
+    frozenset(SEARCHER_NAMES)
+    | frozenset(SAMPLER_NAMES)
+    | frozenset(HP_TYPES)
+    | {"nested", "str", "list[str]"}
+)
 
 
 def _clean_path(loc: tuple[int | str, ...], raw: Any) -> tuple[str, Any]:
@@ -131,6 +137,8 @@ def _wording(kind: str, ctx: dict[str, Any], value: Any, path: str) -> str:  # n
             return f"must be at least {_num(ctx['ge'])}, got {value!r}"
         case "less_than":
             return f"must be less than {_num(ctx['lt'])}, got {value!r}"
+        case "less_than_equal":
+            return f"must be at most {_num(ctx['le'])}, got {value!r}"
         case "int_type" | "int_parsing" | "int_from_float":
             return f"must be a whole number, got {value!r}"
         case "float_type" | "float_parsing" | "finite_number":
@@ -152,7 +160,8 @@ def _wording(kind: str, ctx: dict[str, Any], value: Any, path: str) -> str:  # n
         case "union_tag_invalid":
             return _bad_tag(str(ctx.get("tag")), path)
         case "union_tag_not_found":
-            return f"required, but missing; add name: one of {', '.join(SEARCHER_NAMES)}"
+            names = SAMPLER_NAMES if path.startswith("searcher.sampler") else SEARCHER_NAMES
+            return f"required, but missing; add name: one of {', '.join(names)}"
     return f"{kind.replace('_', ' ')}, got {value!r}"
 
 
@@ -161,8 +170,11 @@ def _num(value: Any) -> str:
 
 
 def _bad_tag(tag: str, path: str) -> str:
-    if path.startswith("searcher") or path == "":
-        valid: tuple[str, ...] = (*SEARCHER_NAMES, "asha")
+    if path.startswith("searcher.sampler"):
+        valid: tuple[str, ...] = SAMPLER_NAMES
+        what = "sampler"
+    elif path.startswith("searcher") or path == "":
+        valid = (*SEARCHER_NAMES, "asha")
         what = "searcher name"
     else:
         valid = HP_TYPES

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from rung.broker.limits import is_uuid
 from rung.searcher.config._model import ConfigModel, record_warning, rule_error
 from rung.searcher.config.length import Length
+from rung.searcher.config.samplers import RandomSamplerConfig, SamplerConfig
 
 __all__ = [
     "MAX_GRID_POINTS",
@@ -104,7 +105,17 @@ class SingleSearcher(_Searcher):
     max_length: Length
 
 
-class RandomSearcher(_Searcher):
+def _random_sampler() -> SamplerConfig:
+    return RandomSamplerConfig(name="random")
+
+
+class _Sampled(_Searcher):
+    """A searcher that creates trials: ``sampler`` chooses their hyperparameters."""
+
+    sampler: SamplerConfig = Field(default_factory=_random_sampler)
+
+
+class RandomSearcher(_Sampled):
     name: Literal["random"]
     max_length: Length
     max_trials: _PositiveInt
@@ -128,7 +139,7 @@ class GridSearcher(_Searcher):
         return super()._unknown_keys_error(unknown, [k for k in known if k != "max_trials"])
 
 
-class AsyncHalvingSearcher(_Searcher):
+class AsyncHalvingSearcher(_Sampled):
     """ASHA; promotion-based unless ``stop_once`` (Determined 0.37's default)."""
 
     name: Literal["async_halving"]
@@ -140,7 +151,7 @@ class AsyncHalvingSearcher(_Searcher):
     stop_once: StrictBool = False
 
 
-class AdaptiveASHASearcher(_Searcher):
+class AdaptiveASHASearcher(_Sampled):
     name: Literal["adaptive_asha"]
     max_length: Length
     max_trials: _PositiveInt
@@ -152,7 +163,7 @@ class AdaptiveASHASearcher(_Searcher):
     stop_once: StrictBool = False
 
 
-class CustomSearcher(_Searcher):
+class CustomSearcher(_Sampled):
     """A user's search method, loaded from the experiment's context directory.
 
     Keys other than the ones below are handed to the class as ``options``.

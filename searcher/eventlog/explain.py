@@ -65,9 +65,11 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
     match body:
         case None:
             config = run.experiment.config
+            sampler = getattr(config.searcher, "sampler", None)
+            sampled = f", sampler {sampler.name}" if sampler and sampler.name != "random" else ""
             return (
                 f"experiment {run.experiment_id} started: searcher {config.searcher.name}, "
-                f"seed {config.experiment_seed}"
+                f"seed {config.experiment_seed}{sampled}"
             )
         case TrialStarted():
             return f"trial {body.trial_id} attempt {body.attempt} started on {body.worker_id}"
@@ -100,6 +102,8 @@ def _explain_ops(step: Step, run: ExperimentRun) -> list[str]:
             case Create():
                 trial_id = trials[op.request_id].trial_id
                 lines.append(f"trial {trial_id} created: {json.dumps(op.hparams)}")
+                if op.suggestion is not None:
+                    lines.append(f"trial {trial_id} hyperparameters {op.suggestion.describe()}")
             case ValidateAfter():
                 trial_id = trials[op.request_id].trial_id
                 asha = _asha_for(method, op.request_id)

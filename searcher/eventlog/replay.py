@@ -36,6 +36,7 @@ from rung.searcher.eventlog.records import (
 from rung.searcher.eventlog.snapshots import StoredSnapshot, matches
 from rung.searcher.experiment import Experiment
 from rung.searcher.methods import build_method
+from rung.searcher.ops import Create
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["Divergence", "Replayed", "replay"]
@@ -76,11 +77,23 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def fold(run: ExperimentRun, record: InputRecord) -> Step:
-    """Apply one recorded input to ``run``: its failure if it failed, else the input."""
+def fold(run: ExperimentRun, record: InputRecord, *, verify: bool = False) -> Step:
+    """Apply one recorded input to ``run``: its failure if it failed, else the input.
+
+    The trials the record created are handed to the experiment, which takes a
+    model-based sampler's suggestion from them rather than recomputing it (``verify``:
+    recomputes it too, and keeps the logged one if they agree within the tolerance).
+    """
     if record.failed is not None:
         return run.fail(record.failed)
-    return run.start() if record.input is None else run.on_event(record.input)
+    experiment = run.experiment
+    experiment.recorded = {op.request_id: op for op in record.ops if isinstance(op, Create)}
+    experiment.verify_recorded = verify
+    try:
+        return run.start() if record.input is None else run.on_event(record.input)
+    finally:
+        experiment.recorded = None
+        experiment.verify_recorded = False
 
 
 def _decisions(ops: list[Any], commands: list[Any], failed: str | None) -> str:
@@ -175,10 +188,12 @@ def _fold_safely(
     index: int,
     record: InputRecord,
     context_root: Path | None,
+    *,
+    verify: bool,
 ) -> Step:
     """Fold ``record``; if that raises, fail the experiment where the input was."""
     try:
-        return fold(result.run, record)
+        return fold(result.run, record, verify=verify)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 (any error fails the experiment)
         reason = describe_error(exc)
     # The input may have changed the state half-way: fold the log again up to it.
@@ -226,7 +241,7 @@ def replay(
                 now = _failure_now(result, record, context_root)
                 if now != f"failed: {record.failed}":
                     result.divergence = Divergence(record.seq, f"failed: {record.failed}", now)
-            step = _fold_safely(result, records, index, record, context_root)
+            step = _fold_safely(result, records, index, record, context_root, verify=verify)
             if on_step is not None:
                 on_step(record, step, result.run)
             if verify and result.divergence is None:

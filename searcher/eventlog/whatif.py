@@ -5,6 +5,11 @@ experiment has the same hyperparameters under any searcher as long as the seed a
 hyperparameter space are the same, so another search method can be replayed against the
 recorded results in the simulator. Where the new decisions need a result the log does not
 have (a trial trained further than it was, or more trials), the what-if stops and says so.
+
+With a model-based sampler (``gp``, ``tpe``) a trial's hyperparameters depend on the
+results before it, in the order they came: the simulated workers' order is not the
+cluster's, so a what-if is a re-run of the search on the recorded results, which stops
+with a gap as soon as the model asks for a point the log does not have.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ PURE = [
     ROOT / "searcher" / "methods",
     ROOT / "searcher" / "simulate",
     ROOT / "searcher" / "trials",
+    ROOT / "searcher" / "samplers",
     *(
         ROOT / "searcher" / name
         for name in (
@@ -79,3 +80,16 @@ def test_importing_the_search_core_loads_no_broker_code() -> None:
 def test_the_search_core_names_asyncio_nowhere() -> None:
     for path in pure_files():
         assert "asyncio" not in path.read_text(), path
+
+
+def test_samplers_use_only_seeded_numpy_generators() -> None:
+    """numpy's module-level random functions share one global state: never used."""
+    for path in sorted((ROOT / "searcher" / "samplers").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+                inner = node.value
+                if inner.attr == "random" and isinstance(inner.value, ast.Name):
+                    assert node.attr in {"default_rng", "Generator"}, (
+                        f"{path}: np.random.{node.attr}"
+                    )

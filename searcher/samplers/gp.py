@@ -1,0 +1,317 @@
+"""``gp``: a multi-fidelity Gaussian process with expected improvement.
+
+In the style of MOBSTER (Klein et al., 2020) and Syne Tune's asynchronous model-based
+searchers, written for Rung's pure core:
+
+* **Data.** The latest result of every trial at every length, from every bracket. Within
+  a length, values become normal scores of their ranks (see :mod:`.model_based`); the
+  length itself is an input (its log, scaled to ``[0, 1]``), so one model sees every
+  rung and learns how far results at one length predict results at another.
+* **Kernel.** Matérn 5/2 with one length scale per input (numbers, one-hot categoricals,
+  the length), a signal and a noise variance, fitted by maximising the marginal
+  likelihood (L-BFGS-B, analytic gradient, a fixed start and iteration cap).
+* **Bounded cost.** At most ``max_data`` results: those at the target length first, then
+  the longest lengths, each newest first. The kernel's parameters are refitted only when
+  the results grow past a milestone (8, 10, 12, ... each 20% more), on the results as
+  they were at that milestone, so they are a function of the log and cached.
+* **Pending trials** are fantasised at the length they report next with the posterior
+  mean ("kriging believer"), which shrinks the uncertainty where a worker already is
+  without lying about the value; eight workers then spread out instead of crowding.
+* **Acquisition.** Expected improvement at the target length (the longest with
+  ``min_results`` results) over the best result there, maximised over ``candidates``
+  points: uniform draws plus local moves around the best results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.optimize import minimize
+from scipy.special import ndtr
+
+from rung.searcher.config import GPSamplerConfig, Hyperparameters
+from rung.searcher.samplers.base import Result, SamplerData, Suggested, Suggestion, sampler_rng
+from rung.searcher.samplers.encoding import FloatArray, IntArray
+from rung.searcher.samplers.model_based import (
+    ModelSampler,
+    RungData,
+    log_length,
+    normal_scores,
+    rung_data,
+)
+
+__all__ = ["GPSampler", "Kernel", "fit_kernel", "milestone"]
+
+_SQRT5 = math.sqrt(5.0)
+_JITTER = 1e-8
+# Bounds of the kernel's log-parameters: length scales, signal variance, noise variance.
+_LOG_SCALE = (math.log(0.02), math.log(20.0))
+_LOG_SIGNAL = (math.log(0.05), math.log(20.0))
+_LOG_NOISE = (math.log(1e-4), math.log(2.0))
+
+
+# The most results the kernel's parameters are fitted on (each fit costs ~40 likelihood
+# evaluations of cubic cost); the posterior itself uses up to ``max_data``.
+_FIT_DATA = 128
+
+
+def milestone(count: int, first: int) -> int:
+    """The largest milestone at most ``count``: ``first``, then each 25% (at least 4) more."""
+    mark = first
+    while True:
+        following = max(mark + 4, math.ceil(mark * 1.25))
+        if following > count:
+            return mark
+        mark = following
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    log_scales: FloatArray
+    log_signal: float
+    log_noise: float
+
+    def matrix(self, a: FloatArray, b: FloatArray) -> FloatArray:
+        return _matern(a / np.exp(self.log_scales), b / np.exp(self.log_scales), self.log_signal)
+
+
+def _distances(a: FloatArray, b: FloatArray) -> FloatArray:
+    sq: FloatArray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    out: FloatArray = np.sqrt(np.maximum(sq, 0.0))
+    return out
+
+
+def _matern(a: FloatArray, b: FloatArray, log_signal: float) -> FloatArray:
+    r = _SQRT5 * _distances(a, b)
+    return math.exp(log_signal) * (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+
+def _neg_log_likelihood(
+    theta: FloatArray, x: FloatArray, y: FloatArray
+) -> tuple[float, FloatArray]:
+    dims = x.shape[1]
+    scales = np.exp(theta[:dims])
+    signal, noise = math.exp(theta[dims]), math.exp(theta[dims + 1])
+    z = x / scales
+    r = _SQRT5 * _distances(z, z)
+    e = np.exp(-r)
+    k = signal * (1.0 + r + r * r / 3.0) * e
+    n = x.shape[0]
+    kn = k + (noise + _JITTER) * np.eye(n)
+    try:
+        chol = cholesky(kn, lower=True)
+    except np.linalg.LinAlgError:
+        return 1e10, np.zeros_like(theta)
+    alpha = cho_solve((chol, True), y)
+    nll = (
+        0.5 * float(y @ alpha)
+        + float(np.log(np.diag(chol)).sum())
+        + 0.5 * n * math.log(2 * math.pi)
+    )
+    inner = np.outer(alpha, alpha) - cho_solve((chol, True), np.eye(n))
+    grad = np.empty_like(theta)
+    # d k / d log scale_j = signal * (5/3) (1 + r) e^{-r} * (x_j - x'_j)^2 / scale_j^2
+    base = signal * (5.0 / 3.0) * (1.0 + r) * e
+    for j in range(dims):
+        diff = z[:, j][:, None] - z[:, j][None, :]
+        grad[j] = -0.5 * float((inner * (base * diff * diff)).sum())
+    grad[dims] = -0.5 * float((inner * k).sum())
+    grad[dims + 1] = -0.5 * noise * float(np.trace(inner))
+    return nll, grad
+
+
+def fit_kernel(x: FloatArray, y: FloatArray) -> Kernel:
+    """The kernel of the largest marginal likelihood, from a fixed start (deterministic)."""
+    dims = x.shape[1]
+    start = np.concatenate([np.full(dims, math.log(0.5)), [0.0, math.log(0.1)]])
+    bounds = [_LOG_SCALE] * dims + [_LOG_SIGNAL, _LOG_NOISE]
+    found = minimize(
+        _neg_log_likelihood,
+        start,
+        args=(x, y),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 40},
+    )
+    theta = found.x if np.all(np.isfinite(found.x)) else start
+    return Kernel(theta[:dims].copy(), float(theta[dims]), float(theta[dims + 1]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Posterior:
+    kernel: Kernel
+    x: FloatArray
+    chol: FloatArray
+    alpha: FloatArray
+    mean: float
+
+    @classmethod
+    def of(
+        cls,
+        kernel: Kernel,
+        x: FloatArray,
+        y: FloatArray,
+        fantasies: int = 0,
+        mean: float | None = None,
+    ) -> _Posterior:
+        """The posterior given ``y`` at ``x``, whose last ``fantasies`` rows are fantasies:
+        taken as exact (jitter only), so the uncertainty at a pending point collapses."""
+        mean = (float(y.mean()) if y.size else 0.0) if mean is None else mean
+        noise = np.full(x.shape[0], math.exp(kernel.log_noise) + _JITTER)
+        if fantasies:
+            noise[-fantasies:] = 1e-4 * math.exp(kernel.log_signal) + _JITTER
+        chol = cholesky(kernel.matrix(x, x) + np.diag(noise), lower=True)
+        return cls(kernel, x, chol, cho_solve((chol, True), y - mean), mean)
+
+    def predict(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
+        cross = self.kernel.matrix(points, self.x)
+        mu = self.mean + cross @ self.alpha
+        v: FloatArray = solve_triangular(self.chol, cross.T, lower=True)
+        var = math.exp(self.kernel.log_signal) - (v * v).sum(0)
+        sigma: FloatArray = np.sqrt(np.maximum(var, 1e-12))
+        return mu, sigma
+
+
+def expected_improvement(mu: FloatArray, sigma: FloatArray, best: float) -> FloatArray:
+    z = (best - mu) / sigma
+    ei: FloatArray = (best - mu) * ndtr(z) + sigma * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return ei
+
+
+class GPSampler(ModelSampler):
+    name: ClassVar[str] = "gp"
+    config: GPSamplerConfig
+
+    def __init__(self, config: GPSamplerConfig, hps: Hyperparameters) -> None:
+        super().__init__(config, hps)
+        self._kernels: dict[int, Kernel] = {}  # a cache, never state
+
+    # ------------------------------------------------------------ data
+    def _selection(self, rungs: RungData, target: int, cap: int) -> list[Result]:
+        """At most ``cap`` results: the target length's, then the longest, newest first."""
+        chosen: list[Result] = []
+        lengths = sorted(rungs.by_length, key=lambda n: (n != target, -n))
+        for length in lengths:
+            room = cap - len(chosen)
+            if room <= 0:
+                break
+            results = rungs.by_length[length]
+            chosen += results[-room:] if len(results) > room else results
+        return chosen
+
+    def _dataset(
+        self, data: SamplerData, rungs: RungData, target: int, cap: int | None = None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Inputs, normal scores and the target length's own scores."""
+        top = float(data.max_length or max(rungs.by_length))
+        selected = self._selection(rungs, target, cap or self.config.max_data)
+        scores: dict[tuple[int, int], float] = {}
+        for length, results in rungs.by_length.items():
+            for result, score in zip(
+                results, normal_scores([r.value for r in results]), strict=True
+            ):
+                scores[(length, result.index)] = float(score)
+        units, picks = self.encoded(data, [r.index for r in selected])
+        fidelity = np.array([[log_length(r.length, top)] for r in selected])
+        x = np.concatenate([self.encoder.one_hot(units, picks), fidelity], axis=1)
+        y = np.array([scores[(r.length, r.index)] for r in selected])
+        at_target = np.array([scores[(target, r.index)] for r in rungs.by_length[target]])
+        return x, y, at_target
+
+    def _kernel(self, data: SamplerData, target: int) -> Kernel:
+        """The kernel fitted at the latest milestone, on the results as they were then."""
+        mark = milestone(len(self.state.results), self.min_results())
+        kernel = self._kernels.get(mark)
+        if kernel is None:
+            past = self._rungs_until(mark)
+            past_target = self.target_length(past) or min(past.by_length)
+            x, y, _ = self._dataset(data, past, past_target, cap=_FIT_DATA)
+            kernel = fit_kernel(x, y)
+            self._kernels = {mark: kernel}
+        return kernel
+
+    def _rungs_until(self, count: int) -> RungData:
+        return rung_data(self.state.results[:count])
+
+    # ------------------------------------------------------------ suggestion
+    def model_suggestion(
+        self, index: int, data: SamplerData, rungs: RungData, target: int
+    ) -> Suggested:
+        top = float(data.max_length or max(rungs.by_length))
+        x, y, at_target = self._dataset(data, rungs, target)
+        kernel = self._kernel(data, target)
+        posterior = _Posterior.of(kernel, x, y)
+        pending = list(data.pending)[:64]
+        if pending:
+            p_units, p_picks = self._encode_all([p.hparams for p in pending])
+            first = min(rungs.by_length)  # a trial not yet given a length reports there
+            fidelity = np.array([[log_length(p.length or first, top)] for p in pending])
+            px = np.concatenate([self.encoder.one_hot(p_units, p_picks), fidelity], axis=1)
+            fantasy, _ = posterior.predict(px)
+            posterior = _Posterior.of(
+                kernel,
+                np.concatenate([x, px]),
+                np.concatenate([y, fantasy]),
+                fantasies=len(pending),
+                mean=posterior.mean,
+            )
+        units, picks = self._candidates(index, data, rungs, target)
+        cx = np.concatenate(
+            [
+                self.encoder.one_hot(units, picks),
+                np.full((units.shape[0], 1), log_length(target, top)),
+            ],
+            axis=1,
+        )
+        mu, sigma = posterior.predict(cx)
+        ei = expected_improvement(mu, sigma, float(at_target.min()))
+        best = int(np.argmax(ei))  # the first of equal scores: a fixed order
+        return Suggested(
+            self.encoder.decode(units[best], picks[best]),
+            Suggestion(
+                sampler=self.name,
+                kind="model",
+                length=target,
+                results=len(rungs.by_length[target]),
+                pending=len(pending),
+                score=round(float(ei[best]), 6),
+                note="expected improvement",
+            ),
+        )
+
+    def _encode_all(self, points: Sequence[object]) -> tuple[FloatArray, IntArray]:
+        rows = [self.encoder.encode(p) for p in points]  # type: ignore[arg-type]
+        units = np.array([r[0] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        picks = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(rows), -1)
+        return units, picks
+
+    def _candidates(
+        self, index: int, data: SamplerData, rungs: RungData, target: int
+    ) -> tuple[FloatArray, IntArray]:
+        """Uniform draws, and local moves around the five best results at the target."""
+        rng = sampler_rng(data.seed, index, "candidates")
+        total = self.config.candidates
+        local = total // 4
+        units, picks = self.encoder.uniform(rng, total - local)
+        results = rungs.by_length[target]
+        ranked = sorted(
+            results,
+            key=lambda r: (r.value is None, r.value if r.value is not None else 0.0, r.index),
+        )[:5]
+        b_units, b_picks = self.encoded(data, [r.index for r in ranked])
+        origin = rng.integers(0, len(ranked), size=local)
+        moved = b_units[origin] + rng.normal(0.0, 0.08, size=(local, b_units.shape[1]))
+        moved_picks = b_picks[origin].copy()
+        if moved_picks.shape[1]:
+            flip = rng.random(moved_picks.shape) < 0.15
+            for column, size in enumerate(self.encoder.sizes):
+                draws = rng.integers(0, size, size=local)
+                moved_picks[:, column] = np.where(flip[:, column], draws, moved_picks[:, column])
+        moved, moved_picks = self.encoder.snap(np.clip(moved, 0.0, 1.0), moved_picks)
+        return np.concatenate([units, moved]), np.concatenate([picks, moved_picks])

@@ -1,0 +1,159 @@
+"""What the ``gp`` and ``tpe`` samplers share: the start, the random share, the rungs.
+
+A suggestion for trial ``index`` is, in this order:
+
+1. **initial**: while fewer than ``initial_points`` trials were suggested, or no length
+   has ``min_results`` results yet, point ``index`` of a scrambled Sobol sequence seeded
+   from the experiment seed. Concurrent trials get distinct, space-filling points, one
+   per worker, not independent draws that may fall together.
+2. **random**: with probability ``random_fraction`` (decided by the index's own
+   generator), a uniform draw from the space, so the search keeps exploring.
+3. **model**: the model's pick, fitted on the results kept per length ("rung").
+
+Results are pooled from every trial and every bracket, but always per length: values of
+different lengths are never put in one dataset as they are. Within a length, values are
+replaced by normal scores of their ranks (a failed trial ranks last), which makes
+lengths comparable and a heavy-tailed metric harmless.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.stats import qmc
+
+from rung.searcher.config import GPSamplerConfig, Hyperparameters, TPESamplerConfig
+from rung.searcher.samplers.base import (
+    Result,
+    Sampler,
+    SamplerData,
+    Suggested,
+    Suggestion,
+    sampler_rng,
+)
+from rung.searcher.samplers.encoding import Encoder, FloatArray, IntArray
+
+__all__ = ["ModelSampler", "RungData", "normal_scores", "rung_data"]
+
+_NORMAL = NormalDist()
+
+
+def normal_scores(values: Sequence[float | None]) -> FloatArray:
+    """Each value's rank as a standard normal quantile; None ranks last, ties by order."""
+    n = len(values)
+    order = sorted(
+        range(n), key=lambda i: (values[i] is None, values[i] if values[i] is not None else 0, i)
+    )
+    scores = np.empty(n, dtype=np.float64)
+    for rank, i in enumerate(order):
+        scores[i] = _NORMAL.inv_cdf((rank + 0.5) / n)
+    return scores
+
+
+@dataclass(frozen=True, slots=True)
+class RungData:
+    """The latest result of each trial at each length, grouped by length."""
+
+    by_length: dict[int, list[Result]]
+
+    def counts(self) -> dict[int, int]:
+        return {length: len(results) for length, results in self.by_length.items()}
+
+
+def rung_data(results: Sequence[Result]) -> RungData:
+    by_key: dict[tuple[int, int], Result] = {}
+    for result in results:
+        by_key.pop((result.length, result.index), None)
+        by_key[(result.length, result.index)] = result  # the latest, in log order
+    by_length: dict[int, list[Result]] = {}
+    for (length, _), result in by_key.items():
+        by_length.setdefault(length, []).append(result)
+    return RungData(dict(sorted(by_length.items())))
+
+
+class ModelSampler(Sampler):
+    """The initial design, the random share and the choice of rung; models go below."""
+
+    config: GPSamplerConfig | TPESamplerConfig
+    kind_name: ClassVar[str]
+
+    def __init__(self, config: GPSamplerConfig | TPESamplerConfig, hps: Hyperparameters) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(hps)
+
+    def min_results(self) -> int:
+        return self.config.min_results or self.encoder.dims + 2
+
+    def initial_points(self, data: SamplerData) -> int:
+        return self.config.initial_points or max(data.concurrency, self.encoder.dims + 1)
+
+    def target_length(self, rungs: RungData) -> int | None:
+        """The longest length with enough results to fit a model on."""
+        enough = [length for length, n in rungs.counts().items() if n >= self.min_results()]
+        return max(enough) if enough else None
+
+    def suggest(self, index: int, data: SamplerData) -> Suggested | None:
+        if self.encoder.dims == 0:
+            return None  # nothing varies: the random draw is the only point
+        rungs = rung_data(self.state.results)
+        target = self.target_length(rungs)
+        start = self.initial_points(data)
+        if index < start or target is None:
+            why = (
+                f"Sobol point {index + 1} of the {start}-point start"
+                if index < start
+                else f"Sobol point {index + 1}: no length has {self.min_results()} results yet"
+            )
+            return self._initial(index, data, why)
+        if sampler_rng(data.seed, index, "share").random() < self.config.random_fraction:
+            units, picks = self.encoder.uniform(sampler_rng(data.seed, index, "random"), 1)
+            share = self.config.random_fraction
+            note = f"1 in {round(1 / share)} suggestions" if share > 0 else ""
+            return Suggested(
+                self.encoder.decode(units[0], picks[0]),
+                Suggestion(sampler=self.name, kind="random", note=note),
+            )
+        return self.model_suggestion(index, data, rungs, target)
+
+    def _initial(self, index: int, data: SamplerData, why: str) -> Suggested:
+        sobol = qmc.Sobol(
+            d=self.encoder.dims, scramble=True, seed=sampler_rng(data.seed, 0, "sobol")
+        )
+        if index:
+            sobol.fast_forward(index)
+        units, picks = self.encoder.from_cube(sobol.random(1))
+        return Suggested(
+            self.encoder.decode(units[0], picks[0]),
+            Suggestion(sampler=self.name, kind="initial", note=why),
+        )
+
+    def encoded(self, data: SamplerData, indices: Sequence[int]) -> tuple[FloatArray, IntArray]:
+        """The encoded points of trials ``indices``."""
+        rows = [self.encoder.encode(data.hparams_of(i)) for i in indices]
+        units = np.array([r[0] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        picks = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(rows), -1)
+        return units, picks
+
+    @abstractmethod
+    def model_suggestion(
+        self, index: int, data: SamplerData, rungs: RungData, target: int
+    ) -> Suggested: ...
+
+
+def log_length(length: int, max_length: float) -> float:
+    """A length as a fidelity in ``[0, 1]``: its log over the log of the longest."""
+    if max_length <= 1:
+        return 1.0
+    return min(math.log(max(length, 1)) / math.log(max_length), 1.0)
+
+
+def describe_state(sampler: Sampler) -> dict[str, Any]:
+    """For tests and the CLI: how many results the sampler holds, per length."""
+    return {"results": rung_data(sampler.state.results).counts()}
