@@ -68,7 +68,7 @@ def mixed_loss(hparams: dict[str, Any], length: int) -> float:
     value += (flat["dropout"] - 0.1) ** 2 * 4
     value += {"sgd": 1.0, "adam": 0.0, "rmsprop": 0.4}[flat["optimizer"]]
     value += {64: 0.3, 128: 0.0, 256: 0.2}[flat["arch.width"]]
-    return value + 2.0 / length
+    return float(value + 2.0 / length)
 
 
 # ---------------------------------------------------------------- config
@@ -109,13 +109,13 @@ def test_the_encoding_round_trips_log_int_categorical_nested_and_const_values() 
     rng = np.random.default_rng(3)
     units, picks = encoder.uniform(rng, 200)
     for row in range(200):
-        point = encoder.decode(units[row], picks[row])
-        assert point["arch"] == {"width": point["arch"]["width"], "act": "relu"}  # type: ignore[index]
+        point: dict[str, Any] = encoder.decode(units[row], picks[row])
+        assert point["arch"] == {"width": point["arch"]["width"], "act": "relu"}
         again_units, again_picks = encoder.encode(point)
         assert same_point(encoder.decode(again_units, again_picks), point, rel_tol=1e-12)
         assert isinstance(point["layers"], int)
-        assert 1 <= point["layers"] <= 8  # type: ignore[operator]
-        assert 1e-5 <= point["lr"] <= 0.1  # type: ignore[operator]
+        assert 1 <= point["layers"] <= 8
+        assert 1e-5 <= point["lr"] <= 0.1
     layers = {encoder.decode(units[r], picks[r])["layers"] for r in range(200)}
     assert layers == set(range(1, 9))  # every integer is reachable, the ends included
 
@@ -365,10 +365,10 @@ def test_edge_spaces_give_valid_points(sampler: str) -> None:
     Driver(experiment, Random(1), metric=lambda h, n: float(h["many"]) + h["two"]).run()
     assert experiment.is_shut_down
     for trial in experiment.trials.values():
-        h = trial.hparams
+        h: dict[str, Any] = trial.hparams
         assert 1e-300 <= h["huge"] <= 1e300
         assert math.isfinite(h["huge"])
-        assert 0 <= h["tiny"] <= 1e-300  # type: ignore[operator]
+        assert 0 <= h["tiny"] <= 1e-300
         assert h["two"] in (0, 1)
         assert h["many"] in range(500)
         assert h["one"] is None
