@@ -29,6 +29,7 @@ from rung.cli.render import (
 from rung.client import Client, Experiment
 from rung.searcher.eventlog import InputRecord, replay
 from rung.searcher.eventlog.explain import entry, print_entry
+from rung.searcher.eventlog.replay import fold
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["follow", "register"]
@@ -190,7 +191,7 @@ def experiment_logs(args: argparse.Namespace) -> int:
         async for record in experiment.watch(after_seq=records[-1].seq):
             if isinstance(record, InputRecord):
                 run = result.run
-                step = run.start() if record.input is None else run.on_event(record.input)
+                step = fold(run, record)  # as replay: the logged suggestions, the failures
                 show(record, step, run)
             if ended:
                 break

@@ -39,7 +39,7 @@ from rung.searcher.methods import build_method
 from rung.searcher.ops import Create
 from rung.searcher.trials import ExperimentRun, Step
 
-__all__ = ["Divergence", "Replayed", "replay"]
+__all__ = ["Divergence", "Replayed", "fold", "replay"]
 
 
 @dataclass(frozen=True)

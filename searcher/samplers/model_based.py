@@ -120,7 +120,22 @@ class ModelSampler(Sampler):
                 self.encoder.decode(units[0], picks[0]),
                 Suggestion(sampler=self.name, kind="random", note=note),
             )
-        return self.model_suggestion(index, data, rungs, target)
+        try:
+            with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+                return self.model_suggestion(index, data, rungs, target)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            # A model that cannot be fitted (degenerate data) must not fail the search:
+            # this trial is drawn at random, and the reason is logged with it.
+            units, picks = self.encoder.uniform(sampler_rng(data.seed, index, "random"), 1)
+            return Suggested(
+                self.encoder.decode(units[0], picks[0]),
+                Suggestion(
+                    sampler=self.name,
+                    kind="random",
+                    length=target,
+                    note=f"the model failed at length {target} ({type(exc).__name__}: {exc})"[:300],
+                ),
+            )
 
     def _initial(self, index: int, data: SamplerData, why: str) -> Suggested:
         sobol = qmc.Sobol(

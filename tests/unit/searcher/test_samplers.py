@@ -433,3 +433,22 @@ def test_the_simulator_runs_every_sampler_with_eight_workers() -> None:
             build_sampler(config),
             {"random": RandomSampler, "tpe": TPESampler, "gp": GPSampler}[sampler],
         )
+
+
+def test_a_model_that_cannot_be_fitted_draws_at_random_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def singular(*_args: Any) -> Any:
+        raise np.linalg.LinAlgError("matrix is not positive definite")
+
+    monkeypatch.setattr(GPSampler, "model_suggestion", singular)
+    experiment = _run("gp", 3, trials=40)
+    assert experiment.is_shut_down
+    failed = [
+        t.create.suggestion
+        for t in experiment.trials.values()
+        if t.create.suggestion and "the model failed" in t.create.suggestion.note
+    ]
+    assert failed
+    assert all(s.kind == "random" for s in failed)
+    assert "LinAlgError: matrix is not positive definite" in failed[0].note
