@@ -172,6 +172,13 @@ class Encoder:
                 units[:, column] = index / span
         return units, picks
 
+    def one_hot_groups(self) -> IntArray:
+        """The dimension each column of :meth:`one_hot` belongs to."""
+        groups = list(range(len(self.numbers)))
+        for offset, choice in enumerate(self.choices):
+            groups += [len(self.numbers) + offset] * choice.size
+        return np.array(groups, dtype=np.int64)
+
     def one_hot(self, units: FloatArray, picks: IntArray) -> FloatArray:
         """Numbers then one column per categorical value: the GP's inputs."""
         columns = [units]

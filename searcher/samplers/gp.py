@@ -7,9 +7,10 @@ searchers, written for Rung's pure core:
   a length, values become normal scores of their ranks (see :mod:`.model_based`); the
   length itself is an input (its log, scaled to ``[0, 1]``), so one model sees every
   rung and learns how far results at one length predict results at another.
-* **Kernel.** Matérn 5/2 with one length scale per input (numbers, one-hot categoricals,
-  the length), a signal and a noise variance, fitted by maximising the marginal
-  likelihood (L-BFGS-B, analytic gradient, a fixed start and iteration cap).
+* **Kernel.** Matérn 5/2 with one length scale per dimension (a number, a categorical's
+  one-hot columns together, the length), a signal and a noise variance, fitted by
+  maximising the marginal likelihood (L-BFGS-B, analytic gradient, a fixed start and
+  iteration cap).
 * **Bounded cost.** At most ``max_data`` results: those at the target length first, then
   the longest lengths, each newest first. The kernel's parameters are refitted only when
   the results grow past a milestone (8, 10, 12, ... each 20% more), on the results as
@@ -58,6 +59,8 @@ _LOG_NOISE = (math.log(1e-4), math.log(2.0))
 # The most results the kernel's parameters are fitted on (each fit costs ~40 likelihood
 # evaluations of cubic cost); the posterior itself uses up to ``max_data``.
 _FIT_DATA = 128
+# Candidates scored at once (a chunk of the cross-covariance matrix).
+_CHUNK = 512
 
 
 def milestone(count: int, first: int) -> int:
@@ -72,18 +75,28 @@ def milestone(count: int, first: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
-    log_scales: FloatArray
+    """Matérn 5/2 with one length scale per *group* of input columns: a number is one
+    column, a categorical all its one-hot columns (one scale, however many values), the
+    length one column."""
+
+    groups: IntArray  # the group of each input column
+    log_scales: FloatArray  # one per group
     log_signal: float
     log_noise: float
 
     def matrix(self, a: FloatArray, b: FloatArray) -> FloatArray:
-        return _matern(a / np.exp(self.log_scales), b / np.exp(self.log_scales), self.log_signal)
+        scales = np.exp(self.log_scales)[self.groups]
+        return _matern(a / scales, b / scales, self.log_signal)
 
 
 def _distances(a: FloatArray, b: FloatArray) -> FloatArray:
-    sq: FloatArray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    out: FloatArray = np.sqrt(np.maximum(sq, 0.0))
+    out: FloatArray = np.sqrt(_squared(a, b))
     return out
+
+
+def _squared(a: FloatArray, b: FloatArray) -> FloatArray:
+    sq: FloatArray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(sq, 0.0)
 
 
 def _matern(a: FloatArray, b: FloatArray, log_signal: float) -> FloatArray:
@@ -92,19 +105,18 @@ def _matern(a: FloatArray, b: FloatArray, log_signal: float) -> FloatArray:
 
 
 def _neg_log_likelihood(
-    theta: FloatArray, x: FloatArray, y: FloatArray
+    theta: FloatArray, parts: FloatArray, y: FloatArray
 ) -> tuple[float, FloatArray]:
-    dims = x.shape[1]
-    scales = np.exp(theta[:dims])
-    signal, noise = math.exp(theta[dims]), math.exp(theta[dims + 1])
-    z = x / scales
-    r = _SQRT5 * _distances(z, z)
+    """``parts[g]``: the squared distances between the inputs in group ``g``'s columns."""
+    count = parts.shape[0]
+    inverse = np.exp(-2.0 * theta[:count])
+    signal, noise = math.exp(theta[count]), math.exp(theta[count + 1])
+    r = _SQRT5 * np.sqrt(np.tensordot(inverse, parts, axes=1))
     e = np.exp(-r)
     k = signal * (1.0 + r + r * r / 3.0) * e
-    n = x.shape[0]
-    kn = k + (noise + _JITTER) * np.eye(n)
+    n = y.shape[0]
     try:
-        chol = cholesky(kn, lower=True)
+        chol = cholesky(k + (noise + _JITTER) * np.eye(n), lower=True)
     except np.linalg.LinAlgError:
         return 1e10, np.zeros_like(theta)
     alpha = cho_solve((chol, True), y)
@@ -115,32 +127,31 @@ def _neg_log_likelihood(
     )
     inner = np.outer(alpha, alpha) - cho_solve((chol, True), np.eye(n))
     grad = np.empty_like(theta)
-    # d k / d log scale_j = signal * (5/3) (1 + r) e^{-r} * (x_j - x'_j)^2 / scale_j^2
-    base = signal * (5.0 / 3.0) * (1.0 + r) * e
-    for j in range(dims):
-        diff = z[:, j][:, None] - z[:, j][None, :]
-        grad[j] = -0.5 * float((inner * (base * diff * diff)).sum())
-    grad[dims] = -0.5 * float((inner * k).sum())
-    grad[dims + 1] = -0.5 * noise * float(np.trace(inner))
+    # d k / d log scale_g = signal (5/3) (1 + r) e^{-r} * (squared distance in g) / scale_g^2
+    weighted = inner * (signal * (5.0 / 3.0) * (1.0 + r) * e)
+    grad[:count] = -0.5 * inverse * np.tensordot(parts, weighted, axes=([1, 2], [0, 1]))
+    grad[count] = -0.5 * float((inner * k).sum())
+    grad[count + 1] = -0.5 * noise * float(np.trace(inner))
     return nll, grad
 
 
-def fit_kernel(x: FloatArray, y: FloatArray) -> Kernel:
+def fit_kernel(x: FloatArray, y: FloatArray, groups: IntArray) -> Kernel:
     """The kernel of the largest marginal likelihood, from a fixed start (deterministic)."""
-    dims = x.shape[1]
-    start = np.concatenate([np.full(dims, math.log(0.5)), [0.0, math.log(0.1)]])
-    bounds = [_LOG_SCALE] * dims + [_LOG_SIGNAL, _LOG_NOISE]
+    count = int(groups.max()) + 1
+    parts = np.stack([_squared(x[:, groups == g], x[:, groups == g]) for g in range(count)])
+    start = np.concatenate([np.full(count, math.log(0.5)), [0.0, math.log(0.1)]])
+    bounds = [_LOG_SCALE] * count + [_LOG_SIGNAL, _LOG_NOISE]
     found = minimize(
         _neg_log_likelihood,
         start,
-        args=(x, y),
+        args=(parts, y),
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
         options={"maxiter": 40},
     )
     theta = found.x if np.all(np.isfinite(found.x)) else start
-    return Kernel(theta[:dims].copy(), float(theta[dims]), float(theta[dims + 1]))
+    return Kernel(groups, theta[:count].copy(), float(theta[count]), float(theta[count + 1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,12 @@ class _Posterior:
         return cls(kernel, x, chol, cho_solve((chol, True), y - mean), mean)
 
     def predict(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Mean and standard deviation, in chunks: memory stays bounded by the chunk."""
+        if points.shape[0] > _CHUNK:
+            parts = [
+                self.predict(points[i : i + _CHUNK]) for i in range(0, points.shape[0], _CHUNK)
+            ]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         cross = self.kernel.matrix(points, self.x)
         mu = self.mean + cross @ self.alpha
         v: FloatArray = solve_triangular(self.chol, cross.T, lower=True)
@@ -232,7 +249,8 @@ class GPSampler(ModelSampler):
             past = self._rungs_until(mark)
             past_target = self.target_length(past) or min(past.by_length)
             x, y, _ = self._dataset(data, past, past_target, cap=_FIT_DATA)
-            kernel = fit_kernel(x, y)
+            groups = np.append(self.encoder.one_hot_groups(), self.encoder.dims)
+            kernel = fit_kernel(x, y, groups)
             self._kernels = {mark: kernel}
         return kernel
 

@@ -29,6 +29,11 @@ from rung.searcher.samplers.model_based import ModelSampler, RungData
 
 __all__ = ["TPESampler"]
 
+# The newest results of the target rung a density is built from: bounded cost.
+_MAX_DATA = 1_000
+# Kernel evaluations held at once (candidates x results x dimensions).
+_CELLS = 4_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class _Density:
@@ -41,6 +46,14 @@ class _Density:
     def log_pdf(self, units: FloatArray, picks: IntArray) -> FloatArray:
         """Log density of each row: a mixture over the kernels and the uniform prior."""
         n = self.units.shape[0]
+        rows = max(1, _CELLS // max(n * max(units.shape[1], 1), 1))
+        if units.shape[0] > rows:  # in chunks: memory stays bounded
+            return np.concatenate(
+                [
+                    self.log_pdf(units[i : i + rows], picks[i : i + rows])
+                    for i in range(0, units.shape[0], rows)
+                ]
+            )
         log_k = np.zeros((units.shape[0], n))
         if units.shape[1]:
             diff = (units[:, None, :] - self.units[None, :, :]) / self.bandwidths
@@ -88,7 +101,7 @@ class TPESampler(ModelSampler):
         self, index: int, data: SamplerData, rungs: RungData, target: int
     ) -> Suggested:
         results = sorted(
-            rungs.by_length[target],
+            rungs.by_length[target][-_MAX_DATA:],
             key=lambda r: (r.value is None, r.value if r.value is not None else 0.0, r.index),
         )
         n = len(results)

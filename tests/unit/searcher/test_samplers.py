@@ -28,6 +28,7 @@ from rung.searcher.samplers import (
     TPESampler,
     build_sampler,
 )
+from rung.searcher.samplers.gp import _neg_log_likelihood, _squared
 from rung.searcher.simulate import BENCHMARKS, simulate
 from rung.searcher.space import draw_trial, flatten
 from rung.searcher.testing import scripted_event
@@ -89,7 +90,7 @@ def test_the_sampler_is_random_unless_configured_and_takes_a_name_or_options() -
         ("gpp", "searcher.sampler: unknown sampler 'gpp' (did you mean 'gp'?)"),
         ({"random_fraction": 0.1}, "searcher.sampler: required, but missing; add name: one of"),
         ({"name": "gp", "random_fraction": 1.5}, "random_fraction: must be at most 0.9, got 1.5"),
-        ({"name": "gp", "max_data": 10**6}, "max_data: must be at most 2000"),
+        ({"name": "gp", "max_data": 10**6}, "max_data: must be at most 1000"),
         ({"name": "tpe", "gamma": 1}, "gamma: must be less than 1"),
         ({"name": "gp", "kernel": "rbf"}, "searcher.sampler.kernel"),
         ({"name": "gp", "candidates": 0}, "candidates: must be at least 8, got 0"),
@@ -452,3 +453,19 @@ def test_a_model_that_cannot_be_fitted_draws_at_random_and_says_why(
     assert failed
     assert all(s.kind == "random" for s in failed)
     assert "LinAlgError: matrix is not positive definite" in failed[0].note
+
+
+def test_the_kernels_likelihood_gradient_is_the_numerical_one() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.random((30, 5)), rng.normal(size=30)
+    groups = np.array([0, 1, 2, 2, 3])  # columns 2 and 3: one categorical's one-hot
+    parts = np.stack([_squared(x[:, groups == g], x[:, groups == g]) for g in range(4)])
+    theta = rng.normal(size=6) * 0.3
+    _, grad = _neg_log_likelihood(theta, parts, y)
+    step = 1e-6
+    numeric = [
+        (_neg_log_likelihood(theta + e, parts, y)[0] - _neg_log_likelihood(theta - e, parts, y)[0])
+        / (2 * step)
+        for e in np.eye(6) * step
+    ]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
