@@ -129,7 +129,7 @@ def same_point(a: Mapping[str, Any], b: Mapping[str, Any], rel_tol: float = 1e-6
         y = flat_b[name]
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y))
         if numbers and (isinstance(x, float) or isinstance(y, float)):
-            if not math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-12):
+            if not math.isclose(x, y, rel_tol=rel_tol):
                 return False
         elif x != y or type(x) is not type(y):
             return False
@@ -173,7 +173,8 @@ class Experiment:
         # Indexes over ``state``, never state themselves: rebuilt by ``restore``.
         self._by_index: dict[int, TrialRecord] = {}
         self._training: set[str] = set()
-        self._fresh: dict[int, Create] = {}
+        # The trials created during the current input and not registered yet.
+        self._fresh: dict[str, tuple[int, Create]] = {}
 
     # ---------------------------------------------------------------- SearchContext
     @property
@@ -200,7 +201,7 @@ class Experiment:
             checkpoint=checkpoint,
             suggestion=suggested.suggestion if suggested is not None else None,
         )
-        self._fresh[index] = op
+        self._fresh[op.request_id] = (index, op)
         return op
 
     # ---------------------------------------------------------------- the sampler
@@ -213,14 +214,14 @@ class Experiment:
         recomputes it and accepts it within a tolerance (``same_point``).
         """
         if not self.sampler.keeps_results:
-            return self.sampler.suggest(index, self._sampler_data())
+            return None  # the random sampler: the trial's own generator draws the point
         recorded = None
         if self.recorded is not None:
             request_id = draw_trial(self.seed, index, self.config.hyperparameters, {}).request_id
             recorded = self.recorded.get(request_id)
         if recorded is not None and recorded.suggestion is not None:
             logged = Suggested(dict(recorded.hparams), recorded.suggestion)
-            if not self.verify_recorded:
+            if not self.verify_recorded or recorded.suggestion.version != self.sampler.version:
                 return logged
             now = self.sampler.suggest(index, self._sampler_data())
             return logged if now is not None and same_point(now.hparams, logged.hparams) else now
@@ -233,11 +234,7 @@ class Experiment:
             Pending(trial.hparams, trial.op.length if trial.op is not None else 0)
             for trial in (self.state.trials[r] for r in sorted(self._training))
         ]
-        pending += [
-            Pending(op.hparams, 0)
-            for index, op in self._fresh.items()
-            if index not in self._by_index
-        ]
+        pending += [Pending(op.hparams, 0) for _, op in self._fresh.values()]
         return SamplerData(
             seed=self.seed,
             hyperparameters=self.config.hyperparameters,
@@ -249,7 +246,20 @@ class Experiment:
 
     def _hparams_of(self, index: int) -> Mapping[str, JsonValue]:
         trial = self._by_index.get(index)
-        return trial.hparams if trial is not None else self._fresh[index].hparams
+        if trial is not None:
+            return trial.hparams
+        return next(op.hparams for i, op in self._fresh.values() if i == index)
+
+    def _index_of(self, request_id: str) -> int:
+        """The index ``ctx.create()`` gave ``request_id``, found again from the seed (for a
+        ``Create`` a method copied, or emitted after the input that created it)."""
+        for index in range(self.state.next_index - 1, -1, -1):
+            if (
+                draw_trial(self.seed, index, self.config.hyperparameters, {}).request_id
+                == request_id
+            ):
+                return index
+        return self.state.next_index - 1  # not made by ctx.create()
 
     def _reindex(self) -> None:
         self._by_index = {t.index: t for t in self.state.trials.values()}
@@ -428,11 +438,11 @@ class Experiment:
                 f"Create for request {op.request_id}, which exists already; "
                 "create each trial once, through ctx.create()"
             )
-        index = next((i for i, fresh in self._fresh.items() if fresh is op), None)
+        fresh = self._fresh.pop(op.request_id, None)
         record = TrialRecord(
             request_id=op.request_id,
             trial_id=len(self.state.trials) + 1,
-            index=self.state.next_index - 1 if index is None else index,
+            index=fresh[0] if fresh is not None else self._index_of(op.request_id),
             create=op,
         )
         self.state.trials[op.request_id] = record

@@ -14,9 +14,18 @@ An operation is identified by its content: ``ValidateAfter`` by ``(request_id, l
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 
 __all__ = [
     "Close",
@@ -37,6 +46,9 @@ class Suggestion(_Op):
     """Why a trial got its hyperparameters; logged in its ``Create`` operation."""
 
     sampler: str
+    # The sampler's algorithm version: ``verify`` recomputes only suggestions of the
+    # version it runs, and takes older ones as logged (an old algorithm is not kept).
+    version: int = 1
     # initial: a point of the quasi-random start; random: the share of random draws;
     # model: the model's best candidate.
     kind: Literal["initial", "random", "model"]
@@ -70,8 +82,16 @@ class Create(_Op):
     seed: int = Field(ge=0)
     # A checkpoint uuid to warm-start from (searcher.source_checkpoint_uuid), or None.
     checkpoint: str | None = None
-    # Why a model-based sampler chose ``hparams``; None for random draws and given points.
+    # Why a model-based sampler chose ``hparams``; None for random draws and given points,
+    # and then left out of the JSON, so such a Create is written as before samplers.
     suggestion: Suggestion | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_no_suggestion(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("suggestion", 0) is None:
+            del data["suggestion"]
+        return data
 
 
 class ValidateAfter(_Op):

@@ -126,7 +126,7 @@ def _problem(error: ErrorDetails, raw: Any) -> ConfigProblem:
     return ConfigProblem(path, _wording(kind, ctx, value, path))
 
 
-def _wording(kind: str, ctx: dict[str, Any], value: Any, path: str) -> str:  # noqa: C901, PLR0911
+def _wording(kind: str, ctx: dict[str, Any], value: Any, path: str) -> str:  # noqa: C901, PLR0911, PLR0912
     field = path.rsplit(".", 1)[-1]
     match kind:
         case "missing":
@@ -149,6 +149,11 @@ def _wording(kind: str, ctx: dict[str, Any], value: Any, path: str) -> str:  # n
             return f"must be a string, got {value!r}"
         case "list_type":
             return f"must be a list, got {value!r}"
+        case "dict_type" | "model_type" | "model_attributes_type" if path == "searcher.sampler":
+            return (
+                f"must be a sampler name ({', '.join(SAMPLER_NAMES)}) or a mapping with name: "
+                f"and options, got {value!r}; for example sampler: gp"
+            )
         case "dict_type" | "model_type" | "model_attributes_type":
             return f"must be a mapping of keys to values, got {value!r}"
         case "too_short":
@@ -179,6 +184,6 @@ def _bad_tag(tag: str, path: str) -> str:
     else:
         valid = HP_TYPES
         what = "hyperparameter type"
-    near = suggest(tag, valid)
+    near = tag.lower() if tag.lower() in valid else suggest(tag, valid)
     hint = f" (did you mean {near!r}?)" if near else ""
     return f"unknown {what} {tag!r}{hint}; use one of {', '.join(valid)}"

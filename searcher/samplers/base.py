@@ -95,6 +95,8 @@ class Sampler(ABC):
     """Base class of every sampler."""
 
     name: ClassVar[str]
+    # Bumped whenever a change makes the same log give other suggestions.
+    version: ClassVar[int] = 1
     # Whether the sampler needs results (the random sampler does not keep any).
     keeps_results: ClassVar[bool] = True
 

@@ -13,8 +13,9 @@ searchers, written for Rung's pure core:
   iteration cap).
 * **Bounded cost.** At most ``max_data`` results: those at the target length first, then
   the longest lengths, each newest first. The kernel's parameters are refitted only when
-  the results grow past a milestone (8, 10, 12, ... each 20% more), on the results as
-  they were at that milestone, so they are a function of the log and cached.
+  the results grow past a milestone (``min_results``, then each 25% and at least 4
+  more), on the results as they were at that milestone, so they are a function of the
+  log and cached.
 * **Pending trials** are fantasised at the length they report next with the posterior
   mean ("kriging believer"), which shrinks the uncertainty where a worker already is
   without lying about the value; eight workers then spread out instead of crowding.
@@ -26,9 +27,9 @@ searchers, written for Rung's pure core:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.linalg import cho_solve, cholesky, solve_triangular
@@ -61,6 +62,8 @@ _LOG_NOISE = (math.log(1e-4), math.log(2.0))
 _FIT_DATA = 128
 # Candidates scored at once (a chunk of the cross-covariance matrix).
 _CHUNK = 512
+# The widths of the local search's rounds around the best candidate.
+_REFINE = (0.04, 0.015, 0.005)
 
 
 def milestone(count: int, first: int) -> int:
@@ -209,6 +212,10 @@ class GPSampler(ModelSampler):
         super().__init__(config, hps)
         self._kernels: dict[int, Kernel] = {}  # a cache, never state
 
+    def restore(self, data: Mapping[str, Any] | None) -> None:
+        super().restore(data)
+        self._kernels = {}
+
     # ------------------------------------------------------------ data
     def _selection(self, rungs: RungData, target: int, cap: int) -> list[Result]:
         """At most ``cap`` results: the target length's, then the longest, newest first."""
@@ -280,20 +287,36 @@ class GPSampler(ModelSampler):
                 mean=posterior.mean,
             )
         units, picks = self._candidates(index, data, rungs, target)
-        cx = np.concatenate(
-            [
-                self.encoder.one_hot(units, picks),
-                np.full((units.shape[0], 1), log_length(target, top)),
-            ],
-            axis=1,
-        )
-        mu, sigma = posterior.predict(cx)
-        ei = expected_improvement(mu, sigma, float(at_target.min()))
+        at_length = log_length(target, top)
+        best_ei = float(at_target.min())
+
+        def score(u: FloatArray, p: IntArray) -> FloatArray:
+            cx = np.concatenate(
+                [self.encoder.one_hot(u, p), np.full((u.shape[0], 1), at_length)], axis=1
+            )
+            mu, sigma = posterior.predict(cx)
+            return expected_improvement(mu, sigma, best_ei)
+
+        ei = score(units, picks)
         best = int(np.argmax(ei))  # the first of equal scores: a fixed order
+        # Refine the winner: moves around it, each round narrower (a local search).
+        rng = sampler_rng(data.seed, index, "refine")
+        for width in _REFINE:
+            moved, moved_picks = self._moves(
+                rng, units[best : best + 1], picks[best : best + 1], 64, width
+            )
+            moved_ei = score(moved, moved_picks)
+            top_move = int(np.argmax(moved_ei))
+            if moved_ei[top_move] > ei[best]:
+                units = np.concatenate([units, moved[top_move : top_move + 1]])
+                picks = np.concatenate([picks, moved_picks[top_move : top_move + 1]])
+                ei = np.append(ei, moved_ei[top_move])
+                best = len(ei) - 1
         return Suggested(
             self.encoder.decode(units[best], picks[best]),
             Suggestion(
                 sampler=self.name,
+                version=self.version,
                 kind="model",
                 length=target,
                 results=len(rungs.by_length[target]),
@@ -302,6 +325,21 @@ class GPSampler(ModelSampler):
                 note="expected improvement",
             ),
         )
+
+    def _moves(
+        self, rng: np.random.Generator, units: FloatArray, picks: IntArray, count: int, width: float
+    ) -> tuple[FloatArray, IntArray]:
+        """``count`` points near the given ones: numbers moved by N(0, width), each
+        categorical changed with probability 0.15."""
+        origin = rng.integers(0, units.shape[0], size=count)
+        moved = units[origin] + rng.normal(0.0, width, size=(count, units.shape[1]))
+        moved_picks = picks[origin].copy()
+        if moved_picks.shape[1]:
+            flip = rng.random(moved_picks.shape) < 0.15
+            for column, size in enumerate(self.encoder.sizes):
+                draws = rng.integers(0, size, size=count)
+                moved_picks[:, column] = np.where(flip[:, column], draws, moved_picks[:, column])
+        return self.encoder.snap(np.clip(moved, 0.0, 1.0), moved_picks)
 
     def _encode_all(self, points: Sequence[object]) -> tuple[FloatArray, IntArray]:
         rows = [self.encoder.encode(p) for p in points]  # type: ignore[arg-type]
@@ -323,13 +361,5 @@ class GPSampler(ModelSampler):
             key=lambda r: (r.value is None, r.value if r.value is not None else 0.0, r.index),
         )[:5]
         b_units, b_picks = self.encoded(data, [r.index for r in ranked])
-        origin = rng.integers(0, len(ranked), size=local)
-        moved = b_units[origin] + rng.normal(0.0, 0.08, size=(local, b_units.shape[1]))
-        moved_picks = b_picks[origin].copy()
-        if moved_picks.shape[1]:
-            flip = rng.random(moved_picks.shape) < 0.15
-            for column, size in enumerate(self.encoder.sizes):
-                draws = rng.integers(0, size, size=local)
-                moved_picks[:, column] = np.where(flip[:, column], draws, moved_picks[:, column])
-        moved, moved_picks = self.encoder.snap(np.clip(moved, 0.0, 1.0), moved_picks)
+        moved, moved_picks = self._moves(rng, b_units, b_picks, local, 0.08)
         return np.concatenate([units, moved]), np.concatenate([picks, moved_picks])

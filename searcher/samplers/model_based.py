@@ -22,11 +22,11 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.stats import qmc
+from scipy.special import ndtri
+from scipy.stats import qmc, rankdata
 
 from rung.searcher.config import GPSamplerConfig, Hyperparameters, TPESamplerConfig
 from rung.searcher.samplers.base import (
@@ -41,18 +41,16 @@ from rung.searcher.samplers.encoding import Encoder, FloatArray, IntArray
 
 __all__ = ["ModelSampler", "RungData", "normal_scores", "rung_data"]
 
-_NORMAL = NormalDist()
-
 
 def normal_scores(values: Sequence[float | None]) -> FloatArray:
-    """Each value's rank as a standard normal quantile; None ranks last, ties by order."""
+    """Each value's rank as a standard normal quantile: ties share their average rank,
+    and None (a failed trial) ranks last."""
     n = len(values)
-    order = sorted(
-        range(n), key=lambda i: (values[i] is None, values[i] if values[i] is not None else 0, i)
-    )
-    scores = np.empty(n, dtype=np.float64)
-    for rank, i in enumerate(order):
-        scores[i] = _NORMAL.inv_cdf((rank + 0.5) / n)
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
+    numbers = np.array([math.inf if v is None else v for v in values], dtype=np.float64)
+    ranks = rankdata(numbers, method="average")
+    scores: FloatArray = ndtri((ranks - 0.5) / n)
     return scores
 
 
@@ -118,7 +116,7 @@ class ModelSampler(Sampler):
             note = f"1 in {round(1 / share)} suggestions" if share > 0 else ""
             return Suggested(
                 self.encoder.decode(units[0], picks[0]),
-                Suggestion(sampler=self.name, kind="random", note=note),
+                Suggestion(sampler=self.name, version=self.version, kind="random", note=note),
             )
         try:
             with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
@@ -131,6 +129,7 @@ class ModelSampler(Sampler):
                 self.encoder.decode(units[0], picks[0]),
                 Suggestion(
                     sampler=self.name,
+                    version=self.version,
                     kind="random",
                     length=target,
                     note=f"the model failed at length {target} ({type(exc).__name__}: {exc})"[:300],
@@ -146,7 +145,7 @@ class ModelSampler(Sampler):
         units, picks = self.encoder.from_cube(sobol.random(1))
         return Suggested(
             self.encoder.decode(units[0], picks[0]),
-            Suggestion(sampler=self.name, kind="initial", note=why),
+            Suggestion(sampler=self.name, version=self.version, kind="initial", note=why),
         )
 
     def encoded(self, data: SamplerData, indices: Sequence[int]) -> tuple[FloatArray, IntArray]:

@@ -65,7 +65,7 @@ class _Density:
         # The uniform prior's density is 1 over the unit cube times 1/size per choice.
         prior = -sum(math.log(size) for size in self.sizes)
         stacked = np.concatenate(
-            [log_k + math.log(n / (n + 1)), np.full((units.shape[0], 1), prior - math.log(n + 1))],
+            [log_k - math.log(n + 1), np.full((units.shape[0], 1), prior - math.log(n + 1))],
             axis=1,
         )
         top = stacked.max(1, keepdims=True)
@@ -118,6 +118,7 @@ class TPESampler(ModelSampler):
             self.encoder.decode(c_units[best], c_picks[best]),
             Suggestion(
                 sampler=self.name,
+                version=self.version,
                 kind="model",
                 length=target,
                 results=n,

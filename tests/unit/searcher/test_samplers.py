@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 from random import Random
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
 from rung.broker.schemas.envelope import Body
 from rung.searcher.config import GPSamplerConfig, TPESamplerConfig
@@ -18,7 +19,8 @@ from rung.searcher.eventlog import InputRecord, Record, replay
 from rung.searcher.eventlog.explain import explain_step
 from rung.searcher.events import ExitedReason, Start, TrialExitedEarly, ValidationCompleted
 from rung.searcher.experiment import Experiment, same_point
-from rung.searcher.ops import Create
+from rung.searcher.methods import SearchContext, SearchMethod
+from rung.searcher.ops import Create, Operation, ValidateAfter
 from rung.searcher.samplers import (
     Encoder,
     GPSampler,
@@ -273,9 +275,12 @@ def _replace_hparams(node: Any, old: Any, new: Any) -> Any:
     return node
 
 
-def _move_first_model_suggestion(records: list[Record], factor: float) -> int:
-    """Scale the first model-chosen trial's dropout in its record (operation and command)."""
-    for position, r in enumerate(records):
+def _move_first_model_suggestion(
+    records: list[Record], factor: float, *, last: bool = False
+) -> int:
+    """Scale the first (last) model-chosen trial's dropout in its record (operation and command)."""
+    order = reversed(list(enumerate(records))) if last else enumerate(records)
+    for position, r in order:
         if not isinstance(r, InputRecord):
             continue
         for op in r.ops:
@@ -469,3 +474,92 @@ def test_the_kernels_likelihood_gradient_is_the_numerical_one() -> None:
         for e in np.eye(6) * step
     ]
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_verify_takes_a_suggestion_of_an_older_sampler_version_as_logged() -> None:
+    """An old log's suggestions came from an algorithm this Rung no longer has: verify
+    cannot recompute them, and replays them as logged; the current version is checked."""
+    _, records = _live_log("gp", 12)
+    moved = list(records)
+    seq = _move_first_model_suggestion(moved, 0.5, last=True)  # no later one depends on it
+    divergence = replay(moved, verify=True).divergence
+    assert divergence is not None
+    assert divergence.seq == seq
+    position = next(i for i, r in enumerate(moved) if r.seq == seq)
+    record = moved[position]
+    assert isinstance(record, InputRecord)
+    raw = record.model_dump(mode="json")
+    for op in raw["ops"]:
+        if op.get("type") == "create" and op.get("suggestion"):
+            op["suggestion"]["version"] = 0
+    moved[position] = InputRecord.model_validate(raw)
+    assert replay(moved, verify=True).divergence is None
+
+
+# ---------------------------------------------------------------- trial indexes
+class _Nothing(BaseModel):
+    pass
+
+
+class _CopiesAndDefers(SearchMethod[_Nothing]):
+    """Emits copies of its Creates, and one Create only at the next input."""
+
+    name: ClassVar[str] = "copies"
+    State = _Nothing
+
+    def __init__(self) -> None:
+        self.state = _Nothing()
+        self.later: Create | None = None
+
+    def initial_operations(self, ctx: SearchContext) -> list[Operation]:
+        made = [ctx.create() for _ in range(3)]
+        self.later = ctx.create()
+        ops: list[Operation] = []
+        for create in made:
+            ops += [create.model_copy(), ValidateAfter(request_id=create.request_id, length=1)]
+        return ops
+
+    def validation_completed(
+        self, ctx: SearchContext, request_id: str, metric: float | None, length: int
+    ) -> list[Operation]:
+        later, self.later = self.later, None
+        return [later] if later is not None else []
+
+    def trial_exited_early(
+        self, ctx: SearchContext, request_id: str, reason: ExitedReason
+    ) -> list[Operation]:
+        return []
+
+    def progress(self, ctx: SearchContext) -> float:
+        return 0.0
+
+
+def test_a_trials_index_is_its_creates_even_for_copies_and_late_emission() -> None:
+    config = make_config({"name": "custom", "class": "x:Y", "sampler": "gp"}, hps=HARTMANN)
+    experiment = Experiment(config, _CopiesAndDefers())
+    made = creates(experiment.apply(Start()).ops)
+    experiment.apply(ValidationCompleted(request_id=made[0].request_id, length=1, metric=0.1))
+    indexes = sorted(t.index for t in experiment.trials.values())
+    assert indexes == [0, 1, 2, 3]
+    for trial in experiment.trials.values():
+        assert draw_trial(1, trial.index, config.hyperparameters, {}).request_id == trial.request_id
+
+
+def test_the_random_sampler_builds_no_data_and_fresh_trials_are_forgotten_once_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(_self: Experiment) -> SamplerData:
+        raise AssertionError("the random sampler needs no data")
+
+    monkeypatch.setattr(Experiment, "_sampler_data", never)
+    searcher = {"name": "random", "max_length": 3, "max_trials": 60, "max_concurrent_trials": 0}
+    experiment = Experiment(make_config(searcher, hps=MIXED))
+    assert len(creates(experiment.apply(Start()).ops)) == 60
+    assert experiment._fresh == {}
+
+
+def test_a_create_without_a_suggestion_is_written_as_before_samplers() -> None:
+    op = Create(request_id="r", hparams={"x": 1}, seed=3)
+    assert "suggestion" not in op.model_dump(mode="json")
+    assert '"suggestion"' not in op.model_dump_json()
+    assert Create.model_validate_json(op.model_dump_json()) == op
