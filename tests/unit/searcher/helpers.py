@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
+from rung.broker.schemas.envelope import Body
 from rung.searcher.config import ExperimentConfig, parse_config
-from rung.searcher.eventlog import CreatedRecord
+from rung.searcher.eventlog import CreatedRecord, InputRecord, Record
 from rung.searcher.events import (
     ExitedReason,
     SearchEvent,
@@ -21,7 +22,8 @@ from rung.searcher.events import (
 )
 from rung.searcher.experiment import Decision, Experiment
 from rung.searcher.ops import Close, Create, Operation, ValidateAfter
-from rung.searcher.trials import ExperimentRun
+from rung.searcher.testing import scripted_event
+from rung.searcher.trials import ExperimentRun, Step
 
 
 def make_config(
@@ -149,3 +151,24 @@ def created_record(run: ExperimentRun) -> CreatedRecord:
         checkpoint_root=run.checkpoint_root,
         start_secret=run.start_secret,
     )
+
+
+def live_log(config: ExperimentConfig, order: int) -> tuple[ExperimentRun, list[Record]]:
+    """A run of ``config`` driven by scripted cluster events (seeded by ``order``), and the
+    event log the searcher would have written for it."""
+    run = ExperimentRun("exp", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
+    records: list[Record] = [created_record(run)]
+
+    def record(message_id: str, body: Body | None, step: Step) -> None:
+        records.append(InputRecord.of(len(records) + 1, message_id, body, step))
+
+    record("start", None, run.start())
+    rng = Random(order)
+    for index in range(3000):
+        if run.state != "ACTIVE":
+            break
+        body = scripted_event(run, rng, p_error=0.05, p_preempt=0.03)
+        if body is None:
+            break
+        record(f"m{index}", body, run.on_event(body))
+    return run, records

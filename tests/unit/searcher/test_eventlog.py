@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from random import Random
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rung.broker.schemas import KillTrial, OpCompleted
-from rung.broker.schemas.envelope import Body
 from rung.cli.main import build_parser
 from rung.searcher.config import load_config_file
 from rung.searcher.errors import SearcherError
@@ -35,12 +33,10 @@ from rung.searcher.eventlog import (
 )
 from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.eventlog.whatif import what_if
-from rung.searcher.experiment import Experiment
 from rung.searcher.service.summary import summarise
-from rung.searcher.testing import scripted_event
-from rung.searcher.trials import ExperimentRun, Step
+from rung.searcher.trials import ExperimentRun
 
-from .helpers import created_record, make_config
+from .helpers import live_log, make_config
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 # Where the goldens' custom search methods are, as a searcher keeps contexts:
@@ -251,22 +247,7 @@ def test_a_snapshot_plus_tail_gives_the_same_state_as_the_whole_log(path: Path) 
 # ---------------------------------------------------------------- replay matches the live fold
 def _live(searcher: str, seed: int, order: int) -> tuple[ExperimentRun, list[Record]]:
     config = make_config(searcher, seed=seed, entrypoint="python3 t.py", max_restarts=1)
-    run = ExperimentRun("exp", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
-    records: list[Record] = [created_record(run)]
-
-    def record(message_id: str, body: Body | None, step: Step) -> None:
-        records.append(InputRecord.of(len(records) + 1, message_id, body, step))
-
-    record("start", None, run.start())
-    rng = Random(order)
-    for index in range(2000):
-        if run.state != "ACTIVE":
-            break
-        body = scripted_event(run, rng, p_error=0.05, p_preempt=0.03)
-        if body is None:
-            break
-        record(f"m{index}", body, run.on_event(body))
-    return run, records
+    return live_log(config, order)
 
 
 SEARCHERS = [

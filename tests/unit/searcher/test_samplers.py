@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from rung.broker.schemas.envelope import Body
 from rung.searcher.config import GPSamplerConfig, TPESamplerConfig
 from rung.searcher.errors import ConfigError
 from rung.searcher.eventlog import InputRecord, Record, replay
@@ -33,10 +32,9 @@ from rung.searcher.samplers import (
 from rung.searcher.samplers.gp import _neg_log_likelihood, _squared
 from rung.searcher.simulate import BENCHMARKS, simulate
 from rung.searcher.space import draw_trial, flatten
-from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun, Step
 
-from .helpers import Driver, created_record, creates, make_config
+from .helpers import Driver, creates, live_log, make_config
 
 MIXED = {
     "lr": {"type": "log", "minval": -5, "maxval": -1, "base": 10},
@@ -232,37 +230,7 @@ def _live_log(sampler: str, seed: int) -> tuple[ExperimentRun, list[Record]]:
     config = make_config(
         asha(sampler, trials=30), hps=MIXED, seed=seed, entrypoint="python3 t.py", max_restarts=1
     )
-    run = ExperimentRun("exp", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
-    records: list[Record] = [created_record(run)]
-
-    def record(message_id: str, body: Body | None, step: Step) -> None:
-        records.append(InputRecord.of(len(records) + 1, message_id, body, step))
-
-    record("start", None, run.start())
-    rng = Random(seed)
-    for index in range(3000):
-        body = scripted_event(run, rng, p_error=0.05, p_preempt=0.03)
-        if run.state != "ACTIVE" or body is None:
-            break
-        record(f"m{index}", body, run.on_event(body))
-    return run, records
-
-
-@pytest.mark.parametrize("sampler", ["gp", "tpe"])
-def test_replay_equals_the_live_run_verifies_and_twice_equals_once(sampler: str) -> None:
-    live, records = _live_log(sampler, 11)
-    once = replay(records, verify=True)
-    assert once.divergence is None
-    assert once.run.snapshot() == live.snapshot()
-    assert replay(records).run.snapshot() == once.run.snapshot()
-    models = [
-        op
-        for r in records
-        if isinstance(r, InputRecord)
-        for op in r.ops
-        if isinstance(op, Create) and op.suggestion and op.suggestion.kind == "model"
-    ]
-    assert models, "the run never reached the model"
+    return live_log(config, seed)
 
 
 def _replace_hparams(node: Any, old: Any, new: Any) -> Any:
