@@ -4,7 +4,7 @@ In the style of MOBSTER (Klein et al., 2020) and Syne Tune's asynchronous model-
 searchers, written for Rung's pure core:
 
 * **Data.** The latest result of every trial at every length, from every bracket. Within
-  a length, values become normal scores of their ranks (see :mod:`.model_based`); the
+  a length, values are standardised (see :mod:`.model_based`); the
   length itself is an input (its log, scaled to ``[0, 1]``), so one model sees every
   rung and learns how far results at one length predict results at another.
 * **Kernel.** Matérn 5/2 with one length scale per dimension (a number, a categorical's
@@ -43,8 +43,8 @@ from rung.searcher.samplers.model_based import (
     ModelSampler,
     RungData,
     log_length,
-    normal_scores,
     rung_data,
+    standard_scores,
 )
 
 __all__ = ["GPSampler", "Kernel", "fit_kernel", "milestone"]
@@ -232,13 +232,13 @@ class GPSampler(ModelSampler):
     def _dataset(
         self, data: SamplerData, rungs: RungData, target: int, cap: int | None = None
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Inputs, normal scores and the target length's own scores."""
+        """Inputs, standardised values and the target length's own."""
         top = float(data.max_length or max(rungs.by_length))
         selected = self._selection(rungs, target, cap or self.config.max_data)
         scores: dict[tuple[int, int], float] = {}
         for length, results in rungs.by_length.items():
             for result, score in zip(
-                results, normal_scores([r.value for r in results]), strict=True
+                results, standard_scores([r.value for r in results]), strict=True
             ):
                 scores[(length, result.index)] = float(score)
         units, picks = self.encoded(data, [r.index for r in selected])

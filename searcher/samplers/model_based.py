@@ -12,8 +12,8 @@ A suggestion for trial ``index`` is, in this order:
 
 Results are pooled from every trial and every bracket, but always per length: values of
 different lengths are never put in one dataset as they are. Within a length, values are
-replaced by normal scores of their ranks (a failed trial ranks last), which makes
-lengths comparable and a heavy-tailed metric harmless.
+standardised (a failed trial takes the worst value, absurd outliers are clipped), which
+makes lengths comparable and keeps how much better the best results are.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import ndtri
-from scipy.stats import qmc, rankdata
+from scipy.stats import qmc
 
 from rung.searcher.config import GPSamplerConfig, Hyperparameters, TPESamplerConfig
 from rung.searcher.samplers.base import (
@@ -39,18 +38,36 @@ from rung.searcher.samplers.base import (
 )
 from rung.searcher.samplers.encoding import Encoder, FloatArray, IntArray
 
-__all__ = ["ModelSampler", "RungData", "normal_scores", "rung_data"]
+__all__ = ["ModelSampler", "RungData", "rung_data", "standard_scores"]
 
 
-def normal_scores(values: Sequence[float | None]) -> FloatArray:
-    """Each value's rank as a standard normal quantile: ties share their average rank,
-    and None (a failed trial) ranks last."""
+def standard_scores(values: Sequence[float | None]) -> FloatArray:
+    """The values of one length standardised: mean 0, deviation 1, magnitudes kept.
+
+    A failed trial (None) takes the worst value of the length. Values more than three
+    interquartile ranges above the upper quartile, or twenty below the lower one, are
+    clipped there first, so one absurd result (1e300) does not flatten all the others,
+    and nothing overflows however large the values are.
+    """
     n = len(values)
-    if n == 0:
-        return np.empty(0, dtype=np.float64)
-    numbers = np.array([math.inf if v is None else v for v in values], dtype=np.float64)
-    ranks = rankdata(numbers, method="average")
-    scores: FloatArray = ndtri((ranks - 0.5) / n)
+    finite = [v for v in values if v is not None]
+    if n < 2 or not finite:
+        return np.zeros(n, dtype=np.float64)
+    worst = max(finite)
+    raw = np.array([worst if v is None else v for v in values], dtype=np.float64)
+    middle = float(np.median(raw))
+    scale = float(np.abs(raw - middle).max())
+    if scale == 0 or not math.isfinite(scale):
+        return np.zeros(n, dtype=np.float64)
+    unit = (raw - middle) / scale  # in [-1, 1]: safe to square
+    q1, q3 = np.percentile(unit, [25, 75])
+    spread = q3 - q1
+    if spread > 0:
+        unit = np.clip(unit, q1 - 20 * spread, q3 + 3 * spread)
+    deviation = float(unit.std())
+    if deviation == 0:
+        return np.zeros(n, dtype=np.float64)
+    scores: FloatArray = (unit - unit.mean()) / deviation
     return scores
 
 
