@@ -1,6 +1,10 @@
 """``python -m bench [--quick] [--rung-only] [--only NAME]``: run the benchmarks, print
 their figures, and write them as JSON lines under ``bench/results/``.
 
+``--quality-benchmarks``, ``--quality-workers``, ``--quality-seeds``,
+``--quality-samplers`` and ``--quality-systems`` run a part of workload 5 (search
+quality), so that its long run can be split into files that ``bench.report`` merges.
+
 The first line of a results file says when, on which commit and on what machine.
 ``python -m bench.report FILE`` renders a results file into ``docs/benchmarks.md``.
 """
@@ -25,7 +29,15 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import isolation, latency, peer_compare, quality, replay, simulator  # noqa: E402
+from bench import (  # noqa: E402
+    isolation,
+    latency,
+    peer_compare,
+    quality,
+    replay,
+    sampler_cost,
+    simulator,
+)
 
 # In the issue's order: 1 control plane, 2 utilization, 3 latency, 4 scaling, 5 quality,
 # 6 searcher scale (the simulator, and replay of a log).
@@ -37,6 +49,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "quality": quality.run,
     "simulator": lambda *, quick, **_: simulator.run(quick=quick),
     "replay": lambda *, quick, **_: replay.run(quick=quick),
+    # Issue 17: what a gp or tpe suggestion costs the searcher, at 100 to 10,000 results.
+    "sampler_cost": lambda *, quick, **_: sampler_cost.run(quick=quick),
     # Issue 15: one experiment's blocked publishes cost the others nothing.
     "isolation": lambda *, quick, **_: isolation.run(quick=quick),
 }
@@ -47,15 +61,38 @@ def _machine() -> dict[str, Any]:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    # Uncommitted changes to tracked files: the figures are not the commit's alone.
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit or "unknown",
+        "uncommitted_changes": bool(dirty),
         "cpus": os.cpu_count(),
         "memory_gib": round(pages / 2**30, 1),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
+
+
+def _names(known: Any) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(text.split(","))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {list(known)}")
+        return names
+
+    return parse
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(","))
 
 
 def main() -> None:
@@ -66,15 +103,38 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/...)")
+    parser.add_argument(
+        "--quality-benchmarks", type=_names(quality.PROBLEMS), help="e.g. mfh6,mixed"
+    )
+    parser.add_argument("--quality-workers", type=_numbers, help="e.g. 8 or 1,8")
+    parser.add_argument("--quality-seeds", type=int, help="seeds 1..N (default 10)")
+    parser.add_argument(
+        "--quality-samplers", type=_names(quality.SAMPLERS), help="Rung's, e.g. random,tpe"
+    )
+    parser.add_argument(
+        "--quality-systems",
+        type=lambda text: tuple(text.split(",")),
+        help="systems whose name contains one of these (rung,optuna or +tpe), or is =NAME",
+    )
     args = parser.parse_args()
+    options = quality.Options(
+        benchmarks=args.quality_benchmarks,
+        workers=args.quality_workers,
+        seeds=args.quality_seeds,
+        samplers=args.quality_samplers,
+        systems=args.quality_systems,
+    )
     header = {"kind": "run", "quick": args.quick, "rung_only": args.rung_only, **_machine()}
+    if options != quality.Options():
+        header["quality_options"] = {k: v for k, v in vars(options).items() if v is not None}
     out = args.out or RESULTS / f"{header['date'][:10]}-{header['commit']}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as results:
         results.write(json.dumps(header) + "\n")
         print(json.dumps(header), flush=True)
         for name in args.only or list(WORKLOADS):
-            for row in WORKLOADS[name](quick=args.quick, rung_only=args.rung_only):
+            extra = {"options": options} if name == "quality" else {}
+            for row in WORKLOADS[name](quick=args.quick, rung_only=args.rung_only, **extra):
                 line = json.dumps({"workload": name, **row})
                 results.write(line + "\n")
                 results.flush()
