@@ -32,9 +32,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.linalg import cho_solve, cholesky, solve_triangular
-from scipy.optimize import minimize
-from scipy.special import ndtr
 
 from rung.searcher.config import GPSamplerConfig, Hyperparameters
 from rung.searcher.samplers.base import Result, SamplerData, Suggested, Suggestion, sampler_rng
@@ -48,6 +45,15 @@ from rung.searcher.samplers.model_based import (
 )
 
 __all__ = ["GPSampler", "Kernel", "fit_kernel", "milestone"]
+
+
+def _linalg() -> Any:
+    """scipy.linalg, imported when a model is first fitted: importing scipy costs the CLI
+    and every process that loads the search core a quarter of a second otherwise."""
+    import scipy.linalg  # noqa: PLC0415
+
+    return scipy.linalg
+
 
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-8
@@ -119,16 +125,16 @@ def _neg_log_likelihood(
     k = signal * (1.0 + r + r * r / 3.0) * e
     n = y.shape[0]
     try:
-        chol = cholesky(k + (noise + _JITTER) * np.eye(n), lower=True)
+        chol = _linalg().cholesky(k + (noise + _JITTER) * np.eye(n), lower=True)
     except np.linalg.LinAlgError:
         return 1e10, np.zeros_like(theta)
-    alpha = cho_solve((chol, True), y)
+    alpha = _linalg().cho_solve((chol, True), y)
     nll = (
         0.5 * float(y @ alpha)
         + float(np.log(np.diag(chol)).sum())
         + 0.5 * n * math.log(2 * math.pi)
     )
-    inner = np.outer(alpha, alpha) - cho_solve((chol, True), np.eye(n))
+    inner = np.outer(alpha, alpha) - _linalg().cho_solve((chol, True), np.eye(n))
     grad = np.empty_like(theta)
     # d k / d log scale_g = signal (5/3) (1 + r) e^{-r} * (squared distance in g) / scale_g^2
     weighted = inner * (signal * (5.0 / 3.0) * (1.0 + r) * e)
@@ -144,6 +150,8 @@ def fit_kernel(x: FloatArray, y: FloatArray, groups: IntArray) -> Kernel:
     parts = np.stack([_squared(x[:, groups == g], x[:, groups == g]) for g in range(count)])
     start = np.concatenate([np.full(count, math.log(0.5)), [0.0, math.log(0.1)]])
     bounds = [_LOG_SCALE] * count + [_LOG_SIGNAL, _LOG_NOISE]
+    from scipy.optimize import minimize  # noqa: PLC0415 (slow to import: only when fitting)
+
     found = minimize(
         _neg_log_likelihood,
         start,
@@ -180,8 +188,8 @@ class _Posterior:
         noise = np.full(x.shape[0], math.exp(kernel.log_noise) + _JITTER)
         if fantasies:
             noise[-fantasies:] = 1e-4 * math.exp(kernel.log_signal) + _JITTER
-        chol = cholesky(kernel.matrix(x, x) + np.diag(noise), lower=True)
-        return cls(kernel, x, chol, cho_solve((chol, True), y - mean), mean)
+        chol = _linalg().cholesky(kernel.matrix(x, x) + np.diag(noise), lower=True)
+        return cls(kernel, x, chol, _linalg().cho_solve((chol, True), y - mean), mean)
 
     def predict(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Mean and standard deviation, in chunks: memory stays bounded by the chunk."""
@@ -192,13 +200,15 @@ class _Posterior:
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         cross = self.kernel.matrix(points, self.x)
         mu = self.mean + cross @ self.alpha
-        v: FloatArray = solve_triangular(self.chol, cross.T, lower=True)
+        v: FloatArray = _linalg().solve_triangular(self.chol, cross.T, lower=True)
         var = math.exp(self.kernel.log_signal) - (v * v).sum(0)
         sigma: FloatArray = np.sqrt(np.maximum(var, 1e-12))
         return mu, sigma
 
 
 def expected_improvement(mu: FloatArray, sigma: FloatArray, best: float) -> FloatArray:
+    from scipy.special import ndtr  # noqa: PLC0415 (see _linalg)
+
     z = (best - mu) / sigma
     ei: FloatArray = (best - mu) * ndtr(z) + sigma * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
     return ei

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.stats import qmc
 
 from rung.searcher.config import GPSamplerConfig, Hyperparameters, TPESamplerConfig
 from rung.searcher.samplers.base import (
@@ -154,6 +153,8 @@ class ModelSampler(Sampler):
             )
 
     def _initial(self, index: int, data: SamplerData, why: str) -> Suggested:
+        from scipy.stats import qmc  # noqa: PLC0415 (1 s to import: only when sampling)
+
         sobol = qmc.Sobol(
             d=self.encoder.dims, scramble=True, seed=sampler_rng(data.seed, 0, "sobol")
         )

@@ -93,3 +93,17 @@ def test_samplers_use_only_seeded_numpy_generators() -> None:
                     assert node.attr in {"default_rng", "Generator"}, (
                         f"{path}: np.random.{node.attr}"
                     )
+
+
+def test_loading_the_cli_and_the_search_core_imports_no_scipy() -> None:
+    """scipy takes about a second to import: only a model-based sampler at work loads it,
+    never a `rung` command's start nor a searcher that runs random search."""
+    code = (
+        "import sys\n"
+        "import rung.cli.main, rung.searcher.experiment, rung.searcher.samplers\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')[:3])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
