@@ -373,15 +373,22 @@ class Worker:
             await delivery.requeue()
             return
         slots, self.free = self.free[:need], self.free[need:]
+        # Stop consuming what no longer fits before acknowledging (until then prefetch
+        # holds further deliveries back), while the trial starts: not one after the other.
+        intake = asyncio.ensure_future(self._update_intake())
         try:
-            # Stop consuming what no longer fits before acknowledging.
-            await self._update_intake()
             run = await self._start(body, slots)
         except Exception:
+            with contextlib.suppress(Exception):
+                await intake
             self._release(slots)
             await delivery.requeue()
             await self._update_intake()
             raise
+        try:
+            await intake
+        except Exception:  # the trial runs; its subscriptions are set right again later
+            self.log.exception("could not update the work subscriptions after a start")
         if run is not None:
             # Watched before the ack: whatever happens to the ack, the trial runs here.
             task = asyncio.create_task(self._watch(run, slots))
@@ -441,12 +448,29 @@ class Worker:
         return run
 
     async def _watch(self, run: TrialRun, slots: list[int]) -> None:
+        released = False
+
+        def release() -> None:
+            # The process is reaped: its slots are free, although its last logs and its
+            # trial_exited are still on their way. The next trial starts meanwhile.
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._release(slots)
+            task = asyncio.create_task(self._update_intake())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        run.on_reaped = release
         try:
             await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
-            self._release(slots)
-            await self._update_intake()
+            if not released:
+                released = True
+                self._release(slots)
+                await self._update_intake()
 
     async def _best_validation(self, experiment_id: str) -> float | None:
         reply = await self.rpc.call(DescribeExperiment(experiment_id=experiment_id))

@@ -1,10 +1,12 @@
 """Experiment contexts on a worker: fetched from the searcher once, cached by hash.
 
 The cache keeps the archive, not an extracted tree: a trial runs as the worker's user
-(or beside it) and could change a shared tree for the trials after it. Before each use
-the stored archive is hashed again and must match the context hash the ``run_trial``
-names (:func:`rung.broker.contexts.read_archive`); each attempt then gets its own copy,
-extracted with the archive's streaming checks (:mod:`rung.broker.archive`), in a thread.
+(or beside it) and could change a shared tree for the trials after it. The archives used
+last are also kept in the worker's memory, which no trial can reach (``MEMORY_BYTES`` in
+all); one read from disk is hashed again and must match the context hash the
+``run_trial`` names (:func:`rung.broker.contexts.read_archive`). Each attempt then gets
+its own copy, extracted with the archive's streaming checks (:mod:`rung.broker.archive`),
+in a thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 from rung.broker.archive import context_hash, extract
@@ -21,7 +24,11 @@ from rung.broker.limits import is_context_hash
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
 
-__all__ = ["ContextCache", "ContextUnavailableError"]
+__all__ = ["MEMORY_BYTES", "ContextCache", "ContextUnavailableError"]
+
+# The verified archives kept in memory, the most recently used first out of it last: a
+# trial's start then reads and hashes nothing from disk (issue 18).
+MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class ContextUnavailableError(RuntimeError):
@@ -33,17 +40,28 @@ class ContextCache:
         self.rpc = rpc
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+
+    def _remember(self, digest: str, data: bytes) -> bytes:
+        self._memory[digest] = data
+        self._memory.move_to_end(digest)
+        while sum(map(len, self._memory.values())) > MEMORY_BYTES and len(self._memory) > 1:
+            self._memory.popitem(last=False)
+        return data
 
     async def archive(self, digest: str) -> bytes:
         """The archive with this content hash: the cached one if it still hashes to
         ``digest``, else fetched from the searcher (and cached, durably)."""
         if not is_context_hash(digest):
             raise ContextUnavailableError(f"{digest[:80]!r} is not a context hash")
+        if (known := self._memory.get(digest)) is not None:
+            self._memory.move_to_end(digest)
+            return known
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
             data = await asyncio.to_thread(read_archive, self.root, digest)
             if data is not None:
-                return data
+                return self._remember(digest, data)
             reply = await self.rpc.call(GetContext(context_hash=digest), timeout=60)
             if not reply.ok or reply.result is None:
                 message = reply.error.message if reply.error else "no context in the reply"
@@ -55,7 +73,7 @@ class ContextCache:
             if context_hash(data) != digest:
                 raise ContextUnavailableError(f"context {digest[:12]}: content hash mismatch")
             await asyncio.to_thread(store_archive, data, self.root)
-            return data
+            return self._remember(digest, data)
 
     async def run_dir(self, digest: str, destination: Path) -> Path:
         """A private copy of the context for one trial attempt to run in, extracted from

@@ -45,6 +45,7 @@ __all__ = [
     "Spawner",
     "StartMethod",
     "TrialProcess",
+    "exit_code",
     "make_spawner",
 ]
 
@@ -121,7 +122,8 @@ class ExecSpawner:
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
         user = self.trial_user
         env = _trial_env(env, user)
-        await asyncio.to_thread(_hand_over, cwd, env, user)
+        if user is not None:
+            await asyncio.to_thread(_hand_over, cwd, env, user)
         switch: dict[str, Any] = (
             {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
         )
@@ -180,6 +182,23 @@ class _Forked:
         await self._done.wait()
         assert self._returncode is not None  # noqa: S101 (set before the event)
         return self._returncode
+
+
+async def exit_code(process: TrialProcess, *, poll_max_s: float = 0.1) -> int:
+    """The process's exit code once it has exited and been reaped.
+
+    A forked process's exit comes from the fork server's reply: it is awaited, not
+    polled. A process of asyncio's (``exec``) is polled, every millisecond at first and
+    backing off to ``poll_max_s``; not ``Process.wait()``, which on Python 3.11 also waits
+    for every pipe to close, which a child left running in the background may never do.
+    """
+    if isinstance(process, _Forked):
+        return await process.wait()
+    delay = 0.001
+    while (code := process.returncode) is None:  # (asyncio has no event for it)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, poll_max_s)
+    return code
 
 
 async def _read_pipe(fd: int) -> asyncio.StreamReader:
@@ -286,7 +305,8 @@ class ForkServer:
 
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
         env = _trial_env(env, self.trial_user)
-        await asyncio.to_thread(_hand_over, cwd, env, self.trial_user)
+        if self.trial_user is not None:
+            await asyncio.to_thread(_hand_over, cwd, env, self.trial_user)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -300,9 +320,7 @@ class ForkServer:
                     {"id": request_id, "argv": argv, "cwd": str(cwd), "env": env}
                 ).encode()
                 try:
-                    await asyncio.to_thread(
-                        _send_with_fds, requests, payload + b"\n", [out_write, err_write]
-                    )
+                    await _send_request(requests, payload + b"\n", [out_write, err_write])
                 except OSError as exc:
                     self._pending.pop(request_id, None)
                     raise SpawnError(f"cannot reach the fork server: {exc}") from exc
@@ -333,6 +351,19 @@ def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
     sent = socket.send_fds(sock, [payload], fds)
     if sent < len(payload):
         sock.sendall(payload[sent:])
+
+
+async def _send_request(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
+    """Send a request and its file descriptors to the fork server. A request fits in the
+    socket's buffer unless the server is behind: then it is sent at once, without the
+    thread hop that a send which may block needs."""
+    try:
+        sent = socket.send_fds(sock, [payload], fds, socket.MSG_DONTWAIT)
+    except BlockingIOError:  # nothing sent: the server is behind; wait for it in a thread
+        await asyncio.to_thread(_send_with_fds, sock, payload, fds)
+        return
+    if sent < len(payload):
+        await asyncio.to_thread(sock.sendall, payload[sent:])
 
 
 def make_spawner(method: StartMethod, *, trial_user: TrialUser | None = None) -> Spawner:

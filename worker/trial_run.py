@@ -55,7 +55,7 @@ from rung.broker.schemas.envelope import Body
 from rung.worker.core._validate import check_json
 from rung.worker.environment import trial_environment
 from rung.worker.output import READ_CHUNK_BYTES, LineSplitter, LogGate
-from rung.worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess
+from rung.worker.spawn import ExecSpawner, Spawner, SpawnError, TrialProcess, exit_code
 
 __all__ = ["TrialRun"]
 
@@ -76,9 +76,8 @@ _ASK_AGAIN_MAX_S = 60.0
 _TAIL = 30
 # Logs go out at least this often while a trial runs.
 _SHIP_EVERY_S = 0.5
-# How often the end of the training process is looked for, and how long its output may
-# stay open after it ended and its group was killed (a process that left the group).
-_EXIT_POLL_S = 0.1
+# How long the training process's output may stay open after it ended and its group was
+# killed (a process that left the group).
 _DRAIN_S = 5.0
 _REAP_S = 30.0
 _CHANNEL_SOCKET = "channel.sock"
@@ -187,6 +186,9 @@ class TrialRun:
         self._output_ready = asyncio.Event()
         self._shipping = asyncio.Lock()
         self._exit_sent = False
+        # Called once the process is reaped and its group killed, before the last logs
+        # and trial_exited go out: its slots can take the next trial meanwhile.
+        self.on_reaped: Callable[[], None] | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -264,20 +266,52 @@ class TrialRun:
         return False
 
     async def start(self) -> bool:
-        """Start the process; False (with the trial already reported as exited) if it can't."""
+        """Start the process; False (with the trial already reported as exited) if it can't.
+
+        ``trial_started`` and the process's start overlap: the process is forked while the
+        event waits for its confirm, and nothing the script asks is served (no event of
+        the trial goes out) before that confirm. If the event cannot go out, the process
+        is killed and reaped before the error is raised: the trial never ran here.
+        """
         self._last_call = time.monotonic()
         command = self._command()
-        await self._emit(
-            TrialStarted(
-                **self._ids(),
-                slots=len(self.slot_ids),
-                gpus=self.gpus,
-                # Echoed: it shows the searcher that this worker received the run_trial.
-                start_token=self.cmd.start_token,
+        announced = asyncio.ensure_future(
+            self._emit(
+                TrialStarted(
+                    **self._ids(),
+                    slots=len(self.slot_ids),
+                    gpus=self.gpus,
+                    # Echoed: it shows the searcher that this worker received the run_trial.
+                    start_token=self.cmd.start_token,
+                )
             )
         )
-        if isinstance(command, str):
-            return await self._cannot_start(command)
+        try:
+            failure = command if isinstance(command, str) else await self._spawn(command)
+        except BaseException:
+            announced.cancel()
+            await self._abandon()
+            raise
+        try:
+            await announced
+        except BaseException:
+            await self._abandon()
+            raise
+        if failure is not None:
+            return await self._cannot_start(failure)
+        self._started.set()
+        assert self.process is not None  # noqa: S101 (_spawn set it, or said why not)
+        self.log.info(
+            "trial started",
+            pid=self.process.pid,
+            gpus=self.gpus,
+            length=self.cmd.length,
+            checkpoint=self.cmd.latest_checkpoint,
+        )
+        return True
+
+    async def _spawn(self, command: list[str]) -> str | None:
+        """The channel and the process; None, or why they could not be made."""
         try:
             # mkdtemp makes it 0700: no other uid can reach the socket inside.
             self.channel_dir = Path(tempfile.mkdtemp(prefix="rung-trial-"))
@@ -288,16 +322,20 @@ class TrialRun:
                 command, cwd=self.run_dir, env=self._environment()
             )
         except (SpawnError, OSError) as exc:
-            return await self._cannot_start(f"the training process could not be started: {exc}")
-        self._started.set()
-        self.log.info(
-            "trial started",
-            pid=self.process.pid,
-            gpus=self.gpus,
-            length=self.cmd.length,
-            checkpoint=self.cmd.latest_checkpoint,
-        )
-        return True
+            return f"the training process could not be started: {exc}"
+        return None
+
+    async def _abandon(self) -> None:
+        """``trial_started`` did not go out: end the process, if there is one, and its
+        channel, as if it never started."""
+        self._close_channel()
+        process = self.process
+        if process is None:
+            return
+        self.kill("its trial_started could not be published")
+        self._kill_group()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exit_code(process), timeout=_REAP_S)
 
     # ------------------------------------------------------------------ the channel
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -309,9 +347,11 @@ class TrialRun:
         task.add_done_callback(self._connections.discard)
 
     async def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
-        # A forked trial can connect before the fork server's answer names its pid.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._started.wait(), timeout=30)
+        # A forked trial can connect before the fork server's answer names its pid, and
+        # before its trial_started is confirmed (however long the broker takes): nothing
+        # of it is served until then. start() sets _started or closes the channel, which
+        # cancels this wait.
+        await self._started.wait()
         process = self.process
         if process is None:
             refusal: str | None = "the training process is not running"
@@ -552,6 +592,8 @@ class TrialRun:
             await self._end_process(process, pumps)
             stop_shipping.set()
             self._output_ready.set()
+            if self.on_reaped is not None:
+                self.on_reaped()
         if code is None:
             code = process.returncode
         if code is None:
@@ -571,9 +613,14 @@ class TrialRun:
 
     async def _supervise(self, process: TrialProcess, pumps: asyncio.Future[Any]) -> int:
         """Until the process has exited and its output is read: its exit code."""
-        exited = asyncio.create_task(_exit_code(process))
+        exited = asyncio.create_task(exit_code(process))
         try:
             await asyncio.wait({pumps, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                # Its output ended: the process is ending. Look again from 1 ms, not at
+                # the backed-off pace of a long run.
+                exited.cancel()
+                exited = asyncio.create_task(exit_code(process))
             if pumps.done() and pumps.exception() is not None:
                 self.log.error(
                     "reading the training process's output failed; killing it",
@@ -602,7 +649,7 @@ class TrialRun:
         self._kill_group()
         if process.returncode is None:
             try:
-                await asyncio.wait_for(asyncio.shield(_exit_code(process)), timeout=_REAP_S)
+                await asyncio.wait_for(asyncio.shield(exit_code(process)), timeout=_REAP_S)
             except TimeoutError:
                 self.log.error(  # noqa: TRY400 (no trace to show)
                     "the training process did not die after SIGKILL", pid=process.pid
@@ -676,17 +723,6 @@ class TrialRun:
             except ProcessLookupError:  # not yet the leader of its own group: just it
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.process.pid, signal.SIGKILL)
-
-
-async def _exit_code(process: TrialProcess) -> int:
-    """The process's exit code once it has exited and been reaped.
-
-    Not ``process.wait()``: on Python 3.11 that also waits for every pipe to close, which
-    a child left running in the background may never do.
-    """
-    while (code := process.returncode) is None:  # noqa: ASYNC110 (no event to wait on)
-        await asyncio.sleep(_EXIT_POLL_S)
-    return code
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes | None:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 import rung
+from rung.broker.errors import BrokerUnavailableError
 from rung.broker.limits import (
     CHANNEL_REQUEST_BYTES,
     MAX_LOG_BATCH_BYTES,
@@ -43,6 +44,7 @@ from rung.broker.schemas import (
     MetricsReported,
     RunTrial,
     TrialExited,
+    TrialStarted,
 )
 from rung.broker.schemas.envelope import Body
 from rung.worker.output import cost, cut_note
@@ -385,12 +387,43 @@ async def test_only_the_trials_own_processes_may_use_its_channel(
     hostile.record("core api", f"foreign peer on the channel ({harness.method})", "refused")
 
 
+async def test_a_trial_whose_trial_started_cannot_go_out_does_not_run(
+    harness: Harness, hostile: HostileTally
+) -> None:
+    """Issue 18: the process is forked while trial_started waits for its confirm. If the
+    confirm never comes (the broker is gone), the process is killed and reaped and its
+    channel removed before start() raises: nothing of the trial runs on here."""
+    run, events = harness.make("silent.py")
+
+    async def refuse(body: Body, *, message_id: str | None = None) -> str:
+        if isinstance(body, TrialStarted):
+            await wait_for(lambda: run.process is not None, 10, "the process forked")
+            raise BrokerUnavailableError("the broker connection is down (the test's)")
+        events.append(body)
+        return message_id or "m"
+
+    run._emit = refuse
+    with pytest.raises(BrokerUnavailableError):
+        await run.start()
+    assert run.process is not None
+    assert run.process.returncode is not None  # killed and reaped
+    assert run.channel_dir is not None
+    assert not run.channel_dir.exists()
+    assert events == []  # no event of the trial went out
+    hostile.record("core api", f"trial_started refused ({harness.method})", "contained")
+
+
 def _ask(path: Path) -> bytes:
+    """The channel's answer; b"" where it closed the connection, before or after the
+    request was sent (a refusal can come before the request)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
         sock.connect(str(path))
-        sock.sendall(b'{"op": "should_preempt"}\n')
-        return sock.recv(1024)
+        try:
+            sock.sendall(b'{"op": "should_preempt"}\n')
+            return sock.recv(1024)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
 
 
 # ---------------------------------------------------------------------- end to end

@@ -400,12 +400,31 @@ async def test_the_worker_cache_keeps_the_archive_and_rechecks_its_hash_before_e
     (run / "train.py").write_text("import os; os.system('evil')")
     assert _tree(await cache.run_dir(digest, tmp_path / "run2")) == FILES
     assert rpc.calls == 1
-    # Someone alters the cached archive: it no longer hashes to its name, so it is
-    # fetched again, never used.
+    # Someone alters the cached archive on disk: this worker uses the copy it verified
+    # and keeps in memory (issue 18); a restarted one finds that the file no longer
+    # hashes to its name, so it is fetched again, never used.
     archive_path(tmp_path / "contexts", digest).write_bytes(_context({"train.py": "evil"}))
     assert _tree(await cache.run_dir(digest, tmp_path / "run3")) == FILES
+    assert rpc.calls == 1
+    restarted = ContextCache(rpc, tmp_path / "contexts")  # type: ignore[arg-type]
+    assert _tree(await restarted.run_dir(digest, tmp_path / "run4")) == FILES
     assert rpc.calls == 2
     assert read_archive(tmp_path / "contexts", digest) == data
+
+
+async def test_the_worker_keeps_a_bounded_number_of_archive_bytes_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("rung.worker.contexts.MEMORY_BYTES", 1)  # one archive at most
+    first, second = _context(FILES), _context({"train.py": "print('two')"})
+    cache = ContextCache(_FakeRpc(first), tmp_path / "contexts")  # type: ignore[arg-type]
+    await cache.archive(context_hash(first))
+    cache.rpc = _FakeRpc(second)  # type: ignore[assignment]
+    await cache.archive(context_hash(second))
+    assert list(cache._memory) == [context_hash(second)]
+    # The first one is read from disk again, hashed, and kept in the other's place.
+    assert await cache.archive(context_hash(first)) == first
+    assert list(cache._memory) == [context_hash(first)]
 
 
 async def test_the_worker_cache_refuses_a_reply_that_does_not_match_the_hash(

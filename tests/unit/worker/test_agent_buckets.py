@@ -4,7 +4,7 @@ trial too large for it never stops it taking work that fits (no head-of-line blo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,23 @@ CONTEXT = "0" * 64
 
 
 class FakeRun:
-    """Stands in for a TrialRun: it 'runs' until the test ends it."""
+    """Stands in for a TrialRun: it 'runs' until the test ends it. With ``hold_exit``
+    set, its process is 'reaped' when it ends, but its trial_exited is 'on its way' until
+    the test releases it."""
 
     def __init__(self, cmd: RunTrial) -> None:
         self.cmd = cmd
         self.key = (cmd.experiment_id, cmd.trial_id, cmd.attempt)
         self.done = asyncio.Event()
+        self.hold_exit: asyncio.Event | None = None
+        self.on_reaped: Callable[[], None] | None = None
 
     async def wait(self) -> None:
         await self.done.wait()
+        if self.on_reaped is not None:
+            self.on_reaped()
+        if self.hold_exit is not None:
+            await self.hold_exit.wait()
 
     def request_preemption(self) -> None:
         self.done.set()
@@ -187,6 +195,28 @@ async def test_a_trial_too_large_for_every_worker_never_blocks_work_that_fits(
     await stop(worker)
 
 
+async def test_a_slot_takes_the_next_trial_once_the_process_is_reaped_not_after_its_exit_event(
+    broker: MemoryBroker, tmp_path: Path
+) -> None:
+    """Issue 18: the last logs and the trial_exited of one trial go out while the next
+    trial starts in its slot; the slot is not held through that hop."""
+    worker = FakeWorker(broker, 1, tmp_path)
+    await worker._update_intake()
+    await publish(broker, run_trial(1, 1))
+    await publish(broker, run_trial(2, 1))
+    await wait_for(lambda: 1 in worker.started, 5, "the first trial")
+    first = worker.started[1]
+    first.hold_exit = asyncio.Event()
+    worker.finish(1)
+    await wait_for(lambda: 2 in worker.started, 5, "the next trial, in the freed slot")
+    assert worker.slots_of[2] == worker.slots_of[1]
+    assert first.key in worker.runs  # still reporting its exit: control still reaches it
+    first.hold_exit.set()
+    await wait_for(lambda: first.key not in worker.runs, 5, "the first trial's end")
+    assert worker.free == []  # released once, not twice
+    await stop(worker)
+
+
 async def test_a_bucket_is_consumed_only_while_its_trials_fit_the_free_slots(
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
@@ -197,11 +227,12 @@ async def test_a_bucket_is_consumed_only_while_its_trials_fit_the_free_slots(
     await publish(broker, run_trial(1, 3))  # the 3-slot bucket
     await wait_for(lambda: 1 in worker.started, 5, "the 3-slot trial")
     assert len(worker.slots_of[1]) == 3
-    assert sorted(worker._work) == [1]  # one slot left: only 1-slot work
+    # One slot left: only 1-slot work (the subscriptions change while the trial starts).
+    await wait_for(lambda: sorted(worker._work) == [1], 5, "only the 1-slot bucket consumed")
     await publish(broker, run_trial(2, 2))
     await publish(broker, run_trial(3, 1))
     await wait_for(lambda: 3 in worker.started, 5, "the 1-slot trial beside it")
-    assert sorted(worker._work) == []
+    await wait_for(lambda: sorted(worker._work) == [], 5, "no bucket consumed: no slot free")
     assert 2 not in worker.started
     assert broker.depth(t.bucket_queue(2)) == 1
     # Slots free only when the trial's run ends; then the 2-slot trial fits and runs.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rung.worker.forkserver import python_entrypoint
-from rung.worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess
+from rung.worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess, exit_code
 
 PY = sys.executable
 
@@ -105,6 +105,28 @@ async def test_exit_codes_are_the_interpreters(
     assert in_stderr in err
     if "ValueError" in in_stderr:
         assert "Traceback (most recent call last)" in err
+
+
+async def test_exit_code_waits_for_the_exit_and_not_for_a_background_childs_pipes(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    """``exit_code`` (what the worker waits on) returns once the process has exited, with
+    its code, although a child it left running still holds its stdout open (Python
+    3.11's ``Process.wait()`` would wait for that pipe)."""
+    script = _script(
+        tmp_path,
+        """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        sys.exit(3)
+        """,
+    )
+    process = await spawner.spawn([PY, str(script)], cwd=tmp_path, env=_env())
+    try:
+        assert await asyncio.wait_for(exit_code(process), timeout=20) == 3
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the child, which the worker kills so
+        await _finish(process)  # its pipes read to their end: nothing left open
 
 
 async def test_threads_are_joined_and_atexit_runs(spawner: Spawner, tmp_path: Path) -> None:
