@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench import (  # noqa: E402
+    capacity,
     isolation,
     latency,
     peer_compare,
@@ -53,6 +54,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "sampler_cost": lambda *, quick, **_: sampler_cost.run(quick=quick),
     # Issue 15: one experiment's blocked publishes cost the others nothing.
     "isolation": lambda *, quick, **_: isolation.run(quick=quick),
+    # Issue 18: the input rate one searcher sustains on RabbitMQ (simulated workers).
+    "capacity": lambda *, quick, **_: capacity.run(quick=quick),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

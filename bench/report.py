@@ -112,6 +112,23 @@ def _isolation(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _capacity(rows: list[Row]) -> list[str]:
+    head = ["experiments", "trials", "simulated slots", "inputs/s", "trials/s", "searcher CPU"]
+    body = [
+        [
+            str(r["experiments"]),
+            str(r["trials"]),
+            str(r["slots"]),
+            _num(r["inputs_per_s"]),
+            _num(r["trials_per_s"]),
+            _num(r["searcher_cpu"]),
+        ]
+        for r in rows
+        if "error" not in r
+    ]
+    return _table(head, body)
+
+
 def _scaling(rows: list[Row]) -> list[str]:
     head = ["workers", "steps/s", "speedup", "efficiency", "utilization", "wall s"]
     body = [
@@ -551,6 +568,8 @@ def _render(by: dict[str, list[Row]], text: list[str], stems: dict[str, str]) ->
         ]
     if "isolation" in by:
         text += ["### 7. Isolation between experiments", "", *_isolation(by["isolation"]), ""]
+    if "capacity" in by:
+        text += ["### 8. Searcher capacity on RabbitMQ", "", *_capacity(by["capacity"]), ""]
     text += _plots(by, stems)
     return "\n".join(text)
 

@@ -20,3 +20,8 @@ def test_only_the_event_loops_samples_count_inclusively() -> None:
     assert rows["read (s.py"] == pytest.approx(25)
     assert not any("_worker" in name for name in rows)
     assert summarise("", top=5) == []
+
+
+def test_self_time_counts_only_the_innermost_frame() -> None:
+    rows = {name: share for share, name in summarise(RAW, top=10, own=True)}
+    assert rows == {"write (s.py": pytest.approx(75), "read (s.py": pytest.approx(25)}
