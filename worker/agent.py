@@ -427,7 +427,6 @@ class Worker:
             / cmd.experiment_id
             / (f"trial-{cmd.trial_id}-attempt-{cmd.attempt}")
         )
-        await self.contexts.run_dir(cmd.context_hash, run_dir)
         gpus = [self.gpus[i] for i in slots] if self.gpus else []
         run = TrialRun(
             cmd,
@@ -441,8 +440,17 @@ class Worker:
             spawner=self.spawner,
             trial_env_allow=self.trial_env_allow,
         )
+        # Known from the first await on: a copy of the command delivered meanwhile is a
+        # duplicate. Forgotten again if the start fails or raises, so that the command,
+        # given back, runs when it comes again.
         self.runs[run.key] = run
-        if not await run.start():
+        try:
+            await self.contexts.run_dir(cmd.context_hash, run_dir)
+            started = await run.start()
+        except BaseException:
+            self.runs.pop(run.key, None)
+            raise
+        if not started:
             self.runs.pop(run.key, None)
             return None
         return run
@@ -460,7 +468,7 @@ class Worker:
             self._release(slots)
             task = asyncio.create_task(self._update_intake())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._intake_updated)
 
         run.on_reaped = release
         try:
@@ -471,6 +479,13 @@ class Worker:
                 released = True
                 self._release(slots)
                 await self._update_intake()
+
+    def _intake_updated(self, task: asyncio.Task[None]) -> None:
+        """A subscription change run beside the trials ended: say so if it failed (the
+        next slot change, or a delivery that no longer fits, sets them right again)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.error("could not update the work subscriptions", error=repr(error))
 
     async def _best_validation(self, experiment_id: str) -> float | None:
         reply = await self.rpc.call(DescribeExperiment(experiment_id=experiment_id))

@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -277,6 +278,10 @@ class ForkServer:
                 if entry is None:
                     continue
                 future, stdout, stderr = entry
+                if future.done():  # the spawn was cancelled: no one will watch this one
+                    if "pid" in reply:
+                        _kill_group(int(reply["pid"]))
+                    continue
                 if "error" in reply:
                     future.set_exception(SpawnError(str(reply["error"])))
                     continue
@@ -345,6 +350,13 @@ class ForkServer:
         if self._reader_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a training process that nobody will watch, and its group."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
 
 
 def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:

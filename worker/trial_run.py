@@ -163,6 +163,7 @@ class TrialRun:
         )
         self.process: TrialProcess | None = None
         self._started = asyncio.Event()  # set once the process is known (or never will be)
+        self._channel_closed = False
         self._server: asyncio.Server | None = None
         # The script's open connections, each served by its own task.
         self._connections: set[asyncio.Task[Any]] = set()
@@ -288,8 +289,13 @@ class TrialRun:
         )
         try:
             failure = command if isinstance(command, str) else await self._spawn(command)
-        except BaseException:
+        except Exception as exc:  # noqa: BLE001 (the trial's failure, not the worker's)
+            # A bug, or an input nothing checked (a NUL byte in an exec'd argument).
+            failure = f"the training process could not be started: {exc!r}"
+        except BaseException:  # cancelled: the worker is stopping, or its handler was
             announced.cancel()
+            if announced.done() and not announced.cancelled():
+                announced.exception()  # retrieved: it is this cancellation that counts
             await self._abandon()
             raise
         try:
@@ -349,12 +355,14 @@ class TrialRun:
     async def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
         # A forked trial can connect before the fork server's answer names its pid, and
         # before its trial_started is confirmed (however long the broker takes): nothing
-        # of it is served until then. start() sets _started or closes the channel, which
-        # cancels this wait.
+        # of it is served until then. start() sets _started, or closes the channel,
+        # which sets it too and refuses the connection.
         await self._started.wait()
         process = self.process
-        if process is None:
-            refusal: str | None = "the training process is not running"
+        if self._channel_closed:
+            refusal: str | None = "the trial's channel is closed"
+        elif process is None:
+            refusal = "the training process is not running"
         else:
             refusal = peer_refusal(writer.get_extra_info("socket"), process.pid)
         if refusal is not None:
@@ -592,8 +600,8 @@ class TrialRun:
             await self._end_process(process, pumps)
             stop_shipping.set()
             self._output_ready.set()
-            if self.on_reaped is not None:
-                self.on_reaped()
+            if self.on_reaped is not None and process.returncode is not None:
+                self.on_reaped()  # (not if it outlived SIGKILL: then its slots wait)
         if code is None:
             code = process.returncode
         if code is None:
@@ -683,7 +691,9 @@ class TrialRun:
 
     def _close_channel(self) -> None:
         """Close the socket server and every connection to it, remove its directory
-        (idempotent)."""
+        (idempotent). A connection accepted after this is refused at once."""
+        self._channel_closed = True
+        self._started.set()  # wakes a connection that waits for the start: refused
         if self._server is not None:
             self._server.close()
         # A connection whose script died while it waited (for its next operation, say)

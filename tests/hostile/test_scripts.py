@@ -413,6 +413,46 @@ async def test_a_trial_whose_trial_started_cannot_go_out_does_not_run(
     hostile.record("core api", f"trial_started refused ({harness.method})", "contained")
 
 
+async def test_nothing_of_a_trial_goes_out_before_its_trial_started_is_confirmed(
+    harness: Harness,
+) -> None:
+    """Issue 18: the script connects and calls the Core API while trial_started waits
+    for its confirm; its calls are answered, and its events sent, only after it."""
+    run, events = harness.make("no_newline.py")
+    emit = run._emit
+
+    async def slow_start(body: Body, *, message_id: str | None = None) -> str:
+        if isinstance(body, TrialStarted):
+            # The confirm comes only once the script is connected and waiting on it.
+            await wait_for(lambda: bool(run._connections), 30, "the script's first call")
+        return await emit(body, message_id=message_id)
+
+    run._emit = slow_start
+    assert await run.start()
+    assert await asyncio.wait_for(run.wait(), timeout=120) is ExitReason.COMPLETED
+    assert isinstance(events[0], TrialStarted)
+    assert any(isinstance(e, MetricsReported) for e in events[1:])
+
+
+async def test_a_spawn_that_raises_is_the_trials_failure_not_the_workers(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error nothing checked (exec's ValueError for a NUL byte, say) ends the trial
+    as ERRORED, after its trial_started, instead of escaping start() half done."""
+    run, events = harness.make("silent.py")
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise ValueError("embedded null byte")
+
+    monkeypatch.setattr(run._spawner, "spawn", broken)
+    assert not await run.start()
+    assert [type(e) for e in events if not isinstance(e, LogLines)] == [TrialStarted, TrialExited]
+    exited = events[-1]
+    assert isinstance(exited, TrialExited)
+    assert exited.reason is ExitReason.ERRORED
+    assert "embedded null byte" in exited.message
+
+
 def _ask(path: Path) -> bytes:
     """The channel's answer; b"" where it closed the connection, before or after the
     request was sent (a refusal can come before the request)."""

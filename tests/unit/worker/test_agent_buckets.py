@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rung.broker.errors import BrokerUnavailableError
 from rung.broker.memory import MemoryBroker
 from rung.broker.port import DEAD_REASON_HEADER, Delivery
 from rung.broker.schemas import Envelope, RunTrial, encode
@@ -214,6 +215,33 @@ async def test_a_slot_takes_the_next_trial_once_the_process_is_reaped_not_after_
     first.hold_exit.set()
     await wait_for(lambda: first.key not in worker.runs, 5, "the first trial's end")
     assert worker.free == []  # released once, not twice
+    await stop(worker)
+
+
+async def test_a_start_that_raises_is_forgotten_and_the_command_runs_when_it_comes_again(
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command is given back when the start raises (trial_started refused, say);
+    the attempt must not stay known here, or its copy would be dropped as a duplicate."""
+    calls: list[int] = []
+
+    async def start(self: TrialRun) -> bool:
+        calls.append(self.cmd.trial_id)
+        if len(calls) == 1:
+            raise BrokerUnavailableError("the broker connection is down (the test's)")
+        return False  # the second time: it cannot start, and says so (ERRORED)
+
+    async def no_context(digest: str, destination: Path) -> Path:
+        return destination
+
+    monkeypatch.setattr(TrialRun, "start", start)
+    worker = Worker(broker, worker_id="w1", slots=1, work_dir=tmp_path)
+    monkeypatch.setattr(worker.contexts, "run_dir", no_context)
+    await worker._update_intake()
+    await publish(broker, run_trial(1, 1))
+    await wait_for(lambda: len(calls) == 2, 5, "the command, given back, started again")
+    await wait_for(lambda: worker.free == [0], 5, "the slot free again")
+    assert worker.runs == {}
     await stop(worker)
 
 

@@ -204,3 +204,30 @@ async def _gone(pid: int) -> None:
         if status == "Z":
             raise ProcessLookupError(pid)
         await asyncio.sleep(0.05)
+
+
+async def test_a_cancelled_spawn_costs_no_other_trial_its_life(tmp_path: Path) -> None:
+    """A spawn cancelled while the fork server forks (the worker stopping, say): its
+    late process is killed, and the fork server, with every other child, lives on. The
+    late reply used to raise in the reader, which took the fork server down with all."""
+    server = ForkServer()
+    try:
+        script = _script(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
+        other = await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
+        assert other.stdout is not None
+        assert await asyncio.wait_for(other.stdout.readline(), timeout=30) == b"up\n"
+        late = asyncio.create_task(server.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
+        for _ in range(100_000):  # the request is out: cancel it while it forks
+            if server._pending or late.done():
+                break
+            await asyncio.sleep(0)
+        assert server._pending, "the request was answered before it could be cancelled"
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        # The fork server answers the next request: it did not go down.
+        again = await server.spawn([PY, "-c", "print('again')"], cwd=tmp_path, env=_env())
+        assert (await _finish(again))[:2] == (0, "again\n")
+        assert other.returncode is None
+    finally:
+        await server.close()
