@@ -155,6 +155,13 @@ class CheckpointCollector(RunBase):
         if not self.collects_checkpoints or not self._gc_due(step, body):
             return
         ended = self.state in ENDED
+        saved = [
+            Saved(t.trial_id, uuid, steps, order, t.validations.get(steps))
+            for t in self.trials.values()
+            for order, (uuid, steps) in enumerate(t.checkpoints.items())
+        ]
+        if not saved and not ended:
+            return  # nothing to delete, nor to forget (issue 18: a pass over every trial less)
         final = {t.trial_id for t in self.trials.values() if ended or t.state in TERMINAL}
         protected = {
             t.latest_checkpoint
@@ -179,11 +186,6 @@ class CheckpointCollector(RunBase):
                 smaller,
             )
         )
-        saved = [
-            Saved(t.trial_id, uuid, steps, order, t.validations.get(steps))
-            for t in self.trials.values()
-            for order, (uuid, steps) in enumerate(t.checkpoints.items())
-        ]
         uuids = to_delete(saved, policy, final=final, protected=protected)
         gone = set(uuids)
         for trial in self.trials.values():
