@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -53,7 +54,6 @@ __all__ = [
 StartMethod = Literal["fork-server", "exec"]
 START_METHODS: tuple[StartMethod, ...] = ("fork-server", "exec")
 _LIMIT = 1 << 20
-_Pipes = asyncio.StreamReader
 
 
 class SpawnError(RuntimeError):
@@ -202,13 +202,26 @@ async def exit_code(process: TrialProcess, *, poll_max_s: float = 0.1) -> int:
     return code
 
 
-async def _read_pipe(fd: int) -> asyncio.StreamReader:
+@dataclass
+class _Request:
+    """A spawn the fork server has not answered yet: who waits, and the pipes' read
+    ends, closed here if no process will ever be read from them."""
+
+    future: asyncio.Future[_Forked]
+    pipes: list[tuple[asyncio.StreamReader, asyncio.BaseTransport]]
+
+    def unused(self) -> None:
+        for _, transport in self.pipes:
+            transport.close()
+
+
+async def _read_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LIMIT, loop=loop)
-    await loop.connect_read_pipe(
+    transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0)
     )
-    return reader
+    return reader, transport
 
 
 class ForkServer:
@@ -222,7 +235,7 @@ class ForkServer:
         self._server: asyncio.subprocess.Process | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[_Forked], _Pipes, _Pipes]] = {}
+        self._pending: dict[int, _Request] = {}
         self._live: dict[int, _Forked] = {}
 
     @property
@@ -277,14 +290,17 @@ class ForkServer:
                 entry = self._pending.pop(int(reply["id"]), None)
                 if entry is None:
                     continue
-                future, stdout, stderr = entry
+                future = entry.future
                 if future.done():  # the spawn was cancelled: no one will watch this one
+                    entry.unused()
                     if "pid" in reply:
                         _kill_group(int(reply["pid"]))
                     continue
                 if "error" in reply:
+                    entry.unused()
                     future.set_exception(SpawnError(str(reply["error"])))
                     continue
+                (stdout, _), (stderr, _) = entry.pipes
                 forked = _Forked(int(reply["pid"]), stdout, stderr)
                 self._live[forked.pid] = forked
                 future.set_result(forked)
@@ -295,9 +311,10 @@ class ForkServer:
     def _lost(self) -> None:
         """The fork server is gone: its children died with it (PR_SET_PDEATHSIG)."""
         had_children = bool(self._pending or self._live)
-        for future, *_ in self._pending.values():
-            if not future.done():
-                future.set_exception(SpawnError("the fork server exited"))
+        for entry in self._pending.values():
+            entry.unused()
+            if not entry.future.done():
+                entry.future.set_exception(SpawnError("the fork server exited"))
         for forked in self._live.values():
             forked.exited(-9)
         self._pending.clear()
@@ -315,12 +332,21 @@ class ForkServer:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
-            stdout, stderr = await _read_pipe(out_read), await _read_pipe(err_read)
+            request = _Request(asyncio.get_running_loop().create_future(), [])
+            try:
+                request.pipes.append(await _read_pipe(out_read))
+                request.pipes.append(await _read_pipe(err_read))
+            except BaseException:
+                request.unused()
+                raise
             async with self._lock:
-                requests = await self._ensure_started()
+                try:
+                    requests = await self._ensure_started()
+                except BaseException:  # (a cancellation too) no request went out
+                    request.unused()
+                    raise
                 request_id = next(self._ids)
-                future: asyncio.Future[_Forked] = asyncio.get_running_loop().create_future()
-                self._pending[request_id] = (future, stdout, stderr)
+                self._pending[request_id] = request
                 payload = json.dumps(
                     {"id": request_id, "argv": argv, "cwd": str(cwd), "env": env}
                 ).encode()
@@ -328,10 +354,11 @@ class ForkServer:
                     await _send_request(requests, payload + b"\n", [out_write, err_write])
                 except OSError as exc:
                     self._pending.pop(request_id, None)
+                    request.unused()
                     raise SpawnError(f"cannot reach the fork server: {exc}") from exc
                 # One request in flight at a time: the server reads one message per
                 # request, so its file descriptors never arrive with another's.
-                return await future
+                return await request.future
         finally:
             os.close(out_write)
             os.close(err_write)

@@ -174,13 +174,19 @@ async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:
     assert len(set(outs)) == 3
 
 
+async def _sleeper(server: ForkServer, tmp_path: Path) -> TrialProcess:
+    """A child of ``server`` that sleeps for a minute, once it is up."""
+    script = _script(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
+    process = await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
+    assert process.stdout is not None
+    assert await asyncio.wait_for(process.stdout.readline(), timeout=30) == b"up\n"
+    return process
+
+
 async def test_children_die_with_the_fork_server_which_comes_back(tmp_path: Path) -> None:
     server = ForkServer()
     try:
-        script = _script(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
-        process = await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
-        assert process.stdout is not None
-        assert await asyncio.wait_for(process.stdout.readline(), timeout=30) == b"up\n"
+        process = await _sleeper(server, tmp_path)
         assert server.pid is not None
         os.kill(server.pid, signal.SIGKILL)
         assert await asyncio.wait_for(process.wait(), timeout=30) == -signal.SIGKILL
@@ -212,11 +218,9 @@ async def test_a_cancelled_spawn_costs_no_other_trial_its_life(tmp_path: Path) -
     late reply used to raise in the reader, which took the fork server down with all."""
     server = ForkServer()
     try:
-        script = _script(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
-        other = await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
-        assert other.stdout is not None
-        assert await asyncio.wait_for(other.stdout.readline(), timeout=30) == b"up\n"
-        late = asyncio.create_task(server.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
+        other = await _sleeper(server, tmp_path)
+        script = [PY, "-c", "import time; time.sleep(60)"]
+        late = asyncio.create_task(server.spawn(script, cwd=tmp_path, env=_env()))
         for _ in range(100_000):  # the request is out: cancel it while it forks
             if server._pending or late.done():
                 break
@@ -229,5 +233,7 @@ async def test_a_cancelled_spawn_costs_no_other_trial_its_life(tmp_path: Path) -
         again = await server.spawn([PY, "-c", "print('again')"], cwd=tmp_path, env=_env())
         assert (await _finish(again))[:2] == (0, "again\n")
         assert other.returncode is None
+        os.kill(other.pid, signal.SIGKILL)
+        assert (await _finish(other))[0] == -signal.SIGKILL  # its pipes read to their end
     finally:
         await server.close()
