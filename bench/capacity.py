@@ -12,8 +12,10 @@ worker does. With more simulated slots than the searcher can feed, the searcher 
 bottleneck, and the rate it applies inputs at is its capacity.
 
 Reported: inputs applied per second (every record the experiments' logs gained, each
-made durable before its input was acknowledged), trials per second, and the searcher
-process's CPU use in that time (1.0: one core, busy all the time).
+made durable before its input was acknowledged), trials per second, and the CPU use in
+that time (1.0: one core, busy all the time) of the searcher, of the simulated workers
+and of RabbitMQ: where the three together fill the machine's cores, the figure is the
+machine's, a lower bound of the searcher's.
 
 ``python -m bench.capacity [--experiments N] [--trials N] [--slots N]``, or the
 ``capacity`` workload of ``python -m bench`` (needs RabbitMQ).
@@ -144,6 +146,28 @@ async def _sim_main(prefix: str, slots: int) -> None:
 
 
 # ---------------------------------------------------------------- the searcher
+def _cpu_s(pid: int | None) -> float:
+    """A process's CPU time so far (user and system), from /proc; 0 if it is unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int | None:
+    """RabbitMQ's Erlang VM on this machine, if there is one to see."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().split(" ", 2)[1] == "(beam.smp)":
+                return int(stat.parent.name)
+        except (OSError, IndexError):
+            continue
+    return None
+
+
 async def _until(condition: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -178,6 +202,8 @@ async def _measure(experiments: int, trials: int, concurrency: int, slots: int) 
             ]
             hosts = [service.experiments[e].host for e in ids]
             records0 = sum(h.log.seq for h in hosts)
+            broker_pid = _broker_pid()
+            others0 = (_cpu_s(sim.pid), _cpu_s(broker_pid))
             wall0, cpu0 = time.perf_counter(), time.process_time()
 
             def done() -> bool:
@@ -185,6 +211,8 @@ async def _measure(experiments: int, trials: int, concurrency: int, slots: int) 
 
             await _until(done, 1800)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            sim_cpu = _cpu_s(sim.pid) - others0[0]
+            broker_cpu = _cpu_s(broker_pid) - others0[1] if broker_pid is not None else None
             records = sum(h.log.seq for h in hosts) - records0
         finally:
             stop.set()
@@ -201,6 +229,9 @@ async def _measure(experiments: int, trials: int, concurrency: int, slots: int) 
         "inputs_per_s": round(records / wall, 1),
         "trials_per_s": round(experiments * trials / wall, 1),
         "searcher_cpu": round(cpu / wall, 2),
+        "sim_workers_cpu": round(sim_cpu / wall, 2),
+        "broker_cpu": None if broker_cpu is None else round(broker_cpu / wall, 2),
+        "cpus": os.cpu_count(),
         "wall_s": round(wall, 2),
         "records": records,
     }

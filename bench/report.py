@@ -113,15 +113,16 @@ def _isolation(rows: list[Row]) -> list[str]:
 
 
 def _capacity(rows: list[Row]) -> list[str]:
-    head = ["experiments", "trials", "simulated slots", "inputs/s", "trials/s", "searcher CPU"]
+    head = ["experiments", "trials", "inputs/s", "trials/s", "CPU: searcher", "sim", "broker"]
     body = [
         [
             str(r["experiments"]),
             str(r["trials"]),
-            str(r["slots"]),
             _num(r["inputs_per_s"]),
             _num(r["trials_per_s"]),
             _num(r["searcher_cpu"]),
+            _num(r.get("sim_workers_cpu")),
+            _num(r.get("broker_cpu")),
         ]
         for r in rows
         if "error" not in r
