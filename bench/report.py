@@ -278,7 +278,8 @@ def _quality_targets(rows: list[Row]) -> list[str]:
                 [
                     f"Rung lowest median: {benchmark}, {workers}w, {budget} evals",
                     f"{rung[0]} {_num(rung[1])}; best peer {peer[0]} {_num(peer[1])}",
-                    "yes" if rung[1] < peer[1] else "no",
+                    # Equal medians (digits' errors come in steps of 1/359): a tie.
+                    "yes" if rung[1] < peer[1] else "tie" if rung[1] == peer[1] else "no",
                 ]
             )
     scores = _scores(rows, "mfh6", 8)
