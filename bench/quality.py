@@ -40,9 +40,7 @@ from bench.objectives import (
 )
 from bench.peers import PeerError, run_peer
 from rung.searcher.config import ExperimentConfig, parse_config
-from rung.searcher.experiment import Experiment
-from rung.searcher.simulate import BENCHMARKS, Benchmark
-from rung.searcher.simulate.engine import _Simulation
+from rung.searcher.simulate import BENCHMARKS, Benchmark, simulate
 from rung.searcher.simulate.hartmann import OPTIMUM, Z_MAX
 
 __all__ = ["PEERS", "PROBLEMS", "SAMPLERS", "SCHEDULERS", "Options", "run"]
@@ -139,48 +137,22 @@ def sampler_available(sampler: str) -> str | None:
     return None
 
 
-class _Clocked:
-    """A benchmark that notes, at each result, the epochs executed by then.
-
-    The simulator counts an operation's epochs when it starts (its ``total_length``, and
-    a result's ``epochs``); with 8 workers that is up to 7 operations' epochs ahead of
-    what has been trained. The peers count epochs as they are trained, so Rung's results
-    are placed the same way: at a result (its operation has finished, at the simulator's
-    ``now``), the epochs started less what the operations under way have still to train.
-    """
-
-    def __init__(self, bench: Benchmark) -> None:
-        self.bench = bench
-        self.name = bench.name
-        self.max_length = bench.max_length
-        self.optimum = bench.optimum
-        self.sim: _Simulation | None = None
-        self.executed: list[int] = []
-
-    def evaluate(self, hparams: Any, length: int) -> float:
-        sim = self.sim
-        if sim is None:
-            raise RuntimeError("_Clocked.evaluate before _simulate set its simulation")
-        ahead = sum(run.finish - sim.now for run in sim.running)
-        self.executed.append(sim.total_length - round(ahead))
-        return self.bench.evaluate(hparams, length)
-
-
 def _simulate(
     config: ExperimentConfig, bench: Benchmark, workers: int, budget: int
 ) -> tuple[list[list[float]], int]:
     """``simulate(config, bench, workers, budget)``'s full-fidelity results as ``[epochs
-    executed, value]``, and the epochs executed in all."""
-    clocked = _Clocked(bench)
-    sim = _Simulation(Experiment(config), clocked, workers, budget)
-    clocked.sim = sim
-    sim.run()
+    trained, value]``, and the epochs started in all.
+
+    The simulator counts an operation's epochs when it starts; the peers count epochs as
+    they are trained. So Rung's results are placed the same way: at the epochs trained
+    when they came (``SimulatedResult.trained``)."""
+    result = simulate(config, bench, workers, budget=budget)
     trace = [
-        [executed, point.metric]
-        for point, executed in zip(sim.history, clocked.executed, strict=True)
+        [point.trained if point.trained is not None else point.epochs, point.metric]
+        for point in result.history
         if point.length == bench.max_length
     ]
-    return sorted(trace), sim.total_length
+    return sorted(trace), result.total_length
 
 
 def _rung_runs(

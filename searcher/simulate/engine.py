@@ -39,7 +39,12 @@ class SimulatedTrial(BaseModel):
 
 
 class SimulatedResult(BaseModel):
-    """One operation's end: the trial's metric at ``length``, after ``epochs`` in all."""
+    """One operation's end: the trial's metric at ``length``, after ``epochs`` in all.
+
+    ``epochs`` counts an operation's length when it starts (with 8 workers, up to 7
+    operations' worth ahead of what has been trained); ``trained`` only what has been
+    trained by then: ``epochs`` less what the operations under way have still to train.
+    A budget of GPU time compares with ``trained``."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -47,6 +52,7 @@ class SimulatedResult(BaseModel):
     trial_id: int
     length: int
     metric: float
+    trained: int | None = None
 
 
 class SimulationResult(BaseModel):
@@ -153,11 +159,16 @@ class _Simulation:
             self.now = run.finish
             self.free += 1
             hparams = self.experiment.trials[run.request_id].hparams
+            ahead = sum(other.finish - self.now for other in self.running)
             metric = self.benchmark.evaluate(hparams, run.length)
             trial_id = self.experiment.trials[run.request_id].trial_id
             self.history.append(
                 SimulatedResult(
-                    epochs=self.total_length, trial_id=trial_id, length=run.length, metric=metric
+                    epochs=self.total_length,
+                    trial_id=trial_id,
+                    length=run.length,
+                    metric=metric,
+                    trained=self.total_length - round(ahead),
                 )
             )
             self.events.append(

@@ -137,6 +137,25 @@ def test_a_budget_stops_the_search_and_the_history_adds_up() -> None:
         simulate(config, BENCHMARKS["mfh6"], workers=1, budget=0)
 
 
+def test_trained_counts_what_was_trained_when_a_result_came() -> None:
+    """``epochs`` counts an operation when it starts, ``trained`` as it is trained: with
+    one worker they agree; with 8, ``trained`` lags by what is still under way, never
+    falls, and the search's last result has everything trained."""
+    config = make_config(
+        "{name: asha, max_length: 27, max_trials: 60, num_rungs: 4, divisor: 3}",
+        MFH6_HPS,
+        seed=3,
+    )
+    one = simulate(config, BENCHMARKS["mfh6"], workers=1)
+    assert all(point.trained == point.epochs for point in one.history)
+    eight = simulate(config, BENCHMARKS["mfh6"], workers=8)
+    trained = [p.trained if p.trained is not None else -1 for p in eight.history]
+    assert all(0 <= t <= p.epochs for t, p in zip(trained, eight.history, strict=True))
+    assert any(t < p.epochs for t, p in zip(trained, eight.history, strict=True))
+    assert trained == sorted(trained)
+    assert trained[-1] == eight.total_length
+
+
 def test_lengths_beyond_the_benchmark_are_refused() -> None:
     config = make_config("{name: single, max_length: 200}", MFH6_HPS)
     with pytest.raises(SimulationError, match="set max_length to at most 100"):
