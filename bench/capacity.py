@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -50,9 +51,6 @@ from rung.broker.schemas import (
     encode,
 )
 from rung.broker.schemas.envelope import Body
-from rung.searcher.client import SearcherClient
-from rung.searcher.service.service import SearcherService
-from rung.searcher.trials.model import ENDED
 
 __all__ = ["run"]
 
@@ -136,6 +134,7 @@ class _SimWorkers:
         )
         await self.broker.subscribe(control, self.on_control, prefetch=self.slots)
         await self.broker.subscribe(topology.work_queue, self.on_work, prefetch=self.slots)
+        print("ready", flush=True)  # the searcher's side waits for this line
         await asyncio.Event().wait()  # until killed
 
 
@@ -168,6 +167,14 @@ def _broker_pid() -> int | None:
     return None
 
 
+async def _ready(sim: asyncio.subprocess.Process) -> None:
+    """Until the simulated workers say they consume (their log lines come first)."""
+    assert sim.stdout is not None  # noqa: S101 (started with a pipe)
+    while (line := await sim.stdout.readline()) != b"ready\n":
+        if not line:
+            raise RuntimeError("the simulated workers exited before they were ready")
+
+
 async def _until(condition: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -177,48 +184,65 @@ async def _until(condition: Any, timeout: float) -> None:
 
 
 async def _measure(experiments: int, trials: int, concurrency: int, slots: int) -> dict[str, Any]:
+    # Here, not at the top: the simulated workers' process imports only the broker's side.
+    from rung.searcher.client import SearcherClient  # noqa: PLC0415
+    from rung.searcher.service.service import SearcherService  # noqa: PLC0415
+    from rung.searcher.trials.model import ENDED  # noqa: PLC0415
+
     prefix = f"bench-capacity-{time.time_ns()}"
     broker = RabbitBroker(AMQP_URL, Topology(prefix), name="bench-capacity")
     await broker.start()
     sim = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "bench.capacity", "--sim-workers", prefix, str(slots)),
         cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
     )
     stop = asyncio.Event()
+    drain: asyncio.Task[bytes] | None = None
     with tempfile.TemporaryDirectory() as directory:
         state = Path(directory)
         service = SearcherService(broker, state / "state", worker_timeout_s=3600)
         task = asyncio.create_task(service.run(stop))
         try:
             await _until(service.ready.is_set, 60)
+            await asyncio.wait_for(_ready(sim), timeout=120)
+            assert sim.stdout is not None  # noqa: S101 (started with a pipe)
+            # Whatever else they print is read and dropped: the pipe never fills.
+            drain = asyncio.create_task(sim.stdout.read())
             client = SearcherClient(broker)
             context = state / "context"
             context.mkdir()
             (context / "train.py").write_text("pass\n")
             config = _config(trials, concurrency)
+            # The window opens before the first experiment exists: every trial and every
+            # record of theirs falls inside it.
+            broker_pid = _broker_pid()
+            others0 = (_cpu_s(sim.pid), _cpu_s(broker_pid))
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             ids = [
                 (await client.create_experiment(config, context))["experiment_id"]
                 for _ in range(experiments)
             ]
             hosts = [service.experiments[e].host for e in ids]
-            records0 = sum(h.log.seq for h in hosts)
-            broker_pid = _broker_pid()
-            others0 = (_cpu_s(sim.pid), _cpu_s(broker_pid))
-            wall0, cpu0 = time.perf_counter(), time.process_time()
 
             def done() -> bool:
+                if sim.returncode is not None:
+                    raise RuntimeError(f"the simulated workers exited ({sim.returncode})")
                 return all(service.experiments[e].host.run.state in ENDED for e in ids)
 
             await _until(done, 1800)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             sim_cpu = _cpu_s(sim.pid) - others0[0]
             broker_cpu = _cpu_s(broker_pid) - others0[1] if broker_pid is not None else None
-            records = sum(h.log.seq for h in hosts) - records0
+            records = sum(h.log.seq for h in hosts)
         finally:
             stop.set()
             await task
-            sim.kill()
+            with contextlib.suppress(ProcessLookupError):
+                sim.kill()
             await sim.wait()
+            if drain is not None:
+                await drain
             await broker.delete_topology()
             await broker.close()
     return {

@@ -148,7 +148,7 @@ def _simulate(
     when they came (``SimulatedResult.trained``)."""
     result = simulate(config, bench, workers, budget=budget)
     trace = [
-        [point.trained if point.trained is not None else point.epochs, point.metric]
+        [point.trained, point.metric]
         for point in result.history
         if point.length == bench.max_length
     ]

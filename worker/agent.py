@@ -373,6 +373,11 @@ class Worker:
             await delivery.requeue()
             return
         slots, self.free = self.free[:need], self.free[need:]
+        await self._take(delivery, body, slots)
+
+    async def _take(self, delivery: Delivery, body: RunTrial, slots: list[int]) -> None:
+        """Start the trial in ``slots`` (taken already), watch it, acknowledge its command;
+        give the command back if the start raised."""
         # Stop consuming what no longer fits before acknowledging (until then prefetch
         # holds further deliveries back), while the trial starts: not one after the other.
         intake = asyncio.ensure_future(self._update_intake())
@@ -384,6 +389,9 @@ class Worker:
             self._release(slots)
             await delivery.requeue()
             await self._update_intake()
+            raise
+        except BaseException:  # cancelled: the worker's handler is being stopped
+            intake.cancel()
             raise
         try:
             await intake

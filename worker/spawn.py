@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -352,13 +353,16 @@ class ForkServer:
                 ).encode()
                 try:
                     await _send_request(requests, payload + b"\n", [out_write, err_write])
+                    # One request in flight at a time: the server reads one message per
+                    # request, so its file descriptors never arrive with another's.
+                    return await request.future
                 except OSError as exc:
                     self._pending.pop(request_id, None)
                     request.unused()
                     raise SpawnError(f"cannot reach the fork server: {exc}") from exc
-                # One request in flight at a time: the server reads one message per
-                # request, so its file descriptors never arrive with another's.
-                return await request.future
+                except asyncio.CancelledError:
+                    _forsake(request)
+                    raise
         finally:
             os.close(out_write)
             os.close(err_write)
@@ -395,14 +399,38 @@ def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
 async def _send_request(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
     """Send a request and its file descriptors to the fork server. A request fits in the
     socket's buffer unless the server is behind: then it is sent at once, without the
-    thread hop that a send which may block needs."""
+    thread hop that a send which may block needs. A send under way in a thread is seen
+    to its end even if the caller is cancelled: the descriptors it sends stay open, and
+    no other request's bytes come between its own."""
     try:
         sent = socket.send_fds(sock, [payload], fds, socket.MSG_DONTWAIT)
     except BlockingIOError:  # nothing sent: the server is behind; wait for it in a thread
-        await asyncio.to_thread(_send_with_fds, sock, payload, fds)
+        await _to_its_end(asyncio.to_thread(_send_with_fds, sock, payload, fds))
         return
     if sent < len(payload):
-        await asyncio.to_thread(sock.sendall, payload[sent:])
+        await _to_its_end(asyncio.to_thread(sock.sendall, payload[sent:]))
+
+
+async def _to_its_end(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+def _forsake(request: _Request) -> None:
+    """The spawn waiting for ``request`` was cancelled: the process it asked for, if it
+    was started already, is killed and its pipes closed; if not, the reply will say so
+    (its future is cancelled: the reader kills what it started)."""
+    future = request.future
+    if future.done() and not future.cancelled() and future.exception() is None:
+        _kill_group(future.result().pid)
+        request.unused()
+    else:
+        future.cancel()
 
 
 def make_spawner(method: StartMethod, *, trial_user: TrialUser | None = None) -> Spawner:

@@ -339,7 +339,6 @@ class TrialRun:
         if process is None:
             return
         self.kill("its trial_started could not be published")
-        self._kill_group()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(exit_code(process), timeout=_REAP_S)
 

@@ -52,7 +52,7 @@ class SimulatedResult(BaseModel):
     trial_id: int
     length: int
     metric: float
-    trained: int | None = None
+    trained: int
 
 
 class SimulationResult(BaseModel):

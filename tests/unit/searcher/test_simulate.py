@@ -149,7 +149,7 @@ def test_trained_counts_what_was_trained_when_a_result_came() -> None:
     one = simulate(config, BENCHMARKS["mfh6"], workers=1)
     assert all(point.trained == point.epochs for point in one.history)
     eight = simulate(config, BENCHMARKS["mfh6"], workers=8)
-    trained = [p.trained if p.trained is not None else -1 for p in eight.history]
+    trained = [p.trained for p in eight.history]
     assert all(0 <= t <= p.epochs for t, p in zip(trained, eight.history, strict=True))
     assert any(t < p.epochs for t, p in zip(trained, eight.history, strict=True))
     assert trained == sorted(trained)
