@@ -59,6 +59,12 @@ __all__ = ["EXIT_STORAGE_FAILED", "SearcherService", "StateDirectoryBusyError"]
 
 log = structlog.get_logger("rung.searcher")
 
+# Taking an experiment over in a shared state directory: how often to read its log again
+# when the searcher it takes over from appended meanwhile, and how long to wait between
+# (times the attempt).
+TAKEOVER_ATTEMPTS = 10
+TAKEOVER_BACKOFF_S = 0.05
+
 # The searcher's exit status after a storage error (EX_IOERR).
 EXIT_STORAGE_FAILED: Final = 74
 # How long a finished experiment's contexts are kept, by default: 7 days.
@@ -254,9 +260,7 @@ class SearcherService:
                     log.error("custom searchers are off; not recovered", path=str(path))
                     continue
             try:
-                host = await asyncio.to_thread(
-                    ExperimentHost.open, path, owner=self.owner, context_root=contexts
-                )
+                host = await self._open_host(path, contexts)
             except (StorageError, OSError) as exc:
                 await self.die(exc)
             except (Exception, SystemExit) as exc:
@@ -284,6 +288,27 @@ class SearcherService:
                 records=host.log.seq,
                 trials=len(host.run.trials),
             )
+
+    async def _open_host(self, path: Path, contexts: Path) -> ExperimentHost | None:
+        """Open an experiment's host; in a shared state directory, try again while the
+        searcher it takes over from still appends between this one's read of the log and
+        its owner record (that searcher stops at its next append once the record is in)."""
+        for attempt in range(1, TAKEOVER_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(
+                    ExperimentHost.open, path, owner=self.owner, context_root=contexts
+                )
+            except StaleOwnerError as exc:
+                if attempt == TAKEOVER_ATTEMPTS:
+                    raise
+                log.info(
+                    "the log grew while this searcher took the experiment over; reading it again",
+                    path=str(path),
+                    attempt=attempt,
+                    error=str(exc),
+                )
+                await asyncio.sleep(TAKEOVER_BACKOFF_S * attempt)
+        return None  # (not reached: the last attempt returns or raises)
 
     # ------------------------------------------------------------------ inputs
     async def apply(

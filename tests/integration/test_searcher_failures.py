@@ -33,6 +33,8 @@ from rung.broker.schemas import (
 from rung.client import NotFoundError, RefusedError
 from rung.searcher.client import SearcherClient
 from rung.searcher.eventlog import read_log, replay
+from rung.searcher.eventlog.file import StaleOwnerError
+from rung.searcher.host import ExperimentHost
 from rung.searcher.service.service import SearcherService
 from rung.searcher.service.summary import summarise
 from tests.integration.test_broker_conformance import collect
@@ -463,3 +465,31 @@ async def test_a_custom_method_that_exits_at_import_is_refused_and_the_searcher_
     with pytest.raises(RefusedError, match="SystemExit"):
         await client.create_experiment(config, context(tmp_path, files))
     assert (await client.create_experiment(SINGLE, tmp_path / "context"))["experiment_id"]
+
+
+async def test_a_takeover_reads_the_log_again_while_the_old_owner_still_appends(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a shared state directory the searcher being taken over can append between the
+    new one's read of the log and its owner record: the new one's append then finds a
+    log it did not write (StaleOwnerError). It reads the log again and takes the
+    experiment over; it used to show the experiment as ERROR (a CI run of
+    tests/faults/test_shared_state_dir.py)."""
+    await searcher()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    eid = created["experiment_id"]
+    real_open = ExperimentHost.open
+    raced: list[Path] = []
+
+    def open_after_a_race(path: Path, **kwargs: Any) -> ExperimentHost | None:
+        if len(raced) < 2:  # twice, the old owner appends in the window
+            raced.append(path)
+            raise StaleOwnerError(f"{path} was written by another searcher (the test's)")
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(ExperimentHost, "open", staticmethod(open_after_a_race))
+    restarted: SearcherService = await searcher()
+    assert raced == [Path(created["event_log"])] * 2
+    assert eid in restarted.experiments
+    assert eid not in restarted.broken
