@@ -71,10 +71,7 @@ def test_importing_the_search_core_loads_no_broker_code() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in banned or m in adapters)\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""
+    assert _run_fresh(code) == ""
 
 
 def test_the_search_core_names_asyncio_nowhere() -> None:
@@ -103,7 +100,12 @@ def test_loading_the_cli_and_the_search_core_imports_no_scipy() -> None:
         "import rung.cli.main, rung.searcher.experiment, rung.searcher.samplers\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')[:3])\n"
     )
+    assert _run_fresh(code) == "[]"
+
+
+def _run_fresh(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (nothing imported before it)."""
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "[]"
+    return result.stdout.strip()
