@@ -235,6 +235,12 @@ class Topology:
     def feed_exchange(self) -> str:
         return f"{self.prefix}.feed"
 
+    @staticmethod
+    def ended_key(experiment_id: str) -> str:
+        """The feed's routing key of the notice that an experiment has ended (record
+        watchers bind to the experiment id itself, and never see it)."""
+        return f"{experiment_id}.ended"
+
     @property
     def work_queue(self) -> str:
         return f"{self.prefix}.work"

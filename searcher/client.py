@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 import yaml
 
 from rung.broker.archive import pack
-from rung.broker.errors import BrokerUnavailableError, PublishTimeoutError
-from rung.broker.port import Broker
+from rung.broker.errors import BrokerError, BrokerUnavailableError, PublishTimeoutError
+from rung.broker.port import Broker, Delivery
 from rung.broker.rpc import RpcClient, RpcTimeoutError
 from rung.broker.schemas import (
     ControlExperiment,
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 TERMINAL_STATES = ("COMPLETED", "ERROR", "CANCELED")
+
+log = structlog.get_logger("rung.client")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -180,15 +184,55 @@ class SearcherClient:
         timeout: float | None = None,
         on_update: Callable[[ExperimentSummary], None] | None = None,
     ) -> ExperimentSummary:
+        """Describe the experiment every ``poll_s`` seconds until it has ended, and at
+        once when the live feed's end notice comes (it only wakes the wait up: the
+        state is the searcher's answer)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            summary = await self.describe(experiment_id)
-            if on_update is not None:
-                on_update(summary)
-            if summary.state in TERMINAL_STATES:
-                return summary
-            if deadline is not None and time.monotonic() > deadline:
-                raise RequestTimeoutError(
-                    f"experiment {experiment_id} is still {summary.state} after {timeout} s"
-                )
-            await asyncio.sleep(poll_s)
+        ended = asyncio.Event()
+
+        async def on_notice(_: Delivery) -> None:
+            ended.set()
+
+        feed = await self.follow_feed(self.broker.topology.ended_key(experiment_id), on_notice)
+        try:
+            while True:
+                ended.clear()
+                summary = await self.describe(experiment_id)
+                if on_update is not None:
+                    on_update(summary)
+                if summary.state in TERMINAL_STATES:
+                    return summary
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RequestTimeoutError(
+                        f"experiment {experiment_id} is still {summary.state} after {timeout} s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), poll_s)
+        finally:
+            await self.unfollow_feed(feed)
+
+    async def follow_feed(
+        self, key: str, on_message: Callable[[Delivery], Awaitable[None]]
+    ) -> str | None:
+        """A private queue bound to the live feed under ``key`` (an experiment id: its
+        records; ``Topology.ended_key``: its end notice), each message acknowledged and
+        handed to ``on_message``; None where the broker refuses it (the caller polls)."""
+
+        async def on_delivery(delivery: Delivery) -> None:
+            await delivery.ack()
+            await on_message(delivery)
+
+        binding = (self.broker.topology.feed_exchange, key)
+        try:
+            queue = await self.broker.declare_private_queue(binding)
+            await self.broker.subscribe(queue, on_delivery, prefetch=256)
+        except BrokerError as exc:
+            log.warning("no live feed; polling the searcher instead", key=key, error=str(exc))
+            return None
+        return queue
+
+    async def unfollow_feed(self, queue: str | None) -> None:
+        """Delete a queue ``follow_feed`` made (best effort: it goes with the connection)."""
+        if queue is not None:
+            with contextlib.suppress(BrokerError):
+                await self.broker.delete_private_queue(queue)

@@ -460,7 +460,12 @@ async def _watch(experiment: Experiment, *, after_seq: int, poll_s: float) -> As
     """
     client = experiment.client
     hints: asyncio.Queue[int] = asyncio.Queue()
-    feed = await _subscribe_feed(client.broker, experiment.id, hints)
+
+    async def on_record(delivery: Delivery) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            hints.put_nowait(int(json.loads(delivery.body)["seq"]))
+
+    feed = await client.rpc.follow_feed(experiment.id, on_record)
     last = after_seq
     try:
         while True:
@@ -489,25 +494,4 @@ async def _watch(experiment: Experiment, *, after_seq: int, poll_s: float) -> As
                     while await hints.get() <= last:
                         pass
     finally:
-        if feed is not None:
-            with contextlib.suppress(BrokerError):
-                await client.broker.delete_private_queue(feed)
-
-
-async def _subscribe_feed(
-    broker: Broker, experiment_id: str, hints: asyncio.Queue[int]
-) -> str | None:
-    """A private queue on the experiment's live feed, whose records only wake the watch up."""
-
-    async def on_record(delivery: Delivery) -> None:
-        await delivery.ack()
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            hints.put_nowait(int(json.loads(delivery.body)["seq"]))
-
-    try:
-        queue = await broker.declare_private_queue((broker.topology.feed_exchange, experiment_id))
-        await broker.subscribe(queue, on_record, prefetch=256)
-    except BrokerError as exc:
-        log.warning("watch: no live feed, polling the log instead", error=str(exc))
-        return None
-    return queue
+        await client.rpc.unfollow_feed(feed)

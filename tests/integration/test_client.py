@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 import rung
+from rung.broker.port import Delivery
 from rung.searcher.eventlog import InputRecord, read_log
+from rung.searcher.eventlog.records import record_adapter
 from tests.e2e.conftest import EXAMPLES, Cluster, running_cluster
 from tests.support import AMQP_URL
 
@@ -174,6 +176,52 @@ async def test_two_clients_watch_one_experiment(client: rung.Client) -> None:
             first, second = await asyncio.gather(_events(experiment), _events(other))
     assert [e.seq for e in first] == [e.seq for e in second]
     assert [e.model_dump() for e in first] == [e.model_dump() for e in second]
+
+
+async def test_wait_wakes_up_on_the_end_notice_and_only_believes_the_searcher(
+    client: rung.Client,
+) -> None:
+    """Issue 18: ``wait()`` returns when the live feed says the experiment ended, not at
+    its next poll (an hour here). A notice that lies (anyone who may publish to the feed
+    can send one) only makes it ask the searcher again; record watchers never see one."""
+    rpc = client.rpc
+    experiment = await client.create_experiment(_slow(max_trials=6), EXAMPLES)
+    bodies: list[bytes] = []
+
+    async def on_record(delivery: Delivery) -> None:
+        bodies.append(delivery.body)
+
+    records = await rpc.follow_feed(experiment.id, on_record)
+    assert records is not None
+    states: list[str] = []
+    waiting = asyncio.create_task(
+        rpc.wait(experiment.id, poll_s=3600, on_update=lambda s: states.append(s.state))
+    )
+    try:
+        await _until(lambda: _true(len(states) == 1), 60, "the first describe")
+        topology = client.broker.topology
+        forged = b'{"kind": "ended", "state": "COMPLETED"}'
+        await client.broker.publish(
+            topology.feed_exchange, topology.ended_key(experiment.id), forged, message_id="f"
+        )
+        await _until(lambda: _true(len(states) == 2), 60, "a describe after the forged notice")
+        assert states == ["ACTIVE", "ACTIVE"]
+        assert not waiting.done()
+        assert await experiment.kill() == "CANCELED"
+        summary = await asyncio.wait_for(waiting, 60)
+    finally:
+        waiting.cancel()
+        await rpc.unfollow_feed(records)
+    assert summary.state == "CANCELED"
+    assert states[-1] == "CANCELED"
+    assert bodies  # the records of the run went by on the feed...
+    assert all(record_adapter.validate_json(body).seq >= 1 for body in bodies)  # ...only them
+    # Once it has ended, a wait answers at once.
+    assert await asyncio.wait_for(experiment.wait(poll_s=3600), 60) == "CANCELED"
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 @pytest.mark.rabbitmq
