@@ -65,6 +65,10 @@ class RunBase:
         self.state: RunState = "ACTIVE"
         # Why the experiment failed (state ERROR), or None.
         self.error: str | None = None
+        # How many checkpoints the trials hold in all (their ``checkpoints``), kept as
+        # they change: garbage collection skips its pass over every trial while none
+        # does. Derived, never stored: a restore counts it again.
+        self.held_checkpoints = 0
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
@@ -90,6 +94,7 @@ class RunBase:
             trial = TrialRuntime.model_validate(raw)
             self.trials[trial.request_id] = trial
             self.by_id[trial.trial_id] = trial
+        self.held_checkpoints = sum(len(t.checkpoints) for t in self.trials.values())
 
     def start_token(self, trial_id: int, attempt: int) -> str | None:
         """The token a ``run_trial`` for ``attempt`` carries and its ``trial_started``

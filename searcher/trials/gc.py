@@ -155,13 +155,13 @@ class CheckpointCollector(RunBase):
         if not self.collects_checkpoints or not self._gc_due(step, body):
             return
         ended = self.state in ENDED
+        if not self.held_checkpoints and not ended:
+            return  # nothing to delete, nor to forget (issue 18: no pass over every trial)
         saved = [
             Saved(t.trial_id, uuid, steps, order, t.validations.get(steps))
             for t in self.trials.values()
             for order, (uuid, steps) in enumerate(t.checkpoints.items())
         ]
-        if not saved and not ended:
-            return  # nothing to delete, nor to forget (issue 18: a pass over every trial less)
         final = {t.trial_id for t in self.trials.values() if ended or t.state in TERMINAL}
         protected = {
             t.latest_checkpoint
@@ -193,6 +193,7 @@ class CheckpointCollector(RunBase):
                 continue
             for uuid in gone.intersection(trial.checkpoints):
                 del trial.checkpoints[uuid]
+                self.held_checkpoints -= 1
             if trial.latest_checkpoint in gone:
                 trial.latest_checkpoint = None
             if ended:  # nothing ranks against them any more but their checkpoints

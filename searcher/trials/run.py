@@ -219,7 +219,9 @@ class ExperimentRun(CheckpointCollector):
                 if body.steps_completed >= trial.latest_steps:
                     trial.latest_checkpoint = body.uuid
                     trial.latest_steps = body.steps_completed
-                trial.checkpoints.setdefault(body.uuid, body.steps_completed)
+                if body.uuid not in trial.checkpoints:
+                    trial.checkpoints[body.uuid] = body.steps_completed
+                    self.held_checkpoints += 1
             case MetricsReported():
                 if body.group == "validation":
                     trial.validation_metrics = dict(body.metrics)

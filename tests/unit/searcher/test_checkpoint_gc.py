@@ -399,6 +399,39 @@ def test_the_decisions_are_logged_and_replay_the_same() -> None:
     assert feed(half, rest) == [uid(1, 1), uid(2, 0)]
 
 
+def _held(run: ExperimentRun) -> int:
+    return sum(len(t.checkpoints) for t in run.trials.values())
+
+
+def test_the_count_of_held_checkpoints_follows_every_save_and_deletion() -> None:
+    """Issue 18: collection skips its pass over every trial while the run's count of
+    held checkpoints is 0; the count is kept as checkpoints come and go (a save sent
+    twice counts once), and a restore counts them again."""
+    config = "{name: random, max_length: 20, max_trials: 2, max_concurrent_trials: 2}"
+    run = make_run(config)
+    run.start()
+    assert run.held_checkpoints == 0
+    bodies = [
+        *one_trial(1, [(5, 0.3), (10, 0.5), (15, 0.6)]),
+        saved(1, uid(1, 2), 15),  # the same checkpoint reported again
+        *one_trial(2, [(5, 0.2), (10, 0.1)], worker="w2"),
+        completed(1, 20, 0.7),
+        exited(1, ExitReason.COMPLETED),
+        completed(2, 20, 0.1, worker="w2"),
+        exited(2, ExitReason.COMPLETED, worker="w2"),
+    ]
+    counts = []
+    for n, body in enumerate(bodies):
+        run.on_event(body)
+        assert run.held_checkpoints == _held(run), f"after input {n}: {body.type}"
+        counts.append(run.held_checkpoints)
+        restored = make_run(config)
+        restored.restore(run.snapshot())
+        assert restored.held_checkpoints == run.held_checkpoints
+    assert max(counts) == 5
+    assert counts[-1] < max(counts)  # deletions took some away
+
+
 # ---------------------------------------------------------------- the config
 def test_the_policy_defaults_are_determineds() -> None:
     storage = make_config(SINGLE, checkpoint_storage={"type": "directory", "container_path": "/c"})
