@@ -245,6 +245,11 @@ class MemoryBroker(Broker):
         return sub
 
     async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:
+        if bind_to is not None and bind_to[0] not in self._exchanges:
+            raise BrokerError(
+                f"cannot bind a private queue to exchange {bind_to[0]!r} with key "
+                f"{bind_to[1]!r}: no such exchange; check that the topology is declared"
+            )
         name = f"{self.topology.prefix}.private.{next(self._private)}"
         self.queues[name] = _Queue(name, private=True)
         if bind_to is not None:

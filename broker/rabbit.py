@@ -583,9 +583,23 @@ class RabbitBroker(Broker):
             raise BrokerUnavailableError("the broker is not started; call start() first")
         channel = await self._consume_conn.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        if bind_to is not None:
-            await queue.bind(bind_to[0], bind_to[1])
         self._private[queue.name] = (channel, queue)
+        if bind_to is not None:
+            try:
+                await queue.bind(bind_to[0], bind_to[1])
+            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+                # The broker closed the channel (no such exchange, no permission): the
+                # queue goes, through a channel of its own.
+                del self._private[queue.name]
+                with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError):
+                    cleanup = await self._consume_conn.channel()
+                    await cleanup.queue_delete(queue.name)
+                    await cleanup.close()
+                raise BrokerError(
+                    f"cannot bind a private queue to exchange {bind_to[0]!r} with key "
+                    f"{bind_to[1]!r}: {exc}; check that the topology is declared and that "
+                    "this user may read from that exchange"
+                ) from exc
         return queue.name
 
     async def delete_private_queue(self, name: str) -> None:

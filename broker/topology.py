@@ -10,6 +10,7 @@
     dead exchange (fanout) ──────────────────────► dead queue (quorum,   poison messages + reason
                                                    at most 100,000: the oldest go first)
     feed exchange (direct) ─────"<experiment id>"► observers' private queues: log records live
+                           └────"<id>.ended"─────► waiters' private queues: the end notice
 
 Work, events and rpc queues dead-letter to the dead exchange, and the broker dead-letters
 a message of theirs delivered more than :data:`BROKER_DELIVERY_LIMIT` times: the

@@ -185,8 +185,10 @@ class SearcherClient:
         on_update: Callable[[ExperimentSummary], None] | None = None,
     ) -> ExperimentSummary:
         """Describe the experiment every ``poll_s`` seconds until it has ended, and at
-        once when the live feed's end notice comes (it only wakes the wait up: the
-        state is the searcher's answer)."""
+        once when the live feed's end notice comes. The notice only wakes the wait up:
+        the state is the searcher's answer. A notice the searcher contradicts (anyone
+        who may publish on the feed can send one) is the last one heeded until the next
+        poll, so a flood of them costs one describe a poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = asyncio.Event()
 
@@ -194,6 +196,7 @@ class SearcherClient:
             ended.set()
 
         feed = await self.follow_feed(self.broker.topology.ended_key(experiment_id), on_notice)
+        heed = True
         try:
             while True:
                 ended.clear()
@@ -206,8 +209,15 @@ class SearcherClient:
                     raise RequestTimeoutError(
                         f"experiment {experiment_id} is still {summary.state} after {timeout} s"
                     )
-                with contextlib.suppress(TimeoutError):
+                if not heed:  # the last notice was wrong: poll only, this round
+                    await asyncio.sleep(poll_s)
+                    heed = True
+                    continue
+                try:
                     await asyncio.wait_for(ended.wait(), poll_s)
+                except TimeoutError:
+                    continue
+                heed = False  # woken by a notice: believed if the searcher agrees
         finally:
             await self.unfollow_feed(feed)
 
@@ -223,11 +233,13 @@ class SearcherClient:
             await on_message(delivery)
 
         binding = (self.broker.topology.feed_exchange, key)
+        queue: str | None = None
         try:
             queue = await self.broker.declare_private_queue(binding)
             await self.broker.subscribe(queue, on_delivery, prefetch=256)
         except BrokerError as exc:
             log.warning("no live feed; polling the searcher instead", key=key, error=str(exc))
+            await self.unfollow_feed(queue)  # not left bound, filling up
             return None
         return queue
 

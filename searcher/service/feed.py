@@ -56,8 +56,14 @@ class LiveFeed:
             durable = host.log.durable_seq
             keep = [r for r in host.unfed if r.seq > durable]
             ready += [(host.experiment_id, r) for r in host.unfed if r.seq <= durable]
+            fed = len(host.unfed) > len(keep)
             host.unfed = keep
-            if not keep and host.run.state in ENDED and host.experiment_id not in self._announced:
+            if (
+                fed  # its last records go now (a restart does not announce old ends again)
+                and not keep
+                and host.run.state in ENDED
+                and host.experiment_id not in self._announced
+            ):
                 self._announced.add(host.experiment_id)
                 ended.append(host)
         # Sent in order on one channel (the end notices last); their confirms are

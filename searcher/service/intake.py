@@ -30,7 +30,7 @@ from rung.broker.schemas import (
     decode,
 )
 from rung.broker.schemas.envelope import Body, Envelope
-from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError, StorageError
+from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError
 from rung.searcher.failpoints import crash_point
 from rung.searcher.host import BrokenExperiment, ExperimentBrokenError
 from rung.searcher.service.access import Binding
@@ -140,7 +140,7 @@ class Intake:
                 # Write first: what this input appended is durable before it is
                 # acknowledged (the fsync, shared with the inputs applied meanwhile, is
                 # outside the lock).
-                await self._durable(live)
+                await self.service.make_durable(live)
             except (StaleOwnerError, ExperimentBrokenError, LogClosedError):
                 await self._dropped(live, delivery)
                 return
@@ -148,15 +148,6 @@ class Intake:
             raise ServiceStoppedError
         self.service.feed.wake()
         await delivery.ack()
-
-    async def _durable(self, live: Live) -> None:
-        event_log = live.host.log
-        if event_log.durable_seq < event_log.seq:
-            try:
-                await event_log.sync_async()
-            except (StorageError, OSError) as exc:
-                await self.service.die(exc)
-            crash_point("appended")
 
     async def _dropped(self, live: Live, delivery: Delivery) -> None:
         """The experiment stopped being served while this input was handled."""

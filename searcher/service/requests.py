@@ -383,6 +383,9 @@ class Requests:
         live = self.service.live(body.experiment_id)
         message_id = f"{body.experiment_id}/{name}"
         applied = await self.service.apply(live, body, message_id, sender=user)
+        # Durable before the answer (the user is told it happened), and before the live
+        # feed can publish it: an input that ends the experiment may cause no command.
+        await self.service.make_durable(live)
         step = applied.step
         ignored = step.ignored or step.failed
         log.info(

@@ -39,7 +39,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.searcher.errors import SearcherError
-from rung.searcher.eventlog.file import StaleOwnerError, StorageError
+from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError, StorageError
 from rung.searcher.failpoints import crash_point
 from rung.searcher.host import Applied, BrokenExperiment, ExperimentBrokenError, ExperimentHost
 from rung.searcher.service.access import Access, logged_bindings
@@ -346,6 +346,24 @@ class SearcherService:
                 await self.die(exc)
         return applied
 
+    async def make_durable(self, live: Live) -> None:
+        """Make what the experiment's inputs appended durable: the fsync an input that
+        caused no command waits for (outside the lock, shared with the inputs applied
+        meanwhile) before it is acknowledged or answered. A storage error stops the
+        searcher; an experiment dropped meanwhile raises why."""
+        event_log = live.host.log
+        if event_log.durable_seq >= event_log.seq:
+            return
+        try:
+            await event_log.sync_async()
+        except LogClosedError:
+            if live.dropped is not None:
+                raise live.dropped from None
+            raise
+        except (StorageError, OSError) as exc:
+            await self.die(exc)
+        crash_point("appended")
+
     async def _settle_or_drop(self, live: Live) -> None:
         """Settle what a recovery or a creation queued, under the experiment's lock;
         an experiment taken over or broken meanwhile is dropped."""
@@ -528,6 +546,7 @@ class SearcherService:
                     StaleOwnerError, ExperimentBrokenError, ServiceStoppedError
                 ):
                     await self.apply(target, lost.body, lost.message_id)
+                    await self.make_durable(target)  # its record, for the feed and a restart
             self.feed.wake()
             if self.health_file is not None:
                 self.health_file.touch()

@@ -7,7 +7,14 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from rung.broker import DEAD_REASON_HEADER, Broker, Delivery, RabbitBroker, UnroutableError
+from rung.broker import (
+    DEAD_REASON_HEADER,
+    Broker,
+    BrokerError,
+    Delivery,
+    RabbitBroker,
+    UnroutableError,
+)
 from rung.broker.port import DELIVERY_LIMIT
 from tests.support import wait_for
 
@@ -108,6 +115,20 @@ async def test_private_queue_routing_and_removal(
     # Its consumer was cancelled first: the broker had none to cancel (which the client
     # library would log as a warning at every worker's shutdown).
     assert not [r for r in caplog.records if "cancelled by the broker" in r.getMessage()]
+
+
+async def test_a_private_queue_bound_to_no_exchange_is_a_broker_error(broker: Broker) -> None:
+    """Issue 18 (a review): ``wait()`` falls back to polling when the live feed cannot
+    be bound; the client library's own channel error must not escape as something else,
+    and the connection stays usable."""
+    t = broker.topology
+    with pytest.raises(BrokerError, match="no-such-exchange"):
+        await broker.declare_private_queue((f"{t.prefix}.no-such-exchange", "k"))
+    name = await broker.declare_private_queue((t.commands_exchange, t.worker_key("w2")))
+    got = await collect(broker, name)
+    await broker.publish(t.commands_exchange, t.worker_key("w2"), b"x", message_id="c3")
+    await wait_for(lambda: len(got) == 1, 10, "the control message")
+    await broker.delete_private_queue(name)
 
 
 async def test_reply_to_a_private_queue_through_the_default_exchange(broker: Broker) -> None:

@@ -194,7 +194,7 @@ async def test_wait_wakes_up_on_the_end_notice_and_only_believes_the_searcher(
     records = await rpc.follow_feed(experiment.id, on_record)
     assert records is not None
     states: list[str] = []
-    waiting = asyncio.create_task(
+    fooled = asyncio.create_task(
         rpc.wait(experiment.id, poll_s=3600, on_update=lambda s: states.append(s.state))
     )
     try:
@@ -206,18 +206,81 @@ async def test_wait_wakes_up_on_the_end_notice_and_only_believes_the_searcher(
         )
         await _until(lambda: _true(len(states) == 2), 60, "a describe after the forged notice")
         assert states == ["ACTIVE", "ACTIVE"]
-        assert not waiting.done()
+        assert not fooled.done()
+    finally:
+        fooled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fooled
+    waiting = asyncio.create_task(
+        rpc.wait(experiment.id, poll_s=3600, on_update=lambda s: states.append(s.state))
+    )
+    try:
+        await _until(lambda: _true(len(states) == 3), 60, "the second waiter's first describe")
         assert await experiment.kill() == "CANCELED"
-        summary = await asyncio.wait_for(waiting, 60)
+        assert (await asyncio.wait_for(waiting, 60)).state == "CANCELED"
     finally:
         waiting.cancel()
         await rpc.unfollow_feed(records)
-    assert summary.state == "CANCELED"
-    assert states[-1] == "CANCELED"
     assert bodies  # the records of the run went by on the feed...
     assert all(record_adapter.validate_json(body).seq >= 1 for body in bodies)  # ...only them
     # Once it has ended, a wait answers at once.
     assert await asyncio.wait_for(experiment.wait(poll_s=3600), 60) == "CANCELED"
+
+
+PREEMPTIBLE = """\
+import time
+
+import rung as det
+
+with det.core.init() as core_context:
+    for op in core_context.searcher.operations():
+        while not core_context.preempt.should_preempt():
+            time.sleep(0.02)
+        break
+"""
+
+
+async def test_an_end_that_sends_no_command_wakes_wait_too(
+    client: rung.Client, tmp_path: Path
+) -> None:
+    """Issue 18 (a review): killing a paused experiment with nothing running and no
+    checkpoint to delete causes no command; its record is made durable before the kill
+    is answered all the same, so the feed publishes it and the end notice at once."""
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "train.py").write_text(PREEMPTIBLE)
+    config = {
+        "entrypoint": "python3 train.py",
+        "searcher": {"name": "single", "metric": "x", "max_length": 10},
+    }
+    experiment = await client.create_experiment(config, context)
+
+    async def trial_state(state: str) -> bool:
+        return [t.state for t in await experiment.trials()] == [state]
+
+    async def exited() -> bool:
+        records, _, _ = await client.rpc.read_records(experiment.id, after_seq=0)
+        return any(
+            isinstance(r, InputRecord) and r.input is not None and r.input.type == "trial_exited"
+            for r in records
+        )
+
+    await _until(lambda: trial_state("RUNNING"), 60, "the trial to run")
+    assert await experiment.pause() == "PAUSED"
+    await _until(exited, 60, "the trial's process to exit")
+    assert await trial_state("PAUSED")
+    states: list[str] = []
+    waiting = asyncio.create_task(
+        client.rpc.wait(experiment.id, poll_s=3600, on_update=lambda s: states.append(s.state))
+    )
+    try:
+        await _until(lambda: _true(len(states) == 1), 60, "the waiter's first describe")
+        assert states == ["PAUSED"]
+        assert await experiment.kill() == "CANCELED"
+        assert (await asyncio.wait_for(waiting, 60)).state == "CANCELED"
+    finally:
+        waiting.cancel()
+    assert await client.experiment(experiment.id).checkpoints() == []
 
 
 async def _true(value: bool) -> bool:
