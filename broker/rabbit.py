@@ -73,6 +73,9 @@ from rung.broker.port import (
 from rung.broker.tls import TlsSettings, ssl_context_for
 from rung.broker.topology import Topology
 
+# How long removing a private queue may take before it is left to the connection's end.
+_CLEANUP_S = 5.0
+
 __all__ = ["DEFAULT_HEARTBEAT_S", "RabbitBroker", "redact", "refusal_error"]
 
 T = TypeVar("T")
@@ -581,38 +584,65 @@ class RabbitBroker(Broker):
     async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:
         if self._consume_conn is None:
             raise BrokerUnavailableError("the broker is not started; call start() first")
-        channel = await self._consume_conn.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        self._private[queue.name] = (channel, queue)
-        if bind_to is not None:
-            try:
+        try:
+            channel = await self._consume_conn.channel()
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerUnavailableError(
+                f"cannot declare a private queue: the connection to the broker is down "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        name: str | None = None
+        try:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            name = queue.name
+            if bind_to is not None:
                 await queue.bind(bind_to[0], bind_to[1])
-            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
-                # The broker closed the channel (no such exchange, no permission): the
-                # queue goes, through a channel of its own.
-                del self._private[queue.name]
-                with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError):
-                    cleanup = await self._consume_conn.channel()
-                    await cleanup.queue_delete(queue.name)
+        except CONNECTION_EXCEPTIONS as exc:
+            # Closed by us: a robust channel the broker closed would come back by itself
+            # and declare the queue again. Then the queue goes, on a channel of its own.
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+            if name is not None:
+                await self._delete_queue_quietly(name)
+            where = "" if bind_to is None else f" bound to {bind_to[0]!r} with key {bind_to[1]!r}"
+            raise BrokerError(
+                f"cannot declare a private queue{where}: {type(exc).__name__}: {exc}; check "
+                "that the topology is declared and that this user may read from that exchange"
+            ) from exc
+        self._private[name] = (channel, queue)
+        return name
+
+    async def _delete_queue_quietly(self, name: str) -> None:
+        """Best effort, bounded: delete a queue on a short-lived channel of its own."""
+        if self._consume_conn is None:
+            return
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+            async with asyncio.timeout(_CLEANUP_S):
+                cleanup = await self._consume_conn.channel()
+                try:
+                    await cleanup.queue_delete(name)
+                finally:
                     await cleanup.close()
-                raise BrokerError(
-                    f"cannot bind a private queue to exchange {bind_to[0]!r} with key "
-                    f"{bind_to[1]!r}: {exc}; check that the topology is declared and that "
-                    "this user may read from that exchange"
-                ) from exc
-        return queue.name
 
     async def delete_private_queue(self, name: str) -> None:
         entry = self._private.pop(name, None)
-        if entry is not None:
-            channel, queue = entry
-            # Its consumer first: a queue deleted under a consumer makes the broker
-            # cancel it, which the client library logs as a warning.
-            for sub in [s for s in self._subscriptions if s.queue is queue]:
-                await sub.cancel()
-                self._subscriptions.remove(sub)
-            await queue.delete(if_unused=False, if_empty=False)
-            await channel.close()
+        if entry is None:
+            return
+        channel, queue = entry
+        try:
+            async with asyncio.timeout(_CLEANUP_S):
+                # Its consumer first: a queue deleted under a consumer makes the broker
+                # cancel it, which the client library logs as a warning.
+                for sub in [s for s in self._subscriptions if s.queue is queue]:
+                    await sub.cancel()
+                    self._subscriptions.remove(sub)
+                await queue.delete(if_unused=False, if_empty=False)
+                await channel.close()
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            # The queue is exclusive: it goes with the connection at the latest.
+            raise BrokerUnavailableError(
+                f"cannot delete the private queue {name}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def delete_topology(self) -> None:
         if self._channel is None:

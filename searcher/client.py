@@ -188,7 +188,7 @@ class SearcherClient:
         once when the live feed's end notice comes. The notice only wakes the wait up:
         the state is the searcher's answer. A notice the searcher contradicts (anyone
         who may publish on the feed can send one) is the last one heeded until the next
-        poll, so a flood of them costs one describe a poll."""
+        poll, so a flood of them costs one extra describe a poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = asyncio.Event()
 

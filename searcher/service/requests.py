@@ -48,7 +48,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.broker.schemas.rpc import ResendCommand  # (not yet exported by rung.broker.schemas)
-from rung.searcher.eventlog.file import StaleOwnerError
+from rung.searcher.eventlog.file import LogClosedError, StaleOwnerError
 from rung.searcher.eventlog.records import InputRecord, record_adapter
 from rung.searcher.host import ExperimentBrokenError
 from rung.searcher.service.errors import (
@@ -110,8 +110,10 @@ class Requests:
         try:
             result = await self.handle(body, delivery, user)
             reply = RpcReply(ok=True, result=result)
-        except ServiceStoppedError:
-            return  # fail-stop: unacknowledged, for the next searcher
+        except (ServiceStoppedError, LogClosedError):
+            # Fail-stop, or the searcher is stopping (its logs closed after the drain's
+            # time ran out): unacknowledged, for the next searcher.
+            return
         except StaleOwnerError:
             # Another searcher took the experiment over while this one applied the
             # request: nothing of it was kept here; the new owner answers it.
