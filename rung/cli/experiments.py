@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -27,12 +28,15 @@ from rung.cli.render import (
     trials_table,
 )
 from rung.client import Client, Experiment
+from rung.export import FORMATS, ExportError, ExportResult, export_experiment
 from rung.searcher.eventlog import InputRecord, replay
 from rung.searcher.eventlog.explain import entry, print_entry
 from rung.searcher.eventlog.replay import fold
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["follow", "register"]
+
+EXIT_USAGE: Final = 2  # rung.cli.main's code for bad input (docs/cli.md)
 
 CONTROL_HELP: Final = {
     "pause": "preempt the running trials (they checkpoint) and start none until activated",
@@ -87,6 +91,29 @@ def register(commands: Any) -> None:
     )
     for action, text in CONTROL_HELP.items():
         command(action, text, control_experiment).set_defaults(action=action)
+
+    export = command(
+        "export",
+        "write every trial's metrics into DIR: CSV, JSON lines or TensorBoard event files",
+        export_metrics,
+    )
+    export.add_argument(
+        "--format",
+        dest="export_format",
+        required=True,
+        choices=FORMATS,
+        help="csv: trial-ID.csv; jsonl: trial-ID.jsonl; "
+        "tensorboard: trial-ID/events.out.tfevents.* (a TensorBoard run per trial)",
+    )
+    export.add_argument(
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="where the files go (created if missing), with experiment.json",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace the files an earlier export left in DIR"
+    )
 
 
 # ---------------------------------------------------------------------- commands
@@ -200,6 +227,28 @@ def experiment_logs(args: argparse.Namespace) -> int:
     return run_client(args, main)
 
 
+def export_metrics(args: argparse.Namespace) -> int:
+    async def main(client: Client) -> int:
+        experiment = client.experiment(args.experiment_id)
+        # Metrics first: any trial that reported them is then in the description too.
+        reports = await experiment.metrics()
+        summary = await experiment.describe()
+        try:
+            result = export_experiment(
+                summary, reports, args.directory, args.export_format, force=args.force
+            )
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.json:
+            print(json.dumps(_export_json(summary.experiment_id, result)))
+        else:
+            print(console_text(_export_text(summary.experiment_id, result)))
+        return 0
+
+    return run_client(args, main)
+
+
 # ---------------------------------------------------------------------- helpers
 async def follow(experiment: Experiment, *, live: bool) -> ExperimentSummary:
     """Wait for the end; on a terminal, with a live progress bar and table."""
@@ -229,6 +278,37 @@ def _listing_json(summary: ExperimentSummary) -> dict[str, Any]:
         "labels": summary.labels,
         "event_log": summary.event_log,
     }
+
+
+def _export_json(experiment_id: str, result: ExportResult) -> dict[str, Any]:
+    return {
+        "experiment_id": experiment_id,
+        "format": result.format,
+        "directory": str(result.directory),
+        "files": list(result.files),
+        "trials": result.trials,
+        "reports": result.reports,
+        "scalars": result.scalars,
+        "skipped": dict(result.skipped),
+        "replaced": list(result.replaced),
+    }
+
+
+def _export_text(experiment_id: str, result: ExportResult) -> str:
+    lines = [
+        f"{experiment_id}: {result.reports} metric reports of {result.trials} trials "
+        f"written to {result.directory} as {result.format}"
+        + (f", replacing {len(result.replaced)} file(s)" if result.replaced else "")
+    ]
+    if result.format == "tensorboard":
+        left_out = sum(result.skipped.values())
+        reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in result.skipped.items())
+        lines.append(
+            f"{result.scalars} scalars"
+            + (f"; {left_out} values left out ({reasons})" if left_out else "")
+        )
+        lines.append(f"view them with: tensorboard --logdir {shlex.quote(str(result.directory))}")
+    return "\n".join(lines)
 
 
 def _show(item: dict[str, Any] | None, *, as_json: bool) -> None:

@@ -14,7 +14,17 @@ from collections.abc import Sequence
 import structlog
 
 from rung.broker import BrokerSettingsError
-from rung.cli import definitions, dlq, experiments, replay, run, search_tools, services, trials
+from rung.cli import (
+    dashboard,
+    definitions,
+    dlq,
+    experiments,
+    replay,
+    run,
+    search_tools,
+    services,
+    trials,
+)
 from rung.logs import configure_logging
 from rung.searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
 
@@ -47,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.register(commands)
     dlq.register(commands)
     definitions.register(commands)
+    dashboard.register(commands)
     return parser
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
+from rung.cli.dashboard import add_dashboard_options
 from rung.cli.experiments import follow
 from rung.cli.render import print_summary, summary_json
 from rung.client import Client
+from rung.dashboard import ClientSource, Dashboard
 from rung.searcher.config import load_config_file
 from rung.worker.gpus import parse_gpus
 
@@ -38,6 +41,12 @@ def register(commands: Any) -> None:
         help="event logs, contexts and checkpoints (default ./.rung)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the web dashboard of this run while it runs, and print its address",
+    )
+    add_dashboard_options(run, prefix="dashboard-")
     add_broker_options(run)
     run.set_defaults(handler=run_experiment)
 
@@ -59,7 +68,13 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
         namespace=args.namespace,
     )
     summary = None
-    async with client:
+    async with client, contextlib.AsyncExitStack() as stack:
+        if args.dashboard:
+            dashboard = await stack.enter_async_context(
+                Dashboard(ClientSource(client), host=args.dashboard_host, port=args.dashboard_port)
+            )
+            if dashboard.address is not None:
+                print(f"dashboard: {dashboard.address.url}", file=sys.stderr, flush=True)
         experiment = await client.create_experiment(args.config, args.context)
         following = asyncio.create_task(follow(experiment, live=not args.json))
         interrupted = asyncio.create_task(stop.wait())

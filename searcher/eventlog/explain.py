@@ -4,6 +4,7 @@ own terms ("trial 7 promoted to rung 1 (length 100): rank 2 of 9 at rung 0, cuto
 
 from __future__ import annotations
 
+import bisect
 import json
 from typing import Any
 
@@ -28,10 +29,22 @@ from rung.broker.schemas import (
 from rung.searcher.eventlog.records import InputRecord
 from rung.searcher.events import ExitedReason
 from rung.searcher.methods import AdaptiveASHA, PromotionASHA, SearchMethod, StoppingASHA
+from rung.searcher.methods.base import rank_value
 from rung.searcher.ops import Close, Create, Shutdown, ValidateAfter
 from rung.searcher.trials import ExperimentRun, Step
 
-__all__ = ["NOISE", "describe_input", "entry", "explain_step", "print_entry", "state_at"]
+__all__ = [
+    "NOISE",
+    "Decision",
+    "asha_brackets",
+    "decisions",
+    "describe_input",
+    "entry",
+    "explain_step",
+    "print_entry",
+    "quota",
+    "state_at",
+]
 
 # Inputs the default timeline leaves out (``--all`` shows them).
 NOISE = (LogLines, MetricsReported, ProgressReported, CheckpointSaved)
@@ -49,15 +62,46 @@ def _asha_for(method: SearchMethod[Any], request_id: str) -> _Asha | None:
     return None
 
 
-def _rank(asha: _Asha, rung: int, request_id: str) -> str:
+def asha_brackets(method: SearchMethod[Any]) -> list[_Asha]:
+    """The ASHA brackets of a search method, in order (none for other methods)."""
+    if isinstance(method, PromotionASHA | StoppingASHA):
+        return [method]
+    if isinstance(method, AdaptiveASHA):
+        return [b for b in method.brackets if isinstance(b, PromotionASHA | StoppingASHA)]
+    return []
+
+
+def quota(asha: _Asha, results: int) -> int:
+    """How many of a rung's ``results`` best are promoted (or go on) now."""
+    count = int(results / asha.params.divisor)
+    return max(count, 1) if isinstance(asha, StoppingASHA) else count
+
+
+def _position(results: list[Any], request_id: str, value: float | None) -> int | None:
+    """Where ``request_id`` is in a rung's results (sorted by value): found by bisection
+    when its ``value`` is known and right, else by a scan."""
+    if value is not None:
+        index = bisect.bisect_left(results, value, key=lambda e: e.value)
+        while index < len(results) and results[index].value == value:
+            if results[index].request_id == request_id:
+                return index
+            index += 1
+    return next((i for i, e in enumerate(results) if e.request_id == request_id), None)
+
+
+def _rank(asha: _Asha, rung: int, request_id: str, run: ExperimentRun | None = None) -> str:
+    """The trial's rank at the rung; ``run`` gives its latest metric, which is its value
+    there when it was just ranked or promoted (a bisection instead of a scan)."""
     results = asha.state.rungs[rung].results
-    position = next((i for i, e in enumerate(results) if e.request_id == request_id), None)
+    value = None
+    if run is not None and request_id in run.experiment.trials:
+        metric = run.experiment.trials[request_id].metric
+        value = rank_value(metric, asha.params.smaller_is_better)
+    position = _position(results, request_id, value)
     if position is None:
         return ""
-    quota = int(len(results) / asha.params.divisor)
-    if isinstance(asha, StoppingASHA):
-        quota = max(quota, 1)
-    return f"rank {position + 1} of {len(results)} at rung {rung}, cutoff top {quota}"
+    cutoff = quota(asha, len(results))
+    return f"rank {position + 1} of {len(results)} at rung {rung}, cutoff top {cutoff}"
 
 
 def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR0911
@@ -93,82 +137,92 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
     return body.type
 
 
-def _explain_ops(step: Step, run: ExperimentRun) -> list[str]:
+Decision = tuple[int | None, str]
+
+
+def _explain_ops(step: Step, run: ExperimentRun) -> list[Decision]:
     method = run.experiment.method
     trials = run.experiment.trials
-    lines: list[str] = []
+    lines: list[Decision] = []
     for op in step.ops:
         match op:
             case Create():
                 trial_id = trials[op.request_id].trial_id
-                lines.append(f"trial {trial_id} created: {json.dumps(op.hparams)}")
+                lines.append((trial_id, f"trial {trial_id} created: {json.dumps(op.hparams)}"))
                 if op.suggestion is not None:
-                    lines.append(f"trial {trial_id} hyperparameters {op.suggestion.describe()}")
+                    described = op.suggestion.describe()
+                    lines.append((trial_id, f"trial {trial_id} hyperparameters {described}"))
             case ValidateAfter():
                 trial_id = trials[op.request_id].trial_id
                 asha = _asha_for(method, op.request_id)
                 rung = asha.state.trial_rungs.get(op.request_id, 0) if asha else 0
                 if asha is not None and rung > 0:
-                    lines.append(
-                        f"trial {trial_id} promoted to rung {rung} (length "
-                        f"{op.length}): {_rank(asha, rung - 1, op.request_id)}"
-                    )
+                    rank = _rank(asha, rung - 1, op.request_id, run)
+                    text = f"trial {trial_id} promoted to rung {rung} (length {op.length}): {rank}"
                 else:
-                    lines.append(f"trial {trial_id} to train to length {op.length}")
+                    text = f"trial {trial_id} to train to length {op.length}"
+                lines.append((trial_id, text))
             case Close():
-                lines.append(f"trial {trials[op.request_id].trial_id} closed")
+                trial_id = trials[op.request_id].trial_id
+                lines.append((trial_id, f"trial {trial_id} closed"))
             case Shutdown() if op.failure and step.failed:
-                lines.append(f"experiment failed: {step.failed}")
+                lines.append((None, f"experiment failed: {step.failed}"))
             case Shutdown():
                 what = "failed" if op.failure else "canceled" if op.cancel else "completed"
-                lines.append(f"experiment {what}")
+                lines.append((None, f"experiment {what}"))
     return lines
 
 
-def _explain_commands(step: Step, run: ExperimentRun) -> list[str]:
-    lines: list[str] = []
+def _explain_commands(step: Step, run: ExperimentRun) -> list[Decision]:
+    lines: list[Decision] = []
     for command in step.commands:
-        body, worker = command.body, command.worker_id
-        match body:
-            case RunTrial():
-                source = (
-                    f" from checkpoint {body.latest_checkpoint[:8]}"
-                    if body.latest_checkpoint
-                    else ""
-                )
-                lines.append(
-                    f"-> work queue: run trial {body.trial_id} attempt {body.attempt} "
-                    f"to length {body.length}{source}"
-                )
-            case ContinueTrial():
-                lines.append(
-                    f"-> {worker}: trial {body.trial_id} continues to length {body.length}"
-                )
-            case PauseTrial():
-                request_id = run.by_id[body.trial_id].request_id
-                asha = _asha_for(run.experiment.method, request_id)
-                why = ""
-                if asha is not None:
-                    why = f": {_rank(asha, asha.state.trial_rungs[request_id], request_id)}"
-                lines.append(f"-> {worker}: trial {body.trial_id} paused{why}")
-            case CloseTrial():
-                lines.append(f"-> {worker}: trial {body.trial_id} closed")
-            case PreemptTrial():
-                lines.append(f"-> {worker}: trial {body.trial_id} preempted")
-            case KillTrial():
-                lines.append(
-                    f"-> {worker}: trial {body.trial_id} attempt {body.attempt} process killed"
-                )
-            case DeleteCheckpoints():
-                lines.append(
-                    f"-> work queue: delete {len(body.uuids)} checkpoint(s) the "
-                    "checkpoint_storage policy does not keep"
-                )
+        text = _explain_command(command.body, command.worker_id, run)
+        if text is not None:
+            lines.append((getattr(command.body, "trial_id", None), text))
     return lines
+
+
+def _explain_command(body: object, worker: str | None, run: ExperimentRun) -> str | None:
+    match body:
+        case RunTrial():
+            source = (
+                f" from checkpoint {body.latest_checkpoint[:8]}" if body.latest_checkpoint else ""
+            )
+            return (
+                f"-> work queue: run trial {body.trial_id} attempt {body.attempt} "
+                f"to length {body.length}{source}"
+            )
+        case ContinueTrial():
+            return f"-> {worker}: trial {body.trial_id} continues to length {body.length}"
+        case PauseTrial():
+            request_id = run.by_id[body.trial_id].request_id
+            asha = _asha_for(run.experiment.method, request_id)
+            why = ""
+            if asha is not None:
+                why = f": {_rank(asha, asha.state.trial_rungs[request_id], request_id, run)}"
+            return f"-> {worker}: trial {body.trial_id} paused{why}"
+        case CloseTrial():
+            return f"-> {worker}: trial {body.trial_id} closed"
+        case PreemptTrial():
+            return f"-> {worker}: trial {body.trial_id} preempted"
+        case KillTrial():
+            return f"-> {worker}: trial {body.trial_id} attempt {body.attempt} process killed"
+        case DeleteCheckpoints():
+            return (
+                f"-> work queue: delete {len(body.uuids)} checkpoint(s) the "
+                "checkpoint_storage policy does not keep"
+            )
+    return None
 
 
 def explain_step(record: InputRecord, step: Step, run: ExperimentRun) -> list[str]:
     """One line per decision, with the reason where the search method has one."""
+    return [text for _, text in decisions(record, step, run)]
+
+
+def decisions(record: InputRecord, step: Step, run: ExperimentRun) -> list[Decision]:
+    """:func:`explain_step`'s lines, each with the trial it is about (None: the
+    experiment's own), for views that file reasons under trials."""
     lines = _explain_ops(step, run) + _explain_commands(step, run)
     body = record.input
     if isinstance(body, TrialExited) and body.reason is ExitReason.ERRORED:
@@ -176,9 +230,10 @@ def explain_step(record: InputRecord, step: Step, run: ExperimentRun) -> list[st
         if run.experiment.trials[request_id].exited is ExitedReason.ERRORED:
             asha = _asha_for(run.experiment.method, request_id)
             worst = ", counted as worst" if asha is not None else ""
-            lines.append(f"trial {body.trial_id} errored (exit {body.exit_code}){worst}")
+            text = f"trial {body.trial_id} errored (exit {body.exit_code}){worst}"
+            lines.append((body.trial_id, text))
     if step.ignored:
-        lines.append(f"ignored: {step.ignored}")
+        lines.append((getattr(body, "trial_id", None), f"ignored: {step.ignored}"))
     return lines
 
 
@@ -220,11 +275,7 @@ def state_at(run: ExperimentRun) -> dict[str, Any]:
     ]
     ids = {rid: record.trial_id for rid, record in experiment.trials.items()}
     method = experiment.method
-    brackets: list[_Asha] = []
-    if isinstance(method, PromotionASHA | StoppingASHA):
-        brackets = [method]
-    elif isinstance(method, AdaptiveASHA):
-        brackets = [b for b in method.brackets if isinstance(b, PromotionASHA | StoppingASHA)]
+    brackets = asha_brackets(method)
     rungs = [
         [
             {

@@ -1,0 +1,106 @@
+"""``rung dashboard``: serve the web dashboard of a searcher, or of a state directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
+from rung.client import Client
+from rung.dashboard import ClientSource, Dashboard, DashboardError, DirSource
+from rung.searcher.errors import SearcherError
+
+__all__ = ["add_dashboard_options", "register"]
+
+
+def add_dashboard_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    parser.add_argument(
+        f"--{prefix}host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        f"--{prefix}port", type=int, default=8080, help="port (default 8080; 0: any free one)"
+    )
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "dashboard",
+        help="serve a web dashboard of the experiments",
+        description="Serve pages that show experiments as they run: learning curves, the "
+        "rungs with the searcher's reasons, hyperparameters, workers and trials. From a "
+        "searcher (--broker), or read-only from a state directory of logs (--state-dir).",
+    )
+    add_broker_options(parser)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="read the event logs in this searcher state directory instead (read-only, "
+        "no searcher needed)",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="show no controls, and refuse them"
+    )
+    add_dashboard_options(parser)
+    parser.set_defaults(handler=run_dashboard)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    if args.state_dir is None and not args.broker:
+        raise SearcherError(
+            "rung dashboard needs a searcher or logs: pass --broker amqp://USER@HOST:5672/ "
+            "(or set RUNG_BROKER_URL), or --state-dir DIR for a searcher state directory"
+        )
+    if args.state_dir is not None and not (args.state_dir / "experiments").is_dir():
+        raise SearcherError(
+            f"--state-dir {args.state_dir}: no experiments/ directory there; pass the "
+            "directory a searcher was started with (--state-dir of rung searcher or rung run)"
+        )
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stop = stop_on_signals()
+    try:
+        if args.state_dir is not None:
+            contexts = args.state_dir / "contexts"
+            source = DirSource(args.state_dir)
+            async with Dashboard(
+                source,
+                host=args.host,
+                port=args.port,
+                read_only=True,
+                context_root=contexts if contexts.is_dir() else None,
+            ) as dashboard:
+                _announce(dashboard)
+                await stop.wait()
+            return 0
+        client = Client(
+            broker_url(args) or args.broker,
+            namespace=args.namespace,
+            tls=tls_from(args),
+            timeout=args.timeout,
+            connect_timeout=args.timeout,
+        )
+        async with (
+            client,
+            Dashboard(
+                ClientSource(client), host=args.host, port=args.port, read_only=args.read_only
+            ) as dashboard,
+        ):
+            _announce(dashboard)
+            await stop.wait()
+    except DashboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _announce(dashboard: Dashboard) -> None:
+    address = dashboard.address
+    if address is not None:
+        print(f"dashboard: {address.url}", flush=True)

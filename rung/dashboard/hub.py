@@ -1,0 +1,152 @@
+"""The experiments the dashboard follows: one view each, kept up to date by one task.
+
+A page asks the hub for an experiment's view; the first ask starts a task that folds the
+experiment's records into an :class:`ExperimentView` as the source yields them (the
+history, then live ones), and the page waits until the history is in. Every folded
+record bumps the view's version and wakes whoever waits on it (the server-sent event
+streams). The hub follows at most ``limit`` experiments: the least recently asked for
+is dropped when another is needed, and followed again when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from rung.dashboard.errors import DashboardError
+from rung.dashboard.model import ExperimentView
+from rung.dashboard.source import Source
+from rung.searcher.client import NotFoundError
+from rung.searcher.eventlog import CreatedRecord, Record
+
+__all__ = ["Followed", "Hub"]
+
+log = structlog.get_logger("rung.dashboard")
+
+# Fold this many records, then let the event loop serve others.
+_BATCH: Final = 256
+
+
+@dataclass
+class Followed:
+    experiment_id: str
+    view: ExperimentView | None = None
+    error: str | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    missing: bool = False  # the source has no such experiment
+
+    def notify(self) -> None:
+        """Wake everyone waiting for a change, and arm the next wait."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
+
+
+class Hub:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        context_root: Path | None = None,
+        limit: int = 32,
+        load_timeout: float = 60.0,
+    ) -> None:
+        self.source = source
+        self.context_root = context_root
+        self.limit = limit
+        self.load_timeout = load_timeout
+        self._followed: OrderedDict[str, Followed] = OrderedDict()
+
+    async def follow(self, experiment_id: str) -> Followed:
+        """The experiment's view, its history folded (``DashboardError`` if it cannot be
+        read)."""
+        followed = self._followed.get(experiment_id)
+        if followed is None or (followed.error is not None and followed.task is None):
+            followed = Followed(experiment_id)
+            self._followed[experiment_id] = followed
+            followed.task = asyncio.create_task(
+                self._run(followed), name=f"dashboard-follow-{experiment_id}"
+            )
+            self._evict()
+        self._followed.move_to_end(experiment_id)
+        try:
+            async with asyncio.timeout(self.load_timeout):
+                await followed.loaded.wait()
+        except TimeoutError as exc:
+            raise DashboardError(
+                f"experiment {experiment_id}'s history did not load within "
+                f"{self.load_timeout:g} s; try again, or check that the searcher answers"
+            ) from exc
+        if followed.view is None:
+            if followed.missing:
+                raise NotFoundError(followed.error or f"no experiment {experiment_id}")
+            raise DashboardError(followed.error or f"no experiment {experiment_id}")
+        return followed
+
+    def _evict(self) -> None:
+        while len(self._followed) > self.limit:
+            _, oldest = self._followed.popitem(last=False)
+            if oldest.task is not None:
+                oldest.task.cancel()
+
+    async def _run(self, followed: Followed) -> None:
+        experiment_id = followed.experiment_id
+        try:
+            newest = await self._newest(experiment_id)
+            count = 0
+            async for record in self.source.records(experiment_id, 0):
+                if followed.view is None:
+                    followed.view = self._first(experiment_id, record)
+                else:
+                    followed.view.apply(record)
+                count += 1
+                if followed.view.seq >= newest:
+                    followed.loaded.set()
+                if followed.loaded.is_set():
+                    followed.notify()
+                if count % _BATCH == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except (NotFoundError, FileNotFoundError) as exc:
+            followed.missing = True
+            followed.error = f"no experiment {experiment_id}: {exc}"
+        except Exception as exc:  # noqa: BLE001 (one experiment's failure is its page's)
+            followed.error = f"cannot read experiment {experiment_id}: {exc}"
+            log.warning("dashboard: following failed", experiment_id=experiment_id, error=str(exc))
+        finally:
+            followed.task = None
+            followed.loaded.set()
+            followed.notify()
+
+    def _first(self, experiment_id: str, record: Record) -> ExperimentView:
+        if not isinstance(record, CreatedRecord):
+            raise DashboardError(
+                f"experiment {experiment_id}'s log does not start with its 'created' record"
+            )
+        return ExperimentView(record, context_root=self.context_root)
+
+    async def _newest(self, experiment_id: str) -> int:
+        """The number of the experiment's newest record now (what "loaded" means)."""
+        return await self.source.newest(experiment_id)
+
+    async def close(self) -> None:
+        tasks = [f.task for f in self._followed.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._followed.clear()

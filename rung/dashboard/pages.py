@@ -1,0 +1,484 @@
+"""From an experiment's view to what its pages show: the charts' data, the tables' rows.
+
+Pure functions of an :class:`ExperimentView` and the page's options (no I/O, no clock),
+so the same view and options give the same page; the server renders the result with the
+templates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+from pydantic import JsonValue
+
+from rung.dashboard.charts import (
+    Axis,
+    Bar,
+    Curve,
+    ParallelAxis,
+    ParallelLine,
+    RungColumn,
+    Segment,
+    StripPoint,
+    bar_chart,
+    line_chart,
+    parallel_coordinates,
+    rung_view,
+    sparkline,
+    worker_timeline,
+)
+from rung.dashboard.importance import category_text, flatten, importance, params_from_space
+from rung.dashboard.model import ExperimentView, TrialView
+
+__all__ = [
+    "TRIALS_PAGE",
+    "Options",
+    "experiment_sections",
+    "experiment_summary",
+    "trial_page",
+    "trial_rows",
+]
+
+# Above this many trials, the learning curves show the best TOP_DEFAULT unless asked.
+ALL_CURVES: Final = 1000
+TOP_DEFAULT: Final = 100
+# Above this many results, the best-so-far charts mark only the improvements.
+ALL_MARKS: Final = 2000
+TRIALS_PAGE: Final = 100
+_SORTS: Final = ("trial", "state", "metric", "length", "restarts")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the experiment page was asked to show (its query string)."""
+
+    top: int | None = None  # learning curves: only the best ``top`` trials
+    hide_stopped: bool = False
+    curve: str = ""  # "group/name" of the metric the learning curves show; "" the searcher's
+    hidden_axes: frozenset[str] = frozenset()
+    sort: str = "trial"
+    descending: bool = False
+    state: str = ""  # trials table: only this state
+    query: str = ""  # trials table: hyperparameters containing this text
+    page: int = 0
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> Options:
+        """From a query string; anything out of range falls back to the default."""
+        top = _int(query.get("top"), low=1, high=1_000_000)
+        hidden = frozenset(a for a in query.get("hide_axes", "").split(",") if a)
+        sort = query.get("sort", "trial")
+        return cls(
+            top=top,
+            hide_stopped=query.get("hide_stopped", "") in ("1", "on", "true"),
+            curve=query.get("curve", "")[:200],
+            hidden_axes=hidden,
+            sort=sort if sort in _SORTS else "trial",
+            descending=query.get("order", "") == "desc",
+            state=query.get("state", "")[:32],
+            query=query.get("q", "")[:200],
+            page=_int(query.get("page"), low=0, high=1_000_000) or 0,
+        )
+
+
+def _int(text: str | None, *, low: int, high: int) -> int | None:
+    try:
+        value = int(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and low <= value <= high else None
+
+
+def _href(view: ExperimentView, trial_id: int) -> str:
+    return f"/experiments/{quote(view.experiment_id)}/trials/{trial_id}"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# ---------------------------------------------------------------------- summary
+def experiment_summary(view: ExperimentView) -> dict[str, Any]:
+    """The experiment's line in the list, and the head of its page."""
+    best = view.best_result()
+    return {
+        "experiment_id": view.experiment_id,
+        "name": view.config.name or "",
+        "description": view.config.description or "",
+        "labels": list(view.config.labels),
+        "state": view.state,
+        "progress": view.progress,
+        "searcher": view.config.searcher.name,
+        "metric": view.metric,
+        "smaller_is_better": view.smaller_is_better,
+        "best": None
+        if best is None
+        else {"trial_id": best.trial_id, "value": best.value, "length": best.length},
+        "counts": view.counts(),
+        "trials": len(view.trials),
+        "results": len(view.results),
+        "seq": view.seq,
+        "failure": view.failure,
+        "unexplained": view.unexplained,
+        "owner": view.created.owner,
+        "elapsed": view.last_at - view.started_at,
+        "sparkline": sparkline([r.value for r in view.best]) if view.best else "",
+    }
+
+
+# ---------------------------------------------------------------------- sections
+def experiment_sections(view: ExperimentView, options: Options) -> dict[str, str]:
+    """Each live section of the experiment page, as SVG or HTML text (escaped)."""
+    return {
+        "best-budget": _best(view, by_time=False),
+        "best-time": _best(view, by_time=True),
+        "curves": _curves(view, options),
+        "rungs": _rungs(view),
+        "parallel": _parallel(view, options),
+        "importance": _importance(view),
+        "timeline": _timeline(view),
+    }
+
+
+def _best(view: ExperimentView, *, by_time: bool) -> str:
+    def x(result: Any) -> float:
+        return float(result.at if by_time else result.trained)
+
+    # Every result as a point, up to ALL_MARKS of them; above, the improvements only.
+    shown = view.results if len(view.results) <= ALL_MARKS else view.best
+    marks = [
+        (x(r), r.value, f"trial {r.trial_id} at length {r.length}: {_fmt(r.value)}") for r in shown
+    ]
+    line = [(x(r), r.value) for r in view.best]
+    if line:
+        end = view.last_at - view.started_at if by_time else float(view.trained)
+        line.append((max(end, line[-1][0]), line[-1][1]))
+    curves = [
+        Curve("results", "every result", [], marks, css="results"),
+        Curve("best", "best so far", line, [], css="best", step=True),
+    ]
+    label = "seconds since the start" if by_time else "length trained, all trials"
+    return line_chart(
+        curves,
+        x=Axis(label),
+        y=Axis(view.metric or "metric"),
+        height=260,
+        empty="no results yet",
+    )
+
+
+def _selected(view: ExperimentView, options: Options) -> list[TrialView]:
+    trials = list(view.trials.values())
+    if options.hide_stopped:
+        trials = [t for t in trials if not view.stopped(t)]
+    top = options.top
+    if top is None and len(view.trials) > ALL_CURVES:
+        top = TOP_DEFAULT
+    if top is not None:
+        sign = 1.0 if view.smaller_is_better else -1.0
+        ranked = sorted(
+            (t for t in trials if t.results),
+            key=lambda t: (-t.length, sign * t.results[-1].value, t.trial_id),
+        )
+        running = [t for t in trials if t.state == "RUNNING" and t not in ranked[:top]]
+        trials = ranked[:top] + running
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+def curve_names(view: ExperimentView) -> list[str]:
+    names: set[str] = set()
+    for trial in view.trials.values():
+        names.update(f"{group}/{name}" for group, name in trial.curves)
+    return sorted(names)
+
+
+def _curves(view: ExperimentView, options: Options) -> str:
+    group, _, name = options.curve.partition("/")
+    searcher = not options.curve or (group == "validation" and name == view.metric)
+    key = ("validation", view.metric) if searcher else (group, name)
+    curves: list[Curve] = []
+    for trial in _selected(view, options):
+        points = [(float(s), v) for s, v in trial.curves.get(key, [])]
+        if searcher:
+            marks = [
+                (
+                    float(r.length),
+                    r.value,
+                    f"trial {trial.trial_id} at length {r.length}: {_fmt(r.value)}",
+                )
+                for r in trial.results
+            ]
+            points = points or [(float(r.length), r.value) for r in trial.results]
+        else:
+            marks = [(s, v, f"trial {trial.trial_id} at {s:g}: {_fmt(v)}") for s, v in points]
+        css = "running" if trial.state == "RUNNING" else "stopped" if view.stopped(trial) else ""
+        best = view.best_result()
+        if best is not None and best.trial_id == trial.trial_id:
+            css = f"{css} best".strip()
+        curves.append(
+            Curve(
+                str(trial.trial_id),
+                f"trial {trial.trial_id}",
+                points,
+                marks,
+                css=css,
+                href=_href(view, trial.trial_id),
+            )
+        )
+    vlines = sorted(
+        {
+            (float(length), f"rung {i}")
+            for lengths in view.rung_lengths()
+            for i, length in enumerate(lengths)
+        }
+    )
+    return line_chart(
+        curves,
+        x=Axis("length (steps completed)"),
+        y=Axis(key[1] or "metric"),
+        vlines=vlines,
+        empty="no metrics yet",
+    )
+
+
+def _rungs(view: ExperimentView) -> str:
+    columns: list[RungColumn] = []
+    for rung in view.rungs():
+        points = []
+        for p in rung.points:
+            reason = (
+                f"trial {p.trial_id}: {_fmt(p.value)}, rank {p.rank} of {len(rung.points)} "
+                f"(cutoff top {rung.quota}): {p.outcome}"
+            )
+            recorded = view.reason(p.trial_id, rung.rung)
+            if recorded:
+                reason = f"{reason}\n{recorded}"
+            points.append(
+                StripPoint(p.trial_id, p.value, p.outcome, reason, _href(view, p.trial_id))
+            )
+        columns.append(
+            RungColumn(
+                rung.bracket, rung.rung, rung.length, points, rung.cutoff, rung.quota, rung.training
+            )
+        )
+    if not columns:
+        return ""
+    return rung_view(columns, smaller_is_better=view.smaller_is_better, metric=view.metric)
+
+
+def _space(view: ExperimentView) -> list[Any]:
+    return params_from_space(view.created.config.get("hyperparameters") or {})
+
+
+def _parallel(view: ExperimentView, options: Options) -> str:
+    params = [p for p in _space(view) if p.name not in options.hidden_axes]
+    axes = [
+        ParallelAxis(
+            p.name,
+            low=p.low,
+            high=p.high,
+            log=p.kind == "log",
+            categories=tuple(p.categories),
+        )
+        for p in params
+    ]
+    lines: list[ParallelLine] = []
+    values = [t.results[-1].value for t in view.trials.values() if t.results]
+    for trial in sorted(view.trials.values(), key=lambda t: t.trial_id):
+        flat = flatten(trial.hparams)
+        shown: dict[str, float | str] = {}
+        for param in params:
+            value = flat.get(param.name)
+            if param.categories:
+                with contextlib.suppress(ValueError, TypeError):
+                    shown[param.name] = category_text(value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                shown[param.name] = float(value)
+        metric = trial.results[-1].value if trial.results else None
+        lines.append(ParallelLine(trial.trial_id, shown, metric, _href(view, trial.trial_id)))
+    metric_axis = None
+    if values and view.metric not in options.hidden_axes:
+        metric_axis = ParallelAxis(view.metric or "metric", low=min(values), high=max(values))
+    if not axes and metric_axis is None:
+        return ""
+    return parallel_coordinates(
+        axes, lines, metric_axis=metric_axis, smaller_is_better=view.smaller_is_better
+    )
+
+
+_importance_cache: dict[tuple[str, int], str] = {}
+
+
+def _importance(view: ExperimentView) -> str:
+    """One bar chart per rung (and for the latest results), cached by results count."""
+    key = (view.experiment_id, len(view.results))
+    cached = _importance_cache.get(key)
+    if cached is not None:
+        return cached
+    params = _space(view)
+    groups: list[tuple[str, list[tuple[Mapping[str, JsonValue], float]]]] = []
+    latest: list[tuple[Mapping[str, JsonValue], float]] = [
+        (t.hparams, t.results[-1].value) for t in view.trials.values() if t.results
+    ]
+    groups.append(("latest result of each trial", latest))
+    by_length: dict[int, list[tuple[Mapping[str, JsonValue], float]]] = {}
+    for result in view.results:
+        trial = view.trials[result.trial_id]
+        by_length.setdefault(result.length, []).append((trial.hparams, result.value))
+    if len(by_length) > 1:
+        groups += [(f"results at length {n}", by_length[n]) for n in sorted(by_length)]
+    parts: list[str] = []
+    for title, trials in groups:
+        scores = importance(params, trials, smaller_is_better=view.smaller_is_better)
+        if scores is None:
+            parts.append(
+                _figure(title, f"<p class='note'>{len(trials)} results: too few to tell</p>")
+            )
+            continue
+        bars = [
+            Bar(name, score, f"{name}: {score:.2f}")
+            for name, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        ]
+        parts.append(_figure(f"{title} ({len(trials)} trials)", bar_chart(bars)))
+    html = "".join(parts)
+    if len(_importance_cache) > 256:
+        _importance_cache.clear()
+    _importance_cache[key] = html
+    return html
+
+
+def _figure(title: str, body: str) -> str:
+    from html import escape  # noqa: PLC0415
+
+    return f"<figure class='importance'><figcaption>{escape(title)}</figcaption>{body}</figure>"
+
+
+def _timeline(view: ExperimentView) -> str:
+    segments: list[Segment] = []
+    now = view.last_at - view.started_at
+    ended = view.ended()
+    lengths = view.rung_lengths()
+    prefix = _href(view, 0)[:-1]
+    for trial in view.trials.values():
+        for attempt in trial.attempts:
+            for piece in attempt.pieces:
+                end, outcome = piece.end, piece.outcome
+                if end is None and ended:
+                    end, outcome = now, "killed"
+                if end is not None and end - piece.start <= 0 and outcome == "validated":
+                    continue
+                length = piece.length or trial.length
+                rung = _rung_index(lengths, trial, length)
+                title = (
+                    f"trial {trial.trial_id}.{attempt.attempt} {attempt.lane} "
+                    f"{piece.start:.1f}-{'' if end is None else f'{end:.1f}'} s {outcome}"
+                    + (f" @{piece.length}" if piece.length else "")
+                )
+                segments.append(
+                    Segment(
+                        attempt.lane,
+                        trial.trial_id,
+                        attempt.attempt,
+                        piece.start,
+                        end,
+                        rung,
+                        "completed" if outcome == "validated" else outcome,
+                        title,
+                        f"{prefix}{trial.trial_id}",
+                    )
+                )
+    if not segments:
+        return ""
+    return worker_timeline(segments, now=now)
+
+
+def _rung_index(lengths: list[list[int]], trial: TrialView, length: int) -> int:
+    if trial.bracket < len(lengths):
+        for index, rung_length in enumerate(lengths[trial.bracket]):
+            if rung_length >= length:
+                return index
+    return 0
+
+
+# ---------------------------------------------------------------------- trials table
+def trial_rows(view: ExperimentView, options: Options) -> tuple[list[dict[str, Any]], int]:
+    """The trials table's page of rows (sorted and filtered), and how many match."""
+    trials: Iterable[TrialView] = view.trials.values()
+    if options.state:
+        trials = [t for t in trials if t.state == options.state]
+    if options.query:
+        needle = options.query.lower()
+        trials = [t for t in trials if needle in json.dumps(t.hparams).lower()]
+    sign = 1.0 if view.smaller_is_better else -1.0
+
+    def metric(t: TrialView) -> float:
+        return sign * t.results[-1].value if t.results else math.inf
+
+    keys: dict[str, Any] = {
+        "trial": lambda t: t.trial_id,
+        "state": lambda t: (t.state, t.trial_id),
+        "metric": lambda t: (metric(t), t.trial_id),
+        "length": lambda t: (t.length, t.trial_id),
+        "restarts": lambda t: (t.restarts, t.trial_id),
+    }
+    ordered = sorted(trials, key=keys[options.sort], reverse=options.descending)
+    start = options.page * TRIALS_PAGE
+    rows = [
+        {
+            "trial_id": t.trial_id,
+            "href": _href(view, t.trial_id),
+            "state": t.state,
+            "hparams": json.dumps(t.hparams, sort_keys=True),
+            "metric": _fmt(t.results[-1].value) if t.results else "",
+            "length": t.length,
+            "restarts": t.restarts,
+            "worker": t.attempts[-1].lane if t.attempts else "",
+        }
+        for t in ordered[start : start + TRIALS_PAGE]
+    ]
+    return rows, len(ordered)
+
+
+# ---------------------------------------------------------------------- trial page
+@dataclass(frozen=True)
+class TrialPage:
+    trial: TrialView
+    hparams: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    charts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def trial_page(view: ExperimentView, trial: TrialView) -> TrialPage:
+    attempts = [
+        {
+            "attempt": a.attempt,
+            "lane": a.lane,
+            "started": f"{a.started_at:.2f}",
+            "ended": "" if a.ended_at is None else f"{a.ended_at:.2f}",
+            "reason": a.reason or ("running" if not view.ended() else "killed"),
+            "exit_code": "" if a.exit_code is None else str(a.exit_code),
+            "message": a.message,
+        }
+        for a in trial.attempts
+    ]
+    charts: list[tuple[str, str]] = []
+    for (group, name), points in sorted(trial.curves.items()):
+        curve = Curve(
+            f"{group}/{name}",
+            f"{group}/{name}",
+            [(float(s), v) for s, v in points],
+            [(float(s), v, f"{group}/{name} at {s}: {_fmt(v)}") for s, v in points],
+        )
+        charts.append(
+            (
+                f"{group}/{name}",
+                line_chart([curve], x=Axis("steps completed"), y=Axis(name), height=220),
+            )
+        )
+    return TrialPage(trial, json.dumps(trial.hparams, indent=2, sort_keys=True), attempts, charts)

@@ -1,0 +1,149 @@
+// Rung dashboard: live sections over server-sent events, controls, log follow.
+// No framework, nothing from the network but this server.
+"use strict";
+
+(function () {
+  const token = () => document.querySelector('meta[name="rung-token"]').content;
+
+  // ---------------------------------------------------------------- controls
+  async function post(button) {
+    const action = button.dataset.action;
+    if ((action === "kill" || action === "cancel") &&
+        !window.confirm(button.textContent.trim() + "?")) {
+      return;
+    }
+    const out = document.getElementById("control-result");
+    button.disabled = true;
+    try {
+      const response = await fetch(button.dataset.url, {
+        method: "POST",
+        headers: {"X-Rung-Token": token()},
+        credentials: "same-origin",
+      });
+      const body = await response.json().catch(() => ({error: response.statusText}));
+      if (out) {
+        out.textContent = response.ok ? action + ": now " + body.state : "refused: " + body.error;
+        out.className = "control-result " + (response.ok ? "ok" : "error");
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button.control");
+    if (button) {
+      event.preventDefault();
+      post(button);
+    }
+  });
+
+  // ---------------------------------------------------------------- experiment page
+  const root = document.getElementById("experiment");
+  if (root) {
+    const id = root.dataset.experiment;
+    let seq = Number(root.dataset.seq);
+    let inflight = false;
+    let dirty = false;
+
+    async function refresh() {
+      if (inflight) { dirty = true; return; }
+      inflight = true;
+      try {
+        do {
+          dirty = false;
+          const query = window.location.search.replace(/^\?/, "");
+          const response = await fetch("/experiments/" + encodeURIComponent(id) + "/sections?" + query);
+          if (!response.ok) { break; }
+          const body = await response.json();
+          for (const [name, html] of Object.entries(body.sections)) {
+            const target = root.querySelector('[data-section="' + name + '"]');
+            if (target) { target.innerHTML = html; }
+          }
+          root.dataset.seq = String(body.seq);
+          root.dataset.rendered = String(body.seq);
+        } while (dirty);
+      } finally {
+        inflight = false;
+      }
+    }
+
+    function addEntries(entries) {
+      const list = document.getElementById("activity");
+      for (const entry of entries) {
+        if (list.querySelector('li[data-seq="' + entry.seq + '"]')) { continue; }
+        const item = document.createElement("li");
+        item.dataset.seq = String(entry.seq);
+        const number = document.createElement("span");
+        number.className = "seq";
+        number.textContent = String(entry.seq);
+        const at = document.createElement("span");
+        at.className = "at";
+        at.textContent = Number(entry.at).toFixed(1) + " s";
+        item.append(number, " ", at, " ", entry.event);
+        if (entry.decisions.length) {
+          const sub = document.createElement("ul");
+          for (const text of entry.decisions) {
+            const line = document.createElement("li");
+            line.textContent = text;
+            sub.append(line);
+          }
+          item.append(sub);
+        }
+        list.prepend(item);
+      }
+      while (list.children.length > 500) { list.lastElementChild.remove(); }
+    }
+
+    const stream = new EventSource("/experiments/" + encodeURIComponent(id) + "/stream?after=" + seq);
+    const live = document.getElementById("live");
+    stream.onopen = () => { live.hidden = false; };
+    stream.onerror = () => { live.hidden = true; };
+    stream.onmessage = (message) => {
+      const data = JSON.parse(message.data);
+      root.dataset.received = String(data.to);
+      if (data.gap) { window.location.reload(); return; }
+      addEntries(data.entries);
+      seq = data.to;
+      refresh();
+    };
+    stream.addEventListener("end", () => { live.textContent = "ended"; });
+
+    // The axes form: hide the unchecked axes.
+    for (const form of root.querySelectorAll("form")) {
+      const boxes = form.querySelectorAll("input.axis");
+      if (!boxes.length) { continue; }
+      form.addEventListener("submit", () => {
+        const hidden = [...boxes].filter((b) => !b.checked).map((b) => b.value);
+        form.querySelector('input[name="hide_axes"]').value = hidden.join(",");
+        for (const box of boxes) { box.disabled = true; }
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------- trial page
+  const log = document.getElementById("log");
+  if (log) {
+    let after = 0;
+    const follow = document.getElementById("follow");
+    async function more() {
+      try {
+        let page;
+        do {
+          const response = await fetch(log.dataset.url + "?after=" + after);
+          if (!response.ok) { return; }
+          page = await response.json();
+          after = page.next;
+          const text = page.lines.map((l) => "[" + l.attempt + " " + l.stream + "] " + l.text).join("\n");
+          if (text) { log.append(text + "\n"); }
+        } while (page.more);
+        while (log.childNodes.length > 200) { log.firstChild.remove(); }
+        if (follow.checked) { log.scrollTop = log.scrollHeight; }
+      } finally {
+        if (follow.checked) { window.setTimeout(more, 1000); }
+      }
+    }
+    follow.addEventListener("change", () => { if (follow.checked) { more(); } });
+    more();
+  }
+})();
