@@ -99,17 +99,26 @@ def records(trials: int, *, workers: int = 8, step_s: float = 0.5) -> Iterator[R
     trained: dict[int, int] = {}
     scheduled: set[int] = set()
 
+    # The trials that may have something to do: those the last inputs' commands named,
+    # and those on a worker (looking at every trial each time would be quadratic).
+    watch: set[int] = set()
+
     def record(body: Body | None, step: Step) -> InputRecord:
         nonlocal seq, count
         seq += 1
         count += 1
+        watch.update(getattr(c.body, "trial_id", 0) for c in step.commands)
         return InputRecord.of(seq, f"m{count}", body, step, at=T0 + now)
 
     yield record(None, run.start())
     while True:
         # Start what is queued while workers are free; schedule what is running.
         progressed = False
-        for trial in list(run.trials.values()):
+        for trial_id in sorted(watch | on.keys()):
+            trial = run.by_id.get(trial_id)
+            if trial is None or trial.state not in ("QUEUED", "RUNNING"):
+                watch.discard(trial_id)
+                continue
             key = {"experiment_id": experiment_id, "trial_id": trial.trial_id}
             if trial.state == "QUEUED" and free and trial.trial_id not in on:
                 worker = free.pop(0)

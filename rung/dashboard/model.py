@@ -54,6 +54,7 @@ __all__ = [
     "ExperimentView",
     "Piece",
     "Result",
+    "RungPoint",
     "RungState",
     "TrialView",
 ]

@@ -34,7 +34,7 @@ from rung.dashboard.charts import (
     worker_timeline,
 )
 from rung.dashboard.importance import category_text, flatten, importance, params_from_space
-from rung.dashboard.model import ExperimentView, TrialView
+from rung.dashboard.model import ExperimentView, RungPoint, RungState, TrialView
 
 __all__ = [
     "TRIALS_PAGE",
@@ -50,6 +50,8 @@ ALL_CURVES: Final = 1000
 TOP_DEFAULT: Final = 100
 # Above this many results, the best-so-far charts mark only the improvements.
 ALL_MARKS: Final = 2000
+# Above this many trials, the parallel coordinates draw the best PARALLEL_LINES unless asked.
+PARALLEL_LINES: Final = 1000
 TRIALS_PAGE: Final = 100
 _SORTS: Final = ("trial", "state", "metric", "length", "restarts")
 
@@ -67,6 +69,7 @@ class Options:
     state: str = ""  # trials table: only this state
     query: str = ""  # trials table: hyperparameters containing this text
     page: int = 0
+    all_lines: bool = False  # parallel coordinates: every trial, however many
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Options:
@@ -84,6 +87,7 @@ class Options:
             state=query.get("state", "")[:32],
             query=query.get("q", "")[:200],
             page=_int(query.get("page"), low=0, high=1_000_000) or 0,
+            all_lines=query.get("lines", "") == "all",
         )
 
 
@@ -181,13 +185,10 @@ def _selected(view: ExperimentView, options: Options) -> list[TrialView]:
     if top is None and len(view.trials) > ALL_CURVES:
         top = TOP_DEFAULT
     if top is not None:
-        sign = 1.0 if view.smaller_is_better else -1.0
-        ranked = sorted(
-            (t for t in trials if t.results),
-            key=lambda t: (-t.length, sign * t.results[-1].value, t.trial_id),
-        )
-        running = [t for t in trials if t.state == "RUNNING" and t not in ranked[:top]]
-        trials = ranked[:top] + running
+        best = _ranked(view, trials)[:top]
+        chosen = {t.trial_id for t in best}
+        running = [t for t in trials if t.state == "RUNNING" and t.trial_id not in chosen]
+        trials = best + running
     return sorted(trials, key=lambda t: t.trial_id)
 
 
@@ -247,21 +248,46 @@ def _curves(view: ExperimentView, options: Options) -> str:
     )
 
 
+def big(view: ExperimentView) -> bool:
+    """Whether the experiment is large enough for the lighter pages: marks without links
+    (a click is handled by the page's script) and the searcher's reasons on click."""
+    return len(view.trials) > ALL_CURVES
+
+
+def _summary(point: RungPoint, rung: RungState) -> str:
+    return (
+        f"trial {point.trial_id}: {_fmt(point.value)}, rank {point.rank} of "
+        f"{len(rung.points)} (cutoff top {rung.quota}): {point.outcome}"
+    )
+
+
+def why(view: ExperimentView, trial_id: int, bracket: int, rung_index: int) -> dict[str, Any]:
+    """A rung view point's whole story: where it ranks now, and every decision the
+    searcher recorded about the trial while its newest result was at that rung."""
+    for rung in view.rungs():
+        if rung.bracket == bracket and rung.rung == rung_index:
+            for point in rung.points:
+                if point.trial_id == trial_id:
+                    return {
+                        "trial_id": trial_id,
+                        "href": _href(view, trial_id),
+                        "summary": _summary(point, rung),
+                        "decisions": view.trials[trial_id].reasons.get(rung_index, []),
+                    }
+    return {}
+
+
 def _rungs(view: ExperimentView) -> str:
     columns: list[RungColumn] = []
+    light = big(view)
     for rung in view.rungs():
         points = []
         for p in rung.points:
-            reason = (
-                f"trial {p.trial_id}: {_fmt(p.value)}, rank {p.rank} of {len(rung.points)} "
-                f"(cutoff top {rung.quota}): {p.outcome}"
-            )
-            recorded = view.reason(p.trial_id, rung.rung)
+            reason = _summary(p, rung)
+            recorded = "" if light else view.reason(p.trial_id, rung.rung)
             if recorded:
                 reason = f"{reason}\n{recorded}"
-            points.append(
-                StripPoint(p.trial_id, p.value, p.outcome, reason, _href(view, p.trial_id))
-            )
+            points.append(StripPoint(p.trial_id, p.value, p.outcome, reason, None))
         columns.append(
             RungColumn(
                 rung.bracket, rung.rung, rung.length, points, rung.cutoff, rung.quota, rung.training
@@ -277,6 +303,7 @@ def _space(view: ExperimentView) -> list[Any]:
 
 
 def _parallel(view: ExperimentView, options: Options) -> str:
+    light = big(view)
     params = [p for p in _space(view) if p.name not in options.hidden_axes]
     axes = [
         ParallelAxis(
@@ -290,7 +317,7 @@ def _parallel(view: ExperimentView, options: Options) -> str:
     ]
     lines: list[ParallelLine] = []
     values = [t.results[-1].value for t in view.trials.values() if t.results]
-    for trial in sorted(view.trials.values(), key=lambda t: t.trial_id):
+    for trial in sorted(_lines_shown(view, options), key=lambda t: t.trial_id):
         flat = flatten(trial.hparams)
         shown: dict[str, float | str] = {}
         for param in params:
@@ -301,7 +328,8 @@ def _parallel(view: ExperimentView, options: Options) -> str:
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 shown[param.name] = float(value)
         metric = trial.results[-1].value if trial.results else None
-        lines.append(ParallelLine(trial.trial_id, shown, metric, _href(view, trial.trial_id)))
+        href = None if light else _href(view, trial.trial_id)
+        lines.append(ParallelLine(trial.trial_id, shown, metric, href))
     metric_axis = None
     if values and view.metric not in options.hidden_axes:
         metric_axis = ParallelAxis(view.metric or "metric", low=min(values), high=max(values))
@@ -310,6 +338,29 @@ def _parallel(view: ExperimentView, options: Options) -> str:
     return parallel_coordinates(
         axes, lines, metric_axis=metric_axis, smaller_is_better=view.smaller_is_better
     )
+
+
+def _ranked(view: ExperimentView, trials: Iterable[TrialView]) -> list[TrialView]:
+    """Trials with results, best first: the longest trained, then the best value."""
+    sign = 1.0 if view.smaller_is_better else -1.0
+    return sorted(
+        (t for t in trials if t.results),
+        key=lambda t: (-t.length, sign * t.results[-1].value, t.trial_id),
+    )
+
+
+def _lines_shown(view: ExperimentView, options: Options) -> list[TrialView]:
+    """Every trial, or for a large experiment the PARALLEL_LINES best unless asked."""
+    if options.all_lines or len(view.trials) <= PARALLEL_LINES:
+        return list(view.trials.values())
+    return _ranked(view, view.trials.values())[:PARALLEL_LINES]
+
+
+def parallel_note(view: ExperimentView, options: Options) -> str:
+    """What the parallel coordinates leave out, for the caption."""
+    if options.all_lines or len(view.trials) <= PARALLEL_LINES:
+        return ""
+    return f"the best {PARALLEL_LINES:,} of {len(view.trials):,} trials"
 
 
 _importance_cache: dict[tuple[str, int], str] = {}
@@ -365,6 +416,7 @@ def _timeline(view: ExperimentView) -> str:
     ended = view.ended()
     lengths = view.rung_lengths()
     prefix = _href(view, 0)[:-1]
+    light = big(view)
     for trial in view.trials.values():
         for attempt in trial.attempts:
             for piece in attempt.pieces:
@@ -390,7 +442,7 @@ def _timeline(view: ExperimentView) -> str:
                         rung,
                         "completed" if outcome == "validated" else outcome,
                         title,
-                        f"{prefix}{trial.trial_id}",
+                        None if light else f"{prefix}{trial.trial_id}",
                     )
                 )
     if not segments:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,8 +45,10 @@ from rung.dashboard.pages import (
     curve_names,
     experiment_sections,
     experiment_summary,
+    parallel_note,
     trial_page,
     trial_rows,
+    why,
 )
 from rung.dashboard.source import Source, valid_id
 from rung.searcher.client import ClientError, NotFoundError, RefusedError
@@ -55,12 +58,16 @@ __all__ = ["Dashboard"]
 log = structlog.get_logger("rung.dashboard")
 
 _ACTIONS: Final = ("pause", "activate", "cancel", "kill")
+_NUMBER: Final = re.compile(r"[0-9]{1,9}")  # a trial, bracket or rung number
+_SEQ: Final = re.compile(r"[0-9]{1,18}")  # a record number or a log cursor
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 # A stream sends a comment this often when nothing happens (proxies close idle ones).
 _KEEPALIVE_S: Final = 15.0
+# Renderings of sections kept (the newest record's, for a few option sets).
+_CACHED: Final = 8
 # The list page waits this long for experiments' histories, then shows what it has.
 _LIST_WAIT_S: Final = 5.0
 
@@ -97,6 +104,7 @@ class Dashboard:
         self.address: Address | None = None
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task[Any]] = set()
+        self._cache: dict[tuple[str, int, Options], dict[str, str]] = {}
         self._templates = jinja2.Environment(
             loader=jinja2.PackageLoader("rung.dashboard", "templates"),
             autoescape=True,
@@ -119,13 +127,18 @@ class Dashboard:
         app.router.add_get("/experiments/{eid}", self._experiment)
         app.router.add_get("/experiments/{eid}/sections", self._sections)
         app.router.add_get("/experiments/{eid}/stream", self._stream)
+        app.router.add_get("/experiments/{eid}/why", self._why)
         app.router.add_get("/experiments/{eid}/trials/{tid}", self._trial)
         app.router.add_get("/experiments/{eid}/trials/{tid}/logs", self._logs)
         app.router.add_post("/experiments/{eid}/control/{action}", self._control)
         app.router.add_post("/experiments/{eid}/trials/{tid}/kill", self._kill_trial)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/favicon.ico", self._no_icon)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app.on_response_prepare.append(_prepared)
+        # handler_cancellation: a stream whose page went away is cancelled at once.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         try:
@@ -162,18 +175,11 @@ class Dashboard:
                 text=f"this dashboard answers only to {self._hosts()}; open it by that name",
             )
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+            return await handler(request)
         except NotFoundError as exc:
-            response = self._error_page(404, str(exc))
+            return self._error_page(404, str(exc))
         except DashboardError as exc:
-            response = self._error_page(503, str(exc))
-        response.headers.setdefault("Content-Security-Policy", _CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
+            return self._error_page(503, str(exc))
 
     def _hosts(self) -> set[str]:
         port = self.address.port if self.address else self.port
@@ -224,7 +230,7 @@ class Dashboard:
 
     def _tid(self, request: web.Request) -> int:
         text = request.match_info["tid"]
-        if not text.isdigit() or len(text) > 9:
+        if not _NUMBER.fullmatch(text):
             raise web.HTTPNotFound(text=f"{text[:20]!r} is not a trial id")
         return int(text)
 
@@ -306,7 +312,7 @@ class Dashboard:
         return self._render(
             "experiment.html",
             e=experiment_summary(view),
-            sections=experiment_sections(view, options),
+            sections=self._rendered(view, options),
             activity=list(view.activity)[-200:],
             rows=rows,
             matching=matching,
@@ -316,12 +322,40 @@ class Dashboard:
             axes=_axis_names(view),
             may_control=self._may_control(view),
             query=request.query_string,
+            parallel_note=parallel_note(view, options),
         )
+
+    def clear_cache(self) -> None:
+        """Forget the sections rendered so far (benchmarks time a first rendering)."""
+        self._cache.clear()
+
+    def _rendered(self, view: ExperimentView, options: Options) -> dict[str, str]:
+        """The sections for these options at the view's record; several pages open on
+        one experiment share one rendering per record."""
+        key = (view.experiment_id, view.seq, options)
+        sections = self._cache.get(key)
+        if sections is None:
+            sections = experiment_sections(view, options)
+            if len(self._cache) >= _CACHED:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = sections
+        return dict(sections)
+
+    async def _why(self, request: web.Request) -> web.Response:
+        _, view = await self._view(request)
+        query = request.query
+        numbers = [query.get(name, "") for name in ("trial", "bracket", "rung")]
+        if not all(_NUMBER.fullmatch(n) for n in numbers):
+            raise web.HTTPBadRequest(text="why needs ?trial=N&bracket=B&rung=R (numbers)")
+        story = why(view, int(numbers[0]), int(numbers[1]), int(numbers[2]))
+        if not story:
+            raise web.HTTPNotFound(text="no such result at that rung")
+        return web.json_response(story)
 
     async def _sections(self, request: web.Request) -> web.Response:
         _, view = await self._view(request)
         options = Options.parse(request.query)
-        sections = experiment_sections(view, options)
+        sections = self._rendered(view, options)
         rows, matching = trial_rows(view, options)
         sections["trials"] = self._templates.get_template("trials.html").render(
             rows=rows,
@@ -351,9 +385,13 @@ class Dashboard:
         )
 
     async def _logs(self, request: web.Request) -> web.Response:
-        experiment_id, trial_id = self._eid(request), self._tid(request)
+        _, view = await self._view(request)
+        trial_id = self._tid(request)
+        if trial_id not in view.trials:
+            raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
         after = request.query.get("after", "0")
-        page = await self.source.logs(experiment_id, trial_id, int(after) if after.isdigit() else 0)
+        cursor = int(after) if _SEQ.fullmatch(after) else 0
+        page = await self.source.logs(view.experiment_id, trial_id, cursor)
         return web.json_response({"lines": page.lines, "next": page.next, "more": page.more})
 
     async def _no_icon(self, request: web.Request) -> web.Response:
@@ -373,7 +411,7 @@ class Dashboard:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         followed, view = await self._view(request)
         header = request.headers.get("Last-Event-ID") or request.query.get("after", "")
-        after = int(header) if header.isdigit() else view.seq
+        after = int(header) if _SEQ.fullmatch(header) else view.seq
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -385,24 +423,30 @@ class Dashboard:
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
+        followed.streams += 1  # the hub keeps following it while it is streamed
         try:
             await response.write(b"retry: 1000\n\n")
             while True:
                 current = followed.view or view
                 if current.seq > after:
-                    await response.write(_event(current, after))
-                    after = current.seq
-                if followed.task is None and current.seq <= after:
-                    await response.write(b"event: end\ndata: {}\n\n")
-                    # Nothing more will come; keep the stream open so the browser does not
-                    # reconnect in a loop, until the page goes.
+                    # Take the records up to now before writing: while a slow reader's
+                    # write waits, more are folded, and they go in the next event.
+                    data, after = _event(current, after), current.seq
+                    await response.write(data)
+                    continue
+                if followed.task is None:
+                    end = {"error": followed.error} if followed.error else {}
+                    await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
+                    # Nothing more will come: keep the stream open, so the browser does not
+                    # reconnect in a loop, until the page goes (and cancels this handler).
                     await asyncio.sleep(3600)
                 await followed.wait_change(_KEEPALIVE_S)
-                if current.seq <= after and (followed.view or view).seq <= after:
+                if (followed.view or view).seq <= after:
                     await response.write(b": keepalive\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         finally:
+            followed.streams -= 1
             if task is not None:
                 self._streams.discard(task)
         return response
@@ -428,6 +472,8 @@ class Dashboard:
     async def _act(self, action: Callable[[], Awaitable[str]]) -> web.Response:
         try:
             state = await action()
+        except NotFoundError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
         except RefusedError as exc:
             return web.json_response({"error": str(exc)}, status=403)
         except PermissionError as exc:
@@ -438,6 +484,18 @@ class Dashboard:
 
 
 _FINAL: Final = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
+
+
+async def _prepared(_request: web.Request, response: web.StreamResponse) -> None:
+    _secure(response.headers)
+
+
+def _secure(headers: MutableMapping[str, str]) -> None:
+    """No framing, no sniffing, no referrer, and nothing loaded from elsewhere."""
+    headers.setdefault("Content-Security-Policy", _CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
 
 
 def _axis_names(view: ExperimentView) -> list[str]:

@@ -10,7 +10,6 @@ from rung.dashboard.charts.svg import (
     LIMIT,
     OUTCOME_COLOURS,
     Box,
-    Scale,
     axis_left,
     empty_text,
     esc,
@@ -22,7 +21,8 @@ from rung.dashboard.charts.svg import (
 
 __all__ = ["rung_view"]
 
-_LEGEND = ("promoted", "paused", "stopped", "running", "waiting")
+_LEGEND = ("promoted", "paused", "stopped", "waiting", "completed")
+_GUTTER = 40.0  # room for a column's own tick labels
 _OTHER_COLOUR = "#999999"
 _CHAR_PX = 5.6  # the width of a character at font size 10, roughly
 _BAND = 18  # the band under the plot for results with no usable value
@@ -34,12 +34,11 @@ def _jitter(trial_id: int) -> float:
     return ((trial_id * 2654435761) & 0xFFFFFFFF) / 2147483648.0 - 1.0
 
 
-def _values(columns: Sequence[RungColumn]) -> Iterator[float]:
-    for column in columns:
-        for point in column.points:
-            yield point.value
-        if column.cutoff is not None:
-            yield column.cutoff
+def _values(column: RungColumn) -> Iterator[float]:
+    for point in column.points:
+        yield point.value
+    if column.cutoff is not None:
+        yield column.cutoff
 
 
 def _counts(column: RungColumn) -> dict[str, int]:
@@ -84,11 +83,19 @@ def _column(
     left: float,
     right: float,
     box: Box,
-    sy: Scale,
+    smaller_is_better: bool,
 ) -> str:
-    """One column: its labels and counts, the cutoff line, and its dots."""
+    """One column: its labels and counts, its own value axis (rungs differ by orders of
+    magnitude: a promoted trial's later results are much better), the cutoff line, and
+    its dots."""
     label, first, second = texts
-    centre = (left + right) / 2
+    plot = Box(left + _GUTTER, box.top, right, box.bottom)
+    span = extent(_values(column))
+    if smaller_is_better:
+        sy = fit_scale(span, plot.top + 5, plot.bottom - 5)
+    else:
+        sy = fit_scale(span, plot.bottom - 5, plot.top + 5)
+    centre = (plot.left + plot.right) / 2
     half = min((right - left) * 0.32, 36.0)
     out = [
         (
@@ -102,13 +109,14 @@ def _column(
             f'fill="currentColor" fill-opacity=".75" font-size="10">{esc(first)}</text>'
             f'<text class="counts" x="{centre:.1f}" y="39" text-anchor="middle" '
             f'fill="currentColor" fill-opacity=".75" font-size="10">{esc(second)}</text>'
-        )
+        ),
+        axis_left(sy, plot, "", count=4) if column.points else "",
     ]
     cutoff = column.cutoff
     y_cut = sy(cutoff) if cutoff is not None else None
     if y_cut is not None and cutoff is not None:
         out.append(
-            f'<line class="cutoff" x1="{left + 4:.1f}" x2="{right - 4:.1f}" y1="{y_cut:.1f}" '
+            f'<line class="cutoff" x1="{plot.left:.1f}" x2="{right - 4:.1f}" y1="{y_cut:.1f}" '
             f'y2="{y_cut:.1f}" stroke="currentColor" stroke-width="1.5" '
             f'stroke-dasharray="5 3"><title>cutoff: top {column.quota} '
             f"({esc(f'{cutoff:.4g}')})</title></line>"
@@ -146,7 +154,7 @@ def rung_view(
     width: int = 760,
     height: int = 340,
 ) -> str:
-    """The rung view: one column per (bracket, rung) in the order given, all on one
+    """The rung view: one column per (bracket, rung) in the order given, each on its own
     metric scale with better values higher up, a dashed line at each cutoff, and one
     ``<circle class="mark">`` per result (those with no usable value in a band below).
 
@@ -155,18 +163,19 @@ def rung_view(
     counts = [_counts(c) for c in columns]
     texts = [_texts(c, n, show_bracket=show_bracket) for c, n in zip(columns, counts, strict=True)]
     longest = max((len(t) for three in texts for t in three), default=0)
-    left, right_margin = 58.0, 10.0
-    width = max(width, int(left + right_margin + len(columns) * (longest * _CHAR_PX + 14)))
+    left, right_margin = 24.0, 10.0
+    column_px = max(longest * _CHAR_PX + 14, _GUTTER + 80)
+    width = max(width, int(left + right_margin + len(columns) * column_px))
     nonfinite = any(not -LIMIT < p.value < LIMIT for c in columns for p in c.points)
     box = Box(left, 50, width - right_margin, height - 40 - (_BAND if nonfinite else 0))
-    span = extent(_values(columns))
-    if smaller_is_better:
-        sy = fit_scale(span, box.top + 5, box.bottom - 5)
-    else:
-        sy = fit_scale(span, box.bottom - 5, box.top + 5)
+    mid = (box.top + box.bottom) / 2
     out = [
         svg_open("rung-view", width, height),
-        axis_left(sy, box, metric),
+        (
+            f'<text class="axis-label" transform="rotate(-90 12 {mid:.1f})" x="12" '
+            f'y="{mid:.1f}" text-anchor="middle" font-size="11" '
+            f'fill="currentColor">{esc(metric)}</text>'
+        ),
         (
             '<text class="better" x="4" y="44" fill="currentColor" font-size="10" '
             'fill-opacity=".7">▲ better</text>'
@@ -186,7 +195,17 @@ def rung_view(
                 f'y2="{box.bottom + (_BAND if nonfinite else 0):.1f}" stroke="currentColor" '
                 f'stroke-opacity=".15"/>'
             )
-        out.append(_column(column, three, n, left=col_left, right=col_left + col_w, box=box, sy=sy))
+        out.append(
+            _column(
+                column,
+                three,
+                n,
+                left=col_left,
+                right=col_left + col_w,
+                box=box,
+                smaller_is_better=smaller_is_better,
+            )
+        )
     if not any(c.points for c in columns):
         out.append(empty_text(box, "no results yet"))
     out.append(_legend(height - 10, left))

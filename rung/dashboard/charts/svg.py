@@ -61,6 +61,7 @@ OUTCOME_COLOURS = {
     "stopped": "#D55E00",
     "running": "#0072B2",
     "waiting": "#999999",
+    "completed": "#56B4E9",
 }
 
 # Viridis at nine stops; `sequential` interpolates between them.

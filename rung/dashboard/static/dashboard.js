@@ -45,13 +45,20 @@
     let seq = Number(root.dataset.seq);
     let inflight = false;
     let dirty = false;
+    let cost = 0;  // how long the last refresh took, in ms
 
+    // Refresh the live sections; while updates keep coming, leave the page idle at
+    // least twice as long as a refresh takes, so a large page stays usable.
     async function refresh() {
       if (inflight) { dirty = true; return; }
       inflight = true;
       try {
         do {
+          if (cost > 100) {
+            await new Promise((done) => window.setTimeout(done, 2 * cost));
+          }
           dirty = false;
+          const started = performance.now();
           const query = window.location.search.replace(/^\?/, "");
           const response = await fetch("/experiments/" + encodeURIComponent(id) + "/sections?" + query);
           if (!response.ok) { break; }
@@ -62,6 +69,8 @@
           }
           root.dataset.seq = String(body.seq);
           root.dataset.rendered = String(body.seq);
+          await new Promise((done) => requestAnimationFrame(() => done()));
+          cost = performance.now() - started;
         } while (dirty);
       } finally {
         inflight = false;
@@ -108,6 +117,38 @@
       refresh();
     };
     stream.addEventListener("end", () => { live.textContent = "ended"; });
+
+    // A click on a rung's result: the searcher's reasons, from the log.
+    const why = document.getElementById("why");
+    root.addEventListener("click", async (event) => {
+      const mark = event.target.closest("[data-trial]");
+      if (!mark || mark.closest("a")) { return; }
+      const trial = mark.dataset.trial;
+      if (why && mark.closest("#rungs")) {
+        const query = new URLSearchParams({trial, bracket: mark.dataset.bracket, rung: mark.dataset.rung});
+        const response = await fetch("/experiments/" + encodeURIComponent(id) + "/why?" + query);
+        if (!response.ok) { return; }
+        const story = await response.json();
+        why.replaceChildren();
+        const head = document.createElement("p");
+        const link = document.createElement("a");
+        link.href = story.href;
+        link.textContent = "trial " + story.trial_id;
+        head.append(link, " · " + story.summary);
+        const list = document.createElement("ul");
+        for (const text of story.decisions) {
+          const item = document.createElement("li");
+          item.textContent = text;
+          list.append(item);
+        }
+        why.append(head, list);
+        why.hidden = false;
+        return;
+      }
+      if (mark.closest('[data-section]')) {
+        window.location.href = "/experiments/" + encodeURIComponent(id) + "/trials/" + encodeURIComponent(trial);
+      }
+    });
 
     // The axes form: hide the unchecked axes.
     for (const form of root.querySelectorAll("form")) {
