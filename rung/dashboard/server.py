@@ -123,6 +123,7 @@ class Dashboard:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
         app.router.add_get("/", self._experiments)
         app.router.add_get("/api/experiments", self._api_experiments)
+        app.router.add_get("/fragments/experiments", self._experiment_rows)
         app.router.add_get("/api/experiments/{eid}", self._api_experiment)
         app.router.add_get("/experiments/{eid}", self._experiment)
         app.router.add_get("/experiments/{eid}/sections", self._sections)
@@ -263,17 +264,31 @@ class Dashboard:
 
         return list(await asyncio.gather(*(one(ref) for ref in refs)))
 
-    async def _experiments(self, request: web.Request) -> web.Response:
+    async def _listing(
+        self, request: web.Request
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, str]:
+        """Every experiment's summary, those the filters keep, and the filters."""
         summaries = await self._summaries()
-        state = request.query.get("state", "")
-        label = request.query.get("label", "")
-        states = sorted({s["state"] for s in summaries})
-        labels = sorted({label for s in summaries for label in s["labels"]})
+        state = request.query.get("state", "")[:64]
+        label = request.query.get("label", "")[:256]
         shown = [
             s
             for s in summaries
             if (not state or s["state"] == state) and (not label or label in s["labels"])
         ]
+        return summaries, shown, state, label
+
+    async def _experiment_rows(self, request: web.Request) -> web.Response:
+        _, shown, _, _ = await self._listing(request)
+        html = self._templates.get_template("experiment_rows.html").render(
+            experiments=shown, total=len(shown)
+        )
+        return web.Response(text=html, content_type="text/html")
+
+    async def _experiments(self, request: web.Request) -> web.Response:
+        summaries, shown, state, label = await self._listing(request)
+        states = sorted({s["state"] for s in summaries})
+        labels = sorted({label for s in summaries for label in s["labels"]})
         return self._render(
             "experiments.html",
             experiments=shown,

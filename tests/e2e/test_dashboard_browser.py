@@ -178,7 +178,22 @@ async def test_every_page_opens_without_errors_and_draws_every_result(
             assert await page.locator("button.control").count() == 0
             assert console.errors == [], experiment_id
             if experiment_id.startswith("exp-synthetic"):
-                await page.screenshot(path=str(shots / "dashboard-experiment.png"), full_page=True)
+                await page.screenshot(path=str(shots / "dashboard-experiment.png"))
+                for section in ("curves", "timeline"):
+                    await page.locator(f"#{section}").screenshot(
+                        path=str(shots / f"dashboard-{section}.png")
+                    )
+                # Hundreds of crossing lines: a JPEG is a tenth of the PNG.
+                await page.locator("#parallel").screenshot(
+                    path=str(shots / "dashboard-parallel.jpg"), type="jpeg", quality=80
+                )
+                # A click on a rung's result shows the searcher's reasons for it.
+                marks = page.locator("#rungs circle.mark.stopped")
+                await marks.first.click()
+                await page.wait_for_selector("#why:not([hidden]) li")
+                why = await page.locator("#why").text_content()
+                assert why is not None
+                assert "rank" in why
                 # The searcher's reason is on each rung mark, for hover.
                 title = await page.locator("#rungs circle.mark title").first.text_content()
                 assert title is not None
@@ -187,11 +202,10 @@ async def test_every_page_opens_without_errors_and_draws_every_result(
                 await page.goto(f"{base}/experiments/{experiment_id}?top=5")
                 assert await page.locator("#curves g.curve").count() == 5
                 await page.locator("#rungs").screenshot(path=str(shots / "dashboard-rungs.png"))
-                trial = page.locator("#trials tr.trial a").first
-                await trial.click()
+                await page.locator(".summary a").first.click()  # the best trial
                 await page.wait_for_load_state("networkidle")
                 assert "/trials/" in page.url
-                await page.screenshot(path=str(shots / "dashboard-trial.png"), full_page=True)
+                await page.screenshot(path=str(shots / "dashboard-trial.png"))
                 assert console.errors == []
             await page.close()
 
@@ -250,21 +264,7 @@ async def run_live(browser: Browser, tmp_path: Path, client: rung.Client) -> Non
             print(f"a new result reached the open page {latency * 1000:.0f} ms after the log")  # noqa: T201
             assert latency < 1.0
 
-            # A read-only dashboard on the same searcher shows no controls, and refuses them.
-            async with Dashboard(ClientSource(client), port=0, read_only=True) as viewer:
-                assert viewer.address is not None
-                other, _ = await open_page(
-                    browser, f"{viewer.address.url}experiments/{experiment.id}/trials/2"
-                )
-                assert await other.locator("button.control").count() == 0
-                refused = await other.evaluate(
-                    """async (url) => (await fetch(url, {method: 'POST',
-                        headers: {'X-Rung-Token': document.querySelector(
-                          'meta[name=rung-token]').content}})).status""",
-                    f"{viewer.address.url}experiments/{experiment.id}/trials/2/kill",
-                )
-                assert refused == 403
-                await other.close()
+            await check_read_only(browser, client, experiment.id)
             assert (await experiment.trial(2).describe()).state == "RUNNING"
 
             # Kill trial 2 from its page.
@@ -279,15 +279,47 @@ async def run_live(browser: Browser, tmp_path: Path, client: rung.Client) -> Non
                 return (await experiment.trial(2).describe()).state == "CANCELED"
 
             await wait_for_async(canceled, timeout=60, what="trial 2 canceled")
+            # The trial's page follows the stream: it says CANCELED without a reload.
+            await trial_page.wait_for_function(
+                "() => document.querySelector('#trial-state').textContent === 'CANCELED'",
+                timeout=10_000,
+            )
+            listing, listing_console = await open_page(browser, f"{base}/")
             assert await experiment.wait(timeout=60) == "COMPLETED"
             await page.wait_for_function(
                 "() => document.querySelector('#state').textContent === 'COMPLETED'",
                 timeout=10_000,
             )
+            # The list fetches its rows again every two seconds.
+            await listing.wait_for_function(
+                "(id) => document.querySelector(`tr[data-experiment='${id}']`)"
+                ".dataset.state === 'COMPLETED'",
+                arg=experiment.id,
+                timeout=10_000,
+            )
             assert console.errors == []
             assert trial_console.errors == []
-            await page.close()
-            await trial_page.close()
+            assert listing_console.errors == []
+            for opened in (page, trial_page, listing):
+                await opened.close()
+
+
+async def check_read_only(browser: Browser, client: rung.Client, experiment_id: str) -> None:
+    """A read-only dashboard on the same searcher shows no controls, and refuses them."""
+    async with Dashboard(ClientSource(client), port=0, read_only=True) as viewer:
+        assert viewer.address is not None
+        other, _ = await open_page(
+            browser, f"{viewer.address.url}experiments/{experiment_id}/trials/2"
+        )
+        assert await other.locator("button.control").count() == 0
+        refused = await other.evaluate(
+            """async (url) => (await fetch(url, {method: 'POST',
+                headers: {'X-Rung-Token': document.querySelector(
+                  'meta[name=rung-token]').content}})).status""",
+            f"{viewer.address.url}experiments/{experiment_id}/trials/2/kill",
+        )
+        assert refused == 403
+        await other.close()
 
 
 async def _is_not_none(value: Any) -> bool:

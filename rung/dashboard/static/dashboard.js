@@ -162,7 +162,50 @@
     }
   }
 
+  // ---------------------------------------------------------------- experiments list
+  // The list is many experiments' summaries: it is fetched again every two seconds
+  // while the page is visible (each experiment's own page streams its records).
+  const rows = document.getElementById("experiment-rows");
+  const table = document.getElementById("experiments");
+  if (rows && table) {
+    const again = async () => {
+      try {
+        if (!document.hidden) {
+          const response = await fetch(table.dataset.liveRows);
+          if (response.ok) { rows.innerHTML = await response.text(); }
+        }
+      } finally {
+        window.setTimeout(again, 2000);
+      }
+    };
+    window.setTimeout(again, 2000);
+  }
+
   // ---------------------------------------------------------------- trial page
+  // The trial's own sections follow its experiment's stream: fetched again (at most
+  // once a second) when a record comes.
+  const trialRoot = document.getElementById("trial");
+  if (trialRoot) {
+    const live = document.getElementById("trial-live");
+    let waiting = false;
+    const stream = new EventSource("/experiments/" + encodeURIComponent(trialRoot.dataset.experiment) + "/stream");
+    stream.onmessage = () => {
+      if (waiting) { return; }
+      waiting = true;
+      window.setTimeout(async () => {
+        waiting = false;
+        const response = await fetch(window.location.href);
+        if (!response.ok) { return; }
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = page.getElementById("trial-live");
+        if (fresh) { live.innerHTML = fresh.innerHTML; }
+        const state = page.getElementById("trial-state");
+        const current = document.getElementById("trial-state");
+        if (state && current) { current.replaceWith(state); }
+      }, 1000);
+    };
+  }
+
   const log = document.getElementById("log");
   if (log) {
     let after = 0;

@@ -401,7 +401,9 @@ async def test_the_experiments_page_lists_every_log_with_its_summary(state: Path
         # A best-so-far sparkline for each experiment with results.
         assert page.count('class="sparkline"') == len(ids)
         assert "still loading" not in page
-        assert 'class="note"' not in page.split("<tbody>")[1].split("</tbody>")[0]
+        assert (
+            'class="note"' not in page.split('<tbody id="experiment-rows">')[1].split("</tbody>")[0]
+        )
 
         listing = (await served.get("/api/experiments")).json()["experiments"]
         assert sorted(e["experiment_id"] for e in listing) == sorted(ids)
@@ -491,7 +493,10 @@ async def test_every_page_of_an_experiment_answers_with_its_content(
             trial_id = trial["trial_id"]
             page = html(await served.get(f"/experiments/{experiment_id}/trials/{trial_id}"))
             assert f'data-experiment="{experiment_id}" data-trial="{trial_id}"' in page
-            assert f'<h1>Trial {trial_id} <span class="state {trial["state"].lower()}">' in page
+            assert (
+                f'<h1>Trial {trial_id} <span class="state {trial["state"].lower()}" '
+                'id="trial-state">' in page
+            )
             for length, value in trial["results"]:
                 assert f"<tr><td>{length}</td><td>{value:.6g}</td>" in page
             assert f'data-url="/experiments/{experiment_id}/trials/{trial_id}/logs"' in page
