@@ -130,6 +130,22 @@ def _capacity(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _dashboard(rows: list[Row]) -> list[str]:
+    head = ["phase", "trials", "seconds", "MB"]
+    body = [
+        [
+            str(r["phase"]),
+            str(r.get("trials", "")),
+            _range(
+                {"median": r["seconds_median"], "min": r["seconds_min"], "max": r["seconds_max"]}
+            ),
+            _num(r["bytes"] / 1e6) if "bytes" in r else "",
+        ]
+        for r in rows
+    ]
+    return _table(head, body)
+
+
 def _scaling(rows: list[Row]) -> list[str]:
     head = ["workers", "steps/s", "speedup", "efficiency", "utilization", "wall s"]
     body = [
@@ -572,6 +588,8 @@ def _render(by: dict[str, list[Row]], text: list[str], stems: dict[str, str]) ->
         text += ["### 7. Isolation between experiments", "", *_isolation(by["isolation"]), ""]
     if "capacity" in by:
         text += ["### 8. Searcher capacity on RabbitMQ", "", *_capacity(by["capacity"]), ""]
+    if "dashboard" in by:
+        text += ["### 9. The dashboard at scale", "", *_dashboard(by["dashboard"]), ""]
     text += _plots(by, stems)
     return "\n".join(text)
 

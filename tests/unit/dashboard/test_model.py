@@ -286,3 +286,22 @@ def test_non_finite_metrics_are_not_results() -> None:
     trial = next(iter(view.trials.values()))
     assert all(math.isfinite(v) for curve in trial.curves.values() for _, v in curve)
     assert ("validation", "x") not in trial.curves
+
+
+def test_a_large_search_draws_every_rung_result_and_stays_light() -> None:
+    """2,000 trials: past the size where the pages lighten (top-K curves, marks without
+    links, reasons on click), every result is still a mark of the rung view."""
+    records = synthetic(2000)
+    view = fold(records, contexts=None)
+    assert len(view.trials) == 2000 > ALL_CURVES
+    sections = experiment_sections(view, Options())
+    rung_marks = marks(sections["rungs"])
+    assert len(rung_marks) == len(taken_results(records))
+    assert "<a " not in sections["rungs"]
+    assert "<a " not in sections["timeline"]
+    # The curves show the best 100 (and any still running: none, it ended).
+    assert len(marks(sections["curves"], "curve")) == 100
+    assert len(marks(sections["parallel"], "line")) == 1000
+    everything = experiment_sections(view, Options(all_lines=True, top=10_000))
+    assert len(marks(everything["parallel"], "line")) == 2000
+    assert len(marks(everything["curves"])) == len(taken_results(records))
