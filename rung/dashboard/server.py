@@ -60,6 +60,8 @@ log = structlog.get_logger("rung.dashboard")
 _ACTIONS: Final = ("pause", "activate", "cancel", "kill")
 _NUMBER: Final = re.compile(r"[0-9]{1,9}")  # a trial, bracket or rung number
 _SEQ: Final = re.compile(r"[0-9]{1,18}")  # a record number or a log cursor
+_PAST_THE_END: Final = 2**62
+_TAIL_BYTES: Final = 256 * 1024  # how much of the trial log store a trial page opens on
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -406,6 +408,11 @@ class Dashboard:
             raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
         after = request.query.get("after", "0")
         cursor = int(after) if _SEQ.fullmatch(after) else 0
+        if request.query.get("tail") == "1":
+            # The page opens on the log's end: a cursor past the end reads as the end
+            # (the store's size), and the page starts _TAIL_BYTES before it.
+            end = await self.source.logs(view.experiment_id, trial_id, _PAST_THE_END)
+            cursor = max(0, end.next - _TAIL_BYTES)
         page = await self.source.logs(view.experiment_id, trial_id, cursor)
         return web.json_response({"lines": page.lines, "next": page.next, "more": page.more})
 

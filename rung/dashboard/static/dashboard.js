@@ -208,13 +208,14 @@
 
   const log = document.getElementById("log");
   if (log) {
-    let after = 0;
+    let after = null;  // null: open on the log's end
     const follow = document.getElementById("follow");
     async function more() {
       try {
         let page;
         do {
-          const response = await fetch(log.dataset.url + "?after=" + after);
+          const query = after === null ? "?tail=1" : "?after=" + after;
+          const response = await fetch(log.dataset.url + query);
           if (!response.ok) { return; }
           page = await response.json();
           after = page.next;

@@ -626,6 +626,29 @@ async def test_trial_logs_come_back_by_trial_and_page_on_with_after(state: Path)
         assert empty == {"lines": [], "next": 0, "more": False}
 
 
+async def test_a_trial_page_opens_on_the_end_of_a_long_log(state: Path) -> None:
+    """``tail=1``: the last 256 KiB of the store, from a whole line, then paging on."""
+    experiment_id = golden_ids()["asha.v1.jsonl"]
+    store = state / "experiments" / experiment_id / "trial-logs.jsonl"
+    lines = [(1, 1, "stdout", f"line {i} " + "x" * 100) for i in range(10_000)]
+    store.write_text(trial_log_lines(lines))
+    url = f"/experiments/{experiment_id}/trials/1/logs"
+    async with serve(DirSource(state)) as served:
+        tail = (await served.get(f"{url}?tail=1")).json()
+        texts = [line["text"] for line in tail["lines"]]
+        assert texts
+        first = int(texts[0].split()[1])
+        assert 0 < first < 10_000
+        assert texts == [f"line {i} " + "x" * 100 for i in range(first, first + len(texts))]
+        size = store.stat().st_size
+        assert size - 256 * 1024 <= len(trial_log_lines(lines[:first]).encode())
+        while tail["more"]:
+            tail = (await served.get(f"{url}?after={tail['next']}")).json()
+            texts += [line["text"] for line in tail["lines"]]
+        assert texts[-1].startswith("line 9999 ")
+        assert tail["next"] == size
+
+
 # ====================================================================== 2. errors
 async def test_an_unknown_experiment_is_a_404_that_names_it(state: Path) -> None:
     async with serve(DirSource(state)) as served:
