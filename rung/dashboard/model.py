@@ -27,15 +27,19 @@ from pydantic import JsonValue
 
 from rung.broker.schemas import (
     CheckpointSaved,
+    ControlExperiment,
     ControlTrial,
     ExitReason,
     MetricsReported,
     OpCompleted,
     TrialExited,
     TrialStarted,
+    WorkerLost,
 )
-from rung.broker.schemas.commands import RunTrial
-from rung.searcher.config import ExperimentConfig, parse_config
+from rung.broker.schemas.commands import KillTrial, RunTrial
+from rung.dashboard.errors import DashboardError
+from rung.searcher.config import CustomSearcher, ExperimentConfig, parse_config
+from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog import CreatedRecord, FailedRecord, InputRecord, Record
 from rung.searcher.eventlog.explain import (
     NOISE,
@@ -46,6 +50,7 @@ from rung.searcher.eventlog.explain import (
 )
 from rung.searcher.eventlog.replay import build_run, describe_error, fold
 from rung.searcher.methods import AdaptiveASHA
+from rung.searcher.ops import Shutdown
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = [
@@ -70,6 +75,14 @@ _NOT_A_REASON: Final = (
     "-> work queue: run trial",
     " continues to length ",
 )
+_EXITED_STATE: Final = {
+    ExitReason.COMPLETED: "COMPLETED",
+    ExitReason.OUT_OF_OPS: "PAUSED",
+    ExitReason.PREEMPTED: "QUEUED",
+    ExitReason.ERRORED: "ERRORED",
+    ExitReason.INVALID_HP: "INVALID_HP",
+    ExitReason.USER_REQUESTED_STOP: "COMPLETED",
+}
 _OUTCOME: Final = {
     ExitReason.COMPLETED: "completed",
     ExitReason.OUT_OF_OPS: "paused",
@@ -117,6 +130,8 @@ class Attempt:
     exit_code: int | None = None
     message: str = ""
     pieces: list[Piece] = field(default_factory=list)
+    # Where it ran: its worker's slot, or each of its GPUs (lane is the first).
+    lanes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,7 @@ class TrialView:
     )
     # Rung index -> the decisions taken while its newest result was at that rung.
     reasons: dict[int, list[str]] = field(default_factory=dict)
+    reached: int = 0  # the longest length it was validated at
 
     @property
     def latest(self) -> Result | None:
@@ -155,7 +171,8 @@ class TrialView:
 
     @property
     def length(self) -> int:
-        return self.results[-1].length if self.results else 0
+        """The longest length it was validated at (a result without a value too)."""
+        return self.reached
 
 
 @dataclass(frozen=True)
@@ -182,10 +199,22 @@ class RungState:
 class ExperimentView:
     """Everything the pages show about one experiment, folded from its records."""
 
-    def __init__(self, created: CreatedRecord, *, context_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        created: CreatedRecord,
+        *,
+        context_root: Path | None = None,
+        allow_custom: bool = False,
+    ) -> None:
         self.created = created
         self.experiment_id = created.experiment_id
-        self.config: ExperimentConfig = parse_config(created.config).config
+        try:
+            self.config: ExperimentConfig = parse_config(created.config).config
+        except SearcherError as exc:
+            raise DashboardError(
+                f"experiment {created.experiment_id}'s config does not load in this version "
+                f"of Rung ({exc}); `rung replay` with the version that wrote it explains it"
+            ) from exc
         searcher = self.config.searcher
         self.metric: str = str(getattr(searcher, "metric", ""))
         self.smaller_is_better: bool = bool(getattr(searcher, "smaller_is_better", True))
@@ -205,6 +234,13 @@ class ExperimentView:
         self._by_request: dict[str, int] = {}
         self._busy: dict[str, set[int]] = {}  # worker -> slot lanes in use
         self.run: ExperimentRun | None = None
+        if isinstance(self.config.searcher, CustomSearcher) and not allow_custom:
+            self.unexplained = (
+                "a custom search method is the experiment creator's code, which the "
+                "dashboard does not run unless told to (rung dashboard "
+                "--allow-custom-searchers); reasons and rungs are not shown"
+            )
+            return
         try:
             self.run = build_run(created, context_root)
         except Exception as exc:  # noqa: BLE001 (a custom method that cannot load)
@@ -220,30 +256,54 @@ class ExperimentView:
             return False
         self.seq = record.seq
         self.last_at = max(self.last_at, record.at)
+        before = self.state
         if isinstance(record, FailedRecord):
             self.failure = record.error
             if self.run is not None:
-                self.run.fail(record.error)
-                self.state = self.run.state
+                try:
+                    self.run.fail(record.error)
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 (as _fold)
+                    self._unexplained(record.seq, exc)
+            self.state = self.run.state if self.run is not None else "ERROR"
+            self._states(set(self.trials))
             return True
         if not isinstance(record, InputRecord):
             return True  # snapshots and owner records change nothing shown
         step = self._fold(record)
-        self._take(record, step)
+        try:
+            self._take(record, step)
+        except Exception as exc:  # noqa: BLE001 (one odd record never stops the view)
+            self._unexplained(record.seq, exc)
         if self.run is not None:
             self.state = self.run.state
             self.progress = self.run.experiment.progress()
-            for trial_id in self._touched(record):
-                runtime = self.run.by_id.get(trial_id)
-                trial = self.trials.get(trial_id)
-                if runtime is not None and trial is not None:
-                    trial.state, trial.restarts = runtime.state, runtime.restarts
+        self._states(self._touched(record, changed=self.state != before))
         return True
 
-    def _touched(self, record: InputRecord) -> set[int]:
+    def _unexplained(self, seq: int, exc: BaseException) -> None:
+        """Stop folding the search (its state is no longer the searcher's) and say why;
+        the records are still shown."""
+        self.run = None
+        self.unexplained = (
+            f"record {seq} could not be folded ({describe_error(exc)}); the view goes on "
+            "from the records alone, without the searcher's reasons and rungs"
+        )
+
+    def _states(self, trial_ids: set[int]) -> None:
+        if self.run is None:
+            return
+        for trial_id in trial_ids:
+            runtime = self.run.by_id.get(trial_id)
+            trial = self.trials.get(trial_id)
+            if runtime is not None and trial is not None:
+                trial.state, trial.restarts = runtime.state, runtime.restarts
+
+    def _touched(self, record: InputRecord, *, changed: bool) -> set[int]:
         """The trials whose state the record may have changed: the input's, and those
-        of its operations and commands (every trial, when the experiment ended)."""
-        if self.run is not None and self.run.state in ("COMPLETED", "ERROR", "CANCELED"):
+        of its operations and commands; every trial after a control of the experiment, a
+        lost worker, or a change of the experiment's state (a pause holds queued trials
+        without a command)."""
+        if changed or isinstance(record.input, ControlExperiment | WorkerLost):
             return set(self.trials)
         touched = {getattr(record.input, "trial_id", None)}
         touched.update(getattr(c.body, "trial_id", None) for c in record.commands)
@@ -257,11 +317,7 @@ class ExperimentView:
         try:
             step = fold(run, record)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 (the search's own failure)
-            self.run = None
-            self.unexplained = (
-                f"folding record {record.seq} raised ({describe_error(exc)}); the view "
-                "goes on from the records alone"
-            )
+            self._unexplained(record.seq, exc)
             return None
         if record.failed is not None:
             self.failure = record.failed
@@ -278,6 +334,12 @@ class ExperimentView:
                 self._new_trial(body, at)
         if record.ignored is None:
             self._input(record, at)
+        else:
+            self._ignored(record, at)
+        if self.run is None:
+            self._from_records(record)
+        if isinstance(record.input, WorkerLost):
+            self._lost(record.input.worker_id, at)
         if step is not None and self.run is not None:
             self._explain(record, step, at)
         elif record.ignored is None and record.input is None:
@@ -317,20 +379,61 @@ class ExperimentView:
             case ControlTrial():
                 pass
 
+    def _from_records(self, record: InputRecord) -> None:
+        """Without the search's own state: the experiment's and trials' states as the
+        records tell them (a shutdown decided, a process started or exited)."""
+        if record.failed is not None:
+            self.state = "ERROR"
+        for op in record.ops:
+            if isinstance(op, Shutdown):
+                self.state = "ERROR" if op.failure else "CANCELED" if op.cancel else "COMPLETED"
+        if record.ignored is not None:
+            return
+        body = record.input
+        trial = self.trials.get(getattr(body, "trial_id", -1))
+        if trial is not None and isinstance(body, TrialStarted):
+            trial.state = "RUNNING"
+        elif trial is not None and isinstance(body, TrialExited):
+            trial.state = _EXITED_STATE.get(body.reason, "ERRORED")
+            trial.restarts += body.reason is ExitReason.ERRORED
+        for command in record.commands:
+            known = self.trials.get(getattr(command.body, "trial_id", -1))
+            if known is not None and isinstance(command.body, RunTrial):
+                known.state = "QUEUED"
+            elif known is not None and isinstance(command.body, KillTrial):
+                known.state = "CANCELED"
+
+    def _ignored(self, record: InputRecord, at: float) -> None:
+        """An input the run ignored still says what a process did: the exit of an attempt
+        the run had given up on (a killed trial, a canceled experiment) ends it here."""
+        body = record.input
+        trial = self.trials.get(getattr(body, "trial_id", -1))
+        if isinstance(body, TrialExited) and trial is not None:
+            attempt = self._current(trial, body.attempt)
+            if attempt is not None and attempt.worker_id == body.worker_id:
+                self._exited(trial, body, at)
+
+    def _lost(self, worker_id: str, at: float) -> None:
+        """A lost worker's attempts end: its processes are gone as far as anyone knows."""
+        for trial in self.trials.values():
+            for attempt in trial.attempts:
+                if attempt.worker_id == worker_id and attempt.ended_at is None:
+                    self._end(attempt, at, "lost", reason="WORKER_LOST")
+
     def _started(self, trial: TrialView, body: TrialStarted, at: float) -> None:
         if any(a.attempt == body.attempt for a in trial.attempts):
             return  # a second process of the attempt: the run stops it
         if body.gpus:
-            lane = f"{body.worker_id}/gpu {','.join(body.gpus)}"
-            slot = -1
+            lanes = [f"{body.worker_id}/gpu {gpu}" for gpu in body.gpus]
         else:
             busy = self._busy.setdefault(body.worker_id, set())
             slot = next(i for i in range(len(busy) + 1) if i not in busy)
             busy.add(slot)
-            lane = f"{body.worker_id}/slot {slot}"
+            lanes = [f"{body.worker_id}/slot {slot}"]
         attempt = Attempt(
-            body.attempt, body.worker_id, lane, body.slots, list(body.gpus), started_at=at
+            body.attempt, body.worker_id, lanes[0], body.slots, list(body.gpus), started_at=at
         )
+        attempt.lanes = lanes
         attempt.pieces.append(Piece(start=at))
         trial.attempts.append(attempt)
 
@@ -341,16 +444,20 @@ class ExperimentView:
         return None
 
     def _result(self, trial: TrialView, body: OpCompleted, at: float, seq: int) -> None:
+        """A validation the searcher took. One without a finite metric (the search ranks
+        it worst) still ends a stretch of training and moves the trial to the rung; it
+        is no point of a curve."""
         value = _finite(body.metric)
-        previous = trial.length
-        if value is None or body.length <= previous:
+        if body.length <= trial.reached:
             return
-        self.trained += body.length - previous
-        result = Result(trial.trial_id, body.length, value, at, seq, self.trained)
-        trial.results.append(result)
-        self.results.append(result)
-        if not self.best or self._better(value, self.best[-1].value):
-            self.best.append(result)
+        self.trained += body.length - trial.reached
+        trial.reached = body.length
+        if value is not None:
+            result = Result(trial.trial_id, body.length, value, at, seq, self.trained)
+            trial.results.append(result)
+            self.results.append(result)
+            if not self.best or self._better(value, self.best[-1].value):
+                self.best.append(result)
         attempt = self._current(trial, body.attempt)
         if attempt is not None and attempt.pieces and attempt.pieces[-1].end is None:
             piece = attempt.pieces[-1]
@@ -361,11 +468,17 @@ class ExperimentView:
         attempt = self._current(trial, body.attempt)
         if attempt is None:
             return
-        attempt.ended_at, attempt.exit_code = at, body.exit_code
-        attempt.reason, attempt.message = body.reason.value, body.message
+        attempt.exit_code, attempt.message = body.exit_code, body.message
+        outcome = _OUTCOME.get(body.reason, "stopped")
+        if trial.state == "CANCELED" and body.reason is not ExitReason.COMPLETED:
+            outcome = "killed"
+        self._end(attempt, at, outcome, reason=body.reason.value)
+
+    def _end(self, attempt: Attempt, at: float, outcome: str, *, reason: str) -> None:
+        attempt.ended_at, attempt.reason = at, reason
         if attempt.pieces and attempt.pieces[-1].end is None:
             piece = attempt.pieces[-1]
-            piece.end, piece.outcome = at, _OUTCOME.get(body.reason, "stopped")
+            piece.end, piece.outcome = at, outcome
         if not attempt.gpus:
             slot = int(attempt.lane.rsplit(" ", 1)[1])
             self._busy.get(attempt.worker_id, set()).discard(slot)
@@ -392,8 +505,8 @@ class ExperimentView:
                 continue
             trial.decisions.append((record.seq, at, text))
             repeated = text.startswith("-> ") and text.endswith(" closed")  # the op said it
-            if trial.results and not repeated and not any(p in text for p in _NOT_A_REASON):
-                rung = self._rung_of(trial, trial.results[-1].length)
+            if trial.reached and not repeated and not any(p in text for p in _NOT_A_REASON):
+                rung = self._rung_of(trial, trial.reached)
                 trial.reasons.setdefault(rung, []).append(text)
 
     # ------------------------------------------------------------------ reading
@@ -439,7 +552,10 @@ class ExperimentView:
                     if outcome == "waiting" and result.request_id in state.closed:
                         outcome = "stopped"
                     points.append(RungPoint(trial_id, sign * result.value, rank, outcome))
-                cutoff = sign * rung.results[cut - 1].value if 0 < cut <= count else None
+                # Nothing is promoted from the top rung: it has no cutoff.
+                cutoff = None
+                if r < top and 0 < cut <= count:
+                    cutoff = sign * rung.results[cut - 1].value
                 if r == top and not rung.results:
                     points = self._finished(b, rung.length)
                 out.append(RungState(b, r, rung.length, points, cut, cutoff, len(rung.running)))
@@ -464,9 +580,9 @@ class ExperimentView:
     def _outcome(self, trial_id: int, rung: int, reached: int, *, top: int) -> str:
         if rung < reached:
             return "promoted"
-        if rung == top:
-            return "completed"
         trial = self.trials[trial_id]
+        if rung == top:
+            return "stopped" if trial.state in ("ERRORED", "CANCELED") else "completed"
         if trial.state in ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP"):
             return "stopped"
         if trial.state == "PAUSED":
@@ -504,7 +620,10 @@ class ExperimentView:
 def _finite(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float: a script's 10**400
+        return None
     return number if math.isfinite(number) else None
 
 

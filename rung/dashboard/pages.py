@@ -50,6 +50,8 @@ ALL_CURVES: Final = 1000
 TOP_DEFAULT: Final = 100
 # Above this many results, the best-so-far charts mark only the improvements.
 ALL_MARKS: Final = 2000
+# Beyond this, a value is the searcher's stand-in for "none" (it ranks such results worst).
+NO_VALUE: Final = 1e300
 # Above this many trials, the parallel coordinates draw the best PARALLEL_LINES unless asked.
 PARALLEL_LINES: Final = 1000
 TRIALS_PAGE: Final = 100
@@ -104,7 +106,11 @@ def _href(view: ExperimentView, trial_id: int) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
+    """A metric for people; the searcher's "worst" (a validation without a finite
+    metric, an errored trial) is "no value"."""
+    if value is None:
+        return ""
+    return "no value" if not -NO_VALUE < value < NO_VALUE else f"{value:.6g}"
 
 
 # ---------------------------------------------------------------------- summary
@@ -432,9 +438,9 @@ def _timeline(view: ExperimentView) -> str:
                     f"{piece.start:.1f}-{'' if end is None else f'{end:.1f}'} s {outcome}"
                     + (f" @{piece.length}" if piece.length else "")
                 )
-                segments.append(
+                segments += [
                     Segment(
-                        attempt.lane,
+                        lane,
                         trial.trial_id,
                         attempt.attempt,
                         piece.start,
@@ -444,7 +450,8 @@ def _timeline(view: ExperimentView) -> str:
                         title,
                         None if light else f"{prefix}{trial.trial_id}",
                     )
-                )
+                    for lane in attempt.lanes or [attempt.lane]
+                ]
     if not segments:
         return ""
     return worker_timeline(segments, now=now)

@@ -195,10 +195,11 @@ def _explain_command(body: object, worker: str | None, run: ExperimentRun) -> st
         case ContinueTrial():
             return f"-> {worker}: trial {body.trial_id} continues to length {body.length}"
         case PauseTrial():
-            request_id = run.by_id[body.trial_id].request_id
-            asha = _asha_for(run.experiment.method, request_id)
+            trial = run.by_id.get(body.trial_id)
+            asha = _asha_for(run.experiment.method, trial.request_id) if trial else None
             why = ""
-            if asha is not None:
+            if asha is not None and trial is not None:
+                request_id = trial.request_id
                 why = f": {_rank(asha, asha.state.trial_rungs[request_id], request_id, run)}"
             return f"-> {worker}: trial {body.trial_id} paused{why}"
         case CloseTrial():
@@ -225,8 +226,14 @@ def decisions(record: InputRecord, step: Step, run: ExperimentRun) -> list[Decis
     experiment's own), for views that file reasons under trials."""
     lines = _explain_ops(step, run) + _explain_commands(step, run)
     body = record.input
-    if isinstance(body, TrialExited) and body.reason is ExitReason.ERRORED:
-        request_id = run.by_id[body.trial_id].request_id
+    trial = run.by_id.get(body.trial_id) if isinstance(body, TrialExited) else None
+    if (
+        isinstance(body, TrialExited)
+        and body.reason is ExitReason.ERRORED
+        and not step.ignored
+        and trial is not None
+    ):
+        request_id = trial.request_id
         if run.experiment.trials[request_id].exited is ExitedReason.ERRORED:
             asha = _asha_for(run.experiment.method, request_id)
             worst = ", counted as worst" if asha is not None else ""

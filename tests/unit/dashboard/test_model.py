@@ -35,7 +35,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 def fold(records: Sequence[Record], *, contexts: Path | None = CONTEXTS) -> ExperimentView:
     first = records[0]
     assert isinstance(first, CreatedRecord)
-    view = ExperimentView(first, context_root=contexts)
+    view = ExperimentView(first, context_root=contexts, allow_custom=True)
     for record in records[1:]:
         view.apply(record)
     return view
@@ -88,7 +88,7 @@ def test_live_state_equals_replayed_state(path: Path) -> None:
     """The view folds the searcher's own core: its states are the replay's, at every
     record, whether records come one by one or the view is built again from the start."""
     records = read_log(path)
-    view = ExperimentView(records[0], context_root=CONTEXTS)  # type: ignore[arg-type]
+    view = ExperimentView(records[0], context_root=CONTEXTS, allow_custom=True)  # type: ignore[arg-type]
     for index in range(1, len(records)):
         view.apply(records[index])
         replayed = replay(records, context_root=CONTEXTS, until=index + 1).run
@@ -247,6 +247,11 @@ def test_a_custom_method_that_cannot_be_rebuilt_still_shows_its_trials() -> None
     view = fold(records, contexts=None)
     assert view.unexplained is not None
     assert "could not be rebuilt" in view.unexplained
+    # Unless told to, the dashboard runs no creator's code: not even with the module there.
+    guarded = ExperimentView(records[0], context_root=CONTEXTS)  # type: ignore[arg-type]
+    assert guarded.run is None
+    assert guarded.unexplained is not None
+    assert "--allow-custom-searchers" in guarded.unexplained
     assert [(r.trial_id, r.length, r.value) for r in view.results] == taken_results(records)
     assert view.rungs() == []
     sections = experiment_sections(view, Options())
