@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
 from rung.client import Client
 from rung.dashboard import ClientSource, Dashboard, DashboardError, DirSource
 from rung.searcher.errors import SearcherError
 
-__all__ = ["add_dashboard_options", "register"]
+__all__ = ["add_dashboard_options", "announce", "dashboard_key", "register"]
 
 
 def add_dashboard_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
@@ -25,6 +26,33 @@ def add_dashboard_options(parser: argparse.ArgumentParser, *, prefix: str = "") 
     parser.add_argument(
         f"--{prefix}port", type=int, default=8080, help="port (default 8080; 0: any free one)"
     )
+    parser.add_argument(
+        f"--{prefix}allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name browsers reach this machine by (repeatable); needed with --host "
+        "0.0.0.0: the dashboard answers to no other name",
+    )
+    parser.add_argument(
+        f"--{prefix}no-key",
+        action="store_true",
+        help="no access key: anyone who can reach the port (any user of this machine, "
+        "with the default host) may open the pages and use the controls",
+    )
+
+
+def dashboard_key(args: argparse.Namespace, *, prefix: str = "") -> str | None:
+    """A fresh access key, unless the options say none."""
+    return None if getattr(args, f"{prefix}no_key") else secrets.token_urlsafe(18)
+
+
+def announce(dashboard: Dashboard, *, stream: TextIO = sys.stdout) -> None:
+    """Print the dashboard's address, with its access key."""
+    address = dashboard.address
+    if address is not None:
+        key = f"?key={dashboard.key}" if dashboard.key else ""
+        print(f"dashboard: {address.url}{key}", file=stream, flush=True)
 
 
 def register(commands: Any) -> None:
@@ -44,6 +72,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--read-only", action="store_true", help="show no controls, and refuse them"
+    )
+    parser.add_argument(
+        "--allow-custom-searchers",
+        action="store_true",
+        help="with --state-dir: rebuild custom search methods from the state directory's "
+        "contexts, to show their rungs and reasons (this runs the experiment creators' "
+        "code in the dashboard)",
     )
     add_dashboard_options(parser)
     parser.set_defaults(handler=run_dashboard)
@@ -68,15 +103,18 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         if args.state_dir is not None:
             contexts = args.state_dir / "contexts"
-            source = DirSource(args.state_dir)
+            allow = bool(args.allow_custom_searchers) and contexts.is_dir()
             async with Dashboard(
-                source,
+                DirSource(args.state_dir),
                 host=args.host,
                 port=args.port,
                 read_only=True,
-                context_root=contexts if contexts.is_dir() else None,
+                context_root=contexts if allow else None,
+                allow_custom=allow,
+                allowed_hosts=args.allow_host,
+                key=dashboard_key(args),
             ) as dashboard:
-                _announce(dashboard)
+                announce(dashboard)
                 await stop.wait()
             return 0
         client = Client(
@@ -89,18 +127,17 @@ async def _serve(args: argparse.Namespace) -> int:
         async with (
             client,
             Dashboard(
-                ClientSource(client), host=args.host, port=args.port, read_only=args.read_only
+                ClientSource(client),
+                host=args.host,
+                port=args.port,
+                read_only=args.read_only,
+                allowed_hosts=args.allow_host,
+                key=dashboard_key(args),
             ) as dashboard,
         ):
-            _announce(dashboard)
+            announce(dashboard)
             await stop.wait()
     except DashboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _announce(dashboard: Dashboard) -> None:
-    address = dashboard.address
-    if address is not None:
-        print(f"dashboard: {address.url}", flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
-from rung.cli.dashboard import add_dashboard_options
+from rung.cli.dashboard import add_dashboard_options, announce, dashboard_key
 from rung.cli.experiments import follow
 from rung.cli.render import print_summary, summary_json
 from rung.client import Client
@@ -70,11 +70,20 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
     summary = None
     async with client, contextlib.AsyncExitStack() as stack:
         if args.dashboard:
+            contexts = args.state_dir.resolve() / "contexts"
             dashboard = await stack.enter_async_context(
-                Dashboard(ClientSource(client), host=args.dashboard_host, port=args.dashboard_port)
+                Dashboard(
+                    ClientSource(client),
+                    host=args.dashboard_host,
+                    port=args.dashboard_port,
+                    allowed_hosts=args.dashboard_allow_host,
+                    key=dashboard_key(args, prefix="dashboard_"),
+                    # This run's own code: its custom search method may be rebuilt.
+                    context_root=contexts,
+                    allow_custom=True,
+                )
             )
-            if dashboard.address is not None:
-                print(f"dashboard: {dashboard.address.url}", file=sys.stderr, flush=True)
+            announce(dashboard, stream=sys.stderr)
         experiment = await client.create_experiment(args.config, args.context)
         following = asyncio.create_task(follow(experiment, live=not args.json))
         interrupted = asyncio.create_task(stop.wait())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from rung.dashboard.model import ExperimentView
 from rung.dashboard.source import Source
 from rung.searcher.client import NotFoundError
 from rung.searcher.eventlog import CreatedRecord, Record
+from rung.searcher.eventlog.replay import describe_error
 
 __all__ = ["Followed", "Hub"]
 
@@ -32,6 +34,8 @@ log = structlog.get_logger("rung.dashboard")
 
 # Fold this many records, then let the event loop serve others.
 _BATCH: Final = 256
+# An experiment that could not be read is tried again on a request after this long.
+_RETRY_S: Final = 5.0
 
 
 @dataclass
@@ -44,6 +48,10 @@ class Followed:
     task: asyncio.Task[None] | None = None
     missing: bool = False  # the source has no such experiment
     streams: int = 0  # server-sent event streams of it open now
+    failed_at: float = 0.0  # when following it failed (monotonic seconds)
+    # Held while the view changes and while a page renders it in a thread: a render
+    # never sees a half-folded record, and never blocks the event loop.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def notify(self) -> None:
         """Wake everyone waiting for a change, and arm the next wait."""
@@ -62,20 +70,46 @@ class Hub:
         source: Source,
         *,
         context_root: Path | None = None,
+        allow_custom: bool = False,
         limit: int = 32,
+        loads: int = 2,
         load_timeout: float = 60.0,
     ) -> None:
         self.source = source
         self.context_root = context_root
+        self.allow_custom = allow_custom
         self.limit = limit
         self.load_timeout = load_timeout
         self._followed: OrderedDict[str, Followed] = OrderedDict()
+        # Histories folded at once: each is CPU work on the one event loop.
+        self._loads = asyncio.Semaphore(loads)
 
-    async def follow(self, experiment_id: str) -> Followed:
-        """The experiment's view, its history folded (``DashboardError`` if it cannot be
-        read)."""
+    def peek(self, experiment_id: str) -> ExperimentView | None:
+        """The experiment's view if it is followed and loaded, without following it."""
         followed = self._followed.get(experiment_id)
-        if followed is None or (followed.error is not None and followed.task is None):
+        if followed is None or not followed.loaded.is_set():
+            return None
+        return followed.view
+
+    def error(self, experiment_id: str) -> str | None:
+        """Why the experiment could not be read, if it could not."""
+        followed = self._followed.get(experiment_id)
+        return followed.error if followed is not None else None
+
+    def room(self) -> int:
+        """How many more experiments can be followed without dropping one."""
+        return max(0, self.limit - len(self._followed))
+
+    def start(self, experiment_id: str) -> Followed:
+        """Follow the experiment (if not yet), without waiting for its history."""
+        followed = self._followed.get(experiment_id)
+        retry = (
+            followed is not None
+            and followed.error is not None
+            and followed.task is None
+            and time.monotonic() - followed.failed_at > _RETRY_S
+        )
+        if followed is None or retry:
             followed = Followed(experiment_id)
             self._followed[experiment_id] = followed
             followed.task = asyncio.create_task(
@@ -85,6 +119,12 @@ class Hub:
             followed.task.add_done_callback(lambda _: followed.loaded.set())
             self._evict()
         self._followed.move_to_end(experiment_id)
+        return followed
+
+    async def follow(self, experiment_id: str) -> Followed:
+        """The experiment's view, its history folded (``DashboardError`` if it cannot be
+        read; an experiment that failed is tried again after a few seconds)."""
+        followed = self.start(experiment_id)
         try:
             async with asyncio.timeout(self.load_timeout):
                 await followed.loaded.wait()
@@ -113,24 +153,26 @@ class Hub:
 
     async def _run(self, followed: Followed) -> None:
         experiment_id = followed.experiment_id
+        loading = True
+        await self._loads.acquire()
         try:
             newest = await self._newest(experiment_id)
             if newest == 0:
                 _no_records(experiment_id)
             count = 0
             async for record in self.source.records(experiment_id, 0):
-                if followed.view is None:
-                    followed.view = self._first(experiment_id, record)
-                else:
-                    followed.view.apply(record)
+                async with followed.lock:
+                    if followed.view is None:
+                        followed.view = self._first(experiment_id, record)
+                    else:
+                        followed.view.apply(record)
                 count += 1
-                if followed.view.seq >= newest and not followed.loaded.is_set():
+                if loading and followed.view.seq >= newest:
+                    loading = False
+                    self._loads.release()
+                    _freeze()
                     followed.loaded.set()
-                    # The view's objects live as long as the page is followed: keep the
-                    # collector from walking them at every render (a 10,000-trial view is
-                    # millions of objects; each full collection cost 0.1 to 0.2 s).
-                    gc.freeze()
-                if followed.loaded.is_set():
+                if not loading:
                     followed.notify()
                 if count % _BATCH == 0:
                     await asyncio.sleep(0)
@@ -140,9 +182,13 @@ class Hub:
             followed.missing = True
             followed.error = f"no experiment {experiment_id}: {exc}"
         except Exception as exc:  # noqa: BLE001 (one experiment's failure is its page's)
-            followed.error = f"cannot read experiment {experiment_id}: {exc}"
-            log.warning("dashboard: following failed", experiment_id=experiment_id, error=str(exc))
+            reason = describe_error(exc)
+            followed.error = f"cannot read experiment {experiment_id}: {reason}"
+            log.warning("dashboard: following failed", experiment_id=experiment_id, error=reason)
         finally:
+            if loading:
+                self._loads.release()
+            followed.failed_at = time.monotonic()
             followed.task = None
             followed.loaded.set()
             followed.notify()
@@ -152,7 +198,9 @@ class Hub:
             raise DashboardError(
                 f"experiment {experiment_id}'s log does not start with its 'created' record"
             )
-        return ExperimentView(record, context_root=self.context_root)
+        return ExperimentView(
+            record, context_root=self.context_root, allow_custom=self.allow_custom
+        )
 
     async def _newest(self, experiment_id: str) -> int:
         """The number of the experiment's newest record now (what "loaded" means)."""
@@ -166,6 +214,14 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._followed.clear()
+
+
+def _freeze() -> None:
+    """A folded history's objects live as long as its page is followed: collect what is
+    garbage now, then keep the collector from walking the rest at every render (a
+    10,000-trial view is millions of objects; each full collection cost 0.1 to 0.2 s)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _no_records(experiment_id: str) -> None:

@@ -23,10 +23,11 @@ experiments:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -50,7 +51,7 @@ from rung.dashboard.pages import (
     trial_rows,
     why,
 )
-from rung.dashboard.source import Source, valid_id
+from rung.dashboard.source import ExperimentRef, LogPage, Source, valid_id
 from rung.searcher.client import ClientError, NotFoundError, RefusedError
 
 __all__ = ["Dashboard"]
@@ -58,10 +59,14 @@ __all__ = ["Dashboard"]
 log = structlog.get_logger("rung.dashboard")
 
 _ACTIONS: Final = ("pause", "activate", "cancel", "kill")
+_WILDCARD: Final = ("0.0.0.0", "::", "")  # noqa: S104 (names of a wildcard bind)
+_KEY_COOKIE: Final = "rung_dashboard_key"
 _NUMBER: Final = re.compile(r"[0-9]{1,9}")  # a trial, bracket or rung number
 _SEQ: Final = re.compile(r"[0-9]{1,18}")  # a record number or a log cursor
 _PAST_THE_END: Final = 2**62
-_TAIL_BYTES: Final = 256 * 1024  # how much of the trial log store a trial page opens on
+_TAIL_BYTES: Final = 256 * 1024  # the first window of the store a trial page opens on
+_TAIL_MAX_BYTES: Final = 64 * 1024 * 1024  # the largest (then it opens on what it has)
+_TAIL_LINES: Final = 1000  # the lines a trial page opens with, at most
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -96,13 +101,23 @@ class Dashboard:
         port: int = 8080,
         read_only: bool = False,
         context_root: Path | None = None,
+        allow_custom: bool = False,
+        allowed_hosts: Iterable[str] = (),
+        key: str | None = None,
     ) -> None:
         self.source = source
         self.host = host
         self.port = port
         self.read_only = read_only or not source.writable
-        self.hub = Hub(source, context_root=context_root)
+        self.hub = Hub(source, context_root=context_root, allow_custom=allow_custom)
         self.token = secrets.token_urlsafe(24)
+        # Names (besides loopback) browsers may reach it by; required on a wildcard bind.
+        self.allowed_hosts = frozenset(allowed_hosts)
+        # The access key: where set, every request must carry it (``?key=``, then the
+        # cookie set from it), as other users of the machine can reach 127.0.0.1 too.
+        self.key = key
+        self._render_slot = asyncio.Semaphore(1)
+        self._rendering: dict[tuple[str, int, Options], asyncio.Future[dict[str, str]]] = {}
         self.address: Address | None = None
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task[Any]] = set()
@@ -122,6 +137,12 @@ class Dashboard:
         await self.stop()
 
     async def start(self) -> Address:
+        if self.host in _WILDCARD and not self.allowed_hosts:
+            raise DashboardError(
+                f"--host {self.host} listens on every address: name the hosts browsers reach "
+                "this machine by with --allow-host NAME (repeatable), so that a web page "
+                "that points its own name at this machine cannot read the dashboard"
+            )
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
         app.router.add_get("/", self._experiments)
         app.router.add_get("/api/experiments", self._api_experiments)
@@ -172,28 +193,50 @@ class Dashboard:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not self._host_allowed(request.host):
+        if request.host not in self._hosts():
             return web.Response(
                 status=421,
-                text=f"this dashboard answers only to {self._hosts()}; open it by that name",
+                text=f"this dashboard answers only to {sorted(self._hosts())}; open it by "
+                "one of those names (rung dashboard --allow-host NAME adds one)",
+            )
+        keyed = self._keyed(request)
+        if keyed is None:
+            return web.Response(
+                status=403,
+                text="this dashboard needs its access key: open the address `rung dashboard` "
+                "printed (it ends in ?key=...)",
             )
         try:
-            return await handler(request)
+            response = await handler(request)
         except NotFoundError as exc:
-            return self._error_page(404, str(exc))
+            response = self._error_page(404, str(exc))
         except DashboardError as exc:
-            return self._error_page(503, str(exc))
+            response = self._error_page(503, str(exc))
+        except ClientError as exc:
+            response = self._error_page(502, f"the searcher did not answer: {exc}")
+        if keyed and self.key is not None and not response.prepared:
+            response.set_cookie(_KEY_COOKIE, self.key, httponly=True, samesite="Strict", path="/")
+        return response
+
+    def _keyed(self, request: web.Request) -> bool | None:
+        """None: the request lacks the key; True: it came in the query (set the cookie);
+        False: no key is needed, or the cookie has it."""
+        if self.key is None:
+            return False
+        if secrets.compare_digest(request.cookies.get(_KEY_COOKIE, ""), self.key):
+            return False
+        if secrets.compare_digest(request.query.get("key", ""), self.key):
+            return True
+        return None
 
     def _hosts(self) -> set[str]:
+        """The ``Host`` values this dashboard answers to: its address and loopback names
+        with its port, and the names ``allowed_hosts`` adds."""
         port = self.address.port if self.address else self.port
-        names = {self.host, "localhost", "127.0.0.1", "[::1]"}
-        if self.host in ("0.0.0.0", "::"):  # noqa: S104 (told to listen everywhere)
-            return set()
+        names = {"localhost", "127.0.0.1", "[::1]", *self.allowed_hosts}
+        if self.host not in _WILDCARD:
+            names.add(f"[{self.host}]" if ":" in self.host else self.host)
         return {f"{name}:{port}" for name in names}
-
-    def _host_allowed(self, host: str) -> bool:
-        allowed = self._hosts()
-        return not allowed or host in allowed
 
     def _check_post(self, request: web.Request) -> None:
         if self.read_only:
@@ -207,9 +250,7 @@ class Dashboard:
                 "own pages; reload the page"
             )
         origin = request.headers.get("Origin")
-        if origin is not None and origin.removeprefix("http://") not in self._hosts() | {
-            request.host
-        }:
+        if origin is not None and origin.removeprefix("http://") not in self._hosts():
             raise web.HTTPForbidden(text=f"Origin {origin[:100]!r} is not this dashboard")
 
     # ------------------------------------------------------------------ helpers
@@ -248,23 +289,25 @@ class Dashboard:
 
     # ------------------------------------------------------------------ pages
     async def _summaries(self) -> list[dict[str, Any]]:
+        """A row per experiment: the full summary of those followed, what the listing
+        says of the others. The newest that are not followed yet start loading, as many
+        as the hub has room for (it never follows more than its limit), and the list
+        waits a moment for them."""
         refs = await self.source.experiments()
-
-        async def one(ref: Any) -> dict[str, Any]:
-            try:
-                followed = await asyncio.wait_for(self.hub.follow(ref.experiment_id), _LIST_WAIT_S)
-            except (TimeoutError, DashboardError, ClientError) as exc:
-                return {
-                    "experiment_id": ref.experiment_id,
-                    "name": ref.name or "",
-                    "labels": list(ref.labels),
-                    "state": ref.state,
-                    "error": str(exc) or "still loading",
-                }
-            assert followed.view is not None  # noqa: S101 (follow returns loaded views)
-            return experiment_summary(followed.view)
-
-        return list(await asyncio.gather(*(one(ref) for ref in refs)))
+        waiting = [r.experiment_id for r in refs if self.hub.peek(r.experiment_id) is None]
+        starting = [self.hub.start(eid) for eid in waiting[::-1][: self.hub.room()]]
+        if starting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LIST_WAIT_S):
+                    await asyncio.gather(*(f.loaded.wait() for f in starting))
+        rows: list[dict[str, Any]] = []
+        for ref in refs:
+            view = self.hub.peek(ref.experiment_id)
+            if view is not None:
+                rows.append(experiment_summary(view))
+            else:
+                rows.append(_listed(ref, self.hub.error(ref.experiment_id)))
+        return rows
 
     async def _listing(
         self, request: web.Request
@@ -323,13 +366,15 @@ class Dashboard:
         return web.json_response(summary)
 
     async def _experiment(self, request: web.Request) -> web.Response:
-        _, view = await self._view(request)
+        followed, view = await self._view(request)
         options = Options.parse(request.query)
+        seq, sections = await self._rendered(followed, options)
         rows, matching = trial_rows(view, options)
         return self._render(
             "experiment.html",
             e=experiment_summary(view),
-            sections=self._rendered(view, options),
+            seq=seq,
+            sections=sections,
             activity=list(view.activity)[-200:],
             rows=rows,
             matching=matching,
@@ -346,17 +391,42 @@ class Dashboard:
         """Forget the sections rendered so far (benchmarks time a first rendering)."""
         self._cache.clear()
 
-    def _rendered(self, view: ExperimentView, options: Options) -> dict[str, str]:
-        """The sections for these options at the view's record; several pages open on
-        one experiment share one rendering per record."""
-        key = (view.experiment_id, view.seq, options)
+    async def _rendered(self, followed: Followed, options: Options) -> tuple[int, dict[str, str]]:
+        """The sections for these options at the view's newest record.
+
+        Rendered in a thread, one at a time, while the view is held still (its lock):
+        the event loop goes on serving other pages, streams and experiments (and, under
+        ``rung run --dashboard``, the searcher and workers). Pages asking for the same
+        record and options at once share one rendering; the last few are kept."""
+        async with followed.lock:
+            view = followed.view
+            if view is None:  # pragma: no cover (a followed experiment has a view)
+                raise DashboardError(f"experiment {followed.experiment_id} has no view")
+            key = (view.experiment_id, view.seq, options)
+        seq = view.seq
         sections = self._cache.get(key)
-        if sections is None:
-            sections = experiment_sections(view, options)
+        if sections is not None:
+            return seq, dict(sections)
+        pending = self._rendering.get(key)
+        if pending is not None:
+            return seq, dict(await asyncio.shield(pending))
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._rendering[key] = future
+        try:
+            async with self._render_slot, followed.lock:
+                seq = view.seq  # what it renders: the records folded until it got the lock
+                sections = await asyncio.to_thread(experiment_sections, view, options)
             if len(self._cache) >= _CACHED:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = sections
-        return dict(sections)
+            self._cache[(view.experiment_id, seq, options)] = sections
+            future.set_result(sections)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failed rendering is its requests' error
+            raise
+        finally:
+            del self._rendering[key]
+        return seq, dict(sections)
 
     async def _why(self, request: web.Request) -> web.Response:
         _, view = await self._view(request)
@@ -370,9 +440,9 @@ class Dashboard:
         return web.json_response(story)
 
     async def _sections(self, request: web.Request) -> web.Response:
-        _, view = await self._view(request)
+        followed, view = await self._view(request)
         options = Options.parse(request.query)
-        sections = self._rendered(view, options)
+        seq, sections = await self._rendered(followed, options)
         rows, matching = trial_rows(view, options)
         sections["trials"] = self._templates.get_template("trials.html").render(
             rows=rows,
@@ -386,7 +456,7 @@ class Dashboard:
             may_control=self._may_control(view),
             read_only=self.read_only,
         )
-        return web.json_response({"seq": view.seq, "sections": sections})
+        return web.json_response({"seq": seq, "sections": sections})
 
     async def _trial(self, request: web.Request) -> web.Response:
         _, view = await self._view(request)
@@ -406,15 +476,37 @@ class Dashboard:
         trial_id = self._tid(request)
         if trial_id not in view.trials:
             raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
-        after = request.query.get("after", "0")
+        after, after_seq = (request.query.get(name, "0") for name in ("after", "after_seq"))
         cursor = int(after) if _SEQ.fullmatch(after) else 0
+        seq = int(after_seq) if _SEQ.fullmatch(after_seq) else 0
         if request.query.get("tail") == "1":
-            # The page opens on the log's end: a cursor past the end reads as the end
-            # (the store's size), and the page starts _TAIL_BYTES before it.
-            end = await self.source.logs(view.experiment_id, trial_id, _PAST_THE_END)
-            cursor = max(0, end.next - _TAIL_BYTES)
-        page = await self.source.logs(view.experiment_id, trial_id, cursor)
-        return web.json_response({"lines": page.lines, "next": page.next, "more": page.more})
+            page = await self._tail(view.experiment_id, trial_id)
+        else:
+            page = await self.source.logs(view.experiment_id, trial_id, cursor, seq)
+        return web.json_response(
+            {"lines": page.lines, "next": page.next, "more": page.more, "next_seq": page.next_seq}
+        )
+
+    async def _tail(self, experiment_id: str, trial_id: int) -> LogPage:
+        """The end of a trial's log: its last lines in the experiment's store, which holds
+        every trial's. A cursor past the end reads as the end (the store's size); the
+        lines are read from a window before it that grows fourfold until it holds some of
+        the trial's lines or reaches the start. An experiment whose lines are all in its
+        event log (from before the store) is read from the start."""
+        end = (await self.source.logs(experiment_id, trial_id, _PAST_THE_END, _PAST_THE_END)).next
+        if end == 0:
+            return await self.source.logs(experiment_id, trial_id, 0, 0)
+        window = _TAIL_BYTES
+        while True:
+            cursor = max(0, end - window)
+            lines: list[dict[str, Any]] = []
+            page = LogPage([], cursor, more=True, next_seq=_PAST_THE_END)
+            while page.more and page.next < end:
+                page = await self.source.logs(experiment_id, trial_id, page.next, _PAST_THE_END)
+                lines = (lines + page.lines)[-_TAIL_LINES:]
+            if lines or cursor == 0 or window >= _TAIL_MAX_BYTES:
+                return LogPage(lines, page.next, page.more, _PAST_THE_END)
+            window *= 4
 
     async def _no_icon(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -441,12 +533,12 @@ class Dashboard:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
+        followed.streams += 1  # the hub keeps following it while it is streamed
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
-        followed.streams += 1  # the hub keeps following it while it is streamed
         try:
+            await response.prepare(request)
             await response.write(b"retry: 1000\n\n")
             while True:
                 current = followed.view or view
@@ -518,6 +610,26 @@ def _secure(headers: MutableMapping[str, str]) -> None:
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")
+
+
+def _listed(ref: ExperimentRef, error: str | None) -> dict[str, Any]:
+    """A list row from what the listing knows, for an experiment not followed (or that
+    could not be read: ``error``)."""
+    best = None
+    if ref.best is not None and ref.best_trial is not None:
+        best = {"trial_id": ref.best_trial, "value": ref.best, "length": None}
+    return {
+        "experiment_id": ref.experiment_id,
+        "name": ref.name or "",
+        "labels": list(ref.labels),
+        "state": ref.state,
+        "progress": ref.progress,
+        "best": best,
+        "counts": {},
+        "sparkline": "",
+        "note": error or "open it for its details",
+        **({"error": error} if error else {}),
+    }
 
 
 def _axis_names(view: ExperimentView) -> list[str]:

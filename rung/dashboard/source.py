@@ -36,24 +36,35 @@ __all__ = ["ClientSource", "DirSource", "ExperimentRef", "LogPage", "Source"]
 Action = Literal["pause", "activate", "cancel", "kill"]
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _TAIL_POLL_S: Final = 0.25
+# A line longer than this is not a record (the broker's largest message is far smaller).
+_LONGEST_LINE: Final = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ExperimentRef:
-    """An experiment as a listing has it (before its log is read)."""
+    """An experiment as a listing has it (before its log is read): a searcher's listing
+    knows its state, progress and best metric; a state directory only its config."""
 
     experiment_id: str
     name: str | None
     state: str
     labels: tuple[str, ...]
     owner: str | None = None
+    progress: float | None = None
+    best: float | None = None
+    best_trial: int | None = None
 
 
 @dataclass(frozen=True)
 class LogPage:
+    """A page of a trial's log lines; ``next``/``next_seq``: the cursors to read on from
+    (the second for lines an experiment from before the trial log store kept in its
+    event log)."""
+
     lines: list[dict[str, Any]]
     next: int
     more: bool
+    next_seq: int = 0
 
 
 class Source(Protocol):
@@ -71,7 +82,9 @@ class Source(Protocol):
 
     def records(self, experiment_id: str, after_seq: int) -> AsyncIterator[Record]: ...
 
-    async def logs(self, experiment_id: str, trial_id: int, after: int) -> LogPage: ...
+    async def logs(
+        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+    ) -> LogPage: ...
 
     async def control(self, experiment_id: str, action: Action) -> str: ...
 
@@ -100,7 +113,16 @@ class ClientSource:
 
     async def experiments(self) -> list[ExperimentRef]:
         return [
-            ExperimentRef(s.experiment_id, s.name, s.state, tuple(s.labels), s.owner)
+            ExperimentRef(
+                s.experiment_id,
+                s.name,
+                s.state,
+                tuple(s.labels),
+                s.owner,
+                s.progress,
+                s.best_trial.metric if s.best_trial is not None else None,
+                s.best_trial.trial_id if s.best_trial is not None else None,
+            )
             for s in await self.client.list_experiments()
         ]
 
@@ -113,12 +135,23 @@ class ClientSource:
         async for record in experiment.watch(after_seq=after_seq, poll_s=self.poll_s):
             yield record
 
-    async def logs(self, experiment_id: str, trial_id: int, after: int) -> LogPage:
+    async def logs(
+        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+    ) -> LogPage:
         request = ReadTrialLogs(
-            experiment_id=experiment_id, trial_id=trial_id, after=after, limit=1000
+            experiment_id=experiment_id,
+            trial_id=trial_id,
+            after=after,
+            after_seq=after_seq,
+            limit=1000,
         )
         result = await self.client.rpc._call(request)  # noqa: SLF001 (the client's own RPC)
-        return LogPage(list(result["lines"]), int(result["next"]), bool(result["more"]))
+        return LogPage(
+            list(result["lines"]),
+            int(result["next"]),
+            bool(result["more"]),
+            int(result.get("next_seq", after_seq)),
+        )
 
     async def control(self, experiment_id: str, action: Action) -> str:
         experiment = self.client.experiment(experiment_id)
@@ -163,8 +196,8 @@ class DirSource:
         out: list[ExperimentRef] = []
         for path in sorted(self.root.glob("*/events.jsonl")):
             created = _first_record(path)
-            if created is None:
-                continue
+            if created is None or created.experiment_id != path.parent.name:
+                continue  # not a log, or one moved under another experiment's name
             config = created.config
             labels = config.get("labels") or []
             out.append(
@@ -186,8 +219,8 @@ class DirSource:
         """Every record after ``after_seq``, then what is appended, until cancelled."""
         path = self._log(experiment_id)
         records = await asyncio.to_thread(read_log, path)
-        for record in records[after_seq:]:
-            yield record
+        for index in range(after_seq, len(records)):
+            yield records[index]  # parsed one at a time: the caller folds as it goes
         last = len(records)
         offset = records.offset(last)
         pending = b""
@@ -198,6 +231,11 @@ class DirSource:
                 continue
             offset += len(chunk)
             pending += chunk
+            if len(pending) > _LONGEST_LINE:
+                raise EventLogCorruptError(
+                    f"{path}: a line of more than {_LONGEST_LINE} bytes after record {last}: "
+                    "not a record a searcher writes; the dashboard stops following it"
+                )
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 record = record_adapter.validate_json(line)
@@ -210,10 +248,12 @@ class DirSource:
                 if record.seq > after_seq:
                     yield record
 
-    async def logs(self, experiment_id: str, trial_id: int, after: int) -> LogPage:
+    async def logs(
+        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+    ) -> LogPage:
         store = TrialLogStore(self._log(experiment_id).with_name(TRIAL_LOG_FILE))
         page = await asyncio.to_thread(store.read, after, trial_id=trial_id)
-        return LogPage(page.lines, page.next, page.more)
+        return LogPage(page.lines, page.next, page.more, after_seq)
 
     async def control(self, experiment_id: str, action: Action) -> str:
         raise PermissionError("a state directory is read-only: run the dashboard on a searcher")
@@ -230,6 +270,13 @@ def _first_record(path: Path) -> CreatedRecord | None:
 
 
 def _read_from(path: Path, offset: int) -> bytes:
+    """What was appended after ``offset`` (at most 16 MiB at a time)."""
     with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        if size < offset:
+            raise EventLogCorruptError(
+                f"{path}: the log is shorter ({size} bytes) than what the dashboard read "
+                f"({offset}): it was cut or replaced; open the page again"
+            )
         handle.seek(offset)
-        return handle.read()
+        return handle.read(16 * 1024 * 1024)

@@ -9,24 +9,27 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.test_dashboard_browser import GATED, config
 
 ROOT = Path(__file__).resolve().parents[2]
-ADDRESS = re.compile(r"dashboard: (http://127\.0\.0\.1:\d+/)")
+ADDRESS = re.compile(r"dashboard: (http://127\.0\.0\.1:\d+/)\?key=([\w-]+)")
 
 
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own server)
+def fetch(url: str, key: str) -> str:
+    with urllib.request.urlopen(f"{url}?key={key}", timeout=10) as response:  # noqa: S310
         body: bytes = response.read()
         return body.decode()
 
 
-def test_rung_run_serves_the_dashboard_of_its_run(tmp_path: Path) -> None:
+def prepare(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The gated experiment's gate folder, context and config file."""
     gates = tmp_path / "gates"
     gates.mkdir()
     context = tmp_path / "context"
@@ -34,6 +37,11 @@ def test_rung_run_serves_the_dashboard_of_its_run(tmp_path: Path) -> None:
     (context / "gated.py").write_text(GATED)
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config(gates)))
+    return gates, context, config_file
+
+
+def test_rung_run_serves_the_dashboard_of_its_run(tmp_path: Path) -> None:
+    gates, context, config_file = prepare(tmp_path)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -72,19 +80,21 @@ def test_rung_run_serves_the_dashboard_of_its_run(tmp_path: Path) -> None:
     try:
         assert found.wait(60), "".join(lines)
         match = next(m for line in lines if (m := ADDRESS.search(line)))
-        base = match.group(1)
+        base, key = match.group(1), match.group(2)
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            fetch(base, "not-the-key")
         deadline = time.monotonic() + 60
-        listing = fetch(base)
+        listing = fetch(base, key)
         while "data-experiment=" not in listing:
             assert time.monotonic() < deadline, listing[-2000:]
             time.sleep(0.1)
-            listing = fetch(base)
+            listing = fetch(base, key)
         experiment_id = re.search(r'tr class="experiment" data-experiment="([^"]+)"', listing)
         assert experiment_id is not None
-        page = fetch(f"{base}experiments/{experiment_id.group(1)}")
+        page = fetch(f"{base}experiments/{experiment_id.group(1)}", key)
         assert "<h1>gated" in page
         assert 'data-action="kill"' in page  # a local run: its user may control it
-        api = json.loads(fetch(f"{base}api/experiments/{experiment_id.group(1)}"))
+        api = json.loads(fetch(f"{base}api/experiments/{experiment_id.group(1)}", key))
         assert api["state"] == "ACTIVE"
         for trial in (1, 2):
             for step in (1, 2):

@@ -188,7 +188,8 @@
   if (trialRoot) {
     const live = document.getElementById("trial-live");
     let waiting = false;
-    const stream = new EventSource("/experiments/" + encodeURIComponent(trialRoot.dataset.experiment) + "/stream");
+    const stream = new EventSource("/experiments/" + encodeURIComponent(trialRoot.dataset.experiment)
+                                   + "/stream?after=" + trialRoot.dataset.seq);
     stream.onmessage = () => {
       if (waiting) { return; }
       waiting = true;
@@ -209,16 +210,18 @@
   const log = document.getElementById("log");
   if (log) {
     let after = null;  // null: open on the log's end
+    let afterSeq = 0;  // lines an older experiment kept in its event log
     const follow = document.getElementById("follow");
     async function more() {
       try {
         let page;
         do {
-          const query = after === null ? "?tail=1" : "?after=" + after;
+          const query = after === null ? "?tail=1" : "?after=" + after + "&after_seq=" + afterSeq;
           const response = await fetch(log.dataset.url + query);
           if (!response.ok) { return; }
           page = await response.json();
           after = page.next;
+          afterSeq = page.next_seq;
           const text = page.lines.map((l) => "[" + l.attempt + " " + l.stream + "] " + l.text).join("\n");
           if (text) { log.append(text + "\n"); }
         } while (page.more);

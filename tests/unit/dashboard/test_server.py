@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -35,7 +36,7 @@ from yarl import URL
 
 from bench.dashboard_log import records as synthetic_records
 from rung.broker.schemas import OpCompleted
-from rung.dashboard import Dashboard, DirSource, ExperimentView, Source
+from rung.dashboard import Dashboard, DashboardError, DirSource, ExperimentView, Source
 from rung.dashboard.source import Action, ExperimentRef, LogPage
 from rung.searcher.client import NotFoundError
 from rung.searcher.eventlog import CreatedRecord, InputRecord, Record
@@ -208,8 +209,10 @@ class FakeSource:
             if record.seq >= newest:
                 return
 
-    async def logs(self, experiment_id: str, trial_id: int, after: int) -> LogPage:
-        return await self.inner.logs(experiment_id, trial_id, after)
+    async def logs(
+        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+    ) -> LogPage:
+        return await self.inner.logs(experiment_id, trial_id, after, after_seq)
 
     async def control(self, experiment_id: str, action: Action) -> str:
         self.calls.append(("control", experiment_id, action))
@@ -596,7 +599,7 @@ async def test_trial_logs_come_back_by_trial_and_page_on_with_after(state: Path)
             "trial 1 restarted",
         ]
         end = (await served.get(f"{url}?after={page['next']}")).json()
-        assert end == {"lines": [], "next": page["next"], "more": False}
+        assert end == {"lines": [], "next": page["next"], "more": False, "next_seq": 0}
         # A cursor inside a line starts at the next whole one; junk reads from the start.
         inside = (await served.get(f"{url}?after=5")).json()
         assert inside["lines"][0]["text"] == "warning: <b>careful</b>"
@@ -623,7 +626,7 @@ async def test_trial_logs_come_back_by_trial_and_page_on_with_after(state: Path)
         # An experiment with no trial logs yet has none.
         other = golden_ids()["grid.v1.jsonl"]
         empty = (await served.get(f"/experiments/{other}/trials/1/logs")).json()
-        assert empty == {"lines": [], "next": 0, "more": False}
+        assert empty == {"lines": [], "next": 0, "more": False, "next_seq": 0}
 
 
 async def test_a_trial_page_opens_on_the_end_of_a_long_log(state: Path) -> None:
@@ -647,6 +650,23 @@ async def test_a_trial_page_opens_on_the_end_of_a_long_log(state: Path) -> None:
             texts += [line["text"] for line in tail["lines"]]
         assert texts[-1].startswith("line 9999 ")
         assert tail["next"] == size
+
+
+async def test_the_tail_of_a_trial_whose_lines_are_far_from_the_end(state: Path) -> None:
+    """The store holds every trial's lines: the window before the end grows until it
+    holds the trial's."""
+    experiment_id = golden_ids()["asha.v1.jsonl"]
+    store = state / "experiments" / experiment_id / "trial-logs.jsonl"
+    early = [(1, 1, "stdout", f"early {i}") for i in range(50)]
+    late = [(2, 1, "stdout", f"late {i} " + "y" * 100) for i in range(5000)]
+    store.write_text(trial_log_lines(early + late))
+    async with serve(DirSource(state)) as served:
+        one = (await served.get(f"/experiments/{experiment_id}/trials/1/logs?tail=1")).json()
+        assert [line["text"] for line in one["lines"]] == [f"early {i}" for i in range(50)]
+        assert one["next"] == store.stat().st_size
+        two = (await served.get(f"/experiments/{experiment_id}/trials/2/logs?tail=1")).json()
+        assert two["lines"]
+        assert two["lines"][-1]["text"].startswith("late 4999 ")
 
 
 # ====================================================================== 2. errors
@@ -1071,6 +1091,71 @@ async def test_a_read_only_dashboard_on_a_writable_source_refuses_and_hides_cont
         assert fake.calls == []
 
 
+async def test_a_wildcard_bind_needs_the_names_it_answers_to(state: Path) -> None:
+    """On 0.0.0.0, a page whose own name was pointed at this machine must not read the
+    dashboard (DNS rebinding): it answers only to the names --allow-host gives."""
+    refused = Dashboard(DirSource(state), host="0.0.0.0", port=0)  # noqa: S104
+    with pytest.raises(DashboardError, match="--allow-host"):
+        await refused.start()
+    source = FakeSource(DirSource(state))
+    running = write_log(state, synthetic(60)[:200], experiment_id="exp-running")
+    options = {"host": "0.0.0.0", "allowed_hosts": ["dash.example"]}  # noqa: S104
+    async with serve(source, **options) as served:
+        page = await served.get(f"/experiments/{running}", headers={"Host": "127.0.0.1:1"})
+        assert page.status == 421
+        evil = {"Host": f"evil.example:{served.port}"}
+        assert (await served.get(f"/experiments/{running}", headers=evil)).status == 421
+        named = {"Host": f"dash.example:{served.port}"}
+        page = await served.get(f"/experiments/{running}", headers=named)
+        assert page.status == 200
+        token = re.search(r'<meta name="rung-token" content="([^"]+)">', page.text)
+        assert token is not None
+        forged = await served.post(
+            f"/experiments/{running}/control/kill",
+            headers={
+                **named,
+                "X-Rung-Token": token.group(1),
+                "Origin": f"http://evil.example:{served.port}",
+            },
+        )
+        assert forged.status == 403
+        assert source.calls == []
+        sent = await served.post(
+            f"/experiments/{running}/control/kill",
+            headers={
+                **named,
+                "X-Rung-Token": token.group(1),
+                "Origin": f"http://dash.example:{served.port}",
+            },
+        )
+        assert sent.status == 200
+        assert source.calls == [("control", running, "kill")]
+
+
+async def test_sections_are_rendered_off_the_event_loop_once_per_record(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rung.dashboard import server
+
+    threads: list[str] = []
+    render = server.experiment_sections  # type: ignore[attr-defined]
+
+    def recording(view: ExperimentView, options: Any) -> dict[str, str]:
+        threads.append(threading.current_thread().name)
+        return render(view, options)
+
+    monkeypatch.setattr(server, "experiment_sections", recording)
+    experiment_id = golden_ids()["asha.v1.jsonl"]
+    async with serve(DirSource(state), context_root=state / "contexts") as served:
+        replies = await asyncio.gather(
+            *(served.get(f"/experiments/{experiment_id}/sections") for _ in range(8))
+        )
+        assert {reply.status for reply in replies} == {200}
+        assert len({reply.text for reply in replies}) == 1
+    assert len(threads) == 1
+    assert threads[0] != threading.main_thread().name
+
+
 # ====================================================================== 4. live
 async def test_a_stream_follows_the_log_with_no_gap_or_repeat_across_a_reconnect(
     tmp_path: Path,
@@ -1384,13 +1469,25 @@ async def test_rung_dashboard_serves_a_state_directory_and_stops_on_sigterm(stat
         assert process.stdout is not None
         async with asyncio.timeout(30):
             line = (await process.stdout.readline()).decode()
-        match = re.fullmatch(r"dashboard: (http://127\.0\.0\.1:(\d+)/)\n", line)
+        match = re.fullmatch(r"dashboard: (http://127\.0\.0\.1:(\d+)/)\?key=([\w-]+)\n", line)
         assert match is not None, line
-        url = match.group(1)
-        async with aiohttp.ClientSession() as session:
+        url, key = match.group(1), match.group(3)
+        # A browser keeps cookies of 127.0.0.1; aiohttp's jar only when told to.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            # Without its access key, nothing: another user of this machine is refused.
             async with session.get(url) as response:
+                assert response.status == 403
+                assert "access key" in await response.text()
+            async with session.get(f"{url}?key=wrong{key}") as response:
+                assert response.status == 403
+            # With it, the page, and a cookie that carries the key from there on.
+            async with session.get(f"{url}?key={key}") as response:
                 assert response.status == 200
                 page = await response.text()
+                cookie = response.cookies["rung_dashboard_key"]
+                assert cookie.value == key
+                assert cookie["httponly"]
+                assert cookie["samesite"] == "Strict"
             assert sorted(EXPERIMENT_ROW.findall(page)) == sorted(
                 [*golden_ids().values(), experiment_of(synthetic(12))]
             )
