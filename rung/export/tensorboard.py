@@ -27,7 +27,9 @@ Only finite numbers (``int`` or ``float``, not ``bool``) that a 32-bit float hol
 scalars. Everything else is skipped and counted by reason: ``not_a_number`` (a string,
 boolean, null, list or mapping), ``not_finite`` (NaN or an infinity, which the Core API
 sends as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) and ``beyond_float32``
-(a magnitude above about 3.4e38). TensorBoard can store NaN, but its charts leave such
+(a magnitude above about 3.4e38); a report whose ``steps_completed`` is not below
+2**63 (an event's step is an int64) is skipped whole (``step_beyond_int64``, one per
+metric). TensorBoard can store NaN, but its charts leave such
 points out or lose their scale; the CSV and JSON lines exports keep them.
 """
 
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 FILE_VERSION: Final = "brain.Event:2"
-SkipReason = Literal["not_a_number", "not_finite", "beyond_float32"]
+SkipReason = Literal["not_a_number", "not_finite", "beyond_float32", "step_beyond_int64"]
 
 _VARINT: Final = 0
 _FIXED64: Final = 1
@@ -188,6 +190,10 @@ def event_file(reports: Iterable[MetricReport], *, created: float) -> EventFile:
     scalars = 0
     skipped: Counter[str] = Counter()
     for report in reports:
+        if not 0 <= report.steps_completed < 2**63:
+            # An event's step is an int64: a larger one would wrap to a negative step.
+            skipped["step_beyond_int64"] += len(report.metrics)
+            continue
         values: list[tuple[str, bytes]] = []
         for name, value in report.metrics.items():
             packed = scalar(value)

@@ -458,6 +458,22 @@ def test_an_event_file_without_reports_holds_the_version_only() -> None:
     assert (empty.scalars, dict(empty.skipped)) == (0, {})
 
 
+def test_a_step_an_int64_cannot_hold_is_skipped_not_wrapped() -> None:
+    huge = 2**63 + 5
+    file = event_file(
+        [
+            _report(1, 3, {"loss": 0.5}),
+            _report(1, 0, {"loss": 0.4, "acc": 0.9}, at=T0),
+            _report(1, huge, {"loss": 0.1, "acc": 0.2}, at=T0 + 9),
+        ],
+        created=CREATED,
+    )
+    events = [event_pb2.Event.FromString(raw) for raw in read_records(file.data)][1:]
+    assert sorted(e.step for e in events) == [0, 3]
+    assert file.scalars == 3
+    assert dict(file.skipped) == {"step_beyond_int64": 2}
+
+
 # ---------------------------------------------------------------------- the directory
 def test_experiment_json_describes_the_experiment(tmp_path: Path) -> None:
     summary, reports = _experiment()
