@@ -10,6 +10,8 @@ view is loaded (min..max beside it):
   page, each rendered afresh (as at every new record), measured as the time to the
   response's headers (the server renders the whole body first), with the body's size;
   ``page_cached``: a second viewer of the same record;
+* ``loop_stall_while_rendering``: the longest the event loop went unserved while the
+  sections were rendered afresh (they are rendered in a thread);
 * ``browser_*`` (where Debian's chromium is installed): Chromium's navigation timing of
   the experiment page (DOM ready, load) and of one live refresh (fetch the sections and
   swap them in, to the next frame), median of 3.
@@ -31,6 +33,32 @@ from rung.dashboard import Dashboard, DirSource
 
 CHROMIUM = Path("/usr/bin/chromium")
 _HAVE_CHROMIUM = CHROMIUM.exists()
+
+
+async def _stalls(
+    session: aiohttp.ClientSession, url: str, dashboard: Dashboard
+) -> list[float]:
+    """The longest the event loop went unserved while sections were rendered afresh, 5
+    times: a task asks to wake every millisecond and notes how late it woke."""
+    worst: list[float] = []
+    for _ in range(5):
+        dashboard.clear_cache()
+        late = 0.0
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal late
+            while not stop.is_set():
+                start = time.perf_counter()
+                await asyncio.sleep(0.001)
+                late = max(late, time.perf_counter() - start - 0.001)
+
+        ticker = asyncio.create_task(tick())
+        await _timed(session, url)
+        stop.set()
+        await ticker
+        worst.append(late)
+    return worst
 
 
 def _row(phase: str, seconds: list[float], **extra: Any) -> dict[str, Any]:
@@ -115,6 +143,8 @@ async def _measure(root: Path, experiment_id: str, records: int) -> list[dict[st
             "trial": (f"/experiments/{experiment_id}/trials/1", True),
         }
         async with aiohttp.ClientSession() as session:
+            stalls = await _stalls(session, base + pages["sections"][0], dashboard)
+            rows.append(_row("loop_stall_while_rendering", stalls, trials=trials))
             for phase, (path, cold) in pages.items():
                 timings: list[tuple[float, int]] = []
                 for _ in range(5):
