@@ -43,22 +43,22 @@ async def _stalls(
     worst: list[float] = []
     for _ in range(5):
         dashboard.clear_cache()
-        late = 0.0
         stop = asyncio.Event()
-
-        async def tick() -> None:
-            nonlocal late
-            while not stop.is_set():
-                start = time.perf_counter()
-                await asyncio.sleep(0.001)
-                late = max(late, time.perf_counter() - start - 0.001)
-
-        ticker = asyncio.create_task(tick())
+        ticker = asyncio.create_task(_tick(stop))
         await _timed(session, url)
         stop.set()
-        await ticker
-        worst.append(late)
+        worst.append(await ticker)
     return worst
+
+
+async def _tick(stop: asyncio.Event) -> float:
+    """Wake every millisecond until ``stop``; how late the latest wake was."""
+    late = 0.0
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(0.001)
+        late = max(late, time.perf_counter() - start - 0.001)
+    return late
 
 
 def _row(phase: str, seconds: list[float], **extra: Any) -> dict[str, Any]:
