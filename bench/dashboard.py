@@ -35,9 +35,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 _HAVE_CHROMIUM = CHROMIUM.exists()
 
 
-async def _stalls(
-    session: aiohttp.ClientSession, url: str, dashboard: Dashboard
-) -> list[float]:
+async def _stalls(session: aiohttp.ClientSession, url: str, dashboard: Dashboard) -> list[float]:
     """The longest the event loop went unserved while sections were rendered afresh, 5
     times: a task asks to wake every millisecond and notes how late it woke."""
     worst: list[float] = []
