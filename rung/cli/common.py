@@ -22,6 +22,7 @@ __all__ = [
     "add_broker_options",
     "broker_from",
     "broker_url",
+    "client_from",
     "default_state_dir",
     "parse_duration",
     "redact",
@@ -241,14 +242,18 @@ def run_client(args: argparse.Namespace, main: Callable[[Client], Awaitable[int]
         )
 
     async def go() -> int:
-        client = Client(
-            broker_url(args) or args.broker,
-            namespace=args.namespace,
-            tls=tls_from(args),
-            timeout=args.timeout,
-            connect_timeout=args.timeout,
-        )
-        async with client:
+        async with client_from(args) as client:
             return await main(client)
 
     return asyncio.run(go())
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    """A ``rung.Client`` of the searcher the broker options name (not yet connected)."""
+    return Client(
+        broker_url(args) or args.broker,
+        namespace=args.namespace,
+        tls=tls_from(args),
+        timeout=args.timeout,
+        connect_timeout=args.timeout,
+    )

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from rung.cli.common import add_broker_options, broker_url, stop_on_signals, tls_from
-from rung.client import Client
+from rung.cli.common import add_broker_options, client_from, stop_on_signals
 from rung.dashboard import ClientSource, Dashboard, DashboardError, DirSource
 from rung.searcher.errors import SearcherError
 
@@ -117,13 +116,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 announce(dashboard)
                 await stop.wait()
             return 0
-        client = Client(
-            broker_url(args) or args.broker,
-            namespace=args.namespace,
-            tls=tls_from(args),
-            timeout=args.timeout,
-            connect_timeout=args.timeout,
-        )
+        client = client_from(args)
         async with (
             client,
             Dashboard(
