@@ -49,9 +49,15 @@ def dashboard_key(args: argparse.Namespace, *, prefix: str = "") -> str | None:
 def announce(dashboard: Dashboard, *, stream: TextIO = sys.stdout) -> None:
     """Print the dashboard's address, with its access key."""
     address = dashboard.address
-    if address is not None:
-        key = f"?key={dashboard.key}" if dashboard.key else ""
-        print(f"dashboard: {address.url}{key}", file=stream, flush=True)
+    if address is None:
+        return
+    url = address.url
+    if dashboard.host in ("0.0.0.0", "::") and dashboard.allowed_hosts:  # noqa: S104
+        # A wildcard is no address to open: the first name it answers to is.
+        name = sorted(dashboard.allowed_hosts)[0]
+        url = f"http://{name}/" if ":" in name else f"http://{name}:{address.port}/"
+    key = f"?key={dashboard.key}" if dashboard.key else ""
+    print(f"dashboard: {url}{key}", file=stream, flush=True)
 
 
 def register(commands: Any) -> None:

@@ -34,6 +34,12 @@ log = structlog.get_logger("rung.dashboard")
 
 # Fold this many records, then let the event loop serve others.
 _BATCH: Final = 256
+# While a history is folded, its objects are frozen for the garbage collector this often
+# (records), and once more when it is in: they live as long as its page is followed, and
+# a full collection walking a 10,000-trial view's millions of objects stalled the event
+# loop 0.1 to 0.3 s each time (during the fold, and at every render after it). Cyclic
+# garbage made before a freeze is kept until the process ends: the fold makes little.
+_FREEZE: Final = 8192
 # An experiment that could not be read is tried again on a request after this long.
 _RETRY_S: Final = 5.0
 
@@ -100,8 +106,10 @@ class Hub:
         """How many more experiments can be followed without dropping one."""
         return max(0, self.limit - len(self._followed))
 
-    def start(self, experiment_id: str) -> Followed:
-        """Follow the experiment (if not yet), without waiting for its history."""
+    def start(self, experiment_id: str, *, background: bool = False) -> Followed:
+        """Follow the experiment (if not yet), without waiting for its history.
+        ``background`` loads (the experiments list's) wait their turn, two at a time; a
+        page's load does not wait behind them."""
         followed = self._followed.get(experiment_id)
         retry = (
             followed is not None
@@ -113,7 +121,8 @@ class Hub:
             followed = Followed(experiment_id)
             self._followed[experiment_id] = followed
             followed.task = asyncio.create_task(
-                self._run(followed), name=f"dashboard-follow-{experiment_id}"
+                self._run(followed, background=background),
+                name=f"dashboard-follow-{experiment_id}",
             )
             # Also when it is cancelled before it ever ran: nobody waits for it forever.
             followed.task.add_done_callback(lambda _: followed.loaded.set())
@@ -151,10 +160,12 @@ class Hub:
             if followed.task is not None:
                 followed.task.cancel()
 
-    async def _run(self, followed: Followed) -> None:
+    async def _run(self, followed: Followed, *, background: bool) -> None:
         experiment_id = followed.experiment_id
         loading = True
-        await self._loads.acquire()
+        turn = self._loads if background else None
+        if turn is not None:
+            await turn.acquire()
         try:
             newest = await self._newest(experiment_id)
             if newest == 0:
@@ -169,13 +180,16 @@ class Hub:
                 count += 1
                 if loading and followed.view.seq >= newest:
                     loading = False
-                    self._loads.release()
-                    _freeze()
+                    if turn is not None:
+                        turn.release()
+                    gc.freeze()
                     followed.loaded.set()
                 if not loading:
                     followed.notify()
                 if count % _BATCH == 0:
                     await asyncio.sleep(0)
+                if loading and count % _FREEZE == 0:
+                    gc.freeze()
         except asyncio.CancelledError:
             raise
         except (NotFoundError, FileNotFoundError) as exc:
@@ -186,8 +200,8 @@ class Hub:
             followed.error = f"cannot read experiment {experiment_id}: {reason}"
             log.warning("dashboard: following failed", experiment_id=experiment_id, error=reason)
         finally:
-            if loading:
-                self._loads.release()
+            if loading and turn is not None:
+                turn.release()
             followed.failed_at = time.monotonic()
             followed.task = None
             followed.loaded.set()
@@ -214,14 +228,6 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._followed.clear()
-
-
-def _freeze() -> None:
-    """A folded history's objects live as long as its page is followed: collect what is
-    garbage now, then keep the collector from walking the rest at every render (a
-    10,000-trial view is millions of objects; each full collection cost 0.1 to 0.2 s)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _no_records(experiment_id: str) -> None:

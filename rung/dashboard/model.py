@@ -64,6 +64,9 @@ __all__ = [
     "TrialView",
 ]
 
+# A length or step beyond this (2**53: where floats stop counting whole numbers) is no
+# point of a chart: a script's 10**400 is not drawn.
+_LONGEST: Final = 2**53
 # How many timeline entries (decisions) the view keeps for the activity feed.
 ACTIVITY: Final = 2000
 # How many decisions each trial keeps (its page shows them).
@@ -82,6 +85,14 @@ _EXITED_STATE: Final = {
     ExitReason.ERRORED: "ERRORED",
     ExitReason.INVALID_HP: "INVALID_HP",
     ExitReason.USER_REQUESTED_STOP: "COMPLETED",
+}
+_ENDED: Final = ("COMPLETED", "ERROR", "CANCELED")
+# The experiment's state after a user's control, as far as the records tell.
+_CONTROLLED: Final = {
+    "pause": "PAUSED",
+    "activate": "ACTIVE",
+    "cancel": "STOPPING_CANCELED",
+    "kill": "STOPPING_CANCELED",
 }
 _OUTCOME: Final = {
     ExitReason.COMPLETED: "completed",
@@ -362,7 +373,7 @@ class ExperimentView:
         match body:
             case TrialStarted():
                 self._started(trial, body, at)
-            case MetricsReported():
+            case MetricsReported() if 0 <= body.steps_completed <= _LONGEST:
                 for name, value in body.metrics.items():
                     number = _finite(value)
                     if number is not None:
@@ -390,6 +401,8 @@ class ExperimentView:
         if record.ignored is not None:
             return
         body = record.input
+        if isinstance(body, ControlExperiment) and self.state not in _ENDED:
+            self.state = _CONTROLLED.get(body.action, self.state)
         trial = self.trials.get(getattr(body, "trial_id", -1))
         if trial is not None and isinstance(body, TrialStarted):
             trial.state = "RUNNING"
@@ -400,7 +413,11 @@ class ExperimentView:
             known = self.trials.get(getattr(command.body, "trial_id", -1))
             if known is not None and isinstance(command.body, RunTrial):
                 known.state = "QUEUED"
-            elif known is not None and isinstance(command.body, KillTrial):
+            elif (
+                known is not None
+                and isinstance(command.body, KillTrial)
+                and not isinstance(body, WorkerLost)  # a lost worker's trial is re-queued
+            ):
                 known.state = "CANCELED"
 
     def _ignored(self, record: InputRecord, at: float) -> None:
@@ -448,7 +465,7 @@ class ExperimentView:
         it worst) still ends a stretch of training and moves the trial to the rung; it
         is no point of a curve."""
         value = _finite(body.metric)
-        if body.length <= trial.reached:
+        if not trial.reached < body.length <= _LONGEST:
             return
         self.trained += body.length - trial.reached
         trial.reached = body.length

@@ -73,6 +73,17 @@ class Options:
     page: int = 0
     all_lines: bool = False  # parallel coordinates: every trial, however many
 
+    def charts(self) -> Options:
+        """Only what the charts depend on (the trials table's options left out): the
+        key of a rendering of the sections, which a sort of the table does not redo."""
+        return Options(
+            top=self.top,
+            hide_stopped=self.hide_stopped,
+            curve=self.curve,
+            hidden_axes=self.hidden_axes,
+            all_lines=self.all_lines,
+        )
+
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Options:
         """From a query string; anything out of range falls back to the default."""

@@ -61,8 +61,9 @@ log = structlog.get_logger("rung.dashboard")
 _ACTIONS: Final = ("pause", "activate", "cancel", "kill")
 _WILDCARD: Final = ("0.0.0.0", "::", "")  # noqa: S104 (names of a wildcard bind)
 _KEY_COOKIE: Final = "rung_dashboard_key"
+_HAS_PORT: Final = re.compile(r":[0-9]+$")
 _NUMBER: Final = re.compile(r"[0-9]{1,9}")  # a trial, bracket or rung number
-_SEQ: Final = re.compile(r"[0-9]{1,18}")  # a record number or a log cursor
+_SEQ: Final = re.compile(r"[0-9]{1,19}")  # a record number or a log cursor
 _PAST_THE_END: Final = 2**62
 _TAIL_BYTES: Final = 256 * 1024  # the first window of the store a trial page opens on
 _TAIL_MAX_BYTES: Final = 64 * 1024 * 1024  # the largest (then it opens on what it has)
@@ -117,7 +118,9 @@ class Dashboard:
         # cookie set from it), as other users of the machine can reach 127.0.0.1 too.
         self.key = key
         self._render_slot = asyncio.Semaphore(1)
-        self._rendering: dict[tuple[str, int, Options], asyncio.Future[dict[str, str]]] = {}
+        self._rendering: dict[
+            tuple[str, int, Options], asyncio.Task[tuple[int, dict[str, str]]]
+        ] = {}
         self.address: Address | None = None
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task[Any]] = set()
@@ -183,6 +186,12 @@ class Dashboard:
     async def stop(self) -> None:
         for task in list(self._streams):
             task.cancel()
+        renders = list(self._rendering.values())
+        for render in renders:
+            render.cancel()
+        for render in renders:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await render
         await self.hub.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -215,7 +224,7 @@ class Dashboard:
         except ClientError as exc:
             response = self._error_page(502, f"the searcher did not answer: {exc}")
         if keyed and self.key is not None and not response.prepared:
-            response.set_cookie(_KEY_COOKIE, self.key, httponly=True, samesite="Strict", path="/")
+            response.set_cookie(self._cookie, self.key, httponly=True, samesite="Strict", path="/")
         return response
 
     def _keyed(self, request: web.Request) -> bool | None:
@@ -223,20 +232,47 @@ class Dashboard:
         False: no key is needed, or the cookie has it."""
         if self.key is None:
             return False
-        if secrets.compare_digest(request.cookies.get(_KEY_COOKIE, ""), self.key):
-            return False
-        if secrets.compare_digest(request.query.get("key", ""), self.key):
+        key = self.key.encode()
+        if secrets.compare_digest(request.query.get("key", "").encode(), key):
             return True
+        if secrets.compare_digest(request.cookies.get(self._cookie, "").encode(), key):
+            return False
         return None
+
+    @property
+    def _cookie(self) -> str:
+        """The key's cookie, named with the port: a browser keeps one cookie jar for
+        every port of a host, and two dashboards must not overwrite each other's key."""
+        port = self.address.port if self.address else self.port
+        return f"{_KEY_COOKIE}_{port}"
 
     def _hosts(self) -> set[str]:
         """The ``Host`` values this dashboard answers to: its address and loopback names
-        with its port, and the names ``allowed_hosts`` adds."""
+        with its port; each name ``allowed_hosts`` adds with its port and without one (a
+        proxy in front on port 80 or 443), or with the port it names (``name:8443``)."""
         port = self.address.port if self.address else self.port
-        names = {"localhost", "127.0.0.1", "[::1]", *self.allowed_hosts}
+        names = {"localhost", "127.0.0.1", "[::1]"}
         if self.host not in _WILDCARD:
             names.add(f"[{self.host}]" if ":" in self.host else self.host)
-        return {f"{name}:{port}" for name in names}
+        hosts = {f"{name}:{port}" for name in names}
+        for name in self.allowed_hosts:
+            hosts |= {name} if _HAS_PORT.search(name) else {name, f"{name}:{port}"}
+        return hosts
+
+    def _origin_ok(self, origin: str) -> bool:
+        """An ``Origin`` of this dashboard: http with a name it answers to, or https
+        with a name ``allowed_hosts`` gave (a TLS proxy in front of it)."""
+        scheme, _, host = origin.partition("://")
+        if scheme == "http":
+            return host.removesuffix(":80") in self._hosts() or host in self._hosts()
+        if scheme == "https":
+            proxied = {h for h in self._hosts() if h.split(":")[0] in self._allowed_names}
+            return host.removesuffix(":443") in proxied or host in proxied
+        return False
+
+    @property
+    def _allowed_names(self) -> set[str]:
+        return {name.split(":")[0] for name in self.allowed_hosts}
 
     def _check_post(self, request: web.Request) -> None:
         if self.read_only:
@@ -250,7 +286,7 @@ class Dashboard:
                 "own pages; reload the page"
             )
         origin = request.headers.get("Origin")
-        if origin is not None and origin.removeprefix("http://") not in self._hosts():
+        if origin is not None and not self._origin_ok(origin):
             raise web.HTTPForbidden(text=f"Origin {origin[:100]!r} is not this dashboard")
 
     # ------------------------------------------------------------------ helpers
@@ -295,7 +331,9 @@ class Dashboard:
         waits a moment for them."""
         refs = await self.source.experiments()
         waiting = [r.experiment_id for r in refs if self.hub.peek(r.experiment_id) is None]
-        starting = [self.hub.start(eid) for eid in waiting[::-1][: self.hub.room()]]
+        starting = [
+            self.hub.start(eid, background=True) for eid in waiting[::-1][: self.hub.room()]
+        ]
         if starting:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_LIST_WAIT_S):
@@ -396,37 +434,44 @@ class Dashboard:
 
         Rendered in a thread, one at a time, while the view is held still (its lock):
         the event loop goes on serving other pages, streams and experiments (and, under
-        ``rung run --dashboard``, the searcher and workers). Pages asking for the same
-        record and options at once share one rendering; the last few are kept."""
+        ``rung run --dashboard``, the searcher and workers). The rendering is a task of
+        its own, which pages asking for the same record and options await together: a
+        page that goes away (its request cancelled) leaves it running, holding the view
+        still until its thread returns. The last few renderings are kept."""
+        options = options.charts()
         async with followed.lock:
             view = followed.view
             if view is None:  # pragma: no cover (a followed experiment has a view)
                 raise DashboardError(f"experiment {followed.experiment_id} has no view")
             key = (view.experiment_id, view.seq, options)
-        seq = view.seq
-        sections = self._cache.get(key)
-        if sections is not None:
-            return seq, dict(sections)
-        pending = self._rendering.get(key)
-        if pending is not None:
-            return seq, dict(await asyncio.shield(pending))
-        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-        self._rendering[key] = future
-        try:
-            async with self._render_slot, followed.lock:
-                seq = view.seq  # what it renders: the records folded until it got the lock
-                sections = await asyncio.to_thread(experiment_sections, view, options)
-            if len(self._cache) >= _CACHED:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[(view.experiment_id, seq, options)] = sections
-            future.set_result(sections)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a failed rendering is its requests' error
-            raise
-        finally:
-            del self._rendering[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return key[1], dict(cached)
+        task = self._rendering.get(key)
+        if task is None:
+            task = asyncio.create_task(self._render_sections(followed, view, options))
+            self._rendering[key] = task
+            task.add_done_callback(lambda done: self._rendered_done(key, done))
+        seq, sections = await asyncio.shield(task)
         return seq, dict(sections)
+
+    async def _render_sections(
+        self, followed: Followed, view: ExperimentView, options: Options
+    ) -> tuple[int, dict[str, str]]:
+        async with self._render_slot, followed.lock:
+            seq = view.seq  # what it renders: the records folded until it got the lock
+            sections = await asyncio.to_thread(experiment_sections, view, options)
+        if len(self._cache) >= _CACHED:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(view.experiment_id, seq, options)] = sections
+        return seq, sections
+
+    def _rendered_done(
+        self, key: tuple[str, int, Options], task: asyncio.Task[tuple[int, dict[str, str]]]
+    ) -> None:
+        self._rendering.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("dashboard: rendering failed", error=repr(task.exception()))
 
     async def _why(self, request: web.Request) -> web.Response:
         _, view = await self._view(request)
@@ -477,8 +522,7 @@ class Dashboard:
         if trial_id not in view.trials:
             raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
         after, after_seq = (request.query.get(name, "0") for name in ("after", "after_seq"))
-        cursor = int(after) if _SEQ.fullmatch(after) else 0
-        seq = int(after_seq) if _SEQ.fullmatch(after_seq) else 0
+        cursor, seq = _number(after), _number(after_seq)
         if request.query.get("tail") == "1":
             page = await self._tail(view.experiment_id, trial_id)
         else:
@@ -525,7 +569,7 @@ class Dashboard:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         followed, view = await self._view(request)
         header = request.headers.get("Last-Event-ID") or request.query.get("after", "")
-        after = int(header) if _SEQ.fullmatch(header) else view.seq
+        after = _number(header) if _SEQ.fullmatch(header) else view.seq
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -598,6 +642,12 @@ class Dashboard:
 
 
 _FINAL: Final = ("COMPLETED", "ERRORED", "CANCELED", "INVALID_HP")
+
+
+def _number(text: str) -> int:
+    """A cursor or record number from a query or header (clamped: a page may send the
+    end-of-log cursor back rounded up, as JavaScript's numbers do)."""
+    return min(int(text), _PAST_THE_END) if _SEQ.fullmatch(text) else 0
 
 
 async def _prepared(_request: web.Request, response: web.StreamResponse) -> None:

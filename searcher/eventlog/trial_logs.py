@@ -214,8 +214,13 @@ class TrialLogStore:
             whole = len(chunk) >= max_bytes
             return LogPage(next=start + len(chunk) if whole else start, more=whole)
         page = LogPage(next=start)
+        # Every line of a trial holds "t":<id>, (its first key, or the one after "m"):
+        # lines of other trials are passed over unparsed.
+        mark = b'"t":%d,' % trial_id if trial_id is not None else b""
         for raw in chunk[: end + 1].splitlines():
             page.next += len(raw) + 1
+            if mark not in raw:
+                continue
             line = _parse(raw)
             if line is None or (trial_id is not None and line["trial_id"] != trial_id):
                 continue

@@ -212,7 +212,11 @@
     let after = null;  // null: open on the log's end
     let afterSeq = 0;  // lines an older experiment kept in its event log
     const follow = document.getElementById("follow");
+    let timer = null;  // the next poll: one chain of polls at a time
+    let running = false;
     async function more() {
+      timer = null;
+      running = true;
       try {
         let page;
         do {
@@ -228,10 +232,14 @@
         while (log.childNodes.length > 200) { log.firstChild.remove(); }
         if (follow.checked) { log.scrollTop = log.scrollHeight; }
       } finally {
-        if (follow.checked) { window.setTimeout(more, 1000); }
+        running = false;
+        if (follow.checked && timer === null) { timer = window.setTimeout(more, 1000); }
       }
     }
-    follow.addEventListener("change", () => { if (follow.checked) { more(); } });
+    follow.addEventListener("change", () => {
+      if (timer !== null) { window.clearTimeout(timer); timer = null; }
+      if (follow.checked && !running) { more(); }
+    });
     more();
   }
 })();

@@ -310,3 +310,20 @@ def test_a_large_search_draws_every_rung_result_and_stays_light() -> None:
     everything = experiment_sections(view, Options(all_lines=True, top=10_000))
     assert len(marks(everything["parallel"], "line")) == 2000
     assert len(marks(everything["curves"])) == len(taken_results(records))
+
+
+def test_steps_beyond_what_a_chart_can_place_are_not_drawn() -> None:
+    records = list(read_log(GOLDEN / "single.v1.jsonl"))
+    patched: list[Record] = []
+    for record in records:
+        if isinstance(record, InputRecord) and isinstance(record.input, MetricsReported):
+            body = record.input.model_copy(update={"steps_completed": 10**400})
+            patched.append(record.model_copy(update={"input": body}))
+        else:
+            patched.append(record)
+    view = fold(patched)
+    trial = next(iter(view.trials.values()))
+    assert trial.curves == {}
+    sections = experiment_sections(view, Options(curve="training/x"))
+    assert marks(sections["curves"]) == []
+    assert trial_page(view, trial).charts == []

@@ -1156,6 +1156,85 @@ async def test_sections_are_rendered_off_the_event_loop_once_per_record(
     assert threads[0] != threading.main_thread().name
 
 
+async def test_a_page_that_goes_away_leaves_its_rendering_to_the_others(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled request (the browser aborted its fetch) neither fails the requests
+    that share its rendering nor lets the view change under the rendering's thread."""
+    from rung.dashboard import server
+    from rung.dashboard.pages import Options
+
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    render = server.experiment_sections  # type: ignore[attr-defined]
+
+    def slow(view: ExperimentView, options: Any) -> dict[str, str]:
+        calls.append(view.seq)
+        started.set()
+        release.wait(30)
+        return render(view, options)
+
+    monkeypatch.setattr(server, "experiment_sections", slow)
+    experiment_id = golden_ids()["asha.v1.jsonl"]
+    async with serve(DirSource(state), context_root=state / "contexts") as served:
+        followed = await served.dashboard.hub.follow(experiment_id)
+        first = asyncio.create_task(served.dashboard._rendered(followed, Options()))
+        await asyncio.to_thread(started.wait, 30)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert followed.lock.locked(), "the view must stay still while the thread reads it"
+        second = asyncio.create_task(served.dashboard._rendered(followed, Options(sort="state")))
+        await asyncio.sleep(0)
+        release.set()
+        seq, sections = await second
+        assert seq == followed.view.seq if followed.view else False
+        assert set(sections) >= {"curves", "rungs"}
+        assert len(calls) == 1  # one rendering, shared (the table's sort is not its key)
+        assert not followed.lock.locked()
+
+
+async def test_the_access_key_cookie_is_the_dashboards_own(state: Path) -> None:
+    async with (
+        serve(DirSource(state), key="k-one") as one,
+        serve(DirSource(state), key="k-two") as two,
+    ):
+        assert (await one.get("/")).status == 403
+        opened = await one.get("/?key=k-one")
+        assert opened.status == 200
+        assert f"rung_dashboard_key_{one.port}=k-one" in opened.headers["Set-Cookie"]
+        again = await two.get("/?key=k-two")
+        assert f"rung_dashboard_key_{two.port}=k-two" in again.headers["Set-Cookie"]
+        # Text that is not ASCII is a wrong key, not a server error; a planted cookie of
+        # it does not lock the right key out.
+        assert (await one.get("/?key=%C3%A9")).status == 403
+        planted = {"Cookie": f"rung_dashboard_key_{one.port}=%C3%A9"}
+        assert (await one.get("/?key=k-one", headers=planted)).status == 200
+        assert (await one.get("/", headers=planted)).status == 403
+
+
+async def test_a_proxy_in_front_is_one_of_the_allowed_hosts(state: Path) -> None:
+    source = FakeSource(DirSource(state))
+    running = write_log(state, synthetic(60)[:200], experiment_id="exp-running")
+    async with serve(source, allowed_hosts=["dash.example"]) as served:
+        proxied = {"Host": "dash.example"}  # port 80 or 443: no port in Host
+        page = await served.get(f"/experiments/{running}", headers=proxied)
+        assert page.status == 200
+        token = re.search(r'<meta name="rung-token" content="([^"]+)">', page.text)
+        assert token is not None
+        for origin, status in (
+            ("https://dash.example", 200),
+            ("http://dash.example", 200),
+            (f"https://127.0.0.1:{served.port}", 403),
+            ("https://evil.example", 403),
+        ):
+            reply = await served.post(
+                f"/experiments/{running}/control/pause",
+                headers={**proxied, "X-Rung-Token": token.group(1), "Origin": origin},
+            )
+            assert reply.status == status, origin
+
+
 # ====================================================================== 4. live
 async def test_a_stream_follows_the_log_with_no_gap_or_repeat_across_a_reconnect(
     tmp_path: Path,
@@ -1484,7 +1563,7 @@ async def test_rung_dashboard_serves_a_state_directory_and_stops_on_sigterm(stat
             async with session.get(f"{url}?key={key}") as response:
                 assert response.status == 200
                 page = await response.text()
-                cookie = response.cookies["rung_dashboard_key"]
+                cookie = response.cookies[f"rung_dashboard_key_{match.group(2)}"]
                 assert cookie.value == key
                 assert cookie["httponly"]
                 assert cookie["samesite"] == "Strict"
