@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def announce(dashboard: Dashboard, *, stream: TextIO = sys.stdout) -> None:
     if dashboard.host in ("0.0.0.0", "::") and dashboard.allowed_hosts:  # noqa: S104
         # A wildcard is no address to open: the first name it answers to is.
         name = sorted(dashboard.allowed_hosts)[0]
-        url = f"http://{name}/" if ":" in name else f"http://{name}:{address.port}/"
+        has_port = re.search(r":[0-9]+$", name) is not None  # [fd00::5] names no port
+        url = f"http://{name}/" if has_port else f"http://{name}:{address.port}/"
     key = f"?key={dashboard.key}" if dashboard.key else ""
     print(f"dashboard: {url}{key}", file=stream, flush=True)
 

@@ -55,6 +55,8 @@ class Followed:
     missing: bool = False  # the source has no such experiment
     streams: int = 0  # server-sent event streams of it open now
     failed_at: float = 0.0  # when following it failed (monotonic seconds)
+    # Set when a page asks for it: a load waiting its turn behind the list's goes now.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
     # Held while the view changes and while a page renders it in a thread: a render
     # never sees a half-folded record, and never blocks the event loop.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -127,6 +129,8 @@ class Hub:
             # Also when it is cancelled before it ever ran: nobody waits for it forever.
             followed.task.add_done_callback(lambda _: followed.loaded.set())
             self._evict()
+        if not background:
+            followed.hurry.set()
         self._followed.move_to_end(experiment_id)
         return followed
 
@@ -160,13 +164,35 @@ class Hub:
             if followed.task is not None:
                 followed.task.cancel()
 
+    async def _turn(self, followed: Followed) -> asyncio.Semaphore | None:
+        """Wait for a background load's turn, or until a page asks for the experiment;
+        the semaphore if its turn came (to release once loaded), None if not."""
+        if followed.hurry.is_set():
+            return None
+        acquire = asyncio.ensure_future(self._loads.acquire())
+        hurry = asyncio.ensure_future(followed.hurry.wait())
+        try:
+            await asyncio.wait({acquire, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            hurry.cancel()
+            if acquire.done() and not acquire.cancelled():
+                self._loads.release()
+            else:
+                acquire.cancel()
+            raise
+        hurry.cancel()
+        if acquire.done() and not acquire.cancelled():
+            return self._loads
+        acquire.cancel()
+        return None
+
     async def _run(self, followed: Followed, *, background: bool) -> None:
         experiment_id = followed.experiment_id
         loading = True
-        turn = self._loads if background else None
-        if turn is not None:
-            await turn.acquire()
+        turn: asyncio.Semaphore | None = None
         try:
+            if background:
+                turn = await self._turn(followed)
             newest = await self._newest(experiment_id)
             if newest == 0:
                 _no_records(experiment_id)
@@ -182,14 +208,14 @@ class Hub:
                     loading = False
                     if turn is not None:
                         turn.release()
-                    gc.freeze()
+                    _freeze()
                     followed.loaded.set()
                 if not loading:
                     followed.notify()
                 if count % _BATCH == 0:
                     await asyncio.sleep(0)
                 if loading and count % _FREEZE == 0:
-                    gc.freeze()
+                    _freeze()
         except asyncio.CancelledError:
             raise
         except (NotFoundError, FileNotFoundError) as exc:
@@ -228,6 +254,12 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._followed.clear()
+
+
+def _freeze() -> None:
+    """Collect the young generations (cheap), then freeze what is left: see _FREEZE."""
+    gc.collect(1)
+    gc.freeze()
 
 
 def _no_records(experiment_id: str) -> None:

@@ -233,9 +233,12 @@ class Dashboard:
         if self.key is None:
             return False
         key = self.key.encode()
-        if secrets.compare_digest(request.query.get("key", "").encode(), key):
+        # Header bytes that are no UTF-8 arrive as surrogates: compared as they came.
+        query = request.query.get("key", "").encode("utf-8", "surrogateescape")
+        if secrets.compare_digest(query, key):
             return True
-        if secrets.compare_digest(request.cookies.get(self._cookie, "").encode(), key):
+        cookie = request.cookies.get(self._cookie, "").encode("utf-8", "surrogateescape")
+        if secrets.compare_digest(cookie, key):
             return False
         return None
 

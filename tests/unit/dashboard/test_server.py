@@ -37,6 +37,7 @@ from yarl import URL
 from bench.dashboard_log import records as synthetic_records
 from rung.broker.schemas import OpCompleted
 from rung.dashboard import Dashboard, DashboardError, DirSource, ExperimentView, Source
+from rung.dashboard.hub import Hub
 from rung.dashboard.source import Action, ExperimentRef, LogPage
 from rung.searcher.client import NotFoundError
 from rung.searcher.eventlog import CreatedRecord, InputRecord, Record
@@ -1233,6 +1234,47 @@ async def test_a_proxy_in_front_is_one_of_the_allowed_hosts(state: Path) -> None
                 headers={**proxied, "X-Rung-Token": token.group(1), "Origin": origin},
             )
             assert reply.status == status, origin
+
+
+async def test_a_page_does_not_wait_behind_the_lists_loads(state: Path) -> None:
+    """The list starts loads in the background, two at a time; opening one that waits
+    its turn loads it at once."""
+
+    class Slow(DirSource):
+        async def newest(self, experiment_id: str) -> int:
+            if experiment_id.startswith("exp-slow"):
+                await asyncio.sleep(3600)  # a long history, loading
+            return await super().newest(experiment_id)
+
+    lines = golden(GOLDEN / "asha.v1.jsonl")
+    for name in ("exp-slow1", "exp-slow2", "exp-clicked"):
+        write_log(state, lines, experiment_id=name)
+    hub = Hub(Slow(state), context_root=state / "contexts", load_timeout=30)
+    try:
+        for name in ("exp-slow1", "exp-slow2", "exp-clicked"):
+            hub.start(name, background=True)
+        await asyncio.sleep(0)
+        followed = await hub.follow("exp-clicked")
+        assert followed.view is not None
+        assert followed.view.seq == len(lines)
+    finally:
+        await hub.close()
+
+
+async def test_a_cookie_that_is_no_utf8_is_a_wrong_key(state: Path) -> None:
+    async with serve(DirSource(state), key="k-one") as served:
+        for cookie, status in ((b"\xff\xfe", 403), (b"k-one", 200)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(
+                b"GET /api/experiments HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Cookie: rung_dashboard_key_%d=%s\r\nConnection: close\r\n\r\n"
+                % (served.port, served.port, cookie)
+            )
+            await writer.drain()
+            head = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            assert head.startswith(b"HTTP/1.1 %d" % status), (cookie, head)
 
 
 # ====================================================================== 4. live
