@@ -26,6 +26,7 @@ from rung.worker.core._contexts import (
     TrainContext,
     Transport,
 )
+from rung.worker.core._distributed import DistributedContext, DistributedError
 from rung.worker.core._info import ClusterInfo, TrialInfo, get_cluster_info
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ClusterInfo",
     "Context",
     "DistributedContext",
+    "DistributedError",
     "EarlyExitReason",
     "InvalidHP",
     "PreemptContext",
@@ -56,49 +58,6 @@ class InvalidHP(Exception):  # noqa: N818 (Determined's name)
     """Raise inside ``with det.core.init()`` when the hyperparameters cannot work."""
 
 
-class DistributedContext:
-    """A single-process stand-in: rank 0 of 1 (multi-process trials come later)."""
-
-    def __init__(
-        self,
-        *,
-        rank: int = 0,
-        size: int = 1,
-        local_rank: int = 0,
-        local_size: int = 1,
-        cross_rank: int = 0,
-        cross_size: int = 1,
-        **_: Any,
-    ) -> None:
-        self.rank, self.size = rank, size
-        self.local_rank, self.local_size = local_rank, local_size
-        self.cross_rank, self.cross_size = cross_rank, cross_size
-
-    def get_rank(self) -> int:
-        return self.rank
-
-    def get_local_rank(self) -> int:
-        return self.local_rank
-
-    def get_size(self) -> int:
-        return self.size
-
-    def get_num_agents(self) -> int:
-        return self.cross_size
-
-    def broadcast(self, stuff: Any) -> Any:
-        return stuff
-
-    def allgather(self, stuff: Any) -> list[Any]:
-        return [stuff]
-
-    def gather(self, stuff: Any) -> list[Any]:
-        return [stuff]
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
 class Context:
     def __init__(
         self,
@@ -106,9 +65,10 @@ class Context:
         info: ClusterInfo | None,
         checkpoint_root: Path,
         channel: Channel | None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.info = info
-        self.distributed = DistributedContext()
+        self.distributed = distributed if distributed is not None else DistributedContext()
         self._transport = transport
         self._channel = channel
         self.train = TrainContext(transport)
@@ -144,6 +104,7 @@ class Context:
         self.close()
 
     def close(self) -> None:
+        self.distributed.close()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -165,6 +126,6 @@ def init(
             if isinstance(checkpoint_storage, str)
             else os.environ.get("RUNG_CHECKPOINT_DIR", Path.home() / ".rung" / "local-checkpoints")
         )
-        return Context(LocalTransport(), None, root, None)
+        return Context(LocalTransport(), None, root, None, distributed)
     channel = Channel(path)
-    return Context(channel, info, Path(info.checkpoint_root), channel)
+    return Context(channel, info, Path(info.checkpoint_root), channel, distributed)
