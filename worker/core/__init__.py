@@ -18,6 +18,7 @@ from rung.worker.core._checkpoint import CheckpointContext
 from rung.worker.core._contexts import (
     EarlyExitReason,
     LocalTransport,
+    MemberTransport,
     PreemptContext,
     PreemptMode,
     SearcherContext,
@@ -65,15 +66,18 @@ class Context:
         info: ClusterInfo | None,
         checkpoint_root: Path,
         channel: Channel | None,
+        *,
         distributed: DistributedContext | None = None,
+        preempt_mode: PreemptMode = PreemptMode.WorkersAskChief,
     ) -> None:
         self.info = info
         self.distributed = distributed if distributed is not None else DistributedContext()
         self._transport = transport
         self._channel = channel
         self.train = TrainContext(transport)
-        self.searcher = SearcherContext(transport, info.trial.unit if info else None)
-        self.preempt = PreemptContext(transport)
+        unit = info.trial.unit if info else None
+        self.searcher = SearcherContext(transport, unit, self.distributed)
+        self.preempt = PreemptContext(transport, self.distributed, preempt_mode)
 
         def report(storage_id: str, steps: int, metadata: dict[str, Any], size: int) -> None:
             transport.request(
@@ -126,6 +130,27 @@ def init(
             if isinstance(checkpoint_storage, str)
             else os.environ.get("RUNG_CHECKPOINT_DIR", Path.home() / ".rung" / "local-checkpoints")
         )
-        return Context(LocalTransport(), None, root, None, distributed)
+        return Context(
+            LocalTransport(), None, root, None, distributed=distributed, preempt_mode=preempt_mode
+        )
+    if distributed is not None and distributed.get_rank() != 0:
+        # Only the chief talks to the worker: the other ranks get operations and
+        # preemption from it, and may not report (Determined's rule).
+        member = MemberTransport(distributed.get_rank())
+        return Context(
+            member,
+            info,
+            Path(info.checkpoint_root),
+            None,
+            distributed=distributed,
+            preempt_mode=preempt_mode,
+        )
     channel = Channel(path)
-    return Context(channel, info, Path(info.checkpoint_root), channel, distributed)
+    return Context(
+        channel,
+        info,
+        Path(info.checkpoint_root),
+        channel,
+        distributed=distributed,
+        preempt_mode=preempt_mode,
+    )

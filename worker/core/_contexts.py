@@ -10,12 +10,16 @@ import enum
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rung.worker.core._validate import check_metric, check_metrics
 
+if TYPE_CHECKING:
+    from rung.worker.core._distributed import DistributedContext
+
 __all__ = [
     "EarlyExitReason",
+    "MemberTransport",
     "PreemptContext",
     "PreemptMode",
     "SearcherContext",
@@ -30,6 +34,37 @@ log = logging.getLogger("rung.core")
 
 class Transport(Protocol):
     def request(self, op: str, **fields: Any) -> dict[str, Any]: ...
+
+
+class MemberTransport:
+    """A rank other than the chief's: it talks to no worker. Determined lets only the
+    chief report; so does Rung, and says so."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        raise RuntimeError(
+            f"only the chief (rank 0) of a distributed trial may {_WHAT.get(op, op)}; this "
+            f"is rank {self.rank}: report from rank 0 (if distributed.get_rank() == 0: ...)"
+        )
+
+
+_WHAT = {
+    "metrics": "report metrics",
+    "progress": "report progress",
+    "progress_fraction": "report progress",
+    "completed": "report an operation completed",
+    "checkpoint": "report a checkpoint",
+    "early_exit": "report an early exit",
+    "best_validation": "ask for the experiment's best validation",
+    "next_op": "ask for operations",
+    "should_preempt": "ask whether to stop",
+}
+
+
+def _ranked(dist: DistributedContext | None) -> bool:
+    return dist is not None and dist.get_size() > 1
 
 
 class LocalTransport:
@@ -98,21 +133,45 @@ class SearcherOperation:
 
 
 class SearcherContext:
-    def __init__(self, transport: Transport, unit: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        unit: str | None = None,
+        distributed: DistributedContext | None = None,
+    ) -> None:
         self._transport = transport
         self._unit = unit
+        self._dist = distributed
 
     def operations(
         self, searcher_mode: SearcherMode = SearcherMode.WorkersAskChief, auto_ack: bool = True
     ) -> Iterator[SearcherOperation]:
+        """The operations, each trained to its absolute ``length``. In a distributed
+        trial, ``WorkersAskChief`` (the default): every rank iterates, the chief asks the
+        worker and broadcasts each length (None at the end), and only the chief reports;
+        ``ChiefOnly``: only the chief iterates."""
+        dist = self._dist
+        ranked = dist is not None and _ranked(dist)
+        chief = dist is None or dist.get_rank() == 0
+        if ranked and not chief and searcher_mode is SearcherMode.ChiefOnly:
+            raise RuntimeError(
+                "SearcherMode.ChiefOnly: only the chief (rank 0) iterates the operations; "
+                "use SearcherMode.WorkersAskChief for every rank to get them"
+            )
+        share = ranked and searcher_mode is SearcherMode.WorkersAskChief
         while True:
-            reply = self._transport.request("next_op")
-            length = reply.get("length")
+            if chief:
+                length = self._transport.request("next_op").get("length")
+                if share and dist is not None:
+                    dist.broadcast(length)
+            else:
+                assert dist is not None  # noqa: S101 (a member has its context)
+                length = dist.broadcast(None)
             if length is None:
                 return
             op = SearcherOperation(self._transport, int(length))
             yield op
-            if not op._completed:  # noqa: SLF001
+            if chief and not op._completed:  # noqa: SLF001
                 raise RuntimeError("you must call op.report_completed() on each operation")
 
     def acknowledge_out_of_ops(self) -> None:
@@ -163,11 +222,40 @@ class TrainContext:
 
 
 class PreemptContext:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        distributed: DistributedContext | None = None,
+        mode: PreemptMode = PreemptMode.WorkersAskChief,
+    ) -> None:
         self._transport = transport
+        self._dist = distributed
+        self._mode = mode
 
     def should_preempt(self, auto_ack: bool = True) -> bool:
-        return bool(self._transport.request("should_preempt").get("preempt"))
+        """Whether to checkpoint and exit now. In a distributed trial with
+        ``WorkersAskChief`` (the default) every rank calls it in step and gets the
+        chief's answer; with ``ChiefOnly`` only the chief may call it."""
+        dist = self._dist
+        if dist is None or not _ranked(dist):
+            return bool(self._transport.request("should_preempt").get("preempt"))
+        if self._mode is PreemptMode.WorkersAskMaster:
+            raise RuntimeError(
+                "PreemptMode.WorkersAskMaster: in Rung only the chief talks to the worker; "
+                "use PreemptMode.WorkersAskChief (every rank gets the chief's answer)"
+            )
+        chief = dist.get_rank() == 0
+        if self._mode is PreemptMode.ChiefOnly:
+            if not chief:
+                raise RuntimeError(
+                    "PreemptMode.ChiefOnly: only the chief (rank 0) may call should_preempt()"
+                )
+            return bool(self._transport.request("should_preempt").get("preempt"))
+        if chief:
+            answer = bool(self._transport.request("should_preempt").get("preempt"))
+            dist.broadcast(answer)
+            return answer
+        return bool(dist.broadcast(None))
 
     def acknowledge_preemption_signal(self) -> None:
         """Nothing to do: the worker expects the exit once it asked for preemption."""
