@@ -248,12 +248,17 @@ class TrialRun:
             "worker_id": self.worker_id,
             "slot_ids": self.slot_ids,
             "gpus": self.gpus,
+            # One worker runs the whole trial: its processes meet on this machine.
+            "container_addrs": ["127.0.0.1"],
+            "container_rank": 0,
         }
         rung_vars = {
             "RUNG_TRIAL_INFO": json.dumps(info),
             "RUNG_CHANNEL": str(self.socket_path or ""),
             "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
+            # Distributed trials on one machine listen on ports apart: 100 a slot.
+            "RUNG_DIST_PORT_OFFSET": str(100 * min(self.slot_ids, default=0)),
         }
         return trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import rung
+from tests.support import wait_for_async
 
 LAUNCHER = """
 import socket, subprocess, sys
@@ -76,6 +77,13 @@ async def test_three_ranks_share_operations_and_only_the_chief_reports(tmp_path:
         assert best.metric == 24  # 4 steps of 1 + 2 + 3, gathered on every rank
         reports = await experiment.metrics()
         assert [(r.group, r.metrics) for r in reports] == [("validation", {"x": 24})]
-        lines = [line.text async for line in experiment.logs(best.trial_id)]
-        refused = [line for line in lines if "refused: only the chief (rank 0)" in line]
+        # The members' lines may reach the store after the experiment ended: wait.
+        refused: list[str] = []
+
+        async def both_refused() -> bool:
+            lines = [line.text async for line in experiment.logs(best.trial_id)]
+            refused[:] = [line for line in lines if "refused: only the chief (rank 0)" in line]
+            return len(refused) == 2
+
+        await wait_for_async(both_refused, timeout=30, what="both members' refusals")
         assert sorted(line.split()[1] for line in refused) == ["1", "2"]

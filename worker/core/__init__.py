@@ -133,6 +133,13 @@ def init(
         return Context(
             LocalTransport(), None, root, None, distributed=distributed, preempt_mode=preempt_mode
         )
+    if distributed is None and (len(info.container_addrs) > 1 or len(info.slot_ids) > 1):
+        raise ValueError(
+            "you must provide a valid DistributedContext for a multi-slot task: this trial "
+            f"has {len(info.slot_ids)} slots; start a process per slot (python -m "
+            "rung.launch.torch_distributed -- CMD) and pass det.core.init(distributed="
+            "det.core.DistributedContext.from_torch_distributed()), or ask for one slot"
+        )
     if distributed is not None and distributed.get_rank() != 0:
         # Only the chief talks to the worker: the other ranks get operations and
         # preemption from it, and may not report (Determined's rule).

@@ -35,6 +35,11 @@ class ClusterInfo:
     slot_ids: list[int] = field(default_factory=list)
     gpu_uuids: list[str] = field(default_factory=list)
     task_type: str = "TRIAL"
+    # The addresses of the machines that run the trial's processes (the chief's first),
+    # this one's place among them, and each one's slots: Determined's fields.
+    container_addrs: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    container_rank: int = 0
+    container_slot_counts: list[int] = field(default_factory=list)
 
 
 def get_cluster_info() -> ClusterInfo | None:
@@ -60,4 +65,9 @@ def get_cluster_info() -> ClusterInfo | None:
         worker_id=str(data.get("worker_id", "")),
         slot_ids=list(data.get("slot_ids", [])),
         gpu_uuids=list(data.get("gpus", [])),
+        container_addrs=[str(a) for a in data.get("container_addrs") or ["127.0.0.1"]],
+        container_rank=int(data.get("container_rank", 0)),
+        container_slot_counts=[
+            int(n) for n in data.get("container_slot_counts") or [len(data.get("slot_ids", []))]
+        ],
     )
