@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -97,6 +98,24 @@ def _euid(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _distributed_environment() -> dict[str, str]:
+    """Ports for a distributed trial's chief, local chief and torch master, and its
+    token (``rung.worker.core.DistributedContext`` and ``rung.launch`` read them)."""
+    return {
+        "RUNG_DIST_TOKEN": secrets.token_hex(16),
+        "RUNG_DIST_PUB_PORT": str(_free_port()),
+        "RUNG_DIST_PULL_PORT": str(_free_port()),
+        "RUNG_DIST_MASTER_PORT": str(_free_port()),
+    }
 
 
 def peer_refusal(sock: Any, trial_pid: int) -> str | None:
@@ -257,8 +276,10 @@ class TrialRun:
             "RUNG_CHANNEL": str(self.socket_path or ""),
             "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
-            # Distributed trials on one machine listen on ports apart: 100 a slot.
-            "RUNG_DIST_PORT_OFFSET": str(100 * min(self.slot_ids, default=0)),
+            # A trial of several processes: where its ranks meet (ports free now, so
+            # that two trials on one machine, of one worker or two, keep apart), and the
+            # token that tells its ranks from anyone else on those ports.
+            **_distributed_environment(),
         }
         return trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
 

@@ -8,7 +8,8 @@ Each process gets what torchrun gives a static job: ``RANK``, ``WORLD_SIZE``,
 ``det.core.DistributedContext.from_torch_distributed()`` work unchanged. The defaults
 come from the trial (``det.get_cluster_info()``): the processes per machine are its
 slots, the machines its ``container_addrs``, the master the first of them, the port
-29400 moved by the trial's port offset (two trials on one machine keep apart). Options,
+the one the worker chose for the trial (else 29400 moved by ``RUNG_DIST_PORT_OFFSET``):
+two trials on one machine keep apart. Options,
 as torchrun spells them: ``--nproc_per_node``, ``--nnodes``, ``--node_rank``,
 ``--master_addr``, ``--master_port``.
 
@@ -51,22 +52,26 @@ def plan(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     info = rung.get_cluster_info()
     addrs = info.container_addrs if info is not None else ["127.0.0.1"]
     offset = int(os.environ.get("RUNG_DIST_PORT_OFFSET", "0") or 0)
+    chosen = os.environ.get("RUNG_DIST_MASTER_PORT", "")  # the worker's pick
     options = {
         "nproc_per_node": str(len(info.slot_ids) if info is not None and info.slot_ids else 1),
         "nnodes": str(len(addrs)),
         "node_rank": str(info.container_rank if info is not None else 0),
         "master_addr": addrs[0],
-        "master_port": str(_PORT + offset),
+        "master_port": chosen if chosen.isdigit() else str(_PORT + offset),
     }
     items = iter(given)
     for item in items:
-        name, _, value = item.removeprefix("--").replace("-", "_").partition("=")
+        name, _, value = item.removeprefix("--").partition("=")
+        name = name.replace("-", "_")  # torchrun takes both spellings of a name
         if name not in _OPTIONS or not item.startswith("--"):
             raise SystemExit(
                 f"{item!r} is not an option of rung.launch.torch_distributed; it takes "
                 + ", ".join(f"--{o}" for o in _OPTIONS)
             )
         options[name] = value or next(items, "")
+        if not options[name]:
+            raise SystemExit(f"--{name} needs a value")
     for name in ("nproc_per_node", "nnodes", "node_rank", "master_port"):
         if not options[name].isdigit():
             raise SystemExit(f"--{name} must be a whole number, not {options[name]!r}")

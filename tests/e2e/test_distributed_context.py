@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +128,7 @@ def test_a_missing_rank_fails_the_chief_in_time() -> None:
 
 def test_a_member_without_a_chief_fails_in_time() -> None:
     port = free_port()
-    with pytest.raises(DistributedError, match="cannot reach the chief"):
+    with pytest.raises(DistributedError, match="cannot join the chief"):
         DistributedContext(
             rank=1,
             size=2,
@@ -161,3 +164,80 @@ def test_core_init_takes_the_distributed_context() -> None:
     dist = det.core.DistributedContext()
     with det.core.init(distributed=dist) as core_context:
         assert core_context.distributed is dist
+
+
+def test_strangers_on_the_chiefs_port_neither_stop_nor_join_the_trial() -> None:
+    """A port scan, garbage, a huge length and a hello with a wrong token come first; the
+    chief closes each and still meets its real member, who brings the trial's token."""
+    port = free_port()
+    made: dict[int, DistributedContext] = {}
+
+    def rank(index: int) -> None:
+        made[index] = DistributedContext(
+            rank=index,
+            size=2,
+            local_rank=index,
+            local_size=2,
+            pub_port=port,
+            pull_port=port + 100,
+            timeout=20,
+            token="the-trial's-token",  # noqa: S106 (a test's token)
+        )
+
+    chief = threading.Thread(target=rank, args=(0,))
+    chief.start()
+    strangers = [
+        b"",  # connect and close: a port scan
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a huge length, then garbage
+        struct.pack(">I", 5) + b"{nope",  # the right length, no JSON
+        _hello({"index": 1, "size": 2, "token": "a guess"}),
+    ]
+    for payload in strangers:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port + 100), timeout=2) as sock:
+                    sock.sendall(payload)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    member = threading.Thread(target=rank, args=(1,))
+    member.start()
+    chief.join(30)
+    member.join(30)
+    assert set(made) == {0, 1}
+    results: dict[int, object] = {}
+
+    def gather(index: int) -> None:
+        results[index] = made[index].allgather({"rank": index, "key": (1, 2)})
+
+    threads = [threading.Thread(target=gather, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Every rank gets the same JSON, the chief too (a tuple comes back a list).
+    expected = [{"rank": 0, "key": [1, 2]}, {"rank": 1, "key": [1, 2]}]
+    assert results == {0: expected, 1: expected}
+    for context in made.values():
+        context.close()
+
+
+def _hello(data: dict[str, object]) -> bytes:
+    body = json.dumps(data).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def test_only_the_chief_saves_a_checkpoint(tmp_path: Path) -> None:
+    from rung.worker.core import CheckpointContext
+
+    member = CheckpointContext(tmp_path, lambda *_: None, rank=1, ranks=2)
+    with pytest.raises(RuntimeError, match=r"only the chief \(rank 0\) saves"):  # noqa: SIM117
+        with member.store_path({"steps_completed": 1}):
+            pass
+    chief = CheckpointContext(tmp_path, lambda *_: None, rank=0, ranks=2)
+    with pytest.raises(NotImplementedError, match="shard=True"):  # noqa: SIM117
+        with chief.store_path({"steps_completed": 1}, shard=True):
+            pass
+    assert list(tmp_path.iterdir()) == []

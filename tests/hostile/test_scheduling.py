@@ -30,9 +30,16 @@ pytestmark = pytest.mark.rabbitmq
 
 
 def config(name: str, slots: int) -> dict[str, Any]:
+    # A trial of several slots runs a process per slot (a single process is refused:
+    # Determined's rule), through Rung's launcher.
+    entrypoint = (
+        "python3 1_metrics.py"
+        if slots == 1
+        else "python3 -m rung.launch.torch_distributed -- python3 4_distributed.py"
+    )
     return {
         "name": name,
-        "entrypoint": "python3 1_metrics.py",
+        "entrypoint": entrypoint,
         "searcher": {"name": "single", "metric": "x", "max_length": 1},
         "max_restarts": 0,
         "resources": {"slots_per_trial": slots},

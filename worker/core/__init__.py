@@ -89,7 +89,13 @@ class Context:
             )
 
         source_root = info.source_root if info is not None else None
-        self.checkpoint = CheckpointContext(checkpoint_root, report, source_root=source_root)
+        self.checkpoint = CheckpointContext(
+            checkpoint_root,
+            report,
+            source_root=source_root,
+            rank=self.distributed.get_rank(),
+            ranks=self.distributed.get_size(),
+        )
 
     def __enter__(self) -> Context:
         return self
@@ -102,7 +108,8 @@ class Context:
     ) -> None:
         if isinstance(value, InvalidHP):
             logging.getLogger("rung.core").warning("trial raised InvalidHP: %s", value)
-            self.train.report_early_exit(EarlyExitReason.INVALID_HP)
+            if not isinstance(self._transport, MemberTransport):  # the chief tells
+                self.train.report_early_exit(EarlyExitReason.INVALID_HP)
             self.close()
             sys.exit(0)
         self.close()

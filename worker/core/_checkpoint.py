@@ -64,10 +64,13 @@ class CheckpointContext:
         report: Callable[[str, int, dict[str, Any], int], None],
         *,
         source_root: str | Path | None = None,
+        rank: int = 0,
+        ranks: int = 1,
     ) -> None:
         self.root = Path(root)
         self.source_root = Path(source_root) if source_root is not None else None
         self._report = report
+        self._rank, self._ranks = rank, ranks
 
     def _commit(self, tmp: Path, storage_id: str, metadata: dict[str, Any]) -> None:
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
@@ -97,7 +100,19 @@ class CheckpointContext:
     def store_path(
         self, metadata: dict[str, Any] | None = None, *, shard: bool = False
     ) -> Iterator[tuple[Path, str]]:
-        """Yield ``(path, storage_id)``; write the checkpoint into ``path``."""
+        """Yield ``(path, storage_id)``; write the checkpoint into ``path``. In a trial
+        of several ranks only the chief saves (``shard=False``, Determined's rule);
+        sharded checkpoints (every rank its part) are not built yet."""
+        if shard and self._ranks > 1:
+            raise NotImplementedError(
+                "store_path(shard=True): sharded checkpoints (every rank writing its part) "
+                "are not built yet in Rung; save from the chief with shard=False"
+            )
+        if self._rank != 0:
+            raise RuntimeError(
+                f"only the chief (rank 0) saves a checkpoint with shard=False; this is rank "
+                f"{self._rank}: save from rank 0 (if distributed.get_rank() == 0: ...)"
+            )
         checked = self._checked(metadata)
         storage_id = str(uuid.uuid4())
         tmp = self.root / f".tmp-{storage_id}"

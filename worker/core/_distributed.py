@@ -19,8 +19,12 @@ naming what was sent and the fix. A message is a 4-byte big-endian length and th
 bytes of UTF-8 JSON, at most ``MAX_MESSAGE`` bytes.
 
 Collectives block, as Determined's do, and every rank must call the same ones in the
-same order. A rank that does not arrive within ``timeout`` seconds fails the
-collective with ``DistributedError`` on the ranks waiting for it.
+same order. The ranks must meet within ``timeout`` seconds (``$RUNG_DIST_TIMEOUT``,
+600) or fail with ``DistributedError`` naming who is missing; a collective then waits
+without limit (a member waits while the chief validates), and a rank that dies is seen
+by its connection closing. Each member proves it belongs to the trial with the token
+its worker gives the trial (``$RUNG_DIST_TOKEN``): a stranger on the port is closed and
+the chief goes on accepting.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import struct
 import time
@@ -39,6 +44,9 @@ MAX_MESSAGE: Final = 64 * 1024 * 1024
 _DEFAULT_PUB_PORT: Final = 12360  # Determined's defaults
 _DEFAULT_PULL_PORT: Final = 12376
 _HEADER: Final = struct.Struct(">I")
+# A member's hello: how long the chief waits for it, and how large it may be.
+_HELLO_S: Final = 5.0
+_HELLO_BYTES: Final = 1024
 
 
 class DistributedError(RuntimeError):
@@ -63,11 +71,14 @@ def _encode(stuff: Any) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _receive(sock: socket.socket) -> Any:
+def _receive(sock: socket.socket, limit: int = MAX_MESSAGE) -> Any:
     (size,) = _HEADER.unpack(_exactly(sock, _HEADER.size))
-    if size > MAX_MESSAGE:
-        raise DistributedError(f"a peer sent a {size}-byte message, above {MAX_MESSAGE}")
-    return json.loads(_exactly(sock, size))
+    if size > limit:
+        raise DistributedError(f"a peer sent a {size}-byte message, above {limit}")
+    try:
+        return json.loads(_exactly(sock, size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DistributedError(f"a peer sent a message that is not JSON ({exc})") from exc
 
 
 def _exactly(sock: socket.socket, size: int) -> bytes:
@@ -78,9 +89,11 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
             chunk = sock.recv(min(left, 1 << 20))
         except TimeoutError as exc:
             raise DistributedError(
-                "a rank did not arrive at the collective in time: every rank must call "
-                "the same collectives in the same order"
+                "a rank did not answer in time: every rank must call the same "
+                "collectives in the same order"
             ) from exc
+        except OSError as exc:
+            raise DistributedError(f"a rank's connection broke ({exc})") from exc
         if not chunk:
             raise DistributedError("a rank of this trial closed its connection (it exited?)")
         chunks.append(chunk)
@@ -88,84 +101,143 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """Collectives wait without limit (a member waits while the chief validates or the
+    searcher decides); a peer that dies is seen by the connection closing, or by TCP's
+    keepalive where its machine went away."""
+    sock.settimeout(None)
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
 class _Group:
     """One chief and its members: the chief holds a socket per member, a member one to
-    the chief. ``index`` is the rank within the group (0 the chief)."""
+    the chief. ``index`` is the rank within the group (0 the chief).
 
-    def __init__(self, index: int, size: int, host: str, port: int, timeout: float) -> None:
-        self.index, self.size, self.timeout = index, size, timeout
+    A member says who it is in a hello (its index, the group's size and the trial's
+    token); the chief takes a hello only within ``_HELLO_S`` and ``_HELLO_BYTES``, from
+    an index it does not have yet, with the right size and token, and acknowledges it.
+    Anything else (a port scan, a stranger, garbage) is closed and the chief goes on
+    accepting: it cannot take a rank's place, nor stop the trial's ranks from meeting."""
+
+    def __init__(
+        self, index: int, size: int, host: str, port: int, *, timeout: float, token: str
+    ) -> None:
+        self.index, self.size, self.timeout, self.token = index, size, timeout, token
         self.members: dict[int, socket.socket] = {}
         self.chief: socket.socket | None = None
         if size == 1:
             return
-        if index == 0:
-            self._accept(host, port)
-        else:
-            self._connect(host, port)
+        try:
+            if index == 0:
+                self._accept(host, port)
+            else:
+                self._connect(host, port)
+        except BaseException:
+            self.close()
+            raise
 
     def _accept(self, host: str, port: int) -> None:
-        server = socket.create_server((host, port), reuse_port=False, backlog=self.size)
-        server.settimeout(self.timeout)
+        try:
+            server = socket.create_server((host, port), backlog=self.size * 2)
+        except OSError as exc:
+            raise DistributedError(
+                f"the chief cannot listen on {host or '*'}:{port} ({exc.strerror or exc}); "
+                "another trial may use that port: give each its own (port_offset, "
+                "RUNG_DIST_PORT_OFFSET)"
+            ) from exc
+        deadline = time.monotonic() + self.timeout
         try:
             while len(self.members) < self.size - 1:
+                server.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
                     conn, _ = server.accept()
                 except TimeoutError as exc:
                     missing = sorted(set(range(1, self.size)) - set(self.members))
                     raise DistributedError(
-                        f"ranks {missing} did not connect to the chief at {host}:{port} "
-                        f"within {self.timeout:g} s; start every rank with the same size "
-                        "and chief address"
+                        f"ranks {missing} did not connect to the chief at {host or '*'}:"
+                        f"{port} within {self.timeout:g} s; start every rank with the same "
+                        "size and chief address"
                     ) from exc
-                conn.settimeout(self.timeout)
-                hello = _receive(conn)
-                index = hello.get("index") if isinstance(hello, dict) else None
-                if not isinstance(index, int) or not 0 < index < self.size:
-                    conn.close()
-                    continue  # not one of ours
-                self.members[index] = conn
+                self._hello(conn)
         finally:
             server.close()
+
+    def _hello(self, conn: socket.socket) -> None:
+        conn.settimeout(_HELLO_S)
+        try:
+            hello = _receive(conn, limit=_HELLO_BYTES)
+            index = hello.get("index") if isinstance(hello, dict) else None
+            token = hello.get("token") if isinstance(hello, dict) else None
+            if (
+                isinstance(index, int)
+                and not isinstance(index, bool)
+                and 0 < index < self.size
+                and index not in self.members
+                and hello.get("size") == self.size
+                and isinstance(token, str)
+                and secrets.compare_digest(token.encode(), self.token.encode())
+            ):
+                conn.sendall(_encode({"ok": True}))
+                _keepalive(conn)
+                self.members[index] = conn
+                return
+        except (DistributedError, OSError):
+            pass
+        with contextlib.suppress(OSError):
+            conn.close()  # not one of ours
 
     def _connect(self, host: str, port: int) -> None:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                sock = socket.create_connection((host, port), timeout=self.timeout)
-                break
-            except OSError as exc:
+                sock = socket.create_connection((host, port), timeout=_HELLO_S)
+                sock.sendall(_encode({"index": self.index, "size": self.size, "token": self.token}))
+                answer = _receive(sock, limit=_HELLO_BYTES)
+                if answer == {"ok": True}:
+                    break
+                sock.close()
+            except (OSError, DistributedError) as exc:
                 if time.monotonic() > deadline:
                     raise DistributedError(
-                        f"cannot reach the chief at {host}:{port} within {self.timeout:g} s "
-                        f"({exc}); is rank 0 running, and is chief_ip its address?"
+                        f"cannot join the chief at {host}:{port} within {self.timeout:g} s "
+                        f"({exc}); is rank 0 running, with the same size and token, and is "
+                        "chief_ip its address?"
                     ) from exc
-                time.sleep(0.05)
-        sock.settimeout(self.timeout)
-        sock.sendall(_encode({"index": self.index}))
+            time.sleep(0.05)
+        _keepalive(sock)
         self.chief = sock
 
     def gather(self, stuff: Any) -> list[Any] | None:
         message = _encode(stuff)  # refuse what is not JSON on every rank alike
+        own = json.loads(message[_HEADER.size :])  # what the others get: the same types
         if self.size == 1:
-            return [stuff]
+            return [own]
         if self.index != 0:
             assert self.chief is not None  # noqa: S101 (a member has its chief)
             self.chief.sendall(message)
+            _receive(self.chief)  # the chief has everyone's: a barrier, as Determined's
             return None
-        out = [stuff]
+        out = [own]
         out += [_receive(self.members[i]) for i in range(1, self.size)]
+        done = _encode(None)
+        for i in range(1, self.size):
+            self.members[i].sendall(done)
         return out
 
     def broadcast(self, stuff: Any) -> Any:
         if self.size == 1:
-            return stuff
+            return json.loads(_encode(stuff)[_HEADER.size :])
         if self.index != 0:
             assert self.chief is not None  # noqa: S101
             return _receive(self.chief)
         message = _encode(stuff)
         for i in range(1, self.size):
             self.members[i].sendall(message)
-        return stuff
+        return json.loads(message[_HEADER.size :])
 
     def close(self) -> None:
         for sock in [*self.members.values(), *([self.chief] if self.chief else [])]:
@@ -188,11 +260,12 @@ class DistributedContext:
         cross_rank: int = 0,
         cross_size: int = 1,
         chief_ip: str | None = None,
-        pub_port: int = _DEFAULT_PUB_PORT,
-        pull_port: int = _DEFAULT_PULL_PORT,
+        pub_port: int | None = None,
+        pull_port: int | None = None,
         port_offset: int | None = None,
         force_tcp: bool = False,
         timeout: float | None = None,
+        token: str | None = None,
     ) -> None:
         _check(
             rank=rank,
@@ -214,12 +287,30 @@ class DistributedContext:
         self.chief_ip = chief_ip
         wait = timeout if timeout is not None else float(os.environ.get("RUNG_DIST_TIMEOUT", "600"))
         offset = port_offset if port_offset is not None else _env_offset()
+        pub = (pub_port if pub_port is not None else _env_port("PUB", _DEFAULT_PUB_PORT)) + offset
+        pull = (
+            pull_port if pull_port is not None else _env_port("PULL", _DEFAULT_PULL_PORT)
+        ) + offset
+        secret = token if token is not None else os.environ.get("RUNG_DIST_TOKEN", "")
+        # All on one machine: loopback only. Across machines the chief listens on every
+        # address (the token keeps strangers out), and the others dial chief_ip.
+        one_host = local_size == size
         # Each host's local group gets a port of its own (+ cross_rank): two parts of a
         # trial on one machine (two workers of a gang there) do not collide.
         self._local = _Group(
-            local_rank, local_size, "127.0.0.1", pull_port + offset + cross_rank, wait
+            local_rank,
+            local_size,
+            "127.0.0.1",
+            pull + cross_rank,
+            timeout=wait,
+            token=secret,
         )
-        self._global = _Group(rank, size, chief_ip or "127.0.0.1", pub_port + offset, wait)
+        try:
+            chief_host = "127.0.0.1" if one_host else ("" if rank == 0 else str(chief_ip))
+            self._global = _Group(rank, size, chief_host, pub, timeout=wait, token=secret)
+        except BaseException:
+            self._local.close()
+            raise
 
     @classmethod
     def from_torch_distributed(cls, chief_ip: str | None = None) -> DistributedContext:
@@ -297,6 +388,12 @@ class DistributedContext:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _env_port(which: str, default: int) -> int:
+    """``RUNG_DIST_PUB_PORT`` / ``RUNG_DIST_PULL_PORT``: the ports the worker chose."""
+    text = os.environ.get(f"RUNG_DIST_{which}_PORT", "")
+    return int(text) if text.isdigit() else default
 
 
 def _env_offset() -> int:
