@@ -4,7 +4,8 @@ writes with ``[rank=N] ``, and exit with its exit code.
 RANK is the rank, or the name of an environment variable that holds it (``RANK``, as
 torchrun sets). Standard output and standard error keep apart; a signal this process
 gets (SIGTERM, SIGINT) is passed to CMD. A line is tagged as a whole: a partial line
-(a progress bar's) is written when CMD writes its end, or exits.
+(a progress bar's) is written at each carriage return, and a line without an end is
+passed on in 64 KiB pieces.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import BinaryIO
 __all__ = ["main", "parse"]
 
 USAGE = "usage: python -m rung.launch.wrap_rank RANK -- CMD [ARGS...]"
+_LONGEST = 64 * 1024  # bytes of a line without an end, passed on as a piece
 
 
 def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
@@ -39,8 +41,25 @@ def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
 
 
 def _tag(source: BinaryIO, target: BinaryIO, prefix: bytes) -> None:
-    for line in iter(source.readline, b""):
-        target.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+    """Copy ``source`` to ``target``, each line tagged. A line ends at a newline or a
+    carriage return (a progress bar redraws with those: each redraw is passed on as it
+    comes), and a line longer than ``_LONGEST`` is passed on in pieces: a script's
+    output never piles up here."""
+    pending = b""
+    while chunk := os.read(source.fileno(), 65536):
+        pending += chunk
+        while True:
+            cut = min((i for i in (pending.find(b"\n"), pending.find(b"\r")) if i >= 0), default=-1)
+            if cut < 0:
+                break
+            target.write(prefix + pending[: cut + 1])
+            pending = pending[cut + 1 :]
+        while len(pending) > _LONGEST:
+            target.write(prefix + pending[:_LONGEST] + b"\n")
+            pending = pending[_LONGEST:]
+        target.flush()
+    if pending:
+        target.write(prefix + pending + b"\n")
         target.flush()
 
 

@@ -88,6 +88,25 @@ def test_wrap_rank_tags_each_line_and_keeps_the_exit_code() -> None:
     assert "neither a number nor the name of a variable" in bad.stderr
 
 
+def test_wrap_rank_passes_progress_bars_and_endless_lines_on_as_they_come() -> None:
+    script = (
+        "import sys; sys.stdout.write('10%\\r50%\\r100%\\n');"
+        " sys.stdout.write('x' * 200000); sys.stdout.flush()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "rung.launch.wrap_rank", "2", "--", sys.executable, "-c", script],
+        capture_output=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    out = done.stdout
+    assert out.startswith(b"[rank=2] 10%\r[rank=2] 50%\r[rank=2] 100%\n")
+    pieces = out.split(b"\n")[1:-1]
+    assert [len(p) for p in pieces] == [len(b"[rank=2] ") + n for n in (65536, 65536, 65536, 3392)]
+
+
 async def test_torchrun_runs_a_process_per_slot(tmp_path: Path) -> None:
     context = tmp_path / "context"
     context.mkdir()
