@@ -27,6 +27,7 @@ from rung.searcher.eventlog import (
     EventLogCorruptError,
     Record,
     TrialLogStore,
+    lost_race,
     read_log,
 )
 from rung.searcher.eventlog.records import record_adapter
@@ -239,6 +240,8 @@ class DirSource:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 record = record_adapter.validate_json(line)
+                if lost_race(record.seq, last):
+                    continue  # two searchers appended at once; the line first written counts
                 if record.seq != last + 1:
                     raise EventLogCorruptError(
                         f"{path}: record {record.seq} follows record {last}; the log was "

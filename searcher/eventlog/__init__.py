@@ -2,7 +2,7 @@
 applied message ids, and the trial log store kept apart from the log."""
 
 from rung.searcher.eventlog.file import FileEventLog, StaleOwnerError
-from rung.searcher.eventlog.reader import EventLogCorruptError, LogRecords, read_log
+from rung.searcher.eventlog.reader import EventLogCorruptError, LogRecords, lost_race, read_log
 from rung.searcher.eventlog.records import (
     LOG_VERSION,
     CommandRecord,
@@ -38,6 +38,7 @@ __all__ = [
     "StaleOwnerError",
     "StoredSnapshot",
     "TrialLogStore",
+    "lost_race",
     "read_log",
     "read_snapshot",
     "replay",

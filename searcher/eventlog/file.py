@@ -20,10 +20,12 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
+
 from rung.broker.limits import MAX_REPLY_BYTES
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.durable import fsync_directory, replace_durably
-from rung.searcher.eventlog.reader import LogRecords, read_log
+from rung.searcher.eventlog.reader import LogRecords, line_seq, lost_race, read_log
 from rung.searcher.eventlog.records import OwnerRecord, Record
 from rung.searcher.eventlog.snapshots import (
     SNAPSHOT_FILE,
@@ -37,7 +39,12 @@ from rung.searcher.failpoints import fsync_failure_point
 
 __all__ = ["UNSENT_FILE", "FileEventLog", "LogClosedError", "StaleOwnerError", "StorageError"]
 
+log = structlog.get_logger("rung.eventlog")
+
 UNSENT_FILE: Final = "unsent.json"
+# How much of what another searcher appended is read to judge it: the lines that lost a
+# race are a few records; past them, the first record that counts ends the judging.
+_FOREIGN_READ_BYTES: Final = 1 << 20
 
 
 class StaleOwnerError(SearcherError):
@@ -74,6 +81,8 @@ class FileEventLog:
             fsync_directory(path.parent)
         # The first storage error; from then on the log refuses everything.
         self.broken: StorageError | None = None
+        # Set once another searcher's record counts in this log: nothing more is appended.
+        self.stale: StaleOwnerError | None = None
         self.closed = False
         existing = read_log(path, repair=True)
         # What was on disk when the log was opened (for a restart to rebuild from).
@@ -86,10 +95,11 @@ class FileEventLog:
         # The latest snapshot, when it belongs to this log.
         self.snapshot = snapshot if snapshot and matches(snapshot, existing) else None
         self._last_line = existing.raw(self.seq - 1) if self.seq else b""
-        # Where each record appended since opening starts, for reading records back.
-        self._starts: list[int] = []
-        self._file = path.open("ab")
-        self._size = os.fstat(self._file.fileno()).st_size
+        # Where each record appended since opening starts and ends, for reading them back.
+        self._spans: list[tuple[int, int]] = []
+        self._file = path.open("a+b")  # read too: to judge what another searcher appended
+        # Where this log's lines end: the file's size, but for lines still to be judged.
+        self._size = existing.offset(self.seq)
         # What a previous process wrote may still be only in the page cache.
         try:
             self._fsync()
@@ -189,14 +199,11 @@ class FileEventLog:
 
     def append(self, record: Record, *, sync: bool = True) -> Record:
         self._check()
+        if self.stale is not None:
+            raise self.stale
         if record.seq != self.seq + 1:
             raise SearcherError(f"record {record.seq} appended after {self.seq}")
-        size = os.fstat(self._file.fileno()).st_size
-        if size != self._size:
-            raise StaleOwnerError(
-                f"{self.path} was written by another searcher (it has {size} bytes, this one "
-                f"wrote {self._size}); this searcher no longer owns the experiment"
-            )
+        self._judge_foreign_lines(None)
         line = record.model_dump_json().encode()
         try:
             self._file.write(line + b"\n")
@@ -204,12 +211,15 @@ class FileEventLog:
         except OSError as exc:
             # Part of the line may be in the file: nothing may be appended after it.
             raise self._storage_failed("a write", exc) from exc
-        self._starts.append(self._size)
+        # Another searcher may have appended between the check and the write.
+        start = self._judge_foreign_lines(line)
+        end = start + len(line) + 1
+        self._spans.append((start, end))
         self.seq = record.seq
         if sync:
             self._fsync()
             self.durable_seq = self.seq
-        self._size += len(line) + 1
+        self._size = end
         self._last_line = line
         self._since_snapshot += 1
         self._bytes_since_snapshot += len(line) + 1
@@ -217,13 +227,57 @@ class FileEventLog:
             self.epoch = record.epoch
         return record
 
+    def _judge_foreign_lines(self, mine: bytes | None) -> int:
+        """Where ``mine``, just appended, starts (the end of the log with ``mine`` None),
+        past the lines another searcher appended that lost a race (:func:`lost_race`).
+
+        Two searchers on one shared state directory hold no lock between them: each
+        checks that the log is as it left it before it appends, and the other may append
+        between that check and the write. The line written first counts. When a line of
+        another searcher counts before ``mine`` (or before the next append), this one no
+        longer owns the log: :class:`StaleOwnerError`, and its own line does not count.
+        """
+        fileno = self._file.fileno()
+        size = os.fstat(fileno).st_size
+        expected = self._size + (len(mine) + 1 if mine is not None else 0)
+        if size == expected:
+            return self._size  # nobody else wrote: the common case, one fstat
+        try:
+            tail = os.pread(fileno, min(size - self._size, _FOREIGN_READ_BYTES), self._size)
+        except OSError as exc:
+            raise self._storage_failed("a read", exc) from exc
+        position = self._size
+        for raw in tail.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # a line still being written (or more than we read): not judged
+            if mine is not None and raw[:-1] == mine:
+                return position  # every line before it lost: this one counts
+            seq = line_seq(raw[:-1])
+            if seq is None or not lost_race(seq, self.seq):
+                break  # another searcher's record counts (or a line no searcher wrote)
+            log.warning(
+                "skipping a line another searcher appended that lost a race",
+                path=str(self.path),
+                seq=seq,
+            )
+            position += len(raw)
+            if mine is None:
+                self._size = position
+        if mine is None and position == size:
+            return position
+        self.stale = StaleOwnerError(
+            f"{self.path} was written by another searcher (it has {size} bytes, this one "
+            f"wrote {self._size}); this searcher no longer owns the experiment"
+        )
+        raise self.stale
+
     def _start(self, index: int) -> int:
         """Where record ``index`` (0-based) starts; the end of the log past the last."""
         opened = len(self.existing)
-        if index <= opened:
+        if index < opened:
             return self.existing.offset(index)
         appended = index - opened
-        return self._starts[appended] if appended < len(self._starts) else self._size
+        return self._spans[appended][0] if appended < len(self._spans) else self._size
 
     def read_after(
         self, after_seq: int, limit: int, max_bytes: int = MAX_REPLY_BYTES
@@ -245,10 +299,16 @@ class FileEventLog:
                 else:
                     high = middle - 1
             last = low
-        end = self._start(last)
-        with self.path.open("rb") as handle:
-            handle.seek(begin)
-            return handle.read(end - begin).splitlines()
+        opened = len(self.existing)
+        lines = [self.existing.raw(index) for index in range(first, min(last, opened))]
+        if last > opened:
+            spans = self._spans[max(first, opened) - opened : last - opened]
+            begin = spans[0][0]
+            with self.path.open("rb") as handle:
+                handle.seek(begin)
+                data = handle.read(spans[-1][1] - begin)
+            lines.extend(data[start - begin : end - begin - 1] for start, end in spans)
+        return lines
 
     def snapshot_due(self, every: int) -> bool:
         """At least ``every`` records, and as many bytes as the last snapshot, since it.

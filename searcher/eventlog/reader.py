@@ -7,7 +7,9 @@ timeline or ``--verify`` needs every record. So reading is in two steps:
   on one line), the record number and the kind, from the line's header with one regular
   expression: about a microsecond per record. A torn last line is dropped with a warning
   (and cut off the file with ``repair``); a gap in the numbering or a line that is not a
-  record is an error that names it.
+  record is an error that names it. A line numbered at or below the records before it
+  lost a race: two searchers on a shared state directory appended at once, and the line
+  written first counts (see :func:`lost_race`). It is skipped, with a warning.
 * ``LogRecords`` then parses and validates a record when it is read, and names the
   record when it does not validate. Reading every record validates every record.
 """
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.records import Record, record_adapter
 
-__all__ = ["EventLogCorruptError", "LogRecords", "read_log"]
+__all__ = ["EventLogCorruptError", "LogRecords", "line_seq", "lost_race", "read_log"]
 
 log = structlog.get_logger("rung.eventlog")
 
@@ -48,11 +50,23 @@ def _parse(line: bytes) -> Record:
 class LogRecords(Sequence[Record]):
     """The records of one log file, each parsed and validated when it is read."""
 
-    def __init__(self, path: Path, data: bytes, starts: array[int], kinds: list[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        data: bytes,
+        starts: array[int],
+        ends: array[int],
+        kinds: list[str],
+        *,
+        skipped: tuple[int, ...] = (),
+    ) -> None:
         self.path = path
         self._data = data
-        self._starts = starts  # where each record starts, then where the last one ended
+        self._starts = starts  # where each record starts, then where the lines read end
+        self._ends = ends  # where each record's line ends, before its newline
         self._kinds = kinds
+        # The line numbers of the lines that lost a race, skipped.
+        self.skipped = skipped
 
     def __len__(self) -> int:
         return len(self._kinds)
@@ -62,7 +76,8 @@ class LogRecords(Sequence[Record]):
         return self._kinds[index]
 
     def offset(self, count: int) -> int:
-        """Where the record after the first ``count`` records starts, in bytes."""
+        """Where the record after the first ``count`` records starts, in bytes; after
+        the last, where the complete lines read end (past any skipped line)."""
         return self._starts[count]
 
     def contains(self, needle: bytes) -> bool:
@@ -71,15 +86,15 @@ class LogRecords(Sequence[Record]):
 
     def raw(self, index: int) -> bytes:
         """The record's line as written, without its newline."""
-        return self._data[self._starts[index] : self._starts[index + 1] - 1]
+        return self._data[self._starts[index] : self._ends[index]]
 
     def _record(self, index: int) -> Record:
         try:
             return _parse(self.raw(index))
         except (ValueError, ValidationError) as exc:
-            number = index + 1
+            line = self._data.count(b"\n", 0, self._starts[index]) + 1
             raise EventLogCorruptError(
-                f"{self.path}: record {number} (line {number}) is corrupt: "
+                f"{self.path}: record {index + 1} (line {line}) is corrupt: "
                 f"{str(exc).splitlines()[0]}; the records after it cannot be trusted"
             ) from None
 
@@ -108,8 +123,26 @@ def _parses(line: bytes) -> bool:
     return True
 
 
-def _header(path: Path, line: bytes, number: int) -> str | None:
-    """The kind of a well-formed record numbered ``number``; None when the line is broken."""
+def lost_race(seq: int, count: int) -> bool:
+    """Whether a line numbered ``seq`` after ``count`` records lost a race.
+
+    Two searchers on a shared state directory (no file lock between them) can append at
+    the same moment, each numbering its record after the ones it knows. The line that
+    lands first counts; a line numbered at or below the records before it was written by
+    a searcher that did not know the last of them, and does not count. The writer checks
+    where its line landed and acts on its record only when it counts.
+    """
+    return seq <= count
+
+
+def line_seq(line: bytes) -> int | None:
+    """The number of the record on ``line``; None when it is not a complete record."""
+    header = _header(line)
+    return None if header is None else header[0]
+
+
+def _header(line: bytes) -> tuple[int, str] | None:
+    """The number and kind of a well-formed record line; None when the line is broken."""
     match = _HEADER.match(line)
     if match is None or not line.endswith(b"}"):
         # Not in the form we write: parse it whole (older writers, hand-made logs).
@@ -117,25 +150,19 @@ def _header(path: Path, line: bytes, number: int) -> str | None:
             record = _parse(line)
         except (ValueError, ValidationError):
             return None
-        seq, kind = record.seq, str(record.kind)
-    else:
-        seq, kind = int(match[1]), match[2].decode()
-        if kind not in KINDS:
-            return None
-    if seq != number:
-        raise EventLogCorruptError(
-            f"{path}: line {number} holds record {seq}; records must be numbered "
-            "1, 2, 3... without gaps"
-        )
-    return kind
+        return record.seq, str(record.kind)
+    kind = match[2].decode()
+    return (int(match[1]), kind) if kind in KINDS else None
 
 
 def read_log(path: Path, *, repair: bool = False) -> LogRecords:
-    """Every record of the log; a torn last line is dropped (and cut off with ``repair``)."""
+    """Every record of the log; a torn last line is dropped (and cut off with ``repair``),
+    and a line that lost a race between two searchers is skipped."""
     data = path.read_bytes()
-    starts = array("q", [0])
+    starts, ends = array("q"), array("q")
     kinds: list[str] = []
-    position, size = 0, len(data)
+    skipped: list[int] = []
+    position, size, line_number = 0, len(data), 0
     torn = b""
     while position < size:
         end = data.find(b"\n", position)
@@ -143,25 +170,41 @@ def read_log(path: Path, *, repair: bool = False) -> LogRecords:
             torn = data[position:]
             break
         line = data[position:end]
-        kind = _header(path, line, len(kinds) + 1)
-        if kind is None:
+        line_number += 1
+        header = _header(line)
+        if header is None:
             if end + 1 < size:
-                number = len(kinds) + 1
                 raise EventLogCorruptError(
-                    f"{path}: record {number} (line {number}) is corrupt: it is not a "
-                    "complete record; the records after it cannot be trusted"
+                    f"{path}: record {len(kinds) + 1} (line {line_number}) is corrupt: it "
+                    "is not a complete record; the records after it cannot be trusted"
                 )
             torn = line  # a torn final line that happens to end in a newline
             break
-        kinds.append(kind)
+        seq, kind = header
+        if lost_race(seq, len(kinds)):
+            skipped.append(line_number)
+        elif seq != len(kinds) + 1:
+            raise EventLogCorruptError(
+                f"{path}: line {line_number} holds record {seq} after record {len(kinds)}; "
+                "records must be numbered 1, 2, 3... without gaps"
+            )
+        else:
+            kinds.append(kind)
+            starts.append(position)
+            ends.append(end)
         position = end + 1
-        starts.append(position)
-    if kinds and not torn and not _parses(data[starts[-2] : starts[-1] - 1]):
+    if position and not torn:
         # The last line is where a crash would have left a broken write: check it whole.
-        kinds.pop()
-        starts.pop()
-        position = starts[-1]
-        torn = data[position:]
+        last = data.rfind(b"\n", 0, position - 1) + 1
+        if not _parses(data[last : position - 1]):
+            if skipped and skipped[-1] == line_number:
+                skipped.pop()
+            else:
+                kinds.pop()
+                starts.pop()
+                ends.pop()
+            position = last
+            torn = data[position:]
     if torn:
         log.warning(
             "dropping a torn last record (a crash during a write)",
@@ -173,4 +216,12 @@ def read_log(path: Path, *, repair: bool = False) -> LogRecords:
             with path.open("r+b") as handle:
                 handle.truncate(position)
                 os.fsync(handle.fileno())
-    return LogRecords(path, data, starts, kinds)
+    if skipped:
+        log.warning(
+            "skipped lines that lost a race between two searchers (the line written first counts)",
+            path=str(path),
+            lines=skipped[:10],
+            count=len(skipped),
+        )
+    starts.append(position)
+    return LogRecords(path, data, starts, ends, kinds, skipped=tuple(skipped))
