@@ -29,6 +29,7 @@ from rung.worker.core._contexts import (
 )
 from rung.worker.core._distributed import DistributedContext, DistributedError
 from rung.worker.core._info import ClusterInfo, TrialInfo, get_cluster_info
+from rung.worker.core._sharded import ShardedCheckpointError
 
 __all__ = [
     "CHANNEL_ENV",
@@ -45,6 +46,7 @@ __all__ = [
     "SearcherContext",
     "SearcherMode",
     "SearcherOperation",
+    "ShardedCheckpointError",
     "TrainContext",
     "TrialInfo",
     "get_cluster_info",
@@ -93,8 +95,7 @@ class Context:
             checkpoint_root,
             report,
             source_root=source_root,
-            rank=self.distributed.get_rank(),
-            ranks=self.distributed.get_size(),
+            distributed=self.distributed,
         )
 
     def __enter__(self) -> Context:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rung.broker.limits import MAX_CHECKPOINT_METADATA_BYTES, is_uuid
+from rung.worker.core._sharded import Collectives, store_sharded
 from rung.worker.core._validate import check_json
 
 __all__ = ["CheckpointContext", "CheckpointStorageError"]
@@ -64,13 +65,13 @@ class CheckpointContext:
         report: Callable[[str, int, dict[str, Any], int], None],
         *,
         source_root: str | Path | None = None,
-        rank: int = 0,
-        ranks: int = 1,
+        distributed: Collectives | None = None,
     ) -> None:
         self.root = Path(root)
         self.source_root = Path(source_root) if source_root is not None else None
         self._report = report
-        self._rank, self._ranks = rank, ranks
+        # The trial's ranks, when it has several: who may save, and how a part is sent.
+        self._distributed = distributed
 
     def _commit(self, tmp: Path, storage_id: str, metadata: dict[str, Any]) -> None:
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
@@ -101,17 +102,25 @@ class CheckpointContext:
         self, metadata: dict[str, Any] | None = None, *, shard: bool = False
     ) -> Iterator[tuple[Path, str]]:
         """Yield ``(path, storage_id)``; write the checkpoint into ``path``. In a trial
-        of several ranks only the chief saves (``shard=False``, Determined's rule);
-        sharded checkpoints (every rank its part) are not built yet."""
-        if shard and self._ranks > 1:
-            raise NotImplementedError(
-                "store_path(shard=True): sharded checkpoints (every rank writing its part) "
-                "are not built yet in Rung; save from the chief with shard=False"
-            )
-        if self._rank != 0:
+        of several ranks only the chief saves with ``shard=False`` (Determined's rule);
+        with ``shard=True`` every rank calls it and writes its own files, which become
+        one checkpoint (:mod:`rung.worker.core._sharded`)."""
+        if shard and self._distributed is not None and self._distributed.get_size() > 1:
+            with store_sharded(
+                self.root,
+                self._distributed,
+                metadata,
+                checked=self._checked,
+                commit=self._commit,
+                fsync_tree=_fsync_tree,
+            ) as pair:
+                yield pair
+            return
+        if self._distributed is not None and self._distributed.get_rank() != 0:
             raise RuntimeError(
                 f"only the chief (rank 0) saves a checkpoint with shard=False; this is rank "
-                f"{self._rank}: save from rank 0 (if distributed.get_rank() == 0: ...)"
+                f"{self._distributed.get_rank()}: save from rank 0 (if distributed.get_rank() "
+                "== 0: ...), or save a part on every rank with shard=True"
             )
         checked = self._checked(metadata)
         storage_id = str(uuid.uuid4())
@@ -175,7 +184,7 @@ class CheckpointContext:
         shard: bool = False,
         selector: Any = None,
     ) -> str:
-        with self.store_path(metadata) as (path, storage_id):
+        with self.store_path(metadata, shard=shard) as (path, storage_id):
             shutil.copytree(ckpt_dir, path, dirs_exist_ok=True)
         return storage_id
 
