@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import structlog
 
@@ -97,7 +97,8 @@ class FileEventLog:
         self._last_line = existing.raw(self.seq - 1) if self.seq else b""
         # Where each record appended since opening starts and ends, for reading them back.
         self._spans: list[tuple[int, int]] = []
-        self._file = path.open("a+b")  # read too: to judge what another searcher appended
+        # Read too: to judge what another searcher appended.
+        self._file: IO[bytes] = path.open("a+b")
         # Where this log's lines end: the file's size, but for lines still to be judged.
         self._size = existing.offset(self.seq)
         # What a previous process wrote may still be only in the page cache.
