@@ -36,6 +36,7 @@ __all__ = [
     "MAX_LOG_LINE_CHARS",
     "MAX_MESSAGE_BYTES",
     "MAX_METRICS_BYTES",
+    "MAX_RANK",
     "MAX_REPLY_BYTES",
     "MAX_SLOTS_PER_TRIAL",
     "MAX_TRIAL_LOG_BYTES",
@@ -93,6 +94,8 @@ TRIAL_LOG_BURST_BYTES: Final = 4 * MiB
 # What the searcher keeps of one experiment's trial output (apart from its event log);
 # past it, lines are dropped and counted, with a marker line per trial attempt.
 MAX_TRIAL_LOG_BYTES: Final = 64 * MiB
+# The highest rank a log line may carry (``[rank=N] `` of rung.launch.wrap_rank).
+MAX_RANK: Final = 9999
 
 # ------------------------------------------------------------------ scheduling and queues
 # The most slots one trial may ask for: the largest work bucket (broker/topology.py).

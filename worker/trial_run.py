@@ -53,6 +53,7 @@ from rung.broker.schemas import (
     TrialStarted,
 )
 from rung.broker.schemas.envelope import Body
+from rung.launch.wrap_rank import untag
 from rung.worker.core._validate import check_json
 from rung.worker.environment import trial_environment
 from rung.worker.output import READ_CHUNK_BYTES, LineSplitter, LogGate
@@ -98,6 +99,12 @@ def _euid(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _log_line(stream: str, text: str) -> LogLine:
+    """A line to ship; a rank tag (``[rank=N] ``, rung.launch.wrap_rank) becomes its rank."""
+    rank, text = untag(text)
+    return LogLine.model_validate({"stream": stream, "text": text, "rank": rank})
 
 
 def _free_port() -> int:
@@ -563,7 +570,7 @@ class TrialRun:
         """Send what the gate holds, in batches within MAX_LOG_BATCH_LINES and _BYTES."""
         async with self._shipping:
             while batch := self._gate.batch():
-                lines = [LogLine.model_validate({"stream": s, "text": t}) for s, t in batch]
+                lines = [_log_line(stream, text) for stream, text in batch]
                 await self._emit(LogLines(**self._ids(), lines=lines))
 
     async def _ship_periodically(self, stop: asyncio.Event) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, JsonValue, field_validator
 
-from rung.broker.limits import START_TOKEN_PATTERN, UUID_PATTERN
+from rung.broker.limits import MAX_RANK, START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message
 
 __all__ = [
@@ -108,8 +108,12 @@ class TrialExited(_TrialMessage):
 
 
 class LogLine(Message):
+    """One line; ``rank`` is the process's rank in a distributed trial, where the line
+    came tagged with it (``[rank=N] ``, rung.launch.wrap_rank), the tag taken off."""
+
     stream: Literal["stdout", "stderr", "rung"]
     text: str
+    rank: int | None = Field(default=None, ge=0, le=MAX_RANK)
 
 
 class LogLines(_TrialMessage):

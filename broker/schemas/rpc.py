@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, JsonValue
 
-from rung.broker.limits import CONTEXT_HASH_PATTERN
+from rung.broker.limits import CONTEXT_HASH_PATTERN, MAX_RANK
 from rung.broker.schemas.base import Message
 
 __all__ = [
@@ -77,8 +77,9 @@ class ReadRecords(Message):
 
 class ReadTrialLogs(Message):
     """Lines a trial's processes wrote (kept apart from the event log), at most ``limit``;
-    every trial's with ``trial_id`` None. ``after`` is the cursor in the experiment's
-    trial log store (0: from its start; then the reply's ``next``). An experiment from
+    every trial's with ``trial_id`` None; only rank ``rank``'s with it. ``after`` is the
+    cursor in the experiment's trial log store (0: from its start; then the reply's
+    ``next``). An experiment from
     before the store also has lines in its event log's ``log_lines`` records: they come
     first, after record ``after_seq`` (then the reply's ``next_seq``)."""
 
@@ -88,6 +89,7 @@ class ReadTrialLogs(Message):
     after: int = Field(default=0, ge=0)
     after_seq: int = Field(default=0, ge=0)
     limit: int = Field(default=1000, ge=1, le=10_000)
+    rank: int | None = Field(default=None, ge=0, le=MAX_RANK)
 
 
 class ListWorkers(Message):

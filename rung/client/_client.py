@@ -295,13 +295,19 @@ class Experiment:
         return [m for m in await self._read(_metrics) if trial_id in (None, m.trial_id)]
 
     async def logs(
-        self, trial_id: int | None = None, *, follow: bool = False, poll_s: float = 1.0
+        self,
+        trial_id: int | None = None,
+        *,
+        follow: bool = False,
+        poll_s: float = 1.0,
+        rank: int | None = None,
     ) -> AsyncIterator[LogEntry]:
-        """The lines the trials' processes wrote (of one trial, when given), in the order
-        the searcher stored them; with ``follow``, then new ones as they come, until the
-        trial (or, for every trial, the experiment) ends. Read page by page with
-        ``read_trial_logs``: the lines are kept apart from the event log."""
-        async for line in _logs(self, trial_id, follow=follow, poll_s=poll_s):
+        """The lines the trials' processes wrote (of one trial, when given; of one rank
+        of a distributed trial, when given), in the order the searcher stored them; with
+        ``follow``, then new ones as they come, until the trial (or, for every trial, the
+        experiment) ends. Read page by page with ``read_trial_logs``: the lines are kept
+        apart from the event log."""
+        async for line in _logs(self, trial_id, follow=follow, poll_s=poll_s, rank=rank):
             yield line
 
     async def _read(self, convert: Any) -> list[Any]:
@@ -339,11 +345,13 @@ class Trial:
     async def checkpoints(self) -> list[Checkpoint]:
         return await self.experiment.checkpoints(self.id)
 
-    async def logs(self, *, follow: bool = False, poll_s: float = 1.0) -> AsyncIterator[LogEntry]:
-        """The lines the trial's processes wrote, in order; with ``follow``, then new
-        ones as they come, until the trial ends. ``NotFoundError`` for a trial the
-        experiment does not have."""
-        async for line in _logs(self.experiment, self.id, follow=follow, poll_s=poll_s):
+    async def logs(
+        self, *, follow: bool = False, poll_s: float = 1.0, rank: int | None = None
+    ) -> AsyncIterator[LogEntry]:
+        """The lines the trial's processes wrote (of rank ``rank`` only, when given), in
+        order; with ``follow``, then new ones as they come, until the trial ends.
+        ``NotFoundError`` for a trial the experiment does not have."""
+        async for line in _logs(self.experiment, self.id, follow=follow, poll_s=poll_s, rank=rank):
             yield line
 
     async def _logs_from_records(self, *, follow: bool) -> AsyncIterator[LogEntry]:
@@ -367,7 +375,12 @@ class Trial:
 
 # ---------------------------------------------------------------------- reading logs
 async def _logs(
-    experiment: Experiment, trial_id: int | None, *, follow: bool, poll_s: float
+    experiment: Experiment,
+    trial_id: int | None,
+    *,
+    follow: bool,
+    poll_s: float,
+    rank: int | None = None,
 ) -> AsyncIterator[LogEntry]:
     """Page through ``read_trial_logs``; when following and caught up, ask again every
     ``poll_s`` until the trial (or the experiment) has ended. The searcher reads the
@@ -376,7 +389,11 @@ async def _logs(
     after, after_seq = 0, 0
     while True:
         request = ReadTrialLogs(
-            experiment_id=experiment.id, trial_id=trial_id, after=after, after_seq=after_seq
+            experiment_id=experiment.id,
+            trial_id=trial_id,
+            after=after,
+            after_seq=after_seq,
+            rank=rank,
         )
         try:
             result = await rpc._call(request)  # noqa: SLF001 (the client's own RPC)
@@ -385,7 +402,8 @@ async def _logs(
                 raise
             # A searcher from before read_trial_logs: its lines are in the event log.
             async for line in experiment.trial(trial_id)._logs_from_records(follow=follow):  # noqa: SLF001
-                yield line
+                if rank is None or line.rank == rank:
+                    yield line
             return
         except (RequestTimeoutError, ConnectionLostError) as exc:
             if not follow:
@@ -438,6 +456,7 @@ def _log_lines(experiment_id: str, record: InputRecord) -> list[LogEntry]:
             attempt=body.attempt,
             stream=line.stream,
             text=line.text,
+            rank=line.rank,
         )
         for line in body.lines
     ]

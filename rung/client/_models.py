@@ -65,3 +65,4 @@ class LogEntry(_Model):
     attempt: int
     stream: str
     text: str
+    rank: int | None = None  # the process's rank, in a distributed trial

@@ -522,6 +522,7 @@ class TrialPage:
     hparams: str
     attempts: list[dict[str, Any]] = field(default_factory=list)
     charts: list[tuple[str, str]] = field(default_factory=list)
+    ranks: int = 1  # the most processes an attempt had: the log's rank filter offers them
 
 
 def trial_page(view: ExperimentView, trial: TrialView) -> TrialPage:
@@ -551,4 +552,6 @@ def trial_page(view: ExperimentView, trial: TrialView) -> TrialPage:
                 line_chart([curve], x=Axis("steps completed"), y=Axis(name), height=220),
             )
         )
-    return TrialPage(trial, json.dumps(trial.hparams, indent=2, sort_keys=True), attempts, charts)
+    ranks = max((a.slots for a in trial.attempts), default=1)
+    hparams = json.dumps(trial.hparams, indent=2, sort_keys=True)
+    return TrialPage(trial, hparams, attempts, charts, ranks)

@@ -37,6 +37,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from rung.broker.limits import MAX_RANK
 from rung.dashboard.errors import DashboardError
 from rung.dashboard.hub import Followed, Hub
 from rung.dashboard.model import ExperimentView
@@ -526,15 +527,16 @@ class Dashboard:
             raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
         after, after_seq = (request.query.get(name, "0") for name in ("after", "after_seq"))
         cursor, seq = _number(after), _number(after_seq)
+        rank = _rank(request.query.get("rank", ""))
         if request.query.get("tail") == "1":
-            page = await self._tail(view.experiment_id, trial_id)
+            page = await self._tail(view.experiment_id, trial_id, rank)
         else:
-            page = await self.source.logs(view.experiment_id, trial_id, cursor, seq)
+            page = await self.source.logs(view.experiment_id, trial_id, cursor, seq, rank)
         return web.json_response(
             {"lines": page.lines, "next": page.next, "more": page.more, "next_seq": page.next_seq}
         )
 
-    async def _tail(self, experiment_id: str, trial_id: int) -> LogPage:
+    async def _tail(self, experiment_id: str, trial_id: int, rank: int | None) -> LogPage:
         """The end of a trial's log: its last lines in the experiment's store, which holds
         every trial's. A cursor past the end reads as the end (the store's size); the
         lines are read from a window before it that grows fourfold until it holds some of
@@ -542,14 +544,16 @@ class Dashboard:
         event log (from before the store) is read from the start."""
         end = (await self.source.logs(experiment_id, trial_id, _PAST_THE_END, _PAST_THE_END)).next
         if end == 0:
-            return await self.source.logs(experiment_id, trial_id, 0, 0)
+            return await self.source.logs(experiment_id, trial_id, 0, 0, rank)
         window = _TAIL_BYTES
         while True:
             cursor = max(0, end - window)
             lines: list[dict[str, Any]] = []
             page = LogPage([], cursor, more=True, next_seq=_PAST_THE_END)
             while page.more and page.next < end:
-                page = await self.source.logs(experiment_id, trial_id, page.next, _PAST_THE_END)
+                page = await self.source.logs(
+                    experiment_id, trial_id, page.next, _PAST_THE_END, rank
+                )
                 lines = (lines + page.lines)[-_TAIL_LINES:]
             if lines or cursor == 0 or window >= _TAIL_MAX_BYTES:
                 return LogPage(lines, page.next, page.more, _PAST_THE_END)
@@ -651,6 +655,11 @@ def _number(text: str) -> int:
     """A cursor or record number from a query or header (clamped: a page may send the
     end-of-log cursor back rounded up, as JavaScript's numbers do)."""
     return min(int(text), _PAST_THE_END) if _SEQ.fullmatch(text) else 0
+
+
+def _rank(text: str) -> int | None:
+    """A rank filter from a query: None for every rank (a value that is not one too)."""
+    return int(text) if text.isdigit() and len(text) <= len(str(MAX_RANK)) else None
 
 
 async def _prepared(_request: web.Request, response: web.StreamResponse) -> None:

@@ -84,7 +84,12 @@ class Source(Protocol):
     def records(self, experiment_id: str, after_seq: int) -> AsyncIterator[Record]: ...
 
     async def logs(
-        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+        self,
+        experiment_id: str,
+        trial_id: int,
+        after: int,
+        after_seq: int = 0,
+        rank: int | None = None,
     ) -> LogPage: ...
 
     async def control(self, experiment_id: str, action: Action) -> str: ...
@@ -137,7 +142,12 @@ class ClientSource:
             yield record
 
     async def logs(
-        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+        self,
+        experiment_id: str,
+        trial_id: int,
+        after: int,
+        after_seq: int = 0,
+        rank: int | None = None,
     ) -> LogPage:
         request = ReadTrialLogs(
             experiment_id=experiment_id,
@@ -145,6 +155,7 @@ class ClientSource:
             after=after,
             after_seq=after_seq,
             limit=1000,
+            rank=rank,
         )
         result = await self.client.rpc._call(request)  # noqa: SLF001 (the client's own RPC)
         return LogPage(
@@ -252,10 +263,15 @@ class DirSource:
                     yield record
 
     async def logs(
-        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+        self,
+        experiment_id: str,
+        trial_id: int,
+        after: int,
+        after_seq: int = 0,
+        rank: int | None = None,
     ) -> LogPage:
         store = TrialLogStore(self._log(experiment_id).with_name(TRIAL_LOG_FILE))
-        page = await asyncio.to_thread(store.read, after, trial_id=trial_id)
+        page = await asyncio.to_thread(store.read, after, trial_id=trial_id, rank=rank)
         return LogPage(page.lines, page.next, page.more, after_seq)
 
     async def control(self, experiment_id: str, action: Action) -> str:

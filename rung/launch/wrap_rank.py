@@ -6,11 +6,15 @@ torchrun sets). Standard output and standard error keep apart; a signal this pro
 gets (SIGTERM, SIGINT) is passed to CMD. A line is tagged as a whole: a partial line
 (a progress bar's) is written at each carriage return, and a line without an end is
 passed on in 64 KiB pieces.
+
+A worker takes the tag off each line it ships and keeps the rank as the line's ``rank``
+(:func:`untag`): ``rung trial logs --rank N`` and the dashboard filter by it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +22,19 @@ import threading
 from collections.abc import Sequence
 from typing import BinaryIO
 
-__all__ = ["main", "parse"]
+__all__ = ["main", "parse", "untag"]
 
 USAGE = "usage: python -m rung.launch.wrap_rank RANK -- CMD [ARGS...]"
 _LONGEST = 64 * 1024  # bytes of a line without an end, passed on as a piece
+_MAX_RANK = 9999  # rung.broker.limits.MAX_RANK: the tag has at most four digits
+_TAG = re.compile(r"\[rank=(\d{1,4})\] ")
+
+
+def untag(text: str) -> tuple[int | None, str]:
+    """The rank a line is tagged with, and the line without its tag; (None, text) for a
+    line without one."""
+    match = _TAG.match(text)
+    return (int(match[1]), text[match.end() :]) if match else (None, text)
 
 
 def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
@@ -37,6 +50,8 @@ def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
                 f"holds one ({rank_text}={value!r}); pass the rank, or e.g. RANK under torchrun"
             )
         rank_text = value
+    if int(rank_text) > _MAX_RANK:
+        raise SystemExit(f"RANK {rank_text} is above {_MAX_RANK}, the highest rank a line carries")
     return int(rank_text), list(argv[2:])
 
 

@@ -2,9 +2,10 @@
 
 Log lines decide nothing, so they are not records of the event log: each experiment keeps
 them in ``trial-logs.jsonl`` beside ``events.jsonl``, one JSON object a line (``t`` the
-trial, ``a`` the attempt, ``s`` the stream, ``x`` the text; the first line of each
-``log_lines`` event also has its message id ``m``). Each event is one ``write`` to the
-file (opened for it and closed: nothing stays open), never fsync'd: a searcher that
+trial, ``a`` the attempt, ``s`` the stream, ``x`` the text, and ``r`` the rank where the
+line has one; the first line of each ``log_lines`` event also has its message id
+``m``). Each event is one ``write`` to the file (opened for it and closed: nothing stays
+open), never fsync'd: a searcher that
 crashes keeps what the kernel has; a machine that crashes may lose the last lines, which
 is the price of not waiting for the disk once per line.
 
@@ -141,6 +142,8 @@ class TrialLogStore:
             data.update(
                 t=body.trial_id, a=body.attempt, s=line.stream, x=line.text[:MAX_LOG_LINE_CHARS]
             )
+            if line.rank is not None:
+                data["r"] = line.rank
             encoded = _entry(data)
             if len(encoded) > room:
                 return b"".join(parts), index
@@ -195,11 +198,13 @@ class TrialLogStore:
         after: int = 0,
         *,
         trial_id: int | None = None,
+        rank: int | None = None,
         limit: int = 1000,
         max_bytes: int = MAX_REPLY_BYTES,
     ) -> LogPage:
         """Lines after cursor ``after`` (0: from the start), at most ``limit`` of them
-        (of trial ``trial_id`` only, when given), from at most ``max_bytes`` of the file."""
+        (of trial ``trial_id`` only, and of rank ``rank`` only, when given), from at most
+        ``max_bytes`` of the file."""
         try:
             handle = self.path.open("rb")
         except FileNotFoundError:
@@ -217,12 +222,15 @@ class TrialLogStore:
         # Every line of a trial holds "t":<id>, (its first key, or the one after "m"):
         # lines of other trials are passed over unparsed.
         mark = b'"t":%d,' % trial_id if trial_id is not None else b""
+        rank_mark = b'"r":%d' % rank if rank is not None else b""
         for raw in chunk[: end + 1].splitlines():
             page.next += len(raw) + 1
-            if mark not in raw:
+            if mark not in raw or rank_mark not in raw:
                 continue
             line = _parse(raw)
             if line is None or (trial_id is not None and line["trial_id"] != trial_id):
+                continue
+            if rank is not None and line.get("rank") != rank:
                 continue
             page.lines.append(line)
             if len(page.lines) >= limit:
@@ -250,14 +258,17 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     torn by a crash)."""
     try:
         data = json.loads(raw)
-        return {
+        line = {
             "trial_id": int(data["t"]),
             "attempt": int(data["a"]),
             "stream": str(data["s"]),
             "text": str(data["x"]),
         }
+        if "r" in data:  # only a distributed trial's lines have a rank
+            line["rank"] = int(data["r"])
     except (ValueError, KeyError, TypeError):
         return None
+    return line
 
 
 def _ids_in_tail(path: Path, size: int) -> list[str]:

@@ -66,6 +66,7 @@ async def read_trial_logs(service: SearcherService, body: ReadTrialLogs) -> dict
             host.trial_logs.read,
             body.after,
             trial_id=body.trial_id,
+            rank=body.rank,
             limit=body.limit - len(lines),
             max_bytes=MAX_REPLY_BYTES,
         )
@@ -97,7 +98,7 @@ def _legacy_lines(
         if not raws:
             break
         for raw in raws:
-            found = _lines_of(raw, body.trial_id) if LOG_LINES_MARK in raw else []
+            found = _lines_of(raw, body.trial_id, body.rank) if LOG_LINES_MARK in raw else []
             if lines and len(lines) + len(found) > body.limit:
                 return lines, seq
             lines += found
@@ -108,7 +109,7 @@ def _legacy_lines(
     return lines, seq
 
 
-def _lines_of(raw: bytes, trial_id: int | None) -> list[dict[str, Any]]:
+def _lines_of(raw: bytes, trial_id: int | None, rank: int | None) -> list[dict[str, Any]]:
     try:
         record = record_adapter.validate_json(raw)
     except (ValueError, ValidationError):
@@ -122,5 +123,7 @@ def _lines_of(raw: bytes, trial_id: int | None) -> list[dict[str, Any]]:
         return []
     return [
         {"trial_id": body.trial_id, "attempt": body.attempt, "stream": x.stream, "text": x.text}
+        | ({"rank": x.rank} if x.rank is not None else {})
         for x in body.lines
+        if rank is None or x.rank == rank
     ]

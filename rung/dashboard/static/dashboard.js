@@ -212,34 +212,52 @@
     let after = null;  // null: open on the log's end
     let afterSeq = 0;  // lines an older experiment kept in its event log
     const follow = document.getElementById("follow");
+    const rank = document.getElementById("log-rank");  // in a trial of several processes
+    let generation = 0;  // a change of rank starts the log again; older fetches are dropped
     let timer = null;  // the next poll: one chain of polls at a time
     let running = false;
     async function more() {
       timer = null;
       running = true;
+      const mine = generation;
       try {
         let page;
         do {
-          const query = after === null ? "?tail=1" : "?after=" + after + "&after_seq=" + afterSeq;
+          let query = after === null ? "?tail=1" : "?after=" + after + "&after_seq=" + afterSeq;
+          if (rank && rank.value !== "") { query += "&rank=" + encodeURIComponent(rank.value); }
           const response = await fetch(log.dataset.url + query);
-          if (!response.ok) { return; }
+          if (!response.ok || mine !== generation) { return; }
           page = await response.json();
           after = page.next;
           afterSeq = page.next_seq;
-          const text = page.lines.map((l) => "[" + l.attempt + " " + l.stream + "] " + l.text).join("\n");
+          const text = page.lines.map((l) => "[" + l.attempt + " " + l.stream + "] "
+            + (l.rank === null || l.rank === undefined ? "" : "[rank=" + l.rank + "] ") + l.text).join("\n");
           if (text) { log.append(text + "\n"); }
         } while (page.more);
         while (log.childNodes.length > 200) { log.firstChild.remove(); }
         if (follow.checked) { log.scrollTop = log.scrollHeight; }
       } finally {
-        running = false;
-        if (follow.checked && timer === null) { timer = window.setTimeout(more, 1000); }
+        if (mine === generation) {  // else a newer chain of polls has taken over
+          running = false;
+          if (follow.checked && timer === null) { timer = window.setTimeout(more, 1000); }
+        }
       }
     }
     follow.addEventListener("change", () => {
       if (timer !== null) { window.clearTimeout(timer); timer = null; }
       if (follow.checked && !running) { more(); }
     });
+    if (rank) {
+      rank.addEventListener("change", () => {
+        generation += 1;  // a fetch under way for the old rank is dropped
+        after = null;
+        afterSeq = 0;
+        log.textContent = "";
+        if (timer !== null) { window.clearTimeout(timer); timer = null; }
+        running = false;
+        more();
+      });
+    }
     more();
   }
 })();

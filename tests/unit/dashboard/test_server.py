@@ -211,9 +211,14 @@ class FakeSource:
                 return
 
     async def logs(
-        self, experiment_id: str, trial_id: int, after: int, after_seq: int = 0
+        self,
+        experiment_id: str,
+        trial_id: int,
+        after: int,
+        after_seq: int = 0,
+        rank: int | None = None,
     ) -> LogPage:
-        return await self.inner.logs(experiment_id, trial_id, after, after_seq)
+        return await self.inner.logs(experiment_id, trial_id, after, after_seq, rank)
 
     async def control(self, experiment_id: str, action: Action) -> str:
         self.calls.append(("control", experiment_id, action))
@@ -563,6 +568,29 @@ def trial_log_lines(entries: Sequence[tuple[int, int, str, str]]) -> str:
         data.update(t=trial, a=attempt, s=stream_name, x=text)
         out.append(json.dumps(data, separators=(",", ":")) + "\n")
     return "".join(out)
+
+
+async def test_a_trials_log_filters_by_rank_in_pages_and_in_the_tail(state: Path) -> None:
+    experiment_id = golden_ids()["asha.v1.jsonl"]
+    store = state / "experiments" / experiment_id / "trial-logs.jsonl"
+    lines = [
+        {"t": 1, "a": 1, "s": "stdout", "x": f"step {i} of rank {rank}", "r": rank}
+        for i in range(3)
+        for rank in (0, 1)
+    ] + [{"t": 1, "a": 1, "s": "stdout", "x": "no rank"}]
+    store.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+    url = f"/experiments/{experiment_id}/trials/1/logs"
+    async with serve(DirSource(state)) as served:
+        every = (await served.get(url)).json()["lines"]
+        assert len(every) == 7
+        one = (await served.get(f"{url}?rank=1")).json()["lines"]
+        assert [line["text"] for line in one] == [f"step {i} of rank 1" for i in range(3)]
+        assert {line["rank"] for line in one} == {1}
+        tail = (await served.get(f"{url}?tail=1&rank=0")).json()["lines"]
+        assert [line["text"] for line in tail] == [f"step {i} of rank 0" for i in range(3)]
+        # What is not a rank filters nothing (and breaks nothing).
+        for junk in ("x", "-1", "99999999999999999999"):
+            assert len((await served.get(f"{url}?rank={junk}")).json()["lines"]) == 7
 
 
 async def test_trial_logs_come_back_by_trial_and_page_on_with_after(state: Path) -> None:

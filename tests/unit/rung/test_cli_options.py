@@ -69,3 +69,18 @@ async def test_sigusr1_logs_what_each_task_waits_on() -> None:
     task.cancel()
     dumps = {entry["task"]: entry["stack"] for entry in logs}
     assert "stuck_somewhere" in dumps["the-stuck-one"]
+
+
+def test_trial_logs_rank_takes_a_rank_and_refuses_the_rest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rung.cli.main import build_parser
+
+    parser = build_parser()
+    base = ["trial", "logs", "exp-1", "3", "--broker", "amqp://h/v"]
+    assert parser.parse_args([*base, "--rank", "2"]).rank == 2
+    assert parser.parse_args(base).rank is None
+    for bad in ("x", "-1", "10000"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--rank", bad])
+        assert "give a whole number from 0 to 9999" in capsys.readouterr().err

@@ -240,3 +240,38 @@ async def test_the_client_pages_and_follows_until_the_trial_has_ended() -> None:
     # Without follow, it stops at the end of what is stored.
     asked.clear()
     assert [line.text async for line in trial.logs()] == ["a"]
+
+
+# ---------------------------------------------------------------------- ranks
+def ranked(trial_id: int, lines: list[tuple[int | None, str]]) -> LogLines:
+    return LogLines(
+        experiment_id=EID,
+        trial_id=trial_id,
+        attempt=1,
+        worker_id="w",
+        lines=[LogLine(stream="stdout", text=text, rank=rank) for rank, text in lines],
+    )
+
+
+async def test_a_distributed_trials_lines_keep_their_rank_and_filter_by_it(
+    host: ExperimentHost,
+) -> None:
+    host.apply(
+        ranked(1, [(0, "chief"), (1, "member one"), (10, "member ten"), (None, "untagged")]),
+        "w/s1/1",
+        at=0,
+    )
+    host.apply(ranked(2, [(1, "another trial's rank 1")]), "w/s1/2", at=0)
+    lines = host.trial_logs.read(trial_id=1).lines
+    assert [line.get("rank") for line in lines] == [0, 1, 10, None]
+    assert "rank" not in lines[3]  # a line without a rank is stored and read as before
+    texts, _ = await read_all(host, trial_id=1, rank=1)
+    assert texts == ["member one"]  # not rank 10, not the other trial's rank 1
+    texts, _ = await read_all(host, trial_id=1, rank=0)
+    assert texts == ["chief"]
+    texts, _ = await read_all(host, rank=1)
+    assert texts == ["member one", "another trial's rank 1"]
+    # A text that looks like a rank is not one.
+    host.apply(ranked(1, [(None, 'print("r":1)')]), "w/s1/3", at=0)
+    texts, _ = await read_all(host, trial_id=1, rank=1)
+    assert texts == ["member one"]
