@@ -251,7 +251,7 @@ class DirSource:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 record = record_adapter.validate_json(line)
-                if lost_race(record.seq, last):
+                if lost_race(record.seq, record.kind, last):
                     continue  # two searchers appended at once; the line first written counts
                 if record.seq != last + 1:
                     raise EventLogCorruptError(

@@ -25,7 +25,7 @@ import structlog
 from rung.broker.limits import MAX_REPLY_BYTES
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.durable import fsync_directory, replace_durably
-from rung.searcher.eventlog.reader import LogRecords, line_seq, lost_race, read_log
+from rung.searcher.eventlog.reader import LogRecords, line_header, lost_race, read_log
 from rung.searcher.eventlog.records import OwnerRecord, Record
 from rung.searcher.eventlog.snapshots import (
     SNAPSHOT_FILE,
@@ -42,8 +42,8 @@ __all__ = ["UNSENT_FILE", "FileEventLog", "LogClosedError", "StaleOwnerError", "
 log = structlog.get_logger("rung.eventlog")
 
 UNSENT_FILE: Final = "unsent.json"
-# How much of what another searcher appended is read to judge it: the lines that lost a
-# race are a few records; past them, the first record that counts ends the judging.
+# What another searcher appended is read in pieces of this size to judge it: the lines
+# that lost a race are a few records; past them, the first record that counts ends it.
 _FOREIGN_READ_BYTES: Final = 1 << 20
 
 
@@ -137,6 +137,7 @@ class FileEventLog:
         if self.unsent_from is not None and self.unsent_from <= seq:
             return
         self._check()
+        self._check_owner()
         try:
             replace_durably(self._unsent_path, json.dumps({"from_seq": seq}).encode())
         except OSError as exc:
@@ -148,6 +149,7 @@ class FileEventLog:
         if self.unsent_from is None:
             return
         self._check()
+        self._check_owner()  # never the new owner's marker
         try:
             self._unsent_path.unlink(missing_ok=True)
             fsync_directory(self._unsent_path.parent)
@@ -160,6 +162,12 @@ class FileEventLog:
         record = OwnerRecord(seq=self.seq + 1, epoch=self.epoch + 1, owner=owner)
         self.append(record, sync=sync)
         return record
+
+    def _check_owner(self) -> None:
+        """StaleOwnerError once another searcher's record counts in this log."""
+        if self.stale is not None:
+            raise self.stale
+        self._judge_foreign_lines(os.fstat(self._file.fileno()).st_size, whole=False)
 
     def _check(self) -> None:
         if self.broken is not None:
@@ -204,17 +212,22 @@ class FileEventLog:
             raise self.stale
         if record.seq != self.seq + 1:
             raise SearcherError(f"record {record.seq} appended after {self.seq}")
-        self._judge_foreign_lines(None)
         line = record.model_dump_json().encode()
+        fileno = self._file.fileno()
+        self._judge_foreign_lines(os.fstat(fileno).st_size, whole=False)
         try:
             self._file.write(line + b"\n")
             self._file.flush()
+            # O_APPEND put the line at the end, atomically: the offset is now its end.
+            end = os.lseek(fileno, 0, os.SEEK_CUR)
         except OSError as exc:
             # Part of the line may be in the file: nothing may be appended after it.
             raise self._storage_failed("a write", exc) from exc
-        # Another searcher may have appended between the check and the write.
-        start = self._judge_foreign_lines(line)
-        end = start + len(line) + 1
+        start = end - len(line) - 1
+        if start != self._size:
+            # Another searcher appended between the check and the write: this line
+            # counts only if every line before it lost.
+            self._judge_foreign_lines(start, whole=True)
         self._spans.append((start, end))
         self.seq = record.seq
         if sync:
@@ -228,49 +241,58 @@ class FileEventLog:
             self.epoch = record.epoch
         return record
 
-    def _judge_foreign_lines(self, mine: bytes | None) -> int:
-        """Where ``mine``, just appended, starts (the end of the log with ``mine`` None),
-        past the lines another searcher appended that lost a race (:func:`lost_race`).
+    def _judge_foreign_lines(self, stop: int, *, whole: bool) -> None:
+        """Go past the lines another searcher appended between the end of this log and
+        ``stop`` that lost a race (:func:`~rung.searcher.eventlog.reader.lost_race`).
 
         Two searchers on one shared state directory hold no lock between them: each
         checks that the log is as it left it before it appends, and the other may append
-        between that check and the write. The line written first counts. When a line of
-        another searcher counts before ``mine`` (or before the next append), this one no
-        longer owns the log: :class:`StaleOwnerError`, and its own line does not count.
+        between that check and the write. The line written first counts. At a line of
+        another searcher that counts, this one no longer owns the log
+        (:class:`StaleOwnerError`), and a line it wrote after it does not count. With
+        ``whole`` the bytes up to ``stop`` are complete lines (they were appended before
+        this searcher's line); else a last line may still be being written, and is left
+        to judge after this searcher's write.
         """
-        fileno = self._file.fileno()
-        size = os.fstat(fileno).st_size
-        expected = self._size + (len(mine) + 1 if mine is not None else 0)
-        if size == expected:
-            return self._size  # nobody else wrote: the common case, one fstat
-        try:
-            tail = os.pread(fileno, min(size - self._size, _FOREIGN_READ_BYTES), self._size)
-        except OSError as exc:
-            raise self._storage_failed("a read", exc) from exc
-        position = self._size
-        for raw in tail.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
-                break  # a line still being written (or more than we read): not judged
-            if mine is not None and raw[:-1] == mine:
-                return position  # every line before it lost: this one counts
-            seq = line_seq(raw[:-1])
-            if seq is None or not lost_race(seq, self.seq):
-                break  # another searcher's record counts (or a line no searcher wrote)
-            log.warning(
-                "skipping a line another searcher appended that lost a race",
-                path=str(self.path),
-                seq=seq,
+        if stop == self._size:
+            return  # nobody else wrote: the common case
+        if stop < self._size:
+            raise self._stale(
+                f"{self.path} was cut under this searcher (it has {stop} bytes, this one "
+                f"wrote {self._size}): another searcher repaired it"
             )
-            position += len(raw)
-            if mine is None:
-                self._size = position
-        if mine is None and position == size:
-            return position
-        self.stale = StaleOwnerError(
-            f"{self.path} was written by another searcher (it has {size} bytes, this one "
-            f"wrote {self._size}); this searcher no longer owns the experiment"
-        )
-        raise self.stale
+        fileno, position, pending = self._file.fileno(), self._size, b""
+        while position + len(pending) < stop:
+            offset = position + len(pending)
+            try:
+                chunk = os.pread(fileno, min(_FOREIGN_READ_BYTES, stop - offset), offset)
+            except OSError as exc:
+                raise self._storage_failed("a read", exc) from exc
+            if not chunk:
+                break
+            pending += chunk
+            while (cut := pending.find(b"\n")) >= 0:
+                header = line_header(pending[:cut])
+                if header is None or not lost_race(*header, self.seq):
+                    raise self._stale(
+                        f"{self.path} was written by another searcher (a record after this "
+                        f"one's {self.seq} at byte {position}); this searcher no longer "
+                        "owns the experiment"
+                    )
+                log.warning(
+                    "skipping a line another searcher appended that lost a race",
+                    path=str(self.path),
+                    seq=header[0],
+                )
+                position += cut + 1
+                pending = pending[cut + 1 :]
+        if whole and position != stop:
+            raise self._stale(f"{self.path} holds a line this searcher cannot judge")
+        self._size = position
+
+    def _stale(self, message: str) -> StaleOwnerError:
+        self.stale = StaleOwnerError(message)
+        return self.stale
 
     def _start(self, index: int) -> int:
         """Where record ``index`` (0-based) starts; the end of the log past the last."""
@@ -333,6 +355,7 @@ class FileEventLog:
     def store_snapshot(self, snapshot: StoredSnapshot) -> None:
         """Replace the snapshot file; never one ahead of the durable log."""
         self._check()
+        self._check_owner()
         if self.durable_seq < snapshot.seq:
             raise SearcherError(
                 f"snapshot after record {snapshot.seq} stored while the log is durable up "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,11 +30,24 @@ from pydantic import ValidationError
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.records import Record, record_adapter
 
-__all__ = ["EventLogCorruptError", "LogRecords", "line_seq", "lost_race", "read_log"]
+__all__ = [
+    "LOST_RACE_WINDOW",
+    "EventLogCorruptError",
+    "LogRecords",
+    "line_header",
+    "lost_race",
+    "read_log",
+]
 
 log = structlog.get_logger("rung.eventlog")
 
 KINDS: Final = frozenset({"created", "input", "failed", "snapshot", "owner"})
+# How far behind the records before it a line that lost a race can be numbered.
+LOST_RACE_WINDOW: Final = 64
+# A torn last line is cut off once the file stayed the same this long (and tried again
+# this many times while it grows).
+_SETTLE_S: Final = 0.1
+_SETTLE_TRIES: Final = 50
 
 # The header every record's JSON starts with, in the order the models write their fields.
 _HEADER: Final = re.compile(rb'\{"v":1,"seq":(\d+),"at":[-+.0-9eE]+,"kind":"([a-z]+)"')
@@ -123,22 +137,26 @@ def _parses(line: bytes) -> bool:
     return True
 
 
-def lost_race(seq: int, count: int) -> bool:
-    """Whether a line numbered ``seq`` after ``count`` records lost a race.
+def lost_race(seq: int, kind: str, count: int) -> bool:
+    """Whether a line holding record ``seq`` of ``kind``, after ``count`` records, lost a
+    race.
 
     Two searchers on a shared state directory (no file lock between them) can append at
     the same moment, each numbering its record after the ones it knows. The line that
     lands first counts; a line numbered at or below the records before it was written by
     a searcher that did not know the last of them, and does not count. The writer checks
-    where its line landed and acts on its record only when it counts.
+    where its line landed and acts on its record only when it counts. Such a searcher
+    missed only what was appended while it wrote: a line more than
+    :data:`LOST_RACE_WINDOW` records behind, or a ``created`` record (never written but
+    first), is no race but a log put together wrongly, and an error.
     """
-    return seq <= count
+    return kind != "created" and 0 <= count - seq < LOST_RACE_WINDOW
 
 
-def line_seq(line: bytes) -> int | None:
-    """The number of the record on ``line``; None when it is not a complete record."""
-    header = _header(line)
-    return None if header is None else header[0]
+def line_header(line: bytes) -> tuple[int, str] | None:
+    """The number and kind of the record on ``line``; None when it is not a complete
+    record."""
+    return _header(line)
 
 
 def _header(line: bytes) -> tuple[int, str] | None:
@@ -157,8 +175,32 @@ def _header(line: bytes) -> tuple[int, str] | None:
 
 def read_log(path: Path, *, repair: bool = False) -> LogRecords:
     """Every record of the log; a torn last line is dropped (and cut off with ``repair``),
-    and a line that lost a race between two searchers is skipped."""
-    data = path.read_bytes()
+    and a line that lost a race between two searchers is skipped.
+
+    With ``repair``, a torn last line is cut off only once the file has stayed the same
+    for :data:`_SETTLE_S`: on a shared state directory it may be another searcher's write
+    under way, seen half done, which must not be cut."""
+    for _ in range(_SETTLE_TRIES):
+        data = path.read_bytes()
+        records, torn_at = _scan(path, data)
+        if torn_at is None or not repair:
+            return records
+        time.sleep(_SETTLE_S)
+        if path.stat().st_size != len(data):
+            continue  # it grew: a write under way, not a torn one; read it again
+        with path.open("r+b") as handle:
+            handle.truncate(torn_at)
+            os.fsync(handle.fileno())
+        return records
+    raise EventLogCorruptError(
+        f"{path}: its last line kept changing for {_SETTLE_TRIES * _SETTLE_S:.0f} s while it "
+        "was read: another searcher is appending to it; stop that one, or open the log "
+        "without repairing it"
+    )
+
+
+def _scan(path: Path, data: bytes) -> tuple[LogRecords, int | None]:
+    """The records in ``data``, and where a torn last line starts (None without one)."""
     starts, ends = array("q"), array("q")
     kinds: list[str] = []
     skipped: list[int] = []
@@ -181,7 +223,7 @@ def read_log(path: Path, *, repair: bool = False) -> LogRecords:
             torn = line  # a torn final line that happens to end in a newline
             break
         seq, kind = header
-        if lost_race(seq, len(kinds)):
+        if lost_race(seq, kind, len(kinds)):
             skipped.append(line_number)
         elif seq != len(kinds) + 1:
             raise EventLogCorruptError(
@@ -212,10 +254,6 @@ def read_log(path: Path, *, repair: bool = False) -> LogRecords:
             record=len(kinds) + 1,
             bytes=len(torn),
         )
-        if repair:
-            with path.open("r+b") as handle:
-                handle.truncate(position)
-                os.fsync(handle.fileno())
     if skipped:
         log.warning(
             "skipped lines that lost a race between two searchers (the line written first counts)",
@@ -224,4 +262,5 @@ def read_log(path: Path, *, repair: bool = False) -> LogRecords:
             count=len(skipped),
         )
     starts.append(position)
-    return LogRecords(path, data, starts, ends, kinds, skipped=tuple(skipped))
+    records = LogRecords(path, data, starts, ends, kinds, skipped=tuple(skipped))
+    return records, position if torn else None

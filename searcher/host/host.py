@@ -188,6 +188,16 @@ class ExperimentHost:
         except BaseException:
             event_log.close()
             raise
+        try:
+            return cls._recovered(event_log, replayed, context_root)
+        except BaseException:
+            event_log.close()  # (another searcher may take the log over meanwhile)
+            raise
+
+    @classmethod
+    def _recovered(
+        cls, event_log: FileEventLog, replayed: Replayed, context_root: Path | None
+    ) -> ExperimentHost:
         host = cls(
             replayed.run,
             event_log,

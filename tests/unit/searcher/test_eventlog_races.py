@@ -20,6 +20,7 @@ from rung.searcher.eventlog import (
     read_log,
     replay,
 )
+from rung.searcher.eventlog.reader import LOST_RACE_WINDOW
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "single.v1.jsonl"
 
@@ -57,10 +58,12 @@ def _note(log: FileEventLog) -> SnapshotRecord:
     return SnapshotRecord(seq=log.seq + 1, state={})
 
 
-def test_the_rule_a_line_at_or_below_the_count_lost() -> None:
-    assert lost_race(3, 3)
-    assert lost_race(1, 3)
-    assert not lost_race(4, 3)
+def test_the_rule_a_line_at_or_a_little_below_the_count_lost() -> None:
+    assert lost_race(3, "input", 3)
+    assert lost_race(1, "owner", 3)
+    assert not lost_race(4, "input", 3)  # the next record: it counts
+    assert not lost_race(1, "input", 1 + LOST_RACE_WINDOW)  # too far behind: corrupt
+    assert not lost_race(1, "created", 3)  # a log begins once
 
 
 def test_a_takeover_landing_first_fences_the_record_written_after_it(path: Path) -> None:
@@ -171,3 +174,71 @@ def test_a_skipped_line_that_is_torn_at_the_end_is_dropped(path: Path) -> None:
     assert len(records) == count
     assert records.skipped == ()
     assert path.read_bytes() == GOLDEN.read_bytes()
+
+
+def test_a_log_put_together_twice_is_corrupt_not_a_race(path: Path) -> None:
+    once = path.read_bytes()
+    path.write_bytes(once + once)
+    with pytest.raises(EventLogCorruptError, match="holds record 1 after record"):
+        read_log(path)
+
+
+def test_a_long_line_that_lost_does_not_stop_the_owner(path: Path) -> None:
+    first = FileEventLog(path)
+    second = FileEventLog(path)
+    count = first.seq
+    # The first's line, of 3 MiB (more than is read at once), lands after the second's
+    # owner record: the second took the log over between the first's check and write.
+    big = SnapshotRecord(seq=count + 1, state={"blob": "x" * (3 << 20)})
+    _race(first, lambda: second.take_over("machine-b/7"))
+    with pytest.raises(StaleOwnerError):
+        first.append(big)
+    second.append(_note(second))  # the owner goes on past it
+    second.append(_note(second))
+    records = read_log(path)
+    assert len(records) == count + 3
+    assert records.skipped == (count + 2,)
+    first.close()
+    second.close()
+
+
+def test_a_line_being_written_is_left_to_judge_after_the_write(path: Path) -> None:
+    log = FileEventLog(path)
+    count = log.seq
+    lost = SnapshotRecord(seq=count, state={"late": True}).model_dump_json().encode()
+    with path.open("ab") as handle:
+        handle.write(lost[:10])  # another searcher's write, seen half done
+
+        def finish() -> None:
+            handle.write(lost[10:] + b"\n")
+            handle.flush()
+
+        _race(log, finish)
+        log.append(_note(log))  # its line counts: the one before it lost
+    assert log.seq == count + 1
+    log.append(_note(log))
+    log.close()
+    assert len(read_log(path)) == count + 2
+
+
+def test_a_log_cut_under_a_searcher_fences_it(path: Path) -> None:
+    log = FileEventLog(path)
+    log.append(_note(log))
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])
+    with pytest.raises(StaleOwnerError, match="was cut under this searcher"):
+        log.append(_note(log))
+    log.close()
+
+
+def test_a_searcher_that_lost_the_log_leaves_the_unsent_marker_alone(path: Path) -> None:
+    first = FileEventLog(path)
+    first.mark_unsent(first.seq)
+    second = FileEventLog(path)
+    second.take_over("machine-b/7")
+    with pytest.raises(StaleOwnerError):
+        first.clear_unsent()
+    assert second.unsent_from is not None
+    assert path.with_name("unsent.json").exists()
+    first.close()
+    second.close()
