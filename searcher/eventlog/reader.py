@@ -223,17 +223,17 @@ def _scan(path: Path, data: bytes) -> tuple[LogRecords, int | None]:
             torn = line  # a torn final line that happens to end in a newline
             break
         seq, kind = header
-        if lost_race(seq, kind, len(kinds)):
+        if seq == len(kinds) + 1:
+            kinds.append(kind)
+            starts.append(position)
+            ends.append(end)
+        elif lost_race(seq, kind, len(kinds)):
             skipped.append(line_number)
-        elif seq != len(kinds) + 1:
+        else:
             raise EventLogCorruptError(
                 f"{path}: line {line_number} holds record {seq} after record {len(kinds)}; "
                 "records must be numbered 1, 2, 3... without gaps"
             )
-        else:
-            kinds.append(kind)
-            starts.append(position)
-            ends.append(end)
         position = end + 1
     if position and not torn:
         # The last line is where a crash would have left a broken write: check it whole.
