@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rung import core
-from rung.worker.core import LOG_FORMAT, InvalidHP, get_cluster_info
+from rung.worker.core import LOG_FORMAT, ClusterInfo, InvalidHP, TrialInfo, get_cluster_info
 
 if TYPE_CHECKING:
     from rung.broker import TlsSettings
@@ -39,6 +39,7 @@ __all__ = [
     "Checkpoint",
     "Client",
     "ClientError",
+    "ClusterInfo",
     "ConnectionLostError",
     "Event",
     "Experiment",
@@ -52,6 +53,7 @@ __all__ = [
     "SyncClient",
     "TlsSettings",
     "Trial",
+    "TrialInfo",
     "TrialSummary",
     "WorkerInfo",
     "core",

@@ -117,6 +117,16 @@ def _run_python(kind: str, target: str, args: list[str]) -> int:
     return 0
 
 
+def _python_path(value: str) -> None:
+    """``PYTHONPATH``'s directories at the front of ``sys.path`` (after the script's own,
+    which ``_run_python`` sets), in order, as an interpreter started with it has them."""
+    entries = [os.path.abspath(entry) for entry in value.split(os.pathsep) if entry]
+    for entry in reversed(entries):
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+        sys.path.insert(1, entry)
+
+
 def _system_exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
@@ -162,6 +172,7 @@ def _become_child(
             print(f"rung: cannot run {argv[0]!r}: {exc}", file=sys.stderr)  # noqa: T201
             return 127
     random.seed()
+    _python_path(os.environ.get("PYTHONPATH", ""))
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(write_through=True)  # type: ignore[union-attr]

@@ -54,6 +54,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.launch.wrap_rank import untag
+from rung.worker.compat import COMPAT_PATH
 from rung.worker.core._validate import check_json
 from rung.worker.environment import trial_environment
 from rung.worker.output import READ_CHUNK_BYTES, LineSplitter, LogGate
@@ -288,7 +289,11 @@ class TrialRun:
             # token that tells its ranks from anyone else on those ports.
             **_distributed_environment(),
         }
-        return trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
+        env = trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
+        # ``determined`` under Rung (``python3 -m determined.launch.wrap_rank`` ...), after
+        # what the worker's own PYTHONPATH names: rung/worker/compat/determined.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (env.get("PYTHONPATH"), COMPAT_PATH)))
+        return env
 
     async def _cannot_start(self, reason: str) -> bool:
         self.log.error("cannot start the trial", reason=reason)

@@ -118,15 +118,20 @@ async def test_torchrun_runs_a_process_per_slot(tmp_path: Path) -> None:
         best = await experiment.best_trial()
         assert best is not None
         assert best.metric == 6.0  # (1 + 2) all-reduced over gloo, times length 2
-        tagged: list[str] = []
+        tagged: list[int | None] = []
 
         async def both_tagged() -> bool:
-            lines = [line.text async for line in experiment.logs(best.trial_id)]
-            tagged[:] = sorted(line for line in lines if "ranks [0, 1]" in line)
+            lines = [line async for line in experiment.logs(best.trial_id)]
+            tagged[:] = [line.rank for line in lines if "ranks [0, 1]" in line.text]
+            tagged.sort(key=lambda rank: -1 if rank is None else rank)
             return len(tagged) == 2
 
         await wait_for_async(both_tagged, timeout=30, what="both ranks' lines")
-        assert [line.split("]")[0] for line in tagged] == ["[rank=0", "[rank=1"]
+        assert tagged == [0, 1]  # the tag became the rank, and left the text
+        ones = [line async for line in experiment.logs(best.trial_id, rank=1)]
+        assert ones
+        assert {line.rank for line in ones} == {1}
+        assert not any(line.text.startswith("[rank=") for line in ones)
 
 
 async def test_a_multi_slot_trial_without_a_distributed_context_is_told(
@@ -162,7 +167,7 @@ async def test_a_rank_that_fails_ends_the_trial_promptly(tmp_path: Path) -> None
         assert trial.state == "ERRORED"
 
         async def told() -> bool:
-            lines = [line.text async for line in experiment.logs(trial.trial_id)]
-            return any(line.startswith("[rank=1] rank 1 breaks down") for line in lines)
+            lines = [line async for line in experiment.logs(trial.trial_id, rank=1)]
+            return any(line.text.startswith("rank 1 breaks down") for line in lines)
 
         await wait_for_async(told, timeout=30, what="rank 1's last words")

@@ -35,7 +35,7 @@ def config(name: str, slots: int) -> dict[str, Any]:
     entrypoint = (
         "python3 1_metrics.py"
         if slots == 1
-        else "python3 -m rung.launch.torch_distributed -- python3 4_distributed.py"
+        else "python3 -m rung.launch.torch_distributed -- python3 4_distributed_torchrun.py"
     )
     return {
         "name": name,

@@ -161,6 +161,29 @@ async def test_modules_and_other_programs(spawner: Spawner, tmp_path: Path) -> N
     assert (code, out) == (4, "from sh\n")
 
 
+async def test_pythonpath_is_searched_as_the_interpreter_searches_it(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    """A module found only on the trial's PYTHONPATH (the worker puts Determined's names
+    there) is imported and run with -m, from the fork server as from a real python."""
+    extra = tmp_path / "extra"
+    (extra / "elsewhere").mkdir(parents=True)
+    (extra / "elsewhere" / "__init__.py").write_text("")
+    (extra / "elsewhere" / "tool.py").write_text("import sys\nprint('tool', sys.argv[1:])\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _env(PYTHONPATH=f"{tmp_path / 'missing'}{os.pathsep}{extra}")
+    code, out, err = await _finish(
+        await spawner.spawn([PY, "-m", "elsewhere.tool", "x"], cwd=work, env=env)
+    )
+    assert (code, out.strip()) == (0, "tool ['x']"), err
+    script = _script(work, "import sys; print(sys.path.index(sys.argv[1]))")
+    code, out, err = await _finish(
+        await spawner.spawn([PY, str(script), str(extra)], cwd=work, env=env)
+    )
+    assert (code, out.strip()) == (0, "2"), err  # after the script's own and the first entry
+
+
 async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:
     server = ForkServer()
     try:

@@ -1,0 +1,92 @@
+"""Stage 4 of the Core API tutorial on eight slots: the script launches a process per
+slot through ``python3 -m determined.launch.wrap_rank`` (Determined's module name, which
+is Rung's inside a trial), the ranks meet, only the chief reports, and the lines of
+each rank can be read apart.
+
+On RabbitMQ through the ``rung`` command (searcher and worker processes), and on the
+in-process broker for Determined's other names: ``import determined as det`` and
+``python3 -m determined.launch.torch_distributed`` in a config's entrypoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import rung
+from tests.e2e.conftest import EXAMPLES, Cluster
+from tests.support import wait_for_async, wait_sync
+
+STAGE4 = EXAMPLES / "4_distributed.yaml"
+
+
+@pytest.mark.rabbitmq
+def test_stage_4_on_eight_slots_of_one_worker(cluster: Cluster) -> None:
+    cluster.start_worker("w8", 8)
+    created = cluster.create(STAGE4, EXAMPLES, follow=False)
+    assert created.returncode == 0, created.stderr
+    experiment_id = created.stdout.strip()
+    done = cluster.rung("experiment", "wait", experiment_id, "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "COMPLETED", summary
+    (trial,) = summary["trials"]
+    increment_by = trial["hparams"]["increment_by"]
+    # Every one of the 100 steps adds all eight ranks' increments (allgather).
+    assert trial["metric"] == 100 * 8 * increment_by
+
+    def rank_lines(rank: int) -> list[dict[str, object]]:
+        out = cluster.rung("trial", "logs", experiment_id, "1", "--rank", str(rank), "--json")
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    # Lines are shipped in batches: wait until the last ranks' are stored.
+    wait_sync(lambda: any("worker starting" in str(x["text"]) for x in rank_lines(7)), 30, "rank 7")
+    for rank in (0, 3, 7):
+        lines = rank_lines(rank)
+        assert {line["rank"] for line in lines} == {rank}
+        assert any(line["text"] == "worker starting" for line in lines)
+        # Only the chief prints the sum, and no line keeps its tag.
+        assert any(str(line["text"]).startswith("x is now") for line in lines) == (rank == 0)
+        assert not any(str(line["text"]).startswith("[rank=") for line in lines)
+    text = cluster.rung("trial", "logs", experiment_id, "1", "--rank", "3")
+    assert "[rank=3] worker starting" in text.stdout
+
+
+AS_DETERMINED = """
+import determined as det
+
+dist = det.core.DistributedContext.from_torch_distributed()
+with det.core.init(distributed=dist) as core:
+    for op in core.searcher.operations():
+        ranks = core.distributed.allgather(dist.get_rank())
+        print("ranks", ranks, "slots", det.get_cluster_info().slot_ids, flush=True)
+        if dist.get_rank() == 0:
+            op.report_completed(float(sum(ranks)))
+"""
+
+
+async def test_determineds_names_run_unchanged_in_a_trial(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "train.py").write_text(AS_DETERMINED)
+    config = {
+        "name": "as-determined",
+        "entrypoint": "python3 -m determined.launch.torch_distributed -- python3 train.py",
+        "searcher": {"name": "single", "metric": "x", "max_length": 1},
+        "resources": {"slots_per_trial": 3},
+        "max_restarts": 0,
+    }
+    async with rung.Client.local(tmp_path / "state", slots=3) as client:
+        experiment = await client.create_experiment(config, context)
+        assert await experiment.wait(timeout=180) == "COMPLETED"
+        best = await experiment.best_trial()
+        assert best is not None
+        assert best.metric == 3.0  # 0 + 1 + 2
+
+        async def every_rank_spoke() -> bool:
+            lines = [line async for line in experiment.logs(best.trial_id)]
+            return {line.rank for line in lines if line.text.startswith("ranks")} == {0, 1, 2}
+
+        await wait_for_async(every_rank_spoke, timeout=30, what="every rank's line")
