@@ -32,6 +32,13 @@ def register(commands: Any) -> None:
     run.add_argument("context", type=Path, help="directory with the training script")
     run.add_argument("--workers", type=int, default=2, help="workers to start (default 2)")
     run.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="CPU slots of each worker when there are no GPUs (default 1): a trial of "
+        "resources.slots_per_trial N needs a worker of N",
+    )
+    run.add_argument(
         "--gpus", default="auto", help="GPUs to share out among the workers: auto, none or 0,1"
     )
     run.add_argument(
@@ -62,6 +69,7 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
     client = Client.local(
         args.state_dir.resolve(),
         workers=max(args.workers, 1),
+        slots=max(args.slots, 1),
         gpus=gpus,
         broker_url=broker_url(args) or None,
         tls=tls_from(args),
