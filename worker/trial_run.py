@@ -293,6 +293,12 @@ class TrialRun:
         # ``determined`` under Rung (``python3 -m determined.launch.wrap_rank`` ...), after
         # what the worker's own PYTHONPATH names: rung/worker/compat/determined.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (env.get("PYTHONPATH"), COMPAT_PATH)))
+        # ``python3`` in what the script starts (a launcher's ranks) is the worker's
+        # interpreter, as the entrypoint's is: the environment where rung is installed.
+        here = os.path.dirname(sys.executable)
+        path = env.get("PATH", "")
+        if path.split(os.pathsep)[0] != here:
+            env["PATH"] = os.pathsep.join(filter(None, (here, path)))
         return env
 
     async def _cannot_start(self, reason: str) -> bool:

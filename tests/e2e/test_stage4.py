@@ -90,3 +90,83 @@ async def test_determineds_names_run_unchanged_in_a_trial(tmp_path: Path) -> Non
             return {line.rank for line in lines if line.text.startswith("ranks")} == {0, 1, 2}
 
         await wait_for_async(every_rank_spoke, timeout=30, what="every rank's line")
+
+
+# A rank that breaks down mid-step, once: the trial's attempt ends, and the next one
+# resumes from the chief's last checkpoint.
+CRASHES_ONCE = """
+import pathlib, sys, time
+import rung as det
+
+info = det.get_cluster_info()
+marker = pathlib.Path(info.trial.hparams["marker"])
+dist = det.core.DistributedContext.from_torch_distributed()
+with det.core.init(distributed=dist) as core:
+    x, step = 0, 0
+    if info.latest_checkpoint is not None:
+        with core.checkpoint.restore_path(info.latest_checkpoint) as path:
+            x, step = (int(v) for v in (path / "state").read_text().split(","))
+        if dist.get_rank() == 0:
+            print(f"resumed at step {step} with x {x}", flush=True)
+    for op in core.searcher.operations():
+        while step < op.length:
+            x += sum(core.distributed.allgather(1))
+            step += 1
+            if step == 25 and dist.get_rank() == 1 and not marker.exists():
+                marker.write_text("crashed")
+                sys.exit("rank 1 breaks down mid-step")
+            if step % 10 == 0 and dist.get_rank() == 0:
+                with core.checkpoint.store_path({"steps_completed": step}) as (path, _):
+                    (path / "state").write_text(f"{x},{step}")
+                op.report_progress(step)
+        if dist.get_rank() == 0:
+            core.train.report_validation_metrics(step, {"x": x})
+            op.report_completed(x)
+"""
+
+
+@pytest.mark.rabbitmq
+def test_a_rank_that_crashes_mid_step_ends_the_attempt_and_the_next_resumes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.faults.checker import check_invariants
+
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "crashes.py").write_text(CRASHES_ONCE)
+    config = tmp_path / "crashes.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "name": "rank-crash",
+                "entrypoint": "python3 -m rung.launch.torch_distributed -- python3 crashes.py",
+                "hyperparameters": {"marker": str(tmp_path / "crashed")},
+                "searcher": {"name": "single", "metric": "x", "max_length": 40},
+                "resources": {"slots_per_trial": 2},
+                "max_restarts": 1,
+            }
+        )
+    )
+    cluster.start_worker("w2", 2)
+    created = cluster.create(config, context, follow=False)
+    assert created.returncode == 0, created.stderr
+    experiment_id = created.stdout.strip()
+    done = cluster.rung("experiment", "wait", experiment_id, "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "COMPLETED", summary
+    (trial,) = summary["trials"]
+    assert trial["restarts"] == 1  # the breakdown counted once
+    assert trial["metric"] == 2 * 40  # steps 21..25 were trained again, from step 20's x
+
+    def resumed() -> bool:
+        out = cluster.rung("trial", "logs", experiment_id, "1", "--rank", "0", "--json")
+        return any(
+            json.loads(line)["text"] == "resumed at step 20 with x 40"
+            for line in out.stdout.splitlines()
+        )
+
+    wait_sync(resumed, 30, "the chief's resume line")
+    out = cluster.rung("trial", "logs", experiment_id, "1", "--rank", "1")
+    assert "[rank=1] rank 1 breaks down mid-step" in out.stdout
+    check_invariants(cluster, experiment_id, bound_s=120, planned_trials=1)
