@@ -64,6 +64,44 @@ def validation_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
         return float((logits.argmax(dim=1) != y).float().mean())
 
 
+def restore(
+    core_context: det.core.Context,
+    latest: str | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Load the latest checkpoint, if any, into the model, optimizer and generator; the
+    epochs it had trained (0 without one)."""
+    if latest is None:
+        return 0
+    with core_context.checkpoint.restore_path(latest) as path:
+        # Load on the CPU: the generator's state must stay a CPU ByteTensor, and
+        # load_state_dict copies the tensors onto the model's device by itself.
+        state = torch.load(pathlib.Path(path) / "state.pt", map_location="cpu")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["epoch"])
+
+
+def save(
+    core_context: det.core.Context,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+) -> None:
+    with core_context.checkpoint.store_path({"steps_completed": epoch}) as (path, _):
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "epoch": epoch,
+        }
+        torch.save(state, pathlib.Path(path) / "state.pt")
+
+
 def main(core_context: det.core.Context, hparams: dict, latest: str | None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -77,16 +115,7 @@ def main(core_context: det.core.Context, hparams: dict, latest: str | None) -> N
     width = round(hparams["width"])
     model, optimizer = build(width, hparams["lr"], hparams["weight_decay"], device)
     generator = torch.Generator().manual_seed(0)
-    epoch = 0
-    if latest is not None:
-        with core_context.checkpoint.restore_path(latest) as path:
-            # Load on the CPU: the generator's state must stay a CPU ByteTensor, and
-            # load_state_dict copies the tensors onto the model's device by itself.
-            state = torch.load(pathlib.Path(path) / "state.pt", map_location="cpu")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        epoch = state["epoch"]
+    epoch = restore(core_context, latest, model, optimizer, generator)
     loss_fn = torch.nn.CrossEntropyLoss()
     batch_size = int(hparams["batch_size"])
     for op in core_context.searcher.operations():
@@ -103,16 +132,7 @@ def main(core_context: det.core.Context, hparams: dict, latest: str | None) -> N
             core_context.train.report_training_metrics(epoch, {"loss": float(loss.detach())})
         error = validation_error(model, x_val, y_val)
         core_context.train.report_validation_metrics(epoch, {"validation_error": error})
-        with core_context.checkpoint.store_path({"steps_completed": epoch}) as (path, _):
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                },
-                pathlib.Path(path) / "state.pt",
-            )
+        save(core_context, model, optimizer, generator, epoch)
         op.report_completed(error)
         if core_context.preempt.should_preempt():
             return

@@ -9,12 +9,11 @@ the preemption signal in step; only the chief validates, reports and saves.
 
 import logging
 import os
-import pathlib
 
 import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
-from train import build, load_data, validation_error
+from train import build, load_data, restore, save, validation_error
 
 import rung as det
 
@@ -30,14 +29,7 @@ def main(
         round(hparams["width"]), hparams["lr"], hparams["weight_decay"], device
     )
     generator = torch.Generator().manual_seed(0)  # the same order on every rank
-    epoch = 0
-    if latest is not None:
-        with core_context.checkpoint.restore_path(latest) as path:
-            state = torch.load(pathlib.Path(path) / "state.pt", map_location="cpu")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        epoch = state["epoch"]
+    epoch = restore(core_context, latest, model, optimizer, generator)  # every rank
     ddp = DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
@@ -63,16 +55,7 @@ def main(
         if chief:
             error = validation_error(model, x_val, y_val)
             core_context.train.report_validation_metrics(epoch, {"validation_error": error})
-            with core_context.checkpoint.store_path({"steps_completed": epoch}) as (path, _):
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "epoch": epoch,
-                    },
-                    pathlib.Path(path) / "state.pt",
-                )
+            save(core_context, model, optimizer, generator, epoch)
             op.report_completed(error)
         if core_context.preempt.should_preempt():  # every rank: they stop together
             return

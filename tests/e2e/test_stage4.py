@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +22,11 @@ from tests.support import wait_for_async, wait_sync
 STAGE4 = EXAMPLES / "4_distributed.yaml"
 
 
-@pytest.mark.rabbitmq
-def test_stage_4_on_eight_slots_of_one_worker(cluster: Cluster) -> None:
-    cluster.start_worker("w8", 8)
-    created = cluster.create(STAGE4, EXAMPLES, follow=False)
+def _one_trial_to_the_end(
+    cluster: Cluster, config: Path, context: Path
+) -> tuple[str, dict[str, Any]]:
+    """Create the experiment, wait until it completes; its id and its one trial."""
+    created = cluster.create(config, context, follow=False)
     assert created.returncode == 0, created.stderr
     experiment_id = created.stdout.strip()
     done = cluster.rung("experiment", "wait", experiment_id, "--json", timeout=300)
@@ -32,6 +34,13 @@ def test_stage_4_on_eight_slots_of_one_worker(cluster: Cluster) -> None:
     summary = json.loads(done.stdout)
     assert summary["state"] == "COMPLETED", summary
     (trial,) = summary["trials"]
+    return experiment_id, trial
+
+
+@pytest.mark.rabbitmq
+def test_stage_4_on_eight_slots_of_one_worker(cluster: Cluster) -> None:
+    cluster.start_worker("w8", 8)
+    experiment_id, trial = _one_trial_to_the_end(cluster, STAGE4, EXAMPLES)
     increment_by = trial["hparams"]["increment_by"]
     # Every one of the 100 steps adds all eight ranks' increments (allgather).
     assert trial["metric"] == 100 * 8 * increment_by
@@ -148,14 +157,7 @@ def test_a_rank_that_crashes_mid_step_ends_the_attempt_and_the_next_resumes(
         )
     )
     cluster.start_worker("w2", 2)
-    created = cluster.create(config, context, follow=False)
-    assert created.returncode == 0, created.stderr
-    experiment_id = created.stdout.strip()
-    done = cluster.rung("experiment", "wait", experiment_id, "--json", timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
-    assert summary["state"] == "COMPLETED", summary
-    (trial,) = summary["trials"]
+    experiment_id, trial = _one_trial_to_the_end(cluster, config, context)
     assert trial["restarts"] == 1  # the breakdown counted once
     assert trial["metric"] == 2 * 40  # steps 21..25 were trained again, from step 20's x
 
