@@ -104,6 +104,7 @@ def _run_python(kind: str, target: str, args: list[str]) -> int:
     else:
         sys.argv = [target, *args]  # runpy replaces it with the module's file
         sys.path[0] = os.getcwd()
+    _python_path(os.environ.get("PYTHONPATH", ""))
     try:
         if kind == "path":
             runpy.run_path(target, run_name="__main__")
@@ -118,13 +119,14 @@ def _run_python(kind: str, target: str, args: list[str]) -> int:
 
 
 def _python_path(value: str) -> None:
-    """``PYTHONPATH``'s directories at the front of ``sys.path`` (after the script's own,
-    which ``_run_python`` sets), in order, as an interpreter started with it has them."""
-    entries = [os.path.abspath(entry) for entry in value.split(os.pathsep) if entry]
-    for entry in reversed(entries):
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
-        sys.path.insert(1, entry)
+    """``PYTHONPATH``'s directories right after ``sys.path[0]`` (the script's own), in
+    order, as an interpreter started with it has them (an empty entry is the working
+    directory, as there); what the server's own ``sys.path`` has comes after them."""
+    if not value:
+        return
+    entries = [os.path.abspath(entry) for entry in value.split(os.pathsep)]
+    front = list(dict.fromkeys(e for e in entries if e != sys.path[0]))
+    sys.path[1:] = front + [p for p in sys.path[1:] if p not in front]
 
 
 def _system_exit_code(exc: SystemExit) -> int:
@@ -172,7 +174,6 @@ def _become_child(
             print(f"rung: cannot run {argv[0]!r}: {exc}", file=sys.stderr)  # noqa: T201
             return 127
     random.seed()
-    _python_path(os.environ.get("PYTHONPATH", ""))
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(write_through=True)  # type: ignore[union-attr]

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, JsonValue, field_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from rung.broker.limits import MAX_RANK, START_TOKEN_PATTERN, UUID_PATTERN
-from rung.broker.schemas.base import Message
+from rung.broker.schemas.base import Message, without_none
 
 __all__ = [
     "CheckpointSaved",
@@ -114,6 +121,10 @@ class LogLine(Message):
     stream: Literal["stdout", "stderr", "rung"]
     text: str
     rank: int | None = Field(default=None, ge=0, le=MAX_RANK)
+
+    @model_serializer(mode="wrap")
+    def _rank_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_none(handler(self), "rank")
 
 
 class LogLines(_TrialMessage):

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, JsonValue
+from pydantic import (
+    Discriminator,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from rung.broker.limits import CONTEXT_HASH_PATTERN, MAX_RANK
-from rung.broker.schemas.base import Message
+from rung.broker.schemas.base import Message, without_none
 
 __all__ = [
     "ControlExperiment",
@@ -90,6 +96,10 @@ class ReadTrialLogs(Message):
     after_seq: int = Field(default=0, ge=0)
     limit: int = Field(default=1000, ge=1, le=10_000)
     rank: int | None = Field(default=None, ge=0, le=MAX_RANK)
+
+    @model_serializer(mode="wrap")
+    def _rank_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_none(handler(self), "rank")
 
 
 class ListWorkers(Message):

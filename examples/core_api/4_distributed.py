@@ -87,10 +87,10 @@ def launcher_main(slots_per_node: int, cross_rank: int) -> int:
     for _ in processes:
         process, code = exits.get()
         if code != 0 and first_failure == 0:
-            first_failure = code
+            first_failure = code if code > 0 else 128 - code  # a signal, as a shell says
             for other in processes:
                 if other is not process:
-                    other.kill()
+                    other.terminate()  # wrap_rank passes it on to its rank
     for waiter in waiters:
         waiter.join()
     return first_failure

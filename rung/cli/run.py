@@ -35,8 +35,9 @@ def register(commands: Any) -> None:
         "--slots",
         type=int,
         default=1,
-        help="CPU slots of each worker when there are no GPUs (default 1): a trial of "
-        "resources.slots_per_trial N needs a worker of N",
+        help="CPU slots of each worker when there are no GPUs (default 1); a trial of "
+        "resources.slots_per_trial N needs a worker of its work bucket (N up to 8; "
+        "16, 32 or 64 above)",
     )
     run.add_argument(
         "--gpus", default="auto", help="GPUs to share out among the workers: auto, none or 0,1"
@@ -59,6 +60,8 @@ def register(commands: Any) -> None:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
+    if args.slots < 1:
+        raise SystemExit(f"--slots {args.slots}: a worker has at least 1 slot; give 1 or more")
     load_config_file(args.config)  # refuse a bad config before starting anything
     gpus = parse_gpus(args.gpus)
     return asyncio.run(_run(args, gpus))
@@ -69,7 +72,7 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
     client = Client.local(
         args.state_dir.resolve(),
         workers=max(args.workers, 1),
-        slots=max(args.slots, 1),
+        slots=args.slots,
         gpus=gpus,
         broker_url=broker_url(args) or None,
         tls=tls_from(args),

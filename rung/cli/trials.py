@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from rung.broker.limits import MAX_RANK
@@ -36,7 +37,7 @@ def register(commands: Any) -> None:
 
 
 def _rank(text: str) -> int:
-    if not text.isdigit() or int(text) > MAX_RANK:
+    if not re.fullmatch(r"[0-9]{1,4}", text) or int(text) > MAX_RANK:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a rank: give a whole number from 0 to {MAX_RANK}"
         )

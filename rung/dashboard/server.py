@@ -657,9 +657,12 @@ def _number(text: str) -> int:
     return min(int(text), _PAST_THE_END) if _SEQ.fullmatch(text) else 0
 
 
+_RANK: Final = re.compile(r"[0-9]{1,4}")  # ASCII digits: str.isdigit() takes "²" too
+
+
 def _rank(text: str) -> int | None:
     """A rank filter from a query: None for every rank (a value that is not one too)."""
-    return int(text) if text.isdigit() and len(text) <= len(str(MAX_RANK)) else None
+    return int(text) if _RANK.fullmatch(text) and int(text) <= MAX_RANK else None
 
 
 async def _prepared(_request: web.Request, response: web.StreamResponse) -> None:

@@ -27,7 +27,8 @@ __all__ = ["main", "parse", "untag"]
 USAGE = "usage: python -m rung.launch.wrap_rank RANK -- CMD [ARGS...]"
 _LONGEST = 64 * 1024  # bytes of a line without an end, passed on as a piece
 _MAX_RANK = 9999  # rung.broker.limits.MAX_RANK: the tag has at most four digits
-_TAG = re.compile(r"\[rank=(\d{1,4})\] ")
+_TAG = re.compile(r"\[rank=([0-9]{1,4})\] ")
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() takes "²" too
 
 
 def untag(text: str) -> tuple[int | None, str]:
@@ -42,9 +43,9 @@ def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
     if len(argv) < 3 or argv[1] != "--":
         raise SystemExit(f"{USAGE}\n(got {' '.join(argv) or 'nothing'})")
     rank_text = argv[0]
-    if not rank_text.isdigit():
+    if not _NUMBER.fullmatch(rank_text):
         value = os.environ.get(rank_text)
-        if value is None or not value.isdigit():
+        if value is None or not _NUMBER.fullmatch(value):
             raise SystemExit(
                 f"RANK {rank_text!r} is neither a number nor the name of a variable that "
                 f"holds one ({rank_text}={value!r}); pass the rank, or e.g. RANK under torchrun"

@@ -4,6 +4,7 @@ real ``DistributedContext``, and the parts become one checkpoint, or every rank 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -37,9 +38,9 @@ with DistributedContext(
     pub_port=port, pull_port=port + 100, timeout=30,
 ) as dist:
     checkpoints = CheckpointContext(root, report, distributed=dist)
-    metadata = {f"part_{rank}": rank}
+    metadata = {f"part_{rank}": rank, "loss": float("nan")}  # one NaN everywhere is no conflict
     if rank == 0 and scenario != "no steps":
-        metadata["steps_completed"] = 7
+        metadata["steps_completed"] = "seven" if scenario == "bad steps" else 7
     if scenario == "metadata conflict" and rank == 2:
         metadata["steps_completed"] = 8
     out = {"rank": rank}
@@ -51,11 +52,19 @@ with DistributedContext(
                 name = "same.bin"
             (path / "shards").mkdir()
             (path / "shards" / name).write_bytes(bytes([rank]) * (rank + 1))
+            if scenario == "link" and rank == 0:
+                (path / "shards" / "a").symlink_to(root.parent / "outside")
+            if scenario == "link" and rank == 1:
+                (path / "shards" / "a").mkdir()
+                (path / "shards" / "a" / "precious").write_text("rank 1's")
             if scenario == "rank fails" and rank == 1:
                 raise ValueError("rank 1 ran out of memory")
+            if scenario == "rank exits" and rank == 2:
+                raise SystemExit("rank 2 was told to stop")
+            metadata["steps_completed"] = "changed after the call: ignored"
         with checkpoints.restore_path(storage_id) as restored:
             out["restored"] = sorted(p.name for p in restored.rglob("*.bin"))
-    except Exception as exc:
+    except BaseException as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))
 """
@@ -98,6 +107,7 @@ def test_every_ranks_part_becomes_one_checkpoint(tmp_path: Path, hosts: int, per
     ]
     assert (final / "shards" / "model-3.bin").read_bytes() == b"\x03" * 4
     metadata = json.loads((final / "metadata.json").read_text())
+    assert math.isnan(metadata.pop("loss"))
     assert metadata == {"steps_completed": 7, "part_0": 0, "part_1": 1, "part_2": 2, "part_3": 3}
     # Reported once, by the chief, with every part's size.
     reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
@@ -118,17 +128,24 @@ def test_every_ranks_part_becomes_one_checkpoint(tmp_path: Path, hosts: int, per
         ("metadata conflict", r"'steps_completed' is 7 on rank 0 and 8 on rank 2"),
         ("no steps", r"must contain 'steps_completed'"),
         ("rank fails", r"rank 1 failed while writing its part of checkpoint .*ran out of memory"),
+        ("rank exits", r"rank 2 failed while writing its part .*SystemExit: rank 2 was told"),
+        ("bad steps", r"'steps_completed' is 'seven'; it must be a whole number"),
+        ("link", r"rank 0 wrote 'shards/a' as a file or link and rank 1 wrote 'shards/a/precious'"),
     ],
 )
 def test_a_bad_part_fails_every_rank_and_saves_nothing(
     tmp_path: Path, scenario: str, every_rank_says: str
 ) -> None:
+    (tmp_path / "outside").mkdir()
     outputs = _save(tmp_path, scenario, 2, 2)
     for out in outputs:
         if scenario == "rank fails" and out["rank"] == 1:
             assert out["error"] == "ValueError: rank 1 ran out of memory"  # its own error
+        elif scenario == "rank exits" and out["rank"] == 2:
+            assert out["error"] == "SystemExit: rank 2 was told to stop"
         else:
             assert out["error"].startswith("ShardedCheckpointError: "), out
             assert re.search(every_rank_says, out["error"]), out["error"]
     assert list((tmp_path / "checkpoints").iterdir()) == []
     assert not (tmp_path / "reports.jsonl").exists()
+    assert list((tmp_path / "outside").iterdir()) == []  # nothing went out through a link

@@ -79,7 +79,11 @@ class CheckpointContext:
         final = self.root / storage_id
         os.rename(tmp, final)
         _fsync_dir(self.root)
-        self._report(storage_id, int(metadata["steps_completed"]), metadata, _size(final))
+        try:
+            self._report(storage_id, metadata["steps_completed"], metadata, _size(final))
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)  # not reported: not kept
+            raise
 
     @staticmethod
     def _checked(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -88,6 +92,12 @@ class CheckpointContext:
             raise ValueError(
                 "checkpoint metadata must contain 'steps_completed' (how far the "
                 "trial had trained), e.g. {'steps_completed': batch}"
+            )
+        steps = metadata["steps_completed"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(
+                f"checkpoint metadata's 'steps_completed' is {steps!r}; it must be a whole "
+                "number of at least 0 (how far the trial had trained), e.g. batch"
             )
         check_json(
             "checkpoint metadata",

@@ -18,11 +18,12 @@ checkpoint root must be a file system every rank sees, as for any Rung checkpoin
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from rung.broker.limits import MAX_CHECKPOINT_METADATA_BYTES
@@ -58,12 +59,17 @@ def _part_files(part: Path) -> list[str]:
     return sorted(files)
 
 
+def _same(value: Any) -> str:
+    """A value as JSON writes it: NaN is NaN, and True is not 1."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _merged_metadata(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     owner: dict[str, int] = {}
     for rank, part in enumerate(parts):
         for key, value in part["metadata"].items():
-            if key in merged and merged[key] != value:
+            if key in merged and _same(merged[key]) != _same(value):
                 raise ShardedCheckpointError(
                     f"sharded checkpoint metadata conflicts: {key!r} is {merged[key]!r} on "
                     f"rank {owner[key]} and {value!r} on rank {rank}; give a key from one "
@@ -90,6 +96,16 @@ def _file_owners(parts: list[dict[str, Any]]) -> dict[str, int]:
                     "their names, e.g. f'model-{rank}.pt')"
                 )
             owners[name] = rank
+    # A file (or link) of one rank where another has a directory: the other's files
+    # would go through it, wherever a link points.
+    for name, rank in owners.items():
+        for parent in PurePosixPath(name).parents:
+            other = owners.get(str(parent))
+            if other is not None:
+                raise ShardedCheckpointError(
+                    f"rank {other} wrote {str(parent)!r} as a file or link and rank {rank} "
+                    f"wrote {name!r} under it; one name cannot be both: rename one"
+                )
     return owners
 
 
@@ -111,6 +127,11 @@ def _assemble(
     metadata = checked(_merged_metadata(parts))
     owners = _file_owners(parts)
     for rank in range(len(parts)):
+        if _part_dir(root, storage_id, rank).is_symlink():
+            raise ShardedCheckpointError(
+                f"rank {rank}'s part of checkpoint {storage_id} was replaced by a link; "
+                "write files into the directory store_path gives, do not replace it"
+            )
         if not _part_dir(root, storage_id, rank).is_dir():
             raise ShardedCheckpointError(
                 f"rank {rank}'s part of checkpoint {storage_id} is not under {root} as the "
@@ -119,9 +140,15 @@ def _assemble(
             )
     tmp = root / f".tmp-{storage_id}"
     tmp.mkdir()
+    inside = tmp.resolve()
     for name, rank in owners.items():
         target = tmp / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(inside):  # (a link on the way)
+            raise ShardedCheckpointError(
+                f"rank {rank}'s {name!r} would leave the checkpoint through a link: "
+                "write plain files and directories"
+            )
         os.rename(_part_dir(root, storage_id, rank) / name, target)
     commit(tmp, storage_id, metadata)
 
@@ -132,6 +159,29 @@ def _part_dir(root: Path, storage_id: str, rank: int) -> Path:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+# What a rank's report may hold, well below a collective's limit (MAX_MESSAGE, 64 MiB).
+_MAX_REPORT_BYTES = 16 * 1024 * 1024
+
+
+def _report(error: BaseException | None, metadata: dict[str, Any], part: Path) -> Any:
+    """What this rank tells the chief, as JSON that surely goes through a gather."""
+    if error is None:
+        try:
+            files = _part_files(part)
+            report = {"error": None, "metadata": metadata, "files": files}
+            if len(json.dumps(report)) <= _MAX_REPORT_BYTES:
+                return report
+            problem = (
+                f"its part lists {len(files)} files, more than a report of "
+                f"{_MAX_REPORT_BYTES // (1024 * 1024)} MiB holds: write fewer, larger files"
+            )
+        except (OSError, ValueError, TypeError) as exc:
+            problem = _describe(exc)
+    else:
+        problem = _describe(error)
+    return {"error": problem, "metadata": {}, "files": []}
 
 
 @contextlib.contextmanager
@@ -148,52 +198,66 @@ def store_sharded(
     rank = dist.get_rank()
     storage_id = str(dist.broadcast(str(uuid.uuid4()) if rank == 0 else None))
     part = _part_dir(root, storage_id, rank)
-    own: dict[str, Any] = dict(metadata or {})
+    own: dict[str, Any] = {}
     problem: str | None = None
     try:
         check_json(
             "checkpoint metadata",
-            own,
+            dict(metadata or {}),
             MAX_CHECKPOINT_METADATA_BYTES,
             "MAX_CHECKPOINT_METADATA_BYTES",
         )
+        # A copy of its own: what the block does to the caller's dict changes nothing.
+        own = json.loads(json.dumps(metadata or {}))
         root.mkdir(parents=True, exist_ok=True)
         part.mkdir()
     except (OSError, ValueError, TypeError) as exc:
         problem = _describe(exc)
-    starting = dist.gather(problem)
-    verdict = dist.broadcast(
-        _first_problem(starting, "could not start its part") if rank == 0 else None
-    )
-    if verdict is not None:
-        shutil.rmtree(part, ignore_errors=True)
-        raise ShardedCheckpointError(verdict)
-    error: BaseException | None = None
     try:
-        yield part, storage_id
-        fsync_tree(part)
-    except Exception as exc:  # noqa: BLE001  (the others must learn of it, not wait)
-        error = exc
-    files = _part_files(part) if error is None else []
-    report = {"error": _describe(error) if error else None, "metadata": own, "files": files}
-    gathered = dist.gather(report)
-    outcome: str | None = None
-    if gathered is not None:  # the chief: it has every rank's report
+        starting = dist.gather(problem)
+        first = _first_problem(starting, "could not start its part") if rank == 0 else None
+        verdict = dist.broadcast(first)
+        if verdict is not None:
+            raise ShardedCheckpointError(verdict)
+        error: BaseException | None = None
         try:
-            _assemble(root, storage_id, gathered, checked, commit)
-        except Exception as exc:  # noqa: BLE001  (every rank must learn it, whatever it was)
-            outcome = (
-                str(exc)
-                if isinstance(exc, ShardedCheckpointError)
-                else f"checkpoint {storage_id} was not saved: {_describe(exc)}"
-            )
-            shutil.rmtree(root / f".tmp-{storage_id}", ignore_errors=True)
-    outcome = dist.broadcast(outcome)
-    shutil.rmtree(part, ignore_errors=True)
-    if error is not None:
-        raise error
-    if outcome is not None:
-        raise ShardedCheckpointError(outcome)
+            yield part, storage_id
+            fsync_tree(part)
+        except BaseException as exc:  # noqa: BLE001  (the others learn of it, then it goes on)
+            error = exc
+        gathered = dist.gather(_report(error, own, part))
+        outcome: str | None = None
+        if gathered is not None:  # the chief: it has every rank's report
+            outcome = _assembled(root, storage_id, gathered, checked, commit)
+        outcome = dist.broadcast(outcome)
+        if error is not None:
+            raise error
+        if outcome is not None:
+            raise ShardedCheckpointError(outcome)
+    finally:
+        # Nothing of a part stays, whatever happened (a rank that died, a lost chief).
+        shutil.rmtree(part, ignore_errors=True)
+
+
+def _assembled(
+    root: Path,
+    storage_id: str,
+    parts: list[dict[str, Any]],
+    checked: Callable[[dict[str, Any] | None], dict[str, Any]],
+    commit: Callable[[Path, str, dict[str, Any]], None],
+) -> str | None:
+    """On the chief: the parts made one checkpoint (None), or why not, with every part
+    removed (the storage is shared: the chief sees every rank's)."""
+    try:
+        _assemble(root, storage_id, parts, checked, commit)
+    except Exception as exc:  # noqa: BLE001  (every rank must learn it, whatever it was)
+        shutil.rmtree(root / f".tmp-{storage_id}", ignore_errors=True)
+        for rank in range(len(parts)):
+            shutil.rmtree(_part_dir(root, storage_id, rank), ignore_errors=True)
+        if isinstance(exc, ShardedCheckpointError):
+            return str(exc)
+        return f"checkpoint {storage_id} was not saved: {_describe(exc)}"
+    return None
 
 
 def _first_problem(problems: list[Any] | None, what: str) -> str | None:

@@ -228,6 +228,7 @@
           const response = await fetch(log.dataset.url + query);
           if (!response.ok || mine !== generation) { return; }
           page = await response.json();
+          if (mine !== generation) { return; }  // the rank changed while it was read
           after = page.next;
           afterSeq = page.next_seq;
           const text = page.lines.map((l) => "[" + l.attempt + " " + l.stream + "] "

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -589,8 +590,8 @@ async def test_a_trials_log_filters_by_rank_in_pages_and_in_the_tail(state: Path
         tail = (await served.get(f"{url}?tail=1&rank=0")).json()["lines"]
         assert [line["text"] for line in tail] == [f"step {i} of rank 0" for i in range(3)]
         # What is not a rank filters nothing (and breaks nothing).
-        for junk in ("x", "-1", "99999999999999999999"):
-            assert len((await served.get(f"{url}?rank={junk}")).json()["lines"]) == 7
+        for junk in ("x", "-1", "99999999999999999999", "²", "١٢"):
+            assert len((await served.get(f"{url}?rank={quote(junk)}")).json()["lines"]) == 7
 
 
 async def test_trial_logs_come_back_by_trial_and_page_on_with_after(state: Path) -> None:

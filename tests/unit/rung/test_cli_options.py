@@ -80,7 +80,7 @@ def test_trial_logs_rank_takes_a_rank_and_refuses_the_rest(
     base = ["trial", "logs", "exp-1", "3", "--broker", "amqp://h/v"]
     assert parser.parse_args([*base, "--rank", "2"]).rank == 2
     assert parser.parse_args(base).rank is None
-    for bad in ("x", "-1", "10000"):
+    for bad in ("x", "-1", "10000", "²"):
         with pytest.raises(SystemExit):
             parser.parse_args([*base, "--rank", bad])
         assert "give a whole number from 0 to 9999" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from rung.worker.trial_run import _log_line
         ("loss [rank=1] inside", (None, "loss [rank=1] inside")),
         ("[rank=-1] negative", (None, "[rank=-1] negative")),
         ("[rank=12345] too long", (None, "[rank=12345] too long")),
+        ("[rank=١٢] other digits", (None, "[rank=١٢] other digits")),
         ("", (None, "")),
     ],
 )
@@ -38,4 +39,28 @@ def test_a_rank_out_of_range_is_refused_naming_the_limit() -> None:
         LogLine(stream="stdout", text="x", rank=MAX_RANK + 1)
     with pytest.raises(SystemExit, match="above 9999"):
         parse(["10000", "--", "true"])
+    with pytest.raises(SystemExit, match="neither a number nor the name of a variable"):
+        parse(["²", "--", "true"])
     assert parse(["9999", "--", "true"]) == (9999, ["true"])
+
+
+def test_a_line_without_a_rank_goes_on_the_wire_as_before() -> None:
+    """A searcher from before ranks (its messages forbid unknown fields) still takes a
+    new worker's lines and a new client's log requests that name no rank."""
+    from rung.broker.schemas import LogLines, ReadTrialLogs
+
+    lines = LogLines(
+        experiment_id="e",
+        trial_id=1,
+        attempt=1,
+        worker_id="w",
+        lines=[LogLine(stream="stdout", text="x"), LogLine(stream="stdout", text="y", rank=1)],
+    )
+    wire = lines.model_dump(mode="json")
+    assert wire["lines"] == [
+        {"stream": "stdout", "text": "x"},
+        {"stream": "stdout", "text": "y", "rank": 1},
+    ]
+    assert LogLines.model_validate_json(lines.model_dump_json()) == lines
+    assert "rank" not in ReadTrialLogs(experiment_id="e").model_dump(mode="json")
+    assert ReadTrialLogs(experiment_id="e", rank=0).model_dump(mode="json")["rank"] == 0

@@ -172,7 +172,10 @@ async def test_pythonpath_is_searched_as_the_interpreter_searches_it(
     (extra / "elsewhere" / "tool.py").write_text("import sys\nprint('tool', sys.argv[1:])\n")
     work = tmp_path / "work"
     work.mkdir()
-    env = _env(PYTHONPATH=f"{tmp_path / 'missing'}{os.pathsep}{extra}")
+    # The first entry is the fork server's own sys.path[0] (this directory): it must not
+    # push the others out of place.
+    entries = [os.getcwd(), str(tmp_path / "missing"), str(extra)]
+    env = _env(PYTHONPATH=os.pathsep.join(entries))
     code, out, err = await _finish(
         await spawner.spawn([PY, "-m", "elsewhere.tool", "x"], cwd=work, env=env)
     )
@@ -181,7 +184,7 @@ async def test_pythonpath_is_searched_as_the_interpreter_searches_it(
     code, out, err = await _finish(
         await spawner.spawn([PY, str(script), str(extra)], cwd=work, env=env)
     )
-    assert (code, out.strip()) == (0, "2"), err  # after the script's own and the first entry
+    assert (code, out.strip()) == (0, "3"), err  # after the script's own and two entries
 
 
 async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:

@@ -14,7 +14,16 @@ a Determined master from a Rung worker anyway). It is never installed as a top-l
 package: Rung installs one top-level name, ``rung``.
 """
 
-from rung import core
-from rung.worker.core import LOG_FORMAT, ClusterInfo, InvalidHP, TrialInfo, get_cluster_info
+import sys
+
+try:
+    from rung import core
+    from rung.worker.core import LOG_FORMAT, ClusterInfo, InvalidHP, TrialInfo, get_cluster_info
+except ModuleNotFoundError as exc:  # an interpreter without Rung
+    raise ModuleNotFoundError(
+        f"determined is Rung's inside a Rung trial, and {sys.executable} cannot import "
+        f"rung ({exc}); start the trial's processes with the interpreter Rung is installed "
+        "in (python3 on the trial's PATH is that one)"
+    ) from exc
 
 __all__ = ["LOG_FORMAT", "ClusterInfo", "InvalidHP", "TrialInfo", "core", "get_cluster_info"]
