@@ -4,7 +4,6 @@ real ``DistributedContext``, and the parts become one checkpoint, or every rank 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -30,7 +29,9 @@ cross_rank, local_rank = divmod(rank, per_host)
 
 def report(storage_id, steps, metadata, size_bytes):
     with reports.open("a") as out:
-        out.write(json.dumps([rank, storage_id, steps, metadata, size_bytes]) + "\\n")
+        # As the worker's channel sends it: JSON has no NaN.
+        line = json.dumps([rank, storage_id, steps, metadata, size_bytes], allow_nan=False)
+        out.write(line + "\\n")
 
 with DistributedContext(
     rank=rank, size=size, local_rank=local_rank, local_size=per_host,
@@ -38,7 +39,9 @@ with DistributedContext(
     pub_port=port, pull_port=port + 100, timeout=30,
 ) as dist:
     checkpoints = CheckpointContext(root, report, distributed=dist)
-    metadata = {f"part_{rank}": rank, "loss": float("nan")}  # one NaN everywhere is no conflict
+    metadata = {f"part_{rank}": rank, "shared": {"b": 1, "a": [1.5]}}  # the same everywhere
+    if scenario == "nan" and rank == 3:
+        metadata["loss"] = float("nan")
     if rank == 0 and scenario != "no steps":
         metadata["steps_completed"] = "seven" if scenario == "bad steps" else 7
     if scenario == "metadata conflict" and rank == 2:
@@ -107,7 +110,7 @@ def test_every_ranks_part_becomes_one_checkpoint(tmp_path: Path, hosts: int, per
     ]
     assert (final / "shards" / "model-3.bin").read_bytes() == b"\x03" * 4
     metadata = json.loads((final / "metadata.json").read_text())
-    assert math.isnan(metadata.pop("loss"))
+    assert metadata.pop("shared") == {"a": [1.5], "b": 1}
     assert metadata == {"steps_completed": 7, "part_0": 0, "part_1": 1, "part_2": 2, "part_3": 3}
     # Reported once, by the chief, with every part's size.
     reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
@@ -130,6 +133,7 @@ def test_every_ranks_part_becomes_one_checkpoint(tmp_path: Path, hosts: int, per
         ("rank fails", r"rank 1 failed while writing its part of checkpoint .*ran out of memory"),
         ("rank exits", r"rank 2 failed while writing its part .*SystemExit: rank 2 was told"),
         ("bad steps", r"'steps_completed' is 'seven'; it must be a whole number"),
+        ("nan", r"rank 3 could not start its part: ValueError: checkpoint metadata hold NaN"),
         ("link", r"rank 0 wrote 'shards/a' as a file or link and rank 1 wrote 'shards/a/precious'"),
     ],
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from rung.broker.limits import MAX_CHECKPOINT_METADATA_BYTES, is_uuid
 from rung.worker.core._sharded import Collectives, store_sharded
-from rung.worker.core._validate import check_json
+from rung.worker.core._validate import check_finite, check_json
 
 __all__ = ["CheckpointContext", "CheckpointStorageError"]
 
@@ -79,11 +79,9 @@ class CheckpointContext:
         final = self.root / storage_id
         os.rename(tmp, final)
         _fsync_dir(self.root)
-        try:
-            self._report(storage_id, metadata["steps_completed"], metadata, _size(final))
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)  # not reported: not kept
-            raise
+        # (Everything that could refuse it was checked before the rename: a report that
+        # fails now may have reached the searcher, so the checkpoint stays.)
+        self._report(storage_id, metadata["steps_completed"], metadata, _size(final))
 
     @staticmethod
     def _checked(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -105,6 +103,7 @@ class CheckpointContext:
             MAX_CHECKPOINT_METADATA_BYTES,
             "MAX_CHECKPOINT_METADATA_BYTES",
         )
+        check_finite("checkpoint metadata", metadata)
         return metadata
 
     @contextlib.contextmanager

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from rung.broker.limits import MAX_CHECKPOINT_METADATA_BYTES
-from rung.worker.core._validate import check_json
+from rung.worker.core._validate import check_finite, check_json
 
 __all__ = ["Collectives", "ShardedCheckpointError", "store_sharded"]
 
@@ -60,7 +60,7 @@ def _part_files(part: Path) -> list[str]:
 
 
 def _same(value: Any) -> str:
-    """A value as JSON writes it: NaN is NaN, and True is not 1."""
+    """A value as JSON writes it: True is not 1, and key order does not matter."""
     return json.dumps(value, sort_keys=True)
 
 
@@ -141,16 +141,32 @@ def _assemble(
     tmp = root / f".tmp-{storage_id}"
     tmp.mkdir()
     inside = tmp.resolve()
+    made: set[Path] = {tmp}  # the directories checked to be inside, then made
     for name, rank in owners.items():
         target = tmp / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(inside):  # (a link on the way)
-            raise ShardedCheckpointError(
-                f"rank {rank}'s {name!r} would leave the checkpoint through a link: "
-                "write plain files and directories"
-            )
+        if target.parent not in made:
+            # The deepest part of the way that exists must be inside: a link moved in
+            # before would take the rest of the way out. Checked before anything is made.
+            existing = target.parent
+            while not os.path.lexists(existing):
+                existing = existing.parent
+            if not existing.resolve().is_relative_to(inside):
+                raise ShardedCheckpointError(
+                    f"rank {rank}'s {name!r} would leave the checkpoint through a link: "
+                    "write plain files and directories"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         os.rename(_part_dir(root, storage_id, rank) / name, target)
     commit(tmp, storage_id, metadata)
+
+
+def _remove(path: Path) -> None:
+    """Remove a part or a checkpoint being made, or the link that replaced it."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _part_dir(root: Path, storage_id: str, rank: int) -> Path:
@@ -201,14 +217,12 @@ def store_sharded(
     own: dict[str, Any] = {}
     problem: str | None = None
     try:
-        check_json(
-            "checkpoint metadata",
-            dict(metadata or {}),
-            MAX_CHECKPOINT_METADATA_BYTES,
-            "MAX_CHECKPOINT_METADATA_BYTES",
-        )
+        given = dict(metadata or {})
+        limit = MAX_CHECKPOINT_METADATA_BYTES
+        check_json("checkpoint metadata", given, limit, "MAX_CHECKPOINT_METADATA_BYTES")
+        check_finite("checkpoint metadata", given)
         # A copy of its own: what the block does to the caller's dict changes nothing.
-        own = json.loads(json.dumps(metadata or {}))
+        own = json.loads(json.dumps(given))
         root.mkdir(parents=True, exist_ok=True)
         part.mkdir()
     except (OSError, ValueError, TypeError) as exc:
@@ -236,7 +250,7 @@ def store_sharded(
             raise ShardedCheckpointError(outcome)
     finally:
         # Nothing of a part stays, whatever happened (a rank that died, a lost chief).
-        shutil.rmtree(part, ignore_errors=True)
+        _remove(part)
 
 
 def _assembled(
@@ -250,10 +264,12 @@ def _assembled(
     removed (the storage is shared: the chief sees every rank's)."""
     try:
         _assemble(root, storage_id, parts, checked, commit)
-    except Exception as exc:  # noqa: BLE001  (every rank must learn it, whatever it was)
-        shutil.rmtree(root / f".tmp-{storage_id}", ignore_errors=True)
+    except BaseException as exc:  # every rank must learn it, whatever it was
+        _remove(root / f".tmp-{storage_id}")
         for rank in range(len(parts)):
-            shutil.rmtree(_part_dir(root, storage_id, rank), ignore_errors=True)
+            _remove(_part_dir(root, storage_id, rank))
+        if not isinstance(exc, Exception):
+            raise  # (the chief is going: the others see its connection close)
         if isinstance(exc, ShardedCheckpointError):
             return str(exc)
         return f"checkpoint {storage_id} was not saved: {_describe(exc)}"

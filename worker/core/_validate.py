@@ -21,6 +21,7 @@ __all__ = [
     "MAX_METRICS_BYTES",
     "MAX_VALUE_DEPTH",
     "check_depth",
+    "check_finite",
     "check_json",
     "check_metric",
     "check_metrics",
@@ -71,6 +72,18 @@ def check_json(what: str, value: Any, max_bytes: int, limit_name: str) -> int:
             f"({limit_name}); report fewer or smaller values"
         )
     return size
+
+
+def check_finite(what: str, value: Any) -> None:
+    """A ValueError when ``value`` holds NaN or an infinity: checkpoint metadata goes to
+    the searcher as JSON, which has no number for them."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            f"{what} hold NaN or an infinity, which JSON has no number for; store such a "
+            "value as a string (str(x)) or leave it out"
+        ) from None
 
 
 def _json_safe(key: str, value: Any) -> Any:

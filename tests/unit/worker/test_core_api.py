@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -318,3 +319,25 @@ def test_an_overlong_request_is_refused_before_it_is_sent(tmp_path: Path) -> Non
                 channel.request("metrics", blob="x" * CHANNEL_REQUEST_BYTES)
         finally:
             channel.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"steps_completed": 1, "loss": float("nan")}, "hold NaN or an infinity"),
+        ({"steps_completed": 1, "best": [float("inf")]}, "hold NaN or an infinity"),
+        ({"steps_completed": "seven"}, "'steps_completed' is 'seven'; it must be a whole"),
+        ({"steps_completed": True}, "'steps_completed' is True"),
+        ({"steps_completed": -1}, "'steps_completed' is -1"),
+    ],
+)
+def test_metadata_the_searcher_cannot_take_is_refused_before_anything_is_written(
+    tmp_path: Path, metadata: dict[str, object], message: str
+) -> None:
+    reported: list[str] = []
+    context = CheckpointContext(tmp_path, lambda s, n, m, b: reported.append(s))
+    with pytest.raises(ValueError, match=re.escape(message)):  # noqa: SIM117
+        with context.store_path(metadata):
+            raise AssertionError("the block must not run")
+    assert list(tmp_path.iterdir()) == []
+    assert reported == []

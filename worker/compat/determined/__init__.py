@@ -20,6 +20,8 @@ try:
     from rung import core
     from rung.worker.core import LOG_FORMAT, ClusterInfo, InvalidHP, TrialInfo, get_cluster_info
 except ModuleNotFoundError as exc:  # an interpreter without Rung
+    if exc.name not in ("rung", None) and not str(exc.name).startswith("rung."):
+        raise  # Rung is there, and misses something of its own
     raise ModuleNotFoundError(
         f"determined is Rung's inside a Rung trial, and {sys.executable} cannot import "
         f"rung ({exc}); start the trial's processes with the interpreter Rung is installed "
