@@ -15,7 +15,7 @@ import rung
 from tests.support import wait_for_async
 
 LAUNCHER = """
-import socket, subprocess, sys
+import os, socket, subprocess, sys
 
 import rung as det
 
@@ -40,7 +40,9 @@ def rank_main(rank: int, port: int) -> None:
                 try:
                     op.report_completed(total)
                 except RuntimeError as exc:
-                    print(f"rank {rank} refused: {exc}", flush=True)
+                    # One write: the ranks share the pipe, and print's text and its
+                    # newline are two writes, which another rank's line can split.
+                    os.write(1, f"rank {rank} refused: {exc}\\n".encode())
 
 if sys.argv[1:2] == ["rank"]:
     rank_main(int(sys.argv[2]), int(sys.argv[3]))
