@@ -181,10 +181,13 @@ class ExperimentHost:
             event_log.close()
             return None
         try:
+            # The owner record first, right after the records just read: a searcher it
+            # takes over from, still appending, then has only that short while to do so
+            # (replaying a long log in between made every try of a takeover lose).
+            event_log.take_over(owner)
             replayed = replay(
                 event_log.existing, snapshot=event_log.snapshot, context_root=context_root
             )
-            event_log.take_over(owner)
         except BaseException:
             event_log.close()
             raise
