@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from typing import Any
 
 from rung.broker.limits import MAX_RANK
 from rung.cli.common import add_broker_options, run_client
 from rung.cli.render import console_text, print_trial, trial_json
 from rung.client import Client
+from rung.launch.wrap_rank import as_rank
 
 __all__ = ["register"]
 
@@ -37,11 +37,12 @@ def register(commands: Any) -> None:
 
 
 def _rank(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,4}", text) or int(text) > MAX_RANK:
+    rank = as_rank(text)
+    if rank is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a rank: give a whole number from 0 to {MAX_RANK}"
         )
-    return int(text)
+    return rank
 
 
 def describe_trial(args: argparse.Namespace) -> int:

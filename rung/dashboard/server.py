@@ -37,7 +37,6 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from rung.broker.limits import MAX_RANK
 from rung.dashboard.errors import DashboardError
 from rung.dashboard.hub import Followed, Hub
 from rung.dashboard.model import ExperimentView
@@ -53,6 +52,7 @@ from rung.dashboard.pages import (
     why,
 )
 from rung.dashboard.source import ExperimentRef, LogPage, Source, valid_id
+from rung.launch.wrap_rank import as_rank
 from rung.searcher.client import ClientError, NotFoundError, RefusedError
 
 __all__ = ["Dashboard"]
@@ -527,7 +527,7 @@ class Dashboard:
             raise NotFoundError(f"experiment {view.experiment_id} has no trial {trial_id}")
         after, after_seq = (request.query.get(name, "0") for name in ("after", "after_seq"))
         cursor, seq = _number(after), _number(after_seq)
-        rank = _rank(request.query.get("rank", ""))
+        rank = as_rank(request.query.get("rank", ""))  # None (every rank) if not one
         if request.query.get("tail") == "1":
             page = await self._tail(view.experiment_id, trial_id, rank)
         else:
@@ -655,14 +655,6 @@ def _number(text: str) -> int:
     """A cursor or record number from a query or header (clamped: a page may send the
     end-of-log cursor back rounded up, as JavaScript's numbers do)."""
     return min(int(text), _PAST_THE_END) if _SEQ.fullmatch(text) else 0
-
-
-_RANK: Final = re.compile(r"[0-9]{1,4}")  # ASCII digits: str.isdigit() takes "²" too
-
-
-def _rank(text: str) -> int | None:
-    """A rank filter from a query: None for every rank (a value that is not one too)."""
-    return int(text) if _RANK.fullmatch(text) and int(text) <= MAX_RANK else None
 
 
 async def _prepared(_request: web.Request, response: web.StreamResponse) -> None:

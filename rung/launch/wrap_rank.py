@@ -22,13 +22,20 @@ import threading
 from collections.abc import Sequence
 from typing import BinaryIO
 
-__all__ = ["main", "parse", "untag"]
+from rung.broker.limits import MAX_RANK
+
+__all__ = ["as_rank", "main", "parse", "untag"]
 
 USAGE = "usage: python -m rung.launch.wrap_rank RANK -- CMD [ARGS...]"
 _LONGEST = 64 * 1024  # bytes of a line without an end, passed on as a piece
-_MAX_RANK = 9999  # rung.broker.limits.MAX_RANK: the tag has at most four digits
 _TAG = re.compile(r"\[rank=([0-9]{1,4})\] ")
 _NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() takes "²" too
+_RANK = re.compile(r"[0-9]{1,4}")  # (MAX_RANK has four digits; a longer one is no rank)
+
+
+def as_rank(text: str) -> int | None:
+    """``text`` as a rank: ASCII digits, at most :data:`MAX_RANK`; else None."""
+    return int(text) if _RANK.fullmatch(text) and int(text) <= MAX_RANK else None
 
 
 def untag(text: str) -> tuple[int | None, str]:
@@ -51,8 +58,8 @@ def parse(argv: Sequence[str]) -> tuple[int, list[str]]:
                 f"holds one ({rank_text}={value!r}); pass the rank, or e.g. RANK under torchrun"
             )
         rank_text = value
-    if int(rank_text) > _MAX_RANK:
-        raise SystemExit(f"RANK {rank_text} is above {_MAX_RANK}, the highest rank a line carries")
+    if as_rank(rank_text) is None:
+        raise SystemExit(f"RANK {rank_text} is above {MAX_RANK}, the highest rank a line carries")
     return int(rank_text), list(argv[2:])
 
 

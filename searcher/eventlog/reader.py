@@ -156,11 +156,6 @@ def lost_race(seq: int, kind: str, count: int) -> bool:
 def line_header(line: bytes) -> tuple[int, str] | None:
     """The number and kind of the record on ``line``; None when it is not a complete
     record."""
-    return _header(line)
-
-
-def _header(line: bytes) -> tuple[int, str] | None:
-    """The number and kind of a well-formed record line; None when the line is broken."""
     match = _HEADER.match(line)
     if match is None or not line.endswith(b"}"):
         # Not in the form we write: parse it whole (older writers, hand-made logs).
@@ -213,7 +208,7 @@ def _scan(path: Path, data: bytes) -> tuple[LogRecords, int | None]:
             break
         line = data[position:end]
         line_number += 1
-        header = _header(line)
+        header = line_header(line)
         if header is None:
             if end + 1 < size:
                 raise EventLogCorruptError(

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,30 +54,36 @@ def free_port() -> int:
             return port
 
 
-def run_ranks(tmp_path: Path, hosts: int, per_host: int) -> list[dict[str, object]]:
-    script = tmp_path / "rank.py"
-    script.write_text(RANK)
-    port = free_port()
-    size = hosts * per_host
-    processes = []
-    for rank in range(size):
-        cross_rank, local_rank = divmod(rank, per_host)
-        args = [rank, local_rank, cross_rank, size, per_host, hosts, port]
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), *map(str, args)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
+def run_scripts(script: Path, args: list[list[str]]) -> list[dict[str, Any]]:
+    """``script`` in a process per argument list, at once; each one's JSON output."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), *rank_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
+        for rank_args in args
+    ]
     outputs = []
     for process in processes:
         out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err.decode()
         outputs.append(json.loads(out))
     return outputs
+
+
+def run_ranks(tmp_path: Path, hosts: int, per_host: int) -> list[dict[str, Any]]:
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    port = free_port()
+    size = hosts * per_host
+    args = []
+    for rank in range(size):
+        cross_rank, local_rank = divmod(rank, per_host)
+        args.append([str(v) for v in (rank, local_rank, cross_rank, size, per_host, hosts, port)])
+    return run_scripts(script, args)
 
 
 @pytest.mark.parametrize(("hosts", "per_host"), [(1, 4), (2, 2)])

@@ -4,16 +4,13 @@ real ``DistributedContext``, and the parts become one checkpoint, or every rank 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_distributed_context import free_port
+from tests.e2e.test_distributed_context import free_port, run_scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,23 +75,8 @@ def _save(tmp_path: Path, scenario: str, hosts: int, per_host: int) -> list[dict
     script.write_text(RANK)
     root, reports = tmp_path / "checkpoints", tmp_path / "reports.jsonl"
     port, size = free_port(), hosts * per_host
-    extra = [str(root), str(reports), scenario]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), *map(str, (rank, size, per_host, port)), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        for rank in range(size)
-    ]
-    outputs = []
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err.decode()
-        outputs.append(json.loads(out))
-    return outputs
+    common = [str(size), str(per_host), str(port), str(root), str(reports), scenario]
+    return run_scripts(script, [[str(rank), *common] for rank in range(size)])
 
 
 @pytest.mark.parametrize(("hosts", "per_host"), [(1, 4), (2, 2)])

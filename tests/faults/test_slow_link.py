@@ -89,7 +89,6 @@ def slow_group(size: int, proxy_args: dict[str, float]) -> Iterator[list[_Group]
 
     chief = threading.Thread(target=make, args=(0, "127.0.0.1", port))
     chief.start()
-    time.sleep(0)  # (the chief listens before the members dial; they retry anyway)
     proxy = SlowProxy(port, **proxy_args)  # type: ignore[arg-type]
     members = [
         threading.Thread(target=make, args=(i, "127.0.0.1", proxy.port)) for i in range(1, size)
