@@ -26,8 +26,9 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -48,16 +49,22 @@ from rung.broker.schemas import (
     KillTrial,
     PauseTrial,
     PreemptTrial,
+    ReserveSlots,
     RunTrial,
+    SlotsReserved,
+    TrialExited,
     WorkerHeartbeat,
     decode,
     encode,
 )
 from rung.broker.schemas.envelope import Body
+from rung.broker.schemas.events import ExitReason
 from rung.broker.topology import WORK_BUCKETS, work_key
+from rung.worker.address import route_address
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
 from rung.worker.privileges import TrialUser
+from rung.worker.reservations import Reservation, Reservations
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 
@@ -104,8 +111,13 @@ class Worker:
         trial_user: TrialUser | None = None,
         searcher_user: str | None = None,
         checkpoint_storage: Path | None = None,
+        address: str | None = None,
     ) -> None:
         self.broker = broker
+        # Where the ranks of a trial's other parts reach this worker (gang scheduling).
+        self.address = address or route_address(getattr(broker, "url", None))
+        # Slots held for parts of trials on several workers, as they come free.
+        self.reservations = Reservations()
         # Commands are believed only from this broker user (the searcher's): the broker
         # validates every message's user_id. None where no broker vouches for users.
         self.searcher_user = searcher_user or searcher_user_for_worker(broker.username)
@@ -207,6 +219,12 @@ class Worker:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""
         self._stopping = True
         await self._pause_intake()
+        for key in list(self.reservations.by_key):
+            reservation = self.reservations.pop(key)
+            if reservation is not None:
+                with contextlib.suppress(BrokerError, TimeoutError):  # (else: found lost)
+                    why = f"worker {self.worker_id} stopped"
+                    await asyncio.wait_for(self._part_ended(reservation.cmd, why), timeout=5)
         for run in self.runs.values():
             run.request_preemption()
         if self._tasks:
@@ -231,6 +249,7 @@ class Worker:
                         free_slots=len(self.free),
                         gpus=self.gpus,
                         running=[f"{e}/{t}/{a}" for e, t, a in self.runs],
+                        address=self.address,
                     )
                 )
                 if self.health_file is not None:  # healthy: the broker took a heartbeat
@@ -418,8 +437,20 @@ class Worker:
             )
 
     def _release(self, slots: list[int]) -> None:
-        self.free.extend(slots)
-        self.free.sort()
+        """Slots come free: the reservations waiting for slots take them first."""
+        self.free, completed = self.reservations.give([*self.free, *slots])
+        for reservation in completed:
+            self._spawn_task(self._answer_reserved(reservation))
+
+    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.error("a task of the worker failed", error=repr(error))
 
     async def _pause_intake(self) -> None:
         """Stop consuming every bucket."""
@@ -500,6 +531,110 @@ class Worker:
         best = (reply.result or {}).get("best_trial") if reply.ok else None
         return None if best is None else best.get("metric")
 
+    # ------------------------------------------------------------------ gangs
+    async def _reserve(self, body: ReserveSlots) -> None:
+        """Hold slots for a part of a trial on several workers, as they come free."""
+        key = (body.experiment_id, body.trial_id, body.attempt)
+        if key in self.runs or key in self.reservations:
+            return  # it runs here, or holds its slots already (a re-sent command)
+        if body.slots > self.total_slots or self._stopping:
+            why = (
+                "it is stopping"
+                if self._stopping
+                else f"it has {self.total_slots} slots, the part needs {body.slots}"
+            )
+            await self._part_ended(
+                body, f"worker {self.worker_id} cannot hold part {body.part}: {why}"
+            )
+            return
+        self.reservations.add(body)
+        self.log.info(
+            "holding slots for a part of a trial on several workers",
+            experiment_id=body.experiment_id,
+            trial_id=body.trial_id,
+            attempt=body.attempt,
+            part=body.part,
+            slots=body.slots,
+        )
+        self._release([])  # it takes the free slots now; the rest as they come free
+        await self._update_intake()
+
+    async def _answer_reserved(self, reservation: Reservation) -> None:
+        cmd = reservation.cmd
+        pub, master = reservation.ports or (None, None)
+        await self.emit(
+            SlotsReserved(
+                experiment_id=cmd.experiment_id,
+                trial_id=cmd.trial_id,
+                attempt=cmd.attempt,
+                worker_id=self.worker_id,
+                part=cmd.part,
+                pub_port=pub,
+                master_port=master,
+            )
+        )
+
+    async def _give_back(self, key: tuple[str, int, int], why: str) -> None:
+        reservation = self.reservations.pop(key)
+        if reservation is None:
+            return
+        self.log.info("slots held for a part given back", trial_id=key[1], attempt=key[2], why=why)
+        self._release(reservation.held)
+        await self._update_intake()
+
+    async def _part_ended(self, body: ReserveSlots | RunTrial, why: str) -> None:
+        """Tell the searcher this worker's part of an attempt will not run: the attempt
+        ends as a preemption (the trial resumes, without a restart counted)."""
+        self.log.warning("a part of a trial will not run here", trial_id=body.trial_id, why=why)
+        await self.emit(
+            TrialExited(
+                experiment_id=body.experiment_id,
+                trial_id=body.trial_id,
+                attempt=body.attempt,
+                worker_id=self.worker_id,
+                reason=ExitReason.PREEMPTED,
+                message=why,
+            )
+        )
+
+    async def _run_part(self, body: RunTrial) -> None:
+        """Start this worker's part of a trial on several workers, in the slots held."""
+        key = (body.experiment_id, body.trial_id, body.attempt)
+        if body.gang is None:
+            self.log.warning("run_trial without a placement on the control queue; ignored")
+            return
+        if key in self.runs:
+            return  # (a re-sent command)
+        reservation = self.reservations.pop(key)
+        if reservation is None or not reservation.complete:
+            if reservation is not None:
+                self._release(reservation.held)
+                await self._update_intake()
+            await self._part_ended(
+                body,
+                f"worker {self.worker_id} holds no slots for part {body.gang.rank} of attempt "
+                f"{body.attempt} (it restarted, or gave them back)",
+            )
+            return
+        slots = reservation.held
+        try:
+            run = await self._start(body, slots)
+        except Exception as exc:  # noqa: BLE001 (the part's failure, not the worker's)
+            self._release(slots)
+            await self._update_intake()
+            await self._part_ended(body, f"worker {self.worker_id} could not start it: {exc!r}")
+            return
+        except BaseException:
+            self._release(slots)
+            raise
+        if run is None:  # it could not start, and said so
+            self._release(slots)
+            await self._update_intake()
+            return
+        task = asyncio.create_task(self._watch(run, slots))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ------------------------------------------------------------------ control
     async def _on_control(self, delivery: Delivery) -> None:
         if (forged := self._forged(delivery)) is not None:
@@ -518,10 +653,17 @@ class Worker:
             return
         self._seen.append(envelope.message_id)
         body = envelope.body
+        if isinstance(body, ReserveSlots | RunTrial):
+            await (self._reserve(body) if isinstance(body, ReserveSlots) else self._run_part(body))
+            return
         if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial):
             self.log.warning("unexpected control message", type=body.type)
             return
-        run = self.runs.get((body.experiment_id, body.trial_id, body.attempt))
+        key = (body.experiment_id, body.trial_id, body.attempt)
+        if isinstance(body, KillTrial) and key in self.reservations:
+            await self._give_back(key, "the searcher ended the attempt")
+            return
+        run = self.runs.get(key)
         if run is None:
             self.log.info(
                 "command for a trial attempt not running here; ignored",

@@ -115,14 +115,30 @@ def _free_port() -> int:
         return port
 
 
-def _distributed_environment() -> dict[str, str]:
+def _distributed_environment(cmd: RunTrial) -> dict[str, str]:
     """Ports for a distributed trial's chief, local chief and torch master, and its
-    token (``rung.worker.core.DistributedContext`` and ``rung.launch`` read them)."""
+    token (``rung.worker.core.DistributedContext`` and ``rung.launch`` read them).
+
+    A part of a trial on several workers (``cmd.gang``) takes the chief's ports from its
+    placement, and the attempt's start token (which only the workers that received its
+    ``run_trial`` know) as its ranks' token; its local chief listens on
+    ``pull_port + cross_rank``, so the pull port is set that much below a free one."""
+    gang = cmd.gang
+    if gang is None:
+        return {
+            "RUNG_DIST_TOKEN": secrets.token_hex(16),
+            "RUNG_DIST_PUB_PORT": str(_free_port()),
+            "RUNG_DIST_PULL_PORT": str(_free_port()),
+            "RUNG_DIST_MASTER_PORT": str(_free_port()),
+        }
+    pull = _free_port()
+    while pull - gang.rank < 1:
+        pull = _free_port()
     return {
-        "RUNG_DIST_TOKEN": secrets.token_hex(16),
-        "RUNG_DIST_PUB_PORT": str(_free_port()),
-        "RUNG_DIST_PULL_PORT": str(_free_port()),
-        "RUNG_DIST_MASTER_PORT": str(_free_port()),
+        "RUNG_DIST_TOKEN": cmd.start_token or secrets.token_hex(16),
+        "RUNG_DIST_PUB_PORT": str(gang.pub_port),
+        "RUNG_DIST_PULL_PORT": str(pull - gang.rank),
+        "RUNG_DIST_MASTER_PORT": str(gang.master_port),
     }
 
 
@@ -275,9 +291,13 @@ class TrialRun:
             "worker_id": self.worker_id,
             "slot_ids": self.slot_ids,
             "gpus": self.gpus,
-            # One worker runs the whole trial: its processes meet on this machine.
-            "container_addrs": ["127.0.0.1"],
-            "container_rank": 0,
+            # One worker runs the whole trial, its processes meeting on this machine; or
+            # this worker runs one part of it (gang scheduling), the chief's part first.
+            "container_addrs": list(cmd.gang.addrs) if cmd.gang else ["127.0.0.1"],
+            "container_rank": cmd.gang.rank if cmd.gang else 0,
+            "container_slot_counts": (
+                list(cmd.gang.slot_counts) if cmd.gang else [len(self.slot_ids)]
+            ),
         }
         rung_vars = {
             "RUNG_TRIAL_INFO": json.dumps(info),
@@ -287,7 +307,7 @@ class TrialRun:
             # A trial of several processes: where its ranks meet (ports free now, so
             # that two trials on one machine, of one worker or two, keep apart), and the
             # token that tells its ranks from anyone else on those ports.
-            **_distributed_environment(),
+            **_distributed_environment(cmd),
         }
         env = trial_environment(os.environ, rung_vars, allow=self.trial_env_allow)
         # ``determined`` under Rung (``python3 -m determined.launch.wrap_rank`` ...), after
@@ -592,7 +612,15 @@ class TrialRun:
             await self._ship()
 
     # ------------------------------------------------------------------ the end
+    @property
+    def member(self) -> bool:
+        """A part of a trial on several workers other than the chief's: its ranks make no
+        Core API call here (the chief's part reports), so its clean exit is just its end."""
+        return self.cmd.gang is not None and self.cmd.gang.rank > 0
+
     def _classify(self, code: int) -> tuple[ExitReason, str]:
+        if self.member and code == 0:
+            return ExitReason.COMPLETED, f"part {self.cmd.gang.rank if self.cmd.gang else 0} ended"
         if self.early_exit == "INVALID_HP":
             return ExitReason.INVALID_HP, "the script raised InvalidHP"
         if code != 0:
@@ -722,7 +750,7 @@ class TrialRun:
 
     async def _watch_for_hangs(self) -> None:
         timeout = self.hang_timeout_s
-        if not timeout:
+        if not timeout or self.member:  # (a member's ranks never call the Core API here)
             return
         while True:
             await asyncio.sleep(min(timeout / 4, 1.0))

@@ -29,6 +29,13 @@ from rung.broker.schemas.events import (
     WorkerHeartbeat,
     WorkerLost,
 )
+from rung.broker.schemas.gang import (
+    GangPart,
+    GangPlacement,
+    GangPlanned,
+    ReserveSlots,
+    SlotsReserved,
+)
 from rung.broker.schemas.rpc import (
     ControlExperiment,
     ControlTrial,
@@ -62,6 +69,9 @@ __all__ = [
     "Envelope",
     "ExitReason",
     "ExperimentSummary",
+    "GangPart",
+    "GangPlacement",
+    "GangPlanned",
     "GetContext",
     "KillTrial",
     "ListExperiments",
@@ -76,10 +86,12 @@ __all__ = [
     "ReadRecords",
     "ReadTrialLogs",
     "ResendCommand",
+    "ReserveSlots",
     "RpcError",
     "RpcReply",
     "RpcRequest",
     "RunTrial",
+    "SlotsReserved",
     "TrialEvent",
     "TrialExited",
     "TrialStarted",

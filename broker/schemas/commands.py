@@ -8,12 +8,19 @@ command can never touch a newer run of the trial.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, JsonValue
+from pydantic import (
+    Discriminator,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from rung.broker.limits import CONTEXT_HASH_PATTERN, START_TOKEN_PATTERN, UUID_PATTERN
-from rung.broker.schemas.base import Message
+from rung.broker.schemas.base import Message, without_none
+from rung.broker.schemas.gang import GangPlacement, ReserveSlots
 
 __all__ = [
     "START_TOKEN_PATTERN",
@@ -23,6 +30,7 @@ __all__ = [
     "KillTrial",
     "PauseTrial",
     "PreemptTrial",
+    "ReserveSlots",
     "RunTrial",
     "SearcherCommand",
     "WorkerCommand",
@@ -58,6 +66,13 @@ class RunTrial(Message):
     # received this command cannot claim the attempt. None in experiments older than
     # start tokens.
     start_token: str | None = Field(default=None, pattern=START_TOKEN_PATTERN)
+    # A part of a trial that runs on several workers (sent to that part's worker, never
+    # to the work queues); None: the whole trial runs on the worker that takes it.
+    gang: GangPlacement | None = None
+
+    @model_serializer(mode="wrap")
+    def _gang_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_none(handler(self), "gang")
 
 
 class ContinueTrial(Message):
@@ -119,7 +134,7 @@ class DeleteCheckpoints(Message):
 
 # The commands about one trial attempt (DeleteCheckpoints is about an experiment's storage).
 WorkerCommand = Annotated[
-    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial,
+    RunTrial | ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial | ReserveSlots,
     Discriminator("type"),
 ]
 
@@ -132,6 +147,7 @@ SearcherCommand = Annotated[
     | CloseTrial
     | PreemptTrial
     | KillTrial
+    | ReserveSlots
     | DeleteCheckpoints,
     Discriminator("type"),
 ]

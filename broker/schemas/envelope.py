@@ -39,6 +39,7 @@ from rung.broker.schemas.events import (
     WorkerHeartbeat,
     WorkerLost,
 )
+from rung.broker.schemas.gang import GangPlanned, ReserveSlots, SlotsReserved
 from rung.broker.schemas.rpc import (
     ControlExperiment,
     ControlTrial,
@@ -74,6 +75,7 @@ Body = Annotated[
     | PreemptTrial
     | KillTrial
     | DeleteCheckpoints
+    | ReserveSlots
     | TrialStarted
     | ProgressReported
     | MetricsReported
@@ -83,6 +85,8 @@ Body = Annotated[
     | LogLines
     | WorkerHeartbeat
     | WorkerLost
+    | GangPlanned
+    | SlotsReserved
     | CreateExperiment
     | DescribeExperiment
     | ListExperiments

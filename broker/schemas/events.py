@@ -21,6 +21,7 @@ from pydantic import (
 
 from rung.broker.limits import MAX_RANK, START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message, without_none
+from rung.broker.schemas.gang import ADDRESS_PATTERN, SlotsReserved
 
 __all__ = [
     "CheckpointSaved",
@@ -30,6 +31,7 @@ __all__ = [
     "MetricsReported",
     "OpCompleted",
     "ProgressReported",
+    "SlotsReserved",
     "TrialEvent",
     "TrialExited",
     "TrialStarted",
@@ -140,6 +142,13 @@ class WorkerHeartbeat(Message):
     free_slots: int = Field(ge=0)
     gpus: list[str] = Field(default_factory=list)
     running: list[str] = Field(default_factory=list)
+    # Where other machines reach this worker (a trial's ranks on other workers dial its
+    # chief here); None from a worker of the version before gangs, which gets no part.
+    address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+
+    @model_serializer(mode="wrap")
+    def _address_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_none(handler(self), "address")
 
 
 class WorkerLost(Message):
@@ -160,6 +169,7 @@ TrialEvent = Annotated[
     | CheckpointSaved
     | TrialExited
     | LogLines
+    | SlotsReserved
     | WorkerHeartbeat,
     Discriminator("type"),
 ]

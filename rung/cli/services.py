@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from rung.broker.schemas.gang import ADDRESS_PATTERN
 from rung.cli.common import (
     add_broker_options,
     broker_from,
@@ -201,6 +203,15 @@ def register(commands: Any) -> None:
         "shared_fs checkpoint_storage, as mounted here): checkpoint deletion never "
         "reaches outside it (default: none; only the searcher's user may ask)",
     )
+    worker.add_argument(
+        "--address",
+        type=_address,
+        default=None,
+        metavar="HOST",
+        help="where other workers' processes reach this machine, when a trial runs on "
+        "several workers and this one runs its chief's part (default: this machine's "
+        "address on its route to the broker; 127.0.0.1 for a broker on this machine)",
+    )
     _dir_group_option(worker, "the work directory")
     _health_option(worker, "after every heartbeat the broker confirmed")
     worker.set_defaults(handler=run_worker)
@@ -215,6 +226,16 @@ def register(commands: Any) -> None:
     health.add_argument("file", type=Path, metavar="FILE")
     health.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS")
     health.set_defaults(handler=healthcheck)
+
+
+def _address(value: str) -> str:
+    """``--address``: an IP address or a host name, as the heartbeat carries it."""
+    if not re.fullmatch(ADDRESS_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an address: give an IPv4 or IPv6 address or a host name "
+            "(letters, digits, '.', ':', '-', '_', '%'), without a port"
+        )
+    return value
 
 
 def _dir_group_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -356,6 +377,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 trial_user=trial_user,
                 searcher_user=args.searcher_user,
                 checkpoint_storage=args.checkpoint_storage,
+                address=args.address,
             )
             if trial_user is None and hasattr(os, "geteuid") and os.geteuid() == 0:
                 worker.log.warning(

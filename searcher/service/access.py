@@ -235,10 +235,14 @@ class Access:
         current = self.bindings.get((experiment_id, trial_id))
         return current[1] if current is not None and current[0] == attempt else None
 
-    def impostor(self, body: object, sender: str | None) -> str | None:
+    def impostor(
+        self, body: object, sender: str | None, *, members: frozenset[str] = frozenset()
+    ) -> str | None:
         """Why an event of a bound attempt is not from the worker that started it, or
         None. A second ``trial_started`` from another worker id is let through: it is a
-        second process of the attempt (a re-sent ``run_trial``), which the run stops."""
+        second process of the attempt (a re-sent ``run_trial``), which the run stops. So
+        are the events of ``members``, the workers of the attempt's other parts when it
+        runs on several (whose users ``verify_worker_users`` checks as for any worker)."""
         experiment_id = getattr(body, "experiment_id", None)
         trial_id = getattr(body, "trial_id", None)
         attempt = getattr(body, "attempt", None)
@@ -250,7 +254,9 @@ class Access:
         bound = self.bound(experiment_id, trial_id, attempt)
         if bound is None:
             return None
-        if isinstance(body, TrialStarted) and worker_id != bound.worker_id:
+        if worker_id != bound.worker_id and (
+            isinstance(body, TrialStarted) or worker_id in members
+        ):
             return None
         if worker_id == bound.worker_id and (bound.user is None or sender == bound.user):
             return None

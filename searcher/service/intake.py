@@ -22,6 +22,7 @@ import structlog
 from rung.broker.errors import DecodeError
 from rung.broker.port import Delivery
 from rung.broker.schemas import (
+    GangPlanned,
     KillTrial,
     TrialExited,
     TrialStarted,
@@ -189,11 +190,11 @@ class Intake:
         refused = (
             self._impostor(body, sender)
             or _reserved(envelope)
-            or access.impostor(body, sender)
+            or access.impostor(body, sender, members=self._gang_members(body))
             or _not_its_own(envelope)
         )
-        if isinstance(body, WorkerLost):
-            refused = "worker_lost is the searcher's own timer input; a worker cannot send it"
+        if isinstance(body, WorkerLost | GangPlanned):
+            refused = f"{body.type} is the searcher's own timer input; a worker cannot send it"
         if refused is not None:
             log.warning("refused event sent to the dead-letter queue", reason=refused)
             await delivery.dead_letter(refused)
@@ -206,6 +207,18 @@ class Intake:
             await delivery.ack()
             return None
         return envelope, sender
+
+    def _gang_members(self, body: Body) -> frozenset[str]:
+        """The workers running the parts of the attempt ``body`` is about, when it runs
+        on several (gang scheduling): each may send that attempt's events."""
+        live = self.service.experiments.get(getattr(body, "experiment_id", ""))
+        trial_id = getattr(body, "trial_id", None)
+        if live is None or not isinstance(trial_id, int):
+            return frozenset()
+        trial = live.host.run.by_id.get(trial_id)
+        if trial is None or trial.gang is None or trial.attempt != getattr(body, "attempt", None):
+            return frozenset()
+        return frozenset(part.worker_id for part in trial.gang)
 
     async def _not_served(self, body: Body, delivery: Delivery) -> bool:
         """An event of an experiment this searcher does not serve. Unknown: dropped

@@ -46,6 +46,7 @@ from rung.searcher.service.access import Access, logged_bindings
 from rung.searcher.service.creation import CUSTOM_REFUSED, Creator, logged_creation, uses_custom
 from rung.searcher.service.errors import ExperimentNotFoundError, ServiceStoppedError
 from rung.searcher.service.feed import LiveFeed
+from rung.searcher.service.gangs import GangPlanner
 from rung.searcher.service.intake import Intake
 from rung.searcher.service.outbox import Live, Outbox
 from rung.searcher.service.requests import Requests
@@ -63,6 +64,8 @@ log = structlog.get_logger("rung.searcher")
 # when the searcher it takes over from appended meanwhile, and how long to wait between
 # (times the attempt).
 TAKEOVER_ATTEMPTS = 10
+# How often queued trials are looked at for a gang (a trial no single worker can take).
+GANG_TICK_S = 0.5
 TAKEOVER_BACKOFF_S = 0.05
 
 # The searcher's exit status after a storage error (EX_IOERR).
@@ -127,6 +130,7 @@ class SearcherService:
         # Experiments another searcher took over: their messages are left to it.
         self.given_up_ids: set[str] = set()
         self.workers = WorkerRegistry(worker_timeout_s)
+        self.gangs = GangPlanner()
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
         self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die, drop=self._drop)
         self.requests = Requests(self)
@@ -185,6 +189,7 @@ class SearcherService:
                 watchdog = self._spawn(self._watch_workers())
                 assert watchdog is not None  # noqa: S101 (the group is open, not closing)
                 self._spawn(self.feed.pump())
+                planner = self._spawn(self._plan_gangs())
                 self._spawn(sweep(self))  # contexts past their retention
                 self.feed.wake()  # what recovery appended
                 await stop.wait()
@@ -192,6 +197,8 @@ class SearcherService:
                 for subscription in intake:
                     await subscription.cancel()
                 watchdog.cancel()
+                if planner is not None:
+                    planner.cancel()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.intake.idle.wait(), timeout=30)
                 self._closing = True  # nothing new is spawned from here on
@@ -527,6 +534,29 @@ class SearcherService:
         await delivery.requeue()
 
     # ------------------------------------------------------------------ timers
+    async def _plan_gangs(self) -> None:
+        """Place the trials no single live worker can take on several workers
+        (:mod:`.gangs`), one gang at a time; each plan is an input of its experiment."""
+        while True:
+            await asyncio.sleep(GANG_TICK_S)
+            runs = [live.host.run for live in self.experiments.values()]
+            planned = self.gangs.plan(runs, self.workers.live())
+            if planned is None:
+                continue
+            target = self.experiments.get(planned.experiment_id)
+            if target is None:
+                continue
+            log.info(
+                "a trial no single worker can take is placed on several",
+                experiment_id=planned.experiment_id,
+                trial_id=planned.body.trial_id,
+                parts=[(p.worker_id, p.slots) for p in planned.body.parts],
+            )
+            with contextlib.suppress(StaleOwnerError, ExperimentBrokenError, ServiceStoppedError):
+                await self.apply(target, planned.body, planned.message_id)
+                await self.make_durable(target)
+            self.feed.wake()
+
     async def _watch_workers(self) -> None:
         """Declare lost the workers that went silent while running trials; forget the
         answers nobody will ask for again; touch the health file."""

@@ -30,6 +30,7 @@ import structlog
 from rung.broker.limits import MAX_REPLY_BYTES, MAX_WORKERS_TRACKED
 from rung.broker.schemas import WorkerHeartbeat, WorkerInfo, WorkerLost
 from rung.broker.topology import work_bucket
+from rung.searcher.service.gangs import place
 from rung.searcher.trials import ExperimentRun
 
 __all__ = [
@@ -159,9 +160,14 @@ class WorkerRegistry:
         for run in runs:
             running: dict[str, list[str]] = {}
             for trial in run.trials.values():
+                workers = set()
                 if trial.state == "RUNNING" and trial.worker_id:
-                    attempt = f"{trial.trial_id}.{trial.attempt}"
-                    running.setdefault(trial.worker_id, []).append(attempt)
+                    workers.add(trial.worker_id)
+                if trial.gang is not None and trial.state in ("QUEUED", "RUNNING"):
+                    workers.update(part.worker_id for part in trial.gang)  # its parts
+                attempt = f"{trial.trial_id}.{trial.attempt}"
+                for worker_id in workers:
+                    running.setdefault(worker_id, []).append(attempt)
             busy.update(running)
             for worker_id, attempts in sorted(running.items()):
                 # A worker not heard from since this searcher started gets a full window.
@@ -245,8 +251,8 @@ def waiting_reasons(run: ExperimentRun, live: list[WorkerHeartbeat]) -> list[str
     need = max(run.experiment.config.resources.slots_per_trial, 1)
     bucket = work_bucket(need)
     largest = max((beat.slots for beat in live), default=0)
-    if largest >= bucket:
-        return []
+    if largest >= bucket or place(need, live) is not None:
+        return []  # a worker can take them, or a gang of workers can (searcher.service.gangs)
     shown = ", ".join(str(t) for t in queued[:_NAMED_TRIALS])
     more = len(queued) - _NAMED_TRIALS
     trials = ("trial " if len(queued) == 1 else "trials ") + shown

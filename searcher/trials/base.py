@@ -115,16 +115,37 @@ class RunBase:
         worker: str | None = None,
         attempt: int | None = None,
     ) -> None:
-        """Stop a process of ``trial``: by default its current attempt, on its worker."""
+        """Stop a process of ``trial``: by default its current attempt, on its worker (a
+        kill of an attempt that runs on several workers goes to each of them)."""
         body = cls(
             experiment_id=self.experiment_id,
             trial_id=trial.trial_id,
             attempt=trial.attempt if attempt is None else attempt,
         )
+        if worker is None and cls is KillTrial and trial.gang is not None:
+            step.commands.extend(Command(body, part.worker_id) for part in trial.gang)
+            return
         step.commands.append(Command(body, worker or trial.worker_id))
 
-    def _hold(self, trial: TrialRuntime) -> None:
+    def _end_gang(self, trial: TrialRuntime, step: Step, *, skip: str | None = None) -> None:
+        """The attempt's parts on several workers end with it: each worker kills its part's
+        process, or gives back the slots it holds for it (but ``skip``, whose part ended)."""
+        if trial.gang is None:
+            return
+        kill = KillTrial(
+            experiment_id=self.experiment_id, trial_id=trial.trial_id, attempt=trial.attempt
+        )
+        step.commands.extend(
+            Command(kill, part.worker_id) for part in trial.gang if part.worker_id != skip
+        )
+        trial.gang = None
+        trial.gang_reserved = []
+        trial.gang_ports = None
+
+    def _hold(self, trial: TrialRuntime, step: Step | None = None) -> None:
         """Keep the trial's operation, but run nothing until the experiment is activated."""
+        if step is not None:
+            self._end_gang(trial, step)
         trial.state = "PAUSED"
         trial.worker_id = None
         trial.waiting = False
@@ -204,34 +225,35 @@ class RunBase:
         trial.worker_id = None
         trial.waiting = False
         trial.stopping = None
+        step.commands.append(Command(self._run_trial(trial)))
+
+    def _run_trial(self, trial: TrialRuntime) -> RunTrial:
+        """The ``run_trial`` of the trial's current attempt."""
+        assert trial.target is not None  # noqa: S101 (queued with an operation only)
         config = self.experiment.config
         record = self.experiment.trials[trial.request_id]
         entrypoint = config.entrypoint or []
         max_length = getattr(config.searcher, "max_length", None)
         source = record.create.checkpoint
         from_source = source is not None and trial.latest_checkpoint == source
-        step.commands.append(
-            Command(
-                RunTrial(
-                    experiment_id=self.experiment_id,
-                    trial_id=trial.trial_id,
-                    request_id=trial.request_id,
-                    attempt=trial.attempt,
-                    length=trial.target,
-                    hparams=record.hparams,
-                    trial_seed=record.create.seed,
-                    latest_checkpoint=trial.latest_checkpoint,
-                    context_hash=self.context_hash,
-                    entrypoint=[entrypoint] if isinstance(entrypoint, str) else list(entrypoint),
-                    slots=config.resources.slots_per_trial,
-                    unit=max_length.unit if max_length is not None else None,
-                    checkpoint_root=self.checkpoint_root,
-                    user_data=dict(config.data),
-                    max_restarts=config.max_restarts,
-                    source_root=self.warm_start_root if from_source else None,
-                    start_token=self.start_token(trial.trial_id, trial.attempt),
-                )
-            )
+        return RunTrial(
+            experiment_id=self.experiment_id,
+            trial_id=trial.trial_id,
+            request_id=trial.request_id,
+            attempt=trial.attempt,
+            length=trial.target,
+            hparams=record.hparams,
+            trial_seed=record.create.seed,
+            latest_checkpoint=trial.latest_checkpoint,
+            context_hash=self.context_hash,
+            entrypoint=[entrypoint] if isinstance(entrypoint, str) else list(entrypoint),
+            slots=config.resources.slots_per_trial,
+            unit=max_length.unit if max_length is not None else None,
+            checkpoint_root=self.checkpoint_root,
+            user_data=dict(config.data),
+            max_restarts=config.max_restarts,
+            source_root=self.warm_start_root if from_source else None,
+            start_token=self.start_token(trial.trial_id, trial.attempt),
         )
 
     def _stop(self, trial: TrialRuntime, how: Literal["pause", "close"], step: Step) -> None:

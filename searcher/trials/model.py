@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from rung.broker.schemas.commands import SearcherCommand
+from rung.broker.schemas.gang import GangPart
 from rung.searcher.events import (
     SearchEvent,
 )
@@ -80,6 +81,12 @@ class TrialRuntime(BaseModel):
     metric: float | None = None
     validation_metrics: dict[str, Any] = Field(default_factory=dict)
     exit_message: str = ""
+    # The workers running the attempt's parts when it runs on several (the chief's part
+    # first; gang scheduling), from its ``gang_planned`` to the attempt's end; the parts
+    # that hold their slots, and the ports the chief's part gave.
+    gang: list[GangPart] | None = None
+    gang_reserved: list[int] = Field(default_factory=list)
+    gang_ports: dict[str, int] | None = None
     logs: deque[str] = Field(default_factory=lambda: deque(maxlen=_LOG_TAIL))
 
     @field_validator("logs")

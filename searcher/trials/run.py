@@ -11,12 +11,14 @@ from rung.broker.schemas import (
     ControlExperiment,
     ControlTrial,
     ExitReason,
+    GangPlanned,
     KillTrial,
     LogLines,
     MetricsReported,
     OpCompleted,
     PreemptTrial,
     ProgressReported,
+    SlotsReserved,
     TrialExited,
     TrialStarted,
     WorkerLost,
@@ -31,6 +33,7 @@ from rung.searcher.events import (
     ValidationCompleted,
 )
 from rung.searcher.ops import Shutdown
+from rung.searcher.trials.gang import GangRun
 from rung.searcher.trials.gc import CheckpointCollector
 from rung.searcher.trials.model import (
     ENDED,
@@ -43,7 +46,7 @@ from rung.searcher.trials.model import (
 __all__ = ["ExperimentRun"]
 
 
-class ExperimentRun(CheckpointCollector):
+class ExperimentRun(CheckpointCollector, GangRun):
     """An experiment's run: inputs in, :class:`Step` out. Pure and synchronous."""
 
     # ------------------------------------------------------------------ entry points
@@ -77,6 +80,7 @@ class ExperimentRun(CheckpointCollector):
             if trial.state == "RUNNING":
                 self._tell(trial, KillTrial, step)
             else:
+                self._end_gang(trial, step)
                 trial.worker_id = None
             trial.state = "CANCELED"
             trial.waiting = False
@@ -123,7 +127,7 @@ class ExperimentRun(CheckpointCollector):
             self.state = "PAUSED"
             for trial in live:
                 if trial.state == "QUEUED":
-                    self._hold(trial)  # if a worker starts it anyway, it is preempted
+                    self._hold(trial, step)  # if a worker starts it anyway, it is preempted
         else:
             self.state = "STOPPING_CANCELED"
             self._maybe_canceled(step, now=action == "kill")
@@ -149,6 +153,8 @@ class ExperimentRun(CheckpointCollector):
         if not now and any(t.state == "RUNNING" for t in live):
             return
         for trial in live:
+            if trial.state != "RUNNING":  # (a running one was killed with its parts)
+                self._end_gang(trial, step)
             trial.state = "CANCELED"
             trial.worker_id = None
         self.state = "CANCELED"
@@ -170,6 +176,8 @@ class ExperimentRun(CheckpointCollector):
             return step
         if trial.state == "RUNNING":
             self._tell(trial, KillTrial, step)
+        else:
+            self._end_gang(trial, step)
         trial.state = "CANCELED"
         trial.worker_id = None
         trial.waiting = False
@@ -196,6 +204,8 @@ class ExperimentRun(CheckpointCollector):
             step = self._worker_lost(body)
             self._maybe_canceled(step)
             return step
+        if isinstance(body, GangPlanned):
+            return self.on_gang_planned(body)
         step = self._on_trial_event(body)
         self._maybe_canceled(step)
         return step
@@ -207,6 +217,9 @@ class ExperimentRun(CheckpointCollector):
             step.ignored = f"unknown trial {getattr(body, 'trial_id', '?')}"
             return step
         if self._refused(trial, body, step):
+            return step
+        part = self.part_of(trial, getattr(body, "worker_id", None))
+        if part is not None and self._gang_event(trial, body, part, step):
             return step
         match body:
             case TrialStarted():
@@ -268,14 +281,16 @@ class ExperimentRun(CheckpointCollector):
         lost = [
             t
             for t in self.trials.values()
-            if t.state == "RUNNING" and t.worker_id == body.worker_id
+            if (t.state == "RUNNING" and t.worker_id == body.worker_id)
+            or (t.state in ("QUEUED", "RUNNING") and self.part_of(t, body.worker_id) is not None)
         ]
         if not lost:
             step.ignored = f"worker {body.worker_id} runs no trial of this experiment"
             return step
         message = f"worker {body.worker_id} lost: nothing from it for {body.silent_s:.0f} s"
         for trial in lost:
-            self._tell(trial, KillTrial, step)
+            if trial.gang is None:  # (a gang's parts are all stopped as it exits)
+                self._tell(trial, KillTrial, step)
             trial.logs.append(f"[rung] {message}; resuming from the latest checkpoint")
             ended = TrialExited(
                 experiment_id=self.experiment_id,
@@ -341,6 +356,17 @@ class ExperimentRun(CheckpointCollector):
         declared lost, or a process killed, reports into the void: its trial has left
         RUNNING, or runs another attempt)."""
         worker = getattr(body, "worker_id", None)
+        part = self.part_of(trial, worker)
+        if part is not None:
+            verdict = self._gang_fenced(trial, body, part, step)
+            if verdict is not None:
+                return verdict
+        elif isinstance(body, SlotsReserved):
+            step.ignored = (
+                f"trial {trial.trial_id} attempt {trial.attempt}: slots_reserved from "
+                f"{worker}, which runs no part of it"
+            )
+            return True
         if trial.state == "RUNNING" and worker != trial.worker_id:
             # A second process of the same attempt (a re-sent run_trial after a searcher
             # crash), or a worker that never ran it: it does not own the trial. Ask a
@@ -392,6 +418,7 @@ class ExperimentRun(CheckpointCollector):
             self._stop(trial, "close" if trial.closing else "pause", step)
 
     def _exited(self, trial: TrialRuntime, body: TrialExited, step: Step) -> None:
+        self._end_gang(trial, step, skip=body.worker_id)
         trial.worker_id = None
         trial.waiting = False
         trial.stopping = None
