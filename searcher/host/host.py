@@ -325,6 +325,7 @@ class ExperimentHost:
             trial.state == "RUNNING"
             and trial.attempt == body.attempt
             and trial.worker_id != body.worker_id
+            and self.run.part_of(trial, body.worker_id) is None  # (another part's lines)
         ):
             return (
                 f"trial {trial.trial_id} attempt {trial.attempt} runs on {trial.worker_id}, "
