@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rung.broker import DEAD_REASON_HEADER, Delivery, RabbitBroker, Topology
-from rung.broker.schemas import Envelope, WorkerLost, encode
+from rung.broker.schemas import Envelope, GangPart, GangPlanned, WorkerLost, encode
 from tests.support import AMQP_URL, wait_for, wait_sync
 
 from .conftest import EXAMPLES, ROOT, Cluster
@@ -120,7 +120,22 @@ def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> Non
         message_id="p-lost",
         body=WorkerLost(experiment_id="exp-00000000", worker_id="w9", silent_s=1.0),
     )
-    bodies = {"p-json": b"{not json", "p-big": b"[" * 10, "p-lost": encode(lost)}
+    # Nor gang_planned (its placement of a trial on several workers).
+    gang = Envelope(
+        message_id="p-gang",
+        body=GangPlanned(
+            experiment_id="exp-00000000",
+            trial_id=1,
+            attempt=1,
+            parts=[GangPart(worker_id="w9", slots=2, address="10.0.0.9")],
+        ),
+    )
+    bodies = {
+        "p-json": b"{not json",
+        "p-big": b"[" * 10,
+        "p-lost": encode(lost),
+        "p-gang": encode(gang),
+    }
     asyncio.run(_poison(cluster.namespace, bodies))
 
     def dead() -> list[dict[str, object]]:
@@ -129,12 +144,13 @@ def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> Non
         letters: list[dict[str, object]] = json.loads(result.stdout)
         return letters
 
-    wait_sync(lambda: len(dead()) == 3, 30, "three dead letters")
+    wait_sync(lambda: len(dead()) == 4, 30, "four dead letters")
     letters = {str(x["message_id"]): x for x in dead()}
-    assert set(letters) == {"p-json", "p-big", "p-lost"}
+    assert set(letters) == {"p-json", "p-big", "p-lost", "p-gang"}
     assert str(letters["p-json"]["reason"]).startswith("not valid JSON")
     assert str(letters["p-json"]["queue"]).endswith(".events")
     assert "searcher's own timer input" in str(letters["p-lost"]["reason"])
+    assert "gang_planned is the searcher's own" in str(letters["p-gang"]["reason"])
     table = cluster.rung("dlq", "list")
     assert "p-json" in table.stdout
     assert "does not decode" in table.stdout
@@ -148,11 +164,11 @@ def test_rung_dlq_lists_dead_letters_and_sends_one_back(cluster: Cluster) -> Non
     assert "p-lost: sent back to" in sent.stdout
     # Still refused: the searcher dead-letters it again, and says so in its log.
     wait_sync(
-        lambda: cluster.log_text("searcher").count("refused event sent to the dead") >= 2,
+        lambda: cluster.log_text("searcher").count("refused event sent to the dead") >= 3,
         30,
         "the second dead-lettering",
     )
-    wait_sync(lambda: len(dead()) == 3, 30, "all three dead letters again")
+    wait_sync(lambda: len(dead()) == 4, 30, "all four dead letters again")
     missing = cluster.rung("dlq", "requeue", "nope")
     assert missing.returncode == 2
     assert "no dead letter with id 'nope'" in missing.stderr
