@@ -244,6 +244,8 @@ class ExperimentView:
         self.unexplained: str | None = None
         self._by_request: dict[str, int] = {}
         self._busy: dict[str, set[int]] = {}  # worker -> slot lanes in use
+        # The workers of each attempt that runs on several (gang scheduling), by part.
+        self._gangs: dict[tuple[int, int], dict[int, str]] = {}
         self.run: ExperimentRun | None = None
         if isinstance(self.config.searcher, CustomSearcher) and not allow_custom:
             self.unexplained = (
@@ -343,6 +345,9 @@ class ExperimentView:
             body = command.body
             if isinstance(body, RunTrial) and body.trial_id not in self.trials:
                 self._new_trial(body, at)
+            if isinstance(body, RunTrial) and body.gang is not None and command.worker_id:
+                parts = self._gangs.setdefault((body.trial_id, body.attempt), {})
+                parts[body.gang.rank] = command.worker_id
         if record.ignored is None:
             self._input(record, at)
         else:
@@ -431,28 +436,41 @@ class ExperimentView:
                 self._exited(trial, body, at)
 
     def _lost(self, worker_id: str, at: float) -> None:
-        """A lost worker's attempts end: its processes are gone as far as anyone knows."""
+        """A lost worker's attempts end: its processes are gone as far as anyone knows
+        (an attempt with a part there too: the other parts are stopped with it)."""
         for trial in self.trials.values():
             for attempt in trial.attempts:
-                if attempt.worker_id == worker_id and attempt.ended_at is None:
+                workers = {attempt.worker_id, *(_lane_worker(lane) for lane in attempt.lanes)}
+                if worker_id in workers and attempt.ended_at is None:
                     self._end(attempt, at, "lost", reason="WORKER_LOST")
 
     def _started(self, trial: TrialView, body: TrialStarted, at: float) -> None:
-        if any(a.attempt == body.attempt for a in trial.attempts):
-            return  # a second process of the attempt: the run stops it
-        if body.gpus:
-            lanes = [f"{body.worker_id}/gpu {gpu}" for gpu in body.gpus]
-        else:
-            busy = self._busy.setdefault(body.worker_id, set())
-            slot = next(i for i in range(len(busy) + 1) if i not in busy)
-            busy.add(slot)
-            lanes = [f"{body.worker_id}/slot {slot}"]
+        gang = self._gangs.get((trial.trial_id, body.attempt), {})
+        known = next((a for a in trial.attempts if a.attempt == body.attempt), None)
+        if known is not None:
+            drawn = {_lane_worker(lane) for lane in known.lanes}
+            if body.worker_id in set(gang.values()) - drawn and known.ended_at is None:
+                # Another part of an attempt on several workers: drawn on its worker too.
+                known.lanes += self._lanes(body)
+                known.slots += body.slots
+            return  # else a second process of the attempt: the run stops it
+        lanes = self._lanes(body)
+        worker = gang.get(0, body.worker_id)  # an attempt on several: its chief's
         attempt = Attempt(
-            body.attempt, body.worker_id, lanes[0], body.slots, list(body.gpus), started_at=at
+            body.attempt, worker, lanes[0], body.slots, list(body.gpus), started_at=at
         )
         attempt.lanes = lanes
         attempt.pieces.append(Piece(start=at))
         trial.attempts.append(attempt)
+
+    def _lanes(self, body: TrialStarted) -> list[str]:
+        """The timeline's lanes a process takes: each GPU, or a free slot lane."""
+        if body.gpus:
+            return [f"{body.worker_id}/gpu {gpu}" for gpu in body.gpus]
+        busy = self._busy.setdefault(body.worker_id, set())
+        slot = next(i for i in range(len(busy) + 1) if i not in busy)
+        busy.add(slot)
+        return [f"{body.worker_id}/slot {slot}"]
 
     def _current(self, trial: TrialView, attempt: int) -> Attempt | None:
         for candidate in reversed(trial.attempts):
@@ -496,9 +514,10 @@ class ExperimentView:
         if attempt.pieces and attempt.pieces[-1].end is None:
             piece = attempt.pieces[-1]
             piece.end, piece.outcome = at, outcome
-        if not attempt.gpus:
-            slot = int(attempt.lane.rsplit(" ", 1)[1])
-            self._busy.get(attempt.worker_id, set()).discard(slot)
+        for lane in attempt.lanes or [attempt.lane]:
+            worker, _, where = lane.rpartition("/")
+            if where.startswith("slot "):
+                self._busy.get(worker, set()).discard(int(where.removeprefix("slot ")))
 
     def _explain(self, record: InputRecord, step: Step, at: float) -> None:
         run = self.run
@@ -651,3 +670,8 @@ def _units(length: object) -> int | None:
 
 def trial_hparams(trial: TrialView) -> Mapping[str, JsonValue]:
     return trial.hparams
+
+
+def _lane_worker(lane: str) -> str:
+    """The worker of a timeline lane (``<worker>/slot <n>``, ``<worker>/gpu <id>``)."""
+    return lane.rpartition("/")[0]

@@ -327,3 +327,42 @@ def test_steps_beyond_what_a_chart_can_place_are_not_drawn() -> None:
     sections = experiment_sections(view, Options(curve="training/x"))
     assert marks(sections["curves"]) == []
     assert trial_page(view, trial).charts == []
+
+
+def test_a_trial_on_several_workers_is_drawn_on_each_and_ends_with_its_chief() -> None:
+    from rung.broker.schemas import ExitReason
+    from tests.unit.searcher.helpers import created_record
+    from tests.unit.searcher.test_gangs import exited, gang_run, planned, reserved, started
+
+    run = gang_run()
+    records: list[Record] = [created_record(run)]
+    created = records[0]
+    assert isinstance(created, CreatedRecord)
+    records[0] = created.model_copy(update={"at": 1_000.0})
+    inputs = [
+        None,
+        planned(),
+        reserved("w-a", 0),
+        reserved("w-b", 1),
+        started("w-b", run=run),  # the member's part starts first
+        started("w-a", run=run),
+        exited("w-b", ExitReason.COMPLETED),  # a member's clean end: the attempt goes on
+    ]
+    for index, body in enumerate(inputs):
+        step = run.start() if body is None else run.on_event(body)
+        records.append(
+            InputRecord.of(len(records) + 1, f"m{index}", body, step, at=1_001.0 + index)
+        )
+    view = fold(records, contexts=None)
+    (attempt,) = view.trials[1].attempts
+    assert attempt.worker_id == "w-a"  # the chief's
+    assert sorted(attempt.lanes) == ["w-a/slot 0", "w-b/slot 0"]
+    assert attempt.ended_at is None
+    end = exited("w-a", ExitReason.ERRORED)
+    view.apply(InputRecord.of(len(records) + 1, "end", end, run.on_event(end), at=1_010.0))
+    (ended,) = view.trials[1].attempts  # (read afresh: the checker cannot know it changed)
+    assert ended.ended_at is not None
+    assert view._busy == {"w-a": set(), "w-b": set()}  # every lane free again
+    timeline = experiment_sections(view, Options())["timeline"]
+    assert "w-a/slot 0" in timeline
+    assert "w-b/slot 0" in timeline
