@@ -155,6 +155,9 @@ class Worker:
         self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
         self._seen: deque[str] = deque(maxlen=10_000)
+        # Attempts the searcher ended before their part reached this worker (a kill_trial
+        # handled before the reserve_slots or run_trial it overtook): never held or run.
+        self._ended: deque[tuple[str, int, int]] = deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ publishing
     async def emit(self, body: Body, *, message_id: str | None = None) -> str:
@@ -227,6 +230,10 @@ class Worker:
                     await asyncio.wait_for(self._part_ended(reservation.cmd, why), timeout=5)
         for run in self.runs.values():
             run.request_preemption()
+            if run.member:
+                # Its ranks never see should_preempt() (the chief's part asks); stopped
+                # now, it reports PREEMPTED, and the attempt resumes from its checkpoint.
+                run.kill(f"worker {self.worker_id} is stopping")
         if self._tasks:
             self.log.info("waiting for trials to checkpoint and stop", trials=len(self.runs))
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
@@ -535,8 +542,8 @@ class Worker:
     async def _reserve(self, body: ReserveSlots) -> None:
         """Hold slots for a part of a trial on several workers, as they come free."""
         key = (body.experiment_id, body.trial_id, body.attempt)
-        if key in self.runs or key in self.reservations:
-            return  # it runs here, or holds its slots already (a re-sent command)
+        if key in self.runs or key in self.reservations or key in self._ended:
+            return  # it runs here, holds its slots already (a re-sent command), or ended
         if body.slots > self.total_slots or self._stopping:
             why = (
                 "it is stopping"
@@ -582,9 +589,15 @@ class Worker:
         self._release(reservation.held)
         await self._update_intake()
 
-    async def _part_ended(self, body: ReserveSlots | RunTrial, why: str) -> None:
+    async def _part_ended(
+        self,
+        body: ReserveSlots | RunTrial,
+        why: str,
+        *,
+        reason: ExitReason = ExitReason.PREEMPTED,
+    ) -> None:
         """Tell the searcher this worker's part of an attempt will not run: the attempt
-        ends as a preemption (the trial resumes, without a restart counted)."""
+        ends, by default as a preemption (the trial resumes, without a restart counted)."""
         self.log.warning("a part of a trial will not run here", trial_id=body.trial_id, why=why)
         await self.emit(
             TrialExited(
@@ -592,7 +605,7 @@ class Worker:
                 trial_id=body.trial_id,
                 attempt=body.attempt,
                 worker_id=self.worker_id,
-                reason=ExitReason.PREEMPTED,
+                reason=reason,
                 message=why,
             )
         )
@@ -603,18 +616,20 @@ class Worker:
         if body.gang is None:
             self.log.warning("run_trial without a placement on the control queue; ignored")
             return
-        if key in self.runs:
-            return  # (a re-sent command)
+        if key in self.runs or key in self._ended:
+            return  # (a re-sent command, or the attempt ended before it came)
         reservation = self.reservations.pop(key)
-        if reservation is None or not reservation.complete:
+        if reservation is None or not reservation.complete or self._stopping:
             if reservation is not None:
                 self._release(reservation.held)
                 await self._update_intake()
-            await self._part_ended(
-                body,
-                f"worker {self.worker_id} holds no slots for part {body.gang.rank} of attempt "
-                f"{body.attempt} (it restarted, or gave them back)",
+            why = (
+                "is stopping"
+                if self._stopping
+                else f"holds no slots for part {body.gang.rank} of attempt {body.attempt} "
+                "(it restarted, or gave them back)"
             )
+            await self._part_ended(body, f"worker {self.worker_id} {why}")
             return
         slots = reservation.held
         try:
@@ -622,7 +637,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 (the part's failure, not the worker's)
             self._release(slots)
             await self._update_intake()
-            await self._part_ended(body, f"worker {self.worker_id} could not start it: {exc!r}")
+            why = f"worker {self.worker_id} could not start it: {exc!r}"
+            # A failure, counted: the same cause on every try must not place it for ever.
+            await self._part_ended(body, why, reason=ExitReason.ERRORED)
             return
         except BaseException:
             self._release(slots)
@@ -664,6 +681,8 @@ class Worker:
             await self._give_back(key, "the searcher ended the attempt")
             return
         run = self.runs.get(key)
+        if run is None and isinstance(body, KillTrial):
+            self._ended.append(key)
         if run is None:
             self.log.info(
                 "command for a trial attempt not running here; ignored",

@@ -16,25 +16,37 @@ from dataclasses import dataclass, field
 
 from rung.broker.schemas import ReserveSlots
 
-__all__ = ["Reservation", "Reservations", "free_port"]
+__all__ = ["Reservation", "Reservations", "bound_port"]
 
 Key = tuple[str, int, int]
 
 
-def free_port() -> int:
-    """A TCP port free on every address now (the chief's ranks listen on all of them)."""
-    with socket.socket() as sock:
+def bound_port() -> socket.socket:
+    """A TCP socket bound to a free port on every address (the chief's ranks listen on
+    all of them), held until the part starts so that nothing else takes the port."""
+    sock = socket.socket()
+    try:
         sock.bind(("", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
 class Reservation:
     cmd: ReserveSlots
     held: list[int] = field(default_factory=list)
-    # The ports the chief's part listens on (part 0 only), picked once it holds its slots.
+    # The ports the chief's part listens on (part 0 only), picked once it holds its
+    # slots, and held (bound) until the part starts or the reservation ends.
     ports: tuple[int, int] | None = None
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    def release_ports(self) -> None:
+        """Let the held ports go: the part's ranks bind them next."""
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
 
     @property
     def key(self) -> Key:
@@ -62,7 +74,11 @@ class Reservations:
         return reservation
 
     def pop(self, key: Key) -> Reservation | None:
-        return self.by_key.pop(key, None)
+        """End a reservation (its part starts, or it is given back); its ports go."""
+        reservation = self.by_key.pop(key, None)
+        if reservation is not None:
+            reservation.release_ports()
+        return reservation
 
     def give(self, free: list[int]) -> tuple[list[int], list[Reservation]]:
         """Hand ``free`` slots to the reservations that still need some, in order; the
@@ -77,10 +93,8 @@ class Reservations:
             left = left[take:]
             if len(reservation.held) == reservation.cmd.slots:
                 if reservation.cmd.part == 0:
-                    pub = free_port()
-                    master = free_port()
-                    while master == pub:
-                        master = free_port()
+                    reservation.sockets = [bound_port(), bound_port()]  # (two, so distinct)
+                    pub, master = (sock.getsockname()[1] for sock in reservation.sockets)
                     reservation.ports = (pub, master)
                 completed.append(reservation)
         return left, completed

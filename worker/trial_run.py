@@ -351,8 +351,14 @@ class TrialRun:
                 )
             )
         )
+        failure: str | None
         try:
-            failure = command if isinstance(command, str) else await self._spawn(command)
+            if (killed := self._killed()) is not None:  # told to stop before it started
+                failure = f"the trial was killed before it started: {killed}"
+            else:
+                failure = command if isinstance(command, str) else await self._spawn(command)
+                if (killed := self._killed()) is not None:  # ... or while it started
+                    self.kill(killed)
         except Exception as exc:  # noqa: BLE001 (the trial's failure, not the worker's)
             # A bug, or an input nothing checked (a NUL byte in an exec'd argument).
             failure = f"the training process could not be started: {exc!r}"
@@ -619,6 +625,10 @@ class TrialRun:
         return self.cmd.gang is not None and self.cmd.gang.rank > 0
 
     def _classify(self, code: int) -> tuple[ExitReason, str]:
+        if self.member and self.preempt_requested:
+            # Its ranks cannot see should_preempt() (only the chief's part asks): it was
+            # stopped with its worker, and the attempt resumes from its checkpoint.
+            return ExitReason.PREEMPTED, "stopped: its worker is stopping"
         if self.member and code == 0:
             return ExitReason.COMPLETED, f"part {self.cmd.gang.rank if self.cmd.gang else 0} ended"
         if self.early_exit == "INVALID_HP":
@@ -796,8 +806,17 @@ class TrialRun:
             )
         )
 
+    def _killed(self) -> str | None:
+        """Why the trial was killed, if it was (read afresh after each await)."""
+        return self.killed_because
+
     def kill(self, because: str) -> None:
-        if self.process is not None and self.process.returncode is None:
+        """Kill the process group; before the process exists, remembered, so that
+        :meth:`start` does not start it (a kill that came while the trial's context was
+        fetched, say) or kills it as soon as it is spawned."""
+        if self.process is None:
+            self.killed_because = because
+        elif self.process.returncode is None:
             self.killed_because = because
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)

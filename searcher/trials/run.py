@@ -289,8 +289,12 @@ class ExperimentRun(CheckpointCollector, GangRun):
             return step
         message = f"worker {body.worker_id} lost: nothing from it for {body.silent_s:.0f} s"
         for trial in lost:
-            if trial.gang is None:  # (a gang's parts are all stopped as it exits)
+            # Should the worker come back, its process is killed (every part's, and the
+            # slots held for them given back, for a trial on several workers).
+            if trial.gang is None:
                 self._tell(trial, KillTrial, step)
+            else:
+                self._end_gang(trial, step)
             trial.logs.append(f"[rung] {message}; resuming from the latest checkpoint")
             ended = TrialExited(
                 experiment_id=self.experiment_id,

@@ -168,7 +168,8 @@ def test_a_failed_member_ends_the_attempt_and_counts_once() -> None:
 def test_a_lost_member_worker_is_a_preemption() -> None:
     run = placed_and_running()
     step = run.on_event(WorkerLost(experiment_id=EXP, worker_id="w-b", silent_s=40))
-    assert told(step, KillTrial) == [(1, 2, "w-a")]
+    # Every part is told to stop: the lost worker's too, should it come back.
+    assert told(step, KillTrial) == [(1, 2, "w-a"), (1, 2, "w-b")]
     trial = run.by_id[1]
     assert (trial.restarts, trial.state, trial.attempt) == (0, "QUEUED", 3)
 
@@ -179,7 +180,7 @@ def test_a_lost_worker_while_reserving_gives_the_other_slots_back() -> None:
     run.on_event(planned())
     run.on_event(reserved("w-a", 0))
     step = run.on_event(WorkerLost(experiment_id=EXP, worker_id="w-b", silent_s=40))
-    assert told(step, KillTrial) == [(1, 2, "w-a")]
+    assert told(step, KillTrial) == [(1, 2, "w-a"), (1, 2, "w-b")]
     assert (run.by_id[1].state, run.by_id[1].attempt, run.by_id[1].restarts) == ("QUEUED", 3, 0)
     # What the given-back reservation's worker says later is of an old attempt.
     assert run.on_event(reserved("w-b", 1)).ignored is not None

@@ -32,6 +32,8 @@ class FakeRun:
     set, its process is 'reaped' when it ends, but its trial_exited is 'on its way' until
     the test releases it."""
 
+    member = False  # the whole trial, or the chief's part of one on several workers
+
     def __init__(self, cmd: RunTrial) -> None:
         self.cmd = cmd
         self.key = (cmd.experiment_id, cmd.trial_id, cmd.attempt)

@@ -183,3 +183,22 @@ def test_reservations_take_slots_in_the_order_they_were_asked_for() -> None:
     assert sorted(reservations.by_key[("e1", 2, 1)].held) == [1, 2, 4]
     assert reservations.by_key[("e1", 1, 1)].ports is not None  # part 0: the chief's
     assert reservations.by_key[("e1", 2, 1)].ports is None
+    chief = reservations.pop(("e1", 1, 1))
+    assert chief is not None
+    assert chief.sockets == []  # its ports let go as it ends
+    assert reservations.pop(("e1", 2, 1)) is not None
+
+
+async def test_a_kill_that_overtakes_its_reserve_leaves_nothing_held(
+    broker: MemoryBroker, tmp_path: Path
+) -> None:
+    worker = await ready(broker, tmp_path)
+    await control(broker, worker, KillTrial(experiment_id="e1", trial_id=9, attempt=1))
+    await control(broker, worker, reserve(2))
+    await control(broker, worker, part_run())  # type: ignore[arg-type]
+    await publish(broker, run_trial(1, 4))  # every slot is free for other work
+    await wait_for(lambda: 1 in worker.started, 5, "work on every slot")
+    assert len(worker.reservations) == 0
+    assert 9 not in worker.started
+    assert events(broker) == []  # nothing said of an attempt that has ended
+    await stop(worker)

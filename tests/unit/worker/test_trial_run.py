@@ -14,7 +14,14 @@ from rung.broker.limits import (
     MAX_CHECKPOINT_METADATA_BYTES,
     MAX_METRICS_BYTES,
 )
-from rung.broker.schemas import ExitReason, OpCompleted, RunTrial, TrialExited, TrialStarted
+from rung.broker.schemas import (
+    ExitReason,
+    GangPlacement,
+    OpCompleted,
+    RunTrial,
+    TrialExited,
+    TrialStarted,
+)
 from rung.broker.schemas.envelope import Body
 from rung.worker.output import LineSplitter
 from rung.worker.trial_run import TrialRun, _read_request
@@ -221,3 +228,39 @@ async def test_the_start_echoes_the_run_trials_start_token(tmp_path: Path) -> No
     await asyncio.wait_for(run.wait(), timeout=60)
     started = [body for body, _ in sent if isinstance(body, TrialStarted)]
     assert [body.start_token for body in started] == ["ab" * 16]
+
+
+async def test_a_kill_before_the_start_is_not_forgotten(tmp_path: Path) -> None:
+    """A kill_trial handled while the trial's context is fetched (its process does not
+    exist yet) stops it: the process is never started, and the exit says why."""
+    sent: list[tuple[Body, str]] = []
+    (tmp_path / "train.py").write_text("import time; time.sleep(60)\n")
+    run = make(tmp_path, ["python3", "train.py"], [], sent)
+    run.kill("another part of the attempt failed")
+    assert await run.start() is False
+    assert run.process is None
+    (exited,) = [body for body, _ in sent if isinstance(body, TrialExited)]
+    assert exited.reason is ExitReason.ERRORED
+    assert "killed before it started: another part of the attempt failed" in exited.message
+
+
+def test_a_part_of_a_trial_on_several_workers_meets_at_the_chiefs_ports(tmp_path: Path) -> None:
+    run = make(tmp_path, ["python3", "train.py"], [])
+    placement = GangPlacement(
+        rank=1, addrs=["10.0.0.1", "10.0.0.2"], slot_counts=[1, 1], pub_port=5000, master_port=5001
+    )
+    run.cmd = run.cmd.model_copy(update={"gang": placement, "start_token": "cd" * 16})
+    env = run._environment()
+    info = json.loads(env["RUNG_TRIAL_INFO"])
+    assert (info["container_rank"], info["container_addrs"]) == (1, ["10.0.0.1", "10.0.0.2"])
+    assert info["container_slot_counts"] == [1, 1]
+    assert (env["RUNG_DIST_PUB_PORT"], env["RUNG_DIST_MASTER_PORT"]) == ("5000", "5001")
+    assert env["RUNG_DIST_TOKEN"] == "cd" * 16  # the attempt's start token, on every part
+    assert int(env["RUNG_DIST_PULL_PORT"]) + 1 > 1  # its local chief's: pull + cross rank
+    assert run.member
+    # A member's ranks make no Core API call: a clean end is its end, and a stop of its
+    # worker (preemption requested) a preemption, whatever its exit code.
+    assert run._classify(0)[0] is ExitReason.COMPLETED
+    assert run._classify(1)[0] is ExitReason.ERRORED
+    run.request_preemption()
+    assert run._classify(-9)[0] is ExitReason.PREEMPTED
