@@ -540,7 +540,7 @@ class SearcherService:
         while True:
             await asyncio.sleep(GANG_TICK_S)
             runs = [live.host.run for live in self.experiments.values()]
-            planned = self.gangs.plan(runs, self.workers.live())
+            planned = self.gangs.plan(runs, self.workers.live(), time.monotonic())
             if planned is None:
                 continue
             target = self.experiments.get(planned.experiment_id)

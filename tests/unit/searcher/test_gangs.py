@@ -32,8 +32,10 @@ SINGLE = "{name: single, max_length: 4}"
 WORKERS = ("w-a", "w-b")
 
 
-def gang_run(slots: int = 8) -> ExperimentRun:
-    return make_run(SINGLE, resources={"slots_per_trial": slots})
+def gang_run(slots: int = 8, **extra: object) -> ExperimentRun:
+    run = make_run(SINGLE, resources={"slots_per_trial": slots}, **extra)
+    run.start_secret = "a secret"  # noqa: S105 (parts meet with the attempt's start token)
+    return run
 
 
 def parts(*workers: str, slots: int = 4) -> list[GangPart]:
@@ -147,7 +149,7 @@ def test_only_the_chief_reports_and_a_member_s_clean_end_changes_nothing() -> No
 
 
 def test_a_failed_member_ends_the_attempt_and_counts_once() -> None:
-    run = make_run(SINGLE, resources={"slots_per_trial": 8}, max_restarts=2)
+    run = gang_run(max_restarts=2)
     run.start()
     run.on_event(planned())
     run.on_event(reserved("w-a", 0))
@@ -229,7 +231,7 @@ def test_plans_that_do_not_fit_are_ignored() -> None:
 
 
 def test_a_log_with_a_gang_replays_to_the_same_state() -> None:
-    fresh = make_run(SINGLE, resources={"slots_per_trial": 8}, max_restarts=1)
+    fresh = gang_run(max_restarts=1)
     records: list[Record] = [created_record(fresh)]
 
     def record(message_id: str, body: Body | None, step: Step) -> None:
@@ -286,25 +288,25 @@ def test_a_gang_is_needed_only_when_no_worker_takes_the_bucket() -> None:
 def test_the_planner_places_one_gang_at_a_time_in_order() -> None:
     planner = GangPlanner()
     live = [beat("w-a", 4), beat("w-b", 4)]
-    first, second = gang_run(), make_run(SINGLE, resources={"slots_per_trial": 8})
+    first, second = gang_run(), gang_run()
     first.experiment_id, second.experiment_id = "exp-1", "exp-2"
     second.start()
     first.start()
-    plan = planner.plan([first, second], live)
+    plan = planner.plan([first, second], live, 0.0)
     assert plan is not None
     # exp-2's trial was queued first: each is seen waiting in the same pass, in run order.
     assert plan.experiment_id == "exp-1"
     assert plan.message_id == "exp-1/timer/gang/1/1"
     first.on_event(plan.body)
-    assert planner.plan([first, second], live) is None  # one gang reserves at a time
+    assert planner.plan([first, second], live, 0.0) is None  # one gang reserves at a time
     first.on_event(reserved("w-a", 0))
     first.on_event(reserved("w-b", 1))
     first.on_event(started("w-a", run=first))
-    nxt = planner.plan([first, second], live)
+    nxt = planner.plan([first, second], live, 0.0)
     assert nxt is not None
     assert nxt.experiment_id == "exp-2"
     # A large enough worker takes it from its bucket: no gang.
-    assert planner.plan([second], [*live, beat("w-big", 8)]) is None
+    assert planner.plan([second], [*live, beat("w-big", 8)], 0.0) is None
 
 
 def test_the_registry_watches_every_part_s_worker() -> None:
@@ -322,3 +324,53 @@ def test_a_gang_that_can_be_placed_is_no_reason_to_wait() -> None:
     assert waiting_reasons(run, [beat("a", 4), beat("b", 4)]) == []
     (reason,) = waiting_reasons(run, [beat("a", 4)])
     assert "needs 8 slots" in reason
+
+
+def test_a_trial_placed_again_waits_longer_each_time_until_its_gang_runs() -> None:
+    planner = GangPlanner()
+    live = [beat("w-a", 4), beat("w-b", 4)]
+    run = gang_run()
+    run.start()
+
+    def placed_and_refused(now: float) -> None:
+        plan = planner.plan([run], live, now)
+        assert plan is not None
+        run.on_event(plan.body)
+        # A part that cannot hold its slots: the attempt ends, the trial is queued again.
+        run.on_event(exited("w-b", ExitReason.PREEMPTED, attempt=run.by_id[1].attempt))
+
+    now = 100.0
+    placed_and_refused(now)
+    for wait in (1.0, 2.0, 4.0):
+        assert planner.plan([run], live, now) is None  # the wait starts when first seen
+        assert planner.plan([run], live, now + wait - 0.01) is None
+        now += wait
+        placed_and_refused(now)
+    # A gang that ran: the next placement is at once.
+    assert planner.plan([run], live, now) is None
+    now += 8.0
+    plan = planner.plan([run], live, now)
+    assert plan is not None
+    run.on_event(plan.body)
+    attempt = run.by_id[1].attempt
+    run.on_event(reserved("w-a", 0, attempt=attempt))
+    run.on_event(reserved("w-b", 1, attempt=attempt))
+    run.on_event(started("w-a", attempt=attempt, run=run))
+    assert planner.plan([run], live, now) is None
+    run.on_event(exited("w-a", ExitReason.PREEMPTED, attempt=attempt))
+    assert planner.plan([run], live, now) is not None
+
+
+def test_a_gang_never_mixes_the_broker_s_machine_with_others() -> None:
+    local = [beat("l-1", 4, address="127.0.0.1"), beat("l-2", 4, address="127.0.0.1")]
+    remote = [beat("r-1", 4, free=0, address="10.0.0.5")]
+    chosen = place(8, [*local, *remote])
+    assert [p.worker_id for p in chosen or []] == ["l-1", "l-2"]  # not l-1 (free) and r-1
+    both = place(8, [*local, *remote, beat("r-2", 4, address="10.0.0.6")])
+    assert [p.worker_id for p in both or []] == ["r-2", "r-1"]
+
+
+def test_experiments_older_than_start_tokens_are_not_placed() -> None:
+    run = make_run(SINGLE, resources={"slots_per_trial": 8})
+    run.start()
+    assert GangPlanner().plan([run], [beat("w-a", 4), beat("w-b", 4)], 0.0) is None
