@@ -59,7 +59,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.broker.schemas.events import ExitReason
-from rung.broker.topology import WORK_BUCKETS, work_key
+from rung.broker.topology import MAX_SLOTS_PER_TRIAL, WORK_BUCKETS, work_key
 from rung.worker.address import route_address
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
@@ -257,6 +257,10 @@ class Worker:
                         gpus=self.gpus,
                         running=[f"{e}/{t}/{a}" for e, t, a in self.runs],
                         address=self.address,
+                        reserved=[f"{e}/{t}/{a}" for e, t, a in self.reservations.by_key][
+                            :MAX_SLOTS_PER_TRIAL
+                        ]
+                        or None,
                     )
                 )
                 if self.health_file is not None:  # healthy: the broker took a heartbeat

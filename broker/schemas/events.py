@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from rung.broker.limits import MAX_RANK, START_TOKEN_PATTERN, UUID_PATTERN
+from rung.broker.limits import MAX_RANK, MAX_SLOTS_PER_TRIAL, START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message, without_none
 from rung.broker.schemas.gang import ADDRESS_PATTERN, SlotsReserved
 
@@ -145,10 +145,14 @@ class WorkerHeartbeat(Message):
     # Where other machines reach this worker (a trial's ranks on other workers dial its
     # chief here); None from a worker of the version before gangs, which gets no part.
     address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    # The attempts it holds slots for, a part of each (``<experiment>/<trial>/<attempt>``):
+    # the searcher gives back what it no longer asks for, and finds a reserve it lost.
+    # None when it holds none (and from a worker of the version before gangs).
+    reserved: list[str] | None = Field(default=None, max_length=MAX_SLOTS_PER_TRIAL)
 
     @model_serializer(mode="wrap")
     def _address_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return without_none(handler(self), "address")
+        return without_none(handler(self), "address", "reserved")
 
 
 class WorkerLost(Message):

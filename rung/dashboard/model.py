@@ -503,6 +503,12 @@ class ExperimentView:
         attempt = self._current(trial, body.attempt)
         if attempt is None:
             return
+        gang = self._gangs.get((trial.trial_id, body.attempt), {})
+        member = (
+            body.worker_id != gang.get(0, attempt.worker_id) and body.worker_id in gang.values()
+        )
+        if member and body.reason in _MEMBER_DONE:
+            return  # a member part's clean end: the chief's part runs on
         attempt.exit_code, attempt.message = body.exit_code, body.message
         outcome = _OUTCOME.get(body.reason, "stopped")
         if trial.state == "CANCELED" and body.reason is not ExitReason.COMPLETED:
@@ -670,6 +676,10 @@ def _units(length: object) -> int | None:
 
 def trial_hparams(trial: TrialView) -> Mapping[str, JsonValue]:
     return trial.hparams
+
+
+# A member part's exits that leave its attempt running (searcher.trials.gang).
+_MEMBER_DONE = (ExitReason.COMPLETED, ExitReason.OUT_OF_OPS, ExitReason.USER_REQUESTED_STOP)
 
 
 def _lane_worker(lane: str) -> str:

@@ -15,6 +15,7 @@ from rung.broker.schemas import (
     ControlExperiment,
     DeleteCheckpoints,
     ExitReason,
+    GangPlanned,
     KillTrial,
     LogLines,
     MetricsReported,
@@ -22,7 +23,9 @@ from rung.broker.schemas import (
     PauseTrial,
     PreemptTrial,
     ProgressReported,
+    ReserveSlots,
     RunTrial,
+    SlotsReserved,
     TrialExited,
     TrialStarted,
 )
@@ -134,6 +137,14 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
             return f"trial {body.trial_id}: {len(body.lines)} log lines"
         case ControlExperiment():
             return f"a user asked to {body.action} the experiment (now {run.state})"
+        case GangPlanned():
+            where = ", ".join(f"{part.worker_id} ({part.slots})" for part in body.parts)
+            return f"trial {body.trial_id} placed on {len(body.parts)} worker(s): {where}"
+        case SlotsReserved():
+            return (
+                f"{body.worker_id} holds the slots of part {body.part} of trial "
+                f"{body.trial_id} attempt {body.attempt}"
+            )
     return body.type
 
 
@@ -182,15 +193,24 @@ def _explain_commands(step: Step, run: ExperimentRun) -> list[Decision]:
     return lines
 
 
-def _explain_command(body: object, worker: str | None, run: ExperimentRun) -> str | None:
+def _explain_command(  # noqa: PLR0911 (one line per kind of command)
+    body: object, worker: str | None, run: ExperimentRun
+) -> str | None:
     match body:
         case RunTrial():
             source = (
                 f" from checkpoint {body.latest_checkpoint[:8]}" if body.latest_checkpoint else ""
             )
+            where = "work queue" if worker is None else worker
+            part = "" if body.gang is None else f" (part {body.gang.rank})"
             return (
-                f"-> work queue: run trial {body.trial_id} attempt {body.attempt} "
+                f"-> {where}: run trial {body.trial_id} attempt {body.attempt}{part} "
                 f"to length {body.length}{source}"
+            )
+        case ReserveSlots():
+            return (
+                f"-> {worker}: hold {body.slots} slot(s) for part {body.part} of trial "
+                f"{body.trial_id} attempt {body.attempt}"
             )
         case ContinueTrial():
             return f"-> {worker}: trial {body.trial_id} continues to length {body.length}"

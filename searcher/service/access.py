@@ -87,6 +87,9 @@ class Access:
     heard: set[str] = field(default_factory=set)
     # (experiment id, trial id) -> its latest bound attempt, and who runs it.
     bindings: dict[tuple[str, int], tuple[int, Binding]] = field(default_factory=dict)
+    # The users of the other parts of attempts that run on several workers (gang
+    # scheduling), bound on each part's first trial_started, as the chief's above.
+    member_users: dict[tuple[str, int, int, str], str | None] = field(default_factory=dict)
     # Set (and replaced) whenever a new worker user is heard.
     new_worker: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -206,6 +209,13 @@ class Access:
         if current is None or attempt > current[0]:
             self.bindings[key] = (attempt, binding)
 
+    def bind_member(
+        self, experiment_id: str, trial_id: int, attempt: int, worker_id: str, user: str | None
+    ) -> None:
+        """Bind a part of an attempt on several workers to who started it (the first
+        binding stays)."""
+        self.member_users.setdefault((experiment_id, trial_id, attempt, worker_id), user)
+
     def prune(self, experiment_id: str, run: Running) -> None:
         """Forget the bindings of ``experiment_id``'s attempts that no longer run: once an
         attempt's trial has left RUNNING (its exit was taken, or the trial or the whole
@@ -223,6 +233,10 @@ class Access:
                 or trial.worker_id != binding.worker_id
             ):
                 del self.bindings[key]
+        for member in [k for k in self.member_users if k[0] == experiment_id]:
+            trial = run.by_id.get(member[1])
+            if ended or trial is None or trial.attempt != member[2] or trial.gang is None:
+                del self.member_users[member]
 
     def restore(self, experiment_id: str, bindings: Iterable[tuple[int, int, Binding]]) -> None:
         """The bindings a restarted searcher read back from an experiment's log; their
@@ -254,10 +268,19 @@ class Access:
         bound = self.bound(experiment_id, trial_id, attempt)
         if bound is None:
             return None
-        if worker_id != bound.worker_id and (
-            isinstance(body, TrialStarted) or worker_id in members
-        ):
+        if worker_id != bound.worker_id and isinstance(body, TrialStarted):
             return None
+        if worker_id != bound.worker_id and worker_id in members:
+            # Another part's worker: from the user that started that part, once it has.
+            user = self.member_users.get((experiment_id, trial_id, attempt, worker_id))
+            if user is None or sender == user:
+                return None
+            return (
+                f"part of trial {trial_id} attempt {attempt} on worker {worker_id!r} was "
+                f"started by broker user {user!r}; this {getattr(body, 'type', 'event')} came "
+                f"from {sender!r}: every event of a part must come from the worker that "
+                "started it"
+            )
         if worker_id == bound.worker_id and (bound.user is None or sender == bound.user):
             return None
         return (

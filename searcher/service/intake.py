@@ -160,9 +160,18 @@ class Intake:
         await delivery.dead_letter(str(live.dropped))
 
     def _bind(self, live: Live, body: TrialStarted, sender: str | None) -> None:
-        """The run took this start: bind the attempt to its worker and sender."""
+        """The run took this start: bind the attempt (or its part on this worker, for a
+        trial on several) to its worker and sender."""
         trial = live.host.run.by_id.get(body.trial_id)
-        if trial is None or trial.attempt != body.attempt or trial.worker_id != body.worker_id:
+        if trial is None or trial.attempt != body.attempt:
+            return
+        if trial.gang is not None and trial.worker_id != body.worker_id:
+            if body.worker_id in {part.worker_id for part in trial.gang}:
+                self.service.access.bind_member(
+                    live.host.experiment_id, body.trial_id, body.attempt, body.worker_id, sender
+                )
+            return
+        if trial.worker_id != body.worker_id:
             return
         binding = Binding(sender, body.worker_id)
         self.service.access.bind(live.host.experiment_id, body.trial_id, body.attempt, binding)

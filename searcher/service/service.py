@@ -33,6 +33,7 @@ from rung.broker.schemas import (
     ControlExperiment,
     ControlTrial,
     CreateExperiment,
+    Envelope,
     ExperimentSummary,
     OpCompleted,
     WorkerLost,
@@ -47,6 +48,7 @@ from rung.searcher.service.creation import CUSTOM_REFUSED, Creator, logged_creat
 from rung.searcher.service.errors import ExperimentNotFoundError, ServiceStoppedError
 from rung.searcher.service.feed import LiveFeed
 from rung.searcher.service.gangs import GangPlanner
+from rung.searcher.service.gangwatch import GangWatch
 from rung.searcher.service.intake import Intake
 from rung.searcher.service.outbox import Live, Outbox
 from rung.searcher.service.requests import Requests
@@ -54,6 +56,7 @@ from rung.searcher.service.retention import sweep
 from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
 from rung.searcher.service.summary import summarise
 from rung.searcher.service.workers import WorkerRegistry
+from rung.searcher.trials import Command
 from rung.searcher.trials.model import ENDED
 
 __all__ = ["EXIT_STORAGE_FAILED", "SearcherService", "StateDirectoryBusyError"]
@@ -131,6 +134,7 @@ class SearcherService:
         self.given_up_ids: set[str] = set()
         self.workers = WorkerRegistry(worker_timeout_s)
         self.gangs = GangPlanner()
+        self.gang_watch = GangWatch()
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
         self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die, drop=self._drop)
         self.requests = Requests(self)
@@ -536,26 +540,54 @@ class SearcherService:
     # ------------------------------------------------------------------ timers
     async def _plan_gangs(self) -> None:
         """Place the trials no single live worker can take on several workers
-        (:mod:`.gangs`), one gang at a time; each plan is an input of its experiment."""
+        (:mod:`.gangs`), one gang at a time, and watch what the workers hold for them
+        (:mod:`.gangwatch`); each plan, and each part found lost, is an input of its
+        experiment."""
         while True:
             await asyncio.sleep(GANG_TICK_S)
-            runs = [live.host.run for live in self.experiments.values()]
-            planned = self.gangs.plan(runs, self.workers.live(), time.monotonic())
-            if planned is None:
-                continue
-            target = self.experiments.get(planned.experiment_id)
-            if target is None:
-                continue
-            log.info(
-                "a trial no single worker can take is placed on several",
-                experiment_id=planned.experiment_id,
-                trial_id=planned.body.trial_id,
-                parts=[(p.worker_id, p.slots) for p in planned.body.parts],
+            live = self.workers.live()
+            runs = {eid: entry.host.run for eid, entry in self.experiments.items()}
+            now = time.monotonic()
+            stale, lost = self.gang_watch.check(
+                runs, {beat.worker_id: beat for beat in live}, self.workers.beat_counts, now
             )
-            with contextlib.suppress(StaleOwnerError, ExperimentBrokenError, ServiceStoppedError):
-                await self.apply(target, planned.body, planned.message_id)
-                await self.make_durable(target)
-            self.feed.wake()
+            for hold in stale:
+                log.info(
+                    "a worker holds slots for an attempt that no longer asks for them; "
+                    "it is told to give them back",
+                    experiment_id=hold.body.experiment_id,
+                    trial_id=hold.body.trial_id,
+                    worker_id=hold.worker_id,
+                )
+                envelope = Envelope(
+                    message_id=hold.message_id,
+                    experiment_id=hold.body.experiment_id,
+                    body=hold.body,
+                )
+                await self.outbox.send_once(Command(hold.body, hold.worker_id), envelope)
+            inputs: list[tuple[str, Body, str]] = [
+                (part.experiment_id, part.body, part.message_id) for part in lost
+            ]
+            planned = self.gangs.plan(runs.values(), live, now)
+            if planned is not None:
+                log.info(
+                    "a trial no single worker can take is placed on several",
+                    experiment_id=planned.experiment_id,
+                    trial_id=planned.body.trial_id,
+                    parts=[(p.worker_id, p.slots) for p in planned.body.parts],
+                )
+                inputs.append((planned.experiment_id, planned.body, planned.message_id))
+            for experiment_id, body, message_id in inputs:
+                target = self.experiments.get(experiment_id)
+                if target is None:
+                    continue
+                with contextlib.suppress(
+                    StaleOwnerError, ExperimentBrokenError, ServiceStoppedError
+                ):
+                    await self.apply(target, body, message_id)
+                    await self.make_durable(target)
+            if inputs:
+                self.feed.wake()
 
     async def _watch_workers(self) -> None:
         """Declare lost the workers that went silent while running trials; forget the

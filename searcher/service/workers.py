@@ -66,6 +66,9 @@ class WorkerRegistry:
         self.timeout_s = timeout_s
         self.max_workers = max_workers
         self.beats: dict[str, WorkerHeartbeat] = {}
+        # How many heartbeats each worker has sent since it was first heard (a clock of
+        # its own, which the gangs' watch counts in: searcher.service.gangwatch).
+        self.beat_counts: dict[str, int] = {}
         # When each worker was last heard from (monotonic clock): any message counts.
         # Longest silent first.
         self._last_heard: OrderedDict[str, float] = OrderedDict()
@@ -94,6 +97,7 @@ class WorkerRegistry:
             )
             return
         self.beats[heartbeat.worker_id] = bounded
+        self.beat_counts[heartbeat.worker_id] = self.beat_counts.get(heartbeat.worker_id, 0) + 1
         self.heard(heartbeat.worker_id)
 
     def __len__(self) -> int:
@@ -123,6 +127,7 @@ class WorkerRegistry:
     def _drop(self, worker_id: str, why: str) -> None:
         self._last_heard.pop(worker_id, None)
         self.beats.pop(worker_id, None)
+        self.beat_counts.pop(worker_id, None)
         log.debug("worker forgotten", worker_id=worker_id, why=why)
 
     def live(self) -> list[WorkerHeartbeat]:
@@ -228,8 +233,10 @@ def _bounded(beat: WorkerHeartbeat) -> WorkerHeartbeat | None:
                 "running": running + ([f"... {cut_running} more"] if cut_running else []),
             }
         )
-        if len(shown.model_dump_json()) <= MAX_WORKER_INFO_BYTES or not (gpus or running):
+        if len(shown.model_dump_json()) <= MAX_WORKER_INFO_BYTES:
             return shown
+        if not (gpus or running):  # what is left is what it holds: shown without it
+            return shown.model_copy(update={"reserved": None})
         if len(running) >= len(gpus):
             running.pop()
             cut_running += 1

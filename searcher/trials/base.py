@@ -141,6 +141,7 @@ class RunBase:
         trial.gang = None
         trial.gang_reserved = []
         trial.gang_ports = None
+        trial.gang_done = []
 
     def _hold(self, trial: TrialRuntime, step: Step | None = None) -> None:
         """Keep the trial's operation, but run nothing until the experiment is activated."""

@@ -65,6 +65,7 @@ class GangRun(RunBase):
         trial.gang = list(body.parts)
         trial.gang_reserved = []
         trial.gang_ports = None
+        trial.gang_done = []
         where = ", ".join(f"{part.worker_id} ({part.slots})" for part in body.parts)
         trial.logs.append(f"[rung] attempt {trial.attempt} placed on {where}; reserving slots")
         for index, part in enumerate(body.parts):
@@ -165,11 +166,9 @@ class GangRun(RunBase):
         """A part's exit; True when it ends the attempt (the caller then ends it as the
         trial's exit), False when it changes nothing."""
         if part != 0 and trial.state == "RUNNING" and body.reason in _CLEAN:
-            step.ignored = (
-                f"trial {trial.trial_id}: part {part} on {body.worker_id} ended cleanly; "
-                "the chief's exit ends the attempt"
-            )
-            return False
+            if part not in trial.gang_done:
+                trial.gang_done.append(part)
+            return False  # (the chief's exit ends the attempt)
         if part != 0 or trial.state == "QUEUED":
             trial.logs.append(
                 f"[rung] part {part} of attempt {trial.attempt} (worker {body.worker_id}) "

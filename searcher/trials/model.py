@@ -87,6 +87,8 @@ class TrialRuntime(BaseModel):
     gang: list[GangPart] | None = None
     gang_reserved: list[int] = Field(default_factory=list)
     gang_ports: dict[str, int] | None = None
+    # The member parts whose processes ended cleanly while the chief's part runs on.
+    gang_done: list[int] = Field(default_factory=list)
     logs: deque[str] = Field(default_factory=lambda: deque(maxlen=_LOG_TAIL))
 
     @field_validator("logs")

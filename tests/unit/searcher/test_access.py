@@ -23,9 +23,11 @@ from rung.broker.schemas import (
     ControlExperiment,
     CreateExperiment,
     DescribeExperiment,
+    ExitReason,
     GetContext,
     ListExperiments,
     ProgressReported,
+    TrialExited,
     TrialStarted,
 )
 from rung.broker.schemas.envelope import Body, Envelope, encode
@@ -177,6 +179,23 @@ def test_an_attempt_answers_only_to_the_worker_and_user_that_started_it() -> Non
     access.bind("exp-1", 1, 2, Binding("w3", "w3"))  # the first binding of an attempt stays
     assert access.bound("exp-1", 1, 2) == Binding("w2", "w2")
     assert access.bound("exp-1", 1, 1) is None
+
+
+def test_another_part_of_an_attempt_answers_to_the_user_that_started_it() -> None:
+    access = _access()
+    access.bind("exp-1", 1, 1, Binding("w1", "w1"))  # the chief's part
+    parts = frozenset({"w1", "w2"})
+    exited = TrialExited(**_ids("w2"), reason=ExitReason.ERRORED)
+    # A part's worker that has not started yet: let through (the run fences it).
+    assert access.impostor(exited, "w2", members=parts) is None
+    access.bind_member("exp-1", 1, 1, "w2", "w2")
+    access.bind_member("exp-1", 1, 1, "w2", "w9")  # the first binding stays
+    assert access.impostor(exited, "w2", members=parts) is None
+    forged = access.impostor(exited, "w3", members=parts)
+    assert forged is not None
+    assert "part of trial 1 attempt 1 on worker 'w2' was started by broker user 'w2'" in forged
+    # Not a part: refused as before.
+    assert access.impostor(TrialExited(**_ids("w4"), reason=ExitReason.ERRORED), "w4") is not None
 
 
 def test_the_bindings_are_read_back_from_the_log() -> None:
