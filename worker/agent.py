@@ -58,8 +58,8 @@ from rung.broker.schemas import (
     encode,
 )
 from rung.broker.schemas.envelope import Body
-from rung.broker.schemas.events import ExitReason
-from rung.broker.topology import MAX_SLOTS_PER_TRIAL, WORK_BUCKETS, work_key
+from rung.broker.schemas.events import MAX_PARTS_SHOWN, ExitReason, PartState
+from rung.broker.topology import WORK_BUCKETS, work_key
 from rung.worker.address import route_address
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
@@ -158,6 +158,11 @@ class Worker:
         # Attempts the searcher ended before their part reached this worker (a kill_trial
         # handled before the reserve_slots or run_trial it overtook): never held or run.
         self._ended: deque[tuple[str, int, int]] = deque(maxlen=10_000)
+        # Its parts of trials on several workers that ended lately (their exits may
+        # still be on their way), which heartbeats show; and the chief's ports a part
+        # about to start takes over.
+        self._parts_ended: deque[tuple[str, int, int]] = deque(maxlen=64)
+        self._held_ports: dict[tuple[str, int, int], list[socket.socket]] = {}
 
     # ------------------------------------------------------------------ publishing
     async def emit(self, body: Body, *, message_id: str | None = None) -> str:
@@ -228,12 +233,12 @@ class Worker:
                 with contextlib.suppress(BrokerError, TimeoutError):  # (else: found lost)
                     why = f"worker {self.worker_id} stopped"
                     await asyncio.wait_for(self._part_ended(reservation.cmd, why), timeout=5)
-        for run in self.runs.values():
+        for run in list(self.runs.values()):
             run.request_preemption()
             if run.member:
-                # Its ranks never see should_preempt() (the chief's part asks); stopped
-                # now, it reports PREEMPTED, and the attempt resumes from its checkpoint.
-                run.kill(f"worker {self.worker_id} is stopping")
+                # Its ranks never see should_preempt() (the chief's part asks): it says
+                # PREEMPTED first, then is stopped; the attempt resumes from its checkpoint.
+                await run.stop_member(f"worker {self.worker_id} is stopping")
         if self._tasks:
             self.log.info("waiting for trials to checkpoint and stop", trials=len(self.runs))
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
@@ -257,15 +262,25 @@ class Worker:
                         gpus=self.gpus,
                         running=[f"{e}/{t}/{a}" for e, t, a in self.runs],
                         address=self.address,
-                        reserved=[f"{e}/{t}/{a}" for e, t, a in self.reservations.by_key][
-                            :MAX_SLOTS_PER_TRIAL
-                        ]
-                        or None,
+                        parts=self._parts() or None,
                     )
                 )
                 if self.health_file is not None:  # healthy: the broker took a heartbeat
                     self.health_file.touch()
             await asyncio.sleep(self.heartbeat_s)
+
+    def _parts(self) -> dict[str, PartState]:
+        """Its parts of trials on several workers, as its heartbeat shows them."""
+        parts: dict[str, PartState] = {}
+        for e, t, a in self._parts_ended:
+            parts[f"{e}/{t}/{a}"] = "ended"
+        for e, t, a in self.reservations.by_key:
+            parts[f"{e}/{t}/{a}"] = "held"
+        for (e, t, a), run in self.runs.items():
+            if run.cmd.gang is not None:
+                parts[f"{e}/{t}/{a}"] = "running"
+        # The newest first, should it be cut: held and running ones are at most a slot each.
+        return dict(list(parts.items())[-MAX_PARTS_SHOWN:])
 
     def wanted_buckets(self) -> tuple[int, ...]:
         """The buckets to consume now: those whose largest trial fits the free slots."""
@@ -489,6 +504,7 @@ class Worker:
             hang_timeout_s=self.hang_timeout_s,
             spawner=self.spawner,
             trial_env_allow=self.trial_env_allow,
+            held_ports=self._held_ports.pop((cmd.experiment_id, cmd.trial_id, cmd.attempt), ()),
         )
         # Known from the first await on: a copy of the command delivered meanwhile is a
         # duplicate. Forgotten again if the start fails or raises, so that the command,
@@ -525,6 +541,8 @@ class Worker:
             await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
+            if run.cmd.gang is not None:
+                self._parts_ended.append(run.key)
             if not released:
                 released = True
                 self._release(slots)
@@ -572,6 +590,10 @@ class Worker:
 
     async def _answer_reserved(self, reservation: Reservation) -> None:
         cmd = reservation.cmd
+        if reservation.failed is not None:
+            await self._give_back(reservation.key, reservation.failed)
+            await self._part_ended(cmd, f"worker {self.worker_id}: {reservation.failed}")
+            return
         pub, master = reservation.ports or (None, None)
         await self.emit(
             SlotsReserved(
@@ -602,6 +624,7 @@ class Worker:
     ) -> None:
         """Tell the searcher this worker's part of an attempt will not run: the attempt
         ends, by default as a preemption (the trial resumes, without a restart counted)."""
+        self._parts_ended.append((body.experiment_id, body.trial_id, body.attempt))
         self.log.warning("a part of a trial will not run here", trial_id=body.trial_id, why=why)
         await self.emit(
             TrialExited(
@@ -622,9 +645,10 @@ class Worker:
             return
         if key in self.runs or key in self._ended:
             return  # (a re-sent command, or the attempt ended before it came)
-        reservation = self.reservations.pop(key)
+        reservation = self.reservations.pop(key, keep_ports=True)
         if reservation is None or not reservation.complete or self._stopping:
             if reservation is not None:
+                reservation.release_ports()
                 self._release(reservation.held)
                 await self._update_intake()
             why = (
@@ -636,6 +660,7 @@ class Worker:
             await self._part_ended(body, f"worker {self.worker_id} {why}")
             return
         slots = reservation.held
+        self._held_ports[key] = reservation.sockets  # the part lets them go as it spawns
         try:
             run = await self._start(body, slots)
         except Exception as exc:  # noqa: BLE001 (the part's failure, not the worker's)
@@ -648,6 +673,9 @@ class Worker:
         except BaseException:
             self._release(slots)
             raise
+        finally:
+            reservation.release_ports()  # (the part's own copy let them go already)
+            self._held_ports.pop(key, None)
         if run is None:  # it could not start, and said so
             self._release(slots)
             await self._update_intake()

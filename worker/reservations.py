@@ -16,21 +16,26 @@ from dataclasses import dataclass, field
 
 from rung.broker.schemas import ReserveSlots
 
-__all__ = ["Reservation", "Reservations", "bound_port"]
+__all__ = ["Reservation", "Reservations", "bound_ports"]
 
 Key = tuple[str, int, int]
 
 
-def bound_port() -> socket.socket:
-    """A TCP socket bound to a free port on every address (the chief's ranks listen on
-    all of them), held until the part starts so that nothing else takes the port."""
-    sock = socket.socket()
+def bound_ports(count: int) -> list[socket.socket]:
+    """``count`` TCP sockets bound to free ports on every address (the chief's ranks
+    listen on all of them), held until the part starts so that nothing else takes them;
+    all or none."""
+    held: list[socket.socket] = []
     try:
-        sock.bind(("", 0))
+        for _ in range(count):
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("", 0))
     except OSError:
-        sock.close()
+        for sock in held:
+            sock.close()
         raise
-    return sock
+    return held
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Reservation:
     # slots, and held (bound) until the part starts or the reservation ends.
     ports: tuple[int, int] | None = None
     sockets: list[socket.socket] = field(default_factory=list)
+    # Why the chief's ports could not be picked (none free): the part cannot run here.
+    failed: str | None = None
 
     def release_ports(self) -> None:
         """Let the held ports go: the part's ranks bind them next."""
@@ -73,10 +80,12 @@ class Reservations:
         self.by_key[reservation.key] = reservation
         return reservation
 
-    def pop(self, key: Key) -> Reservation | None:
-        """End a reservation (its part starts, or it is given back); its ports go."""
+    def pop(self, key: Key, *, keep_ports: bool = False) -> Reservation | None:
+        """End a reservation: given back (its ports go), or its part starts
+        (``keep_ports``: the caller hands them to the part, which lets them go as its
+        process is spawned)."""
         reservation = self.by_key.pop(key, None)
-        if reservation is not None:
+        if reservation is not None and not keep_ports:
             reservation.release_ports()
         return reservation
 
@@ -93,9 +102,13 @@ class Reservations:
             left = left[take:]
             if len(reservation.held) == reservation.cmd.slots:
                 if reservation.cmd.part == 0:
-                    reservation.sockets = [bound_port(), bound_port()]  # (two, so distinct)
-                    pub, master = (sock.getsockname()[1] for sock in reservation.sockets)
-                    reservation.ports = (pub, master)
+                    try:
+                        reservation.sockets = bound_ports(2)  # (held together: distinct)
+                    except OSError as exc:
+                        reservation.failed = f"no free port for the chief's ranks: {exc}"
+                    else:
+                        pub, master = (sock.getsockname()[1] for sock in reservation.sockets)
+                        reservation.ports = (pub, master)
                 completed.append(reservation)
         return left, completed
 

@@ -182,8 +182,12 @@ class TrialRun:
         spawner: Spawner | None = None,
         ask_again_after_s: float = ASK_AGAIN_AFTER_S,
         trial_env_allow: Iterable[str] = (),
+        held_ports: Iterable[socket.socket] = (),
     ) -> None:
         self.cmd = cmd
+        # The chief's ports of a trial on several workers, bound until the process is
+        # spawned (then its ranks bind them), so that nothing else takes them meanwhile.
+        self._held_ports = list(held_ports)
         self.ask_again_after_s = ask_again_after_s
         self._spawner: Spawner = spawner or ExecSpawner()
         # Names of the worker's environment passed on beyond the allowlist (--trial-env).
@@ -327,8 +331,25 @@ class TrialRun:
         self._close_channel()
         self._gate.add("rung", reason)
         await self._ship()
-        await self._exited(ExitReason.ERRORED, None, reason)
+        # A member part stopped with its worker before it could start: a preemption.
+        stopped = self.member and self.preempt_requested
+        await self._exited(ExitReason.PREEMPTED if stopped else ExitReason.ERRORED, None, reason)
         return False
+
+    def release_ports(self) -> None:
+        """Let the chief's held ports go (idempotent): its ranks bind them next."""
+        for sock in self._held_ports:
+            sock.close()
+        self._held_ports.clear()
+
+    async def stop_member(self, why: str) -> None:
+        """Stop a member part (its ranks cannot see ``should_preempt()``): its exit, a
+        preemption, goes out first, so that the searcher takes it before the chief's
+        ranks fail for want of it; then its processes are killed."""
+        self.request_preemption()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited(ExitReason.PREEMPTED, None, why), timeout=5)
+        self.kill(why)
 
     async def start(self) -> bool:
         """Start the process; False (with the trial already reported as exited) if it can't.
@@ -394,6 +415,7 @@ class TrialRun:
             self._server = await asyncio.start_unix_server(
                 self._accept, path=str(self.socket_path), limit=CHANNEL_REQUEST_BYTES
             )
+            self.release_ports()
             self.process = await self._spawner.spawn(
                 command, cwd=self.run_dir, env=self._environment()
             )
@@ -773,6 +795,7 @@ class TrialRun:
     def _close_channel(self) -> None:
         """Close the socket server and every connection to it, remove its directory
         (idempotent). A connection accepted after this is refused at once."""
+        self.release_ports()
         self._channel_closed = True
         self._started.set()  # wakes a connection that waits for the start: refused
         if self._server is not None:

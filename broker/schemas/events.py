@@ -19,17 +19,19 @@ from pydantic import (
     model_serializer,
 )
 
-from rung.broker.limits import MAX_RANK, MAX_SLOTS_PER_TRIAL, START_TOKEN_PATTERN, UUID_PATTERN
+from rung.broker.limits import MAX_RANK, START_TOKEN_PATTERN, UUID_PATTERN
 from rung.broker.schemas.base import Message, without_none
 from rung.broker.schemas.gang import ADDRESS_PATTERN, SlotsReserved
 
 __all__ = [
+    "MAX_PARTS_SHOWN",
     "CheckpointSaved",
     "ExitReason",
     "LogLine",
     "LogLines",
     "MetricsReported",
     "OpCompleted",
+    "PartState",
     "ProgressReported",
     "SlotsReserved",
     "TrialEvent",
@@ -134,6 +136,13 @@ class LogLines(_TrialMessage):
     lines: list[LogLine]
 
 
+# A worker's part of a trial on several workers, as its heartbeat shows it.
+PartState = Literal["held", "running", "ended"]
+# The most parts a heartbeat shows: its held and running ones (at most one a slot) and
+# the last ended ones.
+MAX_PARTS_SHOWN = 256
+
+
 class WorkerHeartbeat(Message):
     type: Literal["worker_heartbeat"] = "worker_heartbeat"
     experiment_id: str = ""
@@ -145,14 +154,16 @@ class WorkerHeartbeat(Message):
     # Where other machines reach this worker (a trial's ranks on other workers dial its
     # chief here); None from a worker of the version before gangs, which gets no part.
     address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
-    # The attempts it holds slots for, a part of each (``<experiment>/<trial>/<attempt>``):
-    # the searcher gives back what it no longer asks for, and finds a reserve it lost.
-    # None when it holds none (and from a worker of the version before gangs).
-    reserved: list[str] | None = Field(default=None, max_length=MAX_SLOTS_PER_TRIAL)
+    # Its parts of trials on several workers, by attempt (``<experiment>/<trial>/<attempt>``):
+    # ``held`` (slots reserved, not started), ``running``, or ``ended`` lately (its exit
+    # may still be on its way). The searcher gives back what it no longer asks for, and
+    # finds a part whose command was lost (searcher.service.gangwatch). None when it has
+    # none (and from a worker of the version before gangs).
+    parts: dict[str, PartState] | None = Field(default=None, max_length=MAX_PARTS_SHOWN)
 
     @model_serializer(mode="wrap")
     def _address_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return without_none(handler(self), "address", "reserved")
+        return without_none(handler(self), "address", "parts")
 
 
 class WorkerLost(Message):

@@ -238,12 +238,30 @@ class Access:
             if ended or trial is None or trial.attempt != member[2] or trial.gang is None:
                 del self.member_users[member]
 
-    def restore(self, experiment_id: str, bindings: Iterable[tuple[int, int, Binding]]) -> None:
+    def restore(
+        self,
+        experiment_id: str,
+        bindings: Iterable[tuple[int, int, Binding]],
+        run: Running | None = None,
+    ) -> None:
         """The bindings a restarted searcher read back from an experiment's log; their
-        users are worker users (they started trials)."""
+        users are worker users (they started trials). With the run: a start of another
+        part than the chief's of an attempt on several workers binds that part."""
         for trial_id, attempt, binding in bindings:
-            self.bind(experiment_id, trial_id, attempt, binding)
             self.heard_worker(binding.user)
+            trial = run.by_id.get(trial_id) if run is not None else None
+            if (
+                trial is not None
+                and trial.gang is not None
+                and trial.attempt == attempt
+                and binding.worker_id != trial.worker_id
+            ):
+                if binding.worker_id in {part.worker_id for part in trial.gang}:
+                    self.bind_member(
+                        experiment_id, trial_id, attempt, binding.worker_id, binding.user
+                    )
+                continue
+            self.bind(experiment_id, trial_id, attempt, binding)
 
     def bound(self, experiment_id: str, trial_id: int, attempt: int) -> Binding | None:
         current = self.bindings.get((experiment_id, trial_id))
@@ -294,11 +312,12 @@ class Access:
 
 def logged_bindings(records: Sequence[Record]) -> Iterator[tuple[int, int, Binding]]:
     """The attempts an experiment's log bound to their workers: for each (trial,
-    attempt), the first ``trial_started`` the searcher took (not ignored), with the user
-    that sent it (``sender``). Only the lines that name ``trial_started`` are parsed."""
+    attempt, worker), the first ``trial_started`` the searcher took (not ignored), with
+    the user that sent it (``sender``): one per attempt, or one per part of an attempt
+    that ran on several workers. Only the lines that name ``trial_started`` are parsed."""
     kinds = getattr(records, "kind", None)
     raw = getattr(records, "raw", None)
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int, str]] = set()
     for index in range(len(records)):
         if kinds is not None and kinds(index) != "input":
             continue
@@ -308,7 +327,9 @@ def logged_bindings(records: Sequence[Record]) -> Iterator[tuple[int, int, Bindi
         if not isinstance(record, InputRecord) or record.ignored is not None:
             continue
         body = record.input
-        if not isinstance(body, TrialStarted) or (body.trial_id, body.attempt) in seen:
+        if not isinstance(body, TrialStarted):
             continue
-        seen.add((body.trial_id, body.attempt))
+        if (body.trial_id, body.attempt, body.worker_id) in seen:
+            continue
+        seen.add((body.trial_id, body.attempt, body.worker_id))
         yield body.trial_id, body.attempt, Binding(record.sender, body.worker_id)

@@ -6,28 +6,34 @@ its worker's connection, and a command in it with it. And the searcher forgets w
 no longer needs: a worker declared lost that comes back, or a searcher restarted, may
 leave a worker holding slots for an attempt that has ended. Nothing else would ever
 notice either; only one gang reserves at a time, so one such loss would stall every
-gang. Each heartbeat says which attempts its worker holds slots for (``reserved``) and
-runs (``running``); at each tick, the watch compares them with the runs:
+gang. Each heartbeat says which parts its worker holds slots for, runs, or ended lately
+(``parts``: held, running, ended, by attempt); at each tick, the watch compares them
+with the runs:
 
-* **Held for nothing**: a worker holds slots for an attempt the searcher serves and no
-  longer asks it for (another attempt, the gang ended, not a part there). The worker is
-  told to give them back (``kill_trial``, sent once, not logged: it changes no state).
+* **Held for nothing**: a worker holds slots for (or runs a part of) an older attempt of
+  a trial than its current one, or the current one that no longer asks it for them (its
+  gang ended, not a part there), or one of an experiment that could not be recovered.
+  It is told to give them back (``kill_trial``, sent again after a while if it still
+  shows them; not logged: it changes no state). An attempt newer than the run knows
+  (another searcher took the experiment over) is never touched.
 * **Lost on the way**: a part that should be held (its ``reserve_slots`` sent) or running
-  (its ``run_trial`` sent), and has not ended, is neither on its live worker for
-  :data:`MISSING_BEATS` heartbeats and :data:`MISSING_S` seconds running. The part will
-  never come: the attempt ends, as the part's preemption (a ``trial_exited`` the
+  (its ``run_trial`` sent) shows on its live worker neither as held, running nor ended
+  for :data:`MISSING_BEATS` heartbeats and :data:`MISSING_S` seconds running. The part
+  will never come: the attempt ends, as the part's preemption (a ``trial_exited`` the
   searcher writes to the log under a ``lost/...`` message id, like a worker found gone
   by an unroutable command), and the trial is placed again, without a restart counted.
-  The margin covers a heartbeat sent before its worker handled the command, and an exit
-  still on its way behind a backlog of events.
+  The margin covers a heartbeat sent before its worker handled the command; a part that
+  ended shows as ended while its exit may still be on its way (a backlog of events, a
+  searcher restarted), so its exit is never overtaken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from rung.broker.schemas import ExitReason, KillTrial, TrialExited, WorkerHeartbeat
+from rung.broker.schemas import ExitReason, KillTrial, TrialExited
+from rung.broker.schemas.events import PartState
 from rung.searcher.trials import ExperimentRun, TrialRuntime
 
 __all__ = ["MISSING_BEATS", "MISSING_S", "GangWatch", "LostPart", "StaleHold"]
@@ -57,10 +63,14 @@ class LostPart:
     message_id: str
 
 
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _attempt(entry: str) -> tuple[str, int, int] | None:
     experiment_id, _, rest = entry.rpartition("/")
     experiment_id, _, trial = experiment_id.rpartition("/")
-    if not (experiment_id and trial.isdecimal() and rest.isdecimal()):
+    if not (experiment_id and _number(trial) and _number(rest)):
         return None
     if len(trial) > 9 or len(rest) > 9:
         return None
@@ -77,26 +87,34 @@ class GangWatch:
     def check(
         self,
         runs: Mapping[str, ExperimentRun],
-        beats: Mapping[str, WorkerHeartbeat],
+        parts: Mapping[str, Mapping[str, PartState]],
         counts: Mapping[str, int],
         now: float,
+        *,
+        broken: Collection[str] = (),
     ) -> tuple[list[StaleHold], list[LostPart]]:
-        """What to tell the workers, and the parts lost, from the live workers' last
-        heartbeats (``beats``) and how many each has sent (``counts``)."""
-        return self._stale(runs, beats, now), self._lost(runs, beats, counts, now)
+        """What to tell the workers, and the parts lost, from the parts the live workers'
+        last heartbeats showed (``parts``, by worker), how many heartbeats each has sent
+        (``counts``), and the experiments that could not be recovered (``broken``)."""
+        return self._stale(runs, parts, now, broken), self._lost(runs, parts, counts, now)
 
     def _stale(
-        self, runs: Mapping[str, ExperimentRun], beats: Mapping[str, WorkerHeartbeat], now: float
+        self,
+        runs: Mapping[str, ExperimentRun],
+        parts: Mapping[str, Mapping[str, PartState]],
+        now: float,
+        broken: Collection[str],
     ) -> list[StaleHold]:
         stale = []
-        for worker_id, beat in beats.items():
-            for entry in beat.reserved or ():
-                attempt = _attempt(entry)
-                if attempt is None or attempt[0] not in runs:
-                    continue  # not an experiment this searcher serves: not its business
+        for worker_id, shown in parts.items():
+            for entry, state in shown.items():
+                attempt = _attempt(entry) if state != "ended" else None
+                if attempt is None:
+                    continue
                 experiment_id, trial_id, number = attempt
-                trial = runs[experiment_id].by_id.get(trial_id)
-                if trial is not None and _asks(trial, number, worker_id):
+                if experiment_id not in broken and not _stale_attempt(
+                    runs, experiment_id, trial_id, number, worker_id
+                ):
                     continue
                 key = (worker_id, experiment_id, trial_id, number)
                 if now - self._told.get(key, -1e18) < MISSING_S:
@@ -114,7 +132,7 @@ class GangWatch:
     def _lost(
         self,
         runs: Mapping[str, ExperimentRun],
-        beats: Mapping[str, WorkerHeartbeat],
+        parts: Mapping[str, Mapping[str, PartState]],
         counts: Mapping[str, int],
         now: float,
     ) -> list[LostPart]:
@@ -126,11 +144,11 @@ class GangWatch:
                     continue
                 entry = f"{run.experiment_id}/{trial.trial_id}/{trial.attempt}"
                 for index, part in enumerate(trial.gang):
-                    beat = beats.get(part.worker_id)
-                    if beat is None or index in trial.gang_done:
+                    shown = parts.get(part.worker_id)
+                    if shown is None or index in trial.gang_done:
                         continue  # a silent worker is the loss timer's; a part ended
                     key = (run.experiment_id, trial.trial_id, trial.attempt, part.worker_id)
-                    if entry in (beat.reserved or ()) or entry in beat.running:
+                    if entry in shown:  # held, running, or ended: its exit is on its way
                         self._missing.pop(key, None)
                         continue
                     watched.add(key)
@@ -144,13 +162,23 @@ class GangWatch:
         return lost
 
 
-def _asks(trial: TrialRuntime, attempt: int, worker_id: str) -> bool:
-    """Whether the run still asks ``worker_id`` to hold slots for the trial's ``attempt``."""
-    return (
-        trial.attempt == attempt
-        and trial.gang is not None
+def _stale_attempt(
+    runs: Mapping[str, ExperimentRun], experiment_id: str, trial_id: int, attempt: int, worker: str
+) -> bool:
+    """Whether the run no longer asks ``worker`` for its part of the trial's ``attempt``:
+    an older attempt, or the current one whose gang ended or has no part there. Not an
+    experiment or a trial the run knows, nor a newer attempt (another searcher may own the
+    experiment now): not this searcher's to end."""
+    run = runs.get(experiment_id)
+    trial = run.by_id.get(trial_id) if run is not None else None
+    if trial is None or attempt > trial.attempt:
+        return False
+    if attempt < trial.attempt:
+        return True
+    return not (
+        trial.gang is not None
         and trial.state in ("QUEUED", "RUNNING")
-        and any(part.worker_id == worker_id for part in trial.gang)
+        and any(part.worker_id == worker for part in trial.gang)
     )
 
 

@@ -36,6 +36,7 @@ from rung.broker.schemas import (
     Envelope,
     ExperimentSummary,
     OpCompleted,
+    TrialExited,
     WorkerLost,
 )
 from rung.broker.schemas.envelope import Body
@@ -287,7 +288,7 @@ class SearcherService:
             if host is None:
                 continue
             bindings = await asyncio.to_thread(list, logged_bindings(host.log.existing))
-            self.access.restore(host.experiment_id, bindings)
+            self.access.restore(host.experiment_id, bindings, host.run)
             self.access.prune(host.experiment_id, host.run)  # attempts that ended meanwhile
             live = Live(host)
             self.experiments[host.experiment_id] = live
@@ -338,7 +339,7 @@ class SearcherService:
             try:
                 applied = live.host.apply(body, message_id, at=time.time(), sender=sender)
                 if not applied.duplicate and (
-                    isinstance(body, ControlExperiment | ControlTrial | WorkerLost)
+                    isinstance(body, ControlExperiment | ControlTrial | WorkerLost | TrialExited)
                     or live.host.run.state in ENDED
                 ):
                     # A kill or a lost worker ends attempts that will never send an exit.
@@ -548,8 +549,9 @@ class SearcherService:
             live = self.workers.live()
             runs = {eid: entry.host.run for eid, entry in self.experiments.items()}
             now = time.monotonic()
+            parts = {beat.worker_id: self.workers.parts.get(beat.worker_id, {}) for beat in live}
             stale, lost = self.gang_watch.check(
-                runs, {beat.worker_id: beat for beat in live}, self.workers.beat_counts, now
+                runs, parts, self.workers.beat_counts, now, broken=self.broken
             )
             for hold in stale:
                 log.info(

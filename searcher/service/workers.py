@@ -29,6 +29,7 @@ import structlog
 
 from rung.broker.limits import MAX_REPLY_BYTES, MAX_WORKERS_TRACKED
 from rung.broker.schemas import WorkerHeartbeat, WorkerInfo, WorkerLost
+from rung.broker.schemas.events import PartState
 from rung.broker.topology import work_bucket
 from rung.searcher.service.gangs import place
 from rung.searcher.trials import ExperimentRun
@@ -46,6 +47,8 @@ log = structlog.get_logger("rung.searcher")
 # The most workers the registry keeps, and the most one worker's entry may take (as JSON):
 # together the reply to list_workers stays within MAX_REPLY_BYTES.
 MAX_WORKER_INFO_BYTES = MAX_REPLY_BYTES // MAX_WORKERS_TRACKED
+# The most of one worker's parts of trials on several workers the registry keeps.
+MAX_PARTS_BYTES = 4096
 # A worker silent this long (at least; ten loss timeouts if that is longer) is forgotten.
 FORGET_AFTER_MIN_S = 3600.0
 # How many trial ids one waiting reason names before it says "and N more".
@@ -69,6 +72,9 @@ class WorkerRegistry:
         # How many heartbeats each worker has sent since it was first heard (a clock of
         # its own, which the gangs' watch counts in: searcher.service.gangwatch).
         self.beat_counts: dict[str, int] = {}
+        # Each worker's parts of trials on several workers, as its last heartbeat showed
+        # them, whole (the gangs' watch reads them; they are cut from the beats kept).
+        self.parts: dict[str, dict[str, PartState]] = {}
         # When each worker was last heard from (monotonic clock): any message counts.
         # Longest silent first.
         self._last_heard: OrderedDict[str, float] = OrderedDict()
@@ -97,6 +103,7 @@ class WorkerRegistry:
             )
             return
         self.beats[heartbeat.worker_id] = bounded
+        self.parts[heartbeat.worker_id] = _parts_kept(heartbeat)
         self.beat_counts[heartbeat.worker_id] = self.beat_counts.get(heartbeat.worker_id, 0) + 1
         self.heard(heartbeat.worker_id)
 
@@ -128,6 +135,7 @@ class WorkerRegistry:
         self._last_heard.pop(worker_id, None)
         self.beats.pop(worker_id, None)
         self.beat_counts.pop(worker_id, None)
+        self.parts.pop(worker_id, None)
         log.debug("worker forgotten", worker_id=worker_id, why=why)
 
     def live(self) -> list[WorkerHeartbeat]:
@@ -216,10 +224,27 @@ class WorkerRegistry:
         return infos
 
 
+def _parts_kept(beat: WorkerHeartbeat) -> dict[str, PartState]:
+    """A heartbeat's parts as the registry keeps them: held and running ones first, then
+    ended ones, within :data:`MAX_PARTS_BYTES` (a flood of made-up parts cannot grow the
+    searcher's memory; a real worker shows a few)."""
+    parts = beat.parts or {}
+    ordered = sorted(parts.items(), key=lambda item: item[1] == "ended")
+    kept: dict[str, PartState] = {}
+    size = 0
+    for entry, state in ordered:
+        size += len(entry) + len(state) + 8
+        if size > MAX_PARTS_BYTES:
+            break
+        kept[entry] = state
+    return kept
+
+
 def _bounded(beat: WorkerHeartbeat) -> WorkerHeartbeat | None:
     """The heartbeat as the registry keeps it: its lists cut so that its entry takes at
-    most :data:`MAX_WORKER_INFO_BYTES` (a last item says how many were cut); None when
-    its worker id alone is over that."""
+    most :data:`MAX_WORKER_INFO_BYTES` (a last item says how many were cut), without its
+    parts (kept whole apart); None when its worker id alone is over that."""
+    beat = beat.model_copy(update={"parts": None})
     if len(beat.model_dump_json()) <= MAX_WORKER_INFO_BYTES:
         return beat
     if len(beat.worker_id.encode()) > MAX_WORKER_INFO_BYTES // 2:
@@ -233,10 +258,8 @@ def _bounded(beat: WorkerHeartbeat) -> WorkerHeartbeat | None:
                 "running": running + ([f"... {cut_running} more"] if cut_running else []),
             }
         )
-        if len(shown.model_dump_json()) <= MAX_WORKER_INFO_BYTES:
+        if len(shown.model_dump_json()) <= MAX_WORKER_INFO_BYTES or not (gpus or running):
             return shown
-        if not (gpus or running):  # what is left is what it holds: shown without it
-            return shown.model_copy(update={"reserved": None})
         if len(running) >= len(gpus):
             running.pop()
             cut_running += 1

@@ -198,6 +198,21 @@ def test_another_part_of_an_attempt_answers_to_the_user_that_started_it() -> Non
     assert access.impostor(TrialExited(**_ids("w4"), reason=ExitReason.ERRORED), "w4") is not None
 
 
+def test_a_restarted_searcher_binds_each_part_as_its_log_has_it() -> None:
+    from .test_gangs import placed_and_running
+
+    run = placed_and_running()  # trial 1 attempt 2: the member's start (w-b) came first
+    access = _access()
+    logged = [(1, 2, Binding("u-b", "w-b")), (1, 2, Binding("u-a", "w-a"))]
+    access.restore("exp-1", logged, run)
+    assert access.bound("exp-1", 1, 2) == Binding("u-a", "w-a")  # the chief's
+    assert access.member_users == {("exp-1", 1, 2, "w-b"): "u-b"}
+    member = TrialExited(**_ids("w-b", 2), reason=ExitReason.ERRORED)
+    parts = frozenset({"w-a", "w-b"})
+    assert access.impostor(member, "u-b", members=parts) is None
+    assert access.impostor(member, "u-x", members=parts) is not None
+
+
 def test_the_bindings_are_read_back_from_the_log() -> None:
     def started(seq: int, worker: str, sender: str | None, ignored: str | None = None) -> str:
         record = InputRecord(

@@ -103,13 +103,16 @@ async def test_held_slots_come_as_they_free_and_no_other_work_takes_them(
     assert answer.pub_port is not None
     assert answer.master_port is not None
     assert answer.pub_port != answer.master_port
+    assert worker._parts() == {"e1/9/1": "held"}  # what its heartbeats show
     # The part starts in the slots held, all four.
     await control(broker, worker, part_run())  # type: ignore[arg-type]
     await wait_for(lambda: 9 in worker.started, 5, "the part")
     assert sorted(worker.slots_of[9]) == [0, 1, 2, 3]
+    assert worker._parts() == {"e1/9/1": "running"}
     assert 3 not in worker.started
     worker.finish(9)
     await wait_for(lambda: 3 in worker.started, 5, "the small trial, after the part")
+    assert worker._parts() == {"e1/9/1": "ended"}  # its exit may still be on its way
     await stop(worker)
 
 

@@ -264,3 +264,19 @@ def test_a_part_of_a_trial_on_several_workers_meets_at_the_chiefs_ports(tmp_path
     assert run._classify(1)[0] is ExitReason.ERRORED
     run.request_preemption()
     assert run._classify(-9)[0] is ExitReason.PREEMPTED
+
+
+async def test_a_member_part_stopped_with_its_worker_says_preempted_first(tmp_path: Path) -> None:
+    sent: list[tuple[Body, str]] = []
+    (tmp_path / "train.py").write_text("import time; time.sleep(60)\n")
+    run = make(tmp_path, ["python3", "train.py"], [], sent)
+    placement = GangPlacement(
+        rank=1, addrs=["10.0.0.1", "10.0.0.2"], slot_counts=[1, 1], pub_port=5000, master_port=5001
+    )
+    run.cmd = run.cmd.model_copy(update={"gang": placement})
+    await run.stop_member("worker w is stopping")  # (here: while it fetched its context)
+    assert await run.start() is False  # never started
+    exits = [body for body, _ in sent if isinstance(body, TrialExited)]
+    assert [(e.reason, e.message) for e in exits] == [
+        (ExitReason.PREEMPTED, "worker w is stopping")
+    ]  # once, before anything else could fail for want of it
