@@ -56,52 +56,42 @@ with det.core.init() as core:
 """
 
 
-def gang_config(tmp_path: Path, *, slots: int, length: int, sleep: float) -> Path:
-    context = tmp_path / "gang"
+def _experiment(tmp_path: Path, name: str, script: str, config: dict[str, Any]) -> Path:
+    """``<name>/<name>.py`` as the context, and ``<name>.yaml``: the config's path."""
+    context = tmp_path / name
     context.mkdir(exist_ok=True)
-    (context / "gang.py").write_text(GANG)
-    config = tmp_path / "gang.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "name": "gang",
-                "entrypoint": "python3 -m rung.launch.torch_distributed -- python3 gang.py",
-                "hyperparameters": {"sleep": sleep},
-                "searcher": {"name": "single", "metric": "x", "max_length": length},
-                "resources": {"slots_per_trial": slots},
-                "max_restarts": 0,
-            }
-        )
+    (context / f"{name}.py").write_text(script)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps({"name": name, "max_restarts": 0, **config}))
+    return path
+
+
+def gang_config(tmp_path: Path, *, slots: int, length: int, sleep: float) -> Path:
+    return _experiment(
+        tmp_path,
+        "gang",
+        GANG,
+        {
+            "entrypoint": "python3 -m rung.launch.torch_distributed -- python3 gang.py",
+            "hyperparameters": {"sleep": sleep},
+            "searcher": {"name": "single", "metric": "x", "max_length": length},
+            "resources": {"slots_per_trial": slots},
+        },
     )
-    return config
 
 
 def small_config(tmp_path: Path, *, trials: int, sleep: float) -> Path:
-    context = tmp_path / "small"
-    context.mkdir(exist_ok=True)
-    (context / "small.py").write_text(SMALL)
-    config = tmp_path / "small.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "name": "small",
-                "entrypoint": "python3 small.py",
-                "hyperparameters": {
-                    "sleep": sleep,
-                    "x": {"type": "double", "minval": 0, "maxval": 1},
-                },
-                "searcher": {
-                    "name": "random",
-                    "metric": "x",
-                    "max_length": 1,
-                    "max_trials": trials,
-                    "max_concurrent_trials": trials,
-                },
-                "max_restarts": 0,
-            }
-        )
+    searcher = {"name": "random", "metric": "x", "max_length": 1, "max_trials": trials}
+    return _experiment(
+        tmp_path,
+        "small",
+        SMALL,
+        {
+            "entrypoint": "python3 small.py",
+            "hyperparameters": {"sleep": sleep, "x": {"type": "double", "minval": 0, "maxval": 1}},
+            "searcher": {**searcher, "max_concurrent_trials": trials},
+        },
     )
-    return config
 
 
 def records_of(cluster: Cluster, experiment_id: str) -> list[dict[str, Any]]:
