@@ -233,12 +233,14 @@ class Worker:
                 with contextlib.suppress(BrokerError, TimeoutError):  # (else: found lost)
                     why = f"worker {self.worker_id} stopped"
                     await asyncio.wait_for(self._part_ended(reservation.cmd, why), timeout=5)
-        for run in list(self.runs.values()):
+        for run in self.runs.values():
             run.request_preemption()
-            if run.member:
-                # Its ranks never see should_preempt() (the chief's part asks): it says
-                # PREEMPTED first, then is stopped; the attempt resumes from its checkpoint.
-                await run.stop_member(f"worker {self.worker_id} is stopping")
+        # A member part's ranks never see should_preempt() (the chief's part asks): each
+        # says PREEMPTED first, then is stopped; the attempt resumes from its checkpoint.
+        why = f"worker {self.worker_id} is stopping"
+        await asyncio.gather(
+            *(run.stop_member(why) for run in list(self.runs.values()) if run.member)
+        )
         if self._tasks:
             self.log.info("waiting for trials to checkpoint and stop", trials=len(self.runs))
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
@@ -591,8 +593,8 @@ class Worker:
     async def _answer_reserved(self, reservation: Reservation) -> None:
         cmd = reservation.cmd
         if reservation.failed is not None:
-            await self._give_back(reservation.key, reservation.failed)
-            await self._part_ended(cmd, f"worker {self.worker_id}: {reservation.failed}")
+            if await self._give_back(reservation.key, reservation.failed):  # (not ended since)
+                await self._part_ended(cmd, f"worker {self.worker_id}: {reservation.failed}")
             return
         pub, master = reservation.ports or (None, None)
         await self.emit(
@@ -607,13 +609,15 @@ class Worker:
             )
         )
 
-    async def _give_back(self, key: tuple[str, int, int], why: str) -> None:
+    async def _give_back(self, key: tuple[str, int, int], why: str) -> bool:
+        """Give back the slots held for a part; False if none were (any more)."""
         reservation = self.reservations.pop(key)
         if reservation is None:
-            return
+            return False
         self.log.info("slots held for a part given back", trial_id=key[1], attempt=key[2], why=why)
         self._release(reservation.held)
         await self._update_intake()
+        return True
 
     async def _part_ended(
         self,
@@ -676,7 +680,8 @@ class Worker:
         finally:
             reservation.release_ports()  # (the part's own copy let them go already)
             self._held_ports.pop(key, None)
-        if run is None:  # it could not start, and said so
+        if run is None:  # it could not start, and said so: its exit is on its way
+            self._parts_ended.append(key)
             self._release(slots)
             await self._update_intake()
             return

@@ -36,7 +36,7 @@ from rung.broker.schemas import ExitReason, KillTrial, TrialExited
 from rung.broker.schemas.events import PartState
 from rung.searcher.trials import ExperimentRun, TrialRuntime
 
-__all__ = ["MISSING_BEATS", "MISSING_S", "GangWatch", "LostPart", "StaleHold"]
+__all__ = ["MISSING_BEATS", "MISSING_S", "GangWatch", "LostPart", "StaleHold", "parse_attempt"]
 
 # How many heartbeats, and seconds at least, a part may be missing from its worker's.
 MISSING_BEATS = 4
@@ -67,7 +67,8 @@ def _number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _attempt(entry: str) -> tuple[str, int, int] | None:
+def parse_attempt(entry: str) -> tuple[str, int, int] | None:
+    """``<experiment>/<trial>/<attempt>`` as its parts, or None if it is not one."""
     experiment_id, _, rest = entry.rpartition("/")
     experiment_id, _, trial = experiment_id.rpartition("/")
     if not (experiment_id and _number(trial) and _number(rest)):
@@ -108,7 +109,7 @@ class GangWatch:
         stale = []
         for worker_id, shown in parts.items():
             for entry, state in shown.items():
-                attempt = _attempt(entry) if state != "ended" else None
+                attempt = parse_attempt(entry) if state != "ended" else None
                 if attempt is None:
                     continue
                 experiment_id, trial_id, number = attempt

@@ -32,6 +32,7 @@ from rung.broker.schemas import WorkerHeartbeat, WorkerInfo, WorkerLost
 from rung.broker.schemas.events import PartState
 from rung.broker.topology import work_bucket
 from rung.searcher.service.gangs import place
+from rung.searcher.service.gangwatch import parse_attempt
 from rung.searcher.trials import ExperimentRun
 
 __all__ = [
@@ -228,11 +229,19 @@ def _parts_kept(beat: WorkerHeartbeat) -> dict[str, PartState]:
     """A heartbeat's parts as the registry keeps them: held and running ones first, then
     ended ones, within :data:`MAX_PARTS_BYTES` (a flood of made-up parts cannot grow the
     searcher's memory; a real worker shows a few)."""
-    parts = beat.parts or {}
-    ordered = sorted(parts.items(), key=lambda item: item[1] == "ended")
+    parts = list((beat.parts or {}).items())
+    # Held and running ones first, then the ended ones newest first (the worker lists
+    # them oldest first): those whose exits may still be on their way are kept.
+    ordered = sorted(
+        enumerate(parts),
+        key=lambda item: (item[1][1] == "ended", -item[0] if item[1][1] == "ended" else item[0]),
+    )
+    ordered_parts = [part for _, part in ordered]
     kept: dict[str, PartState] = {}
     size = 0
-    for entry, state in ordered:
+    for entry, state in ordered_parts:
+        if parse_attempt(entry) is None:
+            continue  # not an attempt's name: nothing the gangs' watch could use
         size += len(entry) + len(state) + 8
         if size > MAX_PARTS_BYTES:
             break

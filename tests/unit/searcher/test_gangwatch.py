@@ -120,5 +120,13 @@ def test_the_registry_keeps_each_worker_s_parts_whole_within_a_bound() -> None:
     registry.beat(beat)
     kept = registry.parts["w"]
     assert kept[ENTRY] == "held"
+    # Ended ones come after, the newest first: their exits may still be on their way.
+    ended = {f"{EXP}/{n}/1": "ended" for n in range(300, 500)}
+    registry.beat(beat.model_copy(update={"parts": {**ended, ENTRY: "held", "junk": "held"}}))
+    kept = registry.parts["w"]
+    assert next(iter(kept)) == ENTRY
+    assert f"{EXP}/499/1" in kept
+    assert f"{EXP}/300/1" not in kept
+    assert "junk" not in kept  # not an attempt's name
     assert sum(len(k) + len(v) + 8 for k, v in kept.items()) <= MAX_PARTS_BYTES
     assert registry.beats["w"].parts is None  # (not in the beat kept for list_workers)

@@ -16,6 +16,7 @@ from rung.broker.schemas import (
     GangPlacement,
     KillTrial,
     ReserveSlots,
+    RunTrial,
     SlotsReserved,
     TrialExited,
     decode,
@@ -204,4 +205,25 @@ async def test_a_kill_that_overtakes_its_reserve_leaves_nothing_held(
     assert len(worker.reservations) == 0
     assert 9 not in worker.started
     assert events(broker) == []  # nothing said of an attempt that has ended
+    await stop(worker)
+
+
+async def test_a_part_that_cannot_start_shows_as_ended_while_its_exit_is_on_its_way(
+    broker: MemoryBroker, tmp_path: Path
+) -> None:
+    class CannotStart(FakeWorker):
+        async def _start(self, cmd: RunTrial, slots: list[int]) -> None:
+            return None  # (a real one has reported the part's exit, ERRORED)
+
+    worker = CannotStart(broker, 4, tmp_path)
+    t = broker.topology
+    worker._control_queue = await broker.declare_private_queue(
+        (t.commands_exchange, t.worker_key(worker.worker_id))
+    )
+    await broker.subscribe(worker._control_queue, worker._on_control, prefetch=32)
+    await control(broker, worker, reserve(4))
+    await wait_for(lambda: worker._parts() == {"e1/9/1": "held"}, 5, "the slots held")
+    await control(broker, worker, part_run())  # type: ignore[arg-type]
+    await wait_for(lambda: worker._parts() == {"e1/9/1": "ended"}, 5, "the part ended")
+    assert sorted(worker.free) == [0, 1, 2, 3]
     await stop(worker)
