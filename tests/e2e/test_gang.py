@@ -64,7 +64,7 @@ def test_a_gang_waits_for_its_slots_while_small_trials_run(
     cluster.start_worker("w-b", 4)
     cluster.start_worker("w-c", 2)
     # Sixteen small trials on ten slots: ten run at once, six wait for slots.
-    small_yaml = small_config(tmp_path, trials=16, sleep=10)
+    small_yaml = small_config(tmp_path, trials=16, sleep=6)
     small = cluster.create(small_yaml, tmp_path / "small", follow=False)
     assert small.returncode == 0, small.stderr
     small_id = small.stdout.strip()

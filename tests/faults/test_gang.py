@@ -30,7 +30,7 @@ def test_a_gang_worker_killed_mid_trial_resumes_as_a_preemption(
 ) -> None:
     for name in ("w-a", "w-b", "w-c"):
         cluster.start_worker(name, 4, "--heartbeat", "0.5")
-    config = gang_config(tmp_path, slots=8, length=300, sleep=0.1)
+    config = gang_config(tmp_path, slots=8, length=150, sleep=0.1)
     created = cluster.create(config, tmp_path / "gang", follow=False)
     assert created.returncode == 0, created.stderr
     experiment_id = created.stdout.strip()
@@ -44,7 +44,7 @@ def test_a_gang_worker_killed_mid_trial_resumes_as_a_preemption(
     assert summary["state"] == "COMPLETED"
     (trial,) = summary["trials"]
     assert trial["restarts"] == 0  # a lost worker is a preemption, not a failure
-    assert trial["metric"] == 8 * 300  # the steps after the checkpoint were trained again
+    assert trial["metric"] == 8 * 150  # the steps after the checkpoint were trained again
     records = records_of(cluster, experiment_id)
     lost = [r for r in records if _is(r, "worker_lost") and not r["ignored"]]
     assert [r["input"]["worker_id"] for r in lost] == [member]

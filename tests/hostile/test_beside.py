@@ -197,7 +197,8 @@ def test_a_well_behaved_experiment_passes_the_checker_beside_every_class(
             done_cfg(ANSWER_S)
 
         # Hostile scripts, each an experiment: a tqdm bar and a flood; and a trial that no
-        # worker can fit (4 slots; the workers have 3 and 2): it waits, with its reason.
+        # worker can fit (7 slots; the workers have 3 and 2, and no gang of them holds
+        # it): it waits, with its reason.
         bar = _created(
             cluster,
             _write_config(tmp_path, "bar", _single("bar", "python3 tqdm_bar.py 5000")),
@@ -216,14 +217,14 @@ def test_a_well_behaved_experiment_passes_the_checker_beside_every_class(
                 _single(
                     "[/]wide[link=https://evil.example]x[/link]",
                     "python3 tqdm_bar.py 10",
-                    resources={"slots_per_trial": 4},
+                    resources={"slots_per_trial": 7},
                 ),
             ),
             SCRIPTS,
         )
-        done_wide = _timed(hostile, "beside: scheduling", "4 slots, largest worker 3", "contained")
+        done_wide = _timed(hostile, "beside: scheduling", "7 slots, largest worker 3", "contained")
         wait_sync(
-            lambda: any("needs 4 slots" in w for w in cluster.describe(wide)["waiting"]),
+            lambda: any("needs 7 slots" in w for w in cluster.describe(wide)["waiting"]),
             ANSWER_S,
             "the wide experiment's waiting reason",
         )
