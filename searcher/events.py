@@ -13,10 +13,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, TypeAdapter
 
 __all__ = [
     "ExitedReason",
+    "RoundTimedOut",
     "SearchEvent",
     "Start",
+    "TrialCheckpointed",
     "TrialClosed",
     "TrialExitedEarly",
+    "TrialPaused",
     "TrialProgress",
     "ValidationCompleted",
     "events_adapter",
@@ -83,8 +86,42 @@ class TrialProgress(_Event):
     units: float = Field(ge=0, allow_inf_nan=False)
 
 
+class TrialCheckpointed(_Event):
+    """The trial saved a checkpoint at ``steps``. Given only to methods that follow
+    checkpoints (``SearchMethod.follows_checkpoints``: population-based training)."""
+
+    type: Literal["trial_checkpointed"] = "trial_checkpointed"
+    request_id: str
+    uuid: str
+    steps: int = Field(ge=0)
+
+
+class TrialPaused(_Event):
+    """The trial's process exited between operations (it holds none): it saves no more
+    checkpoints until it runs again. Given only to methods that follow checkpoints."""
+
+    type: Literal["trial_paused"] = "trial_paused"
+    request_id: str
+
+
+class RoundTimedOut(_Event):
+    """A round of the search (population-based training's synchronous mode) has been
+    open ``after_s`` seconds, its limit: the service's timer, logged like any input."""
+
+    type: Literal["round_timed_out"] = "round_timed_out"
+    round: int = Field(ge=0)
+    after_s: float = Field(ge=0, allow_inf_nan=False)
+
+
 SearchEvent = Annotated[
-    Start | ValidationCompleted | TrialClosed | TrialExitedEarly | TrialProgress,
+    Start
+    | ValidationCompleted
+    | TrialClosed
+    | TrialExitedEarly
+    | TrialProgress
+    | TrialCheckpointed
+    | TrialPaused
+    | RoundTimedOut,
     Discriminator("type"),
 ]
 

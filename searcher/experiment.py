@@ -33,15 +33,18 @@ from rung.searcher.config import ExperimentConfig, Hyperparameters, SingleSearch
 from rung.searcher.errors import SearcherError, SearchMethodError
 from rung.searcher.events import (
     ExitedReason,
+    RoundTimedOut,
     SearchEvent,
     Start,
+    TrialCheckpointed,
     TrialClosed,
     TrialExitedEarly,
+    TrialPaused,
     TrialProgress,
     ValidationCompleted,
 )
 from rung.searcher.methods import WORST, SearchMethod, build_method, rank_value
-from rung.searcher.ops import Close, Create, Operation, Shutdown, ValidateAfter
+from rung.searcher.ops import Clone, Close, Create, Operation, Shutdown, ValidateAfter
 from rung.searcher.samplers import Pending, Sampler, SamplerData, Suggested, build_sampler
 from rung.searcher.space import draw_trial, flatten
 
@@ -138,10 +141,12 @@ def same_point(a: Mapping[str, Any], b: Mapping[str, Any], rel_tol: float = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The operations an event caused, or why it was ignored."""
+    """The operations an event caused, or why it was ignored, and what the search method
+    said about it (``notes``: why it decided, or waits, as it does)."""
 
     ops: tuple[Operation, ...] = ()
     ignored: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 class Experiment:
@@ -175,6 +180,8 @@ class Experiment:
         self._training: set[str] = set()
         # The trials created during the current input and not registered yet.
         self._fresh: dict[str, tuple[int, Create]] = {}
+        # What the method said during the current input (``note``).
+        self._notes: list[str] = []
 
     # ---------------------------------------------------------------- SearchContext
     @property
@@ -185,8 +192,15 @@ class Experiment:
     def trials(self) -> Mapping[str, TrialRecord]:
         return self.state.trials
 
+    def note(self, text: str) -> None:
+        self._notes.append(text)
+
     def create(
-        self, hparams: Mapping[str, JsonValue] | None = None, checkpoint: str | None = None
+        self,
+        hparams: Mapping[str, JsonValue] | None = None,
+        checkpoint: str | None = None,
+        *,
+        clone: Clone | None = None,
     ) -> Create:
         index = self.state.next_index
         self.state.next_index += 1
@@ -200,6 +214,7 @@ class Experiment:
             seed=draw.seed,
             checkpoint=checkpoint,
             suggestion=suggested.suggestion if suggested is not None else None,
+            clone=clone,
         )
         self._fresh[op.request_id] = (index, op)
         return op
@@ -329,11 +344,24 @@ class Experiment:
 
     # ---------------------------------------------------------------- events
     def apply(self, event: SearchEvent) -> Decision:
+        self._notes = []
+        if isinstance(event, RoundTimedOut) and not self.is_shut_down:
+            self._fresh = {}
+            ops = self.method.round_timed_out(self, event.round, event.after_s)
+            decision = self._run(ops)
+        else:
+            decision = self._apply(event)
+        if self._notes:
+            decision = Decision(decision.ops, decision.ignored, tuple(self._notes))
+        return decision
+
+    def _apply(self, event: SearchEvent) -> Decision:
         self._fresh = {}
         if self.is_shut_down:
             return Decision(ignored="the experiment has shut down; no more decisions")
         if isinstance(event, Start):
             return self._start()
+        assert not isinstance(event, RoundTimedOut)  # noqa: S101 (applied in apply)
         trial = self.state.trials.get(event.request_id)
         if trial is None:
             return Decision(ignored=f"unknown trial {event.request_id}")
@@ -347,6 +375,20 @@ class Experiment:
             case TrialProgress():
                 trial.progress = event.units
                 return self._run(self.method.trial_progress(self, trial.request_id, event.units))
+            case TrialCheckpointed() | TrialPaused():
+                return self._followed(trial, event)
+
+    def _followed(self, trial: TrialRecord, event: TrialCheckpointed | TrialPaused) -> Decision:
+        """A checkpoint or a pause, for a method that follows them."""
+        if not self.method.follows_checkpoints:
+            return Decision(ignored=f"the {self.method.name} method does not follow checkpoints")
+        if trial.terminal:
+            return Decision(ignored=f"trial {trial.trial_id} has ended")
+        if isinstance(event, TrialCheckpointed):
+            ops = self.method.checkpoint_saved(self, trial.request_id, event.uuid, event.steps)
+        else:
+            ops = self.method.trial_paused(self, trial.request_id)
+        return self._run(ops)
 
     def _start(self) -> Decision:
         if self.state.started:

@@ -2,8 +2,10 @@
 
 Determined 0.37's vocabulary, as frozen values with a ``type`` discriminator:
 
-* ``Create(request_id, hparams, seed, checkpoint, suggestion)``: start a trial, optionally
-  warm-started; ``suggestion`` says why a model-based sampler chose its hyperparameters;
+* ``Create(request_id, hparams, seed, checkpoint, suggestion, clone)``: start a trial,
+  optionally warm-started; ``suggestion`` says why a model-based sampler chose its
+  hyperparameters, ``clone`` which trial's checkpoint it continues from and how its
+  hyperparameters differ (population-based training);
 * ``ValidateAfter(request_id, length)``: train the trial to the *absolute* ``length``, then
   validate and report the searcher metric;
 * ``Close(request_id)``: the trial gets no more operations after the current one;
@@ -28,6 +30,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "Change",
+    "Clone",
     "Close",
     "Create",
     "Operation",
@@ -75,6 +79,70 @@ class Suggestion(_Op):
                 )
 
 
+class Change(_Op):
+    """One hyperparameter of a clone, against its source's value."""
+
+    name: str  # the dotted name
+    old: JsonValue
+    new: JsonValue
+    # perturbed: multiplied by ``factor`` (then rounded for an int, and clamped to the
+    # range when ``clamped``); resampled: drawn again from its space; kept: a constant.
+    how: Literal["perturbed", "resampled", "kept"]
+    factor: float | None = None
+    clamped: bool = False
+
+    def describe(self) -> str:
+        if self.how == "kept":
+            return f"{self.name} {_show(self.old)} (kept)"
+        if self.how == "resampled":
+            return f"{self.name} {_show(self.old)} -> {_show(self.new)} (resampled)"
+        clamped = ", clamped to its range" if self.clamped else ""
+        return f"{self.name} {_show(self.old)} -> {_show(self.new)} (x{self.factor:g}{clamped})"
+
+
+def _show(value: JsonValue) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
+class Clone(_Op):
+    """Why a trial of population-based training continues from another trial: logged in
+    its ``Create``, whose ``checkpoint`` is ``checkpoint``."""
+
+    # The trial whose checkpoint the clone continues from, and that checkpoint's length.
+    source: str
+    source_trial: int = Field(ge=1)
+    checkpoint: str
+    length: int = Field(ge=0)
+    # The source's rank among ``ranked`` results (1 is the best), and the cut that made
+    # the replaced trial a loser: "bottom 25%" or "failed".
+    rank: int = Field(ge=1)
+    ranked: int = Field(ge=1)
+    cut: str
+    # The trial the clone takes the place of (None: it replaces a trial that ended).
+    replaces: str | None = None
+    replaces_trial: int | None = None
+    # The synchronous mode's round (0 is the first), or None.
+    round: int | None = None
+    source_hparams: dict[str, JsonValue]
+    changes: list[Change]
+    note: str = ""
+
+    def describe(self, trial_id: int | None = None) -> str:
+        who = f"trial {trial_id}" if trial_id is not None else "the new trial"
+        replaced = (
+            f"; replaces trial {self.replaces_trial} ({self.cut})"
+            if self.replaces_trial is not None
+            else f" ({self.cut})"
+        )
+        changed = "; ".join(c.describe() for c in self.changes if c.how != "kept")
+        note = f" [{self.note}]" if self.note else ""
+        return (
+            f"{who} continues from trial {self.source_trial}'s checkpoint at length "
+            f"{self.length} (rank {self.rank} of {self.ranked}){replaced}: "
+            f"{changed or 'no hyperparameter changed'}{note}"
+        )
+
+
 class Create(_Op):
     type: Literal["create"] = "create"
     request_id: str
@@ -85,12 +153,16 @@ class Create(_Op):
     # Why a model-based sampler chose ``hparams``; None for random draws and given points,
     # and then left out of the JSON, so such a Create is written as before samplers.
     suggestion: Suggestion | None = None
+    # Population-based training: the trial whose checkpoint this one continues from, and
+    # why; None otherwise, and then left out of the JSON.
+    clone: Clone | None = None
 
     @model_serializer(mode="wrap")
     def _without_no_suggestion(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("suggestion", 0) is None:
-            del data["suggestion"]
+        for name in ("suggestion", "clone"):
+            if data.get(name, 0) is None:
+                del data[name]
         return data
 
 

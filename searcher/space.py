@@ -32,6 +32,7 @@ __all__ = [
     "Grid",
     "TrialDraw",
     "draw_trial",
+    "draw_value",
     "flatten",
     "grid_points",
     "grid_size",
@@ -67,7 +68,8 @@ def draw_trial(
     return TrialDraw(request_id, seed, values)
 
 
-def _draw(hp: ConstHP | IntHP | DoubleHP | LogHP | CategoricalHP, rng: Random) -> JsonValue:
+def draw_value(hp: ConstHP | IntHP | DoubleHP | LogHP | CategoricalHP, rng: Random) -> JsonValue:
+    """One value of a leaf hyperparameter, drawn with ``rng``."""
     match hp:
         case ConstHP():
             return hp.val
@@ -83,7 +85,7 @@ def _draw(hp: ConstHP | IntHP | DoubleHP | LogHP | CategoricalHP, rng: Random) -
 
 def sample(hps: Hyperparameters, rng: Random) -> dict[str, JsonValue]:
     """One point, drawn leaf by leaf in sorted dotted-name order, returned nested."""
-    return unflatten({name: _draw(hp, rng) for name, hp in iter_leaves(hps)}, hps)
+    return unflatten({name: draw_value(hp, rng) for name, hp in iter_leaves(hps)}, hps)
 
 
 class Grid(Sequence[dict[str, JsonValue]]):

@@ -29,13 +29,17 @@ __all__ = [
     "AdaptiveMode",
     "AsyncHalvingSearcher",
     "CustomSearcher",
+    "ExploreFunction",
     "GridSearcher",
+    "PBTMode",
+    "PBTSearcher",
     "RandomSearcher",
+    "ReplaceFunction",
     "SearcherConfig",
     "SingleSearcher",
 ]
 
-SEARCHER_NAMES = ("single", "random", "grid", "async_halving", "adaptive_asha", "custom")
+SEARCHER_NAMES = ("single", "random", "grid", "async_halving", "adaptive_asha", "pbt", "custom")
 _ALIASES = {"asha": "async_halving"}
 
 # The most points a ``grid`` searcher may have: each point is a trial trained to
@@ -52,6 +56,11 @@ class AdaptiveMode(StrEnum):
     AGGRESSIVE = "aggressive"
     STANDARD = "standard"
     CONSERVATIVE = "conservative"
+
+
+class PBTMode(StrEnum):
+    SYNCHRONOUS = "synchronous"
+    ASYNCHRONOUS = "asynchronous"
 
 
 class _Searcher(ConfigModel):
@@ -163,6 +172,97 @@ class AdaptiveASHASearcher(_Sampled):
     stop_once: StrictBool = False
 
 
+class ReplaceFunction(ConfigModel):
+    """``searcher.replace_function``: which trials copy others at the end of a round."""
+
+    yaml_path: ClassVar[str] = "searcher.replace_function"
+
+    # The share of the population replaced each round: the worst this share of trials
+    # are closed, and as many copies of the best ones take their places.
+    truncate_fraction: Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)]
+
+
+class ExploreFunction(ConfigModel):
+    """``searcher.explore_function``: how a copy's hyperparameters differ from its source's."""
+
+    yaml_path: ClassVar[str] = "searcher.explore_function"
+
+    # The chance that a value is drawn again from its space rather than perturbed.
+    resample_probability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    # Numbers are multiplied by 1 + perturb_factor or 1 - perturb_factor.
+    perturb_factor: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+# The largest population: every member is a trial that trains every round.
+MAX_POPULATION = 10_000
+
+
+class PBTSearcher(_Searcher):
+    """Population-based training, with Determined's fields (its ``pbt`` searcher until
+    0.18) and an asynchronous mode as in Ray Tune; see docs/config.md."""
+
+    name: Literal["pbt"]
+    population_size: Annotated[StrictInt, Field(ge=2, le=MAX_POPULATION)]
+    num_rounds: Annotated[StrictInt, Field(ge=1, le=100_000)]
+    length_per_round: Length
+    replace_function: ReplaceFunction
+    explore_function: ExploreFunction
+    mode: PBTMode = PBTMode.SYNCHRONOUS
+    # Asynchronous mode: a trial in the bottom quantile_fraction of the latest results
+    # copies one of the top quantile_fraction (Ray Tune's default, 0.25).
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)] | None = None
+    # Synchronous mode: seconds a round may stay open; then its stragglers are closed and
+    # count as the worst of the round. None: no limit.
+    round_timeout: Annotated[float, Field(gt=0, le=7 * 86_400, allow_inf_nan=False)] | None = None
+    max_concurrent_trials: _Concurrency = 16
+
+    @property
+    def max_length(self) -> Length:
+        """The length every member reaches in the last round (``num_rounds`` rounds)."""
+        per_round = self.length_per_round
+        return Length(unit=per_round.unit, units=per_round.units * self.num_rounds)
+
+    @property
+    def quantile(self) -> float:
+        """The asynchronous mode's cut: ``quantile_fraction``, or 0.25."""
+        return 0.25 if self.quantile_fraction is None else self.quantile_fraction
+
+    @model_validator(mode="after")
+    def _pbt_rules(self) -> Self:
+        population, fraction = self.population_size, self.replace_function.truncate_fraction
+        synchronous = self.mode is PBTMode.SYNCHRONOUS
+        if synchronous and int(population * fraction) < 1:
+            raise rule_error(
+                f"must replace at least one trial a round: int(population_size * "
+                f"truncate_fraction) is int({population} * {fraction:g}) = 0; raise "
+                f"truncate_fraction to at least {1 / population:.3g} or the population",
+                "replace_function.truncate_fraction",
+            )
+        if synchronous and self.quantile_fraction is not None:
+            raise rule_error(
+                "is read in mode: asynchronous only; synchronous rounds replace the "
+                f"replace_function.truncate_fraction ({fraction:g}) worst, got "
+                f"quantile_fraction: {self.quantile_fraction:g}; remove it, or set "
+                "mode: asynchronous",
+                "quantile_fraction",
+            )
+        if not synchronous and self.round_timeout is not None:
+            raise rule_error(
+                "applies to mode: synchronous only (asynchronous trials never wait for a "
+                f"round), got round_timeout: {self.round_timeout:g}; remove it, or set "
+                "mode: synchronous",
+                "round_timeout",
+            )
+        total = self.length_per_round.units * self.num_rounds
+        if total > 2**53:
+            raise rule_error(
+                f"length_per_round * num_rounds must be at most 2**53, got "
+                f"{self.length_per_round.units} * {self.num_rounds} = {total}; lower one of them",
+                "num_rounds",
+            )
+        return self
+
+
 class CustomSearcher(_Sampled):
     """A user's search method, loaded from the experiment's context directory.
 
@@ -202,6 +302,7 @@ SearcherConfig = Annotated[
     | GridSearcher
     | AsyncHalvingSearcher
     | AdaptiveASHASearcher
+    | PBTSearcher
     | CustomSearcher,
     Discriminator("name"),
     BeforeValidator(_canonical_name),

@@ -13,6 +13,7 @@
   ignored; ``sender`` is the broker-validated user that published the input (absent for
   the searcher's own inputs, where no broker vouches for users, and in older logs): a
   trial attempt is bound to the user that sent its ``trial_started``, across restarts;
+  ``notes`` are what the search method said about its decisions (absent when nothing);
   ``failed`` is set when the input failed the experiment: its search method (or any
   code of the search) raised, and ``ops`` and ``commands`` are what the failure decided
   (the experiment ends in ERROR, its trials are killed): replay folds the failure, not
@@ -121,12 +122,15 @@ class InputRecord(_Record):
     failed: str | None = None
     # Who published the input (the broker-validated user), where a broker vouched for it.
     sender: str | None = None
+    # What the search method said about its decisions (why it decided, or waits, as it
+    # does); absent when it said nothing, and in older logs.
+    notes: list[str] | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_failure(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # An input that failed nothing, with no sender, is written as before ``failed``
-        # and ``sender`` existed.
-        return _without_none(handler(self), "failed", "sender")
+        # An input that failed nothing, with no sender or notes, is written as before
+        # ``failed``, ``sender`` and ``notes`` existed.
+        return _without_none(handler(self), "failed", "sender", "notes")
 
     @classmethod
     def of(
@@ -151,6 +155,7 @@ class InputRecord(_Record):
             ops=step.ops,
             ignored=step.ignored,
             failed=step.failed,
+            notes=step.notes or None,
             commands=[CommandRecord(worker_id=c.worker_id, body=c.body) for c in step.commands],
         )
 

@@ -14,6 +14,7 @@ from rung.searcher.config import (
     CustomSearcher,
     ExperimentConfig,
     GridSearcher,
+    PBTSearcher,
     RandomSearcher,
     SingleSearcher,
 )
@@ -29,9 +30,11 @@ from rung.searcher.methods.base import (
 )
 from rung.searcher.methods.custom import load_custom_method
 from rung.searcher.methods.grid import GridSearch
+from rung.searcher.methods.pbt import PBT
 from rung.searcher.methods.random_search import RandomSearch, SingleSearch
 
 __all__ = [
+    "PBT",
     "WORST",
     "ASHAParams",
     "AdaptiveASHA",
@@ -64,5 +67,7 @@ def build_method(config: ExperimentConfig, context_dir: Path | None = None) -> S
             return build_asha(ASHAParams.from_config(searcher), stop_once=searcher.stop_once)
         case AdaptiveASHASearcher():
             return AdaptiveASHA(searcher)
+        case PBTSearcher():
+            return PBT(searcher)
         case CustomSearcher():
             return load_custom_method(searcher, context_dir)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, JsonValue
 
 from rung.searcher.config import Hyperparameters
 from rung.searcher.events import ExitedReason
-from rung.searcher.ops import Create, Operation
+from rung.searcher.ops import Clone, Create, Operation
 
 __all__ = [
     "WORST",
@@ -60,6 +60,8 @@ class TrialView(Protocol):
     def terminal(self) -> bool: ...
     @property
     def exited(self) -> ExitedReason | None: ...
+    @property
+    def hparams(self) -> dict[str, JsonValue]: ...
 
 
 class SearchContext(Protocol):
@@ -72,9 +74,17 @@ class SearchContext(Protocol):
     def trials(self) -> Mapping[str, TrialView]: ...
 
     def create(
-        self, hparams: Mapping[str, JsonValue] | None = None, checkpoint: str | None = None
+        self,
+        hparams: Mapping[str, JsonValue] | None = None,
+        checkpoint: str | None = None,
+        *,
+        clone: Clone | None = None,
     ) -> Create:
         """A ``Create`` for the next trial index: sampled hyperparameters unless given."""
+        ...
+
+    def note(self, text: str) -> None:
+        """Say why the method decided (or waits) as it does: logged with the input."""
         ...
 
 
@@ -85,6 +95,9 @@ class SearchMethod(ABC, Generic[S]):
     """Base class of every search method, built-in or custom."""
 
     name: ClassVar[str]
+    # Whether the method hears of checkpoints and of trials pausing (checkpoint_saved
+    # and trial_paused); only methods that copy checkpoints need to.
+    follows_checkpoints: ClassVar[bool] = False
     State: type[S]
     state: S
 
@@ -109,6 +122,27 @@ class SearchMethod(ABC, Generic[S]):
 
     def trial_progress(self, ctx: SearchContext, request_id: str, units: float) -> list[Operation]:
         return []
+
+    def checkpoint_saved(
+        self, ctx: SearchContext, request_id: str, uuid: str, steps: int
+    ) -> list[Operation]:
+        """The trial saved checkpoint ``uuid`` at ``steps`` (``follows_checkpoints`` only)."""
+        return []
+
+    def trial_paused(self, ctx: SearchContext, request_id: str) -> list[Operation]:
+        """The trial's process exited between operations (``follows_checkpoints`` only)."""
+        return []
+
+    def round_timed_out(
+        self, ctx: SearchContext, round_index: int, after_s: float
+    ) -> list[Operation]:
+        """A round has been open ``after_s`` seconds, its limit (methods with rounds)."""
+        return []
+
+    def pinned(self, ctx: SearchContext) -> frozenset[str]:
+        """Trials (request ids) whose latest checkpoint the method may still copy:
+        garbage collection keeps it while they are pinned."""
+        return frozenset()
 
     @abstractmethod
     def progress(self, ctx: SearchContext) -> float:

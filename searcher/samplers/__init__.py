@@ -11,6 +11,7 @@ from rung.searcher.config import (
     ExperimentConfig,
     GPSamplerConfig,
     GridSearcher,
+    PBTSearcher,
     SingleSearcher,
     TPESamplerConfig,
 )
@@ -47,9 +48,10 @@ __all__ = [
 
 
 def build_sampler(config: ExperimentConfig) -> Sampler:
-    """The sampler ``config.searcher.sampler`` names (random for single and grid)."""
+    """The sampler ``config.searcher.sampler`` names (random for single, grid and pbt,
+    whose population starts at random and then explores from its best members)."""
     searcher = config.searcher
-    if isinstance(searcher, SingleSearcher | GridSearcher):
+    if isinstance(searcher, SingleSearcher | GridSearcher | PBTSearcher):
         return RandomSampler()
     match searcher.sampler:
         case GPSamplerConfig() as options:

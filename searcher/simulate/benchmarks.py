@@ -2,6 +2,7 @@
 
 * ``mfh6`` and ``mfh6_bad``: the multi-fidelity Hartmann-6 function of
   ``shared/reference/benchmarks.md`` (low fidelities informative, and misleading).
+* ``lrsched``: a learning-rate schedule matters (:mod:`rung.searcher.simulate.schedule`);
 * :class:`Curves`: learning curves from JSON lines, one configuration a line.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from rung.searcher.errors import SimulationError
 from rung.searcher.simulate.hartmann import OPTIMUM, PRESETS, Z_MAX, mf_hartmann6
+from rung.searcher.simulate.schedule import LRSchedule
 from rung.searcher.space import flatten
 
 __all__ = ["BENCHMARKS", "Benchmark", "Curves", "MFHartmann6", "benchmark_named"]
@@ -64,13 +66,14 @@ class MFHartmann6:
         return mf_hartmann6(x, length, bias=self.bias, noise=self.noise)
 
 
-BENCHMARKS: dict[str, MFHartmann6] = {
+BENCHMARKS: dict[str, Benchmark] = {
     name: MFHartmann6(name, bias=preset["bias"], noise=preset["noise"])
     for name, preset in PRESETS.items()
 }
+BENCHMARKS["lrsched"] = LRSchedule()
 
 
-def benchmark_named(name: str) -> MFHartmann6:
+def benchmark_named(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:

@@ -7,11 +7,18 @@ operations wait for a free worker first-in, first-out, and simultaneous completi
 handled in the order they started. A paused trial resumes from its checkpoint on
 whichever worker is free when it is promoted. Workers are identical and restarts cost
 nothing, so which worker continues a trial does not change the result.
+
+Every operation ends with a checkpoint at its length, saved before the validation is
+reported. A method that follows checkpoints (population-based training) hears of each
+one, and of each trial that pauses; a clone starts at its source checkpoint's length,
+and a benchmark with ``evaluate_path`` sees the whole path of hyperparameters that led to
+a result (the clone's sources' segments, then its own).
 """
 
 from __future__ import annotations
 
 import heapq
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,11 +27,19 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from rung.searcher.config import ExperimentConfig
 from rung.searcher.errors import SimulationError
-from rung.searcher.events import SearchEvent, Start, TrialClosed, ValidationCompleted
+from rung.searcher.events import (
+    SearchEvent,
+    Start,
+    TrialCheckpointed,
+    TrialClosed,
+    TrialPaused,
+    ValidationCompleted,
+)
 from rung.searcher.experiment import Experiment
 from rung.searcher.methods import SearchMethod
-from rung.searcher.ops import Close, Shutdown, ValidateAfter
+from rung.searcher.ops import Close, Create, Shutdown, ValidateAfter
 from rung.searcher.simulate.benchmarks import Benchmark
+from rung.searcher.simulate.schedule import Segment
 
 __all__ = ["SimulatedResult", "SimulatedTrial", "SimulationResult", "simulate"]
 
@@ -101,12 +116,19 @@ class _Simulation:
         self.ready: deque[str] = deque()
         self.running: list[_Run] = []
         self.events: deque[SearchEvent] = deque([Start()])
+        self.follows = experiment.method.follows_checkpoints
+        # Each trial's path: the segments trained, with their hyperparameters (a clone's
+        # starts with its source's, up to the checkpoint it continues from).
+        self.paths: dict[str, list[Segment]] = {}
+        self.trained: dict[str, int] = {}
 
     def _feed(self, event: SearchEvent) -> None:
         decision = self.experiment.apply(event)
         self.decisions += 1
         for op in decision.ops:
-            if isinstance(op, ValidateAfter):
+            if isinstance(op, Create):
+                self._created(op)
+            elif isinstance(op, ValidateAfter):
                 self.ready.append(op.request_id)
             elif isinstance(op, Close):
                 self._close_if_idle(op.request_id)
@@ -114,6 +136,34 @@ class _Simulation:
                 return
         if isinstance(event, ValidationCompleted):
             self._close_if_idle(event.request_id)
+            record = self.experiment.trials[event.request_id]
+            if self.follows and record.paused:
+                self.events.append(TrialPaused(request_id=event.request_id))
+
+    def _created(self, op: Create) -> None:
+        path: list[Segment] = []
+        start = 0
+        if op.clone is not None:
+            start = op.clone.length
+            path = [
+                (hparams, low, min(high, start))
+                for hparams, low, high in self.paths.get(op.clone.source, [])
+                if low < start
+            ]
+        self.paths[op.request_id] = path
+        self.trained[op.request_id] = start
+
+    def _evaluate(self, request_id: str, length: int) -> float:
+        """The metric at ``length``, after the trial's path has been trained to it."""
+        start = self.trained.get(request_id, 0)
+        hparams = self.experiment.trials[request_id].hparams
+        path = self.paths.setdefault(request_id, [])
+        path.append((hparams, start, length))
+        self.trained[request_id] = length
+        evaluate_path = getattr(self.benchmark, "evaluate_path", None)
+        if evaluate_path is not None:
+            return float(evaluate_path(path))
+        return self.benchmark.evaluate(hparams, length)
 
     def _close_if_idle(self, request_id: str) -> None:
         record = self.experiment.trials[request_id]
@@ -127,7 +177,7 @@ class _Simulation:
             if record.op is None or record.terminal:
                 continue
             self.free -= 1
-            cost = record.op.length - record.trained
+            cost = record.op.length - max(record.trained, self.trained.get(record.request_id, 0))
             self.busy += cost
             self.total_length += cost
             self.seq += 1
@@ -158,9 +208,17 @@ class _Simulation:
             run = heapq.heappop(self.running)
             self.now = run.finish
             self.free += 1
-            hparams = self.experiment.trials[run.request_id].hparams
             ahead = sum(other.finish - self.now for other in self.running)
-            metric = self.benchmark.evaluate(hparams, run.length)
+            metric = self._evaluate(run.request_id, run.length)
+            if self.follows:
+                name = f"rung-simulated/{run.request_id}/{run.length}"
+                self.events.append(
+                    TrialCheckpointed(
+                        request_id=run.request_id,
+                        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+                        steps=run.length,
+                    )
+                )
             trial_id = self.experiment.trials[run.request_id].trial_id
             self.history.append(
                 SimulatedResult(

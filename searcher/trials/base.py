@@ -153,13 +153,16 @@ class RunBase:
         trial.stopping = None
 
     # ------------------------------------------------------------------ the search
-    def _search(self, event: SearchEvent, step: Step) -> None:
+    def _search(self, event: SearchEvent, step: Step, *, quiet: bool = False) -> None:
+        """Apply ``event`` and what its operations cause; ``quiet``: an event the run
+        adds for the method's sake, whose refusal does not make the input ignored."""
         pending: deque[SearchEvent] = deque([event])
         while pending:
             current = pending.popleft()
             decision = self.experiment.apply(current)
+            step.notes += decision.notes
             if decision.ignored:
-                if current is event:
+                if current is event and not quiet:
                     step.ignored = decision.ignored
             else:
                 step.applied.append(current)
@@ -236,7 +239,11 @@ class RunBase:
         entrypoint = config.entrypoint or []
         max_length = getattr(config.searcher, "max_length", None)
         source = record.create.checkpoint
-        from_source = source is not None and trial.latest_checkpoint == source
+        # A warm start's checkpoint lies in another experiment's root; a clone's
+        # (population-based training) in this one's.
+        warm_start = getattr(config.searcher, "source_checkpoint_uuid", None)
+        from_source = source is not None and source == warm_start
+        from_source = from_source and trial.latest_checkpoint == source
         return RunTrial(
             experiment_id=self.experiment_id,
             trial_id=trial.trial_id,

@@ -12,7 +12,9 @@ searcher metric of the validation its trial reported at the checkpoint's
 * it has no metric, or it is neither among the experiment's ``save_experiment_best`` best
   checkpoints (over every trial) nor among its trial's ``save_trial_best`` best,
 
-unless it is protected (a pending resume or a warm start needs it). Best is by the
+unless it is protected: a pending resume needs it, a warm start or a clone (population-based
+training) may still resume from it, or the search method pins its trial (it may still copy
+that trial's latest checkpoint). Best is by the
 searcher metric, smallest first unless ``smaller_is_better`` is false; ties go to the
 lower trial id, then the earlier step, then the earlier save.
 
@@ -168,11 +170,20 @@ class CheckpointCollector(RunBase):
             for t in self.trials.values()
             if t.state not in TERMINAL and t.latest_checkpoint is not None
         }
+        # A warm start's source, always (another experiment's checkpoint, even should a
+        # script report it as its own); a clone's source while the clone may resume from it.
+        warm_start = getattr(self.experiment.config.searcher, "source_checkpoint_uuid", None)
         protected.update(
             record.create.checkpoint
             for record in self.experiment.trials.values()
             if record.create.checkpoint is not None
+            and (record.create.checkpoint == warm_start or not record.terminal)
         )
+        # The trials whose latest checkpoint the search method may still copy.
+        for request_id in self.experiment.method.pinned(self.experiment):
+            pinned = self.trials.get(request_id)
+            if pinned is not None and pinned.latest_checkpoint is not None:
+                protected.add(pinned.latest_checkpoint)
         config = self.experiment.config
         storage = config.checkpoint_storage
         smaller = config.searcher.smaller_is_better

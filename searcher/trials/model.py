@@ -56,6 +56,8 @@ class Step:
     ignored: str | None = None
     # Why the input failed the experiment (see :meth:`ExperimentRun.fail`), or None.
     failed: str | None = None
+    # What the search method said about its decisions (why it decided, or waits).
+    notes: list[str] = field(default_factory=list)
 
 
 class TrialRuntime(BaseModel):

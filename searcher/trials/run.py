@@ -27,8 +27,10 @@ from rung.broker.schemas.envelope import Body
 from rung.searcher.events import (
     ExitedReason,
     Start,
+    TrialCheckpointed,
     TrialClosed,
     TrialExitedEarly,
+    TrialPaused,
     TrialProgress,
     ValidationCompleted,
 )
@@ -229,12 +231,7 @@ class ExperimentRun(CheckpointCollector, GangRun):
             case ProgressReported():
                 self._search(TrialProgress(request_id=trial.request_id, units=body.units), step)
             case CheckpointSaved():
-                if body.steps_completed >= trial.latest_steps:
-                    trial.latest_checkpoint = body.uuid
-                    trial.latest_steps = body.steps_completed
-                if body.uuid not in trial.checkpoints:
-                    trial.checkpoints[body.uuid] = body.steps_completed
-                    self.held_checkpoints += 1
+                self._checkpoint_saved(trial, body, step)
             case MetricsReported():
                 if body.group == "validation":
                     trial.validation_metrics = dict(body.metrics)
@@ -247,6 +244,21 @@ class ExperimentRun(CheckpointCollector, GangRun):
             case _:
                 step.ignored = f"{body.type} is not a trial event"
         return step
+
+    def _checkpoint_saved(self, trial: TrialRuntime, body: CheckpointSaved, step: Step) -> None:
+        if body.steps_completed >= trial.latest_steps:
+            trial.latest_checkpoint = body.uuid
+            trial.latest_steps = body.steps_completed
+        if body.uuid not in trial.checkpoints:
+            trial.checkpoints[body.uuid] = body.steps_completed
+            self.held_checkpoints += 1
+            if self.experiment.method.follows_checkpoints:
+                saved = TrialCheckpointed(
+                    request_id=trial.request_id,
+                    uuid=body.uuid,
+                    steps=body.steps_completed,
+                )
+                self._search(saved, step, quiet=True)
 
     def _refused(self, trial: TrialRuntime, body: Body, step: Step) -> bool:
         """True (and why in ``step``) when the event must not touch the trial: a start
@@ -469,3 +481,5 @@ class ExperimentRun(CheckpointCollector, GangRun):
             self._search(TrialClosed(request_id=trial.request_id), step)
         else:
             trial.state = "PAUSED"
+            if self.experiment.method.follows_checkpoints:
+                self._search(TrialPaused(request_id=trial.request_id), step, quiet=True)
