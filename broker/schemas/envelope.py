@@ -34,6 +34,7 @@ from rung.broker.schemas.events import (
     MetricsReported,
     OpCompleted,
     ProgressReported,
+    RoundTimeout,
     TrialExited,
     TrialStarted,
     WorkerHeartbeat,
@@ -85,6 +86,7 @@ Body = Annotated[
     | LogLines
     | WorkerHeartbeat
     | WorkerLost
+    | RoundTimeout
     | GangPlanned
     | SlotsReserved
     | CreateExperiment

@@ -33,6 +33,7 @@ __all__ = [
     "OpCompleted",
     "PartState",
     "ProgressReported",
+    "RoundTimeout",
     "SlotsReserved",
     "TrialEvent",
     "TrialExited",
@@ -174,6 +175,17 @@ class WorkerLost(Message):
     experiment_id: str
     worker_id: str
     silent_s: float = Field(ge=0)
+
+
+class RoundTimeout(Message):
+    """The searcher's own timer input, never sent by a worker: round ``round`` of the
+    experiment's search (population-based training, synchronous mode) has been open for
+    ``after_s`` seconds, its ``searcher.round_timeout``."""
+
+    type: Literal["round_timeout"] = "round_timeout"
+    experiment_id: str
+    round: int = Field(ge=0)
+    after_s: float = Field(ge=0, allow_inf_nan=False)
 
 
 TrialEvent = Annotated[

@@ -139,6 +139,11 @@ class SearchMethod(ABC, Generic[S]):
         """A round has been open ``after_s`` seconds, its limit (methods with rounds)."""
         return []
 
+    def round_limit(self) -> tuple[int, float] | None:
+        """The open round and the seconds it may stay open, while one with a limit is
+        open (the service times it and sends ``round_timed_out``); None otherwise."""
+        return None
+
     def pinned(self, ctx: SearchContext) -> frozenset[str]:
         """Trials (request ids) whose latest checkpoint the method may still copy:
         garbage collection keeps it while they are pinned."""

@@ -256,6 +256,12 @@ class PBT(SearchMethod[PBTState]):
             )
         return ops + self._round_check(ctx)
 
+    def round_limit(self) -> tuple[int, float] | None:
+        timeout = self.config.round_timeout
+        if not self.synchronous or timeout is None or self.state.done:
+            return None
+        return self.state.round, timeout
+
     def pinned(self, ctx: SearchContext) -> frozenset[str]:
         if self.state.done:
             return frozenset()
@@ -385,8 +391,7 @@ class PBT(SearchMethod[PBTState]):
                 f"trial {trial} (rank {rank}) has no checkpoint at length {end}: {why}; "
                 "the next best is taken"
             )
-        for note in passed:
-            ctx.note(note)
+            ctx.note(passed[-1])
         return chosen
 
     # ------------------------------------------------------------------ asynchronous

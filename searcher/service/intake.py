@@ -24,6 +24,7 @@ from rung.broker.port import Delivery
 from rung.broker.schemas import (
     GangPlanned,
     KillTrial,
+    RoundTimeout,
     TrialExited,
     TrialStarted,
     WorkerHeartbeat,
@@ -202,7 +203,7 @@ class Intake:
             or access.impostor(body, sender, members=self._gang_members(body))
             or _not_its_own(envelope)
         )
-        if isinstance(body, WorkerLost | GangPlanned):
+        if isinstance(body, WorkerLost | GangPlanned | RoundTimeout):
             refused = f"{body.type} is the searcher's own timer input; a worker cannot send it"
         if refused is not None:
             log.warning("refused event sent to the dead-letter queue", reason=refused)

@@ -54,6 +54,7 @@ from rung.searcher.service.intake import Intake
 from rung.searcher.service.outbox import Live, Outbox
 from rung.searcher.service.requests import Requests
 from rung.searcher.service.retention import sweep
+from rung.searcher.service.rounds import RoundTimer
 from rung.searcher.service.statelock import StateDirectoryBusyError, StateLock
 from rung.searcher.service.summary import summarise
 from rung.searcher.service.workers import WorkerRegistry
@@ -136,6 +137,7 @@ class SearcherService:
         self.workers = WorkerRegistry(worker_timeout_s)
         self.gangs = GangPlanner()
         self.gang_watch = GangWatch()
+        self.rounds = RoundTimer()
         self.feed = LiveFeed(broker, lambda: [live.host for live in self.experiments.values()])
         self.outbox = Outbox(broker, spawn=self._spawn, fatal=self.die, drop=self._drop)
         self.requests = Requests(self)
@@ -542,8 +544,8 @@ class SearcherService:
     async def _plan_gangs(self) -> None:
         """Place the trials no single live worker can take on several workers
         (:mod:`.gangs`), one gang at a time, and watch what the workers hold for them
-        (:mod:`.gangwatch`); each plan, and each part found lost, is an input of its
-        experiment."""
+        (:mod:`.gangwatch`); time the searches' rounds (:mod:`.rounds`). Each plan, each
+        part found lost and each round timed out is an input of its experiment."""
         while True:
             await asyncio.sleep(GANG_TICK_S)
             live = self.workers.live()
@@ -579,6 +581,14 @@ class SearcherService:
                     parts=[(p.worker_id, p.slots) for p in planned.body.parts],
                 )
                 inputs.append((planned.experiment_id, planned.body, planned.message_id))
+            for due in self.rounds.due(runs.values(), now):
+                log.info(
+                    "a round of the search timed out",
+                    experiment_id=due.experiment_id,
+                    round=due.body.round,
+                    after_s=due.body.after_s,
+                )
+                inputs.append((due.experiment_id, due.body, due.message_id))
             for experiment_id, body, message_id in inputs:
                 target = self.experiments.get(experiment_id)
                 if target is None:

@@ -18,6 +18,7 @@ from rung.broker.schemas import (
     OpCompleted,
     PreemptTrial,
     ProgressReported,
+    RoundTimeout,
     SlotsReserved,
     TrialExited,
     TrialStarted,
@@ -26,6 +27,7 @@ from rung.broker.schemas import (
 from rung.broker.schemas.envelope import Body
 from rung.searcher.events import (
     ExitedReason,
+    RoundTimedOut,
     Start,
     TrialCheckpointed,
     TrialClosed,
@@ -208,8 +210,20 @@ class ExperimentRun(CheckpointCollector, GangRun):
             return step
         if isinstance(body, GangPlanned):
             return self.on_gang_planned(body)
+        if isinstance(body, RoundTimeout):
+            return self._round_timeout(body)
         step = self._on_trial_event(body)
         self._maybe_canceled(step)
+        return step
+
+    def _round_timeout(self, body: RoundTimeout) -> Step:
+        """The service's timer: the search's open round has been open its limit. Only an
+        active experiment's round times out (a paused one's waits for its activation)."""
+        step = Step()
+        if self.state != "ACTIVE":
+            step.ignored = f"round_timeout: the experiment is {self.state}"
+            return step
+        self._search(RoundTimedOut(round=body.round, after_s=body.after_s), step)
         return step
 
     def _on_trial_event(self, body: Body) -> Step:
