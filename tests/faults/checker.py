@@ -8,7 +8,8 @@ dead-letter queue and the processes' logs, and asserts:
 * **I2** no op's effect is duplicated: every message is applied once; per trial, the
   lengths of the applied results strictly increase; no checkpoint is reported twice;
 * **I3** per trial, the committed length never decreases: each attempt resumes from a
-  checkpoint at or after the last one saved before it;
+  checkpoint at or after the last one saved before it (a copy of another trial, from
+  the checkpoint its source saved where the copy's ``Create`` says);
 * **I4** the best trial is the one of the fault-free run, with the same metric;
 * **I5** the log replays and verifies, and replaying it twice gives the same state;
 * **I6** every dead-lettered message has a reason, and a process logged it;
@@ -37,6 +38,7 @@ from rung.broker import RabbitBroker, Topology
 from rung.broker.deadletters import DeadLetter, peek
 from rung.broker.schemas import CheckpointSaved, ExperimentSummary, OpCompleted, RunTrial
 from rung.searcher.eventlog import CreatedRecord, InputRecord, Record, read_log, replay
+from rung.searcher.ops import Create
 from rung.searcher.service.summary import summarise
 from tests.e2e.conftest import Cluster
 from tests.support import AMQP_URL, wait_for_async
@@ -170,21 +172,39 @@ def _no_duplicated_effect(records: list[Record]) -> None:
 
 
 def _resumed_from_the_latest_checkpoint(records: list[Record]) -> None:
-    """I3: every attempt starts from the latest checkpoint saved before it was sent."""
+    """I3: every attempt starts from the latest checkpoint saved before it was sent; a
+    copy of another trial (population-based training), until it saves its own, from the
+    checkpoint its ``Create`` names, which its source saved at the length it states."""
     saved: dict[int, dict[str, int]] = {}
     latest: dict[int, int] = {}
+    anywhere: dict[str, tuple[int, int]] = {}  # uuid -> (trial, steps), every trial's
+    origins: dict[str, Create] = {}
     for record in records:
         if not isinstance(record, InputRecord):
             continue
         body = record.input
+        origins.update((op.request_id, op) for op in record.ops if isinstance(op, Create))
         if isinstance(body, CheckpointSaved) and record.ignored is None:
             saved.setdefault(body.trial_id, {})[body.uuid] = body.steps_completed
             latest[body.trial_id] = max(latest.get(body.trial_id, 0), body.steps_completed)
+            anywhere[body.uuid] = (body.trial_id, body.steps_completed)
         for command in record.commands:
             run = command.body
             if not isinstance(run, RunTrial):
                 continue
             where = f"trial {run.trial_id} attempt {run.attempt}"
+            origin = origins.get(run.request_id)
+            if run.trial_id not in latest and origin is not None and origin.clone is not None:
+                clone = origin.clone
+                assert run.latest_checkpoint == clone.checkpoint, (
+                    f"{where}, a copy of trial {clone.source_trial}, does not start from "
+                    f"its checkpoint {clone.checkpoint}"
+                )
+                assert anywhere.get(clone.checkpoint) == (clone.source_trial, clone.length), (
+                    f"{where} copies checkpoint {clone.checkpoint}, which trial "
+                    f"{clone.source_trial} did not save at length {clone.length}"
+                )
+                continue
             if run.latest_checkpoint is None:
                 assert run.trial_id not in latest, (
                     f"{where} starts from zero, but step {latest[run.trial_id]} was saved"
