@@ -93,7 +93,12 @@ def what_if(records: Sequence[Record], config: ExperimentConfig, workers: int = 
     if config.experiment_seed is None:
         config = config.with_seed(run.experiment.seed)
     best = run.experiment.best_trial()
-    trained = sum(t.trained for t in run.experiment.trials.values())
+    # What was trained: a copy of another trial (population-based training) trained from
+    # its source's checkpoint, not from the start.
+    trained = sum(
+        max(t.trained - (t.create.clone.length if t.create.clone else 0), 0)
+        for t in run.experiment.trials.values()
+    )
     try:
         result = simulate(config, recorded, workers=workers)
     except WhatIfGapError as exc:

@@ -149,7 +149,7 @@ class PBT(SearchMethod[PBTState]):
         source = self.state.members[source_id]
         assert source.checkpoint is not None  # noqa: S101 (only ready sources are copied)
         record = ctx.trials[source_id]
-        rng = self._rng(source_id, replaces, source.checkpoint, self.state.created)
+        rng = self._rng(source_id, replaces, source.checkpoint_steps, self.state.created)
         explore_config = self.config.explore_function
         hparams, changes = explore(
             record.hparams,

@@ -16,7 +16,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rung.broker.schemas import KillTrial, OpCompleted
+from rung.broker.schemas import CheckpointSaved, KillTrial, OpCompleted
 from rung.cli.main import build_parser
 from rung.searcher.config import load_config_file
 from rung.searcher.errors import SearcherError
@@ -33,6 +33,7 @@ from rung.searcher.eventlog import (
 )
 from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.eventlog.whatif import what_if
+from rung.searcher.ops import Create
 from rung.searcher.service.summary import summarise
 from rung.searcher.trials import ExperimentRun
 
@@ -42,7 +43,17 @@ GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 # Where the goldens' custom search methods are, as a searcher keeps contexts:
 # ``contexts/<context hash>/<module>.py``.
 GOLDEN_CONTEXTS = GOLDEN / "contexts"
-METHODS = ("single", "random", "grid", "asha", "adaptive_asha", "asha_gp", "asha_tpe")
+METHODS = (
+    "single",
+    "random",
+    "grid",
+    "asha",
+    "adaptive_asha",
+    "asha_gp",
+    "asha_tpe",
+    "pbt",
+    "pbt_async",
+)
 # Every golden log, and the one per built-in method (each a completed experiment).
 GOLDEN_LOGS = sorted(GOLDEN.glob("*.v1.jsonl"))
 METHOD_LOGS = [GOLDEN / f"{method}.v1.jsonl" for method in METHODS]
@@ -63,6 +74,31 @@ def test_golden_logs_replay_and_verify_forever(path: Path) -> None:
     assert result.run.state == "COMPLETED"
     assert all(t.state == "COMPLETED" for t in result.run.trials.values())
     assert result.records == records[-1].seq
+
+
+@pytest.mark.parametrize("name", ["pbt", "pbt_async"])
+def test_the_pbt_golden_logs_replay_their_lineage(name: str) -> None:
+    """Every copy's Create names a checkpoint its source had saved, at the length it says,
+    before the copy was decided; replay rebuilds the same population."""
+    records = read_log(GOLDEN / f"{name}.v1.jsonl")
+    saved: dict[str, tuple[int, int]] = {}
+    copies = 0
+    for record in records:
+        if not isinstance(record, InputRecord):
+            continue
+        for op in record.ops:
+            if isinstance(op, Create) and op.clone is not None:
+                copies += 1
+                assert saved[op.clone.checkpoint] == (op.clone.source_trial, op.clone.length)
+                assert op.checkpoint == op.clone.checkpoint
+        if isinstance(record.input, CheckpointSaved) and record.ignored is None:
+            body = record.input
+            saved[body.uuid] = (body.trial_id, body.steps_completed)
+    assert copies >= 2
+    result = replay(records, verify=True)
+    assert result.divergence is None
+    method = result.run.experiment.method.state
+    assert method.done
 
 
 def test_the_golden_log_of_a_failed_experiment_replays_to_its_failure_forever() -> None:
@@ -275,10 +311,14 @@ def test_replay_equals_the_live_fold_and_twice_equals_once(
 # ---------------------------------------------------------------- what-if
 # Logs whose hyperparameters come from a model: they depend on the order results came in.
 SAMPLED_LOGS = [p for p in METHOD_LOGS if "_gp" in p.name or "_tpe" in p.name]
+# Asynchronous PBT compares a trial with the results in by then: the order matters too.
+ASYNC_PBT_LOG = GOLDEN / "pbt_async.v1.jsonl"
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in METHOD_LOGS if p not in SAMPLED_LOGS], ids=lambda p: p.name
+    "path",
+    [p for p in METHOD_LOGS if p not in SAMPLED_LOGS and p != ASYNC_PBT_LOG],
+    ids=lambda p: p.name,
 )
 def test_what_if_with_the_recorded_settings_reproduces_the_outcome(path: Path) -> None:
     method = path.name.split(".")[0]
@@ -305,6 +345,20 @@ def test_what_if_of_a_model_based_search_reruns_it_on_the_recorded_results(path:
     else:
         assert outcome.gap is not None
         assert "but the log has it only at" in outcome.gap
+
+
+def test_what_if_of_asynchronous_pbt_reruns_it_on_the_recorded_results() -> None:
+    """Each copy is decided against the results in when its trial reported: in the
+    simulated workers' order, other copies may be made (with other hyperparameters),
+    and the what-if says which one the log never trained."""
+    config = load_config_file(GOLDEN / "golden-pbt_async.yaml").config
+    outcome = what_if(read_log(ASYNC_PBT_LOG), config, workers=2)
+    if outcome.complete:
+        assert outcome.result is not None
+        assert outcome.result.best_metric == outcome.recorded_best
+    else:
+        assert outcome.gap is not None
+        assert "which the log never trained" in outcome.gap or "only at" in outcome.gap
 
 
 def test_what_if_stops_where_the_log_has_no_result() -> None:
