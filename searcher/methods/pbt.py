@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping
 from random import Random
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -74,6 +75,10 @@ class PBTState(BaseModel):
     waiting: str | None = None  # synchronous: the note of the wait, while one lasts
     created: int = 0
     done: bool = False
+    # Synchronous: the members that still owe the open round a result (a round ends at 0).
+    pending: int = 0
+    # Asynchronous: the members neither finished nor failed (the search ends at 0).
+    live: int = 0
 
 
 class PBT(SearchMethod[PBTState]):
@@ -88,6 +93,13 @@ class PBT(SearchMethod[PBTState]):
         self.max_length = self.per_round * config.num_rounds
         self.max_trials = config.population_size * (config.num_rounds + 1)
         self.state = PBTState()
+        # Asynchronous: the scored members, best first, as (value, trial id, request id);
+        # derived from the state (never stored), kept as results come in.
+        self._order: list[tuple[float, int, str]] | None = None
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        super().restore(data)
+        self._order = None
 
     # ------------------------------------------------------------------ helpers
     def _value(self, metric: float | None) -> float:
@@ -108,6 +120,7 @@ class PBT(SearchMethod[PBTState]):
         """A new random member, trained from the start to ``length`` (one round)."""
         create = ctx.create(checkpoint=self.config.source_checkpoint_uuid)
         self.state.created += 1
+        self.state.live += 1
         self.state.members[create.request_id] = Member()
         return [create, self._train(create.request_id, length or self.per_round)]
 
@@ -175,6 +188,7 @@ class PBT(SearchMethod[PBTState]):
         )
         create = ctx.create(hparams, checkpoint=source.checkpoint, clone=clone)
         self.state.created += 1
+        self.state.live += 1
         self.state.members[create.request_id] = Member(
             length=source.checkpoint_steps,
             checkpoint=source.checkpoint,
@@ -189,6 +203,7 @@ class PBT(SearchMethod[PBTState]):
         ops: list[Operation] = []
         for _ in range(self.config.population_size):
             ops += self._new(ctx)
+        self.state.pending = self.config.population_size
         return ops
 
     def validation_completed(
@@ -197,10 +212,16 @@ class PBT(SearchMethod[PBTState]):
         member = self.state.members.get(request_id)
         if member is None or member.failed or self.state.done:
             return []  # a closed loser's or a timed-out straggler's late result
+        if self.synchronous:
+            if member.length != length and length == self._round_length():
+                self.state.pending -= 1
+            member.value = self._value(metric)
+            member.length = length
+            return self._round_check(ctx)
+        self._unrank(ctx, request_id)
         member.value = self._value(metric)
         member.length = length
-        if self.synchronous:
-            return self._round_check(ctx)
+        self._rank(ctx, request_id)
         return self._interval_ended(ctx, request_id)
 
     def checkpoint_saved(
@@ -226,10 +247,15 @@ class PBT(SearchMethod[PBTState]):
         member = self.state.members.get(request_id)
         if member is None or member.failed or member.finished or self.state.done:
             return []
-        member.failed = True
-        member.value = WORST
         if self.synchronous:
+            if member.length != self._round_length():
+                self.state.pending -= 1
+            member.failed = True
+            member.value = WORST
             return self._round_check(ctx)
+        self._unrank(ctx, request_id)
+        member.failed = True
+        self.state.live -= 1
         return self._replace_failed(ctx, request_id, reason)
 
     def round_timed_out(
@@ -243,6 +269,7 @@ class PBT(SearchMethod[PBTState]):
         end = self._round_length()
         ops: list[Operation] = []
         stragglers = [r for r, m in state.members.items() if not m.failed and m.length != end]
+        state.pending -= len(stragglers)
         for request_id in stragglers:
             member = state.members[request_id]
             member.failed = True
@@ -283,8 +310,7 @@ class PBT(SearchMethod[PBTState]):
         state = self.state
         if state.done:
             return []
-        end = self._round_length()
-        if any(not m.failed and m.length != end for m in state.members.values()):
+        if state.pending > 0:
             return []
         alive = [r for r, m in state.members.items() if not m.failed]
         if state.round + 1 >= self.config.num_rounds:
@@ -346,6 +372,7 @@ class PBT(SearchMethod[PBTState]):
             if request_id not in replaced and request_id in state.members:
                 ops.append(self._train(request_id, next_length))
         state.round += 1
+        state.pending = sum(1 for m in state.members.values() if not m.failed)
         if not state.members:
             state.done = True
             ctx.note("every member of the population failed: the search ends")
@@ -395,25 +422,52 @@ class PBT(SearchMethod[PBTState]):
         return chosen
 
     # ------------------------------------------------------------------ asynchronous
+    def _ordered(self, ctx: SearchContext) -> list[tuple[float, int, str]]:
+        if self._order is None:
+            self._order = sorted(
+                (m.value, self._trial(ctx, r), r)
+                for r, m in self.state.members.items()
+                if m.value is not None and not m.failed
+            )
+        return self._order
+
+    def _key(self, ctx: SearchContext, request_id: str) -> tuple[float, int, str] | None:
+        member = self.state.members.get(request_id)
+        if member is None or member.value is None or member.failed:
+            return None
+        return (member.value, self._trial(ctx, request_id), request_id)
+
+    def _unrank(self, ctx: SearchContext, request_id: str) -> None:
+        key = self._key(ctx, request_id)
+        order = self._ordered(ctx)
+        if key is not None:
+            index = bisect_left(order, key)
+            if index < len(order) and order[index] == key:
+                del order[index]
+
+    def _rank(self, ctx: SearchContext, request_id: str) -> None:
+        key = self._key(ctx, request_id)
+        if key is not None:
+            insort(self._ordered(ctx), key)
+
     def _interval_ended(self, ctx: SearchContext, request_id: str) -> list[Operation]:
         state = self.state
         member = state.members[request_id]
         if member.length >= self.max_length:
             member.finished = True
-            ops: list[Operation] = [Close(request_id=request_id)]
-            if all(m.finished or m.failed for m in state.members.values()):
-                state.done = True
-            return ops
-        scored = [r for r, m in state.members.items() if m.value is not None and not m.failed]
-        count = len(scored)
+            state.live -= 1
+            state.done = state.live == 0
+            return [Close(request_id=request_id)]
+        order = self._ordered(ctx)
+        count = len(order)
         quantile = math.ceil(count * self.config.quantile)
         if quantile > count / 2:
             quantile = count // 2
-        ranked = self._ranked(ctx, scored)
-        if quantile == 0 or request_id not in ranked[count - quantile :]:
+        key = self._key(ctx, request_id)
+        position = bisect_left(order, key) if key is not None else 0
+        if quantile == 0 or position < count - quantile:
             return [self._train(request_id, self._next_length(member.length))]
-        top = ranked[:quantile]
-        ready = [r for r in top if self._ready(state.members[r])]
+        ready = [r for _, _, r in order[:quantile] if self._ready(state.members[r])]
         if not ready:
             ctx.note(
                 f"{_trials(ctx, [request_id])} is in the bottom {self.config.quantile:.0%} at "
@@ -424,16 +478,20 @@ class PBT(SearchMethod[PBTState]):
         source = self._rng(request_id, member.length).choice(ready)
         if not self._room(ctx, request_id):
             return [self._train(request_id, self._next_length(member.length))]
-        ops = [Close(request_id=request_id)]
+        source_key = self._key(ctx, source)
+        assert source_key is not None  # noqa: S101 (a ranked member)
+        ops: list[Operation] = [Close(request_id=request_id)]
         ops += self._clone(
             ctx,
             source,
-            rank=ranked.index(source) + 1,
+            rank=bisect_left(order, source_key) + 1,
             ranked=count,
             cut=f"bottom {self.config.quantile:.0%}",
             replaces=request_id,
         )
+        self._unrank(ctx, request_id)
         del state.members[request_id]
+        state.live -= 1
         return ops
 
     def _replace_failed(
@@ -441,17 +499,13 @@ class PBT(SearchMethod[PBTState]):
     ) -> list[Operation]:
         state = self.state
         del state.members[request_id]
-        alive = [r for r, m in state.members.items() if not m.failed and not m.finished]
-        if not alive:
-            if all(m.finished for m in state.members.values()):
-                state.done = True
+        if state.live == 0:
+            state.done = True
             return []
         if not self._room(ctx, request_id):
             return []
-        scored = self._ranked(
-            ctx, [r for r, m in state.members.items() if m.value is not None and not m.failed]
-        )
-        ready = [r for r in scored if self._ready(state.members[r])]
+        order = self._ordered(ctx)
+        ready = [r for _, _, r in order if self._ready(state.members[r])]
         if not ready:
             ctx.note(
                 f"{_trials(ctx, [request_id])} ended ({reason.value}) and no member has a "
@@ -460,11 +514,13 @@ class PBT(SearchMethod[PBTState]):
             return self._new(ctx)
         top = ready[: max(math.ceil(len(ready) * self.config.quantile), 1)]
         source = self._rng(request_id, "failed").choice(top)
+        source_key = self._key(ctx, source)
+        assert source_key is not None  # noqa: S101 (a ranked member)
         return self._clone(
             ctx,
             source,
-            rank=scored.index(source) + 1,
-            ranked=len(scored),
+            rank=bisect_left(order, source_key) + 1,
+            ranked=len(order),
             cut=f"failed ({reason.value})",
             replaces=request_id,
         )
