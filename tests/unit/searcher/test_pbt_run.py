@@ -123,3 +123,30 @@ def test_an_input_without_notes_is_written_as_before() -> None:
     step = run.start()
     assert step.notes == []
     assert "notes" not in InputRecord.of(1, "m", None, step).model_dump(mode="json")
+
+
+def test_pause_and_activate_in_the_middle_of_a_round() -> None:
+    run = make_run(PBT)
+    run.start()
+    for body in (started(1), saved(1, uid(1, 0), 10), completed(1, 10, 0.1)):
+        run.on_event(body)
+    run.on_event(exited(1, ExitReason.COMPLETED))  # trial 1 paused, waiting for the round
+    run.on_event(started(2))
+    paused = run.on_control("pause")
+    # Trial 2 is told to checkpoint and stop; once it has, the experiment holds it.
+    assert [c.body.type for c in paused.commands] == ["preempt_trial"]
+    run.on_event(saved(2, uid(2, 0), 4))
+    run.on_event(exited(2, ExitReason.PREEMPTED))
+    assert run.by_id[2].state == "PAUSED"
+    activated = run.on_control("activate")
+    (again,) = bodies(activated, RunTrial)
+    assert (again.trial_id, again.attempt, again.latest_checkpoint) == (2, 2, uid(2, 0))
+    # The round goes on where it was: trial 2 finishes it, and the round ends.
+    for body in (started(2, attempt=2), saved(2, uid(2, 1), 10, attempt=2)):
+        run.on_event(body)
+    ended = run.on_event(completed(2, 10, 0.9, attempt=2))
+    # Trial 1 (the best) continues from its checkpoint; trial 3 copies it for trial 2.
+    runs = {b.trial_id: b for b in bodies(ended, RunTrial)}
+    assert sorted(runs) == [1, 3]
+    assert (runs[1].attempt, runs[1].latest_checkpoint, runs[1].length) == (2, uid(1, 0), 20)
+    assert (runs[3].latest_checkpoint, runs[3].length) == (uid(1, 0), 20)
