@@ -13,7 +13,6 @@ The script is written against Determined's Core API; only its import line differ
 
 import json
 import logging
-import pathlib
 import time
 
 import rung as det
@@ -48,9 +47,7 @@ def main(core_context: det.core.Context, info: det.ClusterInfo) -> None:
             lr,
         )
     if not state["lineage"] or state["lineage"][-1]["trial"] != info.trial.trial_id:
-        state["lineage"].append(
-            {"trial": info.trial.trial_id, "from": state["steps"], "lr": lr}
-        )
+        state["lineage"].append({"trial": info.trial.trial_id, "from": state["steps"], "lr": lr})
     for op in core_context.searcher.operations():
         while state["steps"] < op.length:
             state["loss"] = state["loss"] * (1 - A * lr) + B * lr * lr

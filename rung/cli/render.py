@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from rich.console import Console, Group
@@ -21,12 +21,13 @@ from rich.table import Table
 from rich.text import Text
 
 from rung.broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
-from rung.client import Checkpoint
+from rung.client import Checkpoint, Clone
 
 __all__ = [
     "checkpoints_table",
     "console_text",
     "experiments_table",
+    "lineage_json",
     "print_summary",
     "print_trial",
     "progress_table",
@@ -90,7 +91,23 @@ def trial_json(trial: TrialSummary, *, full: bool = False) -> dict[str, Any]:
     return shown
 
 
-def summary_json(summary: ExperimentSummary) -> str:
+def lineage_json(clone: Clone | None) -> dict[str, Any] | None:
+    """A trial's parent: the clone record the searcher logged (the source trial, the
+    checkpoint and its length, the round, the rank, the trial replaced, the changes),
+    or None for a trial that started afresh."""
+    return None if clone is None else clone.model_dump(mode="json")
+
+
+def summary_json(summary: ExperimentSummary, *, lineage: Mapping[int, Clone] | None = None) -> str:
+    """The experiment as JSON; given the ``lineage`` (``Experiment.lineage()``), each
+    trial with its parent (``lineage``: null for a trial that started afresh)."""
+
+    def trial(summary: TrialSummary) -> dict[str, Any]:
+        shown = trial_json(summary)
+        if lineage is not None:
+            shown["lineage"] = lineage_json(lineage.get(summary.trial_id))
+        return shown
+
     return json.dumps(
         {
             "experiment_id": summary.experiment_id,
@@ -99,8 +116,8 @@ def summary_json(summary: ExperimentSummary) -> str:
             "state": summary.state,
             "message": summary.message,
             "waiting": summary.waiting,
-            "trials": [trial_json(t) for t in summary.trials],
-            "best_trial": trial_json(summary.best_trial) if summary.best_trial else None,
+            "trials": [trial(t) for t in summary.trials],
+            "best_trial": trial(summary.best_trial) if summary.best_trial else None,
             "event_log": summary.event_log,
         }
     )
@@ -110,23 +127,36 @@ def _metric(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _trials_table(summary: ExperimentSummary, title: str) -> Table:
+def _trials_table(
+    summary: ExperimentSummary, title: str, lineage: Mapping[int, Clone] | None = None
+) -> Table:
+    """The trials; with a ``from`` column ("trial 3 @ 40": the trial and checkpoint
+    length a clone continues from) when any trial is a clone."""
     table = Table(title=_t(title))
-    for column in ("trial", "state", "length", "metric", "restarts", "hyperparameters"):
+    clones = lineage or {}
+    columns = ["trial", "state", "length", "metric", "restarts", "hyperparameters"]
+    if clones:
+        columns.insert(1, "from")
+    for column in columns:
         table.add_column(
-            column, justify="left" if column in ("state", "hyperparameters") else "right"
+            column, justify="left" if column in ("from", "state", "hyperparameters") else "right"
         )
     best = summary.best_trial.trial_id if summary.best_trial else None
     for trial in summary.trials:
         mark = " *" if trial.trial_id == best else ""
-        table.add_row(
+        cells = [
             _t(f"{trial.trial_id}{mark}"),
             _t(trial.state),
             _t(trial.length),
             _t(_metric(trial.metric)),
             _t(trial.restarts),
             _t(json.dumps(trial.hparams, sort_keys=True)),
-        )
+        ]
+        if clones:
+            clone = clones.get(trial.trial_id)
+            source = "" if clone is None else f"trial {clone.source_trial} @ {clone.length}"
+            cells.insert(1, _t(source))
+        table.add_row(*cells)
     return table
 
 
@@ -243,9 +273,17 @@ def progress_table(summary: ExperimentSummary) -> Table:
     )
 
 
-def print_summary(summary: ExperimentSummary, console: Console | None = None) -> None:
+def print_summary(
+    summary: ExperimentSummary,
+    console: Console | None = None,
+    *,
+    lineage: Mapping[int, Clone] | None = None,
+) -> None:
+    """The trials (each clone with the trial it continues from, given the ``lineage``),
+    the experiment's message, why trials wait, the best trial and the event log."""
     console = console or Console()
-    console.print(_trials_table(summary, f"experiment {summary.experiment_id}: {summary.state}"))
+    title = f"experiment {summary.experiment_id}: {summary.state}"
+    console.print(_trials_table(summary, title, lineage))
     if summary.message:
         console.print(_t(summary.message))
     for line in waiting_lines(summary):

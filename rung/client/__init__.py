@@ -12,7 +12,9 @@ error the client raises on purpose derives from ``ClientError``.
 
 from rung.client._client import Client, Experiment, Trial
 from rung.client._models import (
+    Change,
     Checkpoint,
+    Clone,
     Event,
     ExperimentSummary,
     LogEntry,
@@ -30,9 +32,11 @@ from rung.searcher.client import (
 )
 
 __all__ = [
+    "Change",
     "Checkpoint",
     "Client",
     "ClientError",
+    "Clone",
     "ConnectionLostError",
     "Event",
     "Experiment",

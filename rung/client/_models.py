@@ -1,7 +1,8 @@
 """What the client returns: typed, frozen models.
 
 ``ExperimentSummary``, ``TrialSummary`` and ``WorkerInfo`` are the searcher's own reply
-models (``broker.schemas``); the rest are read from an experiment's event log.
+models (``broker.schemas``); the rest are read from an experiment's event log (``Clone``
+and its ``Change``s as the searcher logged them, in a ``Create`` operation).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from rung.broker.schemas import ExperimentSummary, TrialSummary, WorkerInfo
 from rung.searcher.eventlog import Record
+from rung.searcher.ops import Change, Clone
 
 __all__ = [
+    "Change",
     "Checkpoint",
+    "Clone",
     "Event",
     "ExperimentSummary",
     "LogEntry",

@@ -2,11 +2,13 @@
 
 :class:`ExperimentView` takes the experiment's records in order (``apply``) and keeps
 what the pages draw: each trial's attempts and where they ran, its results and metric
-curves, its checkpoints, the searcher's decisions about it with their reasons, the best
-result so far against length trained and against time, and the search method's own
-state (the rungs), by folding the same pure core the searcher runs
-(:func:`rung.searcher.eventlog.replay.fold`). Folding records it has seen is a no-op, so
-a view fed from the history and then from a live stream that overlaps it stays exact.
+curves, its checkpoints, the searcher's decisions about it with their reasons (and what
+the search method noted), its lineage (a clone of population-based training: the trial
+whose checkpoint it continues from, and its own clones), the best result so far against
+length trained and against time, and the search method's own state (the rungs), by
+folding the same pure core the searcher runs (:func:`rung.searcher.eventlog.replay.fold`).
+Folding records it has seen is a no-op, so a view fed from the history and then from a
+live stream that overlaps it stays exact.
 
 It is pure: no I/O, no clock. Times come from the records' ``at``. Where the search
 cannot be rebuilt (a custom search method whose module is not at hand, or a fold that
@@ -50,7 +52,7 @@ from rung.searcher.eventlog.explain import (
 )
 from rung.searcher.eventlog.replay import build_run, describe_error, fold
 from rung.searcher.methods import AdaptiveASHA
-from rung.searcher.ops import Shutdown
+from rung.searcher.ops import Clone, Create, Shutdown
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = [
@@ -175,6 +177,11 @@ class TrialView:
     # Rung index -> the decisions taken while its newest result was at that rung.
     reasons: dict[int, list[str]] = field(default_factory=dict)
     reached: int = 0  # the longest length it was validated at
+    # Population-based training: where it comes from (its Create's ``clone``: the trial
+    # whose checkpoint it continues from, and how its hyperparameters differ; None for a
+    # trial that started afresh), and the trials cloned from it, in the order made.
+    parent: Clone | None = None
+    children: list[int] = field(default_factory=list)
 
     @property
     def latest(self) -> Result | None:
@@ -243,6 +250,8 @@ class ExperimentView:
         self.failure: str | None = None
         self.unexplained: str | None = None
         self._by_request: dict[str, int] = {}
+        # The clones decided whose trial has not been run yet (by request id).
+        self._clones: dict[str, Clone] = {}
         self._busy: dict[str, set[int]] = {}  # worker -> slot lanes in use
         # The workers of each attempt that runs on several (gang scheduling), by part.
         self._gangs: dict[tuple[int, int], dict[int, str]] = {}
@@ -341,6 +350,9 @@ class ExperimentView:
 
     def _take(self, record: InputRecord, step: Step | None) -> None:
         at = self._at(record)
+        for op in record.ops:
+            if isinstance(op, Create) and op.clone is not None:
+                self._clones[op.request_id] = op.clone
         for command in record.commands:
             body = command.body
             if isinstance(body, RunTrial) and body.trial_id not in self.trials:
@@ -369,6 +381,12 @@ class ExperimentView:
             trial.bracket = method.state.trial_brackets.get(body.request_id, 0)
         self.trials[body.trial_id] = trial
         self._by_request[body.request_id] = body.trial_id
+        parent = self._clones.pop(body.request_id, None)
+        if parent is not None:
+            trial.parent = parent
+            source = self.trials.get(parent.source_trial)
+            if source is not None and source is not trial:
+                source.children.append(body.trial_id)
 
     def _input(self, record: InputRecord, at: float) -> None:
         body = record.input
@@ -530,14 +548,17 @@ class ExperimentView:
         if run is None:
             return
         decided = decisions(record, step, run)
-        if not isinstance(record.input, NOISE) or decided:
+        notes = [f"note: {note}" for note in record.notes or ()]
+        if not isinstance(record.input, NOISE) or decided or notes:
             trial_id = getattr(record.input, "trial_id", None)
             self.activity.append(
                 {
                     "seq": record.seq,
                     "at": at,
                     "event": describe_input(record, run),
-                    "decisions": [text for _, text in decided],
+                    # What the search method noted (why it decided, or waits), then what
+                    # it decided: as `rung replay` prints them.
+                    "decisions": notes + [text for _, text in decided],
                     "trial_id": trial_id if isinstance(trial_id, int) else None,
                 }
             )
@@ -644,6 +665,25 @@ class ExperimentView:
         if trial.state != "COMPLETED":
             return True
         return self.max_length is not None and trial.length < self.max_length
+
+    def ancestors(self, trial: TrialView) -> list[TrialView]:
+        """The trials it descends from (population-based training): its source first,
+        back to a trial that started afresh; the chain ends at a source not in the view."""
+        out: list[TrialView] = []
+        seen = {trial.trial_id}
+        parent = trial.parent
+        while parent is not None:
+            source = self.trials.get(parent.source_trial)
+            if source is None or source.trial_id in seen:
+                break
+            out.append(source)
+            seen.add(source.trial_id)
+            parent = source.parent
+        return out
+
+    def clones(self) -> int:
+        """How many of its trials are clones (population-based training)."""
+        return sum(trial.parent is not None for trial in self.trials.values())
 
     def best_result(self) -> Result | None:
         return self.best[-1] if self.best else None

@@ -20,6 +20,7 @@ from pydantic import JsonValue
 from rung.dashboard.charts import (
     Axis,
     Bar,
+    Branch,
     Curve,
     ParallelAxis,
     ParallelLine,
@@ -28,6 +29,7 @@ from rung.dashboard.charts import (
     StripPoint,
     bar_chart,
     line_chart,
+    lineage_tree,
     parallel_coordinates,
     rung_view,
     sparkline,
@@ -41,6 +43,7 @@ __all__ = [
     "Options",
     "experiment_sections",
     "experiment_summary",
+    "lineage_note",
     "trial_page",
     "trial_rows",
 ]
@@ -55,6 +58,9 @@ NO_VALUE: Final = 1e300
 # Above this many trials, the parallel coordinates draw the best PARALLEL_LINES unless asked.
 PARALLEL_LINES: Final = 1000
 TRIALS_PAGE: Final = 100
+# Above this many trials, the lineage tree draws the best LINEAGE_TOP and their ancestors.
+LINEAGE_ROWS: Final = 400
+LINEAGE_TOP: Final = 100
 _SORTS: Final = ("trial", "state", "metric", "length", "restarts")
 
 
@@ -143,6 +149,7 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         else {"trial_id": best.trial_id, "value": best.value, "length": best.length},
         "counts": view.counts(),
         "trials": len(view.trials),
+        "clones": view.clones(),
         "results": len(view.results),
         "seq": view.seq,
         "failure": view.failure,
@@ -164,6 +171,7 @@ def experiment_sections(view: ExperimentView, options: Options) -> dict[str, str
         "parallel": _parallel(view, options),
         "importance": _importance(view),
         "timeline": _timeline(view),
+        "lineage": _lineage(view),
     }
 
 
@@ -448,6 +456,7 @@ def _timeline(view: ExperimentView) -> str:
                     f"trial {trial.trial_id}.{attempt.attempt} {attempt.lane} "
                     f"{piece.start:.1f}-{'' if end is None else f'{end:.1f}'} s {outcome}"
                     + (f" @{piece.length}" if piece.length else "")
+                    + (f" ({_from(trial)})" if trial.parent is not None else "")
                 )
                 segments += [
                     Segment(
@@ -509,10 +518,87 @@ def trial_rows(view: ExperimentView, options: Options) -> tuple[list[dict[str, A
             "length": t.length,
             "restarts": t.restarts,
             "worker": t.attempts[-1].lane if t.attempts else "",
+            "parent": _parent_link(view, t),
         }
         for t in ordered[start : start + TRIALS_PAGE]
     ]
     return rows, len(ordered)
+
+
+# ---------------------------------------------------------------------- lineage
+def _from(trial: TrialView) -> str:
+    """A clone's "from trial 3 @ 40": the trial it continues from, and the checkpoint's
+    length."""
+    parent = trial.parent
+    return "" if parent is None else f"from trial {parent.source_trial} @ {parent.length}"
+
+
+def _parent_link(view: ExperimentView, trial: TrialView) -> dict[str, Any] | None:
+    """A clone's source for a table row or a page: its trial, link and the length of the
+    checkpoint copied; None for a trial that started afresh."""
+    parent = trial.parent
+    if parent is None:
+        return None
+    return {
+        "trial_id": parent.source_trial,
+        "length": parent.length,
+        "href": _href(view, parent.source_trial),
+    }
+
+
+def _lineage_shown(view: ExperimentView) -> list[TrialView]:
+    """Every trial, or above LINEAGE_ROWS the best LINEAGE_TOP and their ancestors."""
+    if len(view.trials) <= LINEAGE_ROWS:
+        return list(view.trials.values())
+    shown: dict[int, TrialView] = {}
+    for trial in _ranked(view, view.trials.values())[:LINEAGE_TOP]:
+        shown[trial.trial_id] = trial
+        shown.update((a.trial_id, a) for a in view.ancestors(trial))
+    return list(shown.values())
+
+
+def lineage_note(view: ExperimentView) -> str:
+    """What the lineage tree leaves out, for the caption."""
+    if len(view.trials) <= LINEAGE_ROWS:
+        return ""
+    return f"the best {LINEAGE_TOP} of {len(view.trials):,} trials and the trials they come from"
+
+
+def _lineage(view: ExperimentView) -> str:
+    """The family tree of population-based training (see charts.lineage): for an
+    experiment with clones, or a pbt search before its first."""
+    if not view.clones() and view.config.searcher.name != "pbt":
+        return ""
+    best = view.best_result()
+    light = big(view)
+    branches: list[Branch] = []
+    for trial in _lineage_shown(view):
+        parent = trial.parent
+        start = parent.length if parent is not None else 0
+        value = trial.results[-1].value if trial.results else None
+        css = "running" if trial.state == "RUNNING" else "stopped" if view.stopped(trial) else ""
+        if best is not None and best.trial_id == trial.trial_id:
+            css = f"{css} best".strip()
+        title = f"trial {trial.trial_id} ({trial.state.lower()}): length {start} to {trial.length}"
+        if value is not None:
+            title += f", {view.metric or 'metric'} {_fmt(value)}"
+        if parent is not None:
+            title += f"\n{parent.describe(trial.trial_id)}"
+        branches.append(
+            Branch(
+                trial.trial_id,
+                parent.source_trial if parent is not None else None,
+                float(start),
+                float(max(trial.length, start)),
+                value,
+                title,
+                css,
+                None if light else _href(view, trial.trial_id),
+            )
+        )
+    return lineage_tree(
+        branches, metric=view.metric or "metric", smaller_is_better=view.smaller_is_better
+    )
 
 
 # ---------------------------------------------------------------------- trial page
@@ -523,6 +609,12 @@ class TrialPage:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     charts: list[tuple[str, str]] = field(default_factory=list)
     ranks: int = 1  # the most processes an attempt had: the log's rank filter offers them
+    # Population-based training: where the trial comes from (the source's link and the
+    # searcher's words), its line back to a trial that started afresh (oldest first, each
+    # with the length the next one continued from), and the trials cloned from it.
+    parent: dict[str, Any] | None = None
+    line: list[dict[str, Any]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
 
 
 def trial_page(view: ExperimentView, trial: TrialView) -> TrialPage:
@@ -554,4 +646,34 @@ def trial_page(view: ExperimentView, trial: TrialView) -> TrialPage:
         )
     ranks = max((a.slots for a in trial.attempts), default=1)
     hparams = json.dumps(trial.hparams, indent=2, sort_keys=True)
-    return TrialPage(trial, hparams, attempts, charts, ranks)
+    parent, line, children = _family(view, trial)
+    return TrialPage(trial, hparams, attempts, charts, ranks, parent, line, children)
+
+
+def _family(
+    view: ExperimentView, trial: TrialView
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A trial page's lineage: its source (with the searcher's words), its line of
+    ancestors, oldest first, each with the length its clone continued from, and its
+    clones, each with the length of the checkpoint it copied."""
+    parent = _parent_link(view, trial)
+    if parent is not None and trial.parent is not None:
+        parent["text"] = trial.parent.describe(trial.trial_id)
+        parent["checkpoint"] = trial.parent.checkpoint
+    line: list[dict[str, Any]] = []
+    below = trial
+    for ancestor in view.ancestors(trial):
+        length = below.parent.length if below.parent is not None else None
+        line.append(
+            {"trial_id": ancestor.trial_id, "href": _href(view, ancestor.trial_id), "at": length}
+        )
+        below = ancestor
+    line.reverse()
+    children = []
+    for child_id in trial.children:
+        child = view.trials.get(child_id)
+        if child is not None and child.parent is not None:
+            children.append(
+                {"trial_id": child_id, "href": _href(view, child_id), "at": child.parent.length}
+            )
+    return parent, line, children

@@ -46,6 +46,7 @@ from rung.dashboard.pages import (
     curve_names,
     experiment_sections,
     experiment_summary,
+    lineage_note,
     parallel_note,
     trial_page,
     trial_rows,
@@ -402,6 +403,14 @@ class Dashboard:
                 "state": t.state,
                 "hparams": t.hparams,
                 "results": [[r.length, r.value] for r in t.results],
+                # Population-based training: the trial it continues from, or None.
+                "parent": None
+                if t.parent is None
+                else {
+                    "trial_id": t.parent.source_trial,
+                    "checkpoint": t.parent.checkpoint,
+                    "length": t.parent.length,
+                },
             }
             for t in view.trials.values()
         ]
@@ -427,6 +436,7 @@ class Dashboard:
             may_control=self._may_control(view),
             query=request.query_string,
             parallel_note=parallel_note(view, options),
+            lineage_note=lineage_note(view),
         )
 
     def clear_cache(self) -> None:

@@ -1,5 +1,8 @@
 """Words for a replayed log: what happened, what was decided, and why, in the searcher's
-own terms ("trial 7 promoted to rung 1 (length 100): rank 2 of 9 at rung 0, cutoff top 2").
+own terms ("trial 7 promoted to rung 1 (length 100): rank 2 of 9 at rung 0, cutoff top 2";
+"trial 12 continues from trial 3's checkpoint at length 40 (rank 1 of 8); replaces trial
+7 (bottom 25%): lr 0.01 -> 0.012 (x1.2)"), with what the search method noted about each
+input (why it decided, or waits, as it does).
 """
 
 from __future__ import annotations
@@ -151,9 +154,22 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
 Decision = tuple[int | None, str]
 
 
+def _replacements(step: Step, run: ExperimentRun) -> dict[str, str]:
+    """Why each trial the step's clones replace is closed: "replaced by trial 12 (bottom
+    25%)" (population-based training), by the replaced trial's request id."""
+    trials = run.experiment.trials
+    out: dict[str, str] = {}
+    for op in step.ops:
+        if isinstance(op, Create) and op.clone is not None and op.clone.replaces is not None:
+            clone_id = trials[op.request_id].trial_id
+            out[op.clone.replaces] = f"replaced by trial {clone_id} ({op.clone.cut})"
+    return out
+
+
 def _explain_ops(step: Step, run: ExperimentRun) -> list[Decision]:
     method = run.experiment.method
     trials = run.experiment.trials
+    replaced = _replacements(step, run)
     lines: list[Decision] = []
     for op in step.ops:
         match op:
@@ -163,6 +179,8 @@ def _explain_ops(step: Step, run: ExperimentRun) -> list[Decision]:
                 if op.suggestion is not None:
                     described = op.suggestion.describe()
                     lines.append((trial_id, f"trial {trial_id} hyperparameters {described}"))
+                if op.clone is not None:
+                    lines.append((trial_id, op.clone.describe(trial_id)))
             case ValidateAfter():
                 trial_id = trials[op.request_id].trial_id
                 asha = _asha_for(method, op.request_id)
@@ -175,7 +193,8 @@ def _explain_ops(step: Step, run: ExperimentRun) -> list[Decision]:
                 lines.append((trial_id, text))
             case Close():
                 trial_id = trials[op.request_id].trial_id
-                lines.append((trial_id, f"trial {trial_id} closed"))
+                why = replaced.get(op.request_id)
+                lines.append((trial_id, f"trial {trial_id} closed" + (f": {why}" if why else "")))
             case Shutdown() if op.failure and step.failed:
                 lines.append((None, f"experiment failed: {step.failed}"))
             case Shutdown():
@@ -267,18 +286,25 @@ def decisions(record: InputRecord, step: Step, run: ExperimentRun) -> list[Decis
 def entry(
     record: InputRecord, step: Step, run: ExperimentRun, *, show_all: bool = False
 ) -> dict[str, Any] | None:
-    """A timeline entry for one input, or None for noise the default timeline hides."""
-    if not show_all and isinstance(record.input, NOISE) and not step.commands and not step.ops:
+    """A timeline entry for one input, or None for noise the default timeline hides: its
+    event, what the search method noted about it (``notes``, as logged), and the
+    decisions it caused."""
+    notes = list(record.notes or ())
+    quiet = not step.commands and not step.ops and not notes
+    if not show_all and isinstance(record.input, NOISE) and quiet:
         return None
     return {
         "seq": record.seq,
         "event": describe_input(record, run),
         "decisions": explain_step(record, step, run),
+        "notes": notes,
     }
 
 
 def print_entry(item: dict[str, Any]) -> str:
+    """An entry as lines: the event, then each note ("note: ..."), then each decision."""
     lines = [f"{item['seq']:>6}  {item['event']}"]
+    lines += [f"        note: {note}" for note in item.get("notes", ())]
     lines += [f"        {line}" for line in item["decisions"]]
     return "\n".join(lines)
 

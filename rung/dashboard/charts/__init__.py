@@ -9,6 +9,7 @@ from rung.dashboard.charts.bars import bar_chart
 from rung.dashboard.charts.data import (
     Axis,
     Bar,
+    Branch,
     Curve,
     ParallelAxis,
     ParallelLine,
@@ -16,6 +17,7 @@ from rung.dashboard.charts.data import (
     Segment,
     StripPoint,
 )
+from rung.dashboard.charts.lineage import lineage_tree
 from rung.dashboard.charts.lines import line_chart, sparkline
 from rung.dashboard.charts.parallel import parallel_coordinates
 from rung.dashboard.charts.strip import rung_view
@@ -24,6 +26,7 @@ from rung.dashboard.charts.timeline import worker_timeline
 __all__ = [
     "Axis",
     "Bar",
+    "Branch",
     "Curve",
     "ParallelAxis",
     "ParallelLine",
@@ -32,6 +35,7 @@ __all__ = [
     "StripPoint",
     "bar_chart",
     "line_chart",
+    "lineage_tree",
     "parallel_coordinates",
     "rung_view",
     "sparkline",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "Axis",
     "Bar",
+    "Branch",
     "Curve",
     "ParallelAxis",
     "ParallelLine",
@@ -130,3 +131,21 @@ class Segment:
     title: str = ""
     href: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One trial of a family tree (population-based training): it trained from ``start``
+    (the length of the checkpoint it continues from; 0 for a trial that started afresh)
+    to ``end``, from ``parent``'s checkpoint (None: a root, or a parent not drawn).
+    ``value`` (its latest result) colours it; ``css`` is an extra class (``running``,
+    ``stopped``, ``best``)."""
+
+    trial_id: int
+    parent: int | None
+    start: float
+    end: float
+    value: float | None
+    title: str = ""
+    css: str = ""
+    href: str | None = None

@@ -56,6 +56,7 @@ SECTIONS: Final = {
     "parallel",
     "importance",
     "timeline",
+    "lineage",
     "trials",
     "head",
 }
