@@ -146,6 +146,15 @@ class TrialSummary(Message):
     attempt: int
     latest_checkpoint: str | None
     worker_id: str | None
+    # Population-based training: where the trial comes from (its ``Create.clone``: the
+    # source trial, the checkpoint and its length, the rank, each hyperparameter's
+    # change), as JSON; None for a trial that started afresh, and then left out, so
+    # that a summary without clones reads as before.
+    lineage: dict[str, JsonValue] | None = None
+
+    @model_serializer(mode="wrap")
+    def _lineage_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_none(handler(self), "lineage")
 
 
 class ExperimentSummary(Message):

@@ -27,7 +27,7 @@ from rung.cli.render import (
     trial_json,
     trials_table,
 )
-from rung.client import Client, Clone, Experiment, NotFoundError, RefusedError
+from rung.client import Client, Experiment, lineage_of
 from rung.export import FORMATS, ExportError, ExportResult, export_experiment
 from rung.searcher.eventlog import InputRecord, replay
 from rung.searcher.eventlog.explain import entry, print_entry
@@ -145,17 +145,9 @@ def describe_experiment(args: argparse.Namespace) -> int:
     async def main(client: Client) -> int:
         experiment = client.experiment(args.experiment_id)
         summary = await experiment.describe()
-        # Each clone's source (population-based training); after the summary, so that
-        # every clone among its trials is in it.
-        lineage: dict[int, Clone] | None
-        try:
-            lineage = await experiment.lineage()
-        except (NotFoundError, RefusedError) as exc:
-            # An experiment the searcher could not recover is described, its log not read.
-            print(console_text(f"lineage not shown: {exc}", sys.stderr), file=sys.stderr)
-            lineage = None
+        lineage = lineage_of(summary)  # each clone's source (population-based training)
         if args.json:
-            print(summary_json(summary, lineage=lineage))
+            print(summary_json(summary))
         else:
             print_summary(summary, lineage=lineage)
         return 0

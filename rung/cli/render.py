@@ -27,7 +27,6 @@ __all__ = [
     "checkpoints_table",
     "console_text",
     "experiments_table",
-    "lineage_json",
     "print_summary",
     "print_trial",
     "progress_table",
@@ -91,21 +90,13 @@ def trial_json(trial: TrialSummary, *, full: bool = False) -> dict[str, Any]:
     return shown
 
 
-def lineage_json(clone: Clone | None) -> dict[str, Any] | None:
-    """A trial's parent: the clone record the searcher logged (the source trial, the
-    checkpoint and its length, the round, the rank, the trial replaced, the changes),
-    or None for a trial that started afresh."""
-    return None if clone is None else clone.model_dump(mode="json")
-
-
-def summary_json(summary: ExperimentSummary, *, lineage: Mapping[int, Clone] | None = None) -> str:
-    """The experiment as JSON; given the ``lineage`` (``Experiment.lineage()``), each
-    trial with its parent (``lineage``: null for a trial that started afresh)."""
+def summary_json(summary: ExperimentSummary) -> str:
+    """The experiment as JSON; each trial with its parent (``lineage``: the clone record
+    the searcher logged, or null for a trial that started afresh)."""
 
     def trial(summary: TrialSummary) -> dict[str, Any]:
         shown = trial_json(summary)
-        if lineage is not None:
-            shown["lineage"] = lineage_json(lineage.get(summary.trial_id))
+        shown["lineage"] = summary.lineage
         return shown
 
     return json.dumps(

@@ -10,7 +10,7 @@ docs/client.md has more examples. Every return value is a typed model below; eve
 error the client raises on purpose derives from ``ClientError``.
 """
 
-from rung.client._client import Client, Experiment, Trial
+from rung.client._client import Client, Experiment, Trial, lineage_of
 from rung.client._models import (
     Change,
     Checkpoint,
@@ -50,4 +50,5 @@ __all__ = [
     "Trial",
     "TrialSummary",
     "WorkerInfo",
+    "lineage_of",
 ]

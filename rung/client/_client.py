@@ -42,17 +42,12 @@ from rung.searcher.client import (
     SearcherClient,
 )
 from rung.searcher.config import ExperimentConfig
-from rung.searcher.eventlog import CreatedRecord, InputRecord
-from rung.searcher.ops import Create
+from rung.searcher.eventlog import InputRecord
 
-__all__ = ["Client", "Experiment", "Trial"]
+__all__ = ["Client", "Experiment", "Trial", "lineage_of"]
 
 ConfigSource = str | Path | dict[str, Any] | ExperimentConfig
 FINAL_STATES = frozenset({"COMPLETED", "ERRORED", "CANCELED", "INVALID_HP"})
-# The search methods that can clone a trial (``Create.clone``): population-based training,
-# and a custom method (which may ``create(..., clone=...)``). Only their logs are read for
-# a lineage.
-CLONING_SEARCHERS = frozenset({"pbt", "custom"})
 
 log = structlog.get_logger("rung.client")
 
@@ -271,29 +266,8 @@ class Experiment:
         made the source one to copy, the trial it replaces, and how its hyperparameters
         differ (``changes``), as the searcher logged them. A trial that started afresh
         is not in it; follow ``source_trial`` from any trial to walk its line back.
-
-        Read from the event log, page by page, keeping only the clones; the log of a
-        search method that cannot clone (anything but ``pbt`` and ``custom``) is not
-        read past its first record."""
-        clones: dict[str, Clone] = {}
-        after_seq, limit = 0, 1  # the first record says which search method it is
-        while True:
-            records, _, newest = await self.client.rpc.read_records(
-                self.id, after_seq=after_seq, limit=limit
-            )
-            if after_seq == 0 and records and not _may_clone(records[0]):
-                return {}
-            clones.update(_clones(records))
-            if records:
-                after_seq = records[-1].seq
-            if not records or after_seq >= newest:
-                break
-            limit = 1000
-        if not clones:
-            return {}
-        # After the log: every clone read is a trial of the experiment by now.
-        trials = (await self.describe()).trials
-        return {t.trial_id: clones[t.request_id] for t in trials if t.request_id in clones}
+        One describe: each trial's summary carries its lineage."""
+        return lineage_of(await self.describe())
 
     async def wait(
         self, timeout: float | None = None, *, poll_s: float = 0.5
@@ -466,24 +440,12 @@ async def _logs(
 
 
 # ---------------------------------------------------------------------- reading records
-def _may_clone(record: Event) -> bool:
-    """Whether the experiment's search method can clone trials: its first record, the
-    experiment's creation, names it (any other first record: it may)."""
-    if not isinstance(record, CreatedRecord):
-        return True
-    searcher = record.config.get("searcher")
-    name = searcher.get("name") if isinstance(searcher, dict) else None
-    return name in CLONING_SEARCHERS
-
-
-def _clones(records: Iterable[Event]) -> dict[str, Clone]:
-    """The clone of each ``Create`` the records decided, by the new trial's request id."""
+def lineage_of(summary: ExperimentSummary) -> dict[int, Clone]:
+    """Each clone's lineage among the summary's trials, by trial id."""
     return {
-        op.request_id: op.clone
-        for record in records
-        if isinstance(record, InputRecord)
-        for op in record.ops
-        if isinstance(op, Create) and op.clone is not None
+        trial.trial_id: Clone.model_validate(trial.lineage)
+        for trial in summary.trials
+        if trial.lineage is not None
     }
 
 

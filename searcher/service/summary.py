@@ -22,6 +22,7 @@ def _trial(run: ExperimentRun, trial: TrialRuntime) -> TrialSummary:
         attempt=trial.attempt,
         latest_checkpoint=trial.latest_checkpoint,
         worker_id=trial.worker_id,
+        lineage=record.create.clone.model_dump(mode="json") if record.create.clone else None,
     )
 
 

@@ -19,14 +19,13 @@ import rung.cli.experiments as cli_experiments
 from rung.broker.schemas import CheckpointSaved, ExperimentSummary
 from rung.cli.render import print_summary, summary_json
 from rung.cli.replay import run_replay
-from rung.client import Client, Clone, Experiment, NotFoundError
+from rung.client import Client, Clone, Experiment, NotFoundError, lineage_of
 from rung.searcher.eventlog import InputRecord, Record, replay
 from rung.searcher.eventlog.explain import entry, print_entry
 from rung.searcher.ops import Create
 from rung.searcher.service.summary import summarise
 from rung.searcher.trials import ExperimentRun, Step
 
-from .helpers import make_config
 from .pbt_log import EXP, checkpoint, pbt_log
 
 WAITING = "round 0: waiting for trial 4's checkpoint at length 10 (rank 1), to copy it"
@@ -177,8 +176,7 @@ class FakeClient:
 def describe_json(run: ExperimentRun, records: list[Record]) -> dict[str, Any]:
     experiment = FakeClient(FakeRpc(run, records)).experiment(run.experiment_id)
     summary = asyncio.run(experiment.describe())
-    lineage = asyncio.run(experiment.lineage())
-    data: dict[str, Any] = json.loads(summary_json(summary, lineage=lineage))
+    data: dict[str, Any] = json.loads(summary_json(summary))
     return data
 
 
@@ -215,30 +213,21 @@ def test_describe_json_gives_every_trial_its_parent_to_walk_the_family_tree() ->
     assert trials[6]["lineage"]["checkpoint"] == checkpoint(5, 20)
 
 
-def test_describe_json_has_no_lineage_field_unless_asked_and_reads_no_log_it_need_not() -> None:
+def test_the_lineage_comes_with_describe_and_no_record_is_read() -> None:
+    """Each trial's summary carries its lineage (the searcher's state, which replay of the
+    log gives too): one describe answers, whatever the log's size."""
     run, records = pbt_log()
     summary = summarise(run, "events.jsonl")
-    assert all("lineage" not in t for t in json.loads(summary_json(summary))["trials"])
-    # A search method that cannot clone: only the log's first record is read.
-    other = make_config({"name": "random", "max_length": 10, "max_trials": 2})
-    created = records[0].model_copy(update={"config": other.model_dump(mode="json", by_alias=True)})
-    rpc = FakeRpc(run, [created, *records[1:]])
-    lineage = asyncio.run(FakeClient(rpc).experiment(EXP).lineage())
-    assert lineage == {}
-    assert rpc.calls == [("read_records", 0, 1)]
-    # PBT: the whole log, page by page, then one describe for the trial ids.
+    shown = {t["trial_id"]: t.get("lineage") for t in json.loads(summary_json(summary))["trials"]}
+    assert [t for t, v in shown.items() if v is not None] == [5, 6]
+    # A trial that started afresh is written as before lineage existed: no such key.
+    plain = summary.trials[0].model_dump(mode="json")
+    assert "lineage" not in plain
     rpc = FakeRpc(run, records)
     lineage = asyncio.run(FakeClient(rpc).experiment(EXP).lineage())
     assert sorted(lineage) == [5, 6]
-    assert [c[0] for c in rpc.calls].count("describe") == 1
-    # The first record alone, then pages on from the last record read, to the newest.
-    starts, seq = [0], 1
-    while seq < records[-1].seq:
-        starts.append(seq)
-        seq = min(seq + 7, records[-1].seq)
-    expected = [("read_records", start, 1 if start == 0 else 1000) for start in starts]
-    assert [c for c in rpc.calls if c[0] == "read_records"] == expected
-    assert rpc.calls[-1][0] == "describe"
+    assert rpc.calls == [("describe", 0, 0)]
+    assert lineage_of(summary) == lineage
 
 
 def test_rung_experiment_describe_shows_where_each_clone_comes_from(
@@ -274,11 +263,11 @@ def test_rung_experiment_describe_shows_where_each_clone_comes_from(
     assert " from " not in plain.getvalue()
 
 
-def test_describe_of_an_experiment_whose_log_cannot_be_read_still_answers(
+def test_describe_gives_the_lineage_even_where_the_log_cannot_be_read(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The searcher describes an experiment it could not recover, but reads no records of
-    it: describe says so and answers without the lineage."""
+    """An experiment whose records cannot be read (a searcher that could not recover it
+    reads none) still has its trials' lineage in describe: it never reads the log."""
     run, records = pbt_log()
 
     class Broken(FakeRpc):
@@ -298,6 +287,6 @@ def test_describe_of_an_experiment_whose_log_cannot_be_read_still_answers(
     )
     out = capsys.readouterr()
     data = json.loads(out.out)
-    assert sorted(t["trial_id"] for t in data["trials"]) == [1, 2, 3, 4, 5, 6]
-    assert all("lineage" not in t for t in data["trials"])
-    assert out.err == f"lineage not shown: experiment {EXP} could not be recovered\n"
+    parents = {t["trial_id"]: (t["lineage"] or {}).get("source_trial") for t in data["trials"]}
+    assert parents == {1: None, 2: None, 3: None, 4: None, 5: 4, 6: 5}
+    assert out.err == ""
