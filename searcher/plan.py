@@ -9,12 +9,18 @@ it can possibly train. ``max_total_length`` is a true upper bound:
   ``n`` trials leave a rung;
 * stopping-based ASHA may continue every trial whose result is the best so far, so in
   the worst case every trial trains to ``max_length``;
-* random, single and grid train every trial to ``max_length``.
+* random, single and grid train every trial to ``max_length``;
+* pbt (one "bracket" whose rungs are the rounds' ends): every member trains every round,
+  so ``population_size * num_rounds * length_per_round`` in synchronous mode, where a
+  copy continues from its source's length; in asynchronous mode a member may copy one
+  that is behind it and train that length again, so at most every trial it may create
+  (``population_size * (num_rounds + 1)``) trains the whole length.
 """
 
 from __future__ import annotations
 
 import math
+from typing import assert_never
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,6 +30,8 @@ from rung.searcher.config import (
     CustomSearcher,
     ExperimentConfig,
     GridSearcher,
+    PBTMode,
+    PBTSearcher,
     RandomSearcher,
     SingleSearcher,
 )
@@ -95,6 +103,23 @@ def _flat_bracket(trials: int, max_length: int, concurrency: int) -> BracketPlan
     )
 
 
+def _pbt_bracket(searcher: PBTSearcher) -> BracketPlan:
+    population, rounds = searcher.population_size, searcher.num_rounds
+    per_round = searcher.length_per_round.units
+    replaced = int(population * searcher.replace_function.truncate_fraction)
+    trials = population + replaced * (rounds - 1)  # synchronous, nothing failing
+    nominal = population * rounds * per_round
+    synchronous = searcher.mode is PBTMode.SYNCHRONOUS
+    return BracketPlan(
+        rungs=[per_round * (r + 1) for r in range(rounds)],
+        trials=trials,
+        max_concurrent_trials=searcher.max_concurrent_trials,
+        trials_per_rung=[population] * rounds,
+        nominal_length=nominal,
+        max_length=nominal if synchronous else population * (rounds + 1) * per_round * rounds,
+    )
+
+
 def plan_search(config: ExperimentConfig) -> SearchPlan:
     searcher = config.searcher
     grid: int | None = None
@@ -119,8 +144,12 @@ def plan_search(config: ExperimentConfig) -> SearchPlan:
         case AdaptiveASHASearcher():
             stop_once = searcher.stop_once
             brackets = [_asha_bracket(p, stop_once=stop_once) for p in plan_brackets(searcher)]
+        case PBTSearcher():
+            brackets = [_pbt_bracket(searcher)]
         case CustomSearcher():
             brackets = []
+        case _:
+            assert_never(searcher)
     length = getattr(searcher, "max_length", None)
     return SearchPlan(
         searcher=searcher.name,

@@ -6,6 +6,8 @@ logarithms computed exactly instead of through floating-point ``log`` ratios.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from rung.searcher.config.searchers import AdaptiveMode
 
 __all__ = [
@@ -43,6 +45,8 @@ def bracket_rung_counts(
             counts = list(range((rungs - 1) // 2 + 1, rungs + 1))
         case AdaptiveMode.CONSERVATIVE:
             counts = list(range(1, rungs + 1))
+        case _:
+            assert_never(mode)
     return sorted(counts, reverse=True)
 
 

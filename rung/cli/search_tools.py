@@ -127,9 +127,10 @@ def _print_plan(plan: SearchPlan) -> None:
             str(bracket.max_length),
         )
     console.print(table)
+    schedule = "the rounds" if plan.searcher == "pbt" else "the halving schedule"
     console.print(
         f"total trials: {plan.total_trials}; length trained: "
-        f"{plan.nominal_total_length} by the halving schedule, "
+        f"{plan.nominal_total_length} by {schedule}, "
         f"{plan.max_total_length} at most{unit}"
     )
 

@@ -102,9 +102,9 @@ class ConfigModel(BaseModel):
             result = handler(kept)
         except ValidationError as exc:
             errors += [_init_details(e) for e in exc.errors()]
-        else:
-            problems = result.rule_problems()
-            errors += [InitErrorDetails(type=p, loc=(), input=data) for p in problems]
+            raise ValidationError.from_exception_data(cls.__name__, errors) from None
+        problems = result.rule_problems()
+        errors += [InitErrorDetails(type=p, loc=(), input=data) for p in problems]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from random import Random
+from typing import assert_never
 
 from pydantic import JsonValue
 
@@ -86,6 +87,8 @@ def _perturb(hp: IntHP | DoubleHP | LogHP, value: float, factor: float) -> tuple
         case LogHP():
             ends = sorted((hp.base**hp.minval, hp.base**hp.maxval))
             low, high = float(ends[0]), float(ends[1])
+        case _:
+            assert_never(hp)
     clamped = min(max(moved, low), high)
     return clamped, clamped != moved
 

@@ -192,6 +192,7 @@ class _Group:
 
     def _connect(self, host: str, port: int) -> None:
         deadline = time.monotonic() + self.timeout
+        sock: socket.socket | None = None
         while True:
             try:
                 sock = socket.create_connection((host, port), timeout=_HELLO_S)
@@ -208,6 +209,7 @@ class _Group:
                         "chief_ip its address?"
                     ) from exc
             time.sleep(0.05)
+        assert sock is not None  # noqa: S101 (the loop ends only once connected)
         _keepalive(sock)
         self.chief = sock
 

@@ -374,6 +374,7 @@ async def test_a_restarted_searcher_does_not_import_a_custom_method_it_may_not_r
     searcher = {"name": "custom", "class": "my_search:Halving", "metric": "loss"}
     config = {**CUSTOM, "searcher": {**searcher, "max_length": 3, "trials": 2}}
     create = _create(config, tmp_path, {"train.py": "pass\n", "my_search.py": HALVING})
+    experiment_id = ""  # made with custom searchers allowed, then reopened without
     try:
         for allowed in (True, False):
             service = SearcherService(

@@ -250,8 +250,11 @@ def test_the_round_waits_for_the_best_checkpoint_then_takes_it() -> None:
     experiment = pbt()
     population = [op.request_id for op in creates(experiment.apply(Start()).ops)]
     finish(experiment, population[0], 0.1, checkpoint=False)  # the best reports first
-    for rid, metric in zip(population[1:], (0.3, 0.5, 0.9), strict=True):
-        decision = finish(experiment, rid, metric)
+    decisions = [
+        finish(experiment, rid, metric)
+        for rid, metric in zip(population[1:], (0.3, 0.5, 0.9), strict=True)
+    ]
+    decision = decisions[-1]
     assert decision.ops == ()
     assert any("waiting for trial 1's checkpoint at length 10" in n for n in decision.notes)
     saved = experiment.apply(
@@ -267,9 +270,10 @@ def test_a_source_that_exited_without_a_checkpoint_is_passed_over() -> None:
     experiment = pbt(population=8, truncate=0.25)  # two replaced a round
     population = [op.request_id for op in creates(experiment.apply(Start()).ops)]
     finish(experiment, population[0], 0.1, checkpoint=False)
-    for index, rid in enumerate(population[1:], start=2):
-        decision = finish(experiment, rid, index / 10)
-    assert decision.ops == ()
+    decisions = [
+        finish(experiment, rid, index / 10) for index, rid in enumerate(population[1:], start=2)
+    ]
+    assert decisions[-1].ops == ()
     paused = experiment.apply(TrialPaused(request_id=population[0]))
     sources = [op.clone.source for op in creates(paused.ops) if op.clone is not None]
     assert sources == [population[1], population[2]]  # ranks 2 and 3, rank 1 passed over
@@ -314,16 +318,16 @@ def test_a_round_that_times_out_closes_and_replaces_its_stragglers() -> None:
 def test_the_last_round_closes_the_population_and_the_experiment_ends() -> None:
     experiment = pbt(rounds=2)
     population = [op.request_id for op in creates(experiment.apply(Start()).ops)]
-    for index, rid in enumerate(population):
-        decision = finish(experiment, rid, index / 10)
-    live = ids(decision)
-    for index, rid in enumerate(live):
-        decision = finish(experiment, rid, index / 10)
-    assert sorted(c.request_id for c in closes(decision.ops)) == sorted(live)
+    decisions = [finish(experiment, rid, index / 10) for index, rid in enumerate(population)]
+    live = ids(decisions[-1])
+    decisions = [finish(experiment, rid, index / 10) for index, rid in enumerate(live)]
+    assert sorted(c.request_id for c in closes(decisions[-1].ops)) == sorted(live)
     assert experiment.method.progress(experiment) == 1.0
+    finals = []
     for rid in [r for r in population if r not in live] + live:
         assert not experiment.is_shut_down
-        final = experiment.apply(TrialClosed(request_id=rid))
+        finals.append(experiment.apply(TrialClosed(request_id=rid)))
+    final = finals[-1]
     assert final.ops
     assert final.ops[-1].type == "shutdown"
     assert experiment.is_shut_down

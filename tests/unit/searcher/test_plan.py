@@ -60,3 +60,26 @@ def test_max_total_length_bounds_every_simulated_run() -> None:
         trained = sum(t.trained for t in exp.trials.values())
         assert trained <= plan_search(config).max_total_length
         assert math.isfinite(trained)
+
+
+def test_a_pbt_plan_has_a_rung_per_round() -> None:
+    searcher = {
+        "name": "pbt",
+        "population_size": 8,
+        "num_rounds": 10,
+        "length_per_round": {"batches": 10},
+        "replace_function": {"truncate_fraction": 0.25},
+        "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
+    }
+    plan = plan_search(make_config(searcher))
+    (bracket,) = plan.brackets
+    assert plan.unit == "batches"
+    assert bracket.rungs == list(range(10, 101, 10))
+    assert bracket.trials_per_rung == [8] * 10
+    assert bracket.trials == plan.total_trials == 8 + 2 * 9
+    assert bracket.nominal_length == bracket.max_length == 800
+    # Asynchronous: a member may copy one behind it, so at most every trial the search
+    # may create trains the whole length.
+    asynchronous = plan_search(make_config({**searcher, "mode": "asynchronous"}))
+    assert asynchronous.max_total_length == 8 * 11 * 100
+    assert asynchronous.nominal_total_length == 800
