@@ -106,10 +106,13 @@ def _flat_bracket(trials: int, max_length: int, concurrency: int) -> BracketPlan
 def _pbt_bracket(searcher: PBTSearcher) -> BracketPlan:
     population, rounds = searcher.population_size, searcher.num_rounds
     per_round = searcher.length_per_round.units
-    replaced = int(population * searcher.replace_function.truncate_fraction)
-    trials = population + replaced * (rounds - 1)  # synchronous, nothing failing
-    nominal = population * rounds * per_round
     synchronous = searcher.mode is PBTMode.SYNCHRONOUS
+    # Synchronous: the cut of each round but the last, nothing failing. Asynchronous: as
+    # many, on average, if a member's result falls in the bottom quantile as often.
+    cut = searcher.truncate_fraction if synchronous else searcher.quantile
+    replaced = int(population * cut)
+    trials = population + replaced * (rounds - 1)
+    nominal = population * rounds * per_round
     return BracketPlan(
         rungs=[per_round * (r + 1) for r in range(rounds)],
         trials=trials,

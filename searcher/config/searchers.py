@@ -205,7 +205,9 @@ class PBTSearcher(_Searcher):
     population_size: Annotated[StrictInt, Field(ge=2, le=MAX_POPULATION)]
     num_rounds: Annotated[StrictInt, Field(ge=1, le=100_000)]
     length_per_round: Length
-    replace_function: ReplaceFunction
+    # Synchronous mode: required. Asynchronous mode: its truncate_fraction may give the
+    # cut instead of quantile_fraction (not both).
+    replace_function: ReplaceFunction | None = None
     explore_function: ExploreFunction
     mode: PBTMode = PBTMode.SYNCHRONOUS
     # Asynchronous mode: a trial in the bottom quantile_fraction of the latest results
@@ -224,13 +226,41 @@ class PBTSearcher(_Searcher):
 
     @property
     def quantile(self) -> float:
-        """The asynchronous mode's cut: ``quantile_fraction``, or 0.25."""
-        return 0.25 if self.quantile_fraction is None else self.quantile_fraction
+        """The asynchronous mode's cut: ``quantile_fraction``, or
+        ``replace_function.truncate_fraction``, or 0.25 (Ray Tune's default)."""
+        if self.quantile_fraction is not None:
+            return self.quantile_fraction
+        if self.replace_function is not None:
+            return self.replace_function.truncate_fraction
+        return 0.25
+
+    @property
+    def truncate_fraction(self) -> float:
+        """The synchronous mode's cut (validated present in that mode)."""
+        assert self.replace_function is not None  # noqa: S101 (checked by _pbt_rules)
+        return self.replace_function.truncate_fraction
 
     @model_validator(mode="after")
     def _pbt_rules(self) -> Self:
-        population, fraction = self.population_size, self.replace_function.truncate_fraction
+        population = self.population_size
         synchronous = self.mode is PBTMode.SYNCHRONOUS
+        if synchronous and self.replace_function is None:
+            raise rule_error(
+                "required in mode: synchronous (the share of the population replaced each "
+                "round), but missing; add replace_function: {truncate_fraction: 0.25}",
+                "replace_function",
+            )
+        both = self.replace_function is not None and self.quantile_fraction is not None
+        if not synchronous and both:
+            truncate = self.replace_function.truncate_fraction  # type: ignore[union-attr]
+            if truncate != self.quantile_fraction:
+                raise rule_error(
+                    "set at most one of quantile_fraction and "
+                    "replace_function.truncate_fraction in mode: asynchronous (both give the "
+                    f"cut), got {self.quantile_fraction:g} and {truncate:g}; keep one",
+                    "quantile_fraction",
+                )
+        fraction = self.quantile
         if synchronous and int(population * fraction) < 1:
             raise rule_error(
                 f"must replace at least one trial a round: int(population_size * "

@@ -63,6 +63,9 @@ class Member(BaseModel):
     checkpoint: str | None = None  # its latest checkpoint, and that checkpoint's length
     checkpoint_steps: int = -1
     paused: bool = False  # its process exited between operations: no checkpoint comes
+    # Synchronous: it owes the open round a result (its operation to the round's end was
+    # issued, and neither a result nor its end has come).
+    owes: bool = False
     failed: bool = False  # it ended early, or timed out: it is replaced, never copied
     finished: bool = False  # asynchronous: it reached the last length and was closed
 
@@ -75,7 +78,7 @@ class PBTState(BaseModel):
     waiting: str | None = None  # synchronous: the note of the wait, while one lasts
     created: int = 0
     done: bool = False
-    # Synchronous: the members that still owe the open round a result (a round ends at 0).
+    # Synchronous: how many members owe the open round a result (it ends at 0).
     pending: int = 0
     # Asynchronous: the members neither finished nor failed (the search ends at 0).
     live: int = 0
@@ -113,7 +116,9 @@ class PBT(SearchMethod[PBTState]):
         return min((length // self.per_round + 1) * self.per_round, self.max_length)
 
     def _train(self, request_id: str, length: int) -> ValidateAfter:
-        self.state.members[request_id].paused = False
+        member = self.state.members[request_id]
+        member.paused = False
+        member.owes = self.synchronous
         return ValidateAfter(request_id=request_id, length=length)
 
     def _new(self, ctx: SearchContext, length: int | None = None) -> list[Operation]:
@@ -213,7 +218,8 @@ class PBT(SearchMethod[PBTState]):
         if member is None or member.failed or self.state.done:
             return []  # a closed loser's or a timed-out straggler's late result
         if self.synchronous:
-            if member.length != length and length == self._round_length():
+            if member.owes:
+                member.owes = False
                 self.state.pending -= 1
             member.value = self._value(metric)
             member.length = length
@@ -248,7 +254,8 @@ class PBT(SearchMethod[PBTState]):
         if member is None or member.failed or member.finished or self.state.done:
             return []
         if self.synchronous:
-            if member.length != self._round_length():
+            if member.owes:
+                member.owes = False
                 self.state.pending -= 1
             member.failed = True
             member.value = WORST
@@ -268,10 +275,11 @@ class PBT(SearchMethod[PBTState]):
         state.timed_out = round_index
         end = self._round_length()
         ops: list[Operation] = []
-        stragglers = [r for r, m in state.members.items() if not m.failed and m.length != end]
+        stragglers = [r for r, m in state.members.items() if m.owes]
         state.pending -= len(stragglers)
         for request_id in stragglers:
             member = state.members[request_id]
+            member.owes = False
             member.failed = True
             member.value = WORST
             ops.append(Close(request_id=request_id))
@@ -292,7 +300,9 @@ class PBT(SearchMethod[PBTState]):
     def pinned(self, ctx: SearchContext) -> frozenset[str]:
         if self.state.done:
             return frozenset()
-        return frozenset(r for r, m in self.state.members.items() if not m.failed)
+        return frozenset(
+            r for r, m in self.state.members.items() if not m.failed and not m.finished
+        )
 
     def progress(self, ctx: SearchContext) -> float:
         if self.state.done:
@@ -322,17 +332,18 @@ class PBT(SearchMethod[PBTState]):
     def _end_round(self, ctx: SearchContext, alive: list[str]) -> list[Operation]:
         state = self.state
         ranked = self._ranked(ctx, alive)
-        cut = int(self.config.population_size * self.config.replace_function.truncate_fraction)
+        cut = int(self.config.population_size * self.config.truncate_fraction)
         cut = min(cut, max(len(ranked) - 1, 0))
         bottom = ranked[len(ranked) - cut :] if cut else []
         failed = [r for r, m in state.members.items() if m.failed]
         candidates = ranked[: len(ranked) - cut]
         losers = bottom[::-1] + failed  # worst first, then the failed members
         sources = self._sources(ctx, candidates, min(len(losers), len(candidates)))
+        rank_of = {request_id: index for index, request_id in enumerate(ranked, start=1)}
         if sources is None:
             return []  # waiting for a source's checkpoint
         state.waiting = None
-        percent = f"bottom {self.config.replace_function.truncate_fraction:.0%}"
+        percent = f"bottom {self.config.truncate_fraction:.0%}"
         ops: list[Operation] = []
         next_length = self._round_length() + self.per_round
         replaced: list[str] = []
@@ -345,7 +356,7 @@ class PBT(SearchMethod[PBTState]):
                 ops += self._clone(
                     ctx,
                     source,
-                    rank=ranked.index(source) + 1,
+                    rank=rank_of[source],
                     ranked=len(ranked),
                     cut="failed" if is_failed else percent,
                     replaces=loser,
@@ -361,18 +372,20 @@ class PBT(SearchMethod[PBTState]):
                 f"round {state.round}: no member has a checkpoint at length "
                 f"{self._round_length()} to copy; {_trials(ctx, bottom)} continue unchanged"
             )
+        gone = set(replaced)
         for loser in losers:
-            if loser in replaced or state.members[loser].failed:
+            if loser in gone or state.members[loser].failed:
                 del state.members[loser]
+        survivors = set(ranked) - set(losers)
         for request_id in state.members:
-            if request_id in ranked and request_id not in losers:
+            if request_id in survivors:
                 ops.append(self._train(request_id, next_length))
         # The losers that continue unchanged (no source): trained like the others.
         for request_id in bottom:
-            if request_id not in replaced and request_id in state.members:
+            if request_id not in gone and request_id in state.members:
                 ops.append(self._train(request_id, next_length))
         state.round += 1
-        state.pending = sum(1 for m in state.members.values() if not m.failed)
+        state.pending = sum(1 for m in state.members.values() if m.owes)
         if not state.members:
             state.done = True
             ctx.note("every member of the population failed: the search ends")
@@ -427,13 +440,13 @@ class PBT(SearchMethod[PBTState]):
             self._order = sorted(
                 (m.value, self._trial(ctx, r), r)
                 for r, m in self.state.members.items()
-                if m.value is not None and not m.failed
+                if m.value is not None and not m.failed and not m.finished
             )
         return self._order
 
     def _key(self, ctx: SearchContext, request_id: str) -> tuple[float, int, str] | None:
         member = self.state.members.get(request_id)
-        if member is None or member.value is None or member.failed:
+        if member is None or member.value is None or member.failed or member.finished:
             return None
         return (member.value, self._trial(ctx, request_id), request_id)
 
@@ -454,6 +467,7 @@ class PBT(SearchMethod[PBTState]):
         state = self.state
         member = state.members[request_id]
         if member.length >= self.max_length:
+            self._unrank(ctx, request_id)  # nothing is left to copy from it
             member.finished = True
             state.live -= 1
             state.done = state.live == 0

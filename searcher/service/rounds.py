@@ -4,10 +4,13 @@ A search method with rounds (population-based training's synchronous mode) says 
 round is open and its limit (``SearchMethod.round_limit``). The service's clock, never
 the pure core's, times it: once a round of an active experiment has been open that long
 in this searcher, its experiment gets a ``round_timeout`` input, logged like any other,
-whose message id (``<experiment id>/timer/round/<round>``) makes it apply once even if a
-restarted searcher times the round again. A round is timed from when this searcher first
-saw it open: after a restart, or while the experiment is paused, the clock starts again,
-so a round is never cut short, only possibly given longer.
+at every tick until the round has ended. Each firing has a message id of its own
+(``<experiment id>/timer/round/<round>/<n>``): one that was refused (the experiment was
+paused between the check and the input) or is taken for one applied before a restart
+only makes the next tick's count. A timeout that applies ends its round, so the round
+times out once. A round is timed from when this searcher first saw it open: after a
+restart, or while the experiment is paused, the clock starts again, so a round is never
+cut short, only possibly given longer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class RoundTimer:
 
     def __init__(self) -> None:
         self._opened: dict[tuple[str, int], float] = {}
+        self._fired: dict[tuple[str, int], int] = {}
 
     def due(self, runs: Iterable[ExperimentRun], now: float) -> list[DueRound]:
         """The rounds whose time is up; forgets the rounds that closed."""
@@ -54,7 +58,9 @@ class RoundTimer:
                     round=round_index,
                     after_s=round(now - opened, 1),
                 )
-                message_id = f"{run.experiment_id}/timer/round/{round_index}"
+                fired = self._fired[key] = self._fired.get(key, 0) + 1
+                message_id = f"{run.experiment_id}/timer/round/{round_index}/{fired}"
                 due.append(DueRound(run.experiment_id, body, message_id))
         self._opened = {k: v for k, v in self._opened.items() if k in open_now}
+        self._fired = {k: v for k, v in self._fired.items() if k in open_now}
         return due

@@ -69,6 +69,8 @@ class RunBase:
         # they change: garbage collection skips its pass over every trial while none
         # does. Derived, never stored: a restore counts it again.
         self.held_checkpoints = 0
+        # Which trial saved each checkpoint the trials hold (derived, like the count).
+        self.checkpoint_owner: dict[str, int] = {}
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
@@ -95,6 +97,9 @@ class RunBase:
             self.trials[trial.request_id] = trial
             self.by_id[trial.trial_id] = trial
         self.held_checkpoints = sum(len(t.checkpoints) for t in self.trials.values())
+        self.checkpoint_owner = {
+            uuid: t.trial_id for t in self.trials.values() for uuid in t.checkpoints
+        }
 
     def start_token(self, trial_id: int, attempt: int) -> str | None:
         """The token a ``run_trial`` for ``attempt`` carries and its ``trial_started``

@@ -204,6 +204,7 @@ class CheckpointCollector(RunBase):
                 continue
             for uuid in gone.intersection(trial.checkpoints):
                 del trial.checkpoints[uuid]
+                self.checkpoint_owner.pop(uuid, None)
                 self.held_checkpoints -= 1
             if trial.latest_checkpoint in gone:
                 trial.latest_checkpoint = None

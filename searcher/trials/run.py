@@ -36,7 +36,7 @@ from rung.searcher.events import (
     TrialProgress,
     ValidationCompleted,
 )
-from rung.searcher.ops import Shutdown
+from rung.searcher.ops import Close, Shutdown
 from rung.searcher.trials.gang import GangRun
 from rung.searcher.trials.gc import CheckpointCollector
 from rung.searcher.trials.model import (
@@ -218,12 +218,35 @@ class ExperimentRun(CheckpointCollector, GangRun):
 
     def _round_timeout(self, body: RoundTimeout) -> Step:
         """The service's timer: the search's open round has been open its limit. Only an
-        active experiment's round times out (a paused one's waits for its activation)."""
+        active experiment's round times out (a paused one's waits for its activation).
+        The stragglers the search closes are stopped now (killed if they run, dropped if
+        they wait for a worker) and end CANCELED: they are replaced, and a hung process
+        must not hold its slot, nor keep the experiment from ending."""
         step = Step()
         if self.state != "ACTIVE":
             step.ignored = f"round_timeout: the experiment is {self.state}"
             return step
         self._search(RoundTimedOut(round=body.round, after_s=body.after_s), step)
+        closed = [op.request_id for op in step.ops if isinstance(op, Close)]
+        for request_id in closed:
+            record = self.experiment.trials[request_id]
+            trial = self.trials[request_id]
+            if record.terminal or record.op_done or trial.state in TERMINAL:
+                continue  # between operations: the close ends it already
+            if trial.state == "RUNNING":
+                self._tell(trial, KillTrial, step)
+            else:
+                self._end_gang(trial, step)
+            trial.state = "CANCELED"
+            trial.worker_id = None
+            trial.waiting = False
+            trial.stopping = None
+            trial.logs.append(
+                f"[rung] stopped: round {body.round} of the search timed out after "
+                f"{body.after_s:g} s before this trial finished it; a copy replaces it"
+            )
+            ended = TrialExitedEarly(request_id=request_id, reason=ExitedReason.USER_CANCELED)
+            self._search(ended, step, quiet=True)
         return step
 
     def _on_trial_event(self, body: Body) -> Step:
@@ -260,13 +283,27 @@ class ExperimentRun(CheckpointCollector, GangRun):
         return step
 
     def _checkpoint_saved(self, trial: TrialRuntime, body: CheckpointSaved, step: Step) -> None:
+        owner = self.checkpoint_owner.get(body.uuid)
+        if owner is not None and owner != trial.trial_id:
+            # A trial reports only checkpoints it saved: one that names another trial's
+            # would make that checkpoint its own (resumed from, copied, deleted with it).
+            step.ignored = (
+                f"trial {trial.trial_id}: checkpoint {body.uuid} was saved by trial {owner}; "
+                "a trial reports only the checkpoints it saves"
+            )
+            return
         if body.steps_completed >= trial.latest_steps:
             trial.latest_checkpoint = body.uuid
             trial.latest_steps = body.steps_completed
         if body.uuid not in trial.checkpoints:
             trial.checkpoints[body.uuid] = body.steps_completed
+            self.checkpoint_owner[body.uuid] = trial.trial_id
             self.held_checkpoints += 1
-            if self.experiment.method.follows_checkpoints:
+            # A method that copies checkpoints hears of those within the trial's current
+            # operation: one saved past it (a script that trains further than asked) is
+            # no round's end, and steps a script made up cannot mislead a copy.
+            within = trial.target is not None and body.steps_completed <= trial.target
+            if self.experiment.method.follows_checkpoints and within:
                 saved = TrialCheckpointed(
                     request_id=trial.request_id,
                     uuid=body.uuid,

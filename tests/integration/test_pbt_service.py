@@ -82,7 +82,7 @@ async def test_a_round_that_a_trial_never_finishes_times_out_and_a_clone_takes_o
     (timeout,) = [
         r for r in records if isinstance(r, InputRecord) and isinstance(r.input, RoundTimeout)
     ]
-    assert timeout.message_id == f"{experiment_id}/timer/round/0"
+    assert timeout.message_id == f"{experiment_id}/timer/round/0/1"
     assert timeout.notes is not None
     assert any("round 0 timed out" in note and "trial 2" in note for note in timeout.notes)
     assert replay(records, verify=True).divergence is None

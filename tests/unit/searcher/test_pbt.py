@@ -99,7 +99,6 @@ def test_the_config_keeps_determined_fields_and_checks_the_modes() -> None:
             "population_size": 8,
             "num_rounds": 5,
             "length_per_round": {"batches": 100},
-            "replace_function": {"truncate_fraction": 0.25},
             "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
             "mode": "asynchronous",
             "quantile_fraction": 0.3,
@@ -506,3 +505,70 @@ def test_every_clone_continues_a_round_aligned_length_in_synchronous_mode() -> N
         for c in clones
     )
     assert not math.isnan(experiment.progress())
+
+
+# ---------------------------------------------------------------------- found in review
+def test_a_copy_of_a_checkpoint_past_the_rounds_end_still_ends_its_round() -> None:
+    """Trial 1 (the best) saved at 20, past its operation's 10: its copy starts at 20
+    and reports the next round's end, 20, at once. The round still counts it."""
+    experiment = pbt()
+    population = [op.request_id for op in creates(experiment.apply(Start()).ops)]
+    decisions = []
+    for index, rid in enumerate(population, start=1):
+        steps = 20 if index == 1 else 10
+        experiment.apply(TrialCheckpointed(request_id=rid, uuid=ckpt(rid, steps), steps=steps))
+        decisions.append(
+            experiment.apply(ValidationCompleted(request_id=rid, length=10, metric=float(index)))
+        )
+    decision = decisions[-1]
+    (copy,) = creates(decision.ops)
+    assert copy.clone is not None
+    assert copy.clone.length == 20
+    results = []
+    for rid in ids(decision):
+        op = experiment.trials[rid].op
+        assert op is not None
+        results.append(
+            experiment.apply(ValidationCompleted(request_id=rid, length=op.length, metric=1.0))
+        )
+    assert experiment.method.state.round == 2
+    assert validates(results[-1].ops)  # round 2 began: nobody waits for a result already in
+
+
+def test_async_finished_members_leave_the_ranking() -> None:
+    """Trial 1 runs ahead and finishes: it has nothing left to copy from it, so it takes
+    no place in the top quantile, and the worst member copies the best that has."""
+    experiment = pbt(mode="asynchronous")
+    first, second, third, fourth = (op.request_id for op in creates(experiment.apply(Start()).ops))
+    for metric in (0.3, 0.2, 0.01):
+        finish(experiment, first, metric)  # lengths 10, 20, 30: it finishes
+    assert experiment.trials[first].closing
+    assert finish(experiment, second, 0.5).ops  # continues
+    finish(experiment, third, 0.6)
+    decision = finish(experiment, fourth, 0.9)
+    (copy,) = creates(decision.ops)
+    assert copy.clone is not None
+    assert copy.clone.source == second
+    pinned = experiment.method.pinned(experiment)
+    assert first not in pinned  # finished: never copied again, its checkpoints not kept
+    assert {second, copy.request_id} <= pinned
+
+
+def test_asynchronous_mode_takes_its_cut_from_either_field_but_not_both() -> None:
+    base = {
+        "name": "pbt",
+        "population_size": 8,
+        "num_rounds": 2,
+        "length_per_round": 5,
+        "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
+        "mode": "asynchronous",
+    }
+    assert make_config(base).searcher.quantile == 0.25  # type: ignore[union-attr]
+    cut = {"replace_function": {"truncate_fraction": 0.4}}
+    assert make_config({**base, **cut}).searcher.quantile == 0.4  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="at most one of quantile_fraction"):
+        make_config({**base, **cut, "quantile_fraction": 0.3})
+    same = make_config({**base, **cut, "quantile_fraction": 0.4})  # the same cut twice
+    assert same.searcher.quantile == 0.4  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="replace_function: required in mode: synchronous"):
+        make_config({**base, "mode": "synchronous"})

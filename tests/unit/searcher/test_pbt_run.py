@@ -89,7 +89,7 @@ def test_the_round_timer_sends_one_input_per_round_and_the_run_applies_it() -> N
     assert timer.due([run], now=100.0) == []
     assert timer.due([run], now=129.0) == []
     (due,) = timer.due([run], now=130.5)
-    assert due.message_id == f"{EXP}/timer/round/0"
+    assert due.message_id == f"{EXP}/timer/round/0/1"
     assert (due.body.round, due.body.after_s) == (0, 30.5)
     step = run.on_event(due.body)
     assert step.ignored is None
@@ -150,3 +150,78 @@ def test_pause_and_activate_in_the_middle_of_a_round() -> None:
     assert sorted(runs) == [1, 3]
     assert (runs[1].attempt, runs[1].latest_checkpoint, runs[1].length) == (2, uid(1, 0), 20)
     assert (runs[3].latest_checkpoint, runs[3].length) == (uid(1, 0), 20)
+
+
+def test_a_timed_out_round_stops_its_stragglers_so_the_experiment_can_end() -> None:
+    """Trial 2 hangs: the timeout kills it (a hung process would hold its slot for
+    ever) and it ends CANCELED, replaced by a copy of trial 1."""
+    run = make_run(PBT)
+    run.start()
+    for body in (started(1), saved(1, uid(1, 0), 10), completed(1, 10, 0.1)):
+        run.on_event(body)
+    run.on_event(started(2, worker="w2"))
+    step = run.on_event(RoundTimeout(experiment_id=EXP, round=0, after_s=30))
+    kills = [(c.worker_id, c.body.trial_id) for c in step.commands if c.body.type == "kill_trial"]
+    assert kills == [("w2", 2)]
+    assert run.by_id[2].state == "CANCELED"
+    assert "round 0 of the search timed out" in run.by_id[2].logs[-1]
+    (copy,) = [b for b in bodies(step, RunTrial) if b.trial_id == 3]
+    assert copy.latest_checkpoint == uid(1, 0)
+    # The experiment ends once the rest of the population has finished the last round.
+    run.on_event(exited(1, ExitReason.COMPLETED))
+    for trial_id in (1, 3):
+        attempt = run.by_id[trial_id].attempt
+        for body in (
+            started(trial_id, attempt=attempt),
+            saved(trial_id, uid(trial_id, 5), 20, attempt=attempt),
+            completed(trial_id, 20, 0.05, attempt=attempt),
+            exited(trial_id, ExitReason.COMPLETED, attempt=attempt),
+        ):
+            run.on_event(body)
+    assert run.state == "COMPLETED"
+
+
+def test_a_straggler_still_waiting_for_a_worker_is_dropped_and_never_trains() -> None:
+    run = make_run(PBT)
+    run.start()
+    for body in (started(1), saved(1, uid(1, 0), 10), completed(1, 10, 0.1)):
+        run.on_event(body)
+    step = run.on_event(RoundTimeout(experiment_id=EXP, round=0, after_s=30))
+    assert not [c for c in step.commands if c.body.type == "kill_trial"]  # nothing runs
+    assert run.by_id[2].state == "CANCELED"
+    # Should a worker take its run_trial after all, the process is killed at its start.
+    late = run.on_event(started(2, worker="w2"))
+    assert [(c.worker_id, c.body.type) for c in late.commands] == [("w2", "kill_trial")]
+
+
+def test_a_round_timeout_refused_while_paused_fires_again_under_a_new_id() -> None:
+    run = make_run(PBT)
+    run.start()
+    timer = RoundTimer()
+    timer.due([run], now=0.0)
+    (first,) = timer.due([run], now=31.0)
+    run.on_control("pause")  # between the timer's check and the input
+    assert run.on_event(first.body).ignored == "round_timeout: the experiment is PAUSED"
+    run.on_control("activate")
+    timer.due([run], now=40.0)
+    (again,) = timer.due([run], now=71.0)
+    assert again.message_id != first.message_id
+    assert run.on_event(again.body).ignored is None
+
+
+def test_a_trial_cannot_report_another_trials_checkpoint() -> None:
+    run = make_run(PBT)
+    run.start()
+    run.on_event(started(1))
+    run.on_event(saved(1, uid(1, 0), 10))
+    run.on_event(started(2, worker="w2"))
+    step = run.on_event(saved(2, uid(1, 0), 10**12, worker="w2"))
+    assert step.ignored is not None
+    assert "was saved by trial 1" in step.ignored
+    assert run.by_id[2].checkpoints == {}
+    # Steps past the operation's length reach no method: they are no round's end.
+    far = run.on_event(saved(2, uid(2, 0), 10**12, worker="w2"))
+    assert far.ignored is None
+    assert run.by_id[2].latest_checkpoint == uid(2, 0)
+    member = run.experiment.method.state.members[run.by_id[2].request_id]
+    assert member.checkpoint is None
