@@ -34,6 +34,7 @@ from bench import (  # noqa: E402
     dashboard,
     isolation,
     latency,
+    pbt,
     peer_compare,
     quality,
     replay,
@@ -59,6 +60,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "capacity": lambda *, quick, **_: capacity.run(quick=quick),
     # Issue 19: the dashboard's page of a 10,000-trial experiment, server and browser.
     "dashboard": lambda *, quick, **_: dashboard.run(quick=quick),
+    # Issue 21: population-based training on lrsched, Rung's (both modes) and Ray Tune's.
+    "pbt": pbt.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -146,6 +146,27 @@ def _dashboard(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _pbt(rows: list[Row]) -> list[str]:
+    head = ["system", "seeds", "median", "q1", "q3", "min", "max", "epochs", "at 800", "replay"]
+    body = [
+        _failed(r, 10)
+        if "error" in r
+        else [
+            r["system"],
+            str(r["seeds"]),
+            *(_num(r[k], "{:.4g}") for k in ("median", "q1", "q3", "min", "max")),
+            f"{r['epochs_median']:g} [{r['epochs_min']}..{r['epochs_max']}]",
+            _num(r["within_budget_median"], "{:.4g}")
+            + f" ({r['within_budget_seeds']}/{r['seeds']})",
+            "—"
+            if "replay_identical" not in r
+            else ("identical" if r["replay_identical"] else f"differs: {r['replay_differs']}"),
+        ]
+        for r in rows
+    ]
+    return _table(head, body)
+
+
 def _scaling(rows: list[Row]) -> list[str]:
     head = ["workers", "steps/s", "speedup", "efficiency", "utilization", "wall s"]
     body = [
@@ -504,6 +525,7 @@ def _merge(files: list[tuple[Path, list[Row]]]) -> tuple[dict[str, list[Row]], d
     by: dict[str, list[Row]] = {}
     source: dict[str, Path] = {}
     quality: dict[tuple[str, int, str], list[Row]] = {}
+    pbt: dict[str, Row] = {}  # by system: Ray's and Rung's rows may come from different runs
     for path, rows in files:
         mine: dict[str, list[Row]] = {}
         for row in rows:
@@ -514,11 +536,15 @@ def _merge(files: list[tuple[Path, list[Row]]]) -> tuple[dict[str, list[Row]], d
                 for row in found:
                     keyed.setdefault(_quality_key(row), []).append(row)
                 quality.update(keyed)
+            elif workload == "pbt":
+                pbt.update((row["system"], row) for row in found)
             else:
                 by[workload] = found
             source[workload] = path
     if quality:
         by["quality"] = [row for rows in quality.values() for row in rows]
+    if pbt:
+        by["pbt"] = list(pbt.values())
     return by, source
 
 
@@ -529,6 +555,7 @@ def render(*paths: Path) -> str:
         files.append((path, lines))
     by, source = _merge([(path, lines[1:]) for path, lines in files])
     headers = {path: lines[0] for path, lines in files}
+    files_rows = {path: lines[1:] for path, lines in files}
     quality_files = [
         p
         for p, lines in files
@@ -539,6 +566,11 @@ def render(*paths: Path) -> str:
         provides = [w for w, p in source.items() if p == path]
         if path in quality_files and "quality" not in provides:
             provides.append("quality")
+        # pbt's rows are merged by system: name the systems this file still gives.
+        provides = [w for w in provides if w != "pbt"]
+        kept = [r["system"] for r in by.get("pbt", []) if any(r is o for o in files_rows[path])]
+        if kept:
+            provides.append(f"pbt ({', '.join(kept)})")
         if "quality" in provides and header.get("quality_options"):
             part = "; ".join(
                 f"{key} {', '.join(map(str, value)) if isinstance(value, list) else value}"
@@ -590,6 +622,8 @@ def _render(by: dict[str, list[Row]], text: list[str], stems: dict[str, str]) ->
         text += ["### 8. Searcher capacity on RabbitMQ", "", *_capacity(by["capacity"]), ""]
     if "dashboard" in by:
         text += ["### 9. The dashboard at scale", "", *_dashboard(by["dashboard"]), ""]
+    if "pbt" in by:
+        text += ["### 10. Population-based training on lrsched", "", *_pbt(by["pbt"]), ""]
     text += _plots(by, stems)
     return "\n".join(text)
 
