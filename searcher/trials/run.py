@@ -178,6 +178,15 @@ class ExperimentRun(CheckpointCollector, GangRun):
         if self.state in ENDED:
             step.ignored = f"kill: the experiment has ended ({self.state})"
             return step
+        self._cancel_now(trial, step, "[rung] killed by the user")
+        return step
+
+    def _cancel_now(
+        self, trial: TrialRuntime, step: Step, why: str, *, quiet: bool = False
+    ) -> None:
+        """End the trial CANCELED now: its process is killed if it runs (every part's,
+        on several workers), what is held for it given back otherwise; the search hears
+        it exited early (USER_CANCELED). ``quiet``: as for :meth:`_search`."""
         if trial.state == "RUNNING":
             self._tell(trial, KillTrial, step)
         else:
@@ -186,11 +195,9 @@ class ExperimentRun(CheckpointCollector, GangRun):
         trial.worker_id = None
         trial.waiting = False
         trial.stopping = None
-        trial.logs.append("[rung] killed by the user")
-        self._search(
-            TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.USER_CANCELED), step
-        )
-        return step
+        trial.logs.append(why)
+        ended = TrialExitedEarly(request_id=trial.request_id, reason=ExitedReason.USER_CANCELED)
+        self._search(ended, step, quiet=quiet)
 
     def on_event(self, body: Body) -> Step:
         step = self._dispatch(body)
@@ -233,20 +240,11 @@ class ExperimentRun(CheckpointCollector, GangRun):
             trial = self.trials[request_id]
             if record.terminal or record.op_done or trial.state in TERMINAL:
                 continue  # between operations: the close ends it already
-            if trial.state == "RUNNING":
-                self._tell(trial, KillTrial, step)
-            else:
-                self._end_gang(trial, step)
-            trial.state = "CANCELED"
-            trial.worker_id = None
-            trial.waiting = False
-            trial.stopping = None
-            trial.logs.append(
+            why = (
                 f"[rung] stopped: round {body.round} of the search timed out after "
                 f"{body.after_s:g} s before this trial finished it; a copy replaces it"
             )
-            ended = TrialExitedEarly(request_id=request_id, reason=ExitedReason.USER_CANCELED)
-            self._search(ended, step, quiet=True)
+            self._cancel_now(trial, step, why, quiet=True)
         return step
 
     def _on_trial_event(self, body: Body) -> Step:

@@ -22,7 +22,7 @@ from rung.searcher.experiment import Experiment
 from rung.searcher.ops import Create
 from tests.e2e.conftest import Cluster, read_log, running_cluster
 from tests.hostile.conftest import HostileTally
-from tests.unit.searcher.helpers import make_config
+from tests.unit.searcher.helpers import make_config, pbt_searcher
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -154,15 +154,7 @@ def test_a_misbehaving_population_never_hangs_the_search(
 def test_a_population_at_the_edge_of_its_ranges_stays_in_its_space(
     hostile: HostileTally, case: str, searcher: dict[str, Any]
 ) -> None:
-    base: dict[str, Any] = {
-        "name": "pbt",
-        "population_size": 8,
-        "num_rounds": 3,
-        "length_per_round": 1,
-        "replace_function": {"truncate_fraction": 0.5},
-        "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
-        "max_concurrent_trials": 0,
-    }
+    base = pbt_searcher(8, 3, 1, 0.5, max_concurrent_trials=0)
     space = {
         "lr": {"type": "log", "minval": -300, "maxval": 300, "base": 10},
         "n": {"type": "int", "minval": -(2**53), "maxval": 2**53},

@@ -20,6 +20,7 @@ from rung.searcher.service.service import SearcherService
 from tests.integration.test_broker_conformance import collect
 from tests.integration.test_searcher_service import FakeWorker, context, service
 from tests.support import wait_for
+from tests.unit.searcher.helpers import pbt_searcher
 
 __all__ = ["service"]  # the fixture, shared with test_searcher_service
 
@@ -28,16 +29,7 @@ CHECKPOINT = "7f4f9c1e-3b1a-4c55-9d55-0a6f1f1e2d3c"
 PBT = {
     "entrypoint": "python3 train.py",
     "hyperparameters": {"lr": {"type": "log", "minval": -3, "maxval": 0, "base": 10}},
-    "searcher": {
-        "name": "pbt",
-        "metric": "loss",
-        "population_size": 2,
-        "num_rounds": 2,
-        "length_per_round": 5,
-        "replace_function": {"truncate_fraction": 0.5},
-        "explore_function": {"resample_probability": 0.0, "perturb_factor": 0.2},
-        "round_timeout": 1,
-    },
+    "searcher": pbt_searcher(2, 2, 5, 0.5, resample=0.0, metric="loss", round_timeout=1),
 }
 
 

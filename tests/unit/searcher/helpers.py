@@ -43,6 +43,28 @@ def make_config(
     return config.with_seed(seed) if seed is not None else config
 
 
+def pbt_searcher(
+    population: int = 4,
+    rounds: int = 3,
+    per_round: int = 10,
+    truncate: float | None = 0.25,
+    resample: float = 0.2,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``pbt`` searcher section (``truncate`` None: no replace_function)."""
+    searcher: dict[str, Any] = {
+        "name": "pbt",
+        "population_size": population,
+        "num_rounds": rounds,
+        "length_per_round": per_round,
+        "explore_function": {"resample_probability": resample, "perturb_factor": 0.2},
+        **extra,
+    }
+    if truncate is not None:
+        searcher["replace_function"] = {"truncate_fraction": truncate}
+    return searcher
+
+
 def dump(ops: tuple[Operation, ...] | list[Operation]) -> str:
     return json.dumps([op.model_dump(mode="json") for op in ops], sort_keys=True)
 

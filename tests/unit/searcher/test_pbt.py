@@ -29,7 +29,7 @@ from rung.searcher.methods.explore import explore
 from rung.searcher.ops import Create, Operation
 from rung.searcher.space import flatten
 
-from .helpers import closes, creates, dump, make_config, validates
+from .helpers import closes, creates, dump, make_config, pbt_searcher, validates
 
 HPS = {
     "lr": {"type": "log", "minval": -4, "maxval": 0, "base": 10},
@@ -49,15 +49,7 @@ def pbt(
     hps: dict[str, Any] | None = None,
     **extra: Any,
 ) -> Experiment:
-    searcher = {
-        "name": "pbt",
-        "population_size": population,
-        "num_rounds": rounds,
-        "length_per_round": per_round,
-        "replace_function": {"truncate_fraction": truncate},
-        "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
-        **extra,
-    }
+    searcher = pbt_searcher(population, rounds, per_round, truncate, **extra)
     return Experiment(make_config(searcher, hps or HPS, seed=seed))
 
 
@@ -136,15 +128,7 @@ def test_the_config_keeps_determined_fields_and_checks_the_modes() -> None:
 def test_bad_fields_name_the_field_and_the_fix(
     change: dict[str, Any], field: str, words: str
 ) -> None:
-    searcher = {
-        "name": "pbt",
-        "population_size": 4,
-        "num_rounds": 3,
-        "length_per_round": 10,
-        "replace_function": {"truncate_fraction": 0.25},
-        "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
-        **change,
-    }
+    searcher = {**pbt_searcher(), **change}
     with pytest.raises(Exception, match=field) as raised:
         make_config(searcher)
     assert words in str(raised.value)

@@ -12,7 +12,7 @@ from rung.searcher.errors import SimulationError
 from rung.searcher.simulate import BENCHMARKS, simulate
 from rung.searcher.simulate.schedule import LRSchedule
 
-from .helpers import make_config
+from .helpers import make_config, pbt_searcher
 
 
 def _best_constant(length: int) -> float:
@@ -38,16 +38,7 @@ def test_lrsched_rewards_a_decaying_schedule_over_every_constant() -> None:
 
 def _config(mode: str, seed: int) -> ExperimentConfig:
     return make_config(
-        {
-            "name": "pbt",
-            "population_size": 8,
-            "num_rounds": 10,
-            "length_per_round": 10,
-            "replace_function": {"truncate_fraction": 0.25},
-            "explore_function": {"resample_probability": 0.2, "perturb_factor": 0.2},
-            "mode": mode,
-            "max_concurrent_trials": 8,
-        },
+        pbt_searcher(8, 10, 10, mode=mode, max_concurrent_trials=8),
         {"lr": {"type": "log", "minval": -3, "maxval": 0, "base": 10}},
         seed=seed,
     )
