@@ -80,6 +80,8 @@ def trial_json(trial: TrialSummary, *, full: bool = False) -> dict[str, Any]:
         "length": trial.length,
         "metric": trial.metric,
         "restarts": trial.restarts,
+        # Population-based training: the trial it copies, or null (cli.md#lineage).
+        "lineage": trial.lineage,
     }
     if full:
         shown |= {
@@ -94,11 +96,6 @@ def summary_json(summary: ExperimentSummary) -> str:
     """The experiment as JSON; each trial with its parent (``lineage``: the clone record
     the searcher logged, or null for a trial that started afresh)."""
 
-    def trial(summary: TrialSummary) -> dict[str, Any]:
-        shown = trial_json(summary)
-        shown["lineage"] = summary.lineage
-        return shown
-
     return json.dumps(
         {
             "experiment_id": summary.experiment_id,
@@ -107,8 +104,8 @@ def summary_json(summary: ExperimentSummary) -> str:
             "state": summary.state,
             "message": summary.message,
             "waiting": summary.waiting,
-            "trials": [trial(t) for t in summary.trials],
-            "best_trial": trial(summary.best_trial) if summary.best_trial else None,
+            "trials": [trial_json(t) for t in summary.trials],
+            "best_trial": trial_json(summary.best_trial) if summary.best_trial else None,
             "event_log": summary.event_log,
         }
     )

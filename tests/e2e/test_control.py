@@ -18,7 +18,7 @@ pytestmark = pytest.mark.rabbitmq
 # One trial of 100 batches at 50 ms each: about 5 s of training, checkpointing every op.
 SLOW = (
     "name: control\nentrypoint: python3 3_hpsearch.py\n"
-    "hyperparameters: {increment_by: 1, batch_sleep: 0.05}\n"
+    "hyperparameters: {increment_by: 1, batch_sleep: 0.2}\n"
     "searcher: {name: single, metric: x, max_length: 100}\nmax_restarts: 0\n"
 )
 
@@ -72,7 +72,7 @@ def test_pause_then_activate_resumes_from_the_checkpoint(cluster: Cluster, tmp_p
 
 
 def test_kill_ends_the_experiment_and_its_process_at_once(cluster: Cluster, tmp_path: Path) -> None:
-    experiment_id = _running(cluster, tmp_path, SLOW.replace("batch_sleep: 0.05", "batch_sleep: 5"))
+    experiment_id = _running(cluster, tmp_path, SLOW.replace("batch_sleep: 0.2", "batch_sleep: 5"))
 
     assert _control(cluster, "kill", experiment_id)["state"] == "CANCELED"
     assert _trial(cluster, experiment_id)["state"] == "CANCELED"

@@ -59,7 +59,16 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
         "event_log",
     }
     for trial in summary["trials"]:
-        assert set(trial) == {"trial_id", "hparams", "state", "length", "metric", "restarts"}
+        assert set(trial) == {
+            "trial_id",
+            "hparams",
+            "state",
+            "length",
+            "metric",
+            "restarts",
+            "lineage",  # population-based training's copies: null for these trials
+        }
+        assert trial["lineage"] is None
     full = [t for t in summary["trials"] if t["length"] == 100]
     assert summary["best_trial"]["metric"] == min(t["metric"] for t in full)
     assert Path(summary["event_log"]).is_file()
