@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 
@@ -145,11 +146,15 @@ def describe_experiment(args: argparse.Namespace) -> int:
     async def main(client: Client) -> int:
         experiment = client.experiment(args.experiment_id)
         summary = await experiment.describe()
-        lineage = lineage_of(summary)  # each clone's source (population-based training)
         if args.json:
-            print(summary_json(summary))
-        else:
-            print_summary(summary, lineage=lineage)
+            print(summary_json(summary))  # the lineage as the searcher gave it
+            return 0
+        try:  # each copy's source (population-based training), for the table
+            lineage = lineage_of(summary)
+        except ValidationError as exc:  # a newer searcher's record: the table goes without
+            print(console_text(f"lineage not shown: {exc}", sys.stderr), file=sys.stderr)
+            lineage = None
+        print_summary(summary, lineage=lineage)
         return 0
 
     return run_client(args, main)

@@ -27,6 +27,7 @@ from rung.broker.schemas import (
     PreemptTrial,
     ProgressReported,
     ReserveSlots,
+    RoundTimeout,
     RunTrial,
     SlotsReserved,
     TrialExited,
@@ -148,6 +149,8 @@ def describe_input(record: InputRecord, run: ExperimentRun) -> str:  # noqa: PLR
                 f"{body.worker_id} holds the slots of part {body.part} of trial "
                 f"{body.trial_id} attempt {body.attempt}"
             )
+        case RoundTimeout():
+            return f"round {body.round} of the search timed out after {body.after_s:g} s"
     return body.type
 
 

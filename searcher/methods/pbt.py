@@ -208,7 +208,8 @@ class PBT(SearchMethod[PBTState]):
         ops: list[Operation] = []
         for _ in range(self.config.population_size):
             ops += self._new(ctx)
-        self.state.pending = self.config.population_size
+        if self.synchronous:
+            self.state.pending = self.config.population_size
         return ops
 
     def validation_completed(

@@ -4,10 +4,11 @@ A search method with rounds (population-based training's synchronous mode) says 
 round is open and its limit (``SearchMethod.round_limit``). The service's clock, never
 the pure core's, times it: once a round of an active experiment has been open that long
 in this searcher, its experiment gets a ``round_timeout`` input, logged like any other,
-at every tick until the round has ended. Each firing has a message id of its own
-(``<experiment id>/timer/round/<round>/<n>``): one that was refused (the experiment was
-paused between the check and the input) or is taken for one applied before a restart
-only makes the next tick's count. A timeout that applies ends its round, so the round
+at every tick until the round has ended, each firing numbered
+(``<experiment id>/timer/round/<round>/<n>``, ``n`` counted by this searcher while the
+round stays open and active): a number used before (refused while the experiment was
+paused between the check and the input, or by a searcher before a restart) is taken as
+a duplicate, and the next tick's number applies. A timeout that applies ends its round, so the round
 times out once. A round is timed from when this searcher first saw it open: after a
 restart, or while the experiment is paused, the clock starts again, so a round is never
 cut short, only possibly given longer.

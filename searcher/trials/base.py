@@ -212,8 +212,13 @@ class RunBase:
                 trial.closing = True
                 if trial.state == "RUNNING" and trial.waiting:
                     self._stop(trial, "close", step)
-                elif trial.state in ("PENDING", "PAUSED") and not self._holds_op(trial):
-                    # (A trial held by a paused experiment closes after its operation.)
+                elif (
+                    trial.state in ("PENDING", "PAUSED")
+                    and not self._holds_op(trial)
+                    and not self.experiment.trials[trial.request_id].queued
+                ):
+                    # (A trial held by a paused experiment, or whose operation waits for
+                    # admission, closes after its operation.)
                     trial.state = "COMPLETED"
                     return TrialClosed(request_id=trial.request_id)
             case Shutdown():

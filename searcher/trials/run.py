@@ -235,6 +235,10 @@ class ExperimentRun(CheckpointCollector, GangRun):
             return step
         self._search(RoundTimedOut(round=body.round, after_s=body.after_s), step)
         closed = [op.request_id for op in step.ops if isinstance(op, Close)]
+        # Those still waiting for admission first: ending a running one frees its slot,
+        # which must go to the next round's trials, not to a straggler about to end.
+        queued = self.experiment.state.queue
+        closed.sort(key=lambda request_id: request_id not in queued)
         for request_id in closed:
             record = self.experiment.trials[request_id]
             trial = self.trials[request_id]

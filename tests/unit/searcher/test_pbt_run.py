@@ -225,3 +225,26 @@ def test_a_trial_cannot_report_another_trials_checkpoint() -> None:
     assert run.by_id[2].latest_checkpoint == uid(2, 0)
     member = run.experiment.method.state.members[run.by_id[2].request_id]
     assert member.checkpoint is None
+
+
+def test_a_straggler_still_waiting_for_admission_ends_canceled_too() -> None:
+    """With max_concurrent_trials below the population, members' operations may still
+    wait for admission when the round times out: they end CANCELED, with the reason in
+    their logs, and never run."""
+    config = PBT.replace("population_size: 2", "population_size: 4").replace(
+        "round_timeout: 30}", "round_timeout: 30, max_concurrent_trials: 1}"
+    )
+    run = make_run(config)
+    assert [b.trial_id for b in bodies(run.start(), RunTrial)] == [1]  # the others wait
+    for body in (started(1), saved(1, uid(1, 0), 10), completed(1, 10, 0.1)):
+        run.on_event(body)
+    run.on_event(exited(1, ExitReason.COMPLETED))
+    waiting = [t for t in (3, 4) if run.experiment.trials[run.by_id[t].request_id].queued]
+    assert waiting == [3, 4]  # trial 2 was admitted when trial 1 finished
+    step = run.on_event(RoundTimeout(experiment_id=EXP, round=0, after_s=30))
+    for trial_id in (2, 3, 4):
+        assert run.by_id[trial_id].state == "CANCELED"
+        assert "round 0 of the search timed out" in run.by_id[trial_id].logs[-1]
+    copies = [b.trial_id for b in bodies(step, RunTrial)]
+    assert copies  # copies of trial 1 take the freed slot; nothing of 3 and 4 ever runs
+    assert min(copies) >= 5
