@@ -31,6 +31,7 @@ from typing import Any  # noqa: E402
 
 from bench import (  # noqa: E402
     capacity,
+    collect,
     dashboard,
     isolation,
     latency,
@@ -58,6 +59,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "isolation": lambda *, quick, **_: isolation.run(quick=quick),
     # Issue 18: the input rate one searcher sustains on RabbitMQ (simulated workers).
     "capacity": lambda *, quick, **_: capacity.run(quick=quick),
+    # Issue 18: what a trial's end (its checkpoint collection) costs at thousands of trials.
+    "collect": lambda *, quick, **_: collect.run(quick=quick),
     # Issue 19: the dashboard's page of a 10,000-trial experiment, server and browser.
     "dashboard": lambda *, quick, **_: dashboard.run(quick=quick),
     # Issue 21: population-based training on lrsched, Rung's (both modes) and Ray Tune's.

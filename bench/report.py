@@ -130,6 +130,15 @@ def _capacity(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _collect(rows: list[Row]) -> list[str]:
+    head = ["trials", "a trial's end, p50 ms", "p95 ms", "every end, s"]
+    body = [
+        [str(r["trials"]), _num(r["exit_ms_p50"]), _num(r["exit_ms_p95"]), _num(r["all_exits_s"])]
+        for r in rows
+    ]
+    return _table(head, body)
+
+
 def _dashboard(rows: list[Row]) -> list[str]:
     head = ["phase", "trials", "seconds", "MB"]
     body = [
@@ -624,6 +633,9 @@ def _render(by: dict[str, list[Row]], text: list[str], stems: dict[str, str]) ->
         text += ["### 9. The dashboard at scale", "", *_dashboard(by["dashboard"]), ""]
     if "pbt" in by:
         text += ["### 10. Population-based training on lrsched", "", *_pbt(by["pbt"]), ""]
+    if "collect" in by:
+        title = "### 11. A trial's end at thousands of trials (checkpoint collection)"
+        text += [title, "", *_collect(by["collect"]), ""]
     text += _plots(by, stems)
     return "\n".join(text)
 

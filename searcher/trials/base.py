@@ -71,6 +71,15 @@ class RunBase:
         self.held_checkpoints = 0
         # Which trial saved each checkpoint the trials hold (derived, like the count).
         self.checkpoint_owner: dict[str, int] = {}
+        # What garbage collection needs to decide only the trials that may have changed
+        # (rung.searcher.trials.gc), all derived like the count: the trials it has not
+        # seen final yet, those an input named since it last decided, those that kept a
+        # checkpoint only because it was protected, and which trials were created from
+        # each checkpoint (a clone's or a warm start's source).
+        self.gc_live: set[int] = set()
+        self.gc_named: set[int] = set()
+        self.gc_spared: set[int] = set()
+        self.gc_sources: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
@@ -100,6 +109,13 @@ class RunBase:
         self.checkpoint_owner = {
             uuid: t.trial_id for t in self.trials.values() for uuid in t.checkpoints
         }
+        self.gc_live = set(self.by_id)
+        self.gc_named = set()
+        self.gc_spared = set()
+        self.gc_sources = {}
+        for request_id, record in self.experiment.trials.items():
+            if record.create.checkpoint is not None:
+                self.gc_sources.setdefault(record.create.checkpoint, []).append(request_id)
 
     def start_token(self, trial_id: int, attempt: int) -> str | None:
         """The token a ``run_trial`` for ``attempt`` carries and its ``trial_started``
@@ -188,6 +204,9 @@ class RunBase:
                 )
                 self.trials[op.request_id] = runtime
                 self.by_id[record.trial_id] = runtime
+                self.gc_live.add(record.trial_id)
+                if op.checkpoint is not None:
+                    self.gc_sources.setdefault(op.checkpoint, []).append(op.request_id)
             case ValidateAfter():
                 trial = self.trials[op.request_id]
                 trial.target = op.length

@@ -4,6 +4,7 @@ ends, logged like any decision, and never touching what a resume or a warm start
 
 from __future__ import annotations
 
+from random import Random
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from rung.broker.schemas.envelope import Body
 from rung.searcher.errors import ConfigError
 from rung.searcher.eventlog import InputRecord, replay
 from rung.searcher.experiment import Experiment
+from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun, Step
 from rung.searcher.trials.gc import Policy, Saved, to_delete
 
@@ -493,3 +495,108 @@ def test_trials_save_under_the_experiments_root_and_warm_start_from_the_sources(
     (third,) = [c.body for c in run.on_event(exited(1, ExitReason.ERRORED, attempt=2)).commands]
     assert isinstance(third, RunTrial)
     assert (third.latest_checkpoint, third.source_root) == (uid(1, 0), None)
+
+
+# ---------------------------------------------------------------- settled trials skipped
+class _EveryTrialEveryTime(ExperimentRun):
+    """Collection as defined: every final trial decided again at every collection."""
+
+    def _collect(self, step: Step, body: Body | None = None) -> None:
+        self.gc_live = set(self.by_id)  # none seen final: every final trial decided
+        super()._collect(step, body)
+
+
+def _storage(experiment_best: int, trial_best: int, trial_latest: int) -> dict[str, Any]:
+    return {
+        "type": "directory",
+        "container_path": "/ckpt",
+        "save_experiment_best": experiment_best,
+        "save_trial_best": trial_best,
+        "save_trial_latest": trial_latest,
+    }
+
+
+ASHA = (
+    "{name: asha, max_length: 27, divisor: 3, num_rungs: 3, max_trials: 40, "
+    "max_concurrent_trials: 6}"
+)
+PBT_SETTLED = (
+    "{name: pbt, population_size: 6, num_rounds: 4, length_per_round: 5, "
+    "replace_function: {truncate_fraction: 0.34}, "
+    "explore_function: {resample_probability: 0.2, perturb_factor: 0.2}}"
+)
+
+
+def _with_checkpoints(run: ExperimentRun, body: Body, rng: Random, count: list[int]) -> list[Body]:
+    """``body`` and what a worker reports with it: a checkpoint before each completion
+    (sometimes one more before it, and a validation), and now and then a late checkpoint
+    or validation of a trial that has ended."""
+    out: list[Body] = []
+    if isinstance(body, OpCompleted):
+        key = {k: getattr(body, k) for k in ("trial_id", "attempt", "worker_id")}
+        for steps in ([body.length - 1] if rng.random() < 0.3 and body.length > 1 else []) + [
+            body.length
+        ]:
+            count[0] += 1
+            out.append(
+                saved(
+                    key["trial_id"],
+                    uid(key["trial_id"], count[0]),
+                    steps,
+                    key["attempt"],
+                    key["worker_id"],
+                )
+            )
+            if rng.random() < 0.5:
+                out.append(
+                    validated(
+                        key["trial_id"], steps, rng.random(), key["attempt"], key["worker_id"]
+                    )
+                )
+    out.append(body)
+    ended = [t for t in run.trials.values() if t.state in ("COMPLETED", "CANCELED", "ERRORED")]
+    if ended and rng.random() < 0.05:
+        late = rng.choice(ended)
+        count[0] += 1
+        out.append(
+            saved(
+                late.trial_id,
+                uid(late.trial_id, count[0]),
+                late.latest_steps + 1,
+                late.attempt,
+                "w",
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("searcher", [ASHA, PBT_SETTLED], ids=["asha", "pbt"])
+@pytest.mark.parametrize("policy", [(0, 1, 1), (0, 0, 0), (0, 2, 0), (0, 0, 2), (2, 1, 1)], ids=str)
+@pytest.mark.parametrize("seed", range(4))
+def test_skipping_settled_trials_decides_as_deciding_every_trial(
+    searcher: str, policy: tuple[int, int, int], seed: int
+) -> None:
+    """Step by step, the same deletions (and the same checkpoints left) as a run that
+    decides every final trial at every collection: a settled trial has nothing to give."""
+    config = make_config(
+        searcher, entrypoint="python3 train.py", checkpoint_storage=_storage(*policy)
+    )
+    fast = ExperimentRun(EXP, Experiment(config), context_hash="0" * 64, checkpoint_root=ROOT)
+    every = _EveryTrialEveryTime(
+        EXP, Experiment(config), context_hash="0" * 64, checkpoint_root=ROOT
+    )
+    assert deletions(fast.start()) == deletions(every.start())
+    rng, count, collected = Random(seed), [0], 0
+    for _ in range(3000):
+        body = scripted_event(fast, rng, p_error=0.05, p_preempt=0.05)
+        if body is None or fast.state != "ACTIVE":
+            break
+        for each in _with_checkpoints(fast, body, rng, count):
+            ours, theirs = deletions(fast.on_event(each)), deletions(every.on_event(each))
+            assert ours == theirs
+            collected += len(ours)
+            assert {t.trial_id: t.checkpoints for t in fast.trials.values()} == {
+                t.trial_id: t.checkpoints for t in every.trials.values()
+            }
+    assert fast.state != "ACTIVE"
+    assert collected > 0  # the comparison saw deletions, not only empty decisions
