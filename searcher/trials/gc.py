@@ -228,7 +228,7 @@ class CheckpointCollector(RunBase):
         checkpoint of a trial that can still resume, and any warm-start source."""
         if not self.collects_checkpoints:
             return
-        if (named := getattr(body, "trial_id", None)) is not None:
+        if (named := getattr(body, "trial_id", None)) in self.by_id:
             self.gc_named.add(named)  # the only way a trial's checkpoints change
         if not self._gc_due(step, body):
             return

@@ -12,6 +12,7 @@ import pytest
 from rung.broker.schemas import (
     CheckpointSaved,
     ControlExperiment,
+    ControlTrial,
     DeleteCheckpoints,
     ExitReason,
     MetricsReported,
@@ -499,11 +500,13 @@ def test_trials_save_under_the_experiments_root_and_warm_start_from_the_sources(
 
 # ---------------------------------------------------------------- settled trials skipped
 class _EveryTrialEveryTime(ExperimentRun):
-    """Collection as defined: every final trial decided again at every collection."""
+    """Collection as defined: every final trial decided again at every collection, and
+    every trial that is not final asked whether its latest checkpoint is protected."""
 
     def _collect(self, step: Step, body: Body | None = None) -> None:
-        self.gc_live = set(self.by_id)  # none seen final: every final trial decided
+        self.gc_live = set(self.by_id)
         super()._collect(step, body)
+        self.gc_named = set(self.by_id)
 
 
 def _storage(experiment_best: int, trial_best: int, trial_latest: int) -> dict[str, Any]:
@@ -516,70 +519,72 @@ def _storage(experiment_best: int, trial_best: int, trial_latest: int) -> dict[s
     }
 
 
-ASHA = (
-    "{name: asha, max_length: 27, divisor: 3, num_rungs: 3, max_trials: 40, "
-    "max_concurrent_trials: 6}"
-)
-PBT_SETTLED = (
-    "{name: pbt, population_size: 6, num_rounds: 4, length_per_round: 5, "
-    "replace_function: {truncate_fraction: 0.34}, "
-    "explore_function: {resample_probability: 0.2, perturb_factor: 0.2}}"
-)
+WARM = uid(999, 0)
+SETTLED_SEARCHERS = {
+    "asha": (
+        "{name: asha, max_length: 27, divisor: 3, num_rungs: 3, max_trials: 40, "
+        "max_concurrent_trials: 6}"
+    ),
+    "pbt": (
+        "{name: pbt, population_size: 6, num_rounds: 4, length_per_round: 5, "
+        "replace_function: {truncate_fraction: 0.34}, "
+        "explore_function: {resample_probability: 0.2, perturb_factor: 0.2}}"
+    ),
+    "random-warm-start": (
+        "{name: random, max_length: 5, max_trials: 30, max_concurrent_trials: 4, "
+        f"source_checkpoint_uuid: {WARM}}}"
+    ),
+}
 
 
-def _with_checkpoints(run: ExperimentRun, body: Body, rng: Random, count: list[int]) -> list[Body]:
-    """``body`` and what a worker reports with it: a checkpoint before each completion
-    (sometimes one more before it, and a validation), and now and then a late checkpoint
-    or validation of a trial that has ended."""
+def _around(run: ExperimentRun, body: Body, rng: Random, count: list[int]) -> list[Body]:
+    """``body`` and what else comes with it: a checkpoint before each completion
+    (sometimes one more before it, and a validation); now and then a late checkpoint of
+    a trial that has ended, a trial reporting the warm start's source as its own, a user's
+    kill of a trial (or of one that does not exist), a pause or an activation."""
     out: list[Body] = []
     if isinstance(body, OpCompleted):
-        key = {k: getattr(body, k) for k in ("trial_id", "attempt", "worker_id")}
-        for steps in ([body.length - 1] if rng.random() < 0.3 and body.length > 1 else []) + [
-            body.length
-        ]:
+        trial, attempt, worker = body.trial_id, body.attempt, body.worker_id
+        extra = [body.length - 1] if rng.random() < 0.3 and body.length > 1 else []
+        for steps in [*extra, body.length]:
             count[0] += 1
-            out.append(
-                saved(
-                    key["trial_id"],
-                    uid(key["trial_id"], count[0]),
-                    steps,
-                    key["attempt"],
-                    key["worker_id"],
-                )
-            )
+            out.append(saved(trial, uid(trial, count[0]), steps, attempt, worker))
             if rng.random() < 0.5:
-                out.append(
-                    validated(
-                        key["trial_id"], steps, rng.random(), key["attempt"], key["worker_id"]
-                    )
-                )
+                out.append(validated(trial, steps, rng.random(), attempt, worker))
     out.append(body)
-    ended = [t for t in run.trials.values() if t.state in ("COMPLETED", "CANCELED", "ERRORED")]
-    if ended and rng.random() < 0.05:
+    trials = [t for t in run.trials.values() if t.attempt > 0]  # (queued once at least)
+    ended = [t for t in trials if t.state in ("COMPLETED", "CANCELED", "ERRORED")]
+    roll = rng.random()
+    if ended and roll < 0.05:
         late = rng.choice(ended)
         count[0] += 1
-        out.append(
-            saved(
-                late.trial_id,
-                uid(late.trial_id, count[0]),
-                late.latest_steps + 1,
-                late.attempt,
-                "w",
-            )
-        )
+        out.append(saved(late.trial_id, uid(late.trial_id, count[0]), 99, late.attempt, "w"))
+    elif roll < 0.07 and trials:
+        some = rng.choice(trials)
+        out.append(saved(some.trial_id, WARM, some.latest_steps + 1, some.attempt, "w"))
+    elif roll < 0.09:
+        kill = rng.choice([*trials, None])
+        out.append(ControlTrial(experiment_id=EXP, trial_id=kill.trial_id if kill else 999))
+    elif roll < 0.10:
+        out.append(ControlExperiment(experiment_id=EXP, action="pause"))
+    elif roll < 0.15 and run.state == "PAUSED":
+        out.append(ControlExperiment(experiment_id=EXP, action="activate"))
     return out
 
 
-@pytest.mark.parametrize("searcher", [ASHA, PBT_SETTLED], ids=["asha", "pbt"])
+@pytest.mark.parametrize("searcher", list(SETTLED_SEARCHERS))
 @pytest.mark.parametrize("policy", [(0, 1, 1), (0, 0, 0), (0, 2, 0), (0, 0, 2), (2, 1, 1)], ids=str)
 @pytest.mark.parametrize("seed", range(4))
 def test_skipping_settled_trials_decides_as_deciding_every_trial(
     searcher: str, policy: tuple[int, int, int], seed: int
 ) -> None:
-    """Step by step, the same deletions (and the same checkpoints left) as a run that
-    decides every final trial at every collection: a settled trial has nothing to give."""
+    """Step by step, the same deletions and the same state as a run that decides every
+    final trial at every collection: a settled trial has nothing more to give. Now and
+    then the run is restored from its own snapshot (its derived sets start afresh)."""
     config = make_config(
-        searcher, entrypoint="python3 train.py", checkpoint_storage=_storage(*policy)
+        SETTLED_SEARCHERS[searcher],
+        entrypoint="python3 train.py",
+        checkpoint_storage=_storage(*policy),
     )
     fast = ExperimentRun(EXP, Experiment(config), context_hash="0" * 64, checkpoint_root=ROOT)
     every = _EveryTrialEveryTime(
@@ -589,14 +594,30 @@ def test_skipping_settled_trials_decides_as_deciding_every_trial(
     rng, count, collected = Random(seed), [0], 0
     for _ in range(3000):
         body = scripted_event(fast, rng, p_error=0.05, p_preempt=0.05)
-        if body is None or fast.state != "ACTIVE":
+        if body is None or fast.state not in ("ACTIVE", "PAUSED"):
             break
-        for each in _with_checkpoints(fast, body, rng, count):
+        if rng.random() < 0.02:
+            fast.restore(fast.snapshot())
+        for each in _around(fast, body, rng, count):
             ours, theirs = deletions(fast.on_event(each)), deletions(every.on_event(each))
             assert ours == theirs
             collected += len(ours)
-            assert {t.trial_id: t.checkpoints for t in fast.trials.values()} == {
-                t.trial_id: t.checkpoints for t in every.trials.values()
-            }
-    assert fast.state != "ACTIVE"
+            assert fast.snapshot() == every.snapshot()
+    kill = ControlExperiment(experiment_id=EXP, action="kill")
+    assert deletions(fast.on_event(kill)) == deletions(every.on_event(kill))
+    assert fast.snapshot() == every.snapshot()
     assert collected > 0  # the comparison saw deletions, not only empty decisions
+
+
+def test_an_input_naming_a_trial_that_does_not_exist_leaves_collection_alone() -> None:
+    """A user's kill of trial 99, which does not exist, is ignored; the experiment still
+    ends and collects (an unknown id among the trials to decide made it raise)."""
+    run = make_run(SINGLE, checkpoint_storage=_storage(0, 0, 1))
+    run.start()
+    feed(run, one_trial(1, [(10, 0.3), (20, 0.6)]))
+    step = run.on_event(ControlTrial(experiment_id=EXP, trial_id=99))
+    assert step.ignored is not None
+    assert "99" in step.ignored
+    feed(run, [completed(1, 30, 0.9)])
+    assert feed(run, [exited(1, ExitReason.COMPLETED)]) == [uid(1, 0)]
+    assert run.state == "COMPLETED"
