@@ -40,6 +40,7 @@ from bench import (  # noqa: E402
     quality,
     replay,
     sampler_cost,
+    segment,
     simulator,
 )
 
@@ -61,6 +62,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "capacity": lambda *, quick, **_: capacity.run(quick=quick),
     # Issue 18: what a trial's end (its checkpoint collection) costs at thousands of trials.
     "collect": lambda *, quick, **_: collect.run(quick=quick),
+    # Issue 18: where a trial segment's time goes, stamped by the training script itself.
+    "segment": lambda *, quick, **_: segment.run(quick=quick),
     # Issue 19: the dashboard's page of a 10,000-trial experiment, server and browser.
     "dashboard": lambda *, quick, **_: dashboard.run(quick=quick),
     # Issue 21: population-based training on lrsched, Rung's (both modes) and Ray Tune's.

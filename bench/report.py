@@ -139,6 +139,23 @@ def _collect(rows: list[Row]) -> list[str]:
     return _table(head, body)
 
 
+def _segment(rows: list[Row]) -> list[str]:
+    phases = ["start", "init", "first_op", "train", "store", "report", "continue", "leave"]
+    head = ["search", "utilization", "processes", "CPU ms: main", "started", *phases]
+    body = [
+        [
+            str(r["mode"]),
+            _num(r["utilization"]),
+            _num(r["processes"]),
+            _num(r["main_cpu_ms"]),
+            _num(r["started_cpu_ms"]),
+            *(_num(r["phase_ms_p50"].get(p)) for p in phases),
+        ]
+        for r in rows
+    ]
+    return _table(head, body)
+
+
 def _dashboard(rows: list[Row]) -> list[str]:
     head = ["phase", "trials", "seconds", "MB"]
     body = [
@@ -636,6 +653,9 @@ def _render(by: dict[str, list[Row]], text: list[str], stems: dict[str, str]) ->
     if "collect" in by:
         title = "### 11. A trial's end at thousands of trials (checkpoint collection)"
         text += [title, "", *_collect(by["collect"]), ""]
+    if "segment" in by:
+        title = "### 12. Where a trial segment's time goes (p50 ms per phase)"
+        text += [title, "", *_segment(by["segment"]), ""]
     text += _plots(by, stems)
     return "\n".join(text)
 
