@@ -90,6 +90,7 @@ def records(trials: int, *, workers: int = 8, step_s: float = 0.5) -> Iterator[R
         context_hash="0" * 64,
         checkpoint_root="/checkpoints",
         config=parsed.model_dump(mode="json", by_alias=True, exclude_none=True),
+        rules=run.experiment.method.rules,
     )
     seq, count = 1, 0
     now = 0.0

@@ -77,6 +77,7 @@ def _make_log(path: Path, records: int) -> int:
         context_hash="0" * 64,
         checkpoint_root="/c",
         config=config.model_dump(mode="json", by_alias=True),
+        rules=run.experiment.method.rules,
     )
     with path.open("wb", buffering=1 << 20) as handle:
         handle.write(created.model_dump_json().encode() + b"\n")

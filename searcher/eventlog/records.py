@@ -6,7 +6,8 @@
   the experiment that saved the warm start's source checkpoint
   (``searcher.source_checkpoint_uuid``; absent without a warm start, and in older logs)
   and ``start_secret``, the secret each trial attempt's start token is derived from
-  (absent in logs older than start tokens, whose attempts take any start);
+  (absent in logs older than start tokens, whose attempts take any start), and
+  ``rules``, the revision of the search methods' rules it decides by (absent: 1);
 * ``input``: one message the searcher handled, in the order it handled them (``input``
   is None for the experiment's start), the search events it caused (``applied``), the
   operations decided (``ops``) and the commands sent (``commands``), or why it was
@@ -105,10 +106,13 @@ class CreatedRecord(_Record):
     # The secret each trial attempt's start token is derived from (drawn at creation);
     # None in logs older than start tokens, whose attempts have none.
     start_secret: str | None = None
+    # The revision of the built-in search methods' rules the experiment decides by
+    # (rung.searcher.methods.RULES); None in logs older than it: rules 1.
+    rules: int | None = Field(default=None, ge=1)
 
     @model_serializer(mode="wrap")
     def _without_unset_owner(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_none(handler(self), "owner", "warm_start_root", "start_secret")
+        return _without_none(handler(self), "owner", "warm_start_root", "start_secret", "rules")
 
 
 class InputRecord(_Record):

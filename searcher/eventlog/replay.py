@@ -136,7 +136,7 @@ def _failure_now(result: Replayed, record: InputRecord, context_root: Path | Non
 def build_run(created: CreatedRecord, context_root: Path | None) -> ExperimentRun:
     config = parse_config(created.config).config
     context_dir = context_root / created.context_hash if context_root else None
-    method = build_method(config, context_dir=context_dir)
+    method = build_method(config, context_dir=context_dir, rules=created.rules or 1)
     return ExperimentRun(
         created.experiment_id,
         Experiment(config, method),

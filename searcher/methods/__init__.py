@@ -21,6 +21,7 @@ from rung.searcher.config import (
 from rung.searcher.methods.adaptive_asha import AdaptiveASHA, plan_brackets
 from rung.searcher.methods.asha import ASHAParams, PromotionASHA, StoppingASHA, build_asha
 from rung.searcher.methods.base import (
+    RULES,
     WORST,
     SearchContext,
     SearchMethod,
@@ -35,6 +36,7 @@ from rung.searcher.methods.random_search import RandomSearch, SingleSearch
 
 __all__ = [
     "PBT",
+    "RULES",
     "WORST",
     "ASHAParams",
     "AdaptiveASHA",
@@ -53,8 +55,17 @@ __all__ = [
 ]
 
 
-def build_method(config: ExperimentConfig, context_dir: Path | None = None) -> SearchMethod[Any]:
-    """The search method ``config.searcher`` names, in its initial state."""
+def build_method(
+    config: ExperimentConfig, context_dir: Path | None = None, *, rules: int = RULES
+) -> SearchMethod[Any]:
+    """The search method ``config.searcher`` names, in its initial state, deciding by
+    ``rules`` (an experiment's own, as its created record names them; see RULES)."""
+    method = _build(config, context_dir)
+    method.rules = rules
+    return method
+
+
+def _build(config: ExperimentConfig, context_dir: Path | None) -> SearchMethod[Any]:
     searcher = config.searcher
     match searcher:
         case SingleSearcher():

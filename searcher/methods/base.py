@@ -17,7 +17,7 @@ import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
@@ -26,6 +26,7 @@ from rung.searcher.events import ExitedReason
 from rung.searcher.ops import Clone, Create, Operation
 
 __all__ = [
+    "RULES",
     "WORST",
     "SearchContext",
     "SearchMethod",
@@ -36,6 +37,13 @@ __all__ = [
 
 # The value an early-exited trial is ranked with: worse than any real result.
 WORST = sys.float_info.max
+
+# The revision of the built-in methods' rules. An experiment decides by the one it was
+# created under, which its created record names, so that its log replays as it was
+# decided (docs/eventlog.md): 1, Determined's, in logs without it; 2 (issue 18): a
+# ``single``, ``random`` or ``grid`` search starts its next trial as soon as a trial's
+# last validation is reported (its training is done), not once its process has exited.
+RULES: Final = 2
 
 
 def rank_value(metric: float | None, smaller_is_better: bool) -> float:  # noqa: FBT001
@@ -98,6 +106,8 @@ class SearchMethod(ABC, Generic[S]):
     # Whether the method hears of checkpoints and of trials pausing (checkpoint_saved
     # and trial_paused); only methods that copy checkpoints need to.
     follows_checkpoints: ClassVar[bool] = False
+    # The rules it decides by (see RULES): build_method sets those of the experiment.
+    rules: int = RULES
     State: type[S]
     state: S
 

@@ -2,7 +2,13 @@
 
 Each trial gets ``Create``, ``ValidateAfter(max_length)`` and ``Close`` at once, as in
 Determined 0.37. The search starts as many trials as the cap allows and starts the next
-one whenever a trial ends, until :meth:`OneShotSearch.next_trial` has no more.
+one whenever a trial's training is done, until :meth:`OneShotSearch.next_trial` has no
+more: under rules 2 (:data:`~rung.searcher.methods.base.RULES`) when its last validation
+is reported, so that the next trial waits on the queue while the trial's process exits
+and takes its slot the moment it frees (issue 18); under rules 1 (Determined's, and logs
+written before) when the trial has ended, its process exited. Either way one trial
+starts for each that ends, within the budget: a trial that ended after its last
+validation had its successor started already.
 """
 
 from __future__ import annotations
@@ -53,18 +59,25 @@ class OneShotSearch(SearchMethod[S]):
             ops += self._start_next(ctx)
         return ops
 
+    def replaced(self, ctx: SearchContext, request_id: str) -> bool:
+        """Whether the trial's successor has started already: under rules 2, once the
+        trial reported its last validation."""
+        return self.rules >= 2 and ctx.trials[request_id].trained >= self.max_length
+
     def validation_completed(
         self, ctx: SearchContext, request_id: str, metric: float | None, length: int
     ) -> list[Operation]:
+        if self.rules >= 2 and length >= self.max_length:
+            return self._start_next(ctx)
         return []
 
     def trial_closed(self, ctx: SearchContext, request_id: str) -> list[Operation]:
-        return self._start_next(ctx)
+        return [] if self.replaced(ctx, request_id) else self._start_next(ctx)
 
     def trial_exited_early(
         self, ctx: SearchContext, request_id: str, reason: ExitedReason
     ) -> list[Operation]:
-        return self._start_next(ctx)
+        return [] if self.replaced(ctx, request_id) else self._start_next(ctx)
 
     def progress(self, ctx: SearchContext) -> float:
         return budget_progress(ctx, self.max_length, self.total_trials())

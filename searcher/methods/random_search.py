@@ -53,6 +53,8 @@ class RandomSearch(OneShotSearch[RandomState]):
     ) -> list[Operation]:
         if reason is ExitedReason.INVALID_HP and not self.single:
             self.state.refunded += 1
+            if self.replaced(ctx, request_id):  # its successor started: the refund's
+                return self._start_next(ctx)  # trial starts now, as under rules 1
         return super().trial_exited_early(ctx, request_id, reason)
 
 

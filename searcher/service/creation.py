@@ -277,6 +277,7 @@ class Creator:
             owner=creator,
             warm_start_root=source_root,
             start_secret=start_secret,
+            rules=method.rules,
         )
         host = ExperimentHost.create(
             run,

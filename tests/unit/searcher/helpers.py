@@ -172,6 +172,7 @@ def created_record(run: ExperimentRun) -> CreatedRecord:
         context_hash=run.context_hash,
         checkpoint_root=run.checkpoint_root,
         start_secret=run.start_secret,
+        rules=run.experiment.method.rules,
     )
 
 

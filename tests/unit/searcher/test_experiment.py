@@ -22,7 +22,7 @@ from rung.searcher.experiment import Experiment, ExperimentSnapshot
 from rung.searcher.methods import SearchContext, SearchMethod
 from rung.searcher.ops import Close, Operation, Shutdown, ValidateAfter
 
-from .helpers import Driver, creates, dump, holding, make_config
+from .helpers import Driver, creates, dump, holding, make_config, validates
 
 RANDOM = "{name: random, max_length: 10, max_trials: 3, max_concurrent_trials: 2}"
 
@@ -75,9 +75,10 @@ def test_stale_and_unknown_validations_are_ignored() -> None:
 def test_a_trial_ends_once() -> None:
     exp = started()
     rid = next(iter(exp.trials))
-    exp.apply(ValidationCompleted(request_id=rid, length=10, metric=0.5))
+    done = exp.apply(ValidationCompleted(request_id=rid, length=10, metric=0.5))
+    assert len(creates(done.ops)) == 1  # random backfills as the trial's training ends
     first = exp.apply(TrialClosed(request_id=rid))
-    assert len(creates(first.ops)) == 1  # random backfills
+    assert creates(first.ops) == []  # (not once more as it ends)
     before = state_json(exp)
     for again in (
         TrialClosed(request_id=rid),
@@ -136,8 +137,9 @@ def test_outstanding_ops_are_the_dispatched_unfinished_ones() -> None:
     exp = started()
     outstanding = exp.outstanding_ops()
     assert [op.length for op in outstanding] == [10, 10]
-    exp.apply(ValidationCompleted(request_id=outstanding[0].request_id, length=10, metric=1))
-    assert exp.outstanding_ops() == outstanding[1:]
+    done = exp.apply(ValidationCompleted(request_id=outstanding[0].request_id, length=10, metric=1))
+    # The finished trial's operation is no longer outstanding; its successor's is.
+    assert exp.outstanding_ops() == [*outstanding[1:], *validates(done.ops)]
 
 
 def test_snapshot_round_trips_through_json_and_behaves_the_same() -> None:

@@ -64,6 +64,7 @@ def new_host(directory: Path, raw: dict[str, Any]) -> ExperimentHost:
         context_hash="0" * 64,
         checkpoint_root="/ck",
         request_key="key",
+        rules=run.experiment.method.rules,
     )
     return ExperimentHost.create(
         run, created, directory / "events.jsonl", owner="test", context_root=None, warnings=[], at=0

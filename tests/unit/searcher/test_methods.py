@@ -14,6 +14,7 @@ from rung.searcher.events import (
     ValidationCompleted,
 )
 from rung.searcher.experiment import Experiment
+from rung.searcher.methods import RULES, build_method
 from rung.searcher.ops import Close, Operation, Shutdown, ValidateAfter
 from rung.searcher.space import grid_points
 
@@ -111,6 +112,91 @@ def test_all_canceled_is_a_canceled_experiment() -> None:
     exp.apply(TrialExitedEarly(request_id=a, reason=ExitedReason.USER_CANCELED))
     ops = exp.apply(TrialExitedEarly(request_id=b, reason=ExitedReason.USER_CANCELED)).ops
     assert ops == (Shutdown(cancel=True),)
+
+
+# ---------------------------------------------------------------- rules 1 and 2
+ONE_SHOT = {
+    "random": "{name: random, max_length: 3, max_trials: 9, max_concurrent_trials: 2}",
+    "grid": "{name: grid, max_length: 3, max_concurrent_trials: 2}",
+    "single": "{name: single, max_length: 3}",
+}
+ONE_SHOT_HPS = (
+    "{a: {type: int, minval: 1, maxval: 3, count: 3}, b: {type: categorical, vals: [x, y]}}"
+)
+
+
+def _one_shot(name: str, rules: int) -> Experiment:
+    config = make_config(ONE_SHOT[name], hps=ONE_SHOT_HPS)
+    return Experiment(config, build_method(config, rules=rules))
+
+
+@pytest.mark.parametrize("name", ["random", "grid"])
+def test_under_rules_2_the_next_trial_starts_as_a_trial_reports_its_last_validation(
+    name: str,
+) -> None:
+    """Its training is done: its successor waits on the queue while its process exits,
+    and takes the slot the moment it frees (issue 18). Its end starts nothing more."""
+    exp = _one_shot(name, RULES)
+    assert RULES == 2
+    exp.apply(Start())
+    first = ids(exp)[0]
+    started = exp.apply(ValidationCompleted(request_id=first, length=3, metric=0.5)).ops
+    assert len(creates(started)) == 1
+    assert [op.length for op in validates(started)] == [3]
+    assert holding(exp) == 2  # the cap counts trials that train; the first one is done
+    assert creates(exp.apply(TrialClosed(request_id=first)).ops) == []
+
+
+@pytest.mark.parametrize("name", ["random", "grid"])
+def test_under_rules_1_the_next_trial_starts_when_a_trial_ends(name: str) -> None:
+    """Logs written before rules 2 replay as they were decided (Determined's rule)."""
+    exp = _one_shot(name, 1)
+    exp.apply(Start())
+    first = ids(exp)[0]
+    assert exp.apply(ValidationCompleted(request_id=first, length=3, metric=0.5)).ops == ()
+    assert len(creates(exp.apply(TrialClosed(request_id=first)).ops)) == 1
+
+
+@pytest.mark.parametrize("name", list(ONE_SHOT))
+@pytest.mark.parametrize("seed", range(6))
+def test_both_rules_train_the_same_trials(name: str, seed: int) -> None:
+    """Only when the next trial starts differs: the same hyperparameters, trial by trial,
+    the same budget, and the cap held, with errors and cancels on the way."""
+    trained: list[list[object]] = []
+    for rules in (1, 2):
+        exp = _one_shot(name, rules)
+        driver = Driver(exp, Random(seed), p_error=0.1, p_cancel=0.05)
+        driver.on_step = lambda _e, _d, exp=exp: (
+            pytest.fail("cap broken") if holding(exp) > 2 else None
+        )
+        driver.run()
+        assert exp.state.shutdown is not None
+        trained.append([(t.trial_id, t.hparams) for t in exp.trials.values()])
+    assert trained[0] == trained[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_invalid_trial_is_refunded_under_both_rules(seed: int) -> None:
+    """A trial that exits with invalid hyperparameters, even after its last validation,
+    does not count against the budget under either rule."""
+    for rules in (1, 2):
+        exp = _one_shot("random", rules)
+        Driver(exp, Random(seed), p_invalid=0.3).run()
+        invalid = sum(t.exited is ExitedReason.INVALID_HP for t in exp.trials.values())
+        assert len(exp.trials) - invalid == 9
+        assert exp.state.shutdown == Shutdown()
+
+
+def test_a_trial_that_fails_after_its_last_validation_is_replaced_once() -> None:
+    """Under rules 2 its successor started at the validation; its failure (restarts
+    used up) starts no other."""
+    exp = _one_shot("random", RULES)
+    exp.apply(Start())
+    first = ids(exp)[0]
+    exp.apply(ValidationCompleted(request_id=first, length=3, metric=0.5))
+    failed = exp.apply(TrialExitedEarly(request_id=first, reason=ExitedReason.ERRORED)).ops
+    assert creates(failed) == []
+    assert len(exp.trials) == 3
 
 
 # ---------------------------------------------------------------- grid

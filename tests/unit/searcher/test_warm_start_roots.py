@@ -30,7 +30,9 @@ from rung.broker.schemas import (
 from rung.broker.schemas.envelope import Body, Envelope, encode
 from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.eventlog.records import record_adapter
+from rung.searcher.eventlog.replay import build_run
 from rung.searcher.experiment import Experiment
+from rung.searcher.methods import RULES
 from rung.searcher.service.creation import warm_start_root
 from rung.searcher.service.errors import RequestRefusedError
 from rung.searcher.service.service import SearcherService
@@ -217,6 +219,22 @@ async def test_replay_gives_the_trials_the_same_source_root(
     assert replayed.divergence is None
     assert replayed.run.warm_start_root == service.live(follow_up).host.run.warm_start_root
     assert replayed.run.warm_start_root is not None
+
+
+async def test_an_experiment_decides_by_the_rules_it_was_created_under(
+    service: SearcherService, tmp_path: Path
+) -> None:
+    """The created record names the search methods' rules (issue 18's rules 2); one
+    without them, as every log written before, is rebuilt under rules 1."""
+    experiment = await _create(service, _request(tmp_path), "alice")
+    created = read_log(service.live(experiment).host.log.path)[0]
+    assert isinstance(created, CreatedRecord)
+    assert created.rules == RULES == 2
+    assert service.live(experiment).host.run.experiment.method.rules == RULES
+    assert json.loads(created.model_dump_json())["rules"] == RULES
+    older = created.model_copy(update={"rules": None})
+    assert "rules" not in json.loads(older.model_dump_json())
+    assert build_run(older, None).experiment.method.rules == 1
 
 
 def test_the_created_record_round_trips_its_warm_start_root() -> None:
