@@ -30,7 +30,7 @@ from rung.broker.schemas.envelope import Body
 from rung.searcher.config import parse_config
 from rung.searcher.eventlog import CreatedRecord, InputRecord, Record
 from rung.searcher.experiment import Experiment
-from rung.searcher.methods import build_method
+from rung.searcher.methods import RULES, build_method
 from rung.searcher.trials import ExperimentRun, Step
 
 __all__ = ["config", "make_log", "records"]
@@ -90,7 +90,7 @@ def records(trials: int, *, workers: int = 8, step_s: float = 0.5) -> Iterator[R
         context_hash="0" * 64,
         checkpoint_root="/checkpoints",
         config=parsed.model_dump(mode="json", by_alias=True, exclude_none=True),
-        rules=run.experiment.method.rules,
+        rules=RULES,
     )
     seq, count = 1, 0
     now = 0.0

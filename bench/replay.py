@@ -34,6 +34,7 @@ from rung.searcher.eventlog import (
 from rung.searcher.eventlog import replay as replay_log
 from rung.searcher.eventlog.snapshots import StoredSnapshot, line_digest, write_snapshot
 from rung.searcher.experiment import Experiment
+from rung.searcher.methods import RULES
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import TERMINAL, ExperimentRun, Step, TrialRuntime
 
@@ -77,7 +78,7 @@ def _make_log(path: Path, records: int) -> int:
         context_hash="0" * 64,
         checkpoint_root="/c",
         config=config.model_dump(mode="json", by_alias=True),
-        rules=run.experiment.method.rules,
+        rules=RULES,
     )
     with path.open("wb", buffering=1 << 20) as handle:
         handle.write(created.model_dump_json().encode() + b"\n")

@@ -31,6 +31,7 @@ from rung.searcher.methods.base import (
 )
 from rung.searcher.methods.custom import load_custom_method
 from rung.searcher.methods.grid import GridSearch
+from rung.searcher.methods.one_shot import OneShotSearch
 from rung.searcher.methods.pbt import PBT
 from rung.searcher.methods.random_search import RandomSearch, SingleSearch
 
@@ -61,7 +62,8 @@ def build_method(
     """The search method ``config.searcher`` names, in its initial state, deciding by
     ``rules`` (an experiment's own, as its created record names them; see RULES)."""
     method = _build(config, context_dir)
-    method.rules = rules
+    if isinstance(method, OneShotSearch):  # the only ones the rules change
+        method.rules = rules
     return method
 
 

@@ -43,6 +43,8 @@ WORST = sys.float_info.max
 # decided (docs/eventlog.md): 1, Determined's, in logs without it; 2 (issue 18): a
 # ``single``, ``random`` or ``grid`` search starts its next trial as soon as a trial's
 # last validation is reported (its training is done), not once its process has exited.
+# Only those methods depend on it (rung.searcher.methods.one_shot); a custom method's
+# attributes are its own.
 RULES: Final = 2
 
 
@@ -106,8 +108,6 @@ class SearchMethod(ABC, Generic[S]):
     # Whether the method hears of checkpoints and of trials pausing (checkpoint_saved
     # and trial_paused); only methods that copy checkpoints need to.
     follows_checkpoints: ClassVar[bool] = False
-    # The rules it decides by (see RULES): build_method sets those of the experiment.
-    rules: int = RULES
     State: type[S]
     state: S
 

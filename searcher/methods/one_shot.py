@@ -19,7 +19,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from rung.searcher.events import ExitedReason
-from rung.searcher.methods.base import SearchContext, SearchMethod, budget_progress
+from rung.searcher.methods.base import RULES, SearchContext, SearchMethod, budget_progress
 from rung.searcher.ops import Close, Create, Operation, ValidateAfter
 
 __all__ = ["OneShotSearch"]
@@ -30,6 +30,8 @@ S = TypeVar("S", bound=BaseModel)
 class OneShotSearch(SearchMethod[S]):
     max_length: int
     max_concurrent: int
+    # The rules it decides by (RULES); build_method sets the experiment's.
+    rules: int = RULES
 
     @abstractmethod
     def next_trial(self, ctx: SearchContext) -> Create | None:
@@ -61,7 +63,8 @@ class OneShotSearch(SearchMethod[S]):
 
     def replaced(self, ctx: SearchContext, request_id: str) -> bool:
         """Whether the trial's successor has started already: under rules 2, once the
-        trial reported its last validation."""
+        trial reported its last validation (a subclass that decides more there calls
+        this class's ``validation_completed`` too)."""
         return self.rules >= 2 and ctx.trials[request_id].trained >= self.max_length
 
     def validation_completed(

@@ -40,7 +40,7 @@ from rung.searcher.errors import ConfigError, ConfigProblem, SearcherError
 from rung.searcher.eventlog.records import CreatedRecord, record_adapter
 from rung.searcher.experiment import Experiment
 from rung.searcher.host import ExperimentHost, experiment_id_for
-from rung.searcher.methods import build_method
+from rung.searcher.methods import RULES, build_method
 from rung.searcher.service.errors import RequestRefusedError
 from rung.searcher.trials import ExperimentRun
 from rung.searcher.trials.model import ENDED
@@ -277,7 +277,7 @@ class Creator:
             owner=creator,
             warm_start_root=source_root,
             start_secret=start_secret,
-            rules=method.rules,
+            rules=RULES,
         )
         host = ExperimentHost.create(
             run,

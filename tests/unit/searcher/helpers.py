@@ -21,6 +21,7 @@ from rung.searcher.events import (
     ValidationCompleted,
 )
 from rung.searcher.experiment import Decision, Experiment
+from rung.searcher.methods import RULES
 from rung.searcher.ops import Close, Create, Operation, ValidateAfter
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun, Step
@@ -172,7 +173,7 @@ def created_record(run: ExperimentRun) -> CreatedRecord:
         context_hash=run.context_hash,
         checkpoint_root=run.checkpoint_root,
         start_secret=run.start_secret,
-        rules=run.experiment.method.rules,
+        rules=RULES,
     )
 
 

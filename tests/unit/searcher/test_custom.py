@@ -79,6 +79,33 @@ def test_a_custom_method_runs_from_the_context_directory(tmp_path: Path) -> None
     assert restored.snapshot() == method.snapshot()
 
 
+def test_a_custom_methods_own_rules_attribute_is_its_own(tmp_path: Path) -> None:
+    """The built-in methods' rules (RULES) are set on the one-shot methods only: a custom
+    method's ``rules``, a name of its own, is left as it made it."""
+    (tmp_path / "my_search.py").write_text(
+        HALVING
+        + textwrap.dedent("""
+            class WithRules(Halving):
+                def __init__(self, config):
+                    super().__init__(config)
+                    self.rules = {"promote": "best half"}
+
+
+            class RulesProperty(Halving):
+                @property
+                def rules(self):
+                    return "read only"
+        """)
+    )
+    for name, expected in (("WithRules", {"promote": "best half"}), ("RulesProperty", "read only")):
+        config = make_config(
+            f"{{name: custom, class: 'my_search:{name}', max_length: 10, trials: 2}}"
+        )
+        for rules in (1, 2):
+            method = build_method(config, context_dir=tmp_path, rules=rules)
+            assert getattr(method, "rules", None) == expected
+
+
 def test_sub_package_modules_load(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")

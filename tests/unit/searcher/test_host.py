@@ -29,6 +29,7 @@ from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.eventlog.seen import WINDOW
 from rung.searcher.experiment import Experiment
 from rung.searcher.host import ExperimentBrokenError, ExperimentHost
+from rung.searcher.methods import RULES
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun
 
@@ -64,7 +65,7 @@ def new_host(directory: Path, raw: dict[str, Any]) -> ExperimentHost:
         context_hash="0" * 64,
         checkpoint_root="/ck",
         request_key="key",
-        rules=run.experiment.method.rules,
+        rules=RULES,
     )
     return ExperimentHost.create(
         run, created, directory / "events.jsonl", owner="test", context_root=None, warnings=[], at=0

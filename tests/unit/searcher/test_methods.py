@@ -177,14 +177,33 @@ def test_both_rules_train_the_same_trials(name: str, seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_an_invalid_trial_is_refunded_under_both_rules(seed: int) -> None:
-    """A trial that exits with invalid hyperparameters, even after its last validation,
-    does not count against the budget under either rule."""
+    """A trial that exits with invalid hyperparameters does not count against the
+    budget under either rule."""
     for rules in (1, 2):
         exp = _one_shot("random", rules)
         Driver(exp, Random(seed), p_invalid=0.3).run()
         invalid = sum(t.exited is ExitedReason.INVALID_HP for t in exp.trials.values())
         assert len(exp.trials) - invalid == 9
         assert exp.state.shutdown == Shutdown()
+
+
+def test_the_last_trial_invalid_after_its_last_validation_is_still_refunded() -> None:
+    """Under rules 2 the budget was spent when it validated; its INVALID_HP exit refunds
+    it, and the refund's trial starts then (as under rules 1, where the exit starts it)."""
+    exp = Experiment(
+        make_config("{name: random, max_length: 3, max_trials: 2, max_concurrent_trials: 1}")
+    )
+    exp.apply(Start())
+    first = ids(exp)[0]
+    assert len(creates(done(exp, 0, 0.1, 3))) == 1
+    exp.apply(TrialClosed(request_id=first))
+    assert creates(done(exp, 1, 0.1, 3)) == []  # the budget is spent
+    invalid = exp.apply(TrialExitedEarly(request_id=ids(exp)[1], reason=ExitedReason.INVALID_HP))
+    assert len(creates(invalid.ops)) == 1
+    assert exp.state.shutdown is None
+    Driver(exp, Random(0)).run()
+    assert len(exp.trials) == 3
+    assert exp.state.shutdown == Shutdown()
 
 
 def test_a_trial_that_fails_after_its_last_validation_is_replaced_once() -> None:

@@ -32,7 +32,7 @@ from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.eventlog.records import record_adapter
 from rung.searcher.eventlog.replay import build_run
 from rung.searcher.experiment import Experiment
-from rung.searcher.methods import RULES
+from rung.searcher.methods import RULES, SingleSearch
 from rung.searcher.service.creation import warm_start_root
 from rung.searcher.service.errors import RequestRefusedError
 from rung.searcher.service.service import SearcherService
@@ -230,11 +230,15 @@ async def test_an_experiment_decides_by_the_rules_it_was_created_under(
     created = read_log(service.live(experiment).host.log.path)[0]
     assert isinstance(created, CreatedRecord)
     assert created.rules == RULES == 2
-    assert service.live(experiment).host.run.experiment.method.rules == RULES
+    method = service.live(experiment).host.run.experiment.method
+    assert isinstance(method, SingleSearch)
+    assert method.rules == RULES
     assert json.loads(created.model_dump_json())["rules"] == RULES
     older = created.model_copy(update={"rules": None})
     assert "rules" not in json.loads(older.model_dump_json())
-    assert build_run(older, None).experiment.method.rules == 1
+    rebuilt = build_run(older, None).experiment.method
+    assert isinstance(rebuilt, SingleSearch)
+    assert rebuilt.rules == 1
 
 
 def test_the_created_record_round_trips_its_warm_start_root() -> None:
