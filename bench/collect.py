@@ -14,8 +14,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from bench.replay import random_search
 from rung.broker.schemas import CheckpointSaved, OpCompleted, TrialExited
-from rung.searcher.config import parse_config
 from rung.searcher.experiment import Experiment
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import TERMINAL, ExperimentRun, TrialRuntime
@@ -26,19 +26,7 @@ LAST = 500
 
 
 def _exits(trials: int) -> list[float]:
-    raw = {
-        "entrypoint": "python3 t.py",
-        "reproducibility": {"experiment_seed": 1},
-        "hyperparameters": {"x": {"type": "double", "minval": 0, "maxval": 1}},
-        "searcher": {
-            "name": "random",
-            "metric": "x",
-            "max_length": 1,
-            "max_trials": trials,
-            "max_concurrent_trials": 8,
-        },
-    }
-    config = parse_config(raw).config
+    config = random_search(trials, 1)
     # A root named after the experiment: the run collects its checkpoints.
     run = ExperimentRun(
         "bench", Experiment(config), context_hash="0" * 64, checkpoint_root="/c/bench"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rung.broker.schemas import MetricsReported, OpCompleted, ProgressReported
 from rung.broker.schemas.envelope import Body
-from rung.searcher.config import parse_config
+from rung.searcher.config import ExperimentConfig, parse_config
 from rung.searcher.eventlog import (
     SNAPSHOT_FILE,
     CreatedRecord,
@@ -55,7 +55,8 @@ def _reports(done: OpCompleted) -> list[Body]:
     return reports
 
 
-def _make_log(path: Path, records: int) -> int:
+def random_search(trials: int, max_length: int) -> ExperimentConfig:
+    """A seeded random search of ``trials`` trials, 8 at a time, over one double."""
     raw = {
         "entrypoint": "python3 t.py",
         "reproducibility": {"experiment_seed": 1},
@@ -63,12 +64,16 @@ def _make_log(path: Path, records: int) -> int:
         "searcher": {
             "name": "random",
             "metric": "x",
-            "max_length": 10,
-            "max_trials": records // 23 + 1,  # 23 records per trial: see _reports
+            "max_length": max_length,
+            "max_trials": trials,
             "max_concurrent_trials": 8,
         },
     }
-    config = parse_config(raw).config
+    return parse_config(raw).config
+
+
+def _make_log(path: Path, records: int) -> int:
+    config = random_search(records // 23 + 1, 10)  # 23 records per trial: see _reports
     run = ExperimentRun("bench", Experiment(config), context_hash="0" * 64, checkpoint_root="/c")
     unfinished: dict[str, TrialRuntime] = {}  # scripted_event would scan every trial
     seen: set[str] = set()
