@@ -38,6 +38,8 @@ from rung.searcher.methods import RULES
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import TERMINAL, ExperimentRun, Step, TrialRuntime
 
+__all__ = ["random_search", "run"]
+
 TAIL = 200
 
 

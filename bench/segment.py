@@ -87,7 +87,9 @@ def _phases(records: list[dict[str, Any]]) -> dict[str, list[float]]:
             phases["report"].append(op["reported"] - op["stored"])
             if n:
                 phases["continue"].append(op["op"] - op["asked"])
-    for processes in by_server.values():  # one fork server: one worker's slot
+    # One fork server per worker, and these workers have one slot each (Client.local's
+    # default): a fork server's processes are one slot's, in order.
+    for processes in by_server.values():
         processes.sort(key=lambda r: r["exec"])
         for before, after in itertools.pairwise(processes):
             phases["start"].append(after["exec"] - before["left"])

@@ -248,7 +248,7 @@ def main(argv: list[str]) -> None:
         sys.stderr.write(f"rung: the fork server stays dumpable: {exc}\n")
     ids = (int(argv[3]), int(argv[4])) if len(argv) == 5 else None
     # runpy.run_path imports pkgutil on its first call: in every child, as a script starts,
-    # unless it is here already (issue 18: about 300 page faults, 1.5 ms of CPU a trial).
+    # unless it is here already (issue 18: about 180 page faults, 1 ms of CPU a trial).
     import pkgutil  # noqa: F401, PLC0415
 
     import rung  # noqa: F401, PLC0415 (the point: children start with the Core API loaded)

@@ -43,8 +43,8 @@ WORST = sys.float_info.max
 # decided (docs/eventlog.md): 1, Determined's, in logs without it; 2 (issue 18): a
 # ``single``, ``random`` or ``grid`` search starts its next trial as soon as a trial's
 # last validation is reported (its training is done), not once its process has exited.
-# Only those methods depend on it (rung.searcher.methods.one_shot); a custom method's
-# attributes are its own.
+# Only those methods and their subclasses depend on it (rung.searcher.methods.one_shot);
+# any other custom method's attributes are its own.
 RULES: Final = 2
 
 
