@@ -19,9 +19,13 @@ def pbt_config(
     per_round: int = 5,
     batch_sleep: float = 0.01,
     mode: str = "synchronous",
+    seed: int | None = None,
+    max_concurrent: int = 4,
 ) -> Path:
     """A config file under ``tmp_path``; checkpoints under ``tmp_path / "checkpoints"``,
-    every trial's kept (so a test can read each copy's first checkpoint)."""
+    every trial's kept (so a test can read each copy's first checkpoint). ``seed`` fixes
+    the members' hyperparameters; with ``max_concurrent`` 1 they also train in a fixed
+    order, so an asynchronous search decides the same every time."""
     timeout = "round_timeout: 600, " if mode == "synchronous" else ""
     config = tmp_path / "pbt.yaml"
     config.write_text(
@@ -33,10 +37,11 @@ def pbt_config(
         f"num_rounds: {rounds}, length_per_round: {per_round}, mode: {mode}, {timeout}"
         "replace_function: {truncate_fraction: 0.25}, "
         "explore_function: {resample_probability: 0.0, perturb_factor: 0.2}, "
-        "max_concurrent_trials: 4}\n"
+        f"max_concurrent_trials: {max_concurrent}}}\n"
         "max_restarts: 2\n"
         f"checkpoint_storage: {{type: shared_fs, host_path: {tmp_path / 'checkpoints'}, "
         "save_trial_latest: 100, save_trial_best: 100}\n"
+        + (f"reproducibility: {{experiment_seed: {seed}}}\n" if seed is not None else "")
     )
     return config
 
