@@ -32,6 +32,7 @@ __all__ = [
     "SearchMethodError",
     "SearcherError",
     "SimulationError",
+    "UnknownRulesError",
 ]
 
 
@@ -68,6 +69,11 @@ class SearchMethodError(SearcherError):
 
 class CustomSearcherError(SearchMethodError):
     """A ``custom`` searcher's class could not be found, imported or built."""
+
+
+class UnknownRulesError(SearcherError, ValueError):
+    """An experiment's log names a revision of the search methods' rules that this Rung
+    does not know: a newer Rung wrote it."""
 
 
 class SimulationError(SearcherError, ValueError):

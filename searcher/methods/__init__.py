@@ -18,6 +18,7 @@ from rung.searcher.config import (
     RandomSearcher,
     SingleSearcher,
 )
+from rung.searcher.errors import UnknownRulesError
 from rung.searcher.methods.adaptive_asha import AdaptiveASHA, plan_brackets
 from rung.searcher.methods.asha import ASHAParams, PromotionASHA, StoppingASHA, build_asha
 from rung.searcher.methods.base import (
@@ -60,7 +61,16 @@ def build_method(
     config: ExperimentConfig, context_dir: Path | None = None, *, rules: int = RULES
 ) -> SearchMethod[Any]:
     """The search method ``config.searcher`` names, in its initial state, deciding by
-    ``rules`` (an experiment's own, as its created record names them; see RULES)."""
+    ``rules`` (an experiment's own, as its created record names them; see RULES).
+
+    A revision this Rung does not know (a log written by a newer Rung) is refused: its
+    decisions would be replayed under other rules than they were made by."""
+    if not 1 <= rules <= RULES:
+        raise UnknownRulesError(
+            f"rules: the experiment decides by rule revision {rules}, and this Rung knows "
+            f"revisions 1 to {RULES}; its log was written by a newer Rung: open it with "
+            "that Rung or a later one"
+        )
     method = _build(config, context_dir)
     if isinstance(method, OneShotSearch):  # the only ones the rules change
         method.rules = rules

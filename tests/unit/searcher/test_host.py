@@ -4,6 +4,7 @@ log."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +26,12 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.searcher.config import parse_config
+from rung.searcher.errors import UnknownRulesError
 from rung.searcher.eventlog import CreatedRecord, InputRecord, read_log, replay
 from rung.searcher.eventlog.seen import WINDOW
 from rung.searcher.experiment import Experiment
 from rung.searcher.host import ExperimentBrokenError, ExperimentHost
-from rung.searcher.methods import RULES
+from rung.searcher.methods import RULES, build_method
 from rung.searcher.testing import scripted_event
 from rung.searcher.trials import ExperimentRun
 
@@ -353,3 +355,36 @@ def test_the_host_knows_when_its_experiment_ended(
     opened.append(reopened)
     assert reopened.ended_at is not None
     assert reopened.ended_at >= 1234.0
+
+
+def test_a_log_of_a_newer_rules_revision_is_refused_with_the_fix(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    """A log whose created record names rules this Rung does not know was decided by
+    other rules: replaying it here would not give its decisions, so it is refused (the
+    service shows the experiment as ERROR with this reason), never folded under RULES."""
+    host = new_host(tmp_path, fragile_config())
+    start_all(host)
+    host.close()
+    path = tmp_path / "events.jsonl"
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["kind"] == "created"
+    assert first["rules"] == RULES
+    first["rules"] = RULES + 1
+    path.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(UnknownRulesError) as refused:
+        replay(read_log(path))
+    message = str(refused.value)
+    assert f"rule revision {RULES + 1}" in message
+    assert f"revisions 1 to {RULES}" in message
+    assert "newer Rung" in message
+    with pytest.raises(UnknownRulesError):
+        opened.append(ExperimentHost.open(path, owner="test", context_root=None))
+
+
+@pytest.mark.parametrize("rules", [0, RULES + 1])
+def test_build_method_refuses_a_rules_revision_it_does_not_know(rules: int) -> None:
+    config = parse_config(fragile_config()).config
+    with pytest.raises(UnknownRulesError, match="rules: the experiment decides by rule revision"):
+        build_method(config, rules=rules)
