@@ -65,6 +65,7 @@ from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoin
 from rung.worker.contexts import ContextCache
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
+from rung.worker.rundirs import RunDirs
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 
@@ -112,6 +113,7 @@ class Worker:
         searcher_user: str | None = None,
         checkpoint_storage: Path | None = None,
         address: str | None = None,
+        keep_run_dirs: bool = False,
     ) -> None:
         self.broker = broker
         # Where the ranks of a trial's other parts reach this worker (gang scheduling).
@@ -151,6 +153,8 @@ class Worker:
         self._seq = itertools.count(1)
         # Message ids must never repeat across restarts of a worker with the same id.
         self._session = uuid.uuid4().hex[:12]
+        # Each trial process's private copy of its context, removed once it has ended.
+        self.run_dirs = RunDirs(self.work_dir, self._session, keep=keep_run_dirs)
         self._stopping = False
         self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
@@ -210,6 +214,12 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
+        removed = await asyncio.to_thread(self.run_dirs.claim)
+        if removed:
+            self.log.info(
+                "removed the run directories of worker processes that stopped",
+                sessions=len(removed),
+            )
         self._control_queue = await self.broker.declare_private_queue(
             (topology.commands_exchange, topology.worker_key(self.worker_id))
         )
@@ -249,6 +259,7 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=10)
         await self.spawner.close()  # after the trials: its children die with it
+        await self.run_dirs.close()
         if self._control_queue is not None:
             with contextlib.suppress(BrokerError):
                 await self.broker.delete_private_queue(self._control_queue)
@@ -488,12 +499,7 @@ class Worker:
                 await work.cancel()
 
     async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
-        run_dir = (
-            self.work_dir
-            / "runs"
-            / cmd.experiment_id
-            / (f"trial-{cmd.trial_id}-attempt-{cmd.attempt}")
-        )
+        run_dir = self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
         gpus = [self.gpus[i] for i in slots] if self.gpus else []
         run = TrialRun(
             cmd,
@@ -517,9 +523,11 @@ class Worker:
             started = await run.start()
         except BaseException:
             self.runs.pop(run.key, None)
+            self._spawn_task(self.run_dirs.remove(run_dir))
             raise
         if not started:
             self.runs.pop(run.key, None)
+            self._spawn_task(self.run_dirs.remove(run_dir))
             return None
         return run
 
@@ -543,6 +551,7 @@ class Worker:
             await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
+            self._spawn_task(self.run_dirs.remove(run.run_dir))
             if run.cmd.gang is not None:
                 self._parts_ended.append(run.key)
             if not released:

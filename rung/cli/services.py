@@ -144,6 +144,12 @@ def register(commands: Any) -> None:
         "--work-dir", type=Path, default=None, help="where contexts are cached and trials run"
     )
     worker.add_argument(
+        "--keep-run-dirs",
+        action="store_true",
+        help="keep each trial process's run directory (its copy of the context, and what "
+        "it wrote there) after it ends, for debugging; by default it is removed",
+    )
+    worker.add_argument(
         "--heartbeat",
         type=float,
         default=5.0,
@@ -378,6 +384,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 searcher_user=args.searcher_user,
                 checkpoint_storage=args.checkpoint_storage,
                 address=args.address,
+                keep_run_dirs=args.keep_run_dirs,
             )
             if trial_user is None and hasattr(os, "geteuid") and os.geteuid() == 0:
                 worker.log.warning(

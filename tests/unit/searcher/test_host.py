@@ -380,7 +380,7 @@ def test_a_log_of_a_newer_rules_revision_is_refused_with_the_fix(
     assert f"revisions 1 to {RULES}" in message
     assert "newer Rung" in message
     with pytest.raises(UnknownRulesError):
-        opened.append(ExperimentHost.open(path, owner="test", context_root=None))
+        ExperimentHost.open(path, owner="test", context_root=None)
 
 
 @pytest.mark.parametrize("rules", [0, RULES + 1])

@@ -34,8 +34,9 @@ class FakeRun:
 
     member = False  # the whole trial, or the chief's part of one on several workers
 
-    def __init__(self, cmd: RunTrial) -> None:
+    def __init__(self, cmd: RunTrial, run_dir: Path) -> None:
         self.cmd = cmd
+        self.run_dir = run_dir  # never made: no process, no context
         self.key = (cmd.experiment_id, cmd.trial_id, cmd.attempt)
         self.done = asyncio.Event()
         self.hold_exit: asyncio.Event | None = None
@@ -64,7 +65,7 @@ class FakeWorker(Worker):
         self.slots_of: dict[int, list[int]] = {}
 
     async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
-        run = FakeRun(cmd)
+        run = FakeRun(cmd, self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt))
         self.started[cmd.trial_id] = run
         self.slots_of[cmd.trial_id] = slots
         self.runs[run.key] = run  # type: ignore[assignment]
