@@ -103,12 +103,19 @@ def _once(config: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]
             resource.getrusage(resource.RUSAGE_SELF),
             resource.getrusage(resource.RUSAGE_CHILDREN),
         )
+        stamps = state / "stamps"
+        stamps.mkdir()
+        hyperparameters = {
+            **config["hyperparameters"],
+            "stamps": {"type": "const", "val": str(stamps)},
+        }
+        config = {**config, "hyperparameters": hyperparameters}
         wall, steps = asyncio.run(_experiment(state, config))
         own_after = resource.getrusage(resource.RUSAGE_SELF)
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        records = [json.loads(p.read_text()) for p in state.glob("workers/*/runs/*/*/segment.json")]
+        records = [json.loads(p.read_text()) for p in stamps.glob("segment-*.json")]
     if not records:
-        raise RuntimeError("no trial process wrote its segment.json")
+        raise RuntimeError("no trial process wrote its segment-<pid>.json")
     n = len(records)
     figures = {
         "wall_s": wall,

@@ -1,6 +1,8 @@
 """The sleep workload (bench/contexts/sleep), timed from inside: each phase of the
-process's life is stamped with the wall clock and written, as JSON, to ``segment.json``
-in its run directory, where ``bench.segment`` reads it after the experiment."""
+process's life is stamped with the wall clock and written, as JSON, to
+``segment-<pid>.json`` in the directory its ``stamps`` hyperparameter names (its run
+directory is removed once it has ended), where ``bench.segment`` reads it after the
+experiment."""
 
 import time
 
@@ -52,5 +54,6 @@ record = {
     "cpu_user": usage.ru_utime,
     "cpu_system": usage.ru_stime,
 }
-with open("segment.json", "w") as handle:
+stamps_dir = str(info.trial.hparams["stamps"])
+with open(os.path.join(stamps_dir, f"segment-{os.getpid()}.json"), "w") as handle:
     json.dump(record, handle)
