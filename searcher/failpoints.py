@@ -3,8 +3,12 @@
 ``RUNG_CRASH_AT=<point>:<n>`` makes the searcher exit at once, as ``kill -9`` would (no
 cleanup, no flush), the n-th time it reaches ``<point>``. Points, in the order a worker
 event goes through them: ``consumed`` (decoded, nothing written), ``appended`` (in the
-log, nothing published), ``published`` (published, not acknowledged). Unset in
-production, where each check is one dictionary lookup.
+log, nothing published), ``published`` (published, not acknowledged). And
+``overtaken``: a decision's record is durable, and before its commands go out the
+searcher waits until a later input's record is durable too (applied meanwhile, as inputs
+are while a decision is published), then exits: the later record must make a restart
+send the earlier decision. Unset in production, where each check is one dictionary
+lookup.
 
 ``RUNG_FAIL_FSYNC_AT=<n>`` makes the n-th fsync of an event log (counted from the
 searcher's start) fail with EIO, as a dying disk would: the searcher must stop without
@@ -13,26 +17,43 @@ acknowledging anything more (fail-stop).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+from collections.abc import Callable
 
-__all__ = ["CRASH_ENV", "FSYNC_FAILURE_ENV", "crash_point", "fsync_failure_point"]
+__all__ = ["CRASH_ENV", "FSYNC_FAILURE_ENV", "crash_once", "crash_point", "fsync_failure_point"]
 
 CRASH_ENV = "RUNG_CRASH_AT"
 FSYNC_FAILURE_ENV = "RUNG_FAIL_FSYNC_AT"
 _counts: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
+def _reached(name: str) -> bool:
+    """Count one more time at ``name``; True from the time ``RUNG_CRASH_AT`` names on."""
     spec = os.environ.get(CRASH_ENV)
     if not spec:
-        return
+        return False
     point, _, nth = spec.partition(":")
     if point != name:
-        return
+        return False
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] >= int(nth or 1):
+    return _counts[name] >= int(nth or 1)
+
+
+def crash_point(name: str) -> None:
+    if _reached(name):
         os._exit(137)
+
+
+async def crash_once(name: str, ready: Callable[[], bool]) -> None:
+    """At the point ``RUNG_CRASH_AT`` names: wait (the rest of the searcher going on)
+    until ``ready()`` holds, then exit as ``kill -9`` would."""
+    if not _reached(name):
+        return
+    while not ready():  # noqa: ASYNC110 (a fault test's failpoint; the log has no event)
+        await asyncio.sleep(0.005)
+    os._exit(137)
 
 
 def fsync_failure_point() -> None:

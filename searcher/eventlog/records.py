@@ -15,6 +15,8 @@
   the searcher's own inputs, where no broker vouches for users, and in older logs): a
   trial attempt is bound to the user that sent its ``trial_started``, across restarts;
   ``notes`` are what the search method said about its decisions (absent when nothing);
+  ``unconfirmed_from`` is the oldest earlier record whose commands the broker had not
+  confirmed when this one was written (absent when none), where a restart re-sends from;
   ``failed`` is set when the input failed the experiment: its search method (or any
   code of the search) raised, and ``ops`` and ``commands`` are what the failure decided
   (the experiment ends in ERROR, its trials are killed): replay folds the failure, not
@@ -129,12 +131,16 @@ class InputRecord(_Record):
     # What the search method said about its decisions (why it decided, or waits, as it
     # does); absent when it said nothing, and in older logs.
     notes: list[str] | None = None
+    # The oldest earlier record whose commands the broker had not confirmed when this one
+    # was written (they may not have gone out): a restart sends every decision from there
+    # on again. Absent when every earlier decision was confirmed, and in older logs.
+    unconfirmed_from: int | None = Field(default=None, ge=1)
 
     @model_serializer(mode="wrap")
     def _without_unset_failure(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # An input that failed nothing, with no sender or notes, is written as before
-        # ``failed``, ``sender`` and ``notes`` existed.
-        return _without_none(handler(self), "failed", "sender", "notes")
+        # ``failed``, ``sender``, ``notes`` and ``unconfirmed_from`` existed.
+        return _without_none(handler(self), "failed", "sender", "notes", "unconfirmed_from")
 
     @classmethod
     def of(
@@ -146,11 +152,14 @@ class InputRecord(_Record):
         at: float = 0.0,
         *,
         sender: str | None = None,
+        unconfirmed_from: int | None = None,
     ) -> InputRecord:
         """The record of one handled input and everything it caused; ``sender`` is the
-        broker-validated user that sent it (None where no broker vouches)."""
+        broker-validated user that sent it (None where no broker vouches);
+        ``unconfirmed_from`` the oldest earlier decision not confirmed yet (None: none)."""
         return cls(
             sender=sender,
+            unconfirmed_from=unconfirmed_from,
             seq=seq,
             at=at,
             message_id=message_id,

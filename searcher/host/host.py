@@ -223,19 +223,32 @@ class ExperimentHost:
             host.apply(None, f"{host.experiment_id}/{START}", at=time.time())
         return host
 
+    @property
+    def unconfirmed_from(self) -> int | None:
+        """The oldest logged decision whose commands are not confirmed yet, or None."""
+        return self.outbox[0].seq if self.outbox else None
+
     def _recover_outbox(self, replayed: Replayed) -> None:
         """The logged decisions whose commands may not have reached the broker.
 
-        An input is acknowledged once its decision's commands are confirmed, or once
-        ``unsent.json`` durably names the first record whose commands wait for the
-        broker (the outbox writes it before handing them to its retry task). So without
-        the mark only the last input's commands can be unsent; with it, every decision
-        from the mark on goes out again, in order. They keep their message ids, and
-        receivers drop what they have.
+        A decision's commands go out once its record is durable; records are appended
+        meanwhile, and each names the oldest decision that was not confirmed when it was
+        written (``unconfirmed_from``). ``unsent.json`` durably names the first record
+        whose commands wait for the broker's return (the outbox writes it before handing
+        them to its retry task). So the decisions that may not have gone out are the last
+        input's, and every one from the last input's ``unconfirmed_from`` or the mark on:
+        they go out again, in order. They keep their message ids, and receivers drop what
+        they have (a ``run_trial`` of an attempt that ended since is stopped when a worker
+        takes it, as any stale work is).
         """
-        first = self.log.unsent_from
+        last = replayed.last_input
+        marks = [
+            m
+            for m in (self.log.unsent_from, last.unconfirmed_from if last else None)
+            if m is not None
+        ]
+        first = min(marks) if marks else None
         if first is None:
-            last = replayed.last_input
             records = [last] if last is not None else []
         else:
             existing = self.log.existing
@@ -260,7 +273,14 @@ class ExperimentHost:
             seq=seq,
             error=reason,
         )
-        record = InputRecord.of(self.log.seq + 1, message_id, None, step, at=time.time())
+        record = InputRecord.of(
+            self.log.seq + 1,
+            message_id,
+            None,
+            step,
+            at=time.time(),
+            unconfirmed_from=self.unconfirmed_from,
+        )
         self.append(record)
         self.seen.add(message_id)
         if step.commands:
@@ -282,9 +302,12 @@ class ExperimentHost:
         if message_id in self.seen:
             return Applied(self.log.seq, Step(), duplicate=True)
         seq = self.log.seq + 1
+        unconfirmed = self.unconfirmed_from
         try:
             step = self.run.start() if body is None else self.run.on_event(body)
-            record = InputRecord.of(seq, message_id, body, step, at=at, sender=sender)
+            record = InputRecord.of(
+                seq, message_id, body, step, at=at, sender=sender, unconfirmed_from=unconfirmed
+            )
         except (Exception, SystemExit) as exc:  # a custom method's sys.exit() too
             reason = describe_error(exc)
             log.exception(
@@ -295,7 +318,9 @@ class ExperimentHost:
             )
             self.run = self.refold()
             step = self.run.fail(reason)
-            record = InputRecord.of(seq, message_id, body, step, at=at, sender=sender)
+            record = InputRecord.of(
+                seq, message_id, body, step, at=at, sender=sender, unconfirmed_from=unconfirmed
+            )
         self.append(record)
         self.seen.add(message_id)
         if isinstance(body, TrialExited):

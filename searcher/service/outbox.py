@@ -17,6 +17,7 @@ decisions join the queue). A restart re-sends from the mark (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,6 +39,7 @@ from rung.broker.schemas import (
 )
 from rung.searcher.errors import SearcherError
 from rung.searcher.eventlog.file import StaleOwnerError, StorageError
+from rung.searcher.failpoints import crash_once
 from rung.searcher.host import ExperimentBrokenError, ExperimentHost, Outgoing
 from rung.searcher.trials import Command
 
@@ -55,16 +57,23 @@ INPUT_WAIT_S = 2.0
 
 @dataclass(eq=False)
 class Live:
-    """An experiment the service serves: its host, the lock its inputs take in turn,
-    and whether its outbox waits for the broker."""
+    """An experiment the service serves: its host, the lock its inputs take in turn to
+    be applied, the lock its decisions take in turn to be published, and whether its
+    outbox waits for the broker."""
 
     host: ExperimentHost
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
     retrying: bool = False
     # The retry task, while one runs (cancelled when the experiment is dropped).
     retry: asyncio.Task[None] | None = None
     # Why the service stopped serving the experiment, once it has.
     dropped: SearcherError | None = None
+
+
+def _overtaken(host: ExperimentHost, seq: int) -> bool:
+    """A record after decision ``seq`` is durable (the ``overtaken`` crash point)."""
+    return host.log.durable_seq > seq
 
 
 class Outbox:
@@ -86,9 +95,11 @@ class Outbox:
         self._drop = drop
         self.input_wait_s = input_wait_s
 
-    async def flush(self, live: Live) -> None:
-        """Publish the experiment's waiting decisions, in order (the caller holds the
-        experiment's lock). On a broker error they wait for the retry task."""
+    async def flush(self, live: Live, *, upto: int | None = None) -> None:
+        """Publish the experiment's waiting decisions, in order, up to record ``upto``
+        (None: every one); the caller holds the experiment's publishing lock. Inputs are
+        applied meanwhile: each decision's record is made durable before its commands go
+        out. On a broker error they wait for the retry task."""
         host = live.host
         if not host.outbox:
             return
@@ -97,8 +108,11 @@ class Outbox:
             if host.outbox:  # (it may have sent them all while the log synced)
                 await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
             return
-        while host.outbox:
+        while host.outbox and (upto is None or host.outbox[0].seq <= upto):
             waiting = host.outbox[0]
+            if host.log.durable_seq < waiting.seq:  # applied while the last one went out
+                await host.log.sync_async()
+            await crash_once("overtaken", functools.partial(_overtaken, host, waiting.seq))
             sending = asyncio.ensure_future(self._publish(host, waiting))
             await asyncio.wait({sending}, timeout=self.input_wait_s)
             if not sending.done():
@@ -111,8 +125,11 @@ class Outbox:
                 return
             host.outbox.popleft()
             if self._workers_gone(host, unroutable):
+                # What their loss decided goes out in this flush: no input of its own
+                # would publish it.
+                upto = None if upto is None else host.log.seq
                 await host.log.sync_async()
-        if host.log.unsent_from is not None:
+        if not host.outbox and host.log.unsent_from is not None:
             await asyncio.to_thread(host.log.clear_unsent)
 
     async def _leave_to_retry(
@@ -171,7 +188,7 @@ class Outbox:
             unroutable = await self._publish(host, host.outbox[0])
             host.outbox.popleft()
             self._workers_gone(host, unroutable)
-        async with live.lock:  # no input publishes while the mark is cleared
+        async with live.publishing:  # no input publishes while the mark is cleared
             if host.outbox:
                 return False
             await asyncio.to_thread(host.log.clear_unsent)

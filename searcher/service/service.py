@@ -331,9 +331,12 @@ class SearcherService:
         """Apply one input to its experiment; publish what it caused once it is durable.
         ``sender`` (the broker-validated user that sent it) is logged with it.
 
-        An input that caused no command is not synced here: the caller syncs it before
-        acknowledging it, after the lock is released, so that the experiment's next
-        inputs are applied meanwhile and share the fsync.
+        The experiment's lock covers the apply only: its next inputs are applied while
+        this one's decision is made durable and published (in log order, under the
+        experiment's publishing lock), and share its fsync. Each record names the oldest
+        decision not confirmed yet, so a restart re-sends every decision that may not have
+        gone out. An input that caused no command is not synced here: the caller syncs it
+        before acknowledging it.
         """
         async with live.lock:
             if live.dropped is not None:  # while this input waited for the lock
@@ -350,15 +353,28 @@ class SearcherService:
                     if isinstance(body, OpCompleted):  # best effort, beside the inputs
                         self._spawn(self.outbox.answer_again(live, body))
                     return applied
-                if applied.step.commands or live.host.outbox:
-                    await self._settle(live)
                 await self._maybe_snapshot(live)
             except (StaleOwnerError, ExperimentBrokenError) as exc:
                 self._drop(live, exc)
                 raise
             except (StorageError, OSError) as exc:
                 await self.die(exc)
+        if applied.step.commands:  # out once durable, after the decisions before it
+            await self._publish(live, upto=applied.seq)
         return applied
+
+    async def _publish(self, live: Live, *, upto: int | None = None) -> None:
+        """Make the experiment's waiting decisions durable and publish them, in log order,
+        up to record ``upto`` (None: all); an experiment taken over or broken meanwhile is
+        dropped (and raises why)."""
+        async with live.publishing:
+            if live.dropped is not None:
+                raise live.dropped
+            try:
+                await self._settle(live, upto=upto)
+            except (StaleOwnerError, ExperimentBrokenError) as exc:
+                self._drop(live, exc)
+                raise
 
     async def make_durable(self, live: Live) -> None:
         """Make what the experiment's inputs appended durable: the fsync an input that
@@ -379,20 +395,18 @@ class SearcherService:
         crash_point("appended")
 
     async def _settle_or_drop(self, live: Live) -> None:
-        """Settle what a recovery or a creation queued, under the experiment's lock;
-        an experiment taken over or broken meanwhile is dropped."""
-        async with live.lock:
-            try:
-                await self._settle(live)
-            except (StaleOwnerError, ExperimentBrokenError) as exc:
-                self._drop(live, exc)
+        """Settle what a recovery or a creation queued; an experiment taken over or
+        broken meanwhile is dropped."""
+        with contextlib.suppress(StaleOwnerError, ExperimentBrokenError):
+            await self._publish(live)
 
-    async def _settle(self, live: Live) -> None:
-        """Make what was applied durable, then publish the commands that wait."""
+    async def _settle(self, live: Live, *, upto: int | None = None) -> None:
+        """Make what was applied durable, then publish the commands that wait (up to
+        record ``upto``). The caller holds the experiment's publishing lock."""
         try:
             await live.host.log.sync_async()
             crash_point("appended")
-            await self.outbox.flush(live)
+            await self.outbox.flush(live, upto=upto)
         except (StorageError, OSError) as exc:
             await self.die(exc)
 

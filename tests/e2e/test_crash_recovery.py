@@ -102,12 +102,14 @@ def test_a_second_searcher_cannot_take_a_live_ones_experiments(cluster: Cluster)
     cluster.wait_log("searcher-2", "searcher ready")
 
 
-@pytest.mark.parametrize("point", ["consumed", "appended", "published"])
+@pytest.mark.parametrize("point", ["consumed", "appended", "published", "overtaken"])
 @pytest.mark.parametrize("nth", [3, 11])
 def test_searcher_crashing_at_each_step_of_handling_an_event(
     cluster: Cluster, tmp_path: Path, point: str, nth: int
 ) -> None:
-    """Crash after consuming, after appending, or after publishing (before acking)."""
+    """Crash after consuming, after appending, or after publishing (before acking); or
+    once a later input's record is durable while a decision's commands wait to go out
+    (overtaken): the restart sends that decision from the later record's mark."""
     cluster.stop("searcher")
     cluster.start(
         "doomed",

@@ -18,6 +18,7 @@ from rung.broker import DEAD_REASON_HEADER, Broker
 from rung.broker.archive import pack
 from rung.broker.errors import PublishTimeoutError
 from rung.broker.schemas import (
+    CloseTrial,
     CreateExperiment,
     Envelope,
     ExitReason,
@@ -32,7 +33,7 @@ from rung.broker.schemas import (
 )
 from rung.client import NotFoundError, RefusedError
 from rung.searcher.client import SearcherClient
-from rung.searcher.eventlog import read_log, replay
+from rung.searcher.eventlog import InputRecord, read_log, replay
 from rung.searcher.eventlog.file import StaleOwnerError
 from rung.searcher.host import ExperimentHost
 from rung.searcher.service.service import SearcherService
@@ -284,6 +285,64 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
     await wait_for(lambda: len(worker.control) == 2, 10, "the blocked close, once released")
     assert worker.control_ids[1].startswith(f"{bid}/")
     assert len(attempts) == 1  # the one publish went on; no input tried another
+
+
+async def test_an_experiments_inputs_apply_while_its_decision_waits_for_its_confirms(
+    broker: Broker, searcher: Callable[[], Any], tmp_path: Path
+) -> None:
+    """The experiment's lock covers the apply only: while a decision's publish waits for
+    the broker (here held, short of the time the outbox leaves it to the retry task),
+    the experiment's next inputs are applied, made durable and acknowledged, and each of
+    their records names the decision that waits, for a restart to send it again."""
+    service: SearcherService = await searcher()
+    service.outbox.input_wait_s = 60  # the decision's own input waits for it throughout
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    eid = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
+    await worker.send(TrialStarted(**ids(eid, 1), slots=1))
+    live = service.experiments[eid]
+    await wait_for(lambda: not live.host.outbox, 10, "the start's commands confirmed")
+    real_publish = broker.publish
+    release = asyncio.Event()
+    held: list[str] = []
+
+    async def holding_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if is_command_of(eid, kw):
+            held.append(kw["message_id"])
+            await release.wait()  # a confirm that takes its time
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = holding_publish  # type: ignore[method-assign]
+    try:
+        await worker.send(OpCompleted(**ids(eid, 1), length=3, metric=0.1))  # -> close
+        await wait_for(lambda: len(held) == 1, 10, "the close's publish, held")
+        [waiting] = live.host.outbox
+        before = live.host.log.durable_seq
+        for units in range(3):
+            await worker.send(ProgressReported(**ids(eid, 1), units=units))
+        await wait_for(
+            lambda: live.host.log.durable_seq >= before + 3, 10, "three inputs, applied meanwhile"
+        )
+        assert not live.retrying  # its own input still waits for it; no retry task
+        assert [o.seq for o in live.host.outbox] == [waiting.seq]
+        later = [
+            r
+            for r in read_log(live.host.log.path)
+            if isinstance(r, InputRecord) and r.seq > waiting.seq
+        ]
+        assert len(later) == 3
+        assert {r.unconfirmed_from for r in later} == {waiting.seq}
+        assert worker.control == []
+    finally:
+        release.set()
+        broker.publish = real_publish  # type: ignore[method-assign]
+    await wait_for(lambda: len(worker.control) == 1, 10, "the close, once confirmed")
+    assert isinstance(worker.control[0], CloseTrial)
+    await wait_for(lambda: not live.host.outbox, 10, "the outbox empty")
+    assert held == [worker.control_ids[0]]  # published once
 
 
 async def test_a_request_for_what_does_not_exist_gets_a_typed_not_found(

@@ -388,3 +388,41 @@ def test_build_method_refuses_a_rules_revision_it_does_not_know(rules: int) -> N
     config = parse_config(fragile_config()).config
     with pytest.raises(UnknownRulesError, match="rules: the experiment decides by rule revision"):
         build_method(config, rules=rules)
+
+
+def test_a_restart_sends_every_decision_a_later_record_names_unconfirmed(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    """Inputs are applied while a decision's commands wait for the broker's confirms, so
+    the last record may be a later one's: it names the oldest decision not confirmed
+    (``unconfirmed_from``), and a restart sends every decision from there on again."""
+    host = new_host(tmp_path, fragile_config())
+    [waiting] = host.outbox  # the start's run_trials: not confirmed (the broker is slow)
+    start_all(host)  # inputs that cause no command, applied meanwhile
+    host.close()
+    path = tmp_path / "events.jsonl"
+    records = read_log(path)
+    later = [r for r in records if isinstance(r, InputRecord) and r.seq > waiting.seq]
+    assert len(later) == 2
+    assert {r.unconfirmed_from for r in later} == {waiting.seq}
+    assert all(not r.commands for r in later)
+    reopened = ExperimentHost.open(path, owner="restarted", context_root=None)
+    assert reopened is not None
+    opened.append(reopened)
+    assert [(o.seq, o.commands) for o in reopened.outbox] == [(waiting.seq, waiting.commands)]
+
+
+def test_a_record_written_once_every_decision_was_confirmed_names_none(
+    tmp_path: Path, opened: list[ExperimentHost]
+) -> None:
+    host = new_host(tmp_path, fragile_config())
+    host.outbox.clear()  # the start's commands confirmed
+    start_all(host)
+    host.close()
+    path = tmp_path / "events.jsonl"
+    lines = path.read_text().splitlines()
+    assert all('"unconfirmed_from"' not in line for line in lines)  # written as before
+    reopened = ExperimentHost.open(path, owner="restarted", context_root=None)
+    assert reopened is not None
+    opened.append(reopened)
+    assert not reopened.outbox  # the last input caused nothing; nothing else waited
