@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Callable
 
 __all__ = ["CRASH_ENV", "FSYNC_FAILURE_ENV", "crash_once", "crash_point", "fsync_failure_point"]
@@ -46,12 +47,14 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
-async def crash_once(name: str, ready: Callable[[], bool]) -> None:
+async def crash_once(name: str, ready: Callable[[], bool], *, within_s: float = 30.0) -> None:
     """At the point ``RUNG_CRASH_AT`` names: wait (the rest of the searcher going on)
-    until ``ready()`` holds, then exit as ``kill -9`` would."""
+    until ``ready()`` holds, or ``within_s`` seconds have passed, then exit as ``kill -9``
+    would."""
     if not _reached(name):
         return
-    while not ready():  # noqa: ASYNC110 (a fault test's failpoint; the log has no event)
+    deadline = time.monotonic() + within_s
+    while not ready() and time.monotonic() < deadline:  # noqa: ASYNC110 (a failpoint)
         await asyncio.sleep(0.005)
     os._exit(137)
 

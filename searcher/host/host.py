@@ -283,8 +283,16 @@ class ExperimentHost:
         )
         self.append(record)
         self.seen.add(message_id)
+        self._note_answers(record.seq, step.commands)
         if step.commands:
             self.outbox.append(Outgoing(record.seq, tuple(step.commands)))
+
+    def _note_answers(self, seq: int, commands: list[Command]) -> None:
+        """Remember what each running attempt was told, as it is decided (before an exit
+        applied while it waits for the broker forgets the attempt; a duplicate completion
+        gets no answer again while anything waits in the outbox)."""
+        for index, command in enumerate(commands):
+            self.answers.note(seq, index, command)
 
     # ------------------------------------------------------------------ inputs
     def apply(
@@ -323,6 +331,7 @@ class ExperimentHost:
             )
         self.append(record)
         self.seen.add(message_id)
+        self._note_answers(seq, step.commands)
         if isinstance(body, TrialExited):
             # The attempt's process exited: nothing waits for an answer any more.
             self.answers.ended(self.experiment_id, body.trial_id, body.attempt)

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,39 +106,65 @@ class Outbox:
         await host.log.sync_async()  # write first, then publish
         if live.retrying:  # the retry task sends them, after those before them
             if host.outbox:  # (it may have sent them all while the log synced)
-                await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
+                await self._mark_unsent(live)
             return
         while host.outbox and (upto is None or host.outbox[0].seq <= upto):
-            waiting = host.outbox[0]
-            if host.log.durable_seq < waiting.seq:  # applied while the last one went out
+            # Every decision waiting up to ``upto`` goes out together (those applied
+            # while the last ones went out too): one sync, one round of confirms.
+            batch = [d for d in host.outbox if upto is None or d.seq <= upto]
+            if host.log.durable_seq < batch[-1].seq:
                 await host.log.sync_async()
-            await crash_once("overtaken", functools.partial(_overtaken, host, waiting.seq))
-            sending = asyncio.ensure_future(self._publish(host, waiting))
+            await crash_once("overtaken", functools.partial(_overtaken, host, batch[0].seq))
+            sending = asyncio.ensure_future(self._publish(host, batch))
             await asyncio.wait({sending}, timeout=self.input_wait_s)
             if not sending.done():
                 await self._leave_to_retry(live, sending, "the broker has not confirmed yet")
                 return
             try:
-                unroutable = sending.result()
+                gone = sending.result()
             except BrokerError as exc:
                 await self._leave_to_retry(live, None, str(exc))
                 return
-            host.outbox.popleft()
-            if self._workers_gone(host, unroutable):
+            if await self._sent(live, gone):
                 # What their loss decided goes out in this flush: no input of its own
                 # would publish it.
                 upto = None if upto is None else host.log.seq
                 await host.log.sync_async()
         if not host.outbox and host.log.unsent_from is not None:
-            await asyncio.to_thread(host.log.clear_unsent)
+            async with live.lock:  # (see _mark_unsent)
+                await asyncio.to_thread(host.log.clear_unsent)
+
+    async def _sent(self, live: Live, gone: list[list[Command]]) -> bool:
+        """The outbox's first ``len(gone)`` decisions went out: take them off it, and
+        apply the loss of the workers their ``gone`` commands were for (True if any),
+        under the experiment's lock, as every input is applied."""
+        host = live.host
+        if not any(gone):
+            for _ in gone:
+                host.outbox.popleft()
+            return False
+        async with live.lock:
+            applied = False
+            for unroutable in gone:
+                host.outbox.popleft()
+                applied = self._workers_gone(host, unroutable) or applied
+            return applied
+
+    async def _mark_unsent(self, live: Live) -> None:
+        """Mark the waiting decisions unsent (durably). Under the experiment's lock: the
+        mark's owner check reads the log's file in a thread, and an input appended on the
+        event loop meanwhile would look like another searcher's line."""
+        async with live.lock:
+            if live.host.outbox:
+                await asyncio.to_thread(live.host.log.mark_unsent, live.host.outbox[0].seq)
 
     async def _leave_to_retry(
-        self, live: Live, sending: asyncio.Future[list[Command]] | None, why: str
+        self, live: Live, sending: asyncio.Future[list[list[Command]]] | None, why: str
     ) -> None:
         """Mark the waiting decisions unsent (durably, before the input is acknowledged)
         and hand them to a retry task, with the publish still under way, if any."""
         host = live.host
-        await asyncio.to_thread(host.log.mark_unsent, host.outbox[0].seq)
+        await self._mark_unsent(live)
         log.warning(
             "commands not published yet; they go out once the broker takes them",
             experiment_id=host.experiment_id,
@@ -149,17 +175,16 @@ class Outbox:
         live.retrying = True
         live.retry = self._spawn(self._retry(live, sending))
 
-    async def _retry(self, live: Live, sending: asyncio.Future[list[Command]] | None) -> None:
-        """Send the experiment's waiting decisions until the broker takes them all, the
-        one ``sending`` first (its publish goes on: its outcome comes before any other)."""
+    async def _retry(self, live: Live, sending: asyncio.Future[list[list[Command]]] | None) -> None:
+        """Send the experiment's waiting decisions until the broker takes them all, those
+        ``sending`` first (their publish goes on: its outcome comes before any other)."""
         delay = RETRY_FIRST_S
         while True:
             try:
                 if sending is not None:
-                    unroutable = await sending
+                    gone = await sending
                     sending = None
-                    live.host.outbox.popleft()
-                    if self._workers_gone(live.host, unroutable):
+                    if await self._sent(live, gone):
                         await live.host.log.sync_async()
                 else:
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -183,15 +208,15 @@ class Outbox:
         each decision's record is made durable before its commands go out."""
         host = live.host
         while host.outbox:
-            if host.log.durable_seq < host.outbox[0].seq:
+            batch = list(host.outbox)
+            if host.log.durable_seq < batch[-1].seq:
                 await host.log.sync_async()  # write first, then publish
-            unroutable = await self._publish(host, host.outbox[0])
-            host.outbox.popleft()
-            self._workers_gone(host, unroutable)
+            await self._sent(live, await self._publish(host, batch))
         async with live.publishing:  # no input publishes while the mark is cleared
             if host.outbox:
                 return False
-            await asyncio.to_thread(host.log.clear_unsent)
+            async with live.lock:  # (see _mark_unsent)
+                await asyncio.to_thread(host.log.clear_unsent)
             live.retrying = False
             live.retry = None
         log.info("waiting commands published", experiment_id=host.experiment_id)
@@ -234,33 +259,37 @@ class Outbox:
             log.warning("could not send a command", type=command.body.type, error=str(exc))
 
     # ------------------------------------------------------------------ publishing
-    async def _publish(self, host: ExperimentHost, waiting: Outgoing) -> list[Command]:
-        """Publish one decision's commands and wait for their confirms; return those
-        whose worker is gone (no queue took them).
+    async def _publish(
+        self, host: ExperimentHost, batch: Sequence[Outgoing]
+    ) -> list[list[Command]]:
+        """Publish the commands of ``batch`` (decisions waiting in the outbox, in log
+        order) and wait for their confirms; return, for each decision, the commands whose
+        worker is gone (no queue took them).
 
-        Commands to different destinations wait for their confirms together; those to
-        one destination go in order. If any fails, the error is raised once all have
-        settled, and the whole decision is sent again later (its commands keep their
-        ids, so receivers drop what they have).
+        Commands to one destination go in log order, each once the one before it is
+        confirmed (a publish sent again after a reconnection never overtakes an earlier
+        one); different destinations wait for their confirms together. If any fails, the
+        error is raised once all have settled, and every decision of the batch is sent
+        again later (its commands keep their ids, so receivers drop what they have).
         """
-        by_key: dict[str | None, list[tuple[Command, Envelope]]] = {}
-        for index, command in enumerate(waiting.commands):
-            envelope = Envelope(
-                message_id=f"{host.experiment_id}/{waiting.seq}/{index}",
-                experiment_id=host.experiment_id,
-                seq=waiting.seq,
-                body=command.body,
-            )
-            host.answers.note(waiting.seq, index, command)
-            by_key.setdefault(command.worker_id, []).append((command, envelope))
-        gone: list[Command] = []
+        by_key: dict[str | None, list[tuple[int, Command, Envelope]]] = {}
+        for position, waiting in enumerate(batch):
+            for index, command in enumerate(waiting.commands):
+                envelope = Envelope(
+                    message_id=f"{host.experiment_id}/{waiting.seq}/{index}",
+                    experiment_id=host.experiment_id,
+                    seq=waiting.seq,
+                    body=command.body,
+                )
+                by_key.setdefault(command.worker_id, []).append((position, command, envelope))
+        gone: list[list[Command]] = [[] for _ in batch]
 
-        async def in_order(commands: list[tuple[Command, Envelope]]) -> None:
-            for command, envelope in commands:
+        async def in_order(commands: list[tuple[int, Command, Envelope]]) -> None:
+            for position, command, envelope in commands:
                 try:
                     await self._send(command, envelope)
                 except UnroutableError:
-                    gone.append(command)
+                    gone[position].append(command)
 
         outcomes = await asyncio.gather(
             *(in_order(commands) for commands in by_key.values()), return_exceptions=True

@@ -7,10 +7,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rung.broker import Topology
+from rung.broker.errors import BrokerUnavailableError
 from rung.broker.schemas import OpCompleted, TrialStarted
 from rung.searcher.errors import SearcherError
 from rung.searcher.host import ExperimentHost
+from rung.searcher.service import outbox as outbox_module
 from rung.searcher.service.outbox import Live, Outbox
 from tests.support import wait_for
 from tests.unit.searcher.test_host import EID, fragile_config, new_host
@@ -72,4 +76,73 @@ async def test_the_retry_task_publishes_a_decision_only_once_its_record_is_durab
         assert any(m.startswith(f"{EID}/{applied.seq}/") for m, _ in broker.published)
         await asyncio.gather(*tasks)
     finally:
+        host.close()
+
+
+class RefusingBroker:
+    """Refuses every publish while ``down``, as an unreachable broker does."""
+
+    def __init__(self) -> None:
+        self.topology = Topology("outbox-test")
+        self.down = True
+
+    async def publish(self, exchange: str, key: str, body: bytes, **kw: Any) -> None:
+        await asyncio.sleep(0)
+        if self.down:
+            raise BrokerUnavailableError("the broker is down (test)")
+
+
+async def test_the_unsent_mark_is_written_and_cleared_while_inputs_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark's owner check reads the log's file in a thread: an input appended on the
+    event loop meanwhile (inputs go on while decisions are published) must never look
+    like another searcher's line. Found by review: the experiment was dropped as taken
+    over within a few dozen episodes of a broker going down and coming back."""
+    monkeypatch.setattr(outbox_module, "RETRY_FIRST_S", 0.001)
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    problems: list[BaseException] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        tasks.append(asyncio.get_running_loop().create_task(work))
+        return tasks[-1]
+
+    async def fatal(exc: BaseException) -> None:
+        problems.append(exc)
+
+    def drop(live: Live, exc: SearcherError) -> None:
+        problems.append(exc)
+
+    broker = RefusingBroker()
+    outbox = Outbox(broker, spawn=spawn, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+    live = Live(host)
+    waiting = list(host.outbox)
+    stop = asyncio.Event()
+
+    async def inputs() -> None:
+        """Records appended as inputs are: on the loop, under the experiment's lock."""
+        while not stop.is_set():
+            async with live.lock:
+                host.log.take_over("test", sync=False)
+            await asyncio.sleep(0)
+
+    appending = asyncio.create_task(inputs())
+    try:
+        for _ in range(60):
+            host.outbox.clear()
+            host.outbox.extend(waiting)
+            broker.down = True
+            async with live.publishing:
+                await outbox.flush(live)  # refused: marked unsent, left to the retry task
+            assert live.retrying
+            broker.down = False
+            await wait_for(lambda: not live.retrying or bool(problems), 10, "the retry task")
+            assert problems == []
+            assert host.log.unsent_from is None
+    finally:
+        stop.set()
+        await appending
+        for task in tasks:
+            task.cancel()
         host.close()
