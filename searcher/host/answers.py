@@ -8,8 +8,10 @@ again under the same message id; the searcher knows the duplicate and, instead o
 dropping it silently, re-sends the command it answered with. The command keeps its own
 message id, so a worker that has it already drops it.
 
-This is bookkeeping of the shell (what was published), not of the pure core: it is
-rebuilt after a restart from the log's records, newest first.
+This is bookkeeping of the shell (what each attempt is told, noted as it is decided:
+a duplicate completion gets no answer again while any decision waits to be published),
+not of the pure core: it is rebuilt after a restart from the log's records, newest
+first.
 """
 
 from __future__ import annotations
