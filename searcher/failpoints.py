@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -49,13 +50,16 @@ def crash_point(name: str) -> None:
 
 async def crash_once(name: str, ready: Callable[[], bool], *, within_s: float = 30.0) -> None:
     """At the point ``RUNG_CRASH_AT`` names: wait (the rest of the searcher going on)
-    until ``ready()`` holds, or ``within_s`` seconds have passed, then exit as ``kill -9``
-    would."""
+    until ``ready()`` holds, or ``within_s`` seconds have passed, then say which on
+    stderr (``crash point <name>: ready`` or ``: timed out``, for the test to check) and
+    exit as ``kill -9`` would."""
     if not _reached(name):
         return
     deadline = time.monotonic() + within_s
     while not ready() and time.monotonic() < deadline:  # noqa: ASYNC110 (a failpoint)
         await asyncio.sleep(0.005)
+    sys.stderr.write(f"crash point {name}: {'ready' if ready() else 'timed out'}\n")
+    sys.stderr.flush()
     os._exit(137)
 
 

@@ -10,23 +10,31 @@ working directory lives as long as its process, as in Determined's containers: r
 keep go into checkpoints, metrics and the trial's logs.
 
 A worker that died (a kill, a crash, a power cut) leaves its session's directories
-behind: the next worker started on the same work directory removes every session whose
-process is gone (each session directory names its process in ``owner``), never one whose
-process still runs. ``rung worker --keep-run-dirs`` keeps them all, for debugging.
+behind: the next worker started on the same work directory (a fixed ``--work-dir``, or
+``--id``: the default work directory is per worker id) removes every session that no
+live worker holds. A worker holds its session by an exclusive ``flock`` on the
+session's ``owner`` file for as long as it runs (a lock dies with its process: no pid to
+be reused, no pid namespace to compare), and makes the session under a dot name that
+sweepers pass over, renaming it into place once it holds it. ``rung worker
+--keep-run-dirs`` keeps them all, for debugging.
 
 Removal never stops the worker: a script that took away its own write permission (a
-``chmod 000`` directory) is given it back first, symlinks are never followed (the removal
-works by directory descriptors), and what still cannot be removed is logged with the
-path and the reason.
+``chmod 000`` directory) has it given back first (mode 0700, through a descriptor opened
+without following symlinks; not as root, who needs none), symlinks are never followed, a
+tree too deep for Python's recursion is left to ``rm -rf --one-file-system``, and what
+still cannot be removed is logged with the path and the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import itertools
 import os
 import shutil
-import stat
+import subprocess
+import time
 from pathlib import Path
 
 import structlog
@@ -35,27 +43,40 @@ __all__ = ["RunDirs", "remove_tree"]
 
 log = structlog.get_logger("rung.worker")
 
-# The file of a session directory that names the worker process that owns it.
+# The file of a session directory that its worker holds an exclusive flock on.
 OWNER = "owner"
+# A session still being made (a dot name) is swept only once it is this old and nobody
+# holds it: its worker died between making and naming it.
+PENDING_GRACE_S = 600.0
+# How long ``rm -rf`` may take over a tree too deep for Python's recursion.
+RM_TIMEOUT_S = 300.0
 
 
 def remove_tree(path: Path) -> str | None:
     """Remove ``path`` and everything under it, without following symlinks; None once
-    it is gone, else why not. Directories a script closed to its owner are opened (to
-    the owner only) and the removal tried again. What another removal took meanwhile is
-    passed over, not taken for the end."""
+    it is gone, else why not. Never raises. Directories a script closed to its owner are
+    opened (0700, to the owner only) and the removal tried again; a tree deeper than
+    Python's recursion goes to ``rm -rf``. What another removal took meanwhile is passed
+    over, not taken for the end."""
     try:
         shutil.rmtree(path, onerror=_unless_gone)
+    except RecursionError:
+        return _remove_deep(path)
     except OSError:
         pass
+    except Exception as exc:  # noqa: BLE001 (a removal never stops the worker)
+        return f"{type(exc).__name__}: {exc}"
     else:
         return None
     try:
-        _open_to_owner(path)
+        if os.geteuid() != 0:  # root is never refused for a mode: nothing to open
+            _open_to_owner(path)
         shutil.rmtree(path, onerror=_unless_gone)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except RecursionError:
+        return _remove_deep(path)
+    except Exception as exc:  # noqa: BLE001 (a removal never stops the worker)
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -67,28 +88,47 @@ def _unless_gone(
         raise error[1]
 
 
+def _remove_deep(path: Path) -> str | None:
+    """Remove a tree too deep for Python's recursion with coreutils' ``rm``, which walks
+    it without recursing, never follows a symlink and never leaves the file system."""
+    try:
+        done = subprocess.run(  # noqa: S603 (a fixed program; the path is one argument)
+            ["rm", "-rf", "--one-file-system", "--", str(path)],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=RM_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"too deep for Python, and rm -rf failed: {type(exc).__name__}: {exc}"
+    if done.returncode != 0:
+        return f"too deep for Python, and rm -rf exited {done.returncode}: {done.stderr[:300]}"
+    return None
+
+
 def _open_to_owner(path: Path) -> None:
-    """Give the owner read, write and search rights on every directory under ``path``,
-    by directory descriptors (a symlink is never followed, nor changed)."""
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
+    """Give the owner every right (0700) on each directory under ``path``, ``path``
+    included, through a descriptor opened without following symlinks: a directory
+    swapped for a symlink meanwhile is passed over, never what it points at."""
+    if not hasattr(os, "O_PATH"):
         return
-    os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+    _chmod_directory(str(path), None)
     for _, dirs, _, dir_fd in os.fwalk(path, follow_symlinks=False):
         for name in dirs:
-            child = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(child.st_mode):
-                os.chmod(name, stat.S_IMODE(child.st_mode) | stat.S_IRWXU, dir_fd=dir_fd)
+            _chmod_directory(name, dir_fd)
 
 
-def _alive(pid: int) -> bool:
+def _chmod_directory(name: str, dir_fd: int | None) -> None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
+    except OSError:
+        return  # a symlink, or gone: nothing of ours to open
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class RunDirs:
@@ -99,6 +139,8 @@ class RunDirs:
         self.session = self.root / session
         self.keep = keep
         self._count = itertools.count(1)
+        # The owner file's descriptor, whose flock says this worker holds its session.
+        self._owner_fd: int | None = None
 
     def new(self, experiment_id: str, trial_id: int, attempt: int) -> Path:
         """The directory for the next trial process (not made yet)."""
@@ -106,18 +148,32 @@ class RunDirs:
         return self.session / experiment_id / name
 
     def claim(self) -> list[Path]:
-        """Make this session's directory, naming this process its owner, and remove the
-        sessions of worker processes that are gone; returns those removed."""
-        self.session.mkdir(parents=True, exist_ok=True)
-        (self.session / OWNER).write_text(f"{os.getpid()}\n")
+        """Make this session's directory and hold it (an exclusive flock on its owner
+        file, for as long as the worker runs), then remove the sessions no live worker
+        holds; returns those removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        pending = self.root / f".{self.session.name}"
+        pending.mkdir(exist_ok=True)
+        fd = os.open(pending / OWNER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            pending.rename(self.session)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._owner_fd = fd
         if self.keep:
             return []
         removed = []
         for other in sorted(self.root.iterdir()):
-            if other == self.session or other.is_symlink() or not other.is_dir():
-                continue
-            if self._owned_by_live_process(other):
-                continue
+            try:
+                if other == self.session or other.is_symlink() or not other.is_dir():
+                    continue
+                if self._held(other):
+                    continue
+            except OSError:
+                continue  # cannot tell: kept
             why = remove_tree(other)
             if why is None:
                 removed.append(other)
@@ -130,12 +186,22 @@ class RunDirs:
         return removed
 
     @staticmethod
-    def _owned_by_live_process(session: Path) -> bool:
+    def _held(session: Path) -> bool:
+        """Whether a live worker holds ``session`` (or may be making it)."""
+        pending = session.name.startswith(".")
+        if pending and time.time() - session.lstat().st_mtime < PENDING_GRACE_S:
+            return True  # being made, or its maker died only lately
         try:
-            pid = int((session / OWNER).read_text().strip())
-        except (OSError, ValueError):
-            return False  # no owner (it died making it), or not a number: nobody's
-        return pid != os.getpid() and _alive(pid)
+            fd = os.open(session / OWNER, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False  # a session of an older Rung, or one its maker never held
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # (and with it the lock this took)
+        return False
 
     async def remove(self, path: Path) -> None:
         """Remove one trial process's directory (in a thread), unless kept."""
@@ -146,6 +212,13 @@ class RunDirs:
             log.warning("could not remove a trial's run directory", path=str(path), error=why)
 
     async def close(self) -> None:
-        """Remove this session's directory (its trials have ended), unless kept."""
-        if not self.keep:
-            await self.remove(self.session)
+        """Remove this session's directory (its trials have ended), unless kept, and let
+        it go."""
+        try:
+            if not self.keep:
+                await self.remove(self.session)
+        finally:
+            if self._owner_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._owner_fd)
+                self._owner_fd = None

@@ -1,9 +1,12 @@
 """The outbox: each experiment's logged decisions, published in order, with confirms.
 
 Write first: a decision's commands go out only once its record is durable. Each
-experiment's decisions are published in the order they were logged; commands of one
-decision to different destinations (the work queue, each worker) wait for their confirms
-together. Experiments never wait for each other.
+experiment's decisions are published under its publishing lock, the waiting ones
+together: commands to one destination (the work queue, each worker) in the order they
+were logged, each once the one before it is confirmed; different destinations wait for
+their confirms together. The experiment's inputs are applied meanwhile, and each record
+names the oldest decision not confirmed yet (``unconfirmed_from``), so a restart re-sends
+every decision that may not have gone out. Experiments never wait for each other.
 
 When the broker does not take a decision (unreachable, blocked, a publish timeout), the
 experiment's log marks it unsent (``unsent.json``, durable before the input that caused
@@ -155,7 +158,7 @@ class Outbox:
         mark's owner check reads the log's file in a thread, and an input appended on the
         event loop meanwhile would look like another searcher's line."""
         async with live.lock:
-            if live.host.outbox:
+            if live.host.outbox and live.dropped is None:  # (a dropped log is closed)
                 await asyncio.to_thread(live.host.log.mark_unsent, live.host.outbox[0].seq)
 
     async def _leave_to_retry(

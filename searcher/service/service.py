@@ -359,7 +359,11 @@ class SearcherService:
                 raise
             except (StorageError, OSError) as exc:
                 await self.die(exc)
-        if applied.step.commands:  # out once durable, after the decisions before it
+        host = live.host
+        if applied.step.commands or (  # out once durable, after the decisions before it
+            # (or decisions nobody is publishing: a flush cut short by a cancellation)
+            host.outbox and not live.retrying and not live.publishing.locked()
+        ):
             await self._publish(live, upto=applied.seq)
         return applied
 

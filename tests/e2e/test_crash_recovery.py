@@ -132,6 +132,8 @@ def test_searcher_crashing_at_each_step_of_handling_an_event(
     assert created.returncode == 0, created.stderr
     experiment_id = created.stdout.strip()
     assert cluster.processes["doomed"].wait(60) == 137  # it crashed where it was told
+    if point == "overtaken":  # with a later record durable while the decision waited
+        cluster.wait_log("doomed", "crash point overtaken: ready")
     cluster.start("searcher", "searcher", "--state-dir", str(cluster.state_dir))
     wait_sync(
         lambda: (_describe(cluster, experiment_id) or {}).get("state") == "COMPLETED",

@@ -3,50 +3,28 @@ sessions of worker processes that are gone swept at the next start."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
 
+from rung.worker import rundirs
 from rung.worker.rundirs import RunDirs, remove_tree
 
 
-@pytest.fixture
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    process = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(process.stdout)
-
-
-@pytest.fixture
-def live_pid() -> Iterator[int]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-    )
-    try:
-        yield process.pid
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        process.wait(timeout=30)
-
-
-def _session(root: Path, name: str, owner: str | None) -> Path:
+def _session(root: Path, name: str, *, owner: bool = True) -> Path:
+    """A session directory another worker left (its owner file held by nobody)."""
     session = root / "runs" / name
     (session / "exp" / "trial-1-attempt-1-1").mkdir(parents=True)
     (session / "exp" / "trial-1-attempt-1-1" / "train.py").write_text("pass\n")
-    if owner is not None:
-        (session / "owner").write_text(owner)
+    if owner:
+        (session / "owner").write_text("12345\n")
     return session
 
 
@@ -58,28 +36,65 @@ def test_each_trial_process_gets_a_directory_of_its_own(tmp_path: Path) -> None:
     assert first.name.startswith("trial-3-attempt-1-")
 
 
-def test_claim_sweeps_the_sessions_of_gone_workers_only(
-    tmp_path: Path, dead_pid: int, live_pid: int
-) -> None:
-    dead = _session(tmp_path, "dead", f"{dead_pid}\n")
-    alive = _session(tmp_path, "alive", f"{live_pid}\n")
-    ownerless = _session(tmp_path, "ownerless", None)
-    garbled = _session(tmp_path, "garbled", "not a pid")
+async def test_claim_sweeps_the_sessions_no_live_worker_holds(tmp_path: Path) -> None:
+    alive = RunDirs(tmp_path, "alive")  # another worker on the same work dir, running
+    alive.claim()
+    (alive.session / "exp" / "trial-1-attempt-1-1").mkdir(parents=True)
+    dead = _session(tmp_path, "dead")  # its worker was killed: nobody holds its owner
+    ownerless = _session(tmp_path, "ownerless", owner=False)  # an older Rung's
+    making = _session(tmp_path, ".making", owner=False)  # being made right now
+    abandoned = _session(tmp_path, ".abandoned")  # its maker died before naming it
+    old = time.time() - 2 * rundirs.PENDING_GRACE_S
+    os.utime(abandoned, (old, old))
     legacy = tmp_path / "runs" / "exp-old" / "trial-2-attempt-1"  # before sessions
     legacy.mkdir(parents=True)
     stray = tmp_path / "runs" / "stray-file"
     stray.write_text("x")
-    dirs = RunDirs(tmp_path, "mine")
-    removed = dirs.claim()
-    assert sorted(removed) == sorted([dead, ownerless, garbled, legacy.parent])
-    assert (alive / "exp" / "trial-1-attempt-1-1" / "train.py").is_file()
-    assert (dirs.session / "owner").read_text() == f"{os.getpid()}\n"
-    assert stray.is_file()  # not a session: left alone
-    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"alive", "mine", "stray-file"}
+    mine = RunDirs(tmp_path, "mine")
+    try:
+        removed = mine.claim()
+        assert sorted(removed) == sorted([dead, ownerless, abandoned, legacy.parent])
+        assert (alive.session / "exp" / "trial-1-attempt-1-1").is_dir()
+        assert (making / "exp").is_dir()
+        assert (mine.session / "owner").read_text() == f"{os.getpid()}\n"
+        assert stray.is_file()  # not a session: left alone
+        names = {p.name for p in (tmp_path / "runs").iterdir()}
+        assert names == {"alive", "mine", ".making", "stray-file"}
+        # Once the other worker has stopped, its session is nobody's.
+        await alive.close()
+        assert not alive.session.exists()
+    finally:
+        await mine.close()
 
 
-def test_kept_run_directories_are_never_removed(tmp_path: Path, dead_pid: int) -> None:
-    dead = _session(tmp_path, "dead", f"{dead_pid}\n")
+def test_a_killed_workers_session_is_swept_by_the_next(tmp_path: Path) -> None:
+    """A worker's lock dies with it: the next worker on the work dir finds the session
+    held by nobody (no pid compared, so pid reuse and pid namespaces do not matter)."""
+    code = (
+        "import sys; from pathlib import Path; from rung.worker.rundirs import RunDirs; "
+        "d = RunDirs(Path(sys.argv[1]), 'killed'); d.claim(); "
+        "(d.session / 'exp').mkdir(); print('held', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        first = RunDirs(tmp_path, "first")
+        assert first.claim() == []  # the holder runs: its session stays
+        assert (tmp_path / "runs" / "killed" / "exp").is_dir()
+        asyncio.run(first.close())
+        holder.kill()  # kill -9: no cleanup of its own
+    second = RunDirs(tmp_path, "second")
+    assert second.claim() == [tmp_path / "runs" / "killed"]
+    asyncio.run(second.close())
+
+
+def test_kept_run_directories_are_never_removed(tmp_path: Path) -> None:
+    dead = _session(tmp_path, "dead")
     dirs = RunDirs(tmp_path, "mine", keep=True)
     assert dirs.claim() == []
     assert dead.is_dir()
@@ -137,3 +152,46 @@ def test_remove_tree_says_why_it_could_not(tmp_path: Path, monkeypatch: pytest.M
     assert str(tree) in why
     assert tries == [tree, tree]  # tried again once its directories were opened
     assert tree.is_dir()
+
+
+def test_opening_closed_directories_never_follows_a_symlink(tmp_path: Path) -> None:
+    """What a non-root worker does before its second try: each directory under the
+    tree gets 0700, through a descriptor that refuses a symlink, whatever it points at."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(outside, 0o500)
+    tree = tmp_path / "tree"
+    closed = tree / "a" / "closed"
+    closed.mkdir(parents=True)
+    os.chmod(closed, 0)
+    os.chmod(tree / "a", 0o500)
+    (tree / "a" / "link").symlink_to(outside, target_is_directory=True)
+    try:
+        rundirs._open_to_owner(tree)
+        assert {_mode(d) for d in (tree, tree / "a", closed)} == {0o700}
+        assert _mode(outside) == 0o500
+    finally:
+        os.chmod(outside, 0o700)
+
+
+def test_a_tree_deeper_than_pythons_recursion_is_removed(tmp_path: Path) -> None:
+    """A script that nests directories past the recursion limit: shutil.rmtree raises
+    RecursionError, which is no OSError; rm -rf takes the tree."""
+    deep = tmp_path / "deep"
+    path = deep
+    for _ in range(400):
+        path = path / "d"
+    path.mkdir(parents=True)
+    (path / "f").write_text("x")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)
+    try:
+        why = remove_tree(deep)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert why is None
+    assert not deep.exists()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
