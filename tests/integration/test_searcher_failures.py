@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -114,6 +115,45 @@ def ids(experiment_id: str, trial_id: int, attempt: int = 1) -> dict[str, Any]:
         "attempt": attempt,
         "worker_id": "fake",
     }
+
+
+@contextlib.asynccontextmanager
+async def held_commands(
+    broker: Broker, experiment_id: str, *, refuse_first: bool = False
+) -> AsyncIterator[list[str]]:
+    """Hold every publish of the experiment's commands (their message ids are listed as
+    they come) until the block ends, as a broker slow to confirm does; with
+    ``refuse_first``, the first one fails at once with a publish timeout."""
+    real_publish = broker.publish
+    release = asyncio.Event()
+    held: list[str] = []
+
+    async def holding_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
+        if is_command_of(experiment_id, kw):
+            held.append(kw["message_id"])
+            if refuse_first and len(held) == 1:
+                raise PublishTimeoutError("the broker did not confirm in time (test)")
+            await release.wait()
+        await real_publish(exchange, routing_key, body, **kw)
+
+    broker.publish = holding_publish  # type: ignore[method-assign]
+    try:
+        yield held
+    finally:
+        release.set()
+        broker.publish = real_publish  # type: ignore[method-assign]
+
+
+async def one_trial_running(broker: Broker, tmp_path: Path) -> tuple[FakeWorker, str]:
+    """A single-trial experiment whose trial has started on a fake worker."""
+    worker = FakeWorker(broker)
+    await worker.start()
+    client = SearcherClient(broker)
+    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
+    eid: str = created["experiment_id"]
+    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
+    await worker.send(TrialStarted(**ids(eid, 1), slots=1))
+    return worker, eid
 
 
 async def two_trials_running(
@@ -245,18 +285,8 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
     bid, oid = blocked["experiment_id"], other["experiment_id"]
     for eid in (bid, oid):
         await worker.send(TrialStarted(**ids(eid, 1), slots=1))
-    real_publish = broker.publish
-    release = asyncio.Event()
-    attempts: list[str] = []
-
-    async def blocking_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        if is_command_of(bid, kw):
-            attempts.append(kw["message_id"])
-            await release.wait()  # a broker that does not confirm (a resource alarm)
-        await real_publish(exchange, routing_key, body, **kw)
-
-    broker.publish = blocking_publish  # type: ignore[method-assign]
-    try:
+    # A broker that does not confirm (a resource alarm) the blocked experiment's commands.
+    async with held_commands(broker, bid) as attempts:
         # The blocked experiment's decision (close its trial) waits for the broker.
         await worker.send(OpCompleted(**ids(bid, 1), length=3, metric=0.1))
         await wait_for(lambda: len(attempts) == 1, 10, "the blocked publish")
@@ -280,9 +310,6 @@ async def test_a_blocked_experiment_never_holds_up_another_nor_its_own_log_only_
         assert worker.control_ids[0].startswith(f"{oid}/")
         # (its own inputs no longer wait for the lock, so this may come before 0.2 s)
         await wait_for(lambda: service.experiments[bid].retrying, 10, "the retry task")
-    finally:
-        release.set()
-        broker.publish = real_publish  # type: ignore[method-assign]
     await wait_for(lambda: len(worker.control) == 2, 10, "the blocked close, once released")
     assert worker.control_ids[1].startswith(f"{bid}/")
     assert len(attempts) == 1  # the one publish went on; no input tried another
@@ -297,27 +324,10 @@ async def test_an_experiments_inputs_apply_while_its_decision_waits_for_its_conf
     their records names the decision that waits, for a restart to send it again."""
     service: SearcherService = await searcher()
     service.outbox.input_wait_s = 60  # the decision's own input waits for it throughout
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
-    eid = created["experiment_id"]
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
-    await worker.send(TrialStarted(**ids(eid, 1), slots=1))
+    worker, eid = await one_trial_running(broker, tmp_path)
     live = service.experiments[eid]
     await wait_for(lambda: not live.host.outbox, 10, "the start's commands confirmed")
-    real_publish = broker.publish
-    release = asyncio.Event()
-    held: list[str] = []
-
-    async def holding_publish(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        if is_command_of(eid, kw):
-            held.append(kw["message_id"])
-            await release.wait()  # a confirm that takes its time
-        await real_publish(exchange, routing_key, body, **kw)
-
-    broker.publish = holding_publish  # type: ignore[method-assign]
-    try:
+    async with held_commands(broker, eid) as held:  # confirms that take their time
         await worker.send(OpCompleted(**ids(eid, 1), length=3, metric=0.1))  # -> close
         await wait_for(lambda: len(held) == 1, 10, "the close's publish, held")
         [waiting] = live.host.outbox
@@ -337,9 +347,6 @@ async def test_an_experiments_inputs_apply_while_its_decision_waits_for_its_conf
         assert len(later) == 3
         assert {r.unconfirmed_from for r in later} == {waiting.seq}
         assert worker.control == []
-    finally:
-        release.set()
-        broker.publish = real_publish  # type: ignore[method-assign]
     await wait_for(lambda: len(worker.control) == 1, 10, "the close, once confirmed")
     assert isinstance(worker.control[0], CloseTrial)
     await wait_for(lambda: not live.host.outbox, 10, "the outbox empty")
@@ -387,27 +394,8 @@ async def test_once_a_decision_waits_for_the_broker_its_experiments_inputs_never
     acknowledged without touching the broker. Here every later publish hangs for good: an
     input that tried one would never be acknowledged."""
     service: SearcherService = await searcher()
-    worker = FakeWorker(broker)
-    await worker.start()
-    client = SearcherClient(broker)
-    created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
-    eid = created["experiment_id"]
-    await wait_for(lambda: len(worker.work) == 1, 10, "the run_trial")
-    await worker.send(TrialStarted(**ids(eid, 1), slots=1))
-    real_publish = broker.publish
-    hang = asyncio.Event()
-    attempts: list[str] = []
-
-    async def failing_then_hanging(exchange: str, routing_key: str, body: bytes, **kw: Any) -> None:
-        if is_command_of(eid, kw):
-            attempts.append(kw["message_id"])
-            if len(attempts) == 1:
-                raise PublishTimeoutError("the broker did not confirm in time (test)")
-            await hang.wait()
-        await real_publish(exchange, routing_key, body, **kw)
-
-    broker.publish = failing_then_hanging  # type: ignore[method-assign]
-    try:
+    worker, eid = await one_trial_running(broker, tmp_path)
+    async with held_commands(broker, eid, refuse_first=True):
         await worker.send(OpCompleted(**ids(eid, 1), length=3, metric=0.1))
         live = service.experiments[eid]
         await wait_for(lambda: live.retrying, 10, "the decision left to the retry task")
@@ -418,9 +406,6 @@ async def test_once_a_decision_waits_for_the_broker_its_experiments_inputs_never
         await wait_for(lambda: event_log.durable_seq >= before + 5, 10, "the five inputs")
         assert live.host.outbox  # the close still waits
         assert (tmp_path / "state" / "experiments" / eid / "unsent.json").exists()
-    finally:
-        hang.set()
-        broker.publish = real_publish  # type: ignore[method-assign]
     await wait_for(lambda: len(worker.control) == 1, 10, "the close, once the broker is back")
     await wait_for(lambda: not live.retrying, 10, "the outbox drained")
     assert not (tmp_path / "state" / "experiments" / eid / "unsent.json").exists()
