@@ -43,7 +43,11 @@ MODULES = {m.__name__: m for m in (broker, searcher, worker)}
 def main() -> int:
     info = det.get_cluster_info()
     found = {
-        name: {"marker": getattr(module, "MARKER", None), "file": module.__file__}
+        name: {
+            "marker": getattr(module, "MARKER", None),
+            "file": module.__file__,
+            "source": Path(module.__file__).read_text(),
+        }
         for name, module in MODULES.items()
     }
     ours = all(entry["marker"] == f"user's {name}" for name, entry in found.items())
@@ -111,8 +115,10 @@ def test_a_script_imports_its_own_worker_broker_and_searcher_modules(
     for name in USER_MODULES:
         found = record["found"][name]
         assert found["marker"] == f"user's {name}"
-        # The copy of the context the trial ran in, not Rung's package in the checkout.
+        # The copy of the context the trial ran in (removed since, with its run
+        # directory), not Rung's package in the checkout.
         file = Path(found["file"]).resolve()
         assert file.name == f"{name}.py"
-        assert file.read_text() == f'MARKER = "user\'s {name}"\n'
+        assert found["source"] == f'MARKER = "user\'s {name}"\n'
         assert not file.is_relative_to(ROOT)
+        assert "runs" in file.parts
