@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -59,7 +60,9 @@ def _flat(trials: int) -> dict[str, Any]:
 async def _experiment(state: Path, config: dict[str, Any]) -> tuple[float, int]:
     import rung  # noqa: PLC0415 (the client is imported lazily by rung itself)
 
-    async with rung.Client.local(state, workers=WORKERS) as client:
+    # (RUNG_BENCH_SEGMENT_BROKER: an AMQP URL, to run it on RabbitMQ instead)
+    broker_url = os.environ.get("RUNG_BENCH_SEGMENT_BROKER")
+    async with rung.Client.local(state, workers=WORKERS, broker_url=broker_url) as client:
         start = time.perf_counter()
         experiment = await client.create_experiment(config, HERE / "contexts" / "segment")
         ended = await experiment.wait()

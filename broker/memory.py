@@ -103,11 +103,14 @@ class _MemoryDelivery(Delivery):
 
 
 class _MemorySubscription(Subscription):
-    def __init__(self, broker: MemoryBroker, queue: str, handler: Handler, prefetch: int) -> None:
+    def __init__(
+        self, broker: MemoryBroker, queue: str, handler: Handler, prefetch: int, priority: int
+    ) -> None:
         self.broker = broker
         self.queue = queue
         self.handler = handler
         self.prefetch = prefetch
+        self.priority = priority
         self.in_flight = 0
         self.active = True
         self.pending: set[_MemoryDelivery] = set()
@@ -223,6 +226,8 @@ class MemoryBroker(Broker):
             ready = [c for c in queue.consumers if c.has_room()]
             if not ready:
                 return
+            top = max(c.priority for c in ready)  # consumer priorities, as RabbitMQ's
+            ready = [c for c in ready if c.priority == top]
             sub = ready[queue.cursor % len(ready)]
             queue.cursor += 1
             message = queue.messages.popleft()
@@ -236,10 +241,12 @@ class MemoryBroker(Broker):
         queue = self.queues.get(delivery.queue)
         await self.guard.run(sub.handler, delivery, private=queue is not None and queue.private)
 
-    async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+    async def subscribe(
+        self, queue: str, handler: Handler, *, prefetch: int, priority: int = 0
+    ) -> Subscription:
         if queue not in self.queues:
             raise BrokerError(f"no queue {queue!r}")
-        sub = _MemorySubscription(self, queue, handler, max(prefetch, 1))
+        sub = _MemorySubscription(self, queue, handler, max(prefetch, 1), priority)
         self.queues[queue].consumers.append(sub)
         self.dispatch_queue(queue)
         return sub

@@ -371,7 +371,13 @@ class Broker(ABC):
         takes instead of raising (for live feeds nobody may be listening to)."""
 
     @abstractmethod
-    async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...
+    async def subscribe(
+        self, queue: str, handler: Handler, *, prefetch: int, priority: int = 0
+    ) -> Subscription:
+        """Consume ``queue``, at most ``prefetch`` deliveries unsettled at a time. Among a
+        queue's consumers with room, those of the highest ``priority`` get its messages
+        first (RabbitMQ's consumer priorities, ``x-priority``); a lower one gets a message
+        only while every higher one is full."""
 
     @abstractmethod
     async def declare_private_queue(self, bind_to: tuple[str, str] | None = None) -> str:

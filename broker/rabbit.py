@@ -50,6 +50,7 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from pamqp.common import FieldTable
 
 from rung.broker.errors import (
     BrokerError,
@@ -513,16 +514,20 @@ class RabbitBroker(Broker):
         await channel.set_qos(prefetch_count=prefetch)
         return channel
 
-    async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+    async def subscribe(
+        self, queue: str, handler: Handler, *, prefetch: int, priority: int = 0
+    ) -> Subscription:
         try:
-            return await self._subscribe(queue, handler, prefetch)
+            return await self._subscribe(queue, handler, prefetch, priority)
         except CONNECTION_EXCEPTIONS as exc:
             raise BrokerUnavailableError(
                 f"cannot consume from {queue}: the connection to the broker is down "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
 
-    async def _subscribe(self, queue: str, handler: Handler, prefetch: int) -> Subscription:
+    async def _subscribe(
+        self, queue: str, handler: Handler, prefetch: int, priority: int
+    ) -> Subscription:
         private = self._private.get(queue)
         if private is not None:
             # A private (exclusive) queue dies with its connection. Its consumer must be
@@ -560,7 +565,9 @@ class RabbitBroker(Broker):
             task.add_done_callback(self._handlers.discard)
             await asyncio.shield(task)
 
-        sub.tag = await q.consume(on_message, no_ack=False)
+        # (x-priority 0 is RabbitMQ's default: only other priorities are sent)
+        arguments: FieldTable | None = {"x-priority": priority} if priority else None
+        sub.tag = await q.consume(on_message, no_ack=False, arguments=arguments)
         self._subscriptions.append(sub)
         return sub
 

@@ -4,8 +4,10 @@ It takes ``RunTrial`` commands from the work queues of the sizes it can fit: a w
 ``N`` slots consumes the bucket queues ``b <= N`` (``work`` for trials of 0 or 1 slot,
 ``work.2``, ``work.4``, ... for trials of up to 2, 4, ... slots), each with prefetch 1 and
 only while at least ``b`` of its slots are free, so that every command it receives fits
-when it arrives. A trial too large for it never reaches it, and never stops it taking
-work that fits (no head-of-line blocking). A command is
+when it arrives; and, at a lower consumer priority, while the slots of a trial it was
+told to stop would fit, to take one command ahead (:mod:`.upcoming`). A trial too large
+for it never reaches it, and never stops it taking work that fits (no head-of-line
+blocking). A command is
 acknowledged as soon as the trial has started and ``trial_started`` is confirmed, so a
 trial that trains for days never trips RabbitMQ's ``consumer_timeout``; from then on the
 trial's own events report its life. Commands for a running trial come on this worker's
@@ -68,8 +70,12 @@ from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
+from rung.worker.upcoming import AHEAD_MAX_DELIVERIES, HOLD_S, Held, Upcoming, deliveries
 
 __all__ = ["Worker", "default_worker_id", "searcher_user_for_worker"]
+
+# The control commands for a trial attempt running on this worker.
+RunCommand = ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial
 
 
 def default_worker_id(username: str | None = None) -> str:
@@ -148,6 +154,11 @@ class Worker:
         self.log = structlog.get_logger("rung.worker").bind(worker_id=self.worker_id)
         # The bucket subscriptions open now: bucket b while at least b slots are free.
         self._work: dict[int, Subscription] = {}
+        # Each one's consumer priority: 1 if its trials fit the slots free when it began,
+        # 0 if they fit only with the slots of trials told to stop (see .upcoming).
+        self._work_priority: dict[int, int] = {}
+        # The trials told to stop, and the one command taken ahead for their slots.
+        self.upcoming = Upcoming()
         self._control_queue: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
@@ -237,6 +248,8 @@ class Worker:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""
         self._stopping = True
         await self._pause_intake()
+        if (held := self.upcoming.held) is not None:
+            await self._give_back_held(held)
         for key in list(self.reservations.by_key):
             reservation = self.reservations.pop(key)
             if reservation is not None:
@@ -296,10 +309,22 @@ class Worker:
         return dict(list(parts.items())[-MAX_PARTS_SHOWN:])
 
     def wanted_buckets(self) -> tuple[int, ...]:
-        """The buckets to consume now: those whose largest trial fits the free slots."""
+        """The buckets to consume now: those whose largest trial fits the free slots, or
+        the free slots and those of the trials told to stop (one command taken ahead at
+        most, and none while slots are held for a part of a trial on several workers:
+        those take the slots that free first)."""
         if self._stopping:
             return ()
-        return tuple(b for b in self.buckets if b <= len(self.free))
+        room = self._spare() + (0 if len(self.reservations) else self.upcoming.room())
+        return tuple(b for b in self.buckets if b <= room)
+
+    def _spare(self) -> int:
+        """Free slots, less those the command taken ahead counts on."""
+        return max(0, len(self.free) - self.upcoming.spoken_for())
+
+    def _priority(self, bucket: int) -> int:
+        """A bucket's consumer priority now: 1 if its trials fit the free slots, else 0."""
+        return 1 if bucket <= self._spare() else 0
 
     async def _update_intake(self) -> None:
         """Consume each bucket exactly while its trials fit the free slots.
@@ -319,13 +344,21 @@ class Worker:
                 # largest first, each only if it still fits (a delivery of one taken up
                 # already may have taken slots meanwhile), so that fewer deliveries race.
                 for bucket in sorted(self._work, reverse=True):
-                    if bucket not in self.wanted_buckets():
+                    wanted = bucket in self.wanted_buckets()
+                    if not wanted or self._work_priority.get(bucket) != self._priority(bucket):
+                        # (one of the wrong priority is consumed again with the right one)
+                        self._work_priority.pop(bucket, None)
                         await self._work.pop(bucket).cancel()
                 for bucket in reversed(self.buckets):
                     if bucket in self.wanted_buckets() and bucket not in self._work:
+                        priority = self._priority(bucket)
                         self._work[bucket] = await self.broker.subscribe(
-                            topology.bucket_queue(bucket), self._work_handler(bucket), prefetch=1
+                            topology.bucket_queue(bucket),
+                            self._work_handler(bucket),
+                            prefetch=1,
+                            priority=priority,
                         )
+                        self._work_priority[bucket] = priority
             except BrokerUnavailableError as exc:
                 attempt += 1
                 self.log.warning(
@@ -335,7 +368,9 @@ class Worker:
                 )
                 await asyncio.sleep(1.0)
                 continue
-            if self.wanted_buckets() != tuple(sorted(self._work)):
+            if self.wanted_buckets() != tuple(sorted(self._work)) or any(
+                self._work_priority.get(b) != self._priority(b) for b in self._work
+            ):
                 continue  # slots were taken or freed meanwhile
             return
 
@@ -423,7 +458,10 @@ class Worker:
             self.log.warning("misrouted run_trial dead-lettered", reason=reason)
             await delivery.dead_letter(reason)
             return
-        if need > len(self.free) or self._stopping:
+        if need > self._spare() and not self._stopping and self._may_hold(need, delivery):
+            await self._hold(delivery, body)
+            return
+        if need > self._spare() or self._stopping:
             # Another bucket's command took the slots first: stop consuming what no longer
             # fits, then give this one back (to another worker, or to this one once slots
             # free up).
@@ -433,14 +471,17 @@ class Worker:
         slots, self.free = self.free[:need], self.free[need:]
         await self._take(delivery, body, slots)
 
-    async def _take(self, delivery: Delivery, body: RunTrial, slots: list[int]) -> None:
+    async def _take(
+        self, delivery: Delivery, body: RunTrial, slots: list[int], *, run_dir: Path | None = None
+    ) -> None:
         """Start the trial in ``slots`` (taken already), watch it, acknowledge its command;
-        give the command back if the start raised."""
+        give the command back if the start raised. ``run_dir``: its context, copied there
+        already."""
         # Stop consuming what no longer fits before acknowledging (until then prefetch
         # holds further deliveries back), while the trial starts: not one after the other.
         intake = asyncio.ensure_future(self._update_intake())
         try:
-            run = await self._start(body, slots)
+            run = await self._start(body, slots, run_dir=run_dir)
         except Exception:
             with contextlib.suppress(Exception):
                 await intake
@@ -476,10 +517,107 @@ class Worker:
             )
 
     def _release(self, slots: list[int]) -> None:
-        """Slots come free: the reservations waiting for slots take them first."""
+        """Slots come free: the reservations waiting for slots take them first, then the
+        command taken ahead for them, if any."""
         self.free, completed = self.reservations.give([*self.free, *slots])
         for reservation in completed:
             self._spawn_task(self._answer_reserved(reservation))
+        if self._stopping:
+            return
+        held = self.upcoming.take(len(self.free))
+        if held is not None:
+            taken, self.free = self.free[: held.need], self.free[held.need :]
+            self._spawn_task(self._start_held(held, taken))
+
+    # ------------------------------------------------------------------ taken ahead
+    def _may_hold(self, need: int, delivery: Delivery) -> bool:
+        """Whether a command that does not fit the free slots now may wait here for the
+        slots of the trials told to stop (see :mod:`.upcoming`). One delivered often
+        already may not: nor is anything else taken ahead until the slots free (else the
+        broker would deliver it here again at once, each time a delivery more)."""
+        if len(self.reservations) or need > self._spare() + self.upcoming.room():
+            return False
+        if deliveries(delivery) >= AHEAD_MAX_DELIVERIES:
+            self.upcoming.leaving.clear()
+            return False
+        return True
+
+    async def _hold(self, delivery: Delivery, body: RunTrial) -> None:
+        """Take ``body`` ahead of its slots: copy its context meanwhile, start it when the
+        slots free (:meth:`_release`), give it back after ``HOLD_S``."""
+        held = self.upcoming.hold(delivery, body)
+        held.prepared = asyncio.create_task(self._prepare(body))
+        held.timer = asyncio.get_running_loop().call_later(
+            HOLD_S, lambda: self._spawn_task(self._give_back_held(held, expired=True))
+        )
+        self.log.debug(
+            "run_trial taken ahead, for the slots of a trial told to stop",
+            experiment_id=body.experiment_id,
+            trial_id=body.trial_id,
+            attempt=body.attempt,
+        )
+        try:
+            await self._update_intake()  # the room it took is consumed no more
+        except Exception:  # held all the same: raising would requeue a command held here
+            self.log.exception("could not update the work subscriptions after taking ahead")
+
+    async def _prepare(self, cmd: RunTrial) -> Path:
+        run_dir = self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
+        try:
+            return await self.contexts.run_dir(cmd.context_hash, run_dir)
+        except BaseException:
+            self._spawn_task(self.run_dirs.remove(run_dir))
+            raise
+
+    async def _start_held(self, held: Held, slots: list[int]) -> None:
+        """Its slots are free: start the command taken ahead (or give it back if its link
+        to the broker was lost meanwhile: the broker hands it to a worker again)."""
+        run_dir = await held.run_dir()
+        ended = held.key in self._ended  # killed while it waited: never run
+        if ended or self._stopping or held.delivery.link_lost():
+            if run_dir is not None:
+                self._spawn_task(self.run_dirs.remove(run_dir))
+            self._release(slots)
+            await self._update_intake()
+            with contextlib.suppress(BrokerError):  # (a lost link gives it back by itself)
+                if ended:
+                    await held.delivery.ack()
+                elif self._stopping:
+                    await held.delivery.requeue()
+            return
+        await self._take(held.delivery, held.body, slots, run_dir=run_dir)
+
+    async def _drop_held(self, held: Held) -> None:
+        """The attempt of the command taken ahead was killed: acknowledge it, never run."""
+        if self.upcoming.held is not held:
+            return  # (started or given back meanwhile: the start checks for the kill)
+        self.upcoming.drop()
+        run_dir = await held.discard()
+        if run_dir is not None:
+            self._spawn_task(self.run_dirs.remove(run_dir))
+        with contextlib.suppress(BrokerError):
+            await held.delivery.ack()
+        await self._update_intake()
+
+    async def _give_back_held(self, held: Held, *, expired: bool = False) -> None:
+        """Send the command taken ahead back to the queue, if it is still held: the slots
+        it waited for did not free within ``HOLD_S`` (``expired``), or the worker stops."""
+        if self.upcoming.held is not held:
+            return
+        self.upcoming.drop(expired=expired)
+        self.log.info(
+            "run_trial taken ahead given back",
+            experiment_id=held.body.experiment_id,
+            trial_id=held.body.trial_id,
+            attempt=held.body.attempt,
+            why=f"the slots did not free within {HOLD_S:g} s" if expired else "stopping",
+        )
+        run_dir = await held.discard()
+        if run_dir is not None:
+            self._spawn_task(self.run_dirs.remove(run_dir))
+        with contextlib.suppress(BrokerError):  # (a lost link gives it back by itself)
+            await held.delivery.requeue()
+        await self._update_intake()
 
     def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -498,8 +636,13 @@ class Worker:
                 _, work = self._work.popitem()
                 await work.cancel()
 
-    async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
-        run_dir = self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
+    async def _start(
+        self, cmd: RunTrial, slots: list[int], *, run_dir: Path | None = None
+    ) -> TrialRun | None:
+        """Start the trial in ``slots``; ``run_dir``: where its context was copied already
+        (else it is copied now)."""
+        prepared = run_dir is not None
+        run_dir = run_dir or self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
         gpus = [self.gpus[i] for i in slots] if self.gpus else []
         run = TrialRun(
             cmd,
@@ -519,14 +662,17 @@ class Worker:
         # given back, runs when it comes again.
         self.runs[run.key] = run
         try:
-            await self.contexts.run_dir(cmd.context_hash, run_dir)
+            if not prepared:
+                await self.contexts.run_dir(cmd.context_hash, run_dir)
             started = await run.start()
         except BaseException:
             self.runs.pop(run.key, None)
+            self.upcoming.left(run.key)  # (told to stop meanwhile: its slots are free)
             self._spawn_task(self.run_dirs.remove(run_dir))
             raise
         if not started:
             self.runs.pop(run.key, None)
+            self.upcoming.left(run.key)
             self._spawn_task(self.run_dirs.remove(run_dir))
             return None
         return run
@@ -541,6 +687,7 @@ class Worker:
             if released:
                 return
             released = True
+            self.upcoming.left(run.key)
             self._release(slots)
             task = asyncio.create_task(self._update_intake())
             self._tasks.add(task)
@@ -556,6 +703,7 @@ class Worker:
                 self._parts_ended.append(run.key)
             if not released:
                 released = True
+                self.upcoming.left(run.key)
                 self._release(slots)
                 await self._update_intake()
 
@@ -719,7 +867,7 @@ class Worker:
         if isinstance(body, ReserveSlots | RunTrial):
             await (self._reserve(body) if isinstance(body, ReserveSlots) else self._run_part(body))
             return
-        if not isinstance(body, ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial):
+        if not isinstance(body, RunCommand):
             self.log.warning("unexpected control message", type=body.type)
             return
         key = (body.experiment_id, body.trial_id, body.attempt)
@@ -729,6 +877,9 @@ class Worker:
         run = self.runs.get(key)
         if run is None and isinstance(body, KillTrial):
             self._ended.append(key)
+            held = self.upcoming.held
+            if held is not None and held.key == key:  # taken ahead: never to run
+                self._spawn_task(self._drop_held(held))
         if run is None:
             self.log.info(
                 "command for a trial attempt not running here; ignored",
@@ -737,6 +888,10 @@ class Worker:
                 attempt=body.attempt,
             )
             return
+        self._tell(run, body)
+
+    def _tell(self, run: TrialRun, body: RunCommand) -> None:
+        """Hand a control command to the trial attempt running here that it names."""
         match body:
             case ContinueTrial():
                 run.continue_to(body.length)
@@ -749,3 +904,10 @@ class Worker:
             case KillTrial():
                 self.log.info("killing a trial's process", trial_id=body.trial_id)
                 run.kill("the searcher asked (the experiment was killed, or the attempt is stale)")
+        if isinstance(body, PauseTrial | CloseTrial | KillTrial) and run.cmd.gang is None:
+            # Its slots free once its process ends: the next command may be taken ahead
+            # (the subscriptions change beside the control queue's next messages).
+            self.upcoming.stopping(run.key, len(run.slot_ids))
+            task = asyncio.create_task(self._update_intake())
+            self._tasks.add(task)
+            task.add_done_callback(self._intake_updated)

@@ -292,3 +292,32 @@ async def test_a_private_queue_drops_a_poison_message_and_carries_on(broker: Bro
     assert "KeyError: 'trial 7'" in dropped[0]["reason"]
     await nothing_dead(broker)
     assert len(tries) == DELIVERY_LIMIT
+
+
+async def test_a_consumer_of_higher_priority_with_room_gets_the_messages_first(
+    broker: Broker,
+) -> None:
+    """Consumer priorities (RabbitMQ's ``x-priority``): a worker whose slot is only about
+    to free consumes at priority 0, so that a worker with a slot free now is served first;
+    the lower one gets a message only while every higher one is full."""
+    t = broker.topology
+    high: list[Delivery] = []
+    low: list[Delivery] = []
+
+    async def on_high(delivery: Delivery) -> None:
+        high.append(delivery)  # held: its room is 3
+
+    async def on_low(delivery: Delivery) -> None:
+        low.append(delivery)
+
+    await broker.subscribe(t.work_queue, on_low, prefetch=3, priority=0)
+    await broker.subscribe(t.work_queue, on_high, prefetch=3, priority=1)
+    for i in range(3):  # (round robin would give the low one some of them)
+        await broker.publish(t.commands_exchange, t.WORK_KEY, b"{}", message_id=f"p{i}")
+        await wait_for(lambda n=i + 1: len(high) + len(low) == n, 10, f"delivery {i}")  # type: ignore[misc]
+    assert (len(high), len(low)) == (3, 0)
+    await broker.publish(t.commands_exchange, t.WORK_KEY, b"{}", message_id="p3")
+    await wait_for(lambda: len(low) == 1, 10, "the fourth message, to the lower consumer")
+    assert len(high) == 3
+    for delivery in (*high, *low):
+        await delivery.ack()

@@ -34,9 +34,11 @@ class EventSpy:
         self._subscribe = broker.subscribe
         monkeypatch.setattr(broker, "subscribe", self.subscribe)
 
-    async def subscribe(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+    async def subscribe(
+        self, queue: str, handler: Handler, *, prefetch: int, priority: int = 0
+    ) -> Subscription:
         if queue != self._queue:
-            return await self._subscribe(queue, handler, prefetch=prefetch)
+            return await self._subscribe(queue, handler, prefetch=prefetch, priority=priority)
 
         async def spied(delivery: Delivery) -> None:
             self.deliveries.append(delivery)

@@ -41,6 +41,11 @@ class FakeRun:
         self.done = asyncio.Event()
         self.hold_exit: asyncio.Event | None = None
         self.on_reaped: Callable[[], None] | None = None
+        self.slot_ids: list[int] = []
+        self.stopped_ops: list[str] = []
+
+    def stop_ops(self, how: str) -> None:
+        self.stopped_ops.append(how)
 
     async def wait(self) -> None:
         await self.done.wait()
@@ -64,8 +69,12 @@ class FakeWorker(Worker):
         self.started: dict[int, FakeRun] = {}
         self.slots_of: dict[int, list[int]] = {}
 
-    async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
-        run = FakeRun(cmd, self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt))
+    async def _start(
+        self, cmd: RunTrial, slots: list[int], *, run_dir: Path | None = None
+    ) -> TrialRun | None:
+        run_dir = run_dir or self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
+        run = FakeRun(cmd, run_dir)
+        run.slot_ids = slots
         self.started[cmd.trial_id] = run
         self.slots_of[cmd.trial_id] = slots
         self.runs[run.key] = run  # type: ignore[assignment]

@@ -37,7 +37,9 @@ class Taken(Delivery):
 
 class Run:
     def __init__(self, cmd: RunTrial) -> None:
+        self.cmd = cmd
         self.key = (cmd.experiment_id, cmd.trial_id, cmd.attempt)
+        self.slot_ids = [0]
         self.killed: list[str] = []
 
     async def wait(self) -> None:
@@ -52,7 +54,9 @@ class StubWorker(Worker):
 
     started: list[RunTrial]
 
-    async def _start(self, cmd: RunTrial, slots: list[int]) -> TrialRun | None:
+    async def _start(
+        self, cmd: RunTrial, slots: list[int], *, run_dir: Path | None = None
+    ) -> TrialRun | None:
         self.started.append(cmd)
         return None
 

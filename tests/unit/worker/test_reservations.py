@@ -212,7 +212,9 @@ async def test_a_part_that_cannot_start_shows_as_ended_while_its_exit_is_on_its_
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
     class CannotStart(FakeWorker):
-        async def _start(self, cmd: RunTrial, slots: list[int]) -> None:
+        async def _start(
+            self, cmd: RunTrial, slots: list[int], *, run_dir: Path | None = None
+        ) -> None:
             return None  # (a real one has reported the part's exit, ERRORED)
 
     worker = CannotStart(broker, 4, tmp_path)
