@@ -4,8 +4,10 @@ trial too large for it never stops it taking work that fits (no head-of-line blo
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -13,6 +15,7 @@ from rung.broker.errors import BrokerUnavailableError
 from rung.broker.memory import MemoryBroker
 from rung.broker.port import DEAD_REASON_HEADER, Delivery
 from rung.broker.schemas import Envelope, RunTrial, encode
+from rung.broker.schemas.envelope import Body
 from rung.broker.topology import (
     DEAD_QUEUE_MAX_LENGTH,
     MAX_SLOTS_PER_TRIAL,
@@ -107,6 +110,35 @@ async def publish(broker: MemoryBroker, body: RunTrial, key: str | None = None) 
     await broker.publish(
         t.commands_exchange,
         key if key is not None else work_key(body.slots),
+        encode(envelope),
+        message_id=envelope.message_id,
+    )
+
+
+_ids = itertools.count(1)
+W = TypeVar("W", bound=Worker)
+
+
+async def listening(worker: W) -> W:
+    """The worker with its control queue consumed and its intake open, as ``run`` sets
+    them up (on the in-memory broker it was made with)."""
+    broker = worker.broker
+    t = broker.topology
+    worker._control_queue = await broker.declare_private_queue(
+        (t.commands_exchange, t.worker_key(worker.worker_id))
+    )
+    await broker.subscribe(worker._control_queue, worker._on_control, prefetch=32)
+    await worker._update_intake()
+    return worker
+
+
+async def control(broker: MemoryBroker, worker: Worker, body: Body) -> None:
+    """Send ``body`` to the worker's control queue, as the searcher does."""
+    t = broker.topology
+    envelope = Envelope(message_id=f"c{next(_ids)}", experiment_id="e1", body=body)
+    await broker.publish(
+        t.commands_exchange,
+        t.worker_key(worker.worker_id),
         encode(envelope),
         message_id=envelope.message_id,
     )

@@ -11,7 +11,6 @@ import pytest
 
 from rung.broker.memory import MemoryBroker
 from rung.broker.schemas import (
-    Envelope,
     ExitReason,
     GangPlacement,
     KillTrial,
@@ -20,16 +19,13 @@ from rung.broker.schemas import (
     SlotsReserved,
     TrialExited,
     decode,
-    encode,
 )
 from rung.broker.schemas.envelope import Body
 from rung.broker.topology import Topology
 from rung.worker.reservations import Reservations
 from tests.support import wait_for
 
-from .test_agent_buckets import FakeWorker, publish, run_trial, stop
-
-_ids = iter(range(1, 1_000_000))
+from .test_agent_buckets import FakeWorker, control, listening, publish, run_trial, stop
 
 
 @pytest.fixture
@@ -41,25 +37,7 @@ async def broker() -> AsyncIterator[MemoryBroker]:
 
 
 async def ready(broker: MemoryBroker, tmp_path: Path, slots: int = 4) -> FakeWorker:
-    worker = FakeWorker(broker, slots, tmp_path)
-    t = broker.topology
-    worker._control_queue = await broker.declare_private_queue(
-        (t.commands_exchange, t.worker_key(worker.worker_id))
-    )
-    await broker.subscribe(worker._control_queue, worker._on_control, prefetch=32)
-    await worker._update_intake()
-    return worker
-
-
-async def control(broker: MemoryBroker, worker: FakeWorker, body: Body) -> None:
-    t = broker.topology
-    envelope = Envelope(message_id=f"c{next(_ids)}", experiment_id="e1", body=body)
-    await broker.publish(
-        t.commands_exchange,
-        t.worker_key(worker.worker_id),
-        encode(envelope),
-        message_id=envelope.message_id,
-    )
+    return await listening(FakeWorker(broker, slots, tmp_path))
 
 
 def events(broker: MemoryBroker) -> list[Body]:

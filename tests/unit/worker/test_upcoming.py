@@ -6,7 +6,6 @@ back if they do not free in time, if it stops, or drops it if the attempt was ki
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,16 +13,13 @@ import pytest
 
 from rung.broker.memory import MemoryBroker
 from rung.broker.schemas import CloseTrial, Envelope, KillTrial, PauseTrial, RunTrial, encode
-from rung.broker.schemas.envelope import Body
 from rung.broker.topology import Topology
 from rung.worker import agent
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import AHEAD_MAX_DELIVERIES
 from tests.support import wait_for
 
-from .test_agent_buckets import FakeWorker, publish, run_trial, stop
-
-_ids = itertools.count(1)
+from .test_agent_buckets import FakeWorker, control, listening, publish, run_trial, stop
 
 
 class AheadWorker(FakeWorker):
@@ -63,25 +59,7 @@ async def broker() -> AsyncIterator[MemoryBroker]:
 async def ready(
     broker: MemoryBroker, tmp_path: Path, name: str = "w1", slots: int = 1
 ) -> AheadWorker:
-    worker = AheadWorker(broker, slots, tmp_path, name)
-    t = broker.topology
-    worker._control_queue = await broker.declare_private_queue(
-        (t.commands_exchange, t.worker_key(worker.worker_id))
-    )
-    await broker.subscribe(worker._control_queue, worker._on_control, prefetch=32)
-    await worker._update_intake()
-    return worker
-
-
-async def control(broker: MemoryBroker, worker: AheadWorker, body: Body) -> None:
-    t = broker.topology
-    envelope = Envelope(message_id=f"c{next(_ids)}", experiment_id="e1", body=body)
-    await broker.publish(
-        t.commands_exchange,
-        t.worker_key(worker.worker_id),
-        encode(envelope),
-        message_id=envelope.message_id,
-    )
+    return await listening(AheadWorker(broker, slots, tmp_path, name))
 
 
 def held_trial(worker: AheadWorker) -> int | None:
@@ -107,6 +85,15 @@ async def busy_and_told_to_stop(
     await wait_for(  # (the bucket of all its slots: the free ones and the freeing one)
         lambda: worker._work_priority.get(worker.total_slots) == 0, 5, "a consumer of priority 0"
     )
+
+
+async def holding_trial_2(broker: MemoryBroker, tmp_path: Path) -> AheadWorker:
+    """A one-slot worker whose trial 1 was told to pause, holding trial 2 ahead."""
+    worker = await ready(broker, tmp_path)
+    await busy_and_told_to_stop(broker, worker)
+    await publish(broker, run_trial(2, 1))
+    await wait_for(lambda: held_trial(worker) == 2, 5, "trial 2 taken ahead")
+    return worker
 
 
 @pytest.mark.parametrize("how", [PauseTrial, CloseTrial])
@@ -172,10 +159,7 @@ async def test_a_command_taken_ahead_goes_back_when_the_slot_does_not_free_in_ti
 async def test_a_worker_that_stops_gives_back_the_command_it_took_ahead(
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
-    worker = await ready(broker, tmp_path)
-    await busy_and_told_to_stop(broker, worker)
-    await publish(broker, run_trial(2, 1))
-    await wait_for(lambda: worker.upcoming.held is not None, 5, "trial 2 taken ahead")
+    worker = await holding_trial_2(broker, tmp_path)
     await worker.shutdown(grace_s=5)
     assert worker.upcoming.held is None
     assert work_depth(broker) == 1  # back on the queue, for another worker
@@ -185,10 +169,7 @@ async def test_a_worker_that_stops_gives_back_the_command_it_took_ahead(
 async def test_a_command_taken_ahead_whose_attempt_was_killed_never_runs(
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
-    worker = await ready(broker, tmp_path)
-    await busy_and_told_to_stop(broker, worker)
-    await publish(broker, run_trial(2, 1))
-    await wait_for(lambda: worker.upcoming.held is not None, 5, "trial 2 taken ahead")
+    worker = await holding_trial_2(broker, tmp_path)
     await control(broker, worker, KillTrial(experiment_id="e1", trial_id=2, attempt=1))
     await wait_for(lambda: worker.upcoming.held is None, 5, "trial 2 dropped at once")
     assert work_depth(broker) == 0  # acknowledged: the attempt is over
