@@ -70,9 +70,12 @@ from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
 from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
-from rung.worker.upcoming import AHEAD_MAX_DELIVERIES, HOLD_S, Held, Upcoming, deliveries
+from rung.worker.upcoming import Held, Upcoming, hold_s
 
 __all__ = ["Worker", "default_worker_id", "searcher_user_for_worker"]
+
+# Where a worker caches contexts and runs its trials when no --work-dir is given.
+DEFAULT_WORK_DIR = Path.home() / ".rung" / "worker"
 
 # The control commands for a trial attempt running on this worker.
 RunCommand = ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial
@@ -142,7 +145,11 @@ class Worker:
         self.buckets = tuple(b for b in (1, *WORK_BUCKETS) if b <= self.total_slots)
         # Names of environment variables (beyond the built-in allowlist) trials may see.
         self.trial_env_allow = tuple(trial_env_allow)
-        self.work_dir = work_dir or Path.home() / ".rung" / "worker" / self.worker_id
+        # One per user by default, shared by its worker processes on this machine (the
+        # context cache is content-addressed and locked; each process's run directories
+        # are a session of its own), so that a worker started again removes what one
+        # killed before it left (RunDirs.claim) and reuses the contexts it fetched.
+        self.work_dir = work_dir or DEFAULT_WORK_DIR
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
         self.start_method: StartMethod = start_method
@@ -458,7 +465,7 @@ class Worker:
             self.log.warning("misrouted run_trial dead-lettered", reason=reason)
             await delivery.dead_letter(reason)
             return
-        if need > self._spare() and not self._stopping and self._may_hold(need, delivery):
+        if need > self._spare() and not self._stopping and self._may_hold(need):
             await self._hold(delivery, body)
             return
         if need > self._spare() or self._stopping:
@@ -530,25 +537,19 @@ class Worker:
             self._spawn_task(self._start_held(held, taken))
 
     # ------------------------------------------------------------------ taken ahead
-    def _may_hold(self, need: int, delivery: Delivery) -> bool:
+    def _may_hold(self, need: int) -> bool:
         """Whether a command that does not fit the free slots now may wait here for the
-        slots of the trials told to stop (see :mod:`.upcoming`). One delivered often
-        already may not: nor is anything else taken ahead until the slots free (else the
-        broker would deliver it here again at once, each time a delivery more)."""
-        if len(self.reservations) or need > self._spare() + self.upcoming.room():
-            return False
-        if deliveries(delivery) >= AHEAD_MAX_DELIVERIES:
-            self.upcoming.leaving.clear()
-            return False
-        return True
+        slots of the trials told to stop (see :mod:`.upcoming`)."""
+        return not len(self.reservations) and need <= self._spare() + self.upcoming.room()
 
     async def _hold(self, delivery: Delivery, body: RunTrial) -> None:
         """Take ``body`` ahead of its slots: copy its context meanwhile, start it when the
-        slots free (:meth:`_release`), give it back after ``HOLD_S``."""
+        slots free (:meth:`_release`), give it back if they have not freed in time
+        (:func:`.upcoming.hold_s`)."""
         held = self.upcoming.hold(delivery, body)
         held.prepared = asyncio.create_task(self._prepare(body))
         held.timer = asyncio.get_running_loop().call_later(
-            HOLD_S, lambda: self._spawn_task(self._give_back_held(held, expired=True))
+            hold_s(delivery), lambda: self._spawn_task(self._give_back_held(held, expired=True))
         )
         self.log.debug(
             "run_trial taken ahead, for the slots of a trial told to stop",
@@ -592,16 +593,22 @@ class Worker:
         if self.upcoming.held is not held:
             return  # (started or given back meanwhile: the start checks for the kill)
         self.upcoming.drop()
-        run_dir = await held.discard()
-        if run_dir is not None:
-            self._spawn_task(self.run_dirs.remove(run_dir))
+        self._spawn_task(self._remove_prepared(held))
         with contextlib.suppress(BrokerError):
             await held.delivery.ack()
         await self._update_intake()
 
+    async def _remove_prepared(self, held: Held) -> None:
+        """Remove the run directory a held command's context went to, once its copy (in
+        a thread) has ended."""
+        run_dir = await held.discard()
+        if run_dir is not None:
+            await self.run_dirs.remove(run_dir)
+
     async def _give_back_held(self, held: Held, *, expired: bool = False) -> None:
         """Send the command taken ahead back to the queue, if it is still held: the slots
-        it waited for did not free within ``HOLD_S`` (``expired``), or the worker stops."""
+        it waited for did not free in time (``expired``), or the worker stops. Settled
+        first: its context's copy is removed once it has ended, beside."""
         if self.upcoming.held is not held:
             return
         self.upcoming.drop(expired=expired)
@@ -610,11 +617,9 @@ class Worker:
             experiment_id=held.body.experiment_id,
             trial_id=held.body.trial_id,
             attempt=held.body.attempt,
-            why=f"the slots did not free within {HOLD_S:g} s" if expired else "stopping",
+            why="the slots did not free in time" if expired else "the worker is stopping",
         )
-        run_dir = await held.discard()
-        if run_dir is not None:
-            self._spawn_task(self.run_dirs.remove(run_dir))
+        self._spawn_task(self._remove_prepared(held))
         with contextlib.suppress(BrokerError):  # (a lost link gives it back by itself)
             await held.delivery.requeue()
         await self._update_intake()
@@ -667,12 +672,12 @@ class Worker:
             started = await run.start()
         except BaseException:
             self.runs.pop(run.key, None)
-            self.upcoming.left(run.key)  # (told to stop meanwhile: its slots are free)
+            self.upcoming.never_started(run.key)  # (told to stop meanwhile: slots free)
             self._spawn_task(self.run_dirs.remove(run_dir))
             raise
         if not started:
             self.runs.pop(run.key, None)
-            self.upcoming.left(run.key)
+            self.upcoming.never_started(run.key)
             self._spawn_task(self.run_dirs.remove(run_dir))
             return None
         return run

@@ -15,8 +15,10 @@ overlaps the next. While a command is held, the free slots it counts on are spok
 no smaller command takes them.
 
 A command given back counts as a delivery toward the work queue's delivery limit
-(``BROKER_DELIVERY_LIMIT``), so one that has been delivered ``AHEAD_MAX_DELIVERIES``
-times is never taken ahead: it waits for a worker with its slots free.
+(``BROKER_DELIVERY_LIMIT``, 20 on RabbitMQ 3.x), and the broker hands a command given
+back to the next consumer first. So a command delivered ``SLOW_AFTER`` times already is
+held ``SLOW_HOLD_S`` instead of ``HOLD_S``: it waits for these slots rather than going
+round the workers whose trials are leaving, a delivery each time.
 
 This module keeps the bookkeeping (which trials are leaving, the one command held); the
 worker (:mod:`.agent`) does the broker's and the processes' part.
@@ -32,14 +34,15 @@ from pathlib import Path
 from rung.broker.port import Delivery
 from rung.broker.schemas import RunTrial
 
-__all__ = ["AHEAD_MAX_DELIVERIES", "HOLD_S", "Held", "Upcoming", "deliveries"]
+__all__ = ["HOLD_S", "SLOW_AFTER", "SLOW_HOLD_S", "Held", "Upcoming", "deliveries", "hold_s"]
 
 # How long a command taken ahead waits for the slots of the trials told to stop: past
 # it, the command goes back to the queue, for a worker with a slot free.
 HOLD_S = 2.0
-# A command delivered this many times already (the broker's ``x-delivery-count``) is not
-# taken ahead: it stays well below the queue's delivery limit of 20.
-AHEAD_MAX_DELIVERIES = 5
+# A command delivered this many times already (the broker's ``x-delivery-count``) is held
+# SLOW_HOLD_S: a give-back a minute at most per worker keeps it far below the limit of 20.
+SLOW_AFTER = 5
+SLOW_HOLD_S = 60.0
 
 Key = tuple[str, int, int]
 
@@ -48,6 +51,11 @@ def deliveries(delivery: Delivery) -> int:
     """How many times the broker delivered the message before (``x-delivery-count``)."""
     count = delivery.headers.get("x-delivery-count", 0)
     return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def hold_s(delivery: Delivery) -> float:
+    """How long a command taken ahead waits for its slots before it goes back."""
+    return HOLD_S if deliveries(delivery) < SLOW_AFTER else SLOW_HOLD_S
 
 
 @dataclass
@@ -81,8 +89,6 @@ class Held:
     async def discard(self) -> Path | None:
         """Where its context went (to remove), if anywhere, once the copy has ended: a
         copy runs in a thread, which a cancellation would not stop."""
-        if self.timer is not None:
-            self.timer.cancel()
         return await self.run_dir()
 
 
@@ -102,9 +108,13 @@ class Upcoming:
             self.leaving[key] = slots
 
     def left(self, key: Key) -> None:
-        """The trial's slots are free: its process was reaped, or it never started."""
+        """The trial's process was reaped: its slots are free."""
         self.leaving.pop(key, None)
         self._gone.append(key)
+
+    def never_started(self, key: Key) -> None:
+        """The trial's start failed: its slots are free (its command may come again)."""
+        self.leaving.pop(key, None)
 
     def freeing(self) -> int:
         """Slots of the trials told to stop, not free yet."""
@@ -141,6 +151,8 @@ class Upcoming:
         waited for did not free in time, and no longer count as freeing (else the worker
         would take the same command again, and give it back again, every ``HOLD_S``)."""
         held, self.held = self.held, None
+        if held is not None and held.timer is not None:
+            held.timer.cancel()
         if expired:
             self.leaving.clear()
         return held

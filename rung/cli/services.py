@@ -141,7 +141,11 @@ def register(commands: Any) -> None:
     )
     worker.add_argument("--id", dest="worker_id", default=None, help="worker id")
     worker.add_argument(
-        "--work-dir", type=Path, default=None, help="where contexts are cached and trials run"
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where contexts are cached and trials run (default: ~/.rung/worker, shared by "
+        "this user's workers on the machine)",
     )
     worker.add_argument(
         "--keep-run-dirs",

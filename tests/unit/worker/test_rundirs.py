@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rung.worker import rundirs
+from rung.broker.memory import MemoryBroker
+from rung.worker import agent, rundirs
 from rung.worker.rundirs import RunDirs, remove_tree
 
 
@@ -195,3 +196,23 @@ def test_a_tree_deeper_than_pythons_recursion_is_removed(tmp_path: Path) -> None
 
 def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_workers_without_a_work_dir_share_one_so_a_restart_finds_what_was_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default work directory was one per worker id, and the default worker id is
+    new with every process: a worker killed before it cleaned up left its run
+    directories where no later worker would look. Now every worker of a user shares one,
+    and the next one's claim removes the session nobody holds any more."""
+    monkeypatch.setattr(agent, "DEFAULT_WORK_DIR", tmp_path / "home" / ".rung" / "worker")
+    first, second = agent.Worker(MemoryBroker()), agent.Worker(MemoryBroker())
+    assert first.worker_id != second.worker_id
+    assert first.work_dir == second.work_dir == agent.DEFAULT_WORK_DIR
+    first.run_dirs.claim()
+    left = first.run_dirs.new("e1", 1, 1)
+    left.mkdir(parents=True)
+    assert first.run_dirs._owner_fd is not None
+    os.close(first.run_dirs._owner_fd)  # killed: its lock dies with its process
+    assert second.run_dirs.claim() == [first.run_dirs.session]
+    assert not left.exists()

@@ -14,9 +14,8 @@ import pytest
 from rung.broker.memory import MemoryBroker
 from rung.broker.schemas import CloseTrial, Envelope, KillTrial, PauseTrial, RunTrial, encode
 from rung.broker.topology import Topology
-from rung.worker import agent
+from rung.worker import upcoming
 from rung.worker.trial_run import TrialRun
-from rung.worker.upcoming import AHEAD_MAX_DELIVERIES
 from tests.support import wait_for
 
 from .test_agent_buckets import FakeWorker, control, listening, publish, run_trial, stop
@@ -139,7 +138,7 @@ async def test_a_worker_with_a_free_slot_takes_work_before_one_whose_slot_is_fre
 async def test_a_command_taken_ahead_goes_back_when_the_slot_does_not_free_in_time(
     broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent, "HOLD_S", 0.05)
+    monkeypatch.setattr(upcoming, "HOLD_S", 0.05)
     worker = await ready(broker, tmp_path)
     await busy_and_told_to_stop(broker, worker)  # a script that takes its time to leave
     await publish(broker, run_trial(2, 1))
@@ -234,12 +233,13 @@ async def test_the_free_slots_a_held_command_counts_on_are_not_taken_by_smaller_
     await stop(worker)
 
 
-async def test_a_command_delivered_often_already_is_not_taken_ahead(
-    broker: MemoryBroker, tmp_path: Path
+async def test_a_command_delivered_often_already_waits_longer_for_the_slot(
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each give-back counts toward the work queue's delivery limit: a command delivered
-    AHEAD_MAX_DELIVERIES times waits for a free slot instead, and the worker stops
-    consuming ahead (else the broker would hand it back at once, and again)."""
+    """Each give-back counts toward the work queue's delivery limit, and the broker hands
+    a command given back to the next consumer first: one delivered SLOW_AFTER times
+    already waits SLOW_HOLD_S for these slots rather than going round again."""
+    monkeypatch.setattr(upcoming, "HOLD_S", 0.05)
     worker = await ready(broker, tmp_path)
     await busy_and_told_to_stop(broker, worker)
     t = broker.topology
@@ -249,15 +249,16 @@ async def test_a_command_delivered_often_already_is_not_taken_ahead(
         "work",
         encode(envelope),
         message_id="m2",
-        headers={"x-delivery-count": AHEAD_MAX_DELIVERIES},
+        headers={"x-delivery-count": upcoming.SLOW_AFTER},
     )
-    await wait_for(lambda: worker.wanted_buckets() == () and not worker._work, 5, "no intake")
-    assert work_depth(broker) == 1  # given back, not held
-    assert held_trial(worker) is None
-    assert 2 not in worker.prepared
+    await wait_for(lambda: 2 in worker.prepared, 5, "trial 2 taken ahead")
+    held = worker.upcoming.held
+    assert held is not None
+    assert held.timer is not None
+    assert held.timer.when() - asyncio.get_running_loop().time() > upcoming.SLOW_HOLD_S / 2
     worker.finish(1)
     await wait_for(lambda: 2 in worker.started, 5, "trial 2 once the slot is free")
-    assert worker.run_dir_of[2] is None
+    assert worker.run_dir_of[2] == worker.prepared[2]
     await stop(worker)
 
 
@@ -277,3 +278,23 @@ async def test_a_held_command_whose_start_meets_the_shutdown_goes_back(
     await stopping
     assert 2 not in worker.started
     assert work_depth(broker) == 1  # back on the queue, for another worker
+
+
+async def test_a_give_back_does_not_wait_for_the_contexts_copy(
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context's copy can wait up to a minute for the searcher: the command goes back
+    to the queue at once, and the copy is removed once it has ended."""
+    monkeypatch.setattr(upcoming, "HOLD_S", 0.05)
+    worker = await ready(broker, tmp_path)
+    worker.gate = asyncio.Event()  # the copy does not end
+    await busy_and_told_to_stop(broker, worker)
+    await publish(broker, run_trial(2, 1))
+    await wait_for(lambda: held_trial(worker) == 2, 5, "trial 2 taken ahead")
+    await wait_for(lambda: work_depth(broker) == 1, 5, "trial 2 back on the queue")
+    assert 2 not in worker.prepared  # its copy is still under way
+    worker.gate.set()
+    await wait_for(lambda: 2 in worker.prepared, 5, "the copy's end")
+    await wait_for(lambda: not worker.prepared[2].exists(), 5, "the copy removed")
+    worker.finish(1)
+    await stop(worker)
