@@ -72,10 +72,22 @@ from rung.worker.spawn import Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import Held, Upcoming, hold_s
 
-__all__ = ["Worker", "default_worker_id", "searcher_user_for_worker"]
+__all__ = ["Worker", "default_work_dir", "default_worker_id", "searcher_user_for_worker"]
 
-# Where a worker caches contexts and runs its trials when no --work-dir is given.
-DEFAULT_WORK_DIR = Path.home() / ".rung" / "worker"
+
+def default_work_dir(trial_user: TrialUser | None = None, group: int | None = None) -> Path:
+    """Where a worker caches contexts and runs its trials when no --work-dir is given:
+    ``~/.rung/worker``, shared by this user's workers on the machine; workers whose
+    trials run as another account (``--trial-user``) or whose directory a group may read
+    (``--dir-group``) get one per account and group, since each sets the directory's
+    mode for its own."""
+    name = "worker"
+    if trial_user is not None:
+        name += f"-as-{trial_user.uid}"
+    if group is not None:
+        name += f"-group-{group}"
+    return Path.home() / ".rung" / name
+
 
 # The control commands for a trial attempt running on this worker.
 RunCommand = ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial
@@ -149,7 +161,7 @@ class Worker:
         # context cache is content-addressed and locked; each process's run directories
         # are a session of its own), so that a worker started again removes what one
         # killed before it left (RunDirs.claim) and reuses the contexts it fetched.
-        self.work_dir = work_dir or DEFAULT_WORK_DIR
+        self.work_dir = work_dir or default_work_dir(trial_user)
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
         self.start_method: StartMethod = start_method

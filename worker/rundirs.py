@@ -10,8 +10,8 @@ working directory lives as long as its process, as in Determined's containers: r
 keep go into checkpoints, metrics and the trial's logs.
 
 A worker that died (a kill, a crash, a power cut) leaves its session's directories
-behind: the next worker started on the same work directory (a fixed ``--work-dir``, or
-``--id``: the default work directory is per worker id) removes every session that no
+behind: the next worker started on the same work directory (``--work-dir``, or the
+default, ``~/.rung/worker``, shared by a user's workers) removes every session that no
 live worker holds. A worker holds its session by an exclusive ``flock`` on the
 session's ``owner`` file for as long as it runs (a lock dies with its process: no pid to
 be reused, no pid namespace to compare), and makes the session under a dot name that

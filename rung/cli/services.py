@@ -26,7 +26,7 @@ from rung.cli.common import (
 from rung.cli.render import workers_view
 from rung.client import Client
 from rung.searcher.service.service import SearcherService
-from rung.worker.agent import Worker
+from rung.worker.agent import Worker, default_work_dir
 from rung.worker.environment import check_allow_name
 from rung.worker.gpus import parse_gpus
 from rung.worker.privileges import (
@@ -145,7 +145,7 @@ def register(commands: Any) -> None:
         type=Path,
         default=None,
         help="where contexts are cached and trials run (default: ~/.rung/worker, shared by "
-        "this user's workers on the machine)",
+        "this user's workers on the machine; worker-as-<uid> with --trial-user)",
     )
     worker.add_argument(
         "--keep-run-dirs",
@@ -378,7 +378,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 worker_id=args.worker_id,
                 slots=args.slots,
                 gpus=gpus,
-                work_dir=args.work_dir,
+                work_dir=args.work_dir or default_work_dir(trial_user, group),
                 heartbeat_s=args.heartbeat,
                 hang_timeout_s=args.hang_timeout or None,
                 start_method=args.start_method,

@@ -16,6 +16,7 @@ import pytest
 
 from rung.broker.memory import MemoryBroker
 from rung.worker import agent, rundirs
+from rung.worker.privileges import TrialUser
 from rung.worker.rundirs import RunDirs, remove_tree
 
 
@@ -198,17 +199,17 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-def test_workers_without_a_work_dir_share_one_so_a_restart_finds_what_was_left(
+async def test_workers_without_a_work_dir_share_one_so_a_restart_finds_what_was_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default work directory was one per worker id, and the default worker id is
     new with every process: a worker killed before it cleaned up left its run
     directories where no later worker would look. Now every worker of a user shares one,
     and the next one's claim removes the session nobody holds any more."""
-    monkeypatch.setattr(agent, "DEFAULT_WORK_DIR", tmp_path / "home" / ".rung" / "worker")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     first, second = agent.Worker(MemoryBroker()), agent.Worker(MemoryBroker())
     assert first.worker_id != second.worker_id
-    assert first.work_dir == second.work_dir == agent.DEFAULT_WORK_DIR
+    assert first.work_dir == second.work_dir == tmp_path / "home" / ".rung" / "worker"
     first.run_dirs.claim()
     left = first.run_dirs.new("e1", 1, 1)
     left.mkdir(parents=True)
@@ -216,3 +217,16 @@ def test_workers_without_a_work_dir_share_one_so_a_restart_finds_what_was_left(
     os.close(first.run_dirs._owner_fd)  # killed: its lock dies with its process
     assert second.run_dirs.claim() == [first.run_dirs.session]
     assert not left.exists()
+    await second.run_dirs.close()
+
+
+def test_workers_whose_trials_run_as_another_account_default_to_a_work_dir_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each sets its work directory's mode for its own trials' account and group."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    alice = TrialUser(name="alice", uid=1234, gid=1234, home="/home/alice")
+    assert agent.default_work_dir() == tmp_path / ".rung" / "worker"
+    assert agent.default_work_dir(alice) == tmp_path / ".rung" / "worker-as-1234"
+    assert agent.default_work_dir(group=50) == tmp_path / ".rung" / "worker-group-50"
+    assert agent.Worker(MemoryBroker(), trial_user=alice).work_dir == agent.default_work_dir(alice)

@@ -169,10 +169,13 @@ async def test_a_command_taken_ahead_whose_attempt_was_killed_never_runs(
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
     worker = await holding_trial_2(broker, tmp_path)
+    held = worker.upcoming.held
+    assert held is not None
     await control(broker, worker, KillTrial(experiment_id="e1", trial_id=2, attempt=1))
-    await wait_for(lambda: worker.upcoming.held is None, 5, "trial 2 dropped at once")
-    assert work_depth(broker) == 0  # acknowledged: the attempt is over
-    assert not worker.prepared[2].exists()  # (its context's copy removed)
+    await wait_for(lambda: held.delivery.settled, 5, "trial 2 settled at once")
+    assert work_depth(broker) == 0  # acknowledged, not given back: the attempt is over
+    assert worker.upcoming.held is None
+    await wait_for(lambda: not worker.prepared[2].exists(), 5, "its context's copy removed")
     worker.finish(1)
     await wait_for(lambda: worker._work_priority == {1: 1}, 5, "its free slot consumed")
     assert 2 not in worker.started
