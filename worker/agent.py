@@ -613,7 +613,7 @@ class Worker:
     async def _remove_prepared(self, held: Held) -> None:
         """Remove the run directory a held command's context went to, once its copy (in
         a thread) has ended."""
-        run_dir = await held.discard()
+        run_dir = await held.run_dir()
         if run_dir is not None:
             await self.run_dirs.remove(run_dir)
 

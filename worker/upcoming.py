@@ -77,19 +77,15 @@ class Held:
         return max(self.body.slots, 1)
 
     async def run_dir(self) -> Path | None:
-        """Where its context was copied; None if the copy failed or was never made (its
-        start copies it again, and reports a failure as any start does)."""
+        """Where its context was copied, once the copy (in a thread, which a cancellation
+        would not stop) has ended; None if it failed or was never made (its start copies
+        it again, and reports a failure as any start does)."""
         if self.prepared is None:
             return None
         await asyncio.wait([self.prepared])
         if self.prepared.cancelled() or self.prepared.exception() is not None:
             return None  # (the start copies it again, and says why if it fails)
         return self.prepared.result()
-
-    async def discard(self) -> Path | None:
-        """Where its context went (to remove), if anywhere, once the copy has ended: a
-        copy runs in a thread, which a cancellation would not stop."""
-        return await self.run_dir()
 
 
 class Upcoming:
