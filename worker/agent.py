@@ -63,6 +63,7 @@ from rung.broker.schemas.envelope import Body
 from rung.broker.schemas.events import MAX_PARTS_SHOWN, ExitReason, PartState
 from rung.broker.topology import WORK_BUCKETS, work_key
 from rung.worker.address import route_address
+from rung.worker.channels import ChannelServer
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
 from rung.worker.privileges import TrialUser
@@ -167,6 +168,8 @@ class Worker:
         self.start_method: StartMethod = start_method
         # With trial_user, trials run as that account (rung worker --trial-user).
         self.spawner: Spawner = make_spawner(start_method, trial_user=trial_user)
+        # The Core API's socket, one for all of this worker's trials.
+        self.channels = ChannelServer(trial_user=trial_user)
         self.rpc = RpcClient(broker)
         self.contexts = ContextCache(self.rpc, self.work_dir / "contexts")
         self.runs: dict[tuple[str, int, int], TrialRun] = {}
@@ -291,6 +294,7 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=10)
         await self.spawner.close()  # after the trials: its children die with it
+        self.channels.close()
         await self.run_dirs.close()
         if self._control_queue is not None:
             with contextlib.suppress(BrokerError):
@@ -671,6 +675,7 @@ class Worker:
             best_validation=lambda: self._best_validation(cmd.experiment_id),
             hang_timeout_s=self.hang_timeout_s,
             spawner=self.spawner,
+            channels=self.channels,
             trial_env_allow=self.trial_env_allow,
             held_ports=self._held_ports.pop((cmd.experiment_id, cmd.trial_id, cmd.attempt), ()),
         )

@@ -89,9 +89,9 @@ def _trial_env(env: dict[str, str], user: TrialUser | None) -> dict[str, str]:
 
 def _hand_over(cwd: Path, env: dict[str, str], user: TrialUser | None) -> None:
     """Give the trial's own files to its user: the run directory (and a way through the
-    directories above it), the Core API socket, and the socket's directory when that is
+    directories above it), and the Core API socket with its directory when that is
     private to the trial (owned by this process and closed to everyone else; never a
-    shared directory such as /tmp)."""
+    shared directory such as /tmp, nor the worker's socket, whose directory is 0710)."""
     if user is None:
         return
     opened = open_path_to(cwd, user)
@@ -105,13 +105,15 @@ def _hand_over(cwd: Path, env: dict[str, str], user: TrialUser | None) -> None:
     channel = env.get("RUNG_CHANNEL")
     if not channel:
         return
+    # A worker's shared socket is the trial user's group's already (rung.worker.channels),
+    # in a directory the trial may not change; one private to this trial is given to it.
     socket_path = Path(channel)
-    if socket_path.exists():
-        os.chown(socket_path, user.uid, user.gid, follow_symlinks=False)
     parent = socket_path.parent
     info = parent.lstat()
     private = info.st_uid == os.geteuid() and info.st_mode & 0o7077 == 0
     if private and parent.resolve() != Path(tempfile.gettempdir()).resolve():
+        if socket_path.exists():
+            os.chown(socket_path, user.uid, user.gid, follow_symlinks=False)
         os.chown(parent, user.uid, user.gid, follow_symlinks=False)
 
 

@@ -2,9 +2,10 @@
 
 The worker starts the entrypoint as a subprocess in its own process group, in a private
 copy of the experiment context, pinned to its GPUs with ``CUDA_VISIBLE_DEVICES``. The
-process talks to :class:`TrialRun` over a Unix socket (``RUNG_CHANNEL``) in a private
-directory (0700) of its own; only a process of the trial's process group and uid may
-connect (``SO_PEERCRED``), and each request is checked against the Core API's limits again
+process talks to :class:`TrialRun` over the worker's Unix socket (``RUNG_CHANNEL``, in a
+private directory: :mod:`rung.worker.channels`), naming itself by a random token
+(``RUNG_CHANNEL_TOKEN``); only a process of the trial's process group and uid is served
+(``SO_PEERCRED``), and each request is checked against the Core API's limits again
 (a script may write to the socket without the Core API). Each report becomes an event that
 is published (and confirmed) before the script is answered. Its stdout and stderr are read
 in chunks, split into lines (``\\r`` too), cut, rate-limited and shipped in bounded batches
@@ -24,7 +25,6 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -54,6 +54,7 @@ from rung.broker.schemas import (
 )
 from rung.broker.schemas.envelope import Body
 from rung.launch.wrap_rank import untag
+from rung.worker.channels import ChannelServer
 from rung.worker.compat import COMPAT_PATH
 from rung.worker.core._validate import check_json
 from rung.worker.environment import trial_environment
@@ -83,7 +84,6 @@ _SHIP_EVERY_S = 0.5
 # killed (a process that left the group).
 _DRAIN_S = 5.0
 _REAP_S = 30.0
-_CHANNEL_SOCKET = "channel.sock"
 
 
 class _RefusedError(ValueError):
@@ -183,6 +183,7 @@ class TrialRun:
         ask_again_after_s: float = ASK_AGAIN_AFTER_S,
         trial_env_allow: Iterable[str] = (),
         held_ports: Iterable[socket.socket] = (),
+        channels: ChannelServer | None = None,
     ) -> None:
         self.cmd = cmd
         # The chief's ports of a trial on several workers, bound until the process is
@@ -211,12 +212,14 @@ class TrialRun:
         self.process: TrialProcess | None = None
         self._started = asyncio.Event()  # set once the process is known (or never will be)
         self._channel_closed = False
-        self._server: asyncio.Server | None = None
+        # The worker's Core API socket, or one of this run's own (made by start() and
+        # removed at the end) where none is given; connections name the run by its token.
+        self._own_channels = channels is None
+        self._channels = channels or ChannelServer()
+        self.channel_token = secrets.token_hex(16)
         # The script's open connections, each served by its own task.
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        # The channel's private directory (0700), made by start() and removed at the end.
-        self.channel_dir: Path | None = None
         # Operation bookkeeping: lengths handed to the script, and the next one to hand out.
         self._next: asyncio.Queue[int | None] = asyncio.Queue()
         self._next.put_nowait(cmd.length)
@@ -244,8 +247,13 @@ class TrialRun:
 
     @property
     def socket_path(self) -> Path | None:
-        """The channel's socket, once start() made its directory."""
-        return None if self.channel_dir is None else self.channel_dir / _CHANNEL_SOCKET
+        """The Core API socket the process is told of, once start() got to it."""
+        return self._channels.path
+
+    @property
+    def channel_dir(self) -> Path | None:
+        """The socket's private directory (0700)."""
+        return self._channels.directory
 
     # ------------------------------------------------------------------ commands
     def continue_to(self, length: int) -> None:
@@ -306,6 +314,7 @@ class TrialRun:
         rung_vars = {
             "RUNG_TRIAL_INFO": json.dumps(info),
             "RUNG_CHANNEL": str(self.socket_path or ""),
+            "RUNG_CHANNEL_TOKEN": self.channel_token,
             "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
             # A trial of several processes: where its ranks meet (ports free now, so
@@ -410,11 +419,8 @@ class TrialRun:
     async def _spawn(self, command: list[str]) -> str | None:
         """The channel and the process; None, or why they could not be made."""
         try:
-            # mkdtemp makes it 0700: no other uid can reach the socket inside.
-            self.channel_dir = Path(tempfile.mkdtemp(prefix="rung-trial-"))
-            self._server = await asyncio.start_unix_server(
-                self._accept, path=str(self.socket_path), limit=CHANNEL_REQUEST_BYTES
-            )
+            await self._channels.start()
+            self._channels.serve(self.channel_token, self._accept)
             self.release_ports()
             self.process = await self._spawner.spawn(
                 command, cwd=self.run_dir, env=self._environment()
@@ -793,13 +799,15 @@ class TrialRun:
             return
 
     def _close_channel(self) -> None:
-        """Close the socket server and every connection to it, remove its directory
-        (idempotent). A connection accepted after this is refused at once."""
+        """Refuse the token from now on and close every connection of the run (and the
+        run's own socket, where it has one: removed with its directory); idempotent. A
+        connection accepted after this is refused at once."""
         self.release_ports()
         self._channel_closed = True
         self._started.set()  # wakes a connection that waits for the start: refused
-        if self._server is not None:
-            self._server.close()
+        self._channels.forget(self.channel_token)
+        if self._own_channels:
+            self._channels.close()
         # A connection whose script died while it waited (for its next operation, say)
         # is never read again: end it, so that its socket is closed.
         for writer in list(self._writers):
@@ -807,11 +815,6 @@ class TrialRun:
         self._writers.clear()
         for connection in list(self._connections):
             connection.cancel()
-        if self.channel_dir is not None:
-            with contextlib.suppress(OSError):
-                (self.channel_dir / _CHANNEL_SOCKET).unlink()
-            with contextlib.suppress(OSError):
-                self.channel_dir.rmdir()
 
     async def _exited(self, reason: ExitReason, code: int | None, message: str) -> None:
         self._close_channel()

@@ -47,6 +47,7 @@ from rung.broker.schemas import (
     TrialStarted,
 )
 from rung.broker.schemas.envelope import Body
+from rung.worker.core._channel import hello
 from rung.worker.output import cost, cut_note
 from rung.worker.spawn import ExecSpawner, ForkServer, Spawner
 from rung.worker.trial_run import TrialRun
@@ -370,7 +371,8 @@ async def test_only_the_trials_own_processes_may_use_its_channel(
     harness: Harness, hostile: HostileTally
 ) -> None:
     """The socket sits in a private directory (0700); a process outside the trial's
-    process group that connects all the same (here: this test, same uid) is refused."""
+    process group that connects all the same (here: this test, same uid) is refused, with
+    the trial's token (read from its environment, say), with another or with none."""
     run, _ = harness.make("silent.py")
     assert await run.start()
     waiting = asyncio.create_task(run.wait())
@@ -378,8 +380,15 @@ async def test_only_the_trials_own_processes_may_use_its_channel(
         assert run.channel_dir is not None
         assert run.socket_path is not None
         assert stat.S_IMODE(run.channel_dir.stat().st_mode) == 0o700
-        reply = await asyncio.to_thread(_ask, run.socket_path)
-        assert reply == b""  # closed without an answer
+        for first in (
+            hello(run.channel_token),
+            hello("0" * 32),
+            b'{"op": "hello"}\n',
+            b"",
+            b"\xff" * 300 + b"\n",
+        ):
+            reply = await asyncio.to_thread(_ask, run.socket_path, first)
+            assert reply == b"", first  # closed without an answer
     finally:
         run.kill("the test is over")
         await waiting
@@ -453,14 +462,14 @@ async def test_a_spawn_that_raises_is_the_trials_failure_not_the_workers(
     assert "embedded null byte" in exited.message
 
 
-def _ask(path: Path) -> bytes:
-    """The channel's answer; b"" where it closed the connection, before or after the
-    request was sent (a refusal can come before the request)."""
+def _ask(path: Path, first: bytes) -> bytes:
+    """The channel's answer to ``first`` and a request; b"" where it closed the
+    connection, before or after the request was sent (a refusal can come before it)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
         sock.connect(str(path))
         try:
-            sock.sendall(b'{"op": "should_preempt"}\n')
+            sock.sendall(first + b'{"op": "should_preempt"}\n')
             return sock.recv(1024)
         except (BrokenPipeError, ConnectionResetError):
             return b""

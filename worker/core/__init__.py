@@ -33,6 +33,7 @@ from rung.worker.core._sharded import ShardedCheckpointError
 
 __all__ = [
     "CHANNEL_ENV",
+    "CHANNEL_TOKEN_ENV",
     "LOG_FORMAT",
     "CheckpointContext",
     "ClusterInfo",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 CHANNEL_ENV = "RUNG_CHANNEL"
+CHANNEL_TOKEN_ENV = "RUNG_CHANNEL_TOKEN"  # noqa: S105 (the variable's name)
 LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"
 
 
@@ -160,7 +162,7 @@ def init(
             distributed=distributed,
             preempt_mode=preempt_mode,
         )
-    channel = Channel(path)
+    channel = Channel(path, os.environ.get(CHANNEL_TOKEN_ENV, ""))
     return Context(
         channel,
         info,

@@ -1,8 +1,10 @@
 """The training process's end of the local channel to its worker.
 
-JSON lines over a Unix socket named by ``RUNG_CHANNEL``: one request, one reply, each
-request at most :data:`CHANNEL_REQUEST_BYTES` (the worker answers a longer one with an
-error, and the Core API's own checks keep every report well within it). The training
+JSON lines over the worker's Unix socket, named by ``RUNG_CHANNEL``: first a line naming
+the training process by its token (``RUNG_CHANNEL_TOKEN``; no reply), then one request,
+one reply, each request at most :data:`CHANNEL_REQUEST_BYTES` (the worker answers a
+longer one with an error, and the Core API's own checks keep every report well within
+it). The training
 process never sees broker credentials and never imports aio-pika.
 """
 
@@ -15,7 +17,13 @@ from typing import Any
 
 from rung.broker.limits import CHANNEL_REQUEST_BYTES
 
-__all__ = ["Channel", "ChannelError"]
+__all__ = ["Channel", "ChannelError", "hello"]
+
+
+def hello(token: str) -> bytes:
+    """The first line on a connection: the training process's token (the worker serves
+    a connection only once this names a trial of its own)."""
+    return json.dumps({"op": "hello", "token": token}).encode() + b"\n"
 
 
 class ChannelError(RuntimeError):
@@ -23,11 +31,14 @@ class ChannelError(RuntimeError):
 
 
 class Channel:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(path)
         self._file = self._sock.makefile("rwb")
         self._lock = threading.Lock()
+        # Sent with the first request, in one write: a refused token closes the
+        # connection, which that request's reply then reports.
+        self._hello: bytes | None = hello(token)
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         payload = json.dumps({"op": op, **fields}, allow_nan=False).encode() + b"\n"
@@ -37,6 +48,8 @@ class Channel:
                 f"{CHANNEL_REQUEST_BYTES} (CHANNEL_REQUEST_BYTES); report less at once"
             )
         with self._lock:
+            if self._hello is not None:
+                payload, self._hello = self._hello + payload, None
             self._file.write(payload)
             self._file.flush()
             line = self._file.readline()

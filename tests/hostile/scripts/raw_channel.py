@@ -9,6 +9,7 @@ from _train import finish, say  # type: ignore[import-not-found]  # (its own fol
 
 import rung as det
 from rung.broker.limits import CHANNEL_REQUEST_BYTES, MAX_METRICS_BYTES
+from rung.worker.core._channel import hello
 
 REQUESTS = {
     "overlong": b'{"op": "metrics", "x": "' + b"o" * (2 * CHANNEL_REQUEST_BYTES) + b'"}\n',
@@ -41,6 +42,7 @@ REQUESTS = {
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.connect(os.environ["RUNG_CHANNEL"])
 stream = sock.makefile("rwb")
+stream.write(hello(os.environ["RUNG_CHANNEL_TOKEN"]))
 for name, payload in REQUESTS.items():
     stream.write(payload)
     stream.flush()

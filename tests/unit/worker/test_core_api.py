@@ -313,7 +313,7 @@ def test_an_overlong_request_is_refused_before_it_is_sent(tmp_path: Path) -> Non
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         server.listen(1)
-        channel = Channel(str(path))
+        channel = Channel(str(path), "t" * 32)
         try:
             with pytest.raises(ChannelError, match=r"\(CHANNEL_REQUEST_BYTES\)"):
                 channel.request("metrics", blob="x" * CHANNEL_REQUEST_BYTES)
