@@ -17,10 +17,12 @@ One socket for the worker's life, not one per process in a directory of its own 
 other step of a segment in the worker's process on ext4 without a journal, where each
 new inode scans past the inodes removed in the last seconds.
 
-A connection that names no trial, or sends no first line within :data:`HELLO_S`, is
-closed without an answer; at most :data:`PENDING` connections wait for their first line
-at once (more are closed at once), so a flood of connections cannot hold the worker's
-file descriptors.
+The Core API sends that line as it connects. A connection that names no trial, or sends
+no first line within :data:`HELLO_S`, is closed without an answer; at most
+:data:`PENDING` connections wait for their first line at once (a new one closes the
+oldest), each buffering at most a few hundred bytes, so a flood of connections can
+neither hold the worker's file descriptors and memory nor keep a trial's own connection
+out for long.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +62,11 @@ class ChannelServer:
         self.trial_user = trial_user
         self.directory: Path | None = None
         self._server: asyncio.Server | None = None
+        self._bound: tuple[int, int] | None = None  # the socket's (device, inode)
+        self._closed = False
         self._trials: dict[str, Accept] = {}
-        self._pending: set[asyncio.StreamWriter] = set()
+        # Connections still to name their trial, the oldest first.
+        self._pending: dict[asyncio.StreamWriter, None] = {}
         self._starting = asyncio.Lock()
         self.log = structlog.get_logger("rung.worker")
 
@@ -70,22 +76,54 @@ class ChannelServer:
         return None if self.directory is None else self.directory / SOCKET_NAME
 
     async def start(self) -> Path:
-        """Make the private directory and listen on the socket in it (idempotent)."""
+        """Listen on the socket, in a private directory made for it; idempotent while
+        the socket is the one this made (one that was removed or replaced, by a trial of
+        the worker's own uid, say, is made again). OSError once :meth:`close` ran."""
         async with self._starting:
-            if self._server is not None and self.directory is not None:
-                return self.directory / SOCKET_NAME
-            # mkdtemp makes it 0700: no other uid can reach the socket inside.
-            self.directory = Path(tempfile.mkdtemp(prefix="rung-channel-"))
-            path = self.directory / SOCKET_NAME
-            self._server = await asyncio.start_unix_server(
-                self._handshake, path=str(path), limit=CHANNEL_REQUEST_BYTES
+            if self._closed:
+                raise OSError("the worker's Core API socket is closed: the worker is stopping")
+            if self._server is not None and self.path is not None:
+                if self._intact(self.path):
+                    return self.path
+                self.log.warning(
+                    "the Core API socket was removed or replaced; making a new one",
+                    path=str(self.path),
+                )
+                self._stop_listening()
+            return await self._listen()
+
+    def _intact(self, path: Path) -> bool:
+        try:
+            info = path.lstat()
+        except OSError:
+            return False
+        return stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == self._bound
+
+    async def _listen(self) -> Path:
+        # mkdtemp makes it 0700: no other uid can reach the socket inside.
+        directory = Path(tempfile.mkdtemp(prefix="rung-channel-"))
+        path = directory / SOCKET_NAME
+        server: asyncio.Server | None = None
+        try:
+            # The limit bounds what a connection may buffer before it names its trial;
+            # a trial's own connection gets CHANNEL_REQUEST_BYTES once it has.
+            server = await asyncio.start_unix_server(
+                self._handshake, path=str(path), limit=_HELLO_BYTES
             )
             if self.trial_user is not None:
                 group = self.trial_user.gid
-                for name, mode in ((path, 0o660), (self.directory, 0o710)):
+                for name, mode in ((path, 0o660), (directory, 0o710)):
                     os.chown(name, -1, group, follow_symlinks=False)
                     os.chmod(name, mode)  # (made just now, by this process)
-            return path
+            info = path.lstat()
+        except BaseException:
+            if server is not None:
+                server.close()
+            _remove(directory)
+            raise
+        self.directory, self._server = directory, server
+        self._bound = (info.st_dev, info.st_ino)
+        return path
 
     def serve(self, token: str, accept: Accept) -> None:
         """Hand connections that name ``token`` to ``accept`` (until :meth:`forget`)."""
@@ -97,38 +135,46 @@ class ChannelServer:
 
     def close(self) -> None:
         """Stop listening, close the connections still to name a trial, and remove the
-        socket and its directory (idempotent). Connections already handed to a trial are
-        the trial's to close."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        socket and its directory (idempotent; :meth:`start` fails after it). Connections
+        already handed to a trial are the trial's to close."""
+        self._closed = True
+        self._stop_listening()
         for writer in list(self._pending):
             writer.close()
         self._pending.clear()
         self._trials.clear()
+
+    def _stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self.directory is not None:
-            with contextlib.suppress(OSError):
-                (self.directory / SOCKET_NAME).unlink()
-            with contextlib.suppress(OSError):
-                self.directory.rmdir()
+            _remove(self.directory)
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._pending) >= PENDING:
+            # The oldest goes: the Core API names its trial as it connects, so a
+            # connection that still has not is the likeliest to be one that never will.
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.close()
             self.log.warning(
-                "refused a connection to the Core API socket",
-                reason=f"{PENDING} connections already wait to name their trial (PENDING)",
+                "closed the oldest connection to the Core API socket that had not named its trial",
+                reason=f"{PENDING} connections were waiting to (PENDING)",
             )
-            writer.close()
-            return
-        self._pending.add(writer)
+        self._pending[writer] = None
         try:
             accept, refusal = await self._named(reader)
+        except Exception as exc:  # noqa: BLE001 (a connection's end is never the worker's)
+            accept, refusal = None, f"its first line could not be read: {exc!r}"
         finally:
-            self._pending.discard(writer)
+            self._pending.pop(writer, None)
         if accept is None:
             self.log.warning("refused a connection to the Core API socket", reason=refusal)
             writer.close()
             return
+        # From here on a request may be as long as the Core API allows.
+        reader._limit = CHANNEL_REQUEST_BYTES  # type: ignore[attr-defined]  # noqa: SLF001 (no setter)
         accept(reader, writer)
 
     async def _named(self, reader: asyncio.StreamReader) -> tuple[Accept | None, str]:
@@ -137,10 +183,10 @@ class ChannelServer:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), HELLO_S)
         except TimeoutError:
             return None, f"no first line within {HELLO_S:g} s (HELLO_S)"
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except asyncio.LimitOverrunError:
+            return None, f"a first line over {_HELLO_BYTES} bytes"
+        except (asyncio.IncompleteReadError, ConnectionError):
             return None, "no first line"
-        if len(line) > _HELLO_BYTES:
-            return None, f"a first line of {len(line)} bytes, over {_HELLO_BYTES}"
         try:
             first = json.loads(line)
         except ValueError:
@@ -152,3 +198,10 @@ class ChannelServer:
         if accept is None:
             return None, "a token of no trial running here (it ended, or never was)"
         return accept, ""
+
+
+def _remove(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        (directory / SOCKET_NAME).unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()

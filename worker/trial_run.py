@@ -252,7 +252,8 @@ class TrialRun:
 
     @property
     def channel_dir(self) -> Path | None:
-        """The socket's private directory (0700)."""
+        """The socket's private directory (0700; 0710 of the trial user's group under
+        ``--trial-user``)."""
         return self._channels.directory
 
     # ------------------------------------------------------------------ commands

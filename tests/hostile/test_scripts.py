@@ -42,11 +42,13 @@ from rung.broker.schemas import (
     ExitReason,
     LogLines,
     MetricsReported,
+    OpCompleted,
     RunTrial,
     TrialExited,
     TrialStarted,
 )
 from rung.broker.schemas.envelope import Body
+from rung.worker.channels import ChannelServer
 from rung.worker.core._channel import hello
 from rung.worker.output import cost, cut_note
 from rung.worker.spawn import ExecSpawner, ForkServer, Spawner
@@ -96,7 +98,11 @@ class Harness:
     runs: list[TrialRun] = field(default_factory=list)
 
     def make(
-        self, script: str, *args: str, hang_timeout_s: float | None = None
+        self,
+        script: str,
+        *args: str,
+        hang_timeout_s: float | None = None,
+        channels: ChannelServer | None = None,
     ) -> tuple[TrialRun, list[Body]]:
         run_dir = self.tmp_path / f"run-{len(self.runs)}"
         shutil.copytree(SCRIPTS, run_dir)
@@ -133,6 +139,7 @@ class Harness:
             best_validation=best,
             hang_timeout_s=hang_timeout_s,
             spawner=self.spawner,
+            channels=channels,
         )
         run.stop_ops("close")  # one operation, then the script is told it is done
         self.runs.append(run)
@@ -374,6 +381,20 @@ async def test_only_the_trials_own_processes_may_use_its_channel(
     process group that connects all the same (here: this test, same uid) is refused, with
     the trial's token (read from its environment, say), with another or with none."""
     run, _ = harness.make("silent.py")
+    refusals: list[str] = []
+
+    class Log:  # the run's logger, keeping what its refusals say
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def warning(self, event: str, **fields: Any) -> None:
+            refusals.append(str(fields.get("reason")))
+            self.real.warning(event, **fields)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    run.log = Log(run.log)
     assert await run.start()
     waiting = asyncio.create_task(run.wait())
     try:
@@ -389,11 +410,39 @@ async def test_only_the_trials_own_processes_may_use_its_channel(
         ):
             reply = await asyncio.to_thread(_ask, run.socket_path, first)
             assert reply == b"", first  # closed without an answer
+        # The trial's own token reached the run, which refused the peer's process
+        # group (the other four never named it).
+        assert len(refusals) == 1
+        assert "not the trial's" in refusals[0]
     finally:
         run.kill("the test is over")
         await waiting
     assert not run.channel_dir.exists()
     hostile.record("core api", f"foreign peer on the channel ({harness.method})", "refused")
+
+
+async def test_runs_share_the_workers_socket_and_one_ending_leaves_it_serving(
+    harness: Harness, hostile: HostileTally
+) -> None:
+    """As on a worker, runs given one ChannelServer share its socket: the end of one (a
+    kill) leaves it serving the next, whose raw requests and reports go over it."""
+    server = ChannelServer()
+    try:
+        first, _ = harness.make("silent.py", channels=server)
+        second, events = harness.make("raw_channel.py", channels=server)
+        assert await first.start()
+        first.kill("the test is over")
+        assert await asyncio.wait_for(first.wait(), timeout=120) is ExitReason.ERRORED
+        assert server.path is not None
+        assert server.path.exists()  # the run's end is not the socket's
+        assert await second.start()
+        assert await asyncio.wait_for(second.wait(), timeout=120) is ExitReason.COMPLETED
+        assert first.socket_path == second.socket_path == server.path
+        assert any(isinstance(event, OpCompleted) for event in events)
+    finally:
+        server.close()
+    assert not server.path.parent.exists()
+    hostile.record("core api", f"runs sharing the socket ({harness.method})", "contained")
 
 
 async def test_a_trial_whose_trial_started_cannot_go_out_does_not_run(

@@ -1,7 +1,8 @@
 """The training process's end of the local channel to its worker.
 
 JSON lines over the worker's Unix socket, named by ``RUNG_CHANNEL``: first a line naming
-the training process by its token (``RUNG_CHANNEL_TOKEN``; no reply), then one request,
+the training process by its token (``RUNG_CHANNEL_TOKEN``; sent as the connection is
+made, no reply), then one request,
 one reply, each request at most :data:`CHANNEL_REQUEST_BYTES` (the worker answers a
 longer one with an error, and the Core API's own checks keep every report well within
 it). The training
@@ -34,11 +35,11 @@ class Channel:
     def __init__(self, path: str, token: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(path)
+        # At once: the worker closes a connection that names no trial within seconds,
+        # and a script may take minutes (its data, its model) before its first call.
+        self._sock.sendall(hello(token))
         self._file = self._sock.makefile("rwb")
         self._lock = threading.Lock()
-        # Sent with the first request, in one write: a refused token closes the
-        # connection, which that request's reply then reports.
-        self._hello: bytes | None = hello(token)
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         payload = json.dumps({"op": op, **fields}, allow_nan=False).encode() + b"\n"
@@ -47,12 +48,13 @@ class Channel:
                 f"the {op!r} request is {len(payload)} bytes, over the channel's limit of "
                 f"{CHANNEL_REQUEST_BYTES} (CHANNEL_REQUEST_BYTES); report less at once"
             )
-        with self._lock:
-            if self._hello is not None:
-                payload, self._hello = self._hello + payload, None
-            self._file.write(payload)
-            self._file.flush()
-            line = self._file.readline()
+        try:
+            with self._lock:
+                self._file.write(payload)
+                self._file.flush()
+                line = self._file.readline()
+        except OSError:  # a refused token, or a worker gone: the connection was closed
+            line = b""
         if not line:
             raise ChannelError("the worker closed the channel; the trial is being stopped")
         reply: dict[str, Any] = json.loads(line)
