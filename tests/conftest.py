@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 from tests.proxy import FaultProxy
@@ -43,3 +44,17 @@ def proxy() -> Iterator[FaultProxy]:
     instance = FaultProxy().start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was() -> Iterator[None]:
+    """Each test leaves structlog's configuration as it found it, "not configured"
+    included: ``structlog.testing.capture_logs`` and ``configure_logging`` configure it,
+    and ``Client.local`` sets up warnings on stderr only where nothing has (a later test
+    would otherwise find a local cluster's info lines in its stdout)."""
+    configured, config = structlog.is_configured(), structlog.get_config()
+    yield
+    if configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()

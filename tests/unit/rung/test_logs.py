@@ -14,19 +14,13 @@ from rung.logs import configure_logging
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """configure_logging binds the (captured) stderr of the test: put back what was,
-    including structlog's "not configured" (Client.local configures warnings only then:
-    a test after this one would otherwise print a local cluster's info lines)."""
+    """configure_logging binds the (captured) stderr of the test: put back the standard
+    library's root logger (structlog's configuration: tests/conftest.py)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    configured, config = structlog.is_configured(), structlog.get_config()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    if configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
 
 
 def _last_json(err: str) -> dict[str, object]:
