@@ -66,6 +66,7 @@ from rung.worker.address import route_address
 from rung.worker.channels import ChannelServer
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
+from rung.worker.pristine import KeptRuns, Snapshot
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
@@ -188,6 +189,12 @@ class Worker:
         self._session = uuid.uuid4().hex[:12]
         # Each trial process's private copy of its context, removed once it has ended.
         self.run_dirs = RunDirs(self.work_dir, self._session, keep=keep_run_dirs)
+        # Run directories their processes left unchanged, used again (issue 18): not
+        # where all are kept, nor where a trial user is handed every entry (it changes
+        # each one's change time).
+        self.kept = KeptRuns(self.run_dirs) if trial_user is None and not keep_run_dirs else None
+        # Each context copy's key and snapshot, by run directory, until its process ends.
+        self._copies: dict[Path, tuple[str, Snapshot]] = {}
         self._stopping = False
         self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
@@ -295,6 +302,8 @@ class Worker:
                 await asyncio.wait(pending, timeout=10)
         await self.spawner.close()  # after the trials: its children die with it
         self.channels.close()
+        if self.kept is not None:
+            self.kept.close()
         await self.run_dirs.close()
         if self._control_queue is not None:
             with contextlib.suppress(BrokerError):
@@ -581,10 +590,41 @@ class Worker:
     async def _prepare(self, cmd: RunTrial) -> Path:
         run_dir = self.run_dirs.new(cmd.experiment_id, cmd.trial_id, cmd.attempt)
         try:
-            return await self.contexts.run_dir(cmd.context_hash, run_dir)
+            return await self._copy_context(cmd, run_dir)
         except BaseException:
-            self._spawn_task(self.run_dirs.remove(run_dir))
+            self._spawn_task(self._discard(run_dir))
             raise
+
+    async def _copy_context(self, cmd: RunTrial, run_dir: Path) -> Path:
+        """The context's copy for one process, at ``run_dir``: a directory kept from an
+        earlier process of the same experiment and context (moved there), or a new copy,
+        whose snapshot says afterwards whether its process left it unchanged."""
+        if self.kept is None:
+            return await self.contexts.run_dir(cmd.context_hash, run_dir)
+        key = f"{cmd.experiment_id}/{cmd.context_hash}"
+        if (found := self.kept.take(key)) is not None:
+            path, taken = found
+            if await asyncio.to_thread(self.kept.move, path, run_dir):
+                self._copies[run_dir] = (key, taken)
+                return run_dir
+        made = await self.contexts.copy(cmd.context_hash, run_dir)
+        if made is not None:
+            self._copies[run_dir] = (key, made)
+        return run_dir
+
+    async def _discard(self, run_dir: Path) -> None:
+        """Remove a run directory no process ran in (never kept)."""
+        self._copies.pop(run_dir, None)
+        await self.run_dirs.remove(run_dir)
+
+    async def _leave(self, run_dir: Path) -> None:
+        """A process ended in ``run_dir``: kept for the next of its experiment and
+        context if it left it as its copy was made, else removed."""
+        copy = self._copies.pop(run_dir, None)
+        if self.kept is None or copy is None:
+            await self.run_dirs.remove(run_dir)
+        else:
+            await self.kept.leave(run_dir, *copy)
 
     async def _start_held(self, held: Held, slots: list[int]) -> None:
         """Its slots are free: start the command taken ahead (or give it back if its link
@@ -593,7 +633,7 @@ class Worker:
         ended = held.key in self._ended  # killed while it waited: never run
         if ended or self._stopping or held.delivery.link_lost():
             if run_dir is not None:
-                self._spawn_task(self.run_dirs.remove(run_dir))
+                self._spawn_task(self._discard(run_dir))
             self._release(slots)
             await self._update_intake()
             with contextlib.suppress(BrokerError):  # (a lost link gives it back by itself)
@@ -619,7 +659,7 @@ class Worker:
         a thread) has ended."""
         run_dir = await held.run_dir()
         if run_dir is not None:
-            await self.run_dirs.remove(run_dir)
+            await self._discard(run_dir)
 
     async def _give_back_held(self, held: Held, *, expired: bool = False) -> None:
         """Send the command taken ahead back to the queue, if it is still held: the slots
@@ -685,17 +725,17 @@ class Worker:
         self.runs[run.key] = run
         try:
             if not prepared:
-                await self.contexts.run_dir(cmd.context_hash, run_dir)
+                await self._copy_context(cmd, run_dir)
             started = await run.start()
         except BaseException:
             self.runs.pop(run.key, None)
             self.upcoming.never_started(run.key)  # (told to stop meanwhile: slots free)
-            self._spawn_task(self.run_dirs.remove(run_dir))
+            self._spawn_task(self._discard(run_dir))
             raise
         if not started:
             self.runs.pop(run.key, None)
             self.upcoming.never_started(run.key)
-            self._spawn_task(self.run_dirs.remove(run_dir))
+            self._spawn_task(self._discard(run_dir))
             return None
         return run
 
@@ -720,7 +760,7 @@ class Worker:
             await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
-            self._spawn_task(self.run_dirs.remove(run.run_dir))
+            self._spawn_task(self._leave(run.run_dir))
             if run.cmd.gang is not None:
                 self._parts_ended.append(run.key)
             if not released:

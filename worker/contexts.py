@@ -16,15 +16,20 @@ import base64
 import binascii
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rung.broker.archive import context_hash, extract
 from rung.broker.contexts import read_archive, store_archive
 from rung.broker.limits import is_context_hash
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
+from rung.worker.pristine import Snapshot, snapshot
 
 __all__ = ["MEMORY_BYTES", "ContextCache", "ContextUnavailableError"]
+
+T = TypeVar("T")
 
 # The verified archives kept in memory, the most recently used first out of it last: a
 # trial's start then reads and hashes nothing from disk (issue 18).
@@ -78,11 +83,22 @@ class ContextCache:
     async def run_dir(self, digest: str, destination: Path) -> Path:
         """A private copy of the context for one trial attempt to run in, extracted from
         the archive, which is checked against ``digest`` first."""
+        await self._unpack(digest, destination, then=None)
+        return destination
+
+    async def copy(self, digest: str, destination: Path) -> Snapshot | None:
+        """:meth:`run_dir`, and the copy's snapshot, taken in the same thread (None: it
+        is too large to compare; :mod:`rung.worker.pristine`)."""
+        return await self._unpack(digest, destination, then=snapshot)
+
+    async def _unpack(
+        self, digest: str, destination: Path, *, then: Callable[[Path], T] | None
+    ) -> T | None:
         data = await self.archive(digest)
 
-        def unpack() -> None:
+        def unpack() -> T | None:
             shutil.rmtree(destination, ignore_errors=True)
             extract(data, destination)
+            return None if then is None else then(destination)
 
-        await asyncio.to_thread(unpack)
-        return destination
+        return await asyncio.to_thread(unpack)

@@ -4,6 +4,7 @@ it (never followed: what they point at stays)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -57,3 +58,35 @@ async def test_a_messy_run_directory_is_removed_and_its_symlinks_not_followed(
     # The workers stopped: their sessions are gone, the context cache stays.
     assert [list((w / "runs").iterdir()) for w in sorted(workers.iterdir())] == [[], []]
     assert all(any((w / "contexts").iterdir()) for w in workers.iterdir())
+
+
+async def test_a_run_directory_is_used_again_only_as_it_was_copied(tmp_path: Path) -> None:
+    """Issue 18: a directory its process left unchanged serves a later process of the
+    same experiment (rung.worker.pristine); one a script wrote into never does. Trial 1
+    leaves a file behind: no trial finds it, and some trial runs from the very copy of
+    its script an earlier one ran from (same inode and change time)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    trials = 6
+    config = {
+        "name": "kept-cwd",
+        "entrypoint": f"python3 kept_cwd.py {out}",
+        "searcher": {
+            "name": "random",
+            "metric": "loss",
+            "max_length": 1,
+            "max_trials": trials,
+            "max_concurrent_trials": 1,
+        },
+        "hyperparameters": {"x": {"type": "double", "minval": 0, "maxval": 1}},
+        "max_restarts": 0,
+    }
+    async with rung.Client.local(tmp_path / "state", workers=1) as client:
+        experiment = await client.create_experiment(config, SCRIPTS)
+        assert await experiment.wait(timeout=120) == "COMPLETED"
+    records = [json.loads((out / f"{n}.json").read_text()) for n in range(1, trials + 1)]
+    assert all("left-behind.txt" not in r["listing"] for r in records)
+    assert all(r["listing"] == records[0]["listing"] for r in records)  # the context
+    copies = [tuple(r["file"]) for r in records]
+    assert len(set(copies)) < trials, copies
+    assert copies[0] not in copies[1:]  # trial 1's, written into, was never used again
