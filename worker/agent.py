@@ -66,7 +66,7 @@ from rung.worker.address import route_address
 from rung.worker.channels import ChannelServer
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
-from rung.worker.pristine import KeptRuns, Snapshot
+from rung.worker.pristine import KeptRuns, Snapshot, group_gone
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
@@ -195,6 +195,7 @@ class Worker:
         self.kept = KeptRuns(self.run_dirs) if trial_user is None and not keep_run_dirs else None
         # Each context copy's key and snapshot, by run directory, until its process ends.
         self._copies: dict[Path, tuple[str, Snapshot]] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._intake_lock = asyncio.Lock()
         # Commands already applied, by message id: a re-sent command is a no-op.
@@ -302,6 +303,8 @@ class Worker:
                 await asyncio.wait(pending, timeout=10)
         await self.spawner.close()  # after the trials: its children die with it
         self.channels.close()
+        if self._leaving:  # (a directory being kept, before the session goes)
+            await asyncio.wait(self._leaving, timeout=30)
         if self.kept is not None:
             self.kept.close()
         await self.run_dirs.close()
@@ -602,6 +605,8 @@ class Worker:
         if self.kept is None:
             return await self.contexts.run_dir(cmd.context_hash, run_dir)
         key = f"{cmd.experiment_id}/{cmd.context_hash}"
+        if not self.kept.wanted(key):
+            return await self.contexts.run_dir(cmd.context_hash, run_dir)
         if (found := self.kept.take(key)) is not None:
             path, taken = found
             if await asyncio.to_thread(self.kept.move, path, run_dir):
@@ -617,14 +622,17 @@ class Worker:
         self._copies.pop(run_dir, None)
         await self.run_dirs.remove(run_dir)
 
-    async def _leave(self, run_dir: Path) -> None:
-        """A process ended in ``run_dir``: kept for the next of its experiment and
-        context if it left it as its copy was made, else removed."""
-        copy = self._copies.pop(run_dir, None)
-        if self.kept is None or copy is None:
-            await self.run_dirs.remove(run_dir)
+    async def _leave(self, run: TrialRun) -> None:
+        """A run ended: its directory kept for the next process of its experiment and
+        context if its process was reaped, nothing of its process group is left, and it
+        left the directory as its copy was made; else removed."""
+        copy = self._copies.pop(run.run_dir, None)
+        process = run.process
+        gone = process is not None and process.returncode is not None and group_gone(process.pid)
+        if self.kept is None or copy is None or not gone:
+            await self.run_dirs.remove(run.run_dir)
         else:
-            await self.kept.leave(run_dir, *copy)
+            await self.kept.leave(run.run_dir, *copy)
 
     async def _start_held(self, held: Held, slots: list[int]) -> None:
         """Its slots are free: start the command taken ahead (or give it back if its link
@@ -680,10 +688,11 @@ class Worker:
             await held.delivery.requeue()
         await self._update_intake()
 
-    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_ended)
+        return task
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -760,7 +769,9 @@ class Worker:
             await run.wait()  # returns or raises once the trial's process is reaped
         finally:
             self.runs.pop(run.key, None)
-            self._spawn_task(self._leave(run.run_dir))
+            leaving = self._spawn_task(self._leave(run))
+            self._leaving.add(leaving)
+            leaving.add_done_callback(self._leaving.discard)
             if run.cmd.gang is not None:
                 self._parts_ended.append(run.key)
             if not released:

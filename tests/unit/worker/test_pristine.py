@@ -4,6 +4,7 @@ its copy was made is kept, for the next process of the same experiment and conte
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,3 +153,80 @@ def test_a_directory_that_cannot_be_moved_is_removed(tmp_path: Path, kept: KeptR
     blocker.write_text("")
     assert not kept.move(run, blocker / "run")  # its parent is a file
     assert not run.exists()
+
+
+def _retarget(root: Path) -> None:
+    (root / "link").unlink()
+    (root / "link").symlink_to("pkg/data.tsv")  # a target of the same length
+
+
+def _root_xattr(root: Path) -> None:
+    os.setxattr(root, "user.left", b"by an earlier process", follow_symlinks=False)
+
+
+def _deep_xattr(root: Path) -> None:
+    os.setxattr(root / "pkg" / "data.csv", "user.left", b"x", follow_symlinks=False)
+
+
+MORE: dict[str, Callable[[Path], object]] = {
+    "a symlink's target, of the same length": _retarget,
+    "an extended attribute of the directory": _root_xattr,
+    "an extended attribute of a file": _deep_xattr,
+    "the directory's times": lambda root: os.utime(root, ns=(1, 1)),
+    "a FIFO": lambda root: os.mkfifo(root / "pipe"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(MORE))
+def test_what_change_times_alone_would_miss_is_seen(tmp_path: Path, change: str) -> None:
+    """Seen without the change times (coarse on some kernels and file systems): a hard
+    link by the link count, a symlink by its target, attributes by their values."""
+    root = _copy(tmp_path / "run")
+    (root / "link").symlink_to("pkg/data.csv")
+    taken = snapshot(root)
+    assert taken is not None
+    MORE[change](root)
+    after = snapshot(root)
+    assert after is not None
+    assert [e[:9] + e[10:] for e in after] != [e[:9] + e[10:] for e in taken]  # less ctime
+
+
+def test_a_hard_link_is_seen_by_the_link_count(tmp_path: Path) -> None:
+    root = _copy(tmp_path / "run")
+    taken = snapshot(root)
+    assert taken is not None
+    os.link(root / "train.py", tmp_path / "outside")
+    after = snapshot(root)
+    assert after is not None
+    assert [e[:9] + e[10:] for e in after] != [e[:9] + e[10:] for e in taken]
+
+
+def test_the_directorys_change_time_alone_is_not_compared(tmp_path: Path) -> None:
+    """The worker renames the directory into and out of the kept ones: that changes
+    only the directory's change time."""
+    root = _copy(tmp_path / "run")
+    taken = snapshot(root)
+    (tmp_path / "elsewhere").mkdir()
+    root.rename(tmp_path / "elsewhere" / "run")
+    assert snapshot(tmp_path / "elsewhere" / "run") == taken
+
+
+async def test_a_key_whose_processes_keep_changing_it_is_not_compared_again(
+    kept: KeptRuns,
+) -> None:
+    for trial in range(1, pristine.MISSES + 1):
+        assert kept.wanted("e1/ctx")
+        run = _copy(kept.run_dirs.new("e1", trial, 1))
+        taken = snapshot(run)
+        assert taken is not None
+        (run / "__pycache__").mkdir()
+        await kept.leave(run, "e1/ctx", taken)
+    assert not kept.wanted("e1/ctx")
+    assert kept.wanted("e1/other")
+
+
+def test_group_gone(tmp_path: Path) -> None:
+    assert not pristine.group_gone(os.getpgid(0))  # this test's own group
+    child = subprocess.Popen(["true"], start_new_session=True)
+    child.wait()
+    assert pristine.group_gone(child.pid)
