@@ -67,6 +67,7 @@ from rung.worker.channels import ChannelServer
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
 from rung.worker.pristine import KeptRuns, Snapshot, group_gone
+from rung.worker.pristine import available as kept_available
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
@@ -192,7 +193,11 @@ class Worker:
         # Run directories their processes left unchanged, used again (issue 18): not
         # where all are kept, nor where a trial user is handed every entry (it changes
         # each one's change time).
-        self.kept = KeptRuns(self.run_dirs) if trial_user is None and not keep_run_dirs else None
+        self.kept = (
+            KeptRuns(self.run_dirs)
+            if trial_user is None and not keep_run_dirs and kept_available()
+            else None
+        )
         # Each context copy's key and snapshot, by run directory, until its process ends.
         self._copies: dict[Path, tuple[str, Snapshot]] = {}
         self._leaving: set[asyncio.Task[None]] = set()
@@ -303,10 +308,10 @@ class Worker:
                 await asyncio.wait(pending, timeout=10)
         await self.spawner.close()  # after the trials: its children die with it
         self.channels.close()
-        if self._leaving:  # (a directory being kept, before the session goes)
-            await asyncio.wait(self._leaving, timeout=30)
         if self.kept is not None:
-            self.kept.close()
+            self.kept.close()  # (directories ending now are removed, not compared)
+        if self._leaving:  # (before the session goes)
+            await asyncio.wait(self._leaving, timeout=30)
         await self.run_dirs.close()
         if self._control_queue is not None:
             with contextlib.suppress(BrokerError):
@@ -609,11 +614,13 @@ class Worker:
             return await self.contexts.run_dir(cmd.context_hash, run_dir)
         if (found := self.kept.take(key)) is not None:
             path, taken = found
-            if await asyncio.to_thread(self.kept.move, path, run_dir):
+            if await asyncio.to_thread(self.kept.move, path, run_dir, taken):
                 self._copies[run_dir] = (key, taken)
                 return run_dir
         made = await self.contexts.copy(cmd.context_hash, run_dir)
-        if made is not None:
+        if made is None:
+            self.kept.unwanted(key)
+        else:
             self._copies[run_dir] = (key, made)
         return run_dir
 
@@ -631,8 +638,12 @@ class Worker:
         gone = process is not None and process.returncode is not None and group_gone(process.pid)
         if self.kept is None or copy is None or not gone:
             await self.run_dirs.remove(run.run_dir)
-        else:
+            return
+        try:
             await self.kept.leave(run.run_dir, *copy)
+        except Exception:  # a script's doing must never leave its directory behind
+            self.log.exception("could not compare a run directory; removing it")
+            await self.run_dirs.remove(run.run_dir)
 
     async def _start_held(self, held: Held, slots: list[int]) -> None:
         """Its slots are free: start the command taken ahead (or give it back if its link

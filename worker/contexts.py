@@ -99,6 +99,11 @@ class ContextCache:
         def unpack() -> T | None:
             shutil.rmtree(destination, ignore_errors=True)
             extract(data, destination)
-            return None if then is None else then(destination)
+            if then is None:
+                return None
+            try:
+                return then(destination)
+            except Exception:  # noqa: BLE001 (a snapshot never fails the copy: no keeping)
+                return None
 
         return await asyncio.to_thread(unpack)

@@ -21,10 +21,11 @@ context of more than :data:`ENTRIES` entries or :data:`BYTES` bytes of files is 
 compared, only removed, and one whose processes changed their directory :data:`MISSES`
 times in a row is not compared again. A worker whose trials run as another account
 (``--trial-user``) keeps none: handing a directory to that account changes every
-entry's change time. What is not covered: a process of the trial that left its process
-group (``setsid``) and writes into the directory after the comparison, and a file's
-access time (``relatime``: which files an earlier process read). Both reach only a later
-process of the same experiment, whose code it already is.
+entry's change time. A kept directory is compared again as it is taken: without
+``--trial-user`` any trial of the worker's uid could have written into it meanwhile.
+What is not covered: a process that left its process group (``setsid``, ``setpgid``)
+and writes into the directory between the last comparison and the next process's start,
+and a file's access time (``relatime``: which files an earlier process read).
 """
 
 from __future__ import annotations
@@ -41,7 +42,17 @@ import structlog
 
 from rung.worker.rundirs import RunDirs, remove_tree
 
-__all__ = ["BYTES", "ENTRIES", "KEPT", "MISSES", "KeptRuns", "Snapshot", "group_gone", "snapshot"]
+__all__ = [
+    "BYTES",
+    "ENTRIES",
+    "KEPT",
+    "MISSES",
+    "KeptRuns",
+    "Snapshot",
+    "available",
+    "group_gone",
+    "snapshot",
+]
 
 log = structlog.get_logger("rung.worker")
 
@@ -88,7 +99,7 @@ def _attributes(path: str) -> bytes:
         return b""
     hashed = hashlib.blake2b(digest_size=16)
     for name in names:
-        hashed.update(name.encode() + b"\0")
+        hashed.update(os.fsencode(name) + b"\0")
         hashed.update(os.getxattr(path, name, follow_symlinks=False) + b"\0")
     return hashed.digest()
 
@@ -140,9 +151,15 @@ def snapshot(root: Path) -> Snapshot | None:
                 elif stat.S_ISDIR(s.st_mode):
                     stack.append((name + "/", item.path))
                 entries.append(_entry(name, item.path, s, held))
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: a name that cannot be encoded)
         return None
     return tuple(entries)
+
+
+def available() -> bool:
+    """Whether this platform lets :func:`snapshot` see everything it compares (extended
+    attributes: Linux); elsewhere no directory is kept."""
+    return hasattr(os, "listxattr") and hasattr(os, "getxattr")
 
 
 def group_gone(pgid: int) -> bool:
@@ -178,9 +195,15 @@ class KeptRuns:
         return None
 
     @staticmethod
-    def move(path: Path, destination: Path) -> bool:
-        """Rename a taken directory to ``destination`` (blocking: call it in a thread);
-        False, with ``path`` removed, where that fails."""
+    def move(path: Path, destination: Path, taken: Snapshot) -> bool:
+        """Compare a taken directory with ``taken`` again, then rename it to
+        ``destination`` (blocking: call it in a thread). While kept, a trial of the
+        worker's uid could have changed it (any experiment's, without ``--trial-user``):
+        False, with ``path`` removed, where it differs or cannot be moved."""
+        if snapshot(path) != taken:
+            log.warning("a kept run directory changed while it was kept; copied afresh")
+            remove_tree(path)
+            return False
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
             path.rename(destination)
@@ -189,6 +212,10 @@ class KeptRuns:
             remove_tree(path)
             return False
         return True
+
+    def unwanted(self, key: str) -> None:
+        """Copies of ``key`` are not worth a snapshot (too large to compare)."""
+        self._misses[key] = MISSES
 
     def wanted(self, key: str) -> bool:
         """Whether copies of ``key`` are worth a snapshot: not once :data:`MISSES`

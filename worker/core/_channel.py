@@ -34,10 +34,15 @@ class ChannelError(RuntimeError):
 class Channel:
     def __init__(self, path: str, token: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.connect(path)
-        # At once: the worker closes a connection that names no trial within seconds,
-        # and a script may take minutes (its data, its model) before its first call.
-        self._sock.sendall(hello(token))
+        try:
+            self._sock.connect(path)
+            # At once: the worker closes a connection that names no trial within
+            # seconds, and a script may take minutes (its data, its model) before its
+            # first call.
+            self._sock.sendall(hello(token))
+        except OSError:
+            self._sock.close()
+            raise
         self._file = self._sock.makefile("rwb")
         self._lock = threading.Lock()
 

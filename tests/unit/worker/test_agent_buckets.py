@@ -278,9 +278,13 @@ async def test_a_start_that_raises_is_forgotten_and_the_command_runs_when_it_com
     async def no_context(digest: str, destination: Path) -> None:
         return None  # (copied, too large to compare)
 
+    async def no_run_dir(digest: str, destination: Path) -> Path:
+        return destination
+
     monkeypatch.setattr(TrialRun, "start", start)
     worker = Worker(broker, worker_id="w1", slots=1, work_dir=tmp_path)
     monkeypatch.setattr(worker.contexts, "copy", no_context)
+    monkeypatch.setattr(worker.contexts, "run_dir", no_run_dir)
     await worker._update_intake()
     await publish(broker, run_trial(1, 1))
     await wait_for(lambda: len(calls) == 2, 5, "the command, given back, started again")

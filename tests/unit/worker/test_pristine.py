@@ -103,7 +103,7 @@ async def test_an_unchanged_directory_is_kept_and_used_again(kept: KeptRuns) -> 
     assert again == taken
     assert kept.take("e1/ctx") is None  # taken once
     second = kept.run_dirs.new("e1", 2, 1)
-    assert kept.move(path, second)
+    assert kept.move(path, second, taken)
     assert (second / "train.py").read_text() == "print('train')\n"
     assert snapshot(second) == taken  # so the next one can be kept again
 
@@ -149,10 +149,35 @@ async def test_nothing_is_kept_once_closed(kept: KeptRuns) -> None:
 
 def test_a_directory_that_cannot_be_moved_is_removed(tmp_path: Path, kept: KeptRuns) -> None:
     run = _copy(tmp_path / "kept-one")
+    taken = snapshot(run)
+    assert taken is not None
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert not kept.move(run, blocker / "run")  # its parent is a file
+    assert not kept.move(run, blocker / "run", taken)  # its parent is a file
     assert not run.exists()
+
+
+def test_a_kept_directory_changed_while_kept_is_not_used(tmp_path: Path, kept: KeptRuns) -> None:
+    """Without --trial-user any trial of the worker's uid could write into a kept
+    directory: it is compared again as it is taken."""
+    run = _copy(tmp_path / "kept-one")
+    taken = snapshot(run)
+    assert taken is not None
+    (run / "train.py").write_text("print('another experiment was here')\n")
+    assert not kept.move(run, tmp_path / "next", taken)
+    assert not run.exists()
+    assert not (tmp_path / "next").exists()
+
+
+def test_an_attribute_name_that_is_not_utf8_is_compared(tmp_path: Path) -> None:
+    """Names come back with surrogates; they are hashed as the bytes they are."""
+    root = _copy(tmp_path / "run")
+    taken = snapshot(root)
+    assert taken is not None
+    os.setxattr(os.fsencode(root / "train.py"), b"user.\xff", b"x", follow_symlinks=False)
+    after = snapshot(root)
+    assert after is not None
+    assert after != taken
 
 
 def _retarget(root: Path) -> None:
@@ -168,37 +193,37 @@ def _deep_xattr(root: Path) -> None:
     os.setxattr(root / "pkg" / "data.csv", "user.left", b"x", follow_symlinks=False)
 
 
-MORE: dict[str, Callable[[Path], object]] = {
-    "a symlink's target, of the same length": _retarget,
-    "an extended attribute of the directory": _root_xattr,
-    "an extended attribute of a file": _deep_xattr,
-    "the directory's times": lambda root: os.utime(root, ns=(1, 1)),
-    "a FIFO": lambda root: os.mkfifo(root / "pipe"),
+# Each change, and the entry and field that must tell it (not the change times, which
+# are coarse on some kernels and file systems): 4 link count, 8 modification time,
+# 10 what the entry holds (contents, target, attributes).
+MORE: dict[str, tuple[Callable[[Path], object], str, int]] = {
+    "a symlink's target, of the same length": (_retarget, "link", 10),
+    "an extended attribute of the directory": (_root_xattr, ".", 10),
+    "an extended attribute of a file": (_deep_xattr, "pkg/data.csv", 10),
+    "the directory's times": (lambda root: os.utime(root, ns=(1, 1)), ".", 8),
+    "a hard link made from outside": (
+        lambda root: os.link(root / "train.py", root.parent / "outside"),
+        "train.py",
+        4,
+    ),
 }
 
 
 @pytest.mark.parametrize("change", sorted(MORE))
 def test_what_change_times_alone_would_miss_is_seen(tmp_path: Path, change: str) -> None:
-    """Seen without the change times (coarse on some kernels and file systems): a hard
-    link by the link count, a symlink by its target, attributes by their values."""
     root = _copy(tmp_path / "run")
     (root / "link").symlink_to("pkg/data.csv")
     taken = snapshot(root)
     assert taken is not None
-    MORE[change](root)
+    how, name, field = MORE[change]
+    how(root)
     after = snapshot(root)
     assert after is not None
-    assert [e[:9] + e[10:] for e in after] != [e[:9] + e[10:] for e in taken]  # less ctime
 
+    def told(snap: pristine.Snapshot) -> object:
+        return next(entry[field] for entry in snap if entry[0] == name)
 
-def test_a_hard_link_is_seen_by_the_link_count(tmp_path: Path) -> None:
-    root = _copy(tmp_path / "run")
-    taken = snapshot(root)
-    assert taken is not None
-    os.link(root / "train.py", tmp_path / "outside")
-    after = snapshot(root)
-    assert after is not None
-    assert [e[:9] + e[10:] for e in after] != [e[:9] + e[10:] for e in taken]
+    assert told(after) != told(taken)
 
 
 def test_the_directorys_change_time_alone_is_not_compared(tmp_path: Path) -> None:
@@ -206,6 +231,7 @@ def test_the_directorys_change_time_alone_is_not_compared(tmp_path: Path) -> Non
     only the directory's change time."""
     root = _copy(tmp_path / "run")
     taken = snapshot(root)
+    assert taken is not None
     (tmp_path / "elsewhere").mkdir()
     root.rename(tmp_path / "elsewhere" / "run")
     assert snapshot(tmp_path / "elsewhere" / "run") == taken
@@ -225,8 +251,17 @@ async def test_a_key_whose_processes_keep_changing_it_is_not_compared_again(
     assert kept.wanted("e1/other")
 
 
-def test_group_gone(tmp_path: Path) -> None:
+def test_group_gone() -> None:
+    """Gone only once nothing of the group is left: not while a member lives on after
+    its leader was reaped."""
     assert not pristine.group_gone(os.getpgid(0))  # this test's own group
-    child = subprocess.Popen(["true"], start_new_session=True)
-    child.wait()
-    assert pristine.group_gone(child.pid)
+    leader = subprocess.Popen(["sleep", "60"], process_group=0)
+    member = subprocess.Popen(["sleep", "60"], process_group=leader.pid)
+    try:
+        leader.kill()
+        leader.wait(timeout=30)  # reaped; its group lives on in the member
+        assert not pristine.group_gone(leader.pid)
+    finally:
+        member.kill()
+        member.wait(timeout=30)
+    assert pristine.group_gone(leader.pid)
