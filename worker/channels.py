@@ -5,12 +5,11 @@ socket sits in a private directory (0700, made by ``mkdtemp``), so no other acco
 reach it. Under ``--trial-user`` the directory is the worker's with the trial user's
 group, 0710, and the socket 0660 of that group: trials may pass through and connect, but
 may not list, remove or replace anything there (a trial that could would answer the
-trials after it). A
-connection's first line names its trial: ``{"op": "hello", "token": T}``, where ``T`` is
-the random token (``RUNG_CHANNEL_TOKEN``, 128 bits) of one training process. The
-connection then goes to that trial's :class:`~rung.worker.trial_run.TrialRun`, which
-still serves nothing before its process is known, and only to a process of that
-process's group and uid (``SO_PEERCRED``).
+trials after it). A connection's first line names its trial: ``{"op": "hello",
+"token": T}``, where ``T`` is the random token (``RUNG_CHANNEL_TOKEN``, 128 bits) of one
+training process. The connection then goes to that trial's
+:class:`~rung.worker.trial_run.TrialRun`, which still serves nothing before its process
+is known, and only to a process of that process's group and uid (``SO_PEERCRED``).
 
 One socket for the worker's life, not one per process in a directory of its own (issue
 18): making and removing a directory and a socket per trial segment cost more CPU than any
@@ -20,9 +19,9 @@ new inode scans past the inodes removed in the last seconds.
 The Core API sends that line as it connects. A connection that names no trial, or sends
 no first line within :data:`HELLO_S`, is closed without an answer; at most
 :data:`PENDING` connections wait for their first line at once (a new one closes the
-oldest), each buffering at most a few hundred bytes, so a flood of connections can
-neither hold the worker's file descriptors and memory nor keep a trial's own connection
-out for long.
+oldest), each refused once it sends a line over 256 bytes, so a flood of connections
+can neither hold the worker's file descriptors and memory nor keep a trial's own
+connection out for long.
 """
 
 from __future__ import annotations
