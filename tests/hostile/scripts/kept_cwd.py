@@ -1,10 +1,13 @@
 """Records what its working directory held, and which copy of this file it ran from
 (inode and change time), in ``<out>/<trial id>.json``; trial 1 leaves a file behind.
-Imports nothing of its folder (an import would write ``__pycache__`` there)."""
+Imports a module of its folder, as a context with code of its own does: the fork server
+writes no ``__pycache__`` there, so the directory can still be used again."""
 
 import json
 import os
 import sys
+
+import kept_helper
 
 import rung as det
 
@@ -13,7 +16,11 @@ info = det.get_cluster_info()
 if info is None or info.trial is None:
     raise SystemExit("run me on a Rung worker")
 me = os.stat(__file__)
-record = {"file": [me.st_ino, me.st_ctime_ns], "listing": sorted(os.listdir("."))}
+record = {
+    "file": [me.st_ino, me.st_ctime_ns],
+    "listing": sorted(os.listdir(".")),
+    "helper": kept_helper.NAME,
+}
 if info.trial.trial_id == 1:
     with open("left-behind.txt", "w") as handle:
         handle.write("trial 1 was here\n")

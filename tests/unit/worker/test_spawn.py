@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import py_compile
 import signal
 import sys
 import textwrap
@@ -185,6 +186,46 @@ async def test_pythonpath_is_searched_as_the_interpreter_searches_it(
         await spawner.spawn([PY, str(script), str(extra)], cwd=work, env=env)
     )
     assert (code, out.strip()) == (0, "3"), err  # after the script's own and two entries
+
+
+async def test_modules_of_the_run_directory_write_no_bytecode_there(tmp_path: Path) -> None:
+    """The fork server's children import the working directory's modules (packages,
+    bytecode-only modules and extension modules' suffixes as the interpreter would) but
+    leave no ``__pycache__`` there, so the directory can be used again; a module elsewhere
+    gets its bytecode written as the interpreter writes it."""
+    work = tmp_path / "work"
+    (work / "pkg" / "sub").mkdir(parents=True)
+    (work / "helper.py").write_text("VALUE = 'helper'\n")
+    (work / "pkg" / "__init__.py").write_text("")
+    (work / "pkg" / "sub" / "deep.py").write_text("VALUE = 'deep'\n")
+    compiled = tmp_path / "only.py"
+    compiled.write_text("VALUE = 'bytecode only'\n")
+    py_compile.compile(str(compiled), cfile=str(work / "only.pyc"), doraise=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "outside.py").write_text("VALUE = 'outside'\n")
+    script = _script(
+        work,
+        """
+        import sys
+        import helper, only, outside
+        from pkg.sub import deep
+        print(helper.VALUE, deep.VALUE, only.VALUE, outside.VALUE, sys.dont_write_bytecode)
+        """,
+    )
+    spawner = ForkServer()
+    try:
+        for _ in range(2):  # the second run imports from the same, untouched directory
+            code, out, err = await _finish(
+                await spawner.spawn(
+                    [PY, str(script)], cwd=work, env=_env(PYTHONPATH=str(elsewhere))
+                )
+            )
+            assert (code, out.strip()) == (0, "helper deep bytecode only outside False"), err
+            assert sorted(p.name for p in work.rglob("*") if p.name == "__pycache__") == []
+    finally:
+        await spawner.close()
+    assert list((elsewhere / "__pycache__").glob("outside.*.pyc"))
 
 
 async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:

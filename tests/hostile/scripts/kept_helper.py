@@ -1,0 +1,3 @@
+"""A module of ``kept_cwd.py``'s own folder, imported by it."""
+
+NAME = "kept helper"
