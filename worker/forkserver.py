@@ -21,12 +21,15 @@ child that becomes the training process:
 A Python entrypoint (``python train.py ARGS`` or ``python -m module ARGS``) then runs in
 the child as ``python`` would run it: ``sys.argv``, ``sys.path[0]``, ``__main__``,
 ``SystemExit`` codes, tracebacks and exit code 1 on an uncaught exception, non-daemon
-threads joined and ``atexit`` handlers run at the end (but no teardown of modules). One
-difference: modules imported from the working directory (the run directory) are compiled
-in memory and no ``__pycache__`` is written there, so that an unchanged run directory can
-be used again (:mod:`rung.worker.pristine`); elsewhere bytecode is written as usual. What
-it saves is the interpreter's start and the Core API's import: about 80 ms of CPU per
-trial on our machines, and again on each resume. Any other entrypoint is exec'd from the
+threads joined and ``atexit`` handlers run at the end (but no teardown of modules),
+``sys.dont_write_bytecode`` as the trial's ``PYTHONDONTWRITEBYTECODE`` says. One
+difference: modules imported from the working directory (the run directory) write no
+``__pycache__`` there (:mod:`rung.worker.bytecode`), so that an unchanged run directory
+can be used again. Other ``PYTHON*`` variables that an interpreter reads only as it
+starts have the fork server's values (its environment is the trials' allowlist);
+``--start-method exec`` starts a real interpreter. What it saves is the interpreter's
+start and the Core API's import: about 80 ms of CPU per trial on our machines, and again
+on each resume. Any other entrypoint is exec'd from the
 child.
 
 Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
@@ -40,7 +43,6 @@ from __future__ import annotations
 import array
 import atexit
 import contextlib
-import importlib.machinery
 import json
 import os
 import random
@@ -50,13 +52,11 @@ import signal
 import socket
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rung.worker.bytecode import no_bytecode_under
 from rung.worker.launch import die_with_parent
 from rung.worker.privileges import PrivilegeError, drop_to, harden_process, set_dumpable
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 __all__ = ["main", "python_entrypoint"]
 
@@ -112,7 +112,7 @@ def _run_python(kind: str, target: str, args: list[str]) -> int:
         sys.argv = [target, *args]  # runpy replaces it with the module's file
         sys.path[0] = os.getcwd()
     _python_path(os.environ.get("PYTHONPATH", ""))
-    _no_bytecode_under(os.getcwd())
+    no_bytecode_under(os.getcwd())
     try:
         if kind == "path":
             runpy.run_path(target, run_name="__main__")
@@ -124,40 +124,6 @@ def _run_python(kind: str, target: str, args: list[str]) -> int:
         sys.excepthook(*sys.exc_info())
         return 1
     return 0
-
-
-class _RunDirectoryLoader(importlib.machinery.SourceFileLoader):
-    """Loads a module of the run directory as the interpreter would, but writes no
-    ``__pycache__`` there: a run directory left as copied can be used again
-    (:mod:`rung.worker.pristine`). Bytecode already there is still read."""
-
-    def set_data(self, path: str, data: ReadableBuffer, *, _mode: int = 0o666) -> None:
-        """What the interpreter calls to cache a module's bytecode: nothing here."""
-
-
-def _no_bytecode_under(directory: str) -> None:
-    """Modules imported from ``directory`` (the run directory) or below it are compiled in
-    memory, and their bytecode is not written next to them; every other path is searched
-    as before. The script itself never had its bytecode written (``runpy``)."""
-    roots = {os.path.abspath(directory), os.path.realpath(directory)}
-    finder = importlib.machinery.FileFinder.path_hook(
-        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
-        (_RunDirectoryLoader, importlib.machinery.SOURCE_SUFFIXES),
-        (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
-    )
-
-    def under(path: str) -> bool:
-        forms = {os.path.abspath(path or "."), os.path.realpath(path or ".")}
-        return any(f == r or f.startswith(r.rstrip(os.sep) + os.sep) for f in forms for r in roots)
-
-    def hook(path: str) -> Any:
-        if not under(path):
-            raise ImportError(path)  # the next hook: the interpreter's own
-        return finder(path)
-
-    sys.path_hooks.insert(0, hook)
-    for cached in [p for p in sys.path_importer_cache if under(p)]:
-        del sys.path_importer_cache[cached]
 
 
 def _python_path(value: str) -> None:
@@ -207,6 +173,7 @@ def _become_child(
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     argv: list[str] = request["argv"]
     python = python_entrypoint(argv, sys.executable)
     if python is None:

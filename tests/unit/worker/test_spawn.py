@@ -190,42 +190,53 @@ async def test_pythonpath_is_searched_as_the_interpreter_searches_it(
 
 async def test_modules_of_the_run_directory_write_no_bytecode_there(tmp_path: Path) -> None:
     """The fork server's children import the working directory's modules (packages,
-    bytecode-only modules and extension modules' suffixes as the interpreter would) but
-    leave no ``__pycache__`` there, so the directory can be used again; a module elsewhere
-    gets its bytecode written as the interpreter writes it."""
+    bytecode-only modules, ``-m``) but leave no ``__pycache__`` there, so the directory
+    can be used again (rung.worker.bytecode); a module elsewhere, a directory whose name
+    merely starts with the same characters included, gets its bytecode written as the
+    interpreter writes it, unless the trial sets PYTHONDONTWRITEBYTECODE; the loader
+    pickles as a stock one does."""
     work = tmp_path / "work"
     (work / "pkg" / "sub").mkdir(parents=True)
     (work / "helper.py").write_text("VALUE = 'helper'\n")
     (work / "pkg" / "__init__.py").write_text("")
     (work / "pkg" / "sub" / "deep.py").write_text("VALUE = 'deep'\n")
+    (work / "pkg" / "main.py").write_text("import helper\nprint('main', helper.VALUE)\n")
     compiled = tmp_path / "only.py"
     compiled.write_text("VALUE = 'bytecode only'\n")
     py_compile.compile(str(compiled), cfile=str(work / "only.pyc"), doraise=True)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "outside.py").write_text("VALUE = 'outside'\n")
+    sibling = tmp_path / "work2"  # shares the run directory's name as a prefix
+    sibling.mkdir()
+    (sibling / "outside.py").write_text("VALUE = 'outside'\n")
     script = _script(
         work,
         """
-        import sys
+        import pickle, sys
         import helper, only, outside
         from pkg.sub import deep
+        pickle.loads(pickle.dumps(helper.__spec__))
         print(helper.VALUE, deep.VALUE, only.VALUE, outside.VALUE, sys.dont_write_bytecode)
         """,
     )
     spawner = ForkServer()
+
+    async def run(argv: list[str], **env: str) -> str:
+        code, out, err = await _finish(
+            await spawner.spawn(argv, cwd=work, env=_env(PYTHONPATH=str(sibling), **env))
+        )
+        assert code == 0, err
+        assert [p for p in work.rglob("*") if p.name == "__pycache__"] == []
+        return out.strip()
+
     try:
-        for _ in range(2):  # the second run imports from the same, untouched directory
-            code, out, err = await _finish(
-                await spawner.spawn(
-                    [PY, str(script)], cwd=work, env=_env(PYTHONPATH=str(elsewhere))
-                )
-            )
-            assert (code, out.strip()) == (0, "helper deep bytecode only outside False"), err
-            assert sorted(p.name for p in work.rglob("*") if p.name == "__pycache__") == []
+        assert await run([PY, str(script)], PYTHONDONTWRITEBYTECODE="1") == (
+            "helper deep bytecode only outside True"
+        )
+        assert not (sibling / "__pycache__").exists()
+        assert await run([PY, str(script)]) == "helper deep bytecode only outside False"
+        assert list((sibling / "__pycache__").glob("outside.*.pyc"))
+        assert await run([PY, "-m", "pkg.main"]) == "main helper"
     finally:
         await spawner.close()
-    assert list((elsewhere / "__pycache__").glob("outside.*.pyc"))
 
 
 async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:
