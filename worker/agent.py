@@ -63,6 +63,7 @@ from rung.broker.schemas.envelope import Body
 from rung.broker.schemas.events import MAX_PARTS_SHOWN, ExitReason, PartState
 from rung.broker.topology import WORK_BUCKETS, work_key
 from rung.worker.address import route_address
+from rung.worker.bytecode import COMPILE_S
 from rung.worker.channels import ChannelServer
 from rung.worker.checkpoint_gc import CheckpointGCRefusedError, delete_checkpoints
 from rung.worker.contexts import ContextCache
@@ -71,7 +72,7 @@ from rung.worker.pristine import available as kept_available
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
-from rung.worker.spawn import Spawner, StartMethod, make_spawner
+from rung.worker.spawn import ForkServer, Spawner, SpawnError, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import Held, Upcoming, hold_s
 
@@ -617,12 +618,29 @@ class Worker:
             if await asyncio.to_thread(self.kept.move, path, run_dir, taken):
                 self._copies[run_dir] = (key, taken)
                 return run_dir
-        made = await self.contexts.copy(cmd.context_hash, run_dir)
+        compile_with = self._compile if isinstance(self.spawner, ForkServer) else None
+        made = await self.contexts.copy(cmd.context_hash, run_dir, compile_with=compile_with)
         if made is None:
             self.kept.unwanted(key)
         else:
             self._copies[run_dir] = (key, made)
         return run_dir
+
+    async def _compile(self, run_dir: Path) -> None:
+        """A fresh copy's modules compiled before its snapshot, so that its processes
+        neither compile them again nor change it (rung.worker.bytecode)."""
+        assert isinstance(self.spawner, ForkServer)  # noqa: S101 (its only caller checks)
+        try:
+            compiled = await self.spawner.compile(run_dir, timeout=COMPILE_S)
+        except SpawnError as exc:
+            self.log.warning("could not compile a context's copy", error=str(exc))
+            return
+        if not compiled:
+            self.log.warning(
+                "compiling a context's copy failed or took too long; its processes "
+                "compile its modules themselves",
+                timeout_s=COMPILE_S,
+            )
 
     async def _discard(self, run_dir: Path) -> None:
         """Remove a run directory no process ran in (never kept)."""

@@ -10,6 +10,11 @@ ships any: the archive leaves it out). Every other directory is searched as the
 interpreter searches it, bytecode written as usual, except one reached through the run
 directory (a symlink or a ``..`` from inside it).
 
+A context with modules of its own is also compiled once, as it is copied
+(:func:`compile_tree`, in a child of the fork server that runs none of the context's
+code), before the copy's snapshot: its processes then read that bytecode instead of each
+compiling the modules again, and leave the directory as it was copied.
+
 Not covered, so such a directory is not kept: modules loaded by code that makes its own
 loader (``importlib.util.spec_from_file_location``, import hooks that instrument code)
 and processes started as new interpreters (``multiprocessing``'s ``spawn`` and
@@ -23,15 +28,39 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
+import py_compile
+import stat
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["RunDirectoryLoader", "no_bytecode_under"]
+__all__ = [
+    "COMPILE_BYTES",
+    "COMPILE_FILES",
+    "COMPILE_FILE_BYTES",
+    "COMPILE_S",
+    "RunDirectoryLoader",
+    "compile_tree",
+    "no_bytecode_under",
+    "worth_compiling",
+]
+
+# What compile_tree compiles of a context, at most: its files to compile, each file's
+# size and all of theirs (the rest is compiled when imported, as before). It delays the
+# first process of a copy: 4 MiB of sources took about 0.8 s here.
+COMPILE_FILES = 2_000
+COMPILE_FILE_BYTES = 1024 * 1024
+COMPILE_BYTES = 4 * 1024 * 1024
+# How long a worker waits for a copy's compilation before it kills it (the copy is used
+# all the same: its processes compile what is missing as they import it).
+COMPILE_S = 10.0
 
 
 class RunDirectoryLoader(importlib.machinery.SourceFileLoader):
@@ -73,3 +102,57 @@ def no_bytecode_under(directory: str) -> None:
         return finder(path)
 
     sys.path_hooks.insert(0, hook)
+
+
+def _sources(directory: str) -> list[tuple[str, int]]:
+    """The context's Python sources, regular files only (no symlink is followed), with
+    their sizes, in a stable order."""
+    found: list[tuple[str, int]] = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                found.append((path, info.st_size))
+    return found
+
+
+def worth_compiling(directory: Path) -> bool:
+    """Whether a fresh copy has modules to compile: a script alone gains nothing (it is
+    compiled as it runs, never from bytecode)."""
+    count = 0
+    for _, _, files in os.walk(directory):
+        count += sum(name.endswith(".py") for name in files)
+        if count > 1:
+            return True
+    return False
+
+
+def compile_tree(directory: str) -> int:
+    """Write the bytecode of ``directory``'s Python sources into their ``__pycache__``,
+    as an import would (timestamp-checked, this interpreter's optimisation level), within
+    :data:`COMPILE_FILES`, :data:`COMPILE_FILE_BYTES` and :data:`COMPILE_BYTES`; a file
+    that does not compile is left to its import, which reports the error as usual.
+    Returns how many were written. Runs in a forked child: it imports nothing (a module of
+    the context's could shadow one) and runs nothing of the context's."""
+    warnings.simplefilter("ignore")  # the compiler's warnings are the import's to show
+    written = 0
+    total = 0
+    for path, size in _sources(directory)[:COMPILE_FILES]:
+        if size > COMPILE_FILE_BYTES or total + size > COMPILE_BYTES:
+            continue
+        total += size
+        try:
+            py_compile.compile(
+                path,
+                cfile=importlib.util.cache_from_source(path),
+                doraise=True,
+                invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
+            )
+        except (py_compile.PyCompileError, OSError, ValueError, RecursionError, MemoryError):
+            continue
+        written += 1
+    return written

@@ -16,7 +16,7 @@ import base64
 import binascii
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ from rung.broker.contexts import read_archive, store_archive
 from rung.broker.limits import is_context_hash
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
+from rung.worker.bytecode import worth_compiling
 from rung.worker.pristine import Snapshot, snapshot
 
 __all__ = ["MEMORY_BYTES", "ContextCache", "ContextUnavailableError"]
@@ -86,10 +87,27 @@ class ContextCache:
         await self._unpack(digest, destination, then=None)
         return destination
 
-    async def copy(self, digest: str, destination: Path) -> Snapshot | None:
-        """:meth:`run_dir`, and the copy's snapshot, taken in the same thread (None: it
-        is too large to compare; :mod:`rung.worker.pristine`)."""
-        return await self._unpack(digest, destination, then=snapshot)
+    async def copy(
+        self,
+        digest: str,
+        destination: Path,
+        *,
+        compile_with: Callable[[Path], Awaitable[object]] | None = None,
+    ) -> Snapshot | None:
+        """:meth:`run_dir`, and the copy's snapshot (None: it is too large to compare;
+        :mod:`rung.worker.pristine`), taken in the same thread; or, given
+        ``compile_with`` and a copy with modules of its own, taken once ``compile_with``
+        has compiled them (:func:`rung.worker.bytecode.worth_compiling`)."""
+        if compile_with is None:
+            return await self._unpack(digest, destination, then=snapshot)
+        first = await self._unpack(digest, destination, then=_snapshot_unless_modules)
+        if first is None:
+            return None
+        compile_it, made = first
+        if not compile_it:
+            return made
+        await compile_with(destination)
+        return await asyncio.to_thread(_snapshot, destination)
 
     async def _unpack(
         self, digest: str, destination: Path, *, then: Callable[[Path], T] | None
@@ -107,3 +125,18 @@ class ContextCache:
                 return None
 
         return await asyncio.to_thread(unpack)
+
+
+def _snapshot(destination: Path) -> Snapshot | None:
+    try:
+        return snapshot(destination)
+    except Exception:  # noqa: BLE001 (a snapshot never fails the copy: no keeping)
+        return None
+
+
+def _snapshot_unless_modules(destination: Path) -> tuple[bool, Snapshot | None]:
+    """``(True, None)`` where the copy has modules to compile first, else ``(False, its
+    snapshot)``."""
+    if worth_compiling(destination):
+        return True, None
+    return False, snapshot(destination)

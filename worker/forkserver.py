@@ -32,6 +32,11 @@ start and the Core API's import: about 80 ms of CPU per trial on our machines, a
 on each resume. Any other entrypoint is exec'd from the
 child.
 
+A request with ``"compile": true`` is the worker's own: the child, set up the same way,
+compiles the Python sources under its working directory, a context's fresh copy, into
+their ``__pycache__`` (:func:`rung.worker.bytecode.compile_tree`), runs nothing of them,
+and exits 0.
+
 Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
 ``{"id": N, "error": "..."}`` for a request, and ``{"exited": P, "code": C}`` when a
 child ends (C negative for a signal, as ``asyncio`` reports it). The server only ever
@@ -54,7 +59,7 @@ import sys
 import threading
 from typing import Any
 
-from rung.worker.bytecode import no_bytecode_under
+from rung.worker.bytecode import compile_tree, no_bytecode_under
 from rung.worker.launch import die_with_parent
 from rung.worker.privileges import PrivilegeError, drop_to, harden_process, set_dumpable
 
@@ -174,6 +179,9 @@ def _become_child(
     os.environ.clear()
     os.environ.update(request["env"])
     sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+    if request.get("compile"):  # the worker's, not a trial: the copy's modules compiled
+        compile_tree(os.getcwd())
+        return 0
     argv: list[str] = request["argv"]
     python = python_entrypoint(argv, sys.executable)
     if python is None:

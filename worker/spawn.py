@@ -332,6 +332,28 @@ class ForkServer:
         env = _trial_env(env, self.trial_user)
         if self.trial_user is not None:
             await asyncio.to_thread(_hand_over, cwd, env, self.trial_user)
+        return await self._fork({"argv": argv, "cwd": str(cwd), "env": env})
+
+    async def compile(self, directory: Path, *, timeout: float) -> bool:
+        """Compile the Python sources of a fresh context copy into its ``__pycache__``, in
+        a child of the fork server that runs nothing of theirs
+        (:func:`rung.worker.bytecode.compile_tree`). False if it failed or took longer
+        than ``timeout`` seconds (it is killed). Either way nothing of it runs on."""
+        process = await self._fork({"compile": True, "argv": [], "cwd": str(directory), "env": {}})
+        drained = asyncio.gather(process.stdout.read(), process.stderr.read())
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            await _stop(process, drained)
+            return False
+        except BaseException:  # the copy was cancelled
+            await _stop(process, drained)
+            raise
+        with contextlib.suppress(Exception):
+            await drained
+        return code == 0
+
+    async def _fork(self, fields: dict[str, Any]) -> _Forked:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -350,9 +372,7 @@ class ForkServer:
                     raise
                 request_id = next(self._ids)
                 self._pending[request_id] = request
-                payload = json.dumps(
-                    {"id": request_id, "argv": argv, "cwd": str(cwd), "env": env}
-                ).encode()
+                payload = json.dumps({"id": request_id, **fields}).encode()
                 try:
                     await _send_request(requests, payload + b"\n", [out_write, err_write])
                     # One request in flight at a time: the server reads one message per
@@ -390,6 +410,15 @@ def _kill_group(pid: int) -> None:
     for kill in (os.killpg, os.kill):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(pid, signal.SIGKILL)
+
+
+async def _stop(process: _Forked, drained: asyncio.Future[Any]) -> None:
+    """Kill a compiling child that will not be waited for, and see it reaped."""
+    _kill_group(process.pid)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(process.wait())
+    with contextlib.suppress(Exception):  # its pipes end with it
+        await asyncio.wait_for(drained, 5)
 
 
 def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:

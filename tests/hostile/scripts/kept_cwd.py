@@ -1,7 +1,8 @@
 """Records what its working directory held, and which copy of this file it ran from
 (inode and change time), in ``<out>/<trial id>.json``; trial 1 leaves a file behind.
-Imports a module of its folder, as a context with code of its own does: the fork server
-writes no ``__pycache__`` there, so the directory can still be used again."""
+Imports a module of its folder, as a context with code of its own does: the worker
+compiled it as it copied the context, and the import reads that bytecode and writes
+nothing, so the directory can still be used again."""
 
 import json
 import os
@@ -20,6 +21,7 @@ record = {
     "file": [me.st_ino, me.st_ctime_ns],
     "listing": sorted(os.listdir(".")),
     "helper": kept_helper.NAME,
+    "compiled": os.path.isfile(kept_helper.__cached__),
 }
 if info.trial.trial_id == 1:
     with open("left-behind.txt", "w") as handle:

@@ -275,7 +275,7 @@ async def test_a_start_that_raises_is_forgotten_and_the_command_runs_when_it_com
             raise BrokerUnavailableError("the broker connection is down (the test's)")
         return False  # the second time: it cannot start, and says so (ERRORED)
 
-    async def no_context(digest: str, destination: Path) -> None:
+    async def no_context(digest: str, destination: Path, **_: object) -> None:
         return None  # (copied, too large to compare)
 
     async def no_run_dir(digest: str, destination: Path) -> Path:

@@ -239,6 +239,59 @@ async def test_modules_of_the_run_directory_write_no_bytecode_there(tmp_path: Pa
         await spawner.close()
 
 
+async def test_a_copy_compiled_by_the_fork_server_is_read_by_its_processes(
+    tmp_path: Path,
+) -> None:
+    """ForkServer.compile writes the copy's bytecode in a child that runs none of it (a
+    module that would print as it runs prints nothing); the processes then import that
+    bytecode (shown by a source changed afterwards to the same size and time: the
+    import runs what was compiled) and write nothing."""
+    work = tmp_path / "work"
+    work.mkdir()
+    module = work / "model.py"
+    module.write_text("print('model ran'); VALUE = 'aaa'\n")
+    script = _script(work, "import model; print(model.VALUE)")
+    spawner = ForkServer()
+    try:
+        assert await spawner.compile(work, timeout=30)
+        assert not spawner._live  # reaped
+        compiled = sorted(p.name for p in (work / "__pycache__").iterdir())
+        stamp = module.stat()
+        module.write_text("print('model ran'); VALUE = 'bbb'\n")
+        os.utime(module, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        code, out, err = await _finish(await spawner.spawn([PY, str(script)], cwd=work, env=_env()))
+        assert (code, out, err) == (0, "model ran\naaa\n", "")
+        assert sorted(p.name for p in (work / "__pycache__").iterdir()) == compiled
+    finally:
+        await spawner.close()
+
+
+async def test_a_compilation_past_its_time_is_killed(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for n in range(300):
+        (work / f"m{n}.py").write_text(f"X = [{', '.join(map(str, range(2000)))}]\n")
+    spawner = ForkServer()
+    try:
+        assert not await spawner.compile(work, timeout=0.001)
+        assert not spawner._live  # killed and reaped
+        code, out, _ = await _finish(
+            await spawner.spawn([PY, "-c", "print('still serving')"], cwd=work, env=_env())
+        )
+        assert (code, out) == (0, "still serving\n")
+        # Cancelled once its child runs (about 0.6 s of compiling here): killed too.
+        task = asyncio.create_task(spawner.compile(work, timeout=30))
+        async with asyncio.timeout(10):
+            while not spawner._live:  # noqa: ASYNC110 (no event: the reply sets it)
+                await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not spawner._live
+    finally:
+        await spawner.close()
+
+
 async def test_no_two_children_share_a_random_sequence(tmp_path: Path) -> None:
     server = ForkServer()
     try:
