@@ -72,7 +72,7 @@ from rung.worker.pristine import available as kept_available
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
-from rung.worker.spawn import ForkServer, Spawner, SpawnError, StartMethod, make_spawner
+from rung.worker.spawn import ForkServer, Spawner, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import Held, Upcoming, hold_s
 
@@ -632,7 +632,7 @@ class Worker:
         assert isinstance(self.spawner, ForkServer)  # noqa: S101 (its only caller checks)
         try:
             compiled = await self.spawner.compile(run_dir, timeout=COMPILE_S)
-        except SpawnError as exc:
+        except Exception as exc:  # noqa: BLE001 (the copy is used all the same)
             self.log.warning("could not compile a context's copy", error=str(exc))
             return
         if not compiled:

@@ -5,20 +5,22 @@ modules of its run directory, the private copy of the experiment's context, thro
 :class:`RunDirectoryLoader`: they are compiled in memory, as they would be in a fresh
 copy, and no ``__pycache__`` is written there. A run directory its process left as it
 was copied can then serve the next process of the same experiment
-(:mod:`rung.worker.pristine`). Bytecode already there is still read (a context never
-ships any: the archive leaves it out). Every other directory is searched as the
+(:mod:`rung.worker.pristine`). Bytecode already there is still read (the client leaves
+it out of the contexts it packs). Every other directory is searched as the
 interpreter searches it, bytecode written as usual, except one reached through the run
 directory (a symlink or a ``..`` from inside it).
 
 A context with modules of its own is also compiled once, as it is copied
 (:func:`compile_tree`, in a child of the fork server that runs none of the context's
 code), before the copy's snapshot: its processes then read that bytecode instead of each
-compiling the modules again, and leave the directory as it was copied.
+compiling the modules again, and leave the directory as it was copied. So does any other
+interpreter of the same version that imports them, a new one included (``multiprocessing``'s
+``spawn``, a distributed launcher's ranks), and code that makes its own source loader.
 
-Not covered, so such a directory is not kept: modules loaded by code that makes its own
-loader (``importlib.util.spec_from_file_location``, import hooks that instrument code)
-and processes started as new interpreters (``multiprocessing``'s ``spawn`` and
-``forkserver`` methods, a distributed launcher's ranks).
+Not covered, so such a directory is not kept: a module the compilation left out (past
+its bounds, or one that does not compile) imported by a new interpreter, by code that
+makes its own loader or by an import hook that instruments code; and bytecode of another
+Python version or optimisation level.
 
 The loader is defined here, in a module imported by name, so that it pickles as a
 stock loader does (the fork server itself runs as ``__main__``).
@@ -104,55 +106,67 @@ def no_bytecode_under(directory: str) -> None:
     sys.path_hooks.insert(0, hook)
 
 
-def _sources(directory: str) -> list[tuple[str, int]]:
-    """The context's Python sources, regular files only (no symlink is followed), with
-    their sizes, in a stable order."""
+def _selected(directory: str) -> list[tuple[str, int]]:
+    """The Python sources :func:`compile_tree` compiles, with their sizes: regular files
+    only (no symlink is followed), in a stable order, within :data:`COMPILE_FILES`,
+    :data:`COMPILE_FILE_BYTES` and :data:`COMPILE_BYTES`."""
     found: list[tuple[str, int]] = []
+    total = 0
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
             path = os.path.join(root, name)
-            info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode):
-                found.append((path, info.st_size))
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            size = info.st_size
+            if not stat.S_ISREG(info.st_mode) or size > COMPILE_FILE_BYTES:
+                continue
+            if total + size > COMPILE_BYTES:
+                return found
+            found.append((path, size))
+            total += size
+            if len(found) == COMPILE_FILES:
+                return found
     return found
 
 
-def worth_compiling(directory: Path) -> bool:
-    """Whether a fresh copy has modules to compile: a script alone gains nothing (it is
-    compiled as it runs, never from bytecode)."""
-    count = 0
-    for _, _, files in os.walk(directory):
-        count += sum(name.endswith(".py") for name in files)
-        if count > 1:
-            return True
-    return False
+def worth_compiling(directory: Path, *, entries: int, size: int) -> bool:
+    """Whether a fresh copy has modules to compile (a script alone gains nothing: it is
+    compiled as it runs, never from bytecode), and whether their bytecode fits in what
+    is left of its snapshot's bounds (``entries`` more entries, ``size`` more bytes of
+    files: :mod:`rung.worker.pristine`), counting a ``__pycache__`` per directory and
+    twice the sources' size; a copy it would push past them is not compiled, and still
+    kept."""
+    selected = _selected(str(directory))
+    if len(selected) < 2:
+        return False
+    directories = {os.path.dirname(path) for path, _ in selected}
+    return len(selected) + len(directories) <= entries and 2 * sum(n for _, n in selected) <= size
 
 
 def compile_tree(directory: str) -> int:
-    """Write the bytecode of ``directory``'s Python sources into their ``__pycache__``,
-    as an import would (timestamp-checked, this interpreter's optimisation level), within
-    :data:`COMPILE_FILES`, :data:`COMPILE_FILE_BYTES` and :data:`COMPILE_BYTES`; a file
-    that does not compile is left to its import, which reports the error as usual.
-    Returns how many were written. Runs in a forked child: it imports nothing (a module of
-    the context's could shadow one) and runs nothing of the context's."""
-    warnings.simplefilter("ignore")  # the compiler's warnings are the import's to show
+    """Write the bytecode of ``directory``'s Python sources (:func:`_selected`) into
+    their ``__pycache__``, as an import would (timestamp-checked, this interpreter's
+    optimisation level); a file that does not compile is left to its import, which
+    reports the error as usual. Returns how many were written. Runs in a forked child:
+    it imports nothing (a module of the context's could shadow one) and runs nothing of
+    the context's."""
     written = 0
-    total = 0
-    for path, size in _sources(directory)[:COMPILE_FILES]:
-        if size > COMPILE_FILE_BYTES or total + size > COMPILE_BYTES:
-            continue
-        total += size
-        try:
-            py_compile.compile(
-                path,
-                cfile=importlib.util.cache_from_source(path),
-                doraise=True,
-                invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
-            )
-        except (py_compile.PyCompileError, OSError, ValueError, RecursionError, MemoryError):
-            continue
-        written += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the compiler's warnings are the import's to show
+        for path, _ in _selected(directory):
+            try:
+                py_compile.compile(
+                    path,
+                    cfile=importlib.util.cache_from_source(path),
+                    doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
+                )
+            except (py_compile.PyCompileError, OSError, ValueError, RecursionError, MemoryError):
+                continue
+            written += 1
     return written

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import shutil
+import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from rung.broker.limits import is_context_hash
 from rung.broker.rpc import RpcClient
 from rung.broker.schemas import GetContext
 from rung.worker.bytecode import worth_compiling
-from rung.worker.pristine import Snapshot, snapshot
+from rung.worker.pristine import BYTES, ENTRIES, Snapshot, snapshot
 
 __all__ = ["MEMORY_BYTES", "ContextCache", "ContextUnavailableError"]
 
@@ -135,8 +136,12 @@ def _snapshot(destination: Path) -> Snapshot | None:
 
 
 def _snapshot_unless_modules(destination: Path) -> tuple[bool, Snapshot | None]:
-    """``(True, None)`` where the copy has modules to compile first, else ``(False, its
-    snapshot)``."""
-    if worth_compiling(destination):
+    """``(True, None)`` where the copy has modules to compile first, and room for their
+    bytecode within the snapshot's bounds; else ``(False, its snapshot)``."""
+    made = snapshot(destination)
+    if made is None:
+        return False, None
+    size = sum(entry[7] for entry in made if stat.S_ISREG(entry[3]))
+    if worth_compiling(destination, entries=ENTRIES - len(made), size=BYTES - size):
         return True, None
-    return False, snapshot(destination)
+    return False, made

@@ -35,7 +35,7 @@ child.
 A request with ``"compile": true`` is the worker's own: the child, set up the same way,
 compiles the Python sources under its working directory, a context's fresh copy, into
 their ``__pycache__`` (:func:`rung.worker.bytecode.compile_tree`), runs nothing of them,
-and exits 0.
+and exits 0 (1 where the walk itself failed).
 
 Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
 ``{"id": N, "error": "..."}`` for a request, and ``{"exited": P, "code": C}`` when a
@@ -180,7 +180,10 @@ def _become_child(
     os.environ.update(request["env"])
     sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     if request.get("compile"):  # the worker's, not a trial: the copy's modules compiled
-        compile_tree(os.getcwd())
+        try:
+            compile_tree(os.getcwd())
+        except Exception:  # noqa: BLE001 (its processes compile what is missing themselves)
+            return 1
         return 0
     argv: list[str] = request["argv"]
     python = python_entrypoint(argv, sys.executable)

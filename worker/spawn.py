@@ -338,11 +338,23 @@ class ForkServer:
         """Compile the Python sources of a fresh context copy into its ``__pycache__``, in
         a child of the fork server that runs nothing of theirs
         (:func:`rung.worker.bytecode.compile_tree`). False if it failed or took longer
-        than ``timeout`` seconds (it is killed). Either way nothing of it runs on."""
-        process = await self._fork({"compile": True, "argv": [], "cwd": str(directory), "env": {}})
+        than ``timeout`` seconds. However it ends, cancelled included, the child has
+        exited and been reaped by the time this returns: nothing of it writes on."""
+        forking = asyncio.ensure_future(
+            self._fork({"compile": True, "argv": [], "cwd": str(directory), "env": {}})
+        )
+        try:
+            process = await asyncio.shield(forking)
+        except asyncio.CancelledError:
+            # The request went out, or goes: its child, once there, is killed and reaped.
+            with contextlib.suppress(Exception):
+                started = await forking
+                await _stop(started, asyncio.gather(started.stdout.read(), started.stderr.read()))
+            raise
         drained = asyncio.gather(process.stdout.read(), process.stderr.read())
         try:
-            code = await asyncio.wait_for(process.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                code = await process.wait()
         except TimeoutError:
             await _stop(process, drained)
             return False
@@ -414,7 +426,8 @@ def _kill_group(pid: int) -> None:
 
 async def _stop(process: _Forked, drained: asyncio.Future[Any]) -> None:
     """Kill a compiling child that will not be waited for, and see it reaped."""
-    _kill_group(process.pid)
+    if process.returncode is None:  # (once reaped, its pid may be another's)
+        _kill_group(process.pid)
     with contextlib.suppress(Exception):
         await asyncio.shield(process.wait())
     with contextlib.suppress(Exception):  # its pipes end with it

@@ -81,10 +81,17 @@ def test_a_copy_is_compiled_as_an_import_would_and_nothing_else_is_written(
     assert int.from_bytes(data[12:16], "little") == source.st_size
 
 
-def test_a_script_alone_is_not_worth_compiling(tmp_path: Path) -> None:
+def test_a_script_alone_is_not_worth_compiling_nor_what_would_not_fit(tmp_path: Path) -> None:
+    """Bytecode must fit in what is left of the snapshot's bounds (a __pycache__ a
+    directory, twice the sources' size): else the copy is kept uncompiled, as before."""
     (tmp_path / "train.py").write_text("print(1)\n")
     (tmp_path / "data.csv").write_text("1\n")
-    assert not worth_compiling(tmp_path)
+    room = {"entries": 100, "size": 1 << 20}
+    assert not worth_compiling(tmp_path, **room)
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "model.py").write_text("")
-    assert worth_compiling(tmp_path)
+    (tmp_path / "sub" / "model.py").write_text("X = 1\n")
+    assert worth_compiling(tmp_path, **room)
+    sources = len("print(1)\n") + len("X = 1\n")
+    assert worth_compiling(tmp_path, entries=4, size=2 * sources)
+    assert not worth_compiling(tmp_path, entries=3, size=1 << 20)  # 2 files, 2 __pycache__
+    assert not worth_compiling(tmp_path, entries=4, size=2 * sources - 1)

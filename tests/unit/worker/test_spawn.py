@@ -243,21 +243,23 @@ async def test_a_copy_compiled_by_the_fork_server_is_read_by_its_processes(
     tmp_path: Path,
 ) -> None:
     """ForkServer.compile writes the copy's bytecode in a child that runs none of it (a
-    module that would print as it runs prints nothing); the processes then import that
+    module that leaves a mark as it runs leaves none); the processes then import that
     bytecode (shown by a source changed afterwards to the same size and time: the
     import runs what was compiled) and write nothing."""
     work = tmp_path / "work"
     work.mkdir()
+    mark = tmp_path / "ran"
     module = work / "model.py"
-    module.write_text("print('model ran'); VALUE = 'aaa'\n")
+    module.write_text(f"open({str(mark)!r}, 'a').close(); print('model ran'); VALUE = 'aaa'\n")
     script = _script(work, "import model; print(model.VALUE)")
     spawner = ForkServer()
     try:
         assert await spawner.compile(work, timeout=30)
         assert not spawner._live  # reaped
+        assert not mark.exists()  # compiled, never run
         compiled = sorted(p.name for p in (work / "__pycache__").iterdir())
         stamp = module.stat()
-        module.write_text("print('model ran'); VALUE = 'bbb'\n")
+        module.write_text(f"open({str(mark)!r}, 'a').close(); print('model ran'); VALUE = 'bbb'\n")
         os.utime(module, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         code, out, err = await _finish(await spawner.spawn([PY, str(script)], cwd=work, env=_env()))
         assert (code, out, err) == (0, "model ran\naaa\n", "")
