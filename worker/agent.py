@@ -626,12 +626,15 @@ class Worker:
             self._copies[run_dir] = (key, made)
         return run_dir
 
-    async def _compile(self, run_dir: Path) -> None:
+    async def _compile(self, run_dir: Path, entries: int, size: int) -> None:
         """A fresh copy's modules compiled before its snapshot, so that its processes
-        neither compile them again nor change it (rung.worker.bytecode)."""
+        neither compile them again nor change it (rung.worker.bytecode), adding at most
+        ``entries`` entries and ``size`` bytes."""
         assert isinstance(self.spawner, ForkServer)  # noqa: S101 (its only caller checks)
         try:
-            compiled = await self.spawner.compile(run_dir, timeout=COMPILE_S)
+            compiled = await self.spawner.compile(
+                run_dir, timeout=COMPILE_S, entries=entries, size=size
+            )
         except Exception as exc:  # noqa: BLE001 (the copy is used all the same)
             self.log.warning("could not compile a context's copy", error=str(exc))
             return

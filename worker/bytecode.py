@@ -28,6 +28,7 @@ stock loader does (the fork server itself runs as ``__main__``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -134,39 +135,50 @@ def _selected(directory: str) -> list[tuple[str, int]]:
     return found
 
 
-def worth_compiling(directory: Path, *, entries: int, size: int) -> bool:
-    """Whether a fresh copy has modules to compile (a script alone gains nothing: it is
-    compiled as it runs, never from bytecode), and whether their bytecode fits in what
-    is left of its snapshot's bounds (``entries`` more entries, ``size`` more bytes of
-    files: :mod:`rung.worker.pristine`), counting a ``__pycache__`` per directory and
-    twice the sources' size; a copy it would push past them is not compiled, and still
-    kept."""
-    selected = _selected(str(directory))
-    if len(selected) < 2:
-        return False
-    directories = {os.path.dirname(path) for path, _ in selected}
-    return len(selected) + len(directories) <= entries and 2 * sum(n for _, n in selected) <= size
+def worth_compiling(directory: Path) -> bool:
+    """Whether a fresh copy has modules to compile: a script alone gains nothing (it is
+    compiled as it runs, never from bytecode)."""
+    return len(_selected(str(directory))) > 1
 
 
-def compile_tree(directory: str) -> int:
+def compile_tree(directory: str, *, entries: int, size: int) -> int:
     """Write the bytecode of ``directory``'s Python sources (:func:`_selected`) into
     their ``__pycache__``, as an import would (timestamp-checked, this interpreter's
-    optimisation level); a file that does not compile is left to its import, which
-    reports the error as usual. Returns how many were written. Runs in a forked child:
-    it imports nothing (a module of the context's could shadow one) and runs nothing of
-    the context's."""
+    optimisation level), adding at most ``entries`` files and directories and ``size``
+    bytes (what is left of the copy's snapshot's bounds, :mod:`rung.worker.pristine`:
+    the first file past them is removed, and the rest left to their imports). A file
+    that does not compile is left to its import, which reports the error as usual. As
+    with any cached bytecode, its compiler's warnings are then not shown again. Returns
+    how many were written. Runs in a forked child: it imports nothing (a module of the
+    context's could shadow one) and runs nothing of the context's."""
     written = 0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the compiler's warnings are the import's to show
+        warnings.simplefilter("ignore")
         for path, _ in _selected(directory):
+            cfile = importlib.util.cache_from_source(path)
+            cache = os.path.dirname(cfile)
+            new = not os.path.isdir(cache)
+            if entries < 1 + new:
+                break
             try:
                 py_compile.compile(
                     path,
-                    cfile=importlib.util.cache_from_source(path),
+                    cfile=cfile,
                     doraise=True,
                     invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
                 )
+                made = os.lstat(cfile).st_size
             except (py_compile.PyCompileError, OSError, ValueError, RecursionError, MemoryError):
+                if new and os.path.isdir(cache):
+                    entries -= 1  # (made, and kept: not empty, or not ours to remove)
                 continue
+            if made > size:
+                os.unlink(cfile)
+                if new:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(cache)
+                break
+            entries -= 1 + new
+            size -= made
             written += 1
     return written

@@ -93,21 +93,23 @@ class ContextCache:
         digest: str,
         destination: Path,
         *,
-        compile_with: Callable[[Path], Awaitable[object]] | None = None,
+        compile_with: Callable[[Path, int, int], Awaitable[object]] | None = None,
     ) -> Snapshot | None:
         """:meth:`run_dir`, and the copy's snapshot (None: it is too large to compare;
         :mod:`rung.worker.pristine`), taken in the same thread; or, given
-        ``compile_with`` and a copy with modules of its own, taken once ``compile_with``
-        has compiled them (:func:`rung.worker.bytecode.worth_compiling`)."""
+        ``compile_with`` and a copy with modules of its own
+        (:func:`rung.worker.bytecode.worth_compiling`), taken once ``compile_with(copy,
+        entries, size)`` has compiled them, within what is left of the snapshot's bounds
+        (``entries`` more entries, ``size`` more bytes of files)."""
         if compile_with is None:
             return await self._unpack(digest, destination, then=snapshot)
         first = await self._unpack(digest, destination, then=_snapshot_unless_modules)
         if first is None:
             return None
-        compile_it, made = first
-        if not compile_it:
+        room, made = first
+        if room is None:
             return made
-        await compile_with(destination)
+        await compile_with(destination, *room)
         return await asyncio.to_thread(_snapshot, destination)
 
     async def _unpack(
@@ -135,13 +137,17 @@ def _snapshot(destination: Path) -> Snapshot | None:
         return None
 
 
-def _snapshot_unless_modules(destination: Path) -> tuple[bool, Snapshot | None]:
-    """``(True, None)`` where the copy has modules to compile first, and room for their
-    bytecode within the snapshot's bounds; else ``(False, its snapshot)``."""
+def _snapshot_unless_modules(
+    destination: Path,
+) -> tuple[tuple[int, int] | None, Snapshot | None]:
+    """``((entries, size), None)`` where the copy has modules to compile first, with
+    what is left of the snapshot's bounds for their bytecode; else ``(None, its
+    snapshot)``."""
     made = snapshot(destination)
     if made is None:
-        return False, None
-    size = sum(entry[7] for entry in made if stat.S_ISREG(entry[3]))
-    if worth_compiling(destination, entries=ENTRIES - len(made), size=BYTES - size):
-        return True, None
-    return False, made
+        return None, None
+    entries = ENTRIES - len(made)
+    size = BYTES - sum(entry[7] for entry in made if stat.S_ISREG(entry[3]))
+    if entries > 1 and size > 0 and worth_compiling(destination):
+        return (entries, size), None
+    return None, made

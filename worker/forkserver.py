@@ -32,10 +32,11 @@ start and the Core API's import: about 80 ms of CPU per trial on our machines, a
 on each resume. Any other entrypoint is exec'd from the
 child.
 
-A request with ``"compile": true`` is the worker's own: the child, set up the same way,
-compiles the Python sources under its working directory, a context's fresh copy, into
-their ``__pycache__`` (:func:`rung.worker.bytecode.compile_tree`), runs nothing of them,
-and exits 0 (1 where the walk itself failed).
+A request with ``"compile": {"entries": E, "size": S}`` is the worker's own: the child,
+set up the same way, compiles the Python sources under its working directory, a
+context's fresh copy, into their ``__pycache__``, adding at most E entries and S bytes
+(:func:`rung.worker.bytecode.compile_tree`); it runs nothing of them, and exits 0 (1
+where the walk itself failed).
 
 Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
 ``{"id": N, "error": "..."}`` for a request, and ``{"exited": P, "code": C}`` when a
@@ -179,9 +180,9 @@ def _become_child(
     os.environ.clear()
     os.environ.update(request["env"])
     sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
-    if request.get("compile"):  # the worker's, not a trial: the copy's modules compiled
+    if (room := request.get("compile")) is not None:  # the worker's: a copy compiled
         try:
-            compile_tree(os.getcwd())
+            compile_tree(os.getcwd(), entries=int(room["entries"]), size=int(room["size"]))
         except Exception:  # noqa: BLE001 (its processes compile what is missing themselves)
             return 1
         return 0

@@ -220,8 +220,8 @@ class KeptRuns:
     def wanted(self, key: str) -> bool:
         """Whether copies of ``key`` are worth a snapshot: not once :data:`MISSES`
         processes of it in a row changed their directory (a script that writes its logs
-        there, or one not started by the fork server, whose imports of the context's
-        own modules write ``__pycache__``, say)."""
+        there, say, or, under ``--start-method exec``, one whose imports of the
+        context's own modules write ``__pycache__``: rung.worker.bytecode)."""
         return self._misses.get(key, 0) < MISSES
 
     def close(self) -> None:

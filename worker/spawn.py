@@ -334,35 +334,36 @@ class ForkServer:
             await asyncio.to_thread(_hand_over, cwd, env, self.trial_user)
         return await self._fork({"argv": argv, "cwd": str(cwd), "env": env})
 
-    async def compile(self, directory: Path, *, timeout: float) -> bool:
+    async def compile(self, directory: Path, *, timeout: float, entries: int, size: int) -> bool:
         """Compile the Python sources of a fresh context copy into its ``__pycache__``, in
-        a child of the fork server that runs nothing of theirs
-        (:func:`rung.worker.bytecode.compile_tree`). False if it failed or took longer
-        than ``timeout`` seconds. However it ends, cancelled included, the child has
-        exited and been reaped by the time this returns: nothing of it writes on."""
-        forking = asyncio.ensure_future(
-            self._fork({"compile": True, "argv": [], "cwd": str(directory), "env": {}})
-        )
+        a child of the fork server that runs nothing of theirs, adding at most
+        ``entries`` files and directories and ``size`` bytes
+        (:func:`rung.worker.bytecode.compile_tree`). False if the child failed, or did
+        not end within ``timeout`` seconds of its start (the wait for the fork server
+        comes before); :class:`SpawnError` if the fork server could not start it; False
+        at once under a trial user (whose child could not write the worker's copy).
+        However it ends, cancelled once or more included, the child has exited and been
+        reaped by the time this returns: nothing of it writes on."""
+        if self.trial_user is not None:
+            return False
+        request = {"compile": {"entries": entries, "size": size}, "argv": [], "cwd": str(directory)}
+        forking = asyncio.ensure_future(self._fork({**request, "env": {}}))
         try:
             process = await asyncio.shield(forking)
         except asyncio.CancelledError:
             # The request went out, or goes: its child, once there, is killed and reaped.
-            with contextlib.suppress(Exception):
-                started = await forking
-                await _stop(started, asyncio.gather(started.stdout.read(), started.stderr.read()))
+            await _to_its_end(_stop_forked(forking))
             raise
-        drained = asyncio.gather(process.stdout.read(), process.stderr.read())
         try:
             async with asyncio.timeout(timeout):
                 code = await process.wait()
         except TimeoutError:
-            await _stop(process, drained)
+            await _to_its_end(_stop(process))
             return False
         except BaseException:  # the copy was cancelled
-            await _stop(process, drained)
+            await _to_its_end(_stop(process))
             raise
-        with contextlib.suppress(Exception):
-            await drained
+        await _to_its_end(_stop(process))  # (its pipes read to their end)
         return code == 0
 
     async def _fork(self, fields: dict[str, Any]) -> _Forked:
@@ -424,14 +425,23 @@ def _kill_group(pid: int) -> None:
             kill(pid, signal.SIGKILL)
 
 
-async def _stop(process: _Forked, drained: asyncio.Future[Any]) -> None:
-    """Kill a compiling child that will not be waited for, and see it reaped."""
+async def _stop(process: _Forked) -> None:
+    """Kill a compiling child if it still runs, see it reaped, and read its pipes to
+    their end (it writes nothing there, but nothing of it is left open)."""
     if process.returncode is None:  # (once reaped, its pid may be another's)
         _kill_group(process.pid)
+    await process.wait()
     with contextlib.suppress(Exception):
-        await asyncio.shield(process.wait())
-    with contextlib.suppress(Exception):  # its pipes end with it
-        await asyncio.wait_for(drained, 5)
+        await asyncio.wait_for(asyncio.gather(process.stdout.read(), process.stderr.read()), 5)
+
+
+async def _stop_forked(forking: asyncio.Future[_Forked]) -> None:
+    """:func:`_stop` the child of a fork request once the fork server has answered it."""
+    try:
+        process = await forking
+    except Exception:  # noqa: BLE001 (no child was started)
+        return
+    await _stop(process)
 
 
 def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
@@ -456,13 +466,22 @@ async def _send_request(sock: socket.socket, payload: bytes, fds: list[int]) -> 
 
 
 async def _to_its_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end however many cancellations come meanwhile. Then raise the
+    first of them, if any came (the caller's cancellation is delayed, never lost; the
+    work's own error is then dropped), else the work's own error, if any."""
     task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        with contextlib.suppress(Exception):  # the work's own error: raised below
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError as exc:
+                cancelled = cancelled or exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller gets
+        raise cancelled
+    task.result()
 
 
 def _forsake(request: _Request) -> None:

@@ -1,15 +1,23 @@
-"""Which paths the run directory's import hook takes (rung.worker.bytecode)."""
+"""The run directory's import hook, and a context copy's compilation (rung.worker.bytecode)."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from rung.broker.archive import context_hash, pack
+from rung.broker.schemas import GetContext, RpcReply
 from rung.worker.bytecode import COMPILE_FILE_BYTES, _within, compile_tree, worth_compiling
+from rung.worker.contexts import ContextCache
+from rung.worker.pristine import BYTES, ENTRIES, snapshot
+
+ROOM = {"entries": 100, "size": 1 << 20}
 
 
 def test_the_run_directory_and_below_and_nothing_else(tmp_path: Path) -> None:
@@ -61,7 +69,7 @@ def test_a_copy_is_compiled_as_an_import_would_and_nothing_else_is_written(
     (run / "linked.py").symlink_to(outside)  # never followed
     (run / "big.py").write_text("X = 0\n" + "#" * COMPILE_FILE_BYTES)
     before = set(run.rglob("*"))
-    assert compile_tree(str(run)) == 3  # train, model, pkg/__init__
+    assert compile_tree(str(run), **ROOM) == 3  # train, model, pkg/__init__
     added = {p.relative_to(run) for p in run.rglob("*")} - {p.relative_to(run) for p in before}
     tag = sys.implementation.cache_tag
     assert added == {
@@ -81,17 +89,77 @@ def test_a_copy_is_compiled_as_an_import_would_and_nothing_else_is_written(
     assert int.from_bytes(data[12:16], "little") == source.st_size
 
 
-def test_a_script_alone_is_not_worth_compiling_nor_what_would_not_fit(tmp_path: Path) -> None:
-    """Bytecode must fit in what is left of the snapshot's bounds (a __pycache__ a
-    directory, twice the sources' size): else the copy is kept uncompiled, as before."""
+def test_a_script_alone_is_not_worth_compiling(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print(1)\n")
     (tmp_path / "data.csv").write_text("1\n")
-    room = {"entries": 100, "size": 1 << 20}
-    assert not worth_compiling(tmp_path, **room)
+    assert not worth_compiling(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "model.py").write_text("X = 1\n")
-    assert worth_compiling(tmp_path, **room)
-    sources = len("print(1)\n") + len("X = 1\n")
-    assert worth_compiling(tmp_path, entries=4, size=2 * sources)
-    assert not worth_compiling(tmp_path, entries=3, size=1 << 20)  # 2 files, 2 __pycache__
-    assert not worth_compiling(tmp_path, entries=4, size=2 * sources - 1)
+    assert worth_compiling(tmp_path)
+
+
+def _pycs(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" in p.parts)
+
+
+def test_the_bytecode_stays_within_the_room_it_is_given(tmp_path: Path) -> None:
+    """What a snapshot can still hold: entries (a .pyc, and a new __pycache__) and bytes
+    (the .pyc files' own sizes). The first file past either is not left behind."""
+    run = tmp_path / "run"
+    _tree(run)  # in order: model, train, then pkg/__init__ (a new __pycache__), pkg/broken
+    tag = sys.implementation.cache_tag
+    assert compile_tree(str(run), entries=3, size=1 << 20) == 2
+    assert _pycs(run) == [
+        "__pycache__",
+        f"__pycache__/model.{tag}.pyc",
+        f"__pycache__/train.{tag}.pyc",
+    ]
+    shutil.rmtree(run / "__pycache__")
+    first = len(importlib.util.MAGIC_NUMBER) + 12  # the header: at least this
+    assert compile_tree(str(run), entries=100, size=first) == 0  # the first is too large
+    assert _pycs(run) == []
+
+
+class _Rpc:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def call(self, request: GetContext, timeout: float) -> RpcReply:
+        return RpcReply(ok=True, result={"context_b64": base64.b64encode(self.data).decode()})
+
+
+async def _cache(tmp_path: Path, files: dict[str, str]) -> tuple[ContextCache, str]:
+    source = tmp_path / "source"
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    data = pack(source)
+    return ContextCache(_Rpc(data), tmp_path / "contexts"), context_hash(data)  # type: ignore[arg-type]
+
+
+async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(tmp_path: Path) -> None:
+    """ContextCache.copy: a copy with modules is handed to compile_with with what is left
+    of the snapshot's bounds, and snapshotted after it (its bytecode included); a
+    script alone is snapshotted at once, compile_with never called."""
+    cache, digest = await _cache(tmp_path, {"train.py": "import model\n", "model.py": "X = 1\n"})
+    asked: list[tuple[Path, int, int]] = []
+
+    async def compile_with(copy: Path, entries: int, size: int) -> None:
+        asked.append((copy, entries, size))
+        assert compile_tree(str(copy), entries=entries, size=size) == 2
+
+    made = await cache.copy(digest, tmp_path / "run1", compile_with=compile_with)
+    sources = len("import model\n") + len("X = 1\n")
+    assert asked == [(tmp_path / "run1", ENTRIES - 3, BYTES - sources)]  # root and 2 files
+    assert made is not None
+    assert sorted(e[0] for e in made if "__pycache__" in e[0]) == [
+        "__pycache__",
+        f"__pycache__/model.{sys.implementation.cache_tag}.pyc",
+        f"__pycache__/train.{sys.implementation.cache_tag}.pyc",
+    ]
+    assert made == snapshot(tmp_path / "run1")
+
+    alone, digest = await _cache(tmp_path / "alone", {"train.py": "print(1)\n"})
+    made = await alone.copy(digest, tmp_path / "run2", compile_with=compile_with)
+    assert len(asked) == 1
+    assert made == snapshot(tmp_path / "run2")

@@ -27,6 +27,9 @@ async def spawner(request: pytest.FixtureRequest) -> AsyncIterator[Spawner]:
     await made.close()
 
 
+ROOM = {"entries": 10_000, "size": 1 << 30}
+
+
 async def _finish(process: TrialProcess) -> tuple[int, str, str]:
     assert process.stdout is not None
     assert process.stderr is not None
@@ -254,7 +257,7 @@ async def test_a_copy_compiled_by_the_fork_server_is_read_by_its_processes(
     script = _script(work, "import model; print(model.VALUE)")
     spawner = ForkServer()
     try:
-        assert await spawner.compile(work, timeout=30)
+        assert await spawner.compile(work, timeout=30, **ROOM)
         assert not spawner._live  # reaped
         assert not mark.exists()  # compiled, never run
         compiled = sorted(p.name for p in (work / "__pycache__").iterdir())
@@ -275,21 +278,28 @@ async def test_a_compilation_past_its_time_is_killed(tmp_path: Path) -> None:
         (work / f"m{n}.py").write_text(f"X = [{', '.join(map(str, range(2000)))}]\n")
     spawner = ForkServer()
     try:
-        assert not await spawner.compile(work, timeout=0.001)
+        assert not await spawner.compile(work, timeout=0.001, **ROOM)
         assert not spawner._live  # killed and reaped
         code, out, _ = await _finish(
             await spawner.spawn([PY, "-c", "print('still serving')"], cwd=work, env=_env())
         )
         assert (code, out) == (0, "still serving\n")
-        # Cancelled once its child runs (about 0.6 s of compiling here): killed too.
-        task = asyncio.create_task(spawner.compile(work, timeout=30))
-        async with asyncio.timeout(10):
-            while not spawner._live:  # noqa: ASYNC110 (no event: the reply sets it)
-                await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not spawner._live
+        # Cancelled, twice, before the fork server answers and once its child runs
+        # (about 0.6 s of compiling here): killed and reaped before it returns, each time.
+        for wait_for_the_child in (False, True):
+            task = asyncio.create_task(spawner.compile(work, timeout=30, **ROOM))
+            await asyncio.sleep(0)
+            if wait_for_the_child:
+                async with asyncio.timeout(10):
+                    while not spawner._live:  # noqa: ASYNC110 (no event: the reply sets it)
+                        await asyncio.sleep(0.001)
+            task.cancel()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not spawner._live
     finally:
         await spawner.close()
 
