@@ -626,10 +626,10 @@ class Worker:
             self._copies[run_dir] = (key, made)
         return run_dir
 
-    async def _compile(self, run_dir: Path, entries: int, size: int) -> None:
+    async def _compile(self, run_dir: Path, entries: int, size: int) -> bool:
         """A fresh copy's modules compiled before its snapshot, so that its processes
         neither compile them again nor change it (rung.worker.bytecode), adding at most
-        ``entries`` entries and ``size`` bytes."""
+        ``entries`` entries and ``size`` bytes. False where that failed."""
         assert isinstance(self.spawner, ForkServer)  # noqa: S101 (its only caller checks)
         try:
             compiled = await self.spawner.compile(
@@ -637,13 +637,14 @@ class Worker:
             )
         except Exception as exc:  # noqa: BLE001 (the copy is used all the same)
             self.log.warning("could not compile a context's copy", error=str(exc))
-            return
+            return False
         if not compiled:
             self.log.warning(
                 "compiling a context's copy failed or took too long; its processes "
                 "compile its modules themselves",
                 timeout_s=COMPILE_S,
             )
+        return compiled
 
     async def _discard(self, run_dir: Path) -> None:
         """Remove a run directory no process ran in (never kept)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
 import shutil
 import stat
 from collections import OrderedDict
@@ -93,23 +94,27 @@ class ContextCache:
         digest: str,
         destination: Path,
         *,
-        compile_with: Callable[[Path, int, int], Awaitable[object]] | None = None,
+        compile_with: Callable[[Path, int, int], Awaitable[bool]] | None = None,
     ) -> Snapshot | None:
         """:meth:`run_dir`, and the copy's snapshot (None: it is too large to compare;
         :mod:`rung.worker.pristine`), taken in the same thread; or, given
         ``compile_with`` and a copy with modules of its own
         (:func:`rung.worker.bytecode.worth_compiling`), taken once ``compile_with(copy,
         entries, size)`` has compiled them, within what is left of the snapshot's bounds
-        (``entries`` more entries, ``size`` more bytes of files)."""
+        (``entries`` more entries, ``size`` more bytes of files). Where it says it did
+        not (it failed, or was killed at its time limit, perhaps as it wrote), every
+        ``__pycache__`` it made is removed first: the copy is as extracted again."""
         if compile_with is None:
             return await self._unpack(digest, destination, then=snapshot)
         first = await self._unpack(digest, destination, then=_snapshot_unless_modules)
         if first is None:
             return None
         room, made = first
-        if room is None:
+        if room is None or made is None:
             return made
-        await compile_with(destination, *room)
+        if not await compile_with(destination, *room):
+            shipped = {entry[0] for entry in made}
+            await asyncio.to_thread(_remove_new_caches, destination, shipped)
         return await asyncio.to_thread(_snapshot, destination)
 
     async def _unpack(
@@ -140,14 +145,24 @@ def _snapshot(destination: Path) -> Snapshot | None:
 def _snapshot_unless_modules(
     destination: Path,
 ) -> tuple[tuple[int, int] | None, Snapshot | None]:
-    """``((entries, size), None)`` where the copy has modules to compile first, with
-    what is left of the snapshot's bounds for their bytecode; else ``(None, its
-    snapshot)``."""
+    """The copy's snapshot, and, where the copy has modules to compile first, what is
+    left of the snapshot's bounds for their bytecode (``(entries, size)``; else None)."""
     made = snapshot(destination)
     if made is None:
         return None, None
     entries = ENTRIES - len(made)
     size = BYTES - sum(entry[7] for entry in made if stat.S_ISREG(entry[3]))
     if entries > 1 and size > 0 and worth_compiling(destination):
-        return (entries, size), None
+        return (entries, size), made
     return None, made
+
+
+def _remove_new_caches(destination: Path, shipped: set[str]) -> None:
+    """Remove every ``__pycache__`` directory under ``destination`` that its copy did not
+    have (``shipped``: the names its snapshot listed), with what is in it."""
+    for directory, subdirectories, _ in os.walk(destination):
+        for name in list(subdirectories):
+            path = os.path.join(directory, name)
+            if name == "__pycache__" and os.path.relpath(path, destination) not in shipped:
+                subdirectories.remove(name)
+                shutil.rmtree(path, ignore_errors=True)

@@ -144,9 +144,10 @@ async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(tmp_pat
     cache, digest = await _cache(tmp_path, {"train.py": "import model\n", "model.py": "X = 1\n"})
     asked: list[tuple[Path, int, int]] = []
 
-    async def compile_with(copy: Path, entries: int, size: int) -> None:
+    async def compile_with(copy: Path, entries: int, size: int) -> bool:
         asked.append((copy, entries, size))
         assert compile_tree(str(copy), entries=entries, size=size) == 2
+        return True
 
     made = await cache.copy(digest, tmp_path / "run1", compile_with=compile_with)
     sources = len("import model\n") + len("X = 1\n")
@@ -159,7 +160,16 @@ async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(tmp_pat
     ]
     assert made == snapshot(tmp_path / "run1")
 
-    alone, digest = await _cache(tmp_path / "alone", {"train.py": "print(1)\n"})
-    made = await alone.copy(digest, tmp_path / "run2", compile_with=compile_with)
+    alone, alone_digest = await _cache(tmp_path / "alone", {"train.py": "print(1)\n"})
+    made = await alone.copy(alone_digest, tmp_path / "run2", compile_with=compile_with)
     assert len(asked) == 1
     assert made == snapshot(tmp_path / "run2")
+
+    async def killed_as_it_wrote(copy: Path, entries: int, size: int) -> bool:
+        (copy / "__pycache__").mkdir()
+        (copy / "__pycache__" / "model.cpython-311.pyc.140231").write_bytes(b"half")
+        return False  # (failed, or killed at its time limit)
+
+    made = await cache.copy(digest, tmp_path / "run3", compile_with=killed_as_it_wrote)
+    assert made is not None
+    assert sorted(e[0] for e in made) == [".", "model.py", "train.py"]  # as extracted

@@ -287,6 +287,7 @@ async def test_a_compilation_past_its_time_is_killed(tmp_path: Path) -> None:
         # Cancelled, twice, before the fork server answers and once its child runs
         # (about 0.6 s of compiling here): killed and reaped before it returns, each time.
         for wait_for_the_child in (False, True):
+            before = repr(spawner._ids)
             task = asyncio.create_task(spawner.compile(work, timeout=30, **ROOM))
             await asyncio.sleep(0)
             if wait_for_the_child:
@@ -299,7 +300,9 @@ async def test_a_compilation_past_its_time_is_killed(tmp_path: Path) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert not spawner._live
+            assert repr(spawner._ids) != before  # its request went out, and was answered,
+            assert not spawner._pending
+            assert not spawner._live  # and its child is gone
     finally:
         await spawner.close()
 
