@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import os
 import shutil
 import stat
@@ -158,11 +159,18 @@ def _snapshot_unless_modules(
 
 
 def _remove_new_caches(destination: Path, shipped: set[str]) -> None:
-    """Remove every ``__pycache__`` directory under ``destination`` that its copy did not
-    have (``shipped``: the names its snapshot listed), with what is in it."""
-    for directory, subdirectories, _ in os.walk(destination):
-        for name in list(subdirectories):
+    """Remove what a compilation wrote under ``destination``: every ``__pycache__``
+    directory its copy did not have (``shipped``: the names its snapshot listed), and,
+    in one it had, every entry it did not."""
+    for directory, subdirectories, files in os.walk(destination):
+        inside = "__pycache__" in Path(directory).relative_to(destination).parts
+        for name in [*subdirectories, *files]:
             path = os.path.join(directory, name)
-            if name == "__pycache__" and os.path.relpath(path, destination) not in shipped:
+            if os.path.relpath(path, destination) in shipped:
+                continue
+            if name in subdirectories and (inside or name == "__pycache__"):
                 subdirectories.remove(name)
                 shutil.rmtree(path, ignore_errors=True)
+            elif inside:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

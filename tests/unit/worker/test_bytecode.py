@@ -137,7 +137,9 @@ async def _cache(tmp_path: Path, files: dict[str, str]) -> tuple[ContextCache, s
     return ContextCache(_Rpc(data), tmp_path / "contexts"), context_hash(data)  # type: ignore[arg-type]
 
 
-async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(tmp_path: Path) -> None:
+async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ContextCache.copy: a copy with modules is handed to compile_with with what is left
     of the snapshot's bounds, and snapshotted after it (its bytecode included); a
     script alone is snapshotted at once, compile_with never called."""
@@ -165,11 +167,32 @@ async def test_a_copy_is_compiled_before_its_snapshot_with_the_room_left(tmp_pat
     assert len(asked) == 1
     assert made == snapshot(tmp_path / "run2")
 
+    killed: list[Path] = []
+
     async def killed_as_it_wrote(copy: Path, entries: int, size: int) -> bool:
-        (copy / "__pycache__").mkdir()
-        (copy / "__pycache__" / "model.cpython-311.pyc.140231").write_bytes(b"half")
+        killed.append(copy)
+        for cache in (copy / "__pycache__", copy / "pkg" / "__pycache__"):
+            cache.mkdir(exist_ok=True)
+            (cache / "model.cpython-311.pyc.140231").write_bytes(b"half")
+        (copy / "pkg" / "__pycache__" / "new").mkdir()
         return False  # (failed, or killed at its time limit)
 
-    made = await cache.copy(digest, tmp_path / "run3", compile_with=killed_as_it_wrote)
+    # A context that ships a __pycache__ (the client never packs one; a hand-made
+    # archive may): what it shipped stays, what the compilation wrote goes.
+    with monkeypatch.context() as patched:
+        patched.setattr("rung.broker.archive._ALWAYS_IGNORED", ())
+        shipping, shipping_digest = await _cache(
+            tmp_path / "shipping",
+            {"train.py": "import model\n", "model.py": "X = 1\n", "pkg/__pycache__/kept.txt": "k"},
+        )
+    made = await shipping.copy(shipping_digest, tmp_path / "run3", compile_with=killed_as_it_wrote)
+    assert killed == [tmp_path / "run3"]
     assert made is not None
-    assert sorted(e[0] for e in made) == [".", "model.py", "train.py"]  # as extracted
+    assert sorted(e[0] for e in made) == [
+        ".",
+        "model.py",
+        "pkg",
+        "pkg/__pycache__",
+        "pkg/__pycache__/kept.txt",
+        "train.py",
+    ]  # as extracted
