@@ -29,8 +29,7 @@ can be used again. Other ``PYTHON*`` variables that an interpreter reads only as
 starts have the fork server's values (its environment is the trials' allowlist);
 ``--start-method exec`` starts a real interpreter. What it saves is the interpreter's
 start and the Core API's import: about 80 ms of CPU per trial on our machines, and again
-on each resume. Any other entrypoint is exec'd from the
-child.
+on each resume. Any other entrypoint is exec'd from the child.
 
 A request with ``"compile": {"entries": E, "size": S}`` is the worker's own: the child,
 set up the same way, compiles the Python sources under its working directory, a

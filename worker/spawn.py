@@ -354,16 +354,14 @@ class ForkServer:
             # The request went out, or goes: its child, once there, is killed and reaped.
             await _to_its_end(_stop_forked(forking))
             raise
+        code: int | None = None
         try:
             async with asyncio.timeout(timeout):
                 code = await process.wait()
         except TimeoutError:
+            pass  # (False: it is killed below)
+        finally:  # ended, timed out or cancelled: killed if need be, reaped, pipes read
             await _to_its_end(_stop(process))
-            return False
-        except BaseException:  # the copy was cancelled
-            await _to_its_end(_stop(process))
-            raise
-        await _to_its_end(_stop(process))  # (its pipes read to their end)
         return code == 0
 
     async def _fork(self, fields: dict[str, Any]) -> _Forked:
