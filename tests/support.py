@@ -6,9 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
+import textwrap
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import pytest
 
 AMQP_URL = os.environ.get("RUNG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RUN_ID = os.environ.get("RUNG_TEST_RUN_ID", f"local{os.getpid()}")
@@ -79,3 +83,14 @@ def stop_processes(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def fork_server_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    """A ``sitecustomize`` that the next fork server runs as its interpreter starts
+    (the server starts from the worker's allowlisted environment: PYTHONPATH passes)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(body))
+    paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    return site

@@ -72,7 +72,7 @@ from rung.worker.pristine import available as kept_available
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
-from rung.worker.spawn import ForkServer, Spawner, StartMethod, make_spawner
+from rung.worker.spawn import ForkServer, Spawner, SpawnError, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import Held, Upcoming, hold_s
 
@@ -184,6 +184,8 @@ class Worker:
         self._work_priority: dict[int, int] = {}
         # The trials told to stop, and the one command taken ahead for their slots.
         self.upcoming = Upcoming()
+        # Set once the worker takes work (its fork server started, its queues consumed).
+        self.ready = asyncio.Event()
         self._control_queue: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
@@ -261,6 +263,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
+        await self._start_spawner()  # first: a worker that cannot start holds nothing
         removed = await asyncio.to_thread(self.run_dirs.claim)
         if removed:
             self.log.info(
@@ -273,12 +276,26 @@ class Worker:
         await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
         await self._update_intake()
         self.log.info("worker ready", slots=self.total_slots, gpus=self.gpus)
+        self.ready.set()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await stop.wait()
         finally:
             heartbeat.cancel()
             await self.shutdown()
+
+    async def _start_spawner(self) -> None:
+        """Start the fork server before taking any work: the first trial does not wait
+        for its start, and a worker whose training processes cannot start takes none."""
+        try:
+            await self.spawner.start()
+        except SpawnError as exc:
+            await self.spawner.close()
+            raise SpawnError(
+                f"{exc}; this worker takes no work without it. Check that its Python "
+                "can run `python -m rung.worker.forkserver` (the worker's log shows the "
+                "server's error), or start the worker with --start-method exec"
+            ) from exc
 
     async def shutdown(self, grace_s: float = 60.0) -> None:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""

@@ -275,6 +275,7 @@ def main(argv: list[str]) -> None:
 
     requests = socket.socket(fileno=int(argv[1]))
     replies = socket.socket(fileno=int(argv[2]))
+    _send(replies, {"ready": True})
     code = _serve(requests, replies, ids)
     if code is None:
         return

@@ -55,6 +55,9 @@ __all__ = [
 StartMethod = Literal["fork-server", "exec"]
 START_METHODS: tuple[StartMethod, ...] = ("fork-server", "exec")
 _LIMIT = 1 << 20
+# How long a fork server may take to be ready (an interpreter and the Core API's imports:
+# about 0.1 s on an idle machine; far longer on a loaded one, or from a network disk).
+START_TIMEOUT_S = 120.0
 
 
 class SpawnError(RuntimeError):
@@ -74,6 +77,7 @@ class TrialProcess(Protocol):
 
 
 class Spawner(Protocol):
+    async def start(self) -> None: ...
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess: ...
     async def close(self) -> None: ...
 
@@ -122,6 +126,9 @@ class ExecSpawner:
 
     def __init__(self, *, trial_user: TrialUser | None = None) -> None:
         self.trial_user = trial_user
+
+    async def start(self) -> None:
+        """Nothing to start: every process is a fresh interpreter."""
 
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
         user = self.trial_user
@@ -240,6 +247,8 @@ class ForkServer:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Request] = {}
         self._live: dict[int, _Forked] = {}
+        # Set once the running server has imported what its children start with.
+        self._ready: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -274,6 +283,7 @@ class ForkServer:
             requests_there.close()
             replies_there.close()
         reader, writer = await asyncio.open_unix_connection(sock=replies_here, limit=_LIMIT)
+        self._ready = asyncio.get_running_loop().create_future()
         self._requests = requests_here
         self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
         self.log.debug("fork server started", pid=self._server.pid)
@@ -285,6 +295,10 @@ class ForkServer:
         try:
             while line := await reader.readline():
                 reply: dict[str, Any] = json.loads(line)
+                if "ready" in reply:
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                    continue
                 if "exited" in reply:
                     forked = self._live.pop(int(reply["exited"]), None)
                     if forked is not None:
@@ -314,6 +328,9 @@ class ForkServer:
     def _lost(self) -> None:
         """The fork server is gone: its children died with it (PR_SET_PDEATHSIG)."""
         had_children = bool(self._pending or self._live)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(SpawnError("the fork server exited before it was ready"))
+            self._ready.exception()  # (retrieved: nobody may be waiting for it)
         for entry in self._pending.values():
             entry.unused()
             if not entry.future.done():
@@ -327,6 +344,26 @@ class ForkServer:
             self._requests = None
         if had_children:  # last: the state above must not depend on logging working
             self.log.warning("the fork server exited; its training processes died with it")
+
+    async def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the fork server now and wait until it is ready to fork, so that the
+        first training process does not wait for its start (an interpreter and the Core
+        API's imports: about 100 ms of CPU). A worker calls it before it takes work, so
+        that one whose fork server cannot start takes none. ``SpawnError`` says why."""
+        async with self._lock:
+            try:
+                await self._ensure_started()
+            except OSError as exc:
+                raise SpawnError(f"the fork server could not be started: {exc}") from exc
+        ready = self._ready
+        assert ready is not None  # noqa: S101 (set by _ensure_started)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(ready)
+        except TimeoutError:
+            raise SpawnError(
+                f"the fork server was not ready within {timeout:g} s of its start"
+            ) from None
 
     async def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TrialProcess:
         env = _trial_env(env, self.trial_user)

@@ -39,7 +39,7 @@ from rung.worker.privileges import (
     resolve_group,
     resolve_trial_user,
 )
-from rung.worker.spawn import START_METHODS
+from rung.worker.spawn import START_METHODS, SpawnError
 
 __all__ = ["register"]
 
@@ -401,7 +401,10 @@ def run_worker(args: argparse.Namespace) -> int:
         finally:
             await broker.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SpawnError as exc:  # its fork server could not start: it took no work
+        raise SystemExit(f"error: {exc}") from None
     return 0
 
 

@@ -58,6 +58,7 @@ class LocalCluster:
             ]
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._agents: list[Worker] = []
 
     @property
     def client_broker(self) -> Broker:
@@ -85,7 +86,33 @@ class LocalCluster:
         ]
         self._tasks = [asyncio.create_task(service.run(self.stop_event))]
         self._tasks += [asyncio.create_task(agent.run(self.stop_event)) for agent in agents]
+        self._agents = agents
+        await self._until_ready([service.ready, *(agent.ready for agent in agents)])
         return self.client_broker
+
+    async def _until_ready(self, readiness: list[asyncio.Event]) -> None:
+        """Return once the searcher and every worker take messages (a worker's fork
+        server started): an experiment created then does not wait for the cluster's
+        start. If a part stops first, stop the rest and raise its error."""
+        waits = [asyncio.create_task(event.wait()) for event in readiness]
+        stopped: asyncio.Task[None] | None = None
+        try:
+            while stopped is None and not all(event.is_set() for event in readiness):
+                await asyncio.wait(
+                    [*(w for w in waits if not w.done()), *self._tasks],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                stopped = next((task for task in self._tasks if task.done()), None)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if stopped is None:
+            return
+        error = None if stopped.cancelled() else stopped.exception()
+        await self.stop()
+        if error is not None:
+            raise error
+        raise RuntimeError("a part of the local cluster stopped as it started")
 
     async def stop(self) -> None:
         """Workers drain (trials checkpoint and stop), the searcher stops, all disconnect."""

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from rung.worker.forkserver import python_entrypoint
-from rung.worker.spawn import ExecSpawner, ForkServer, Spawner, TrialProcess, exit_code
+from rung.worker.spawn import (
+    ExecSpawner,
+    ForkServer,
+    Spawner,
+    SpawnError,
+    TrialProcess,
+    exit_code,
+)
+from tests.support import fork_server_site, wait_for
 
 PY = sys.executable
 
@@ -383,3 +391,66 @@ async def test_a_cancelled_spawn_costs_no_other_trial_its_life(tmp_path: Path) -
         assert (await _finish(other))[0] == -signal.SIGKILL  # its pipes read to their end
     finally:
         await server.close()
+
+
+async def test_start_waits_until_the_fork_server_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start`` returns once the server has imported what its children start with, not
+    when its process exists; past its timeout it says so, and a later call still gets
+    the same server once it is ready."""
+    gate, waiting = tmp_path / "gate", tmp_path / "waiting"
+    fork_server_site(
+        tmp_path,
+        monkeypatch,
+        f"""
+        import os, time
+        if os.environ.get("RUNG_TEST_GATED_SERVER") is None:  # (its children: no wait)
+            os.environ["RUNG_TEST_GATED_SERVER"] = "1"
+            open({str(waiting)!r}, "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        """,
+    )
+    server = ForkServer()
+    try:
+        with pytest.raises(SpawnError, match=r"not ready within 0\.2 s"):
+            await server.start(timeout=0.2)
+        await wait_for(waiting.exists, 30, "the server at its gate")
+        first = server.pid
+        starting = asyncio.create_task(server.start())
+        await asyncio.sleep(0)
+        assert not starting.done()
+        gate.touch()
+        await asyncio.wait_for(starting, 30)
+        assert server.pid == first  # the same server, not a second one
+        script = _script(tmp_path, "print('forked')")
+        code, out, _ = await _finish(
+            await server.spawn([PY, str(script)], cwd=tmp_path, env=_env())
+        )
+        assert (code, out) == (0, "forked\n")
+    finally:
+        gate.touch()
+        await server.close()
+
+
+async def test_start_fails_when_the_fork_server_dies_before_it_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fork_server_site(tmp_path, monkeypatch, "import os; os._exit(3)")
+    server = ForkServer()
+    try:
+        with pytest.raises(SpawnError, match="exited before it was ready"):
+            await server.start(timeout=60)
+    finally:
+        await server.close()
+    assert server.pid is None
+
+
+async def test_an_exec_spawner_has_nothing_to_start(tmp_path: Path) -> None:
+    spawner = ExecSpawner()
+    await spawner.start()
+    script = _script(tmp_path, "print('exec')")
+    code, out, _ = await _finish(await spawner.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
+    assert (code, out) == (0, "exec\n")
