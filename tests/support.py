@@ -86,11 +86,33 @@ def stop_processes(
 
 
 def fork_server_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
-    """A ``sitecustomize`` that the next fork server runs as its interpreter starts
-    (the server starts from the worker's allowlisted environment: PYTHONPATH passes)."""
+    """A ``sitecustomize`` whose ``body`` every fork server started from now on runs as
+    its interpreter starts, and no other process (the server starts from the worker's
+    allowlisted environment: PYTHONPATH passes)."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(body))
+    guarded = textwrap.indent(textwrap.dedent(body), "    ")
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nif 'rung.worker.forkserver' in sys.orig_argv:\n{guarded}\n"
+    )
     paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     return site
+
+
+def gated_fork_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """``(gate, waiting)``: every fork server started from now on touches ``waiting`` as
+    its interpreter starts, then waits (up to 60 s) until ``gate`` exists."""
+    gate, waiting = tmp_path / "gate", tmp_path / "waiting"
+    fork_server_site(
+        tmp_path,
+        monkeypatch,
+        f"""
+        import os, time
+        open({str(waiting)!r}, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        """,
+    )
+    return gate, waiting

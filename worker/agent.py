@@ -263,18 +263,27 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         topology = self.broker.topology
-        await self._start_spawner()  # first: a worker that cannot start holds nothing
-        removed = await asyncio.to_thread(self.run_dirs.claim)
-        if removed:
-            self.log.info(
-                "removed the run directories of worker processes that stopped",
-                sessions=len(removed),
+        # First: a worker that cannot start its training processes takes no work.
+        if not await self._start_spawner(stop):
+            return  # told to stop as it started: nothing taken, nothing held
+        try:
+            removed = await asyncio.to_thread(self.run_dirs.claim)
+            if removed:
+                self.log.info(
+                    "removed the run directories of worker processes that stopped",
+                    sessions=len(removed),
+                )
+            self._control_queue = await self.broker.declare_private_queue(
+                (topology.commands_exchange, topology.worker_key(self.worker_id))
             )
-        self._control_queue = await self.broker.declare_private_queue(
-            (topology.commands_exchange, topology.worker_key(self.worker_id))
-        )
-        await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
-        await self._update_intake()
+            await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
+            await self._update_intake()
+        except BaseException:
+            # (a broker gone as the worker starts, or a cancellation): no fork server,
+            # no claimed directory left behind
+            await self.spawner.close()
+            await self.run_dirs.close()
+            raise
         self.log.info("worker ready", slots=self.total_slots, gpus=self.gpus)
         self.ready.set()
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -284,18 +293,31 @@ class Worker:
             heartbeat.cancel()
             await self.shutdown()
 
-    async def _start_spawner(self) -> None:
+    async def _start_spawner(self, stop: asyncio.Event) -> bool:
         """Start the fork server before taking any work: the first trial does not wait
-        for its start, and a worker whose training processes cannot start takes none."""
+        for its start, and a worker whose training processes cannot start takes none.
+        False if ``stop`` came first; then, as on any failure, the server is stopped."""
+        starting = asyncio.ensure_future(self.spawner.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        started = False
         try:
-            await self.spawner.start()
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                starting.result()
+                started = True
         except SpawnError as exc:
-            await self.spawner.close()
             raise SpawnError(
-                f"{exc}; this worker takes no work without it. Check that its Python "
-                "can run `python -m rung.worker.forkserver` (the worker's log shows the "
-                "server's error), or start the worker with --start-method exec"
+                f"{exc}; this worker takes no work without it. Check that its Python can "
+                "run `python -m rung.worker.forkserver` (a server that fails writes why "
+                "on the worker's stderr), or start the worker with --start-method exec"
             ) from exc
+        finally:
+            stopping.cancel()
+            if not started:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                await self.spawner.close()
+        return started
 
     async def shutdown(self, grace_s: float = 60.0) -> None:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""

@@ -37,10 +37,13 @@ context's fresh copy, into their ``__pycache__``, adding at most E entries and S
 (:func:`rung.worker.bytecode.compile_tree`); it runs nothing of them, and exits 0 (1
 where the walk itself failed).
 
-Replies, JSON lines on the socket ``REPLIES``: ``{"id": N, "pid": P}`` or
-``{"id": N, "error": "..."}`` for a request, and ``{"exited": P, "code": C}`` when a
-child ends (C negative for a signal, as ``asyncio`` reports it). The server only ever
-runs this loop: it holds no threads, so forking it is safe.
+Replies, JSON lines on the socket ``REPLIES``: ``{"ready": true}`` once, when the server
+has imported what its children start with (only if started with ``--ready``: a worker of
+an older version, whose server restarts from newer code, is not sent a line it does not
+know), ``{"id": N, "pid": P}`` or ``{"id": N, "error": "..."}`` for a request, and
+``{"exited": P, "code": C}`` when a child ends (C negative for a signal, as ``asyncio``
+reports it). The server only ever runs this loop: it holds no threads, so forking it is
+safe.
 """
 
 from __future__ import annotations
@@ -256,9 +259,12 @@ def _reap(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
+    announce = bool(argv) and argv[-1] == "--ready"
+    argv = argv[:-1] if announce else argv
     if len(argv) not in (3, 5):
         sys.stderr.write(
-            "usage: python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES [UID GID]\n"
+            "usage: python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES "
+            "[UID GID] [--ready]\n"
         )
         raise SystemExit(2)
     die_with_parent(int(argv[0]))
@@ -275,7 +281,8 @@ def main(argv: list[str]) -> None:
 
     requests = socket.socket(fileno=int(argv[1]))
     replies = socket.socket(fileno=int(argv[2]))
-    _send(replies, {"ready": True})
+    if announce:
+        _send(replies, {"ready": True})
     code = _serve(requests, replies, ids)
     if code is None:
         return

@@ -273,6 +273,7 @@ class ForkServer:
                 str(requests_there.fileno()),
                 str(replies_there.fileno()),
                 *ids,
+                "--ready",  # (say when ready: see worker.forkserver)
                 # Nothing of the worker's own environment: no broker URL, no password. A
                 # forked child's /proc/self/environ shows this block, not its own.
                 env=trial_environment(os.environ, {}),
@@ -443,8 +444,10 @@ class ForkServer:
             self._requests.close()
             self._requests = None
         if self._server is not None and self._server.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait(), timeout=5)
+            ready = self._ready
+            if ready is not None and ready.done():  # (else it has no children: killed)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._server.wait(), timeout=5)
             if self._server.returncode is None:
                 self._server.kill()
                 await self._server.wait()

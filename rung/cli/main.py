@@ -27,6 +27,7 @@ from rung.cli import (
 )
 from rung.logs import configure_logging
 from rung.searcher.errors import ConnectionLostError, RequestTimeoutError, SearcherError
+from rung.worker.spawn import SpawnError
 
 __all__ = ["main"]
 
@@ -78,4 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         structlog.get_logger("rung.cli").debug("command failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SpawnError as exc:  # a worker (`rung worker`, `rung run`'s) could not start
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return result

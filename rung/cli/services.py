@@ -39,7 +39,7 @@ from rung.worker.privileges import (
     resolve_group,
     resolve_trial_user,
 )
-from rung.worker.spawn import START_METHODS, SpawnError
+from rung.worker.spawn import START_METHODS
 
 __all__ = ["register"]
 
@@ -401,10 +401,7 @@ def run_worker(args: argparse.Namespace) -> int:
         finally:
             await broker.close()
 
-    try:
-        asyncio.run(main())
-    except SpawnError as exc:  # its fork server could not start: it took no work
-        raise SystemExit(f"error: {exc}") from None
+    asyncio.run(main())
     return 0
 
 

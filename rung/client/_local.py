@@ -87,7 +87,11 @@ class LocalCluster:
         self._tasks = [asyncio.create_task(service.run(self.stop_event))]
         self._tasks += [asyncio.create_task(agent.run(self.stop_event)) for agent in agents]
         self._agents = agents
-        await self._until_ready([service.ready, *(agent.ready for agent in agents)])
+        try:
+            await self._until_ready([service.ready, *(agent.ready for agent in agents)])
+        except asyncio.CancelledError:
+            await self.stop()  # (nobody else will: the client never got it)
+            raise
         return self.client_broker
 
     async def _until_ready(self, readiness: list[asyncio.Event]) -> None:

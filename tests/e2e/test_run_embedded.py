@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import AMQP_URL
+from tests.support import AMQP_URL, fork_server_site
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "core_api"
@@ -81,3 +81,16 @@ def test_rung_run_on_the_in_process_broker(tmp_path: Path) -> None:
 @pytest.mark.rabbitmq
 def test_rung_run_on_rabbitmq(tmp_path: Path) -> None:
     check(run(tmp_path, "--broker", AMQP_URL))
+
+
+def test_a_worker_that_cannot_start_its_training_processes_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Said in one line, with the fix, before any trial is taken (none fails for it)."""
+    fork_server_site(tmp_path, monkeypatch, "import os; os._exit(3)")
+    result = run(tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the fork server exited before it was ready")
+    assert "--start-method exec" in error
+    assert result.stdout == ""

@@ -7,6 +7,8 @@ import json
 import os
 import py_compile
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -23,7 +25,7 @@ from rung.worker.spawn import (
     TrialProcess,
     exit_code,
 )
-from tests.support import fork_server_site, wait_for
+from tests.support import fork_server_site, gated_fork_servers, wait_for
 
 PY = sys.executable
 
@@ -399,20 +401,7 @@ async def test_start_waits_until_the_fork_server_is_ready(
     """``start`` returns once the server has imported what its children start with, not
     when its process exists; past its timeout it says so, and a later call still gets
     the same server once it is ready."""
-    gate, waiting = tmp_path / "gate", tmp_path / "waiting"
-    fork_server_site(
-        tmp_path,
-        monkeypatch,
-        f"""
-        import os, time
-        if os.environ.get("RUNG_TEST_GATED_SERVER") is None:  # (its children: no wait)
-            os.environ["RUNG_TEST_GATED_SERVER"] = "1"
-            open({str(waiting)!r}, "w").close()
-            deadline = time.monotonic() + 60
-            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        """,
-    )
+    gate, waiting = gated_fork_servers(tmp_path, monkeypatch)
     server = ForkServer()
     try:
         with pytest.raises(SpawnError, match=r"not ready within 0\.2 s"):
@@ -420,8 +409,6 @@ async def test_start_waits_until_the_fork_server_is_ready(
         await wait_for(waiting.exists, 30, "the server at its gate")
         first = server.pid
         starting = asyncio.create_task(server.start())
-        await asyncio.sleep(0)
-        assert not starting.done()
         gate.touch()
         await asyncio.wait_for(starting, 30)
         assert server.pid == first  # the same server, not a second one
@@ -454,3 +441,24 @@ async def test_an_exec_spawner_has_nothing_to_start(tmp_path: Path) -> None:
     script = _script(tmp_path, "print('exec')")
     code, out, _ = await _finish(await spawner.spawn([PY, str(script)], cwd=tmp_path, env=_env()))
     assert (code, out) == (0, "exec\n")
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_the_ready_line_goes_only_to_a_worker_that_asks_for_it(announce: bool) -> None:
+    """A worker of an older version whose server restarts from newer code reads every
+    reply as a request's or an exit's: it is not sent a line it does not know."""
+    requests_here, requests_there = socket.socketpair()
+    replies_here, replies_there = socket.socketpair()
+    with requests_here, replies_here:
+        argv = [str(os.getpid()), str(requests_there.fileno()), str(replies_there.fileno())]
+        server = subprocess.Popen(
+            [PY, "-m", "rung.worker.forkserver", *argv, *(["--ready"] if announce else [])],
+            pass_fds=(requests_there.fileno(), replies_there.fileno()),
+        )
+        requests_there.close()
+        replies_there.close()
+        requests_here.close()  # hung up: the server leaves once it serves
+        assert server.wait(60) == 0
+        replies_here.settimeout(10)
+        lines = replies_here.makefile("rb").read().splitlines()
+    assert [json.loads(line) for line in lines] == ([{"ready": True}] if announce else [])
