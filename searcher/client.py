@@ -140,8 +140,10 @@ class SearcherClient:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def describe(self, experiment_id: str) -> ExperimentSummary:
-        result = await self._call(DescribeExperiment(experiment_id=experiment_id))
+    async def describe(self, experiment_id: str, *, trials: bool = True) -> ExperimentSummary:
+        """The experiment's summary; ``trials=False``: without its trials (``trials`` is
+        then empty), at a cost that does not grow with their number."""
+        result = await self._call(DescribeExperiment(experiment_id=experiment_id, trials=trials))
         return ExperimentSummary.model_validate(result)
 
     async def control(
@@ -185,11 +187,17 @@ class SearcherClient:
         on_update: Callable[[ExperimentSummary], None] | None = None,
     ) -> ExperimentSummary:
         """Describe the experiment every ``poll_s`` seconds until it has ended, and at
-        once when the live feed's end notice comes. The notice only wakes the wait up:
-        the state is the searcher's answer. A notice the searcher contradicts (anyone
-        who may publish on the feed can send one) is the last one heeded until the next
-        poll, so a flood of them costs one extra describe a poll."""
+        once when the live feed's end notice comes; return its whole summary. The notice
+        only wakes the wait up: the state is the searcher's answer. A notice the searcher
+        contradicts (anyone who may publish on the feed can send one) is the last one
+        heeded until the next poll, so a flood of them costs one extra describe a poll.
+
+        The polls ask for the summary without its trials (at 10,000 trials the whole
+        summary is 3 MB and 0.2 s of the searcher's time), and the whole one once the
+        experiment has ended; with ``on_update``, which is shown each one, every poll
+        asks for the whole summary."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        whole = on_update is not None
         ended = asyncio.Event()
 
         async def on_notice(_: Delivery) -> None:
@@ -200,11 +208,12 @@ class SearcherClient:
         try:
             while True:
                 ended.clear()
-                summary = await self.describe(experiment_id)
+                summary = await self.describe(experiment_id, trials=whole)
                 if on_update is not None:
                     on_update(summary)
                 if summary.state in TERMINAL_STATES:
-                    return summary
+                    # (an ended experiment's summary changes no more)
+                    return summary if whole else await self.describe(experiment_id)
                 if deadline is not None and time.monotonic() > deadline:
                     raise RequestTimeoutError(
                         f"experiment {experiment_id} is still {summary.state} after {timeout} s"

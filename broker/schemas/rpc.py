@@ -9,6 +9,7 @@ from pydantic import (
     Field,
     JsonValue,
     SerializerFunctionWrapHandler,
+    StrictBool,
     model_serializer,
 )
 
@@ -47,8 +48,20 @@ class CreateExperiment(Message):
 
 
 class DescribeExperiment(Message):
+    """``trials=False``: the summary without its trials (state, progress, best trial,
+    waiting reasons): what a waiter polls, at a cost that does not grow with the trials'
+    number. Written only when False, so a request for everything reads as before."""
+
     type: Literal["describe_experiment"] = "describe_experiment"
     experiment_id: str
+    trials: StrictBool = True
+
+    @model_serializer(mode="wrap")
+    def _trials_only_when_left_out(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("trials") is True:
+            del data["trials"]
+        return data
 
 
 class ListExperiments(Message):

@@ -182,7 +182,7 @@ class Requests:
                 self._check_owner(user, body.experiment_id, "kill a trial of")
                 return await self._control_trial(body, request_id, user)
             case DescribeExperiment():
-                return self._describe(user, body.experiment_id)
+                return self._describe(user, body.experiment_id, trials=body.trials)
             case ListExperiments():
                 access.check_client(user, "list experiments")
                 summaries = service.summaries(seen_by=user)
@@ -273,11 +273,13 @@ class Requests:
         owner = self.service.owner_of(experiment_id)  # not found: raises first
         self.service.access.check_owner(user, experiment_id, owner, action)
 
-    def _describe(self, user: str | None, experiment_id: str) -> dict[str, Any]:
+    def _describe(
+        self, user: str | None, experiment_id: str, *, trials: bool = True
+    ) -> dict[str, Any]:
         if (narrow := self._worker_view(user, experiment_id)) is not None:
             return narrow
         self._check_owner(user, experiment_id, "describe")
-        return self.service.summary(experiment_id).model_dump(mode="json")
+        return self.service.summary(experiment_id, with_trials=trials).model_dump(mode="json")
 
     def _worker_view(self, user: str | None, experiment_id: str) -> dict[str, Any] | None:
         """What a worker may read of an experiment it has work of: the state and the best

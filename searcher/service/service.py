@@ -464,13 +464,18 @@ class SearcherService:
             )
         raise ExperimentNotFoundError(f"no experiment {experiment_id!r}")
 
-    def summary(self, experiment_id: str) -> ExperimentSummary:
+    def summary(self, experiment_id: str, *, with_trials: bool = True) -> ExperimentSummary:
+        """The experiment as clients see it (``with_trials=False``: less its trials)."""
         owner = self.owners.get(experiment_id)
         if experiment_id in self.broken:
             return self.broken[experiment_id].summary().model_copy(update={"owner": owner})
         host = self.live(experiment_id).host
         summary = summarise(
-            host.run, str(host.log.path), warnings=host.warnings, workers=self.workers
+            host.run,
+            str(host.log.path),
+            with_trials=with_trials,
+            warnings=host.warnings,
+            workers=self.workers,
         )
         return summary.model_copy(update={"owner": owner})
 

@@ -374,7 +374,7 @@ async def test_a_bug_in_a_request_handler_is_not_reported_as_not_found(
     client = SearcherClient(broker, timeout=3)
     created = await client.create_experiment(SINGLE, context(tmp_path, {"train.py": "pass\n"}))
 
-    def buggy(experiment_id: str) -> Any:
+    def buggy(experiment_id: str, *, with_trials: bool = True) -> Any:
         raise KeyError("a bug")
 
     service.summary = buggy  # type: ignore[method-assign]

@@ -601,3 +601,41 @@ async def test_an_input_without_commands_syncs_outside_the_lock_before_its_ack(
 
 def created_ids(created: dict[str, Any]) -> dict[str, Any]:
     return {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": 1}
+
+
+async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    """A waiter's polls cost the searcher little whatever the trials' number; what
+    ``wait`` returns is the whole summary."""
+    asked: list[bool] = []
+    summary = service.summary
+
+    def spy(experiment_id: str, *, with_trials: bool = True) -> Any:
+        asked.append(with_trials)
+        return summary(experiment_id, with_trials=with_trials)
+
+    service.summary = spy  # type: ignore[method-assign]
+    worker, client, created = await single_trial_queued(broker, tmp_path)
+    experiment_id = created["experiment_id"]
+    waiting = asyncio.create_task(client.wait(experiment_id, poll_s=0.05, timeout=30))
+    await wait_for(lambda: len(asked) >= 3, 10, "the waiter's polls")
+    polled = await client.describe(experiment_id, trials=False)
+    assert polled.trials == []
+    assert polled.state == "ACTIVE"
+    run = worker.work[0]
+    ids = {
+        "experiment_id": experiment_id,
+        "trial_id": run.trial_id,
+        "attempt": run.attempt,
+        "worker_id": "fake",
+    }
+    await worker.send(TrialStarted(**ids, slots=1))
+    await worker.send(OpCompleted(**ids, length=3, metric=0.25))
+    await wait_for(lambda: len(worker.control) == 1, 10, "the close command")
+    await worker.send(TrialExited(**ids, reason=ExitReason.COMPLETED))
+    ended = await asyncio.wait_for(waiting, 30)
+    assert ended.state == "COMPLETED"
+    assert [t.metric for t in ended.trials] == [0.25]
+    assert asked[-1] is True  # the whole summary, once ended
+    assert not any(asked[:-1])  # every poll before it: without the trials

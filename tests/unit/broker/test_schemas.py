@@ -7,7 +7,14 @@ import json
 import pytest
 
 from rung.broker.errors import DecodeError
-from rung.broker.schemas import Envelope, OpCompleted, RunTrial, decode, encode
+from rung.broker.schemas import (
+    DescribeExperiment,
+    Envelope,
+    OpCompleted,
+    RunTrial,
+    decode,
+    encode,
+)
 from rung.broker.schemas.envelope import MAX_MESSAGE_BYTES
 
 
@@ -80,3 +87,21 @@ def test_decoding_fails_loudly_with_the_reason(data: bytes, reason: str) -> None
     with pytest.raises(DecodeError) as caught:
         decode(data)
     assert str(caught.value).startswith(reason)
+
+
+def test_a_describe_for_everything_reads_as_before_the_trials_field() -> None:
+    """A searcher of the version before ``trials`` (whose schema forbids unknown fields)
+    still takes every describe but a waiter's poll."""
+    whole = json.loads(encode(Envelope(message_id="m", body=DescribeExperiment(experiment_id="e"))))
+    assert whole["body"] == {"type": "describe_experiment", "experiment_id": "e"}
+    light = DescribeExperiment(experiment_id="e", trials=False)
+    data = encode(Envelope(message_id="m", body=light))
+    assert json.loads(data)["body"]["trials"] is False
+    assert decode(data).body == light
+
+
+@pytest.mark.parametrize("value", ['"no"', "0", "null", "[]"])
+def test_a_describe_takes_only_true_or_false_for_trials(value: str) -> None:
+    body = '{"type": "describe_experiment", "experiment_id": "e", "trials": ' + value + "}"
+    with pytest.raises(DecodeError, match="trials"):
+        decode(('{"schema_version": 1, "message_id": "m", "body": ' + body + "}").encode())
