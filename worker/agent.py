@@ -72,6 +72,7 @@ from rung.worker.pristine import available as kept_available
 from rung.worker.privileges import TrialUser
 from rung.worker.reservations import Reservation, Reservations
 from rung.worker.rundirs import RunDirs
+from rung.worker.settle import to_its_end
 from rung.worker.spawn import ForkServer, Spawner, SpawnError, StartMethod, make_spawner
 from rung.worker.trial_run import TrialRun
 from rung.worker.upcoming import Held, Upcoming, hold_s
@@ -95,6 +96,10 @@ def default_work_dir(trial_user: TrialUser | None = None, group: int | None = No
 
 # The control commands for a trial attempt running on this worker.
 RunCommand = ContinueTrial | PauseTrial | CloseTrial | PreemptTrial | KillTrial
+
+# How long a start undone lets the broker take back its subscriptions (one that is away
+# may never answer).
+ABANDON_S = 15.0
 
 
 def default_worker_id(username: str | None = None) -> str:
@@ -262,28 +267,27 @@ class Worker:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
-        topology = self.broker.topology
+        if self.health_file is not None:  # (a restarted worker's last one is not news)
+            self.health_file.unlink(missing_ok=True)
         # First: a worker that cannot start its training processes takes no work.
-        if not await self._start_spawner(stop):
+        if stop.is_set() or not await self._start_spawner(stop):
             return  # told to stop as it started: nothing taken, nothing held
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.run_dirs.claim))
+        taking = asyncio.ensure_future(self._take_work(claiming))
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            removed = await asyncio.to_thread(self.run_dirs.claim)
-            if removed:
-                self.log.info(
-                    "removed the run directories of worker processes that stopped",
-                    sessions=len(removed),
-                )
-            self._control_queue = await self.broker.declare_private_queue(
-                (topology.commands_exchange, topology.worker_key(self.worker_id))
-            )
-            await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
-            await self._update_intake()
-        except BaseException:
-            # (a broker gone as the worker starts, or a cancellation): no fork server,
-            # no claimed directory left behind
-            await self.spawner.close()
-            await self.run_dirs.close()
+            await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopped = not taking.done()  # (told to stop while the broker was slow)
+            if not stopped:
+                taking.result()
+        except BaseException:  # (a broker gone as the worker starts, or a cancellation)
+            await to_its_end(self._abandon_start(claiming, taking))
             raise
+        finally:
+            stopping.cancel()
+        if stopped:
+            await to_its_end(self._abandon_start(claiming, taking))
+            return
         self.log.info("worker ready", slots=self.total_slots, gpus=self.gpus)
         self.ready.set()
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -292,6 +296,22 @@ class Worker:
         finally:
             heartbeat.cancel()
             await self.shutdown()
+
+    async def _take_work(self, claiming: asyncio.Future[list[Path]]) -> None:
+        """Hold this session's run directories, then consume this worker's own queue
+        and the work it fits."""
+        removed = await asyncio.shield(claiming)  # (a thread: never left running)
+        if removed:
+            self.log.info(
+                "removed the run directories of worker processes that stopped",
+                sessions=len(removed),
+            )
+        topology = self.broker.topology
+        self._control_queue = await self.broker.declare_private_queue(
+            (topology.commands_exchange, topology.worker_key(self.worker_id))
+        )
+        await self.broker.subscribe(self._control_queue, self._on_control, prefetch=32)
+        await self._update_intake()
 
     async def _start_spawner(self, stop: asyncio.Event) -> bool:
         """Start the fork server before taking any work: the first trial does not wait
@@ -309,15 +329,55 @@ class Worker:
             raise SpawnError(
                 f"{exc}; this worker takes no work without it. Check that its Python can "
                 "run `python -m rung.worker.forkserver` (a server that fails writes why "
-                "on the worker's stderr), or start the worker with --start-method exec"
+                "on the worker's stderr), or use the exec start method: --start-method "
+                'exec (rung worker, rung run), start_method="exec" (rung.Client.local)'
             ) from exc
         finally:
             stopping.cancel()
             if not started:
                 starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
-                await self.spawner.close()
+                await to_its_end(self._stop_spawner(starting))
         return started
+
+    async def _stop_spawner(self, starting: asyncio.Future[None]) -> None:
+        await asyncio.gather(starting, return_exceptions=True)
+        await self.spawner.close()
+
+    async def _abandon_start(
+        self, claiming: asyncio.Future[list[Path]], taking: asyncio.Future[None]
+    ) -> None:
+        """Undo a start that failed or was stopped before the worker took work: nothing
+        consumes for it, and neither its fork server nor its claim on the run
+        directories is left. The broker's part is bounded (a broker that is away may
+        never answer); what it could not undo goes with the connection."""
+        self._stopping = True
+        taking.cancel()
+        letting_go = asyncio.ensure_future(self._let_work_go(taking))
+        try:
+            done, _ = await asyncio.wait({letting_go}, timeout=ABANDON_S)
+            if not done:
+                letting_go.cancel()
+                self._work.clear()
+                self.log.warning(
+                    "the broker did not answer as the worker stopped starting; its "
+                    "subscriptions end with its connection",
+                    within_s=ABANDON_S,
+                )
+        finally:
+            try:
+                await self.spawner.close()
+            finally:
+                await asyncio.wait({claiming})  # (its thread has ended: nothing races it)
+                await self.run_dirs.close()
+
+    async def _let_work_go(self, taking: asyncio.Future[None]) -> None:
+        await asyncio.gather(taking, return_exceptions=True)
+        try:
+            await self._pause_intake()
+            if self._control_queue is not None:
+                await self.broker.delete_private_queue(self._control_queue)
+        except Exception as exc:  # noqa: BLE001 (best effort: the original error is raised)
+            self.log.warning("could not let go of the worker's queues", error=str(exc))
 
     async def shutdown(self, grace_s: float = 60.0) -> None:
         """Stop intake, ask running trials to checkpoint and stop, then let their work go."""

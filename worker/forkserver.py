@@ -1,7 +1,7 @@
 """The fork server: a warm Python process that starts training processes by forking.
 
 A worker starts one with ``python -m rung.worker.forkserver WORKER_PID REQUESTS REPLIES
-[UID GID]``, in an allowlisted environment that holds none of the worker's secrets. It
+[UID GID] [--ready]``, in an allowlisted environment that holds none of the worker's secrets. It
 makes itself non-dumpable (a trial of the same uid cannot read its ``/proc`` entries),
 imports the Core API (``rung``) once, then waits on the Unix socket ``REQUESTS`` for
 requests, each a JSON
@@ -40,10 +40,11 @@ where the walk itself failed).
 Replies, JSON lines on the socket ``REPLIES``: ``{"ready": true}`` once, when the server
 has imported what its children start with (only if started with ``--ready``: a worker of
 an older version, whose server restarts from newer code, is not sent a line it does not
-know), ``{"id": N, "pid": P}`` or ``{"id": N, "error": "..."}`` for a request, and
-``{"exited": P, "code": C}`` when a child ends (C negative for a signal, as ``asyncio``
-reports it). The server only ever runs this loop: it holds no threads, so forking it is
-safe.
+know; a server older than ``--ready`` refuses it, so a worker does not run with a fork
+server older than itself), ``{"id": N, "pid": P}`` or ``{"id": N, "error": "..."}`` for
+a request, and ``{"exited": P, "code": C}`` when a child ends (C negative for a signal,
+as ``asyncio`` reports it). The server only ever runs this loop: it holds no threads, so
+forking it is safe.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -39,6 +38,7 @@ import structlog
 
 from rung.worker.environment import is_secret, trial_environment
 from rung.worker.privileges import TrialUser, give_to, open_path_to
+from rung.worker.settle import to_its_end
 
 __all__ = [
     "START_METHODS",
@@ -264,6 +264,8 @@ class ForkServer:
         replies_here, replies_there = socket.socketpair()
         user = self.trial_user
         ids = [] if user is None else [str(user.uid), str(user.gid)]
+        # This server's own: close() never mistakes it for the last one, ready already.
+        self._ready = ready = asyncio.get_running_loop().create_future()
         try:
             self._server = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -280,25 +282,37 @@ class ForkServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(requests_there.fileno(), replies_there.fileno()),
             )
+        except BaseException:
+            requests_here.close()
+            replies_here.close()
+            raise
         finally:
             requests_there.close()
             replies_there.close()
-        reader, writer = await asyncio.open_unix_connection(sock=replies_here, limit=_LIMIT)
-        self._ready = asyncio.get_running_loop().create_future()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=replies_here, limit=_LIMIT)
+        except BaseException:  # (a cancellation): the server sees its sockets close, and goes
+            requests_here.close()
+            replies_here.close()
+            raise
         self._requests = requests_here
-        self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
+        self._reader_task = asyncio.create_task(self._read_replies(reader, writer, ready))
         self.log.debug("fork server started", pid=self._server.pid)
         return requests_here
 
     async def _read_replies(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ready: asyncio.Future[None],
     ) -> None:
+        """The replies of one server; ``ready``, its own (a later server has another)."""
         try:
             while line := await reader.readline():
                 reply: dict[str, Any] = json.loads(line)
                 if "ready" in reply:
-                    if self._ready is not None and not self._ready.done():
-                        self._ready.set_result(None)
+                    if not ready.done():
+                        ready.set_result(None)
                     continue
                 if "exited" in reply:
                     forked = self._live.pop(int(reply["exited"]), None)
@@ -324,14 +338,14 @@ class ForkServer:
                 future.set_result(forked)
         finally:
             writer.close()
-            self._lost()
+            self._lost(ready)
 
-    def _lost(self) -> None:
+    def _lost(self, ready: asyncio.Future[None]) -> None:
         """The fork server is gone: its children died with it (PR_SET_PDEATHSIG)."""
         had_children = bool(self._pending or self._live)
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(SpawnError("the fork server exited before it was ready"))
-            self._ready.exception()  # (retrieved: nobody may be waiting for it)
+        if not ready.done():
+            ready.set_exception(SpawnError("the fork server exited before it was ready"))
+            ready.exception()  # (retrieved: nobody may be waiting for it)
         for entry in self._pending.values():
             entry.unused()
             if not entry.future.done():
@@ -390,7 +404,7 @@ class ForkServer:
             process = await asyncio.shield(forking)
         except asyncio.CancelledError:
             # The request went out, or goes: its child, once there, is killed and reaped.
-            await _to_its_end(_stop_forked(forking))
+            await to_its_end(_stop_forked(forking))
             raise
         code: int | None = None
         try:
@@ -399,7 +413,7 @@ class ForkServer:
         except TimeoutError:
             pass  # (False: it is killed below)
         finally:  # ended, timed out or cancelled: killed if need be, reaped, pipes read
-            await _to_its_end(_stop(process))
+            await to_its_end(_stop(process))
         return code == 0
 
     async def _fork(self, fields: dict[str, Any]) -> _Forked:
@@ -497,29 +511,10 @@ async def _send_request(sock: socket.socket, payload: bytes, fds: list[int]) -> 
     try:
         sent = socket.send_fds(sock, [payload], fds, socket.MSG_DONTWAIT)
     except BlockingIOError:  # nothing sent: the server is behind; wait for it in a thread
-        await _to_its_end(asyncio.to_thread(_send_with_fds, sock, payload, fds))
+        await to_its_end(asyncio.to_thread(_send_with_fds, sock, payload, fds))
         return
     if sent < len(payload):
-        await _to_its_end(asyncio.to_thread(sock.sendall, payload[sent:]))
-
-
-async def _to_its_end(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` to its end however many cancellations come meanwhile. Then raise the
-    first of them, if any came (the caller's cancellation is delayed, never lost; the
-    work's own error is then dropped), else the work's own error, if any."""
-    task = asyncio.ensure_future(work)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        with contextlib.suppress(Exception):  # the work's own error: raised below
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError as exc:
-                cancelled = cancelled or exc
-    if cancelled is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancellation is what the caller gets
-        raise cancelled
-    task.result()
+        await to_its_end(asyncio.to_thread(sock.sendall, payload[sent:]))
 
 
 def _forsake(request: _Request) -> None:

@@ -22,6 +22,7 @@ from rung.client import Client
 from rung.dashboard import ClientSource, Dashboard
 from rung.searcher.config import load_config_file
 from rung.worker.gpus import parse_gpus
+from rung.worker.spawn import START_METHODS
 
 __all__ = ["register"]
 
@@ -48,6 +49,13 @@ def register(commands: Any) -> None:
         default=Path(".rung"),
         help="event logs, contexts and checkpoints (default ./.rung)",
     )
+    run.add_argument(
+        "--start-method",
+        choices=START_METHODS,
+        default="fork-server",
+        help="how the workers start training processes, as rung worker --start-method "
+        "(default fork-server; exec: a fresh interpreter for each)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object at the end")
     run.add_argument(
         "--dashboard",
@@ -67,6 +75,27 @@ def run_experiment(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args, gpus))
 
 
+async def _started(client: Client, stop: asyncio.Event) -> bool:
+    """Start the embedded searcher and workers; False if ``stop`` came first (what had
+    started is stopped again: a slow fork server does not hold a Ctrl-C)."""
+    connecting = asyncio.ensure_future(client.connect())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()  # (the cluster's start stops what it started)
+        await asyncio.gather(connecting, return_exceptions=True)
+    if connecting.cancelled():
+        return False
+    connecting.result()  # (its error, if any: a worker that could not start)
+    if stop.is_set():  # (both at once)
+        await client.close()
+        return False
+    return True
+
+
 async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
     stop = stop_on_signals()
     client = Client.local(
@@ -77,7 +106,12 @@ async def _run(args: argparse.Namespace, gpus: list[str]) -> int:
         broker_url=broker_url(args) or None,
         tls=tls_from(args),
         namespace=args.namespace,
+        start_method=args.start_method,
     )
+    if not await _started(client, stop):
+        # Ctrl-C or SIGTERM while the searcher and workers started: they stopped again.
+        print("interrupted before the run started", file=sys.stderr)
+        return 130
     summary = None
     async with client, contextlib.AsyncExitStack() as stack:
         if args.dashboard:

@@ -43,6 +43,7 @@ from rung.searcher.client import (
 )
 from rung.searcher.config import ExperimentConfig
 from rung.searcher.eventlog import InputRecord
+from rung.worker.spawn import StartMethod
 
 __all__ = ["Client", "Experiment", "Trial", "lineage_of"]
 
@@ -89,13 +90,16 @@ class Client:
         tls: TlsSettings | None = None,
         namespace: str = "rung",
         trial_env: Iterable[str] = (),
+        start_method: StartMethod = "fork-server",
     ) -> Client:
         """A client of a searcher and workers embedded in this process, on the in-memory
         broker: nothing to install or start. Trials still run as subprocesses. The event
         logs go to ``state_dir`` (default: a temporary directory, removed on close).
         With ``broker_url``, the embedded parts talk over that RabbitMQ instead. Trials
         get an allowlisted environment (docs/security.md); ``trial_env`` names more
-        variables of this process's environment to pass on."""
+        variables of this process's environment to pass on. ``start_method``: how the
+        workers start training processes, as ``rung worker --start-method``
+        (``"fork-server"``, or ``"exec"``: a fresh interpreter each)."""
         client = cls(timeout=60.0)
         client._local = LocalCluster(
             Path(state_dir) if state_dir is not None else None,
@@ -106,6 +110,7 @@ class Client:
             tls=tls,
             namespace=namespace,
             trial_env=trial_env,
+            start_method=start_method,
         )
         return client
 

@@ -21,6 +21,8 @@ from rung.broker import Broker, MemoryBroker, TlsSettings, Topology, connect_bro
 from rung.logs import configure_logging
 from rung.searcher.service.service import SearcherService
 from rung.worker.agent import Worker
+from rung.worker.settle import to_its_end
+from rung.worker.spawn import StartMethod
 
 __all__ = ["LocalCluster"]
 
@@ -37,8 +39,10 @@ class LocalCluster:
         namespace: str = "rung",
         tls: TlsSettings | None = None,
         trial_env: Iterable[str] = (),
+        start_method: StartMethod = "fork-server",
     ) -> None:
         self._own_state_dir = state_dir is None
+        self.start_method: StartMethod = start_method
         # Names of this process's environment that trials get besides the allowlist.
         self.trial_env = tuple(trial_env)
         self.state_dir = (
@@ -70,6 +74,14 @@ class LocalCluster:
             # Embedded in someone's program (a notebook): warnings only, on stderr,
             # unless the program set logging up itself.
             configure_logging("console", "warning")
+        try:
+            await self._start()
+        except BaseException:
+            await to_its_end(self.stop())  # (nobody else will: the client never got it)
+            raise
+        return self.client_broker
+
+    async def _start(self) -> None:
         for broker in dict.fromkeys(self._brokers):
             await broker.start()
         service = SearcherService(self._brokers[0], self.state_dir)
@@ -81,42 +93,38 @@ class LocalCluster:
                 gpus=self.gpus[i :: self.workers] if self.gpus else None,
                 work_dir=self.state_dir / "workers" / f"local-{i + 1}",
                 trial_env_allow=self.trial_env,
+                start_method=self.start_method,
             )
             for i in range(self.workers)
         ]
         self._tasks = [asyncio.create_task(service.run(self.stop_event))]
         self._tasks += [asyncio.create_task(agent.run(self.stop_event)) for agent in agents]
         self._agents = agents
-        try:
-            await self._until_ready([service.ready, *(agent.ready for agent in agents)])
-        except asyncio.CancelledError:
-            await self.stop()  # (nobody else will: the client never got it)
-            raise
-        return self.client_broker
+        await self._until_ready([service.ready, *(agent.ready for agent in agents)])
 
     async def _until_ready(self, readiness: list[asyncio.Event]) -> None:
         """Return once the searcher and every worker take messages (a worker's fork
         server started): an experiment created then does not wait for the cluster's
-        start. If a part stops first, stop the rest and raise its error."""
+        start. If a part stops first, raise its error (the caller stops the rest)."""
+        parts = list(self._tasks)
         waits = [asyncio.create_task(event.wait()) for event in readiness]
         stopped: asyncio.Task[None] | None = None
         try:
             while stopped is None and not all(event.is_set() for event in readiness):
                 await asyncio.wait(
-                    [*(w for w in waits if not w.done()), *self._tasks],
+                    [*(w for w in waits if not w.done()), *parts],
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                stopped = next((task for task in self._tasks if task.done()), None)
+                stopped = next((task for task in parts if task.done()), None)
         finally:
             for wait in waits:
                 wait.cancel()
         if stopped is None:
             return
         error = None if stopped.cancelled() else stopped.exception()
-        await self.stop()
         if error is not None:
             raise error
-        raise RuntimeError("a part of the local cluster stopped as it started")
+        raise RuntimeError("the local cluster was stopped as it started")
 
     async def stop(self) -> None:
         """Workers drain (trials checkpoint and stop), the searcher stops, all disconnect."""

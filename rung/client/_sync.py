@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from rung.client._client import Client, Experiment, Trial
+from rung.worker.spawn import StartMethod
 
 __all__ = ["SyncClient"]
 
@@ -109,9 +110,13 @@ class SyncClient(_Blocking):
         workers: int = 1,
         slots: int = 1,
         gpus: list[str] | None = None,
+        start_method: StartMethod = "fork-server",
     ) -> SyncClient:
         """A searcher and workers in this process, as ``rung.Client.local()``."""
-        return cls(_client=Client.local(state_dir, workers=workers, slots=slots, gpus=gpus))
+        local = Client.local(
+            state_dir, workers=workers, slots=slots, gpus=gpus, start_method=start_method
+        )
+        return cls(_client=local)
 
     def _init(self, client: Client) -> None:
         loop = _Loop()

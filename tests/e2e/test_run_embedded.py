@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import AMQP_URL, fork_server_site
+from tests.support import AMQP_URL, fork_server_site, gated_fork_servers, wait_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "core_api"
@@ -92,5 +93,42 @@ def test_a_worker_that_cannot_start_its_training_processes_stops_the_run(
     assert result.returncode == 1, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the fork server exited before it was ready")
-    assert "--start-method exec" in error
+    assert "--start-method exec (rung worker, rung run)" in error
     assert result.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_exec_start_method_needs_no_fork_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way round a fork server that cannot start, as its error says."""
+    fork_server_site(tmp_path, monkeypatch, "import os; os._exit(3)")
+    check(run(tmp_path, "--start-method", "exec"))
+
+
+def test_a_ctrl_c_while_the_workers_start_stops_the_run_before_it_begins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow fork server does not hold a Ctrl-C, and no experiment is made."""
+    gate, waiting = gated_fork_servers(tmp_path, monkeypatch)
+    env = {k: v for k, v in os.environ.items() if k != "RUNG_BROKER_URL"}
+    state = tmp_path / "state"
+    config, context = str(EXAMPLES / "3_hpsearch.yaml"), str(EXAMPLES)
+    argv = [sys.executable, "-m", "rung", "run", config, context, "--state-dir", str(state)]
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_sync(lambda: waiting.exists() or process.poll() is not None, 60, "a fork server")
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)  # the gate is still shut
+    finally:
+        gate.touch()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted before the run started" in err
+    assert not any((state / "experiments").glob("*"))

@@ -91,3 +91,17 @@ async def test_a_start_cancelled_stops_what_it_started(
         assert all(server.pid is None for server in _servers(cluster))
     finally:
         gate.touch()
+
+
+async def test_a_cluster_of_the_exec_start_method_needs_no_fork_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way round a fork server that cannot start, as the error says."""
+    fork_server_site(tmp_path, monkeypatch, "import os; os._exit(3)")
+    cluster = LocalCluster(tmp_path / "state", workers=2, start_method="exec")
+    try:
+        await cluster.start()
+        assert all(agent.ready.is_set() for agent in cluster._agents)
+        assert not any(isinstance(agent.spawner, ForkServer) for agent in cluster._agents)
+    finally:
+        await cluster.stop()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +57,6 @@ async def test_a_worker_whose_fork_server_cannot_start_takes_no_work(
     assert not worker.ready.is_set()
     assert worker._control_queue is None  # no queue of its own, no work consumed
     assert server.pid is None  # nothing left running
-    assert worker.run_dirs._owner_fd is None  # nor its run directories claimed
 
 
 async def test_a_worker_told_to_stop_as_its_fork_server_starts_stops_at_once(
@@ -97,4 +98,123 @@ async def test_a_worker_that_fails_after_its_fork_server_started_leaves_nothing(
     finally:
         await broker.close()
     assert server.pid is None
+    assert worker.run_dirs._owner_fd is None
+
+
+async def test_a_worker_stopped_before_it_runs_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = MemoryBroker()
+    await broker.start()
+    worker, server = _worker(broker, tmp_path)
+    started: list[float] = []
+
+    async def start(timeout: float = 0) -> None:
+        started.append(timeout)
+
+    monkeypatch.setattr(server, "start", start)
+    stop = asyncio.Event()
+    stop.set()
+    try:
+        await asyncio.wait_for(worker.run(stop), 30)
+    finally:
+        await broker.close()
+    assert started == []
+    assert not worker.ready.is_set()
+
+
+async def test_a_worker_told_to_stop_while_the_broker_is_slow_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its fork server, a worker declares its queue: a broker that never answers
+    (away, reconnecting) does not hold its stop."""
+    broker = MemoryBroker()
+    await broker.start()
+    worker, server = _worker(broker, tmp_path)
+    asked = asyncio.Event()
+
+    async def never(*_: object) -> str:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError  # (never reached)
+
+    monkeypatch.setattr(broker, "declare_private_queue", never)
+    stop = asyncio.Event()
+    try:
+        running = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(asked.wait(), 60)
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    finally:
+        await broker.close()
+    assert not worker.ready.is_set()
+    assert server.pid is None
+    assert worker.run_dirs._owner_fd is None  # its claim on the run directories let go
+
+
+async def test_a_worker_cancelled_as_it_claims_its_run_directories_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim runs in a thread, which a cancellation does not stop: the worker waits
+    for it before it lets the directories go."""
+    broker = MemoryBroker()
+    await broker.start()
+    worker, server = _worker(broker, tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    claim = worker.run_dirs.claim
+
+    def slow_claim() -> list[Path]:
+        entered.set()
+        release.wait(30)
+        return claim()
+
+    monkeypatch.setattr(worker.run_dirs, "claim", slow_claim)
+    try:
+        running = asyncio.create_task(worker.run(asyncio.Event()))
+        await wait_for(entered.is_set, 60, "the claim, in its thread")
+        running.cancel()
+        await wait_for(lambda: worker._stopping, 30, "the start undone")
+        assert worker.run_dirs._owner_fd is None  # (the claim has not made it yet)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, 30)
+    finally:
+        release.set()
+        await broker.close()
+    assert server.pid is None
+    assert worker.run_dirs._owner_fd is None
+    assert not worker.run_dirs.session.exists()
+
+
+async def test_a_worker_that_fails_as_it_subscribes_consumes_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after its own queue and some work queues were consumed: they are let
+    go, so no command reaches a worker that nobody runs."""
+    broker = MemoryBroker()
+    await broker.start()
+    worker = Worker(broker, worker_id="w1", slots=2, work_dir=tmp_path / "w1")
+    subscribe = broker.subscribe
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # its own queue, the first work bucket, then this
+            raise BrokerError("the broker went away")
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(broker, "subscribe", flaky)
+    try:
+        with pytest.raises(BrokerError, match="went away"):
+            await asyncio.wait_for(worker.run(asyncio.Event()), 60)
+        assert calls == 3
+        assert worker._work == {}
+        assert worker._control_queue is not None
+        assert worker._control_queue not in broker.queues
+        assert not any(queue.consumers for queue in broker.queues.values())
+    finally:
+        await broker.close()
+    assert isinstance(worker.spawner, ForkServer)
+    assert worker.spawner.pid is None
     assert worker.run_dirs._owner_fd is None
