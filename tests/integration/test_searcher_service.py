@@ -127,11 +127,9 @@ async def single_trial_queued(
     return worker, client, created
 
 
-async def test_one_trial_from_create_to_completed(
-    broker: Broker, service: SearcherService, tmp_path: Path
-) -> None:
-    worker, client, created = await single_trial_queued(broker, tmp_path)
-    experiment_id = created["experiment_id"]
+async def _complete(worker: FakeWorker, experiment_id: str) -> Body:
+    """The queued trial starts, completes its length of 3 (loss 0.25) and exits; returns
+    the command the searcher answered its completion with."""
     run = worker.work[0]
     ids = {
         "experiment_id": experiment_id,
@@ -142,8 +140,16 @@ async def test_one_trial_from_create_to_completed(
     await worker.send(TrialStarted(**ids, slots=1))
     await worker.send(OpCompleted(**ids, length=3, metric=0.25))
     await wait_for(lambda: len(worker.control) == 1, 10, "the close command")
-    assert isinstance(worker.control[0], CloseTrial)
     await worker.send(TrialExited(**ids, reason=ExitReason.COMPLETED))
+    return worker.control[0]
+
+
+async def test_one_trial_from_create_to_completed(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    worker, client, created = await single_trial_queued(broker, tmp_path)
+    experiment_id = created["experiment_id"]
+    assert isinstance(await _complete(worker, experiment_id), CloseTrial)
     summary = await client.wait(experiment_id, poll_s=0.05, timeout=20)
     assert summary.state == "COMPLETED"
     assert summary.best_trial is not None
@@ -623,17 +629,7 @@ async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
     polled = await client.describe(experiment_id, trials=False)
     assert polled.trials == []
     assert polled.state == "ACTIVE"
-    run = worker.work[0]
-    ids = {
-        "experiment_id": experiment_id,
-        "trial_id": run.trial_id,
-        "attempt": run.attempt,
-        "worker_id": "fake",
-    }
-    await worker.send(TrialStarted(**ids, slots=1))
-    await worker.send(OpCompleted(**ids, length=3, metric=0.25))
-    await wait_for(lambda: len(worker.control) == 1, 10, "the close command")
-    await worker.send(TrialExited(**ids, reason=ExitReason.COMPLETED))
+    await _complete(worker, experiment_id)
     ended = await asyncio.wait_for(waiting, 30)
     assert ended.state == "COMPLETED"
     assert [t.metric for t in ended.trials] == [0.25]

@@ -1,9 +1,11 @@
-"""A worker starts its fork server before it takes work."""
+"""A worker starts its fork server before it takes work, and a start that fails or is
+stopped leaves nothing behind."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,29 @@ from rung.worker.spawn import ForkServer, SpawnError
 from tests.support import fork_server_site, gated_fork_servers, wait_for
 
 
-def _worker(broker: MemoryBroker, tmp_path: Path) -> tuple[Worker, ForkServer]:
-    worker = Worker(broker, worker_id="w1", work_dir=tmp_path / "w1")
+@pytest.fixture
+async def broker() -> AsyncIterator[MemoryBroker]:
+    made = MemoryBroker()
+    await made.start()
+    yield made
+    await made.close()
+
+
+def _worker(broker: MemoryBroker, tmp_path: Path, slots: int = 1) -> tuple[Worker, ForkServer]:
+    worker = Worker(broker, worker_id="w1", slots=slots, work_dir=tmp_path / "w1")
     assert isinstance(worker.spawner, ForkServer)
     return worker, worker.spawner
 
 
-async def test_a_worker_is_ready_once_its_fork_server_is(tmp_path: Path) -> None:
-    broker = MemoryBroker()
-    await broker.start()
+def _left_nothing(worker: Worker, server: ForkServer) -> None:
+    assert not worker.ready.is_set()
+    assert server.pid is None  # no fork server left running
+    assert worker.run_dirs._owner_fd is None  # nor its run directories held
+
+
+async def test_a_worker_is_ready_once_its_fork_server_is(
+    broker: MemoryBroker, tmp_path: Path
+) -> None:
     worker, server = _worker(broker, tmp_path)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
@@ -34,38 +50,29 @@ async def test_a_worker_is_ready_once_its_fork_server_is(tmp_path: Path) -> None
     finally:
         stop.set()
         await asyncio.wait_for(running, 60)
-        await broker.close()
     assert server.pid is None
 
 
 async def test_a_worker_whose_fork_server_cannot_start_takes_no_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its trials would all fail to start (and spend their restarts): it stops instead,
     saying why and what to do, before it has consumed anything."""
     fork_server_site(tmp_path, monkeypatch, "import os; os._exit(3)")
-    broker = MemoryBroker()
-    await broker.start()
     worker, server = _worker(broker, tmp_path)
-    try:
-        with pytest.raises(SpawnError, match="takes no work without it") as raised:
-            await asyncio.wait_for(worker.run(asyncio.Event()), 60)
-    finally:
-        await broker.close()
+    with pytest.raises(SpawnError, match="takes no work without it") as raised:
+        await asyncio.wait_for(worker.run(asyncio.Event()), 60)
     assert "--start-method exec" in str(raised.value)
     assert "exited before it was ready" in str(raised.value)
-    assert not worker.ready.is_set()
     assert worker._control_queue is None  # no queue of its own, no work consumed
-    assert server.pid is None  # nothing left running
+    _left_nothing(worker, server)
 
 
 async def test_a_worker_told_to_stop_as_its_fork_server_starts_stops_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SIGTERM during a slow start is not held until the server is ready."""
     gate, waiting = gated_fork_servers(tmp_path, monkeypatch)
-    broker = MemoryBroker()
-    await broker.start()
     worker, server = _worker(broker, tmp_path)
     stop = asyncio.Event()
     try:
@@ -73,39 +80,15 @@ async def test_a_worker_told_to_stop_as_its_fork_server_starts_stops_at_once(
         await wait_for(waiting.exists, 30, "the fork server at its gate")
         stop.set()
         await asyncio.wait_for(running, 30)  # the gate is still shut
-        assert not worker.ready.is_set()
         assert worker._control_queue is None
-        assert server.pid is None
+        _left_nothing(worker, server)
     finally:
         gate.touch()
-        await broker.close()
-
-
-async def test_a_worker_that_fails_after_its_fork_server_started_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    broker = MemoryBroker()
-    await broker.start()
-    worker, server = _worker(broker, tmp_path)
-
-    async def gone(*_: object) -> str:
-        raise BrokerError("the broker went away")
-
-    monkeypatch.setattr(broker, "declare_private_queue", gone)
-    try:
-        with pytest.raises(BrokerError, match="went away"):
-            await asyncio.wait_for(worker.run(asyncio.Event()), 60)
-    finally:
-        await broker.close()
-    assert server.pid is None
-    assert worker.run_dirs._owner_fd is None
 
 
 async def test_a_worker_stopped_before_it_runs_starts_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = MemoryBroker()
-    await broker.start()
     worker, server = _worker(broker, tmp_path)
     started: list[float] = []
 
@@ -115,21 +98,30 @@ async def test_a_worker_stopped_before_it_runs_starts_nothing(
     monkeypatch.setattr(server, "start", start)
     stop = asyncio.Event()
     stop.set()
-    try:
-        await asyncio.wait_for(worker.run(stop), 30)
-    finally:
-        await broker.close()
+    await asyncio.wait_for(worker.run(stop), 30)
     assert started == []
     assert not worker.ready.is_set()
 
 
+async def test_a_worker_that_fails_after_its_fork_server_started_leaves_nothing(
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, server = _worker(broker, tmp_path)
+
+    async def gone(*_: object) -> str:
+        raise BrokerError("the broker went away")
+
+    monkeypatch.setattr(broker, "declare_private_queue", gone)
+    with pytest.raises(BrokerError, match="went away"):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 60)
+    _left_nothing(worker, server)
+
+
 async def test_a_worker_told_to_stop_while_the_broker_is_slow_stops(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After its fork server, a worker declares its queue: a broker that never answers
     (away, reconnecting) does not hold its stop."""
-    broker = MemoryBroker()
-    await broker.start()
     worker, server = _worker(broker, tmp_path)
     asked = asyncio.Event()
 
@@ -140,25 +132,18 @@ async def test_a_worker_told_to_stop_while_the_broker_is_slow_stops(
 
     monkeypatch.setattr(broker, "declare_private_queue", never)
     stop = asyncio.Event()
-    try:
-        running = asyncio.create_task(worker.run(stop))
-        await asyncio.wait_for(asked.wait(), 60)
-        stop.set()
-        await asyncio.wait_for(running, 30)
-    finally:
-        await broker.close()
-    assert not worker.ready.is_set()
-    assert server.pid is None
-    assert worker.run_dirs._owner_fd is None  # its claim on the run directories let go
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(asked.wait(), 60)
+    stop.set()
+    await asyncio.wait_for(running, 30)
+    _left_nothing(worker, server)
 
 
 async def test_a_worker_cancelled_as_it_claims_its_run_directories_leaves_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The claim runs in a thread, which a cancellation does not stop: the worker waits
     for it before it lets the directories go."""
-    broker = MemoryBroker()
-    await broker.start()
     worker, server = _worker(broker, tmp_path)
     entered, release = threading.Event(), threading.Event()
     claim = worker.run_dirs.claim
@@ -180,20 +165,16 @@ async def test_a_worker_cancelled_as_it_claims_its_run_directories_leaves_none(
             await asyncio.wait_for(running, 30)
     finally:
         release.set()
-        await broker.close()
-    assert server.pid is None
-    assert worker.run_dirs._owner_fd is None
+    _left_nothing(worker, server)
     assert not worker.run_dirs.session.exists()
 
 
 async def test_a_worker_that_fails_as_it_subscribes_consumes_nothing_more(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure after its own queue and some work queues were consumed: they are let
     go, so no command reaches a worker that nobody runs."""
-    broker = MemoryBroker()
-    await broker.start()
-    worker = Worker(broker, worker_id="w1", slots=2, work_dir=tmp_path / "w1")
+    worker, server = _worker(broker, tmp_path, slots=2)
     subscribe = broker.subscribe
     calls = 0
 
@@ -205,16 +186,11 @@ async def test_a_worker_that_fails_as_it_subscribes_consumes_nothing_more(
         return await subscribe(*args, **kwargs)
 
     monkeypatch.setattr(broker, "subscribe", flaky)
-    try:
-        with pytest.raises(BrokerError, match="went away"):
-            await asyncio.wait_for(worker.run(asyncio.Event()), 60)
-        assert calls == 3
-        assert worker._work == {}
-        assert worker._control_queue is not None
-        assert worker._control_queue not in broker.queues
-        assert not any(queue.consumers for queue in broker.queues.values())
-    finally:
-        await broker.close()
-    assert isinstance(worker.spawner, ForkServer)
-    assert worker.spawner.pid is None
-    assert worker.run_dirs._owner_fd is None
+    with pytest.raises(BrokerError, match="went away"):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 60)
+    assert calls == 3
+    assert worker._work == {}
+    assert worker._control_queue is not None
+    assert worker._control_queue not in broker.queues
+    assert not any(queue.consumers for queue in broker.queues.values())
+    _left_nothing(worker, server)
