@@ -142,7 +142,7 @@ class SearcherClient:
 
     async def describe(self, experiment_id: str, *, trials: bool = True) -> ExperimentSummary:
         """The experiment's summary; ``trials=False``: without its trials (``trials`` is
-        then empty), at a cost that does not grow with their number."""
+        then empty), a small reply that costs the searcher a fraction of the whole one."""
         result = await self._call(DescribeExperiment(experiment_id=experiment_id, trials=trials))
         return ExperimentSummary.model_validate(result)
 
@@ -185,6 +185,7 @@ class SearcherClient:
         poll_s: float = 0.5,
         timeout: float | None = None,
         on_update: Callable[[ExperimentSummary], None] | None = None,
+        whole: bool = True,
     ) -> ExperimentSummary:
         """Describe the experiment every ``poll_s`` seconds until it has ended, and at
         once when the live feed's end notice comes; return its whole summary. The notice
@@ -194,10 +195,10 @@ class SearcherClient:
 
         The polls ask for the summary without its trials (at 10,000 trials the whole
         summary is 3 MB and 0.2 s of the searcher's time), and the whole one once the
-        experiment has ended; with ``on_update``, which is shown each one, every poll
-        asks for the whole summary."""
+        experiment has ended (``whole=False``: not even then; ``trials`` is empty); with
+        ``on_update``, which is shown each one, every poll asks for the whole summary."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        whole = on_update is not None
+        every = on_update is not None
         ended = asyncio.Event()
 
         async def on_notice(_: Delivery) -> None:
@@ -208,12 +209,14 @@ class SearcherClient:
         try:
             while True:
                 ended.clear()
-                summary = await self.describe(experiment_id, trials=whole)
+                summary = await self.describe(experiment_id, trials=every)
                 if on_update is not None:
                     on_update(summary)
                 if summary.state in TERMINAL_STATES:
                     # (an ended experiment's summary changes no more)
-                    return summary if whole else await self.describe(experiment_id)
+                    if every or not whole:
+                        return summary
+                    return await self.describe(experiment_id)
                 if deadline is not None and time.monotonic() > deadline:
                     raise RequestTimeoutError(
                         f"experiment {experiment_id} is still {summary.state} after {timeout} s"

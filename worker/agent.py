@@ -363,12 +363,21 @@ class Worker:
                     "subscriptions end with its connection",
                     within_s=ABANDON_S,
                 )
+            if self._took_work():
+                # Work came in before the start was undone: let it go as a stop does
+                # (trials checkpoint and stop, held commands and slots go back).
+                await self.shutdown()
         finally:
             try:
                 await self.spawner.close()
             finally:
                 await asyncio.wait({claiming})  # (its thread has ended: nothing races it)
                 await self.run_dirs.close()
+
+    def _took_work(self) -> bool:
+        return bool(
+            self._tasks or self.runs or self.reservations.by_key or self.upcoming.held is not None
+        )
 
     async def _let_work_go(self, taking: asyncio.Future[None]) -> None:
         await asyncio.gather(taking, return_exceptions=True)

@@ -279,7 +279,7 @@ class Experiment:
     ) -> Literal["COMPLETED", "ERROR", "CANCELED"]:
         """Wait until the experiment ends; return its final state. ``TimeoutError``
         (a ``RequestTimeoutError``) if it is still running after ``timeout`` seconds."""
-        summary = await self.client.rpc.wait(self.id, poll_s=poll_s, timeout=timeout)
+        summary = await self.client.rpc.wait(self.id, poll_s=poll_s, timeout=timeout, whole=False)
         return summary.state  # type: ignore[return-value]
 
     async def pause(self) -> str:

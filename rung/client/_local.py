@@ -22,7 +22,7 @@ from rung.logs import configure_logging
 from rung.searcher.service.service import SearcherService
 from rung.worker.agent import Worker
 from rung.worker.settle import to_its_end
-from rung.worker.spawn import StartMethod
+from rung.worker.spawn import START_METHODS, StartMethod
 
 __all__ = ["LocalCluster"]
 
@@ -41,6 +41,11 @@ class LocalCluster:
         trial_env: Iterable[str] = (),
         start_method: StartMethod = "fork-server",
     ) -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method {start_method!r} is not one of {', '.join(START_METHODS)}: "
+                'use "fork-server" (the default) or "exec" (a fresh interpreter a trial)'
+            )
         self._own_state_dir = state_dir is None
         self.start_method: StartMethod = start_method
         # Names of this process's environment that trials get besides the allowlist.

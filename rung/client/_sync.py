@@ -25,6 +25,11 @@ from rung.worker.spawn import StartMethod
 __all__ = ["SyncClient"]
 
 
+# How long a Ctrl-C waits for what it cancelled to clean up (a local cluster's start:
+# its workers, fork servers and brokers stop).
+CANCEL_WAIT_S = 60.0
+
+
 class _Loop:
     """An event loop on a daemon thread of its own."""
 
@@ -36,10 +41,27 @@ class _Loop:
         self.thread.start()
 
     def run(self, awaitable: Awaitable[Any]) -> Any:
-        async def wait() -> Any:
-            return await awaitable
+        """Run ``awaitable`` on the loop's thread; a Ctrl-C meanwhile cancels it and waits
+        (up to ``CANCEL_WAIT_S``) for its cleanup, such as a local cluster's stop, before
+        it is raised here."""
+        started, ended = threading.Event(), threading.Event()
 
-        return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
+        async def wait() -> Any:
+            started.set()
+            try:
+                return await awaitable
+            finally:
+                ended.set()
+
+        future = asyncio.run_coroutine_threadsafe(wait(), self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            # (one cancelled before the loop ran it never starts: nothing to wait for)
+            if started.wait(1.0):
+                ended.wait(CANCEL_WAIT_S)
+            raise
 
     def iterate(self, iterator: AsyncIterator[Any]) -> Iterator[Any]:
         try:

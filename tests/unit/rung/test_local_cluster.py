@@ -105,3 +105,8 @@ async def test_a_cluster_of_the_exec_start_method_needs_no_fork_server(
         assert not any(isinstance(agent.spawner, ForkServer) for agent in cluster._agents)
     finally:
         await cluster.stop()
+
+
+def test_a_start_method_it_does_not_know_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"start_method 'Exec' is not one of fork-server, exec"):
+        LocalCluster(tmp_path / "state", start_method="Exec")  # type: ignore[arg-type]

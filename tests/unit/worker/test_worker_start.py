@@ -13,9 +13,11 @@ import pytest
 
 from rung.broker import MemoryBroker
 from rung.broker.errors import BrokerError
+from rung.broker.schemas import ExitReason, ReserveSlots, TrialExited, decode
 from rung.worker.agent import Worker
 from rung.worker.spawn import ForkServer, SpawnError
 from tests.support import fork_server_site, gated_fork_servers, wait_for
+from tests.unit.worker.test_agent_buckets import control
 
 
 @pytest.fixture
@@ -193,4 +195,41 @@ async def test_a_worker_that_fails_as_it_subscribes_consumes_nothing_more(
     assert worker._control_queue is not None
     assert worker._control_queue not in broker.queues
     assert not any(queue.consumers for queue in broker.queues.values())
+    _left_nothing(worker, server)
+
+
+async def test_work_taken_before_a_start_is_undone_goes_back(
+    broker: MemoryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own queue is consumed first: a command can come in while the work queues are
+    still being consumed. Stopped then, the worker lets it go as a stop does: here the
+    slots it held for a part of a trial go back, and the searcher is told."""
+    worker, server = _worker(broker, tmp_path)
+    subscribe = broker.subscribe
+    calls = 0
+    stuck = asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first work queue: the broker is slow to answer
+            stuck.set()
+            await asyncio.Event().wait()
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(broker, "subscribe", slow)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(stuck.wait(), 60)
+    part = ReserveSlots(experiment_id="e1", trial_id=9, attempt=1, part=0, slots=1)
+    await control(broker, worker, part)
+    await wait_for(lambda: len(worker.reservations) == 1, 30, "the slots held for the part")
+    stop.set()
+    await asyncio.wait_for(running, 60)
+    assert len(worker.reservations) == 0
+    queue = broker.queues[broker.topology.events_queue]
+    bodies = [decode(m.body).body for m in queue.messages]
+    (told,) = [body for body in bodies if isinstance(body, TrialExited)]
+    assert (told.trial_id, told.reason) == (9, ExitReason.PREEMPTED)
+    assert not any(q.consumers for q in broker.queues.values())
     _left_nothing(worker, server)
