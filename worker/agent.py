@@ -346,10 +346,11 @@ class Worker:
     async def _abandon_start(
         self, claiming: asyncio.Future[list[Path]], taking: asyncio.Future[None]
     ) -> None:
-        """Undo a start that failed or was stopped before the worker took work: nothing
-        consumes for it, and neither its fork server nor its claim on the run
-        directories is left. The broker's part is bounded (a broker that is away may
-        never answer); what it could not undo goes with the connection."""
+        """Undo a start that failed or was stopped before the worker was ready: nothing
+        consumes for it, work that came in meanwhile goes back as a stop lets it go, and
+        neither its fork server nor its claim on the run directories is left. The
+        broker's part is bounded (a broker that is away may never answer); what it could
+        not undo goes with the connection."""
         self._stopping = True
         taking.cancel()
         letting_go = asyncio.ensure_future(self._let_work_go(taking))
@@ -363,10 +364,15 @@ class Worker:
                     "subscriptions end with its connection",
                     within_s=ABANDON_S,
                 )
-            if self._took_work():
+                for run in self.runs.values():  # (what it took goes back with them too)
+                    run.kill("the worker stopped as it started, its broker away")
+            elif self._took_work():
                 # Work came in before the start was undone: let it go as a stop does
                 # (trials checkpoint and stop, held commands and slots go back).
-                await self.shutdown()
+                try:
+                    await self.shutdown()
+                except Exception:  # the start's own error is the one raised
+                    self.log.exception("could not let go of the work taken as it started")
         finally:
             try:
                 await self.spawner.close()

@@ -43,6 +43,7 @@ from rung.searcher.client import (
 )
 from rung.searcher.config import ExperimentConfig
 from rung.searcher.eventlog import InputRecord
+from rung.worker.settle import to_its_end
 from rung.worker.spawn import StartMethod
 
 __all__ = ["Client", "Experiment", "Trial", "lineage_of"]
@@ -157,7 +158,7 @@ class Client:
 
     async def close(self) -> None:
         if self._local is not None:
-            await self._local.stop()
+            await to_its_end(self._local.stop())  # (a Ctrl-C does not cut it short)
         elif self._broker is not None:
             await self._broker.close()
         self._broker = None

@@ -12,6 +12,7 @@ Async iterators (``watch()``, ``logs()``) become plain iterators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,9 +26,10 @@ from rung.worker.spawn import StartMethod
 __all__ = ["SyncClient"]
 
 
-# How long a Ctrl-C waits for what it cancelled to clean up (a local cluster's start:
-# its workers, fork servers and brokers stop).
-CANCEL_WAIT_S = 60.0
+# How long a Ctrl-C waits for what it cancelled to clean up (a local cluster's start or
+# stop: its workers' trials get 60 s to checkpoint, then are killed); a second Ctrl-C
+# ends the wait.
+CANCEL_WAIT_S = 90.0
 
 
 class _Loop:
@@ -44,13 +46,24 @@ class _Loop:
         """Run ``awaitable`` on the loop's thread; a Ctrl-C meanwhile cancels it and waits
         (up to ``CANCEL_WAIT_S``) for its cleanup, such as a local cluster's stop, before
         it is raised here."""
-        started, ended = threading.Event(), threading.Event()
+        started, given_up, ended = threading.Event(), threading.Event(), threading.Event()
 
         async def wait() -> Any:
+            if given_up.is_set():
+                return None  # (the caller gave up before the loop ran it)
             started.set()
             try:
                 return await awaitable
             finally:
+                ended.set()
+
+        def unless_started() -> None:
+            # On the loop, after the caller gave up: what had not started never will
+            # (and is closed, so nothing warns that it was never awaited).
+            if not started.is_set():
+                given_up.set()
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
                 ended.set()
 
         future = asyncio.run_coroutine_threadsafe(wait(), self.loop)
@@ -58,22 +71,28 @@ class _Loop:
             return future.result()
         except BaseException:
             future.cancel()
-            # (one cancelled before the loop ran it never starts: nothing to wait for)
-            if started.wait(1.0):
-                ended.wait(CANCEL_WAIT_S)
+            self.loop.call_soon_threadsafe(unless_started)
+            ended.wait(CANCEL_WAIT_S)
             raise
 
     def iterate(self, iterator: AsyncIterator[Any]) -> Iterator[Any]:
+        interrupted = False
         try:
             while True:
                 try:
                     yield self.run(iterator.__anext__())
                 except StopAsyncIteration:
                     return
+        except BaseException:
+            interrupted = True  # (a Ctrl-C, or the caller left the loop)
+            raise
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
-                self.run(aclose())
+                # After a Ctrl-C the iterator's own cleanup ran, or still runs: what
+                # interrupted it stays the error.
+                with contextlib.suppress(*((Exception,) if interrupted else ())):
+                    self.run(aclose())
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

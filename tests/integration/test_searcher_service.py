@@ -609,11 +609,8 @@ def created_ids(created: dict[str, Any]) -> dict[str, Any]:
     return {"experiment_id": created["experiment_id"], "trial_id": 1, "attempt": 1}
 
 
-async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
-    broker: Broker, service: SearcherService, tmp_path: Path
-) -> None:
-    """A waiter's polls cost the searcher little whatever the trials' number; what
-    ``wait`` returns is the whole summary."""
+def _summaries_asked(service: SearcherService) -> list[bool]:
+    """Whether each summary the service makes from now on has the trials."""
     asked: list[bool] = []
     summary = service.summary
 
@@ -622,6 +619,15 @@ async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
         return summary(experiment_id, with_trials=with_trials)
 
     service.summary = spy  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    """A waiter's polls cost the searcher little whatever the trials' number; what
+    ``wait`` returns is the whole summary."""
+    asked = _summaries_asked(service)
     worker, client, created = await single_trial_queued(broker, tmp_path)
     experiment_id = created["experiment_id"]
     waiting = asyncio.create_task(client.wait(experiment_id, poll_s=0.05, timeout=30))
@@ -635,3 +641,21 @@ async def test_a_waiter_polls_without_the_trials_and_ends_with_them(
     assert [t.metric for t in ended.trials] == [0.25]
     assert asked[-1] is True  # the whole summary, once ended
     assert not any(asked[:-1])  # every poll before it: without the trials
+
+
+async def test_a_waiter_for_the_state_alone_never_asks_for_the_trials(
+    broker: Broker, service: SearcherService, tmp_path: Path
+) -> None:
+    """``Experiment.wait()`` returns the state only: none of its describes asks for the
+    trials, the last one included."""
+    asked = _summaries_asked(service)
+    worker, client, created = await single_trial_queued(broker, tmp_path)
+    experiment_id = created["experiment_id"]
+    waiting = asyncio.create_task(client.wait(experiment_id, poll_s=0.05, timeout=30, whole=False))
+    await wait_for(lambda: len(asked) >= 2, 10, "the waiter's polls")
+    await _complete(worker, experiment_id)
+    ended = await asyncio.wait_for(waiting, 30)
+    assert ended.state == "COMPLETED"
+    assert ended.trials == []
+    assert asked
+    assert not any(asked)

@@ -6,13 +6,23 @@ import asyncio
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from rung.client._sync import _Loop
 
 
-def test_a_ctrl_c_cancels_what_runs_and_waits_for_its_cleanup() -> None:
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, even where the test run was started with it
+    ignored (a background job of a shell without job control)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_cancels_what_runs_and_waits_for_its_cleanup(ctrl_c: None) -> None:
     """What ``SyncClient.local()`` started (workers, fork servers) is stopped before the
     Ctrl-C reaches the caller, not left running in a loop nobody drives."""
     loop = _Loop()
