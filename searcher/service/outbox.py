@@ -100,7 +100,8 @@ class Outbox:
 
     async def flush(self, live: Live, *, upto: int | None = None) -> None:
         """Publish the experiment's waiting decisions, in order, up to record ``upto``
-        (None: every one); the caller holds the experiment's publishing lock. Inputs are
+        (None: every one) and any later one already durable; the caller holds the
+        experiment's publishing lock. Inputs are
         applied meanwhile: each decision's record is made durable before its commands go
         out. On a broker error they wait for the retry task."""
         host = live.host
@@ -112,9 +113,12 @@ class Outbox:
                 await self._mark_unsent(live)
             return
         while host.outbox and (upto is None or host.outbox[0].seq <= upto):
-            # Every decision waiting up to ``upto`` goes out together (those applied
-            # while the last ones went out too): one sync, one round of confirms.
-            batch = [d for d in host.outbox if upto is None or d.seq <= upto]
+            # Every decision waiting up to ``upto`` goes out together, and with them every
+            # later one the sync already made durable (applied while the last ones went
+            # out): one sync, one round of confirms. Those later inputs' own flushes then
+            # find them sent, instead of each taking a round of its own behind this one.
+            reach = None if upto is None else max(upto, host.log.durable_seq)
+            batch = [d for d in host.outbox if reach is None or d.seq <= reach]
             if host.log.durable_seq < batch[-1].seq:
                 await host.log.sync_async()
             await crash_once("overtaken", functools.partial(_overtaken, host, batch[0].seq))

@@ -146,3 +146,63 @@ async def test_the_unsent_mark_is_written_and_cleared_while_inputs_append(
         for task in tasks:
             task.cancel()
         host.close()
+
+
+class RecordingBroker:
+    """Records each publish with how far the log was durable then."""
+
+    def __init__(self, host: ExperimentHost) -> None:
+        self.topology = Topology("outbox-test")
+        self.host = host
+        self.published: list[tuple[str, int]] = []
+
+    async def publish(self, exchange: str, key: str, body: bytes, **kw: Any) -> None:
+        self.published.append((kw["message_id"], self.host.log.durable_seq))
+        await asyncio.sleep(0)
+
+
+async def test_a_flush_sends_the_later_durable_decisions_with_its_own(tmp_path: Path) -> None:
+    """Decisions applied while a flush waited for the publishing lock go out in its round
+    once the sync has made them durable, so their own flushes find nothing left to send
+    (each took a round of confirms of its own before: on RabbitMQ most of ``continue``'s
+    latency). Each is still published only once its record is durable."""
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    try:
+        broker = RecordingBroker(host)
+
+        async def fatal(exc: BaseException) -> None:
+            raise AssertionError(f"no storage error expected: {exc}")
+
+        def drop(live: Live, exc: SearcherError) -> None:
+            raise AssertionError(f"nothing to drop: {exc}")
+
+        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        live = Live(host)
+        async with live.publishing:
+            await outbox.flush(live)  # the creation's decisions
+        assert not host.outbox
+        sent_before = len(broker.published)
+        decisions = []
+        for trial_id in (1, 2):
+            ids = {"experiment_id": EID, "trial_id": trial_id, "attempt": 1, "worker_id": "w"}
+            host.apply(TrialStarted(**ids, slots=1), f"start-{trial_id}", at=0)
+            applied = host.apply(
+                OpCompleted(**ids, length=10, metric=0.5), f"done-{trial_id}", at=0
+            )
+            assert applied.step.commands
+            decisions.append(applied.seq)
+        assert host.log.durable_seq < decisions[0]
+        async with live.publishing:
+            await outbox.flush(live, upto=decisions[0])
+        sent = broker.published[sent_before:]
+        for seq in decisions:  # the later decision went out in the first one's flush
+            assert any(m.startswith(f"{EID}/{seq}/") for m, _ in sent), (seq, sent)
+        for message_id, durable in sent:
+            seq = int(message_id.split("/")[1])
+            assert durable >= seq, f"{message_id} published with the log durable to {durable}"
+        assert not host.outbox
+        async with live.publishing:  # the later input's own flush: nothing left
+            await outbox.flush(live, upto=decisions[1])
+        assert broker.published[sent_before:] == sent
+    finally:
+        host.close()
