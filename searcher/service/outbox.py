@@ -2,11 +2,12 @@
 
 Write first: a decision's commands go out only once its record is durable. Each
 experiment's decisions are published under its publishing lock, the waiting ones
-together: commands to one destination (the work queue, each worker) in the order they
-were logged, each once the one before it is confirmed; different destinations wait for
-their confirms together. The experiment's inputs are applied meanwhile, and each record
-names the oldest decision not confirmed yet (``unconfirmed_from``), so a restart re-sends
-every decision that may not have gone out. Experiments never wait for each other.
+together: commands to one worker in the order they were logged, each once the one before
+it is confirmed; the work queue's commands (taken by many workers in parallel: no order
+between them is promised) and different workers' wait for their confirms together. The
+experiment's inputs are applied meanwhile, and each record names the oldest decision not
+confirmed yet (``unconfirmed_from``), so a restart re-sends every decision that may not
+have gone out. Experiments never wait for each other.
 
 When the broker does not take a decision (unreachable, blocked, a publish timeout), the
 experiment's log marks it unsent (``unsent.json``, durable before the input that caused
@@ -273,13 +274,19 @@ class Outbox:
         order) and wait for their confirms; return, for each decision, the commands whose
         worker is gone (no queue took them).
 
-        Commands to one destination go in log order, each once the one before it is
-        confirmed (a publish sent again after a reconnection never overtakes an earlier
-        one); different destinations wait for their confirms together. If any fails, the
-        error is raised once all have settled, and every decision of the batch is sent
-        again later (its commands keep their ids, so receivers drop what they have).
+        Commands to one worker go in log order, each once the one before it is confirmed
+        (a publish sent again after a reconnection never overtakes an earlier one: a
+        trial's continue, pause or kill must not); the work queue's commands, which its
+        consumers take in parallel and between which no order is promised, go out
+        together, as different destinations do, and all wait for their confirms together.
+        If any fails, the error is raised once all have settled, and every decision of
+        the batch is sent again later (its commands keep their ids, so receivers drop
+        what they have). A failing work-queue command does not stop the others, so after
+        an outage more of them may go out twice: a worker drops a ``run_trial`` it
+        already runs, and a copy another worker took is stopped once it reports its start.
         """
-        by_key: dict[str | None, list[tuple[int, Command, Envelope]]] = {}
+        # A chain per worker; each work-queue command a chain of its own.
+        by_key: dict[str | tuple[int, int], list[tuple[int, Command, Envelope]]] = {}
         for position, waiting in enumerate(batch):
             for index, command in enumerate(waiting.commands):
                 envelope = Envelope(
@@ -288,7 +295,9 @@ class Outbox:
                     seq=waiting.seq,
                     body=command.body,
                 )
-                by_key.setdefault(command.worker_id, []).append((position, command, envelope))
+                worker = command.worker_id
+                key = worker if worker is not None else (position, index)
+                by_key.setdefault(key, []).append((position, command, envelope))
         gone: list[list[Command]] = [[] for _ in batch]
 
         async def in_order(commands: list[tuple[int, Command, Envelope]]) -> None:

@@ -369,8 +369,8 @@ class SearcherService:
 
     async def _publish(self, live: Live, *, upto: int | None = None) -> None:
         """Make the experiment's waiting decisions durable and publish them, in log order,
-        up to record ``upto`` (None: all); an experiment taken over or broken meanwhile is
-        dropped (and raises why)."""
+        up to record ``upto`` (None: all) and any later one already durable; an experiment
+        taken over or broken meanwhile is dropped (and raises why)."""
         async with live.publishing:
             if live.dropped is not None:
                 raise live.dropped
@@ -406,7 +406,8 @@ class SearcherService:
 
     async def _settle(self, live: Live, *, upto: int | None = None) -> None:
         """Make what was applied durable, then publish the commands that wait (up to
-        record ``upto``). The caller holds the experiment's publishing lock."""
+        record ``upto``, and any later one already durable). The caller holds the
+        experiment's publishing lock."""
         try:
             await live.host.log.sync_async()
             crash_point("appended")

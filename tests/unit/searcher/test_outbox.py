@@ -11,11 +11,12 @@ import pytest
 
 from rung.broker import Topology
 from rung.broker.errors import BrokerUnavailableError
-from rung.broker.schemas import OpCompleted, TrialStarted
+from rung.broker.schemas import ContinueTrial, OpCompleted, PauseTrial, TrialStarted
 from rung.searcher.errors import SearcherError
-from rung.searcher.host import ExperimentHost
+from rung.searcher.host import ExperimentHost, Outgoing
 from rung.searcher.service import outbox as outbox_module
 from rung.searcher.service.outbox import Live, Outbox
+from rung.searcher.trials import Command
 from tests.support import wait_for
 from tests.unit.searcher.test_host import EID, fragile_config, new_host
 
@@ -58,7 +59,8 @@ async def test_the_retry_task_publishes_a_decision_only_once_its_record_is_durab
         outbox = Outbox(broker, spawn=spawn, fatal=fatal, drop=drop)  # type: ignore[arg-type]
         live = Live(host, retrying=True)
         live.retry = spawn(outbox._retry(live, None))
-        await wait_for(lambda: len(broker.published) == 1, 10, "the first publish")
+        # (the creation's two trials go out together; the first one's confirm holds both)
+        await wait_for(lambda: len(broker.published) >= 1, 10, "the first publish")
         # While the retry task waits for a confirm, the experiment's inputs go on: one
         # decides a command, written to the log but not yet durable.
         for trial_id in (1, 2):
@@ -204,5 +206,70 @@ async def test_a_flush_sends_the_later_durable_decisions_with_its_own(tmp_path: 
         async with live.publishing:  # the later input's own flush: nothing left
             await outbox.flush(live, upto=decisions[1])
         assert broker.published[sent_before:] == sent
+    finally:
+        host.close()
+
+
+class HeldBroker:
+    """Holds every publish until the gate opens, as a broker slow to confirm; records
+    each publish's start and its confirm, in the order they happened."""
+
+    def __init__(self) -> None:
+        self.topology = Topology("outbox-test")
+        self.gate = asyncio.Event()
+        self.events: list[tuple[str, str]] = []
+
+    @property
+    def started(self) -> list[str]:
+        return [message_id for what, message_id in self.events if what == "start"]
+
+    async def publish(self, exchange: str, key: str, body: bytes, **kw: Any) -> None:
+        self.events.append(("start", kw["message_id"]))
+        await self.gate.wait()
+        self.events.append(("confirm", kw["message_id"]))
+
+
+async def test_work_queue_commands_go_out_together_and_a_workers_in_order(
+    tmp_path: Path,
+) -> None:
+    """The work queue's commands of a batch are not chained one confirm after another
+    (its consumers take them in parallel, and no order between them is promised; on
+    RabbitMQ a batch of new trials waited a confirm round trip each), while one worker's
+    commands still go one at a time, in log order, so a re-sent publish never overtakes
+    an earlier one."""
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    try:
+        (created,) = host.outbox
+        work = [c for c in created.commands if c.worker_id is None]
+        assert len(work) == 2, created.commands
+        ids = {"experiment_id": EID, "attempt": 1}
+        to_worker = Outgoing(
+            seq=created.seq + 1,
+            commands=(
+                Command(ContinueTrial(**ids, trial_id=1, length=20), worker_id="w"),
+                Command(PauseTrial(**ids, trial_id=2), worker_id="w"),
+            ),
+        )
+        broker = HeldBroker()
+
+        async def fatal(exc: BaseException) -> None:
+            raise AssertionError(f"no storage error expected: {exc}")
+
+        def drop(live: Live, exc: SearcherError) -> None:
+            raise AssertionError(f"nothing to drop: {exc}")
+
+        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        publishing = asyncio.create_task(outbox._publish(host, [created, to_worker]))
+        first, second = f"{EID}/{to_worker.seq}/0", f"{EID}/{to_worker.seq}/1"
+        work_ids = [f"{EID}/{created.seq}/{i}" for i in range(len(created.commands))]
+        await wait_for(
+            lambda: set(work_ids) | {first} <= set(broker.started), 10, "the first publishes"
+        )
+        assert all(what == "start" for what, _ in broker.events)  # none confirmed yet
+        assert second not in broker.started  # behind the first, to the same worker
+        broker.gate.set()
+        assert await publishing == [[], []]
+        events = broker.events
+        assert events.index(("confirm", first)) < events.index(("start", second))
     finally:
         host.close()
