@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -48,4 +49,55 @@ def test_a_ctrl_c_cancels_what_runs_and_waits_for_its_cleanup(ctrl_c: None) -> N
         assert cleaned.is_set()
     finally:
         helper.join(30)
+        loop.close()
+
+
+def test_a_call_the_loop_had_not_started_when_interrupted_never_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that comes while the loop is still busy with something else: the call is
+    never started once the caller has given up, and it is closed (no "never awaited"
+    warning, which this suite turns into an error). The loop is held by a callback until
+    the caller has given up, so that the order is certain; the Ctrl-C is the caller's
+    wait raising KeyboardInterrupt, as Python raises it there."""
+    loop = _Loop()
+    hold = threading.Event()
+    loop.loop.call_soon_threadsafe(hold.wait)  # the loop is busy until ``hold`` is set
+    ran = threading.Event()
+
+    async def work() -> None:
+        ran.set()
+
+    class Interrupted:
+        """The caller's side of the call: its wait is interrupted by the Ctrl-C."""
+
+        def __init__(self, future: Any) -> None:
+            self.future = future
+
+        def result(self) -> None:
+            raise KeyboardInterrupt
+
+        def cancel(self) -> bool:
+            return bool(self.future.cancel())
+
+    submit, schedule = asyncio.run_coroutine_threadsafe, loop.loop.call_soon_threadsafe
+
+    def scheduled(callback: Any, *args: Any) -> Any:
+        handle = schedule(callback, *args)
+        if getattr(callback, "__name__", "") == "unless_started":
+            hold.set()  # the loop goes on once the caller has given up
+        return handle
+
+    monkeypatch.setattr(
+        asyncio, "run_coroutine_threadsafe", lambda c, lp: Interrupted(submit(c, lp))
+    )
+    monkeypatch.setattr(loop.loop, "call_soon_threadsafe", scheduled)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(work())
+        monkeypatch.undo()
+        assert loop.run(asyncio.sleep(0, result="after")) == "after"  # the loop still serves
+        assert not ran.is_set()
+    finally:
+        hold.set()
         loop.close()
