@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import threading
@@ -92,12 +93,14 @@ def test_a_call_the_loop_had_not_started_when_interrupted_never_starts(
         asyncio, "run_coroutine_threadsafe", lambda c, lp: Interrupted(submit(c, lp))
     )
     monkeypatch.setattr(loop.loop, "call_soon_threadsafe", scheduled)
+    call = work()
     try:
         with pytest.raises(KeyboardInterrupt):
-            loop.run(work())
+            loop.run(call)
         monkeypatch.undo()
         assert loop.run(asyncio.sleep(0, result="after")) == "after"  # the loop still serves
         assert not ran.is_set()
+        assert inspect.getcoroutinestate(call) == inspect.CORO_CLOSED
     finally:
         hold.set()
         loop.close()
