@@ -1,4 +1,5 @@
-"""The outbox: each experiment's logged decisions, published in order, with confirms.
+"""The outbox: each experiment's logged decisions, published batch after batch (each
+worker's commands in log order), with confirms.
 
 Write first: a decision's commands go out only once its record is durable. Each
 experiment's decisions are published under its publishing lock, the waiting ones
@@ -57,6 +58,9 @@ RETRY_MAX_S = 5.0
 # task (the publish goes on there): a broker that blocks publishers (a resource alarm)
 # holds one input of the experiment up for this long, not for the publish timeout.
 INPUT_WAIT_S = 2.0
+# The most work-queue commands of one batch published at once (their confirms awaited
+# together): a restart's or a long outage's whole outbox goes out as one batch.
+WORK_IN_FLIGHT = 64
 
 
 @dataclass(eq=False)
@@ -102,9 +106,9 @@ class Outbox:
     async def flush(self, live: Live, *, upto: int | None = None) -> None:
         """Publish the experiment's waiting decisions, in order, up to record ``upto``
         (None: every one) and any later one already durable; the caller holds the
-        experiment's publishing lock. Inputs are
-        applied meanwhile: each decision's record is made durable before its commands go
-        out. On a broker error they wait for the retry task."""
+        experiment's publishing lock. Inputs are applied meanwhile: each decision's
+        record is made durable before its commands go out. On a broker error they wait
+        for the retry task."""
         host = live.host
         if not host.outbox:
             return
@@ -299,11 +303,16 @@ class Outbox:
                 key = worker if worker is not None else (position, index)
                 by_key.setdefault(key, []).append((position, command, envelope))
         gone: list[list[Command]] = [[] for _ in batch]
+        work_slots = asyncio.Semaphore(WORK_IN_FLIGHT)
 
         async def in_order(commands: list[tuple[int, Command, Envelope]]) -> None:
             for position, command, envelope in commands:
                 try:
-                    await self._send(command, envelope)
+                    if command.worker_id is None:
+                        async with work_slots:
+                            await self._send(command, envelope)
+                    else:
+                        await self._send(command, envelope)
                 except UnroutableError:
                     gone[position].append(command)
 

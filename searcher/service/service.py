@@ -332,8 +332,9 @@ class SearcherService:
         ``sender`` (the broker-validated user that sent it) is logged with it.
 
         The experiment's lock covers the apply only: its next inputs are applied while
-        this one's decision is made durable and published (in log order, under the
-        experiment's publishing lock), and share its fsync. Each record names the oldest
+        this one's decision is made durable and published (batch after batch, each
+        worker's commands in log order, under the experiment's publishing lock), and
+        share its fsync. Each record names the oldest
         decision not confirmed yet, so a restart re-sends every decision that may not have
         gone out. An input that caused no command is not synced here: the caller syncs it
         before acknowledging it.
@@ -368,9 +369,10 @@ class SearcherService:
         return applied
 
     async def _publish(self, live: Live, *, upto: int | None = None) -> None:
-        """Make the experiment's waiting decisions durable and publish them, in log order,
-        up to record ``upto`` (None: all) and any later one already durable; an experiment
-        taken over or broken meanwhile is dropped (and raises why)."""
+        """Make the experiment's waiting decisions durable and publish them (each worker's
+        commands in log order), up to record ``upto`` (None: all) and any later one
+        already durable; an experiment taken over or broken meanwhile is dropped (and
+        raises why)."""
         async with live.publishing:
             if live.dropped is not None:
                 raise live.dropped

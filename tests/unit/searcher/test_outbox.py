@@ -1,4 +1,5 @@
-"""The outbox's retry task: write first, then publish, even while inputs go on."""
+"""The outbox: write first, then publish, even while inputs go on (the retry task, a
+flush's batch), and the order of a batch's publishes."""
 
 from __future__ import annotations
 
@@ -271,5 +272,44 @@ async def test_work_queue_commands_go_out_together_and_a_workers_in_order(
         assert await publishing == [[], []]
         events = broker.events
         assert events.index(("confirm", first)) < events.index(("start", second))
+    finally:
+        host.close()
+
+
+async def test_a_batch_publishes_at_most_work_in_flight_work_queue_commands_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart's or a long outage's whole outbox is one batch: its work-queue commands
+    go out together, but no more than ``WORK_IN_FLIGHT`` at once, the next one as a
+    confirm frees a place."""
+    monkeypatch.setattr(outbox_module, "WORK_IN_FLIGHT", 2)
+    host = new_host(tmp_path, fragile_config(raise_above=100.0))
+    try:
+        (created,) = host.outbox
+        work = tuple(c for c in created.commands if c.worker_id is None)
+        many = [Outgoing(seq=created.seq + n, commands=work) for n in range(3)]  # 6 commands
+        broker = HeldBroker()
+
+        async def fatal(exc: BaseException) -> None:
+            raise AssertionError(f"no storage error expected: {exc}")
+
+        def drop(live: Live, exc: SearcherError) -> None:
+            raise AssertionError(f"nothing to drop: {exc}")
+
+        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        publishing = asyncio.create_task(outbox._publish(host, many))
+        await wait_for(lambda: len(broker.started) == 2, 10, "the first two publishes")
+        for _ in range(5):  # the loop turns: nothing more starts while both are held
+            await asyncio.sleep(0)
+        assert len(broker.started) == 2
+        broker.gate.set()
+        assert await publishing == [[], [], []]
+        assert len(broker.started) == 6
+
+        in_flight = most = 0
+        for what, _ in broker.events:
+            in_flight += 1 if what == "start" else -1
+            most = max(most, in_flight)
+        assert most == 2
     finally:
         host.close()
