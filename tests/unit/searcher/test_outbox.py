@@ -151,6 +151,18 @@ async def test_the_unsent_mark_is_written_and_cleared_while_inputs_append(
         host.close()
 
 
+def quiet_outbox(broker: object) -> Outbox:
+    """An outbox over ``broker`` where a storage error or a drop fails the test."""
+
+    async def fatal(exc: BaseException) -> None:
+        raise AssertionError(f"no storage error expected: {exc}")
+
+    def drop(live: Live, exc: SearcherError) -> None:
+        raise AssertionError(f"nothing to drop: {exc}")
+
+    return Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+
+
 class RecordingBroker:
     """Records each publish with how far the log was durable then."""
 
@@ -173,13 +185,7 @@ async def test_a_flush_sends_the_later_durable_decisions_with_its_own(tmp_path: 
     try:
         broker = RecordingBroker(host)
 
-        async def fatal(exc: BaseException) -> None:
-            raise AssertionError(f"no storage error expected: {exc}")
-
-        def drop(live: Live, exc: SearcherError) -> None:
-            raise AssertionError(f"nothing to drop: {exc}")
-
-        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        outbox = quiet_outbox(broker)
         live = Live(host)
         async with live.publishing:
             await outbox.flush(live)  # the creation's decisions
@@ -253,13 +259,7 @@ async def test_work_queue_commands_go_out_together_and_a_workers_in_order(
         )
         broker = HeldBroker()
 
-        async def fatal(exc: BaseException) -> None:
-            raise AssertionError(f"no storage error expected: {exc}")
-
-        def drop(live: Live, exc: SearcherError) -> None:
-            raise AssertionError(f"nothing to drop: {exc}")
-
-        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        outbox = quiet_outbox(broker)
         publishing = asyncio.create_task(outbox._publish(host, [created, to_worker]))
         first, second = f"{EID}/{to_worker.seq}/0", f"{EID}/{to_worker.seq}/1"
         work_ids = [f"{EID}/{created.seq}/{i}" for i in range(len(created.commands))]
@@ -290,13 +290,7 @@ async def test_a_batch_publishes_at_most_work_in_flight_work_queue_commands_at_o
         many = [Outgoing(seq=created.seq + n, commands=work) for n in range(3)]  # 6 commands
         broker = HeldBroker()
 
-        async def fatal(exc: BaseException) -> None:
-            raise AssertionError(f"no storage error expected: {exc}")
-
-        def drop(live: Live, exc: SearcherError) -> None:
-            raise AssertionError(f"nothing to drop: {exc}")
-
-        outbox = Outbox(broker, spawn=asyncio.create_task, fatal=fatal, drop=drop)  # type: ignore[arg-type]
+        outbox = quiet_outbox(broker)
         publishing = asyncio.create_task(outbox._publish(host, many))
         await wait_for(lambda: len(broker.started) == 2, 10, "the first two publishes")
         for _ in range(5):  # the loop turns: nothing more starts while both are held
