@@ -22,6 +22,7 @@ decisions join the queue). A restart re-sends from the mark (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -307,11 +308,9 @@ class Outbox:
 
         async def in_order(commands: list[tuple[int, Command, Envelope]]) -> None:
             for position, command, envelope in commands:
+                bound = work_slots if command.worker_id is None else contextlib.nullcontext()
                 try:
-                    if command.worker_id is None:
-                        async with work_slots:
-                            await self._send(command, envelope)
-                    else:
+                    async with bound:
                         await self._send(command, envelope)
                 except UnroutableError:
                     gone[position].append(command)

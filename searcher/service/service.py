@@ -334,10 +334,9 @@ class SearcherService:
         The experiment's lock covers the apply only: its next inputs are applied while
         this one's decision is made durable and published (batch after batch, each
         worker's commands in log order, under the experiment's publishing lock), and
-        share its fsync. Each record names the oldest
-        decision not confirmed yet, so a restart re-sends every decision that may not have
-        gone out. An input that caused no command is not synced here: the caller syncs it
-        before acknowledging it.
+        share its fsync. Each record names the oldest decision not confirmed yet, so a
+        restart re-sends every decision that may not have gone out. An input that caused
+        no command is not synced here: the caller syncs it before acknowledging it.
         """
         async with live.lock:
             if live.dropped is not None:  # while this input waited for the lock
