@@ -67,10 +67,16 @@ def run_scripts(script: Path, args: list[list[str]]) -> list[dict[str, Any]]:
         for rank_args in args
     ]
     outputs = []
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err.decode()
-        outputs.append(json.loads(out))
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err.decode()
+            outputs.append(json.loads(out))
+    finally:  # one rank's failure leaves no other running, nor its pipes open
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                process.communicate()
     return outputs
 
 
